@@ -1,0 +1,82 @@
+// Access log: one JSON object per line when a TCP connection closes or a UDP
+// session ends.
+//
+// Workers never touch the disk: write() formats the line into the calling
+// worker's own buffer (a mutex per worker, contended only when the writer
+// thread takes the buffer); a writer thread flushes all buffers every 100 ms
+// or sooner when one fills up. If the destination stalls, buffers are capped
+// and excess lines are dropped and counted rather than blocking a worker.
+// reopen() (SIGUSR1) makes the writer reopen a file destination (logrotate).
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace lb::core {
+
+struct AccessRecord {
+  std::string_view listener;
+  const sockaddr* client = nullptr;
+  std::string_view backend;          // empty when none was chosen
+  uint64_t duration_ms = 0;
+  uint64_t bytes_to_backend = 0;
+  uint64_t bytes_to_client = 0;
+  const char* result = "ok";         // ok | connect_failed | timeout | reset | refused
+};
+
+// Appends the record's JSON line (with '\n') to out.
+void format_access_record(const AccessRecord& r, std::string& out);
+// Appends s as a JSON string literal body (no quotes), escaped.
+void json_escape(std::string_view s, std::string& out);
+
+class AccessLog {
+ public:
+  // `target` is "stderr" or a file path (opened for append, created 0640).
+  AccessLog(std::string target, unsigned workers);
+  ~AccessLog();  // flushes and stops the writer
+  AccessLog(const AccessLog&) = delete;
+  AccessLog& operator=(const AccessLog&) = delete;
+
+  // False if the file could not be opened (error in *err).
+  bool open(std::string* err);
+  void write(unsigned worker, const AccessRecord& r);
+  void reopen();
+  uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
+  const std::string& target() const { return target_; }
+
+ private:
+  static constexpr size_t kFlushAt = 64 * 1024;
+  static constexpr size_t kCap = 4 * 1024 * 1024;
+  struct alignas(64) Buffer {
+    std::mutex mu;
+    std::string data;
+  };
+
+  void run();
+  int open_fd(std::string* err);
+  void write_out(const std::string& data);
+
+  const std::string target_;
+  std::vector<std::unique_ptr<Buffer>> buffers_;
+  int fd_ = -1;
+  bool own_fd_ = false;
+  std::atomic<uint64_t> dropped_{0};
+  std::atomic<bool> reopen_{false};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  bool kick_ = false;
+  std::thread thread_;
+};
+
+}  // namespace lb::core

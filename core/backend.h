@@ -1,0 +1,57 @@
+// Backend: one server of a pool, shared by every thread.
+//
+// Identity and configuration are immutable after construction. The live
+// counters are relaxed atomics updated by every worker (least-connections,
+// limits and bounded loads count connections of all workers together); they
+// are read by the admin thread for metrics. A Backend object survives reloads
+// for as long as a backend with the same pool, id and address exists, so its
+// counters and health state carry over.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "conf/config.h"
+
+namespace lb::core {
+
+struct Backend : std::enable_shared_from_this<Backend> {
+  Backend(std::string pool_name, const conf::Backend& c)
+      : pool(std::move(pool_name)), id(c.id), address(c.address), weight(c.weight),
+        backup(c.backup), max_connections(c.max_connections) {}
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  const std::string pool;
+  const std::string id;             // stable name: hashing, metrics, admin API
+  const conf::Endpoint address;
+  const uint32_t weight;            // configured weight; the table holds the effective one
+  const bool backup;
+  const uint64_t max_connections;   // 0 = unlimited
+
+  // True when a new connection must pass this backend over (max_connections).
+  bool full() const {
+    return max_connections != 0 &&
+           static_cast<uint64_t>(active.load(std::memory_order_relaxed)) >= max_connections;
+  }
+
+  // Live counters, all workers together.
+  std::atomic<int64_t> active{0};               // open connections / live UDP sessions
+  std::atomic<uint64_t> total{0};               // connections / sessions ever sent here
+  std::atomic<uint64_t> connect_failures{0};
+  std::atomic<uint64_t> bytes_to_backend{0};
+  std::atomic<uint64_t> bytes_to_client{0};
+  std::atomic<uint64_t> checks_pass{0};         // health probes
+  std::atomic<uint64_t> checks_fail{0};
+  // Connect failures/resets in a row seen by workers (passive health); a
+  // success resets it. Lets workers skip reporting successes when it is 0.
+  std::atomic<uint32_t> consecutive_failures{0};
+};
+
+using BackendPtr = std::shared_ptr<Backend>;
+
+}  // namespace lb::core

@@ -1,0 +1,64 @@
+// BackendTable: the immutable snapshot of every pool's usable backends that
+// workers select from.
+//
+// Built by the control plane (core/control.h) whenever health, admin state,
+// weights or the configuration change, then published to every worker through
+// a latest-wins mailbox. Nothing in a table changes after it is built, so
+// workers read it without locks; a worker keeps the table (and through it the
+// Backend objects) alive with a shared_ptr while it uses it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conf/config.h"
+#include "core/backend.h"
+
+namespace lb::core {
+
+class LookupTable;  // core/select/selector.h: prebuilt Maglev / ring
+
+// One backend as a selector sees it: usable now, with its effective weight
+// (configured weight, or the admin API's, scaled down during slow start).
+struct Candidate {
+  Backend* backend;
+  uint32_t weight;  // > 0
+};
+
+struct PoolTable {
+  std::string name;
+  conf::SelectorKind selector = conf::SelectorKind::RoundRobin;
+  conf::HashKey hash_key = conf::HashKey::SourceIp;
+  unsigned hash_balance_factor = 0;
+
+  // Every backend of the pool (keeps them alive), sorted by id.
+  std::vector<BackendPtr> backends;
+  // What selectors choose from: the usable primaries (up, active, weight > 0),
+  // or, when there is none, the usable backups. Sorted by backend id.
+  std::vector<Candidate> candidates;
+  bool using_backups = false;
+
+  // Prebuilt lookup table for hash selectors; null for the others.
+  std::shared_ptr<const LookupTable> lookup;
+  // Digest of the lookup table (hash selectors), 0 otherwise.
+  uint64_t digest = 0;
+};
+
+using PoolTablePtr = std::shared_ptr<const PoolTable>;
+
+struct BackendTable {
+  uint64_t version = 0;                // increases with every build
+  std::vector<PoolTablePtr> pools;     // same order as Config::pools of its generation
+
+  const PoolTable* find(const std::string& name) const {
+    for (auto& p : pools)
+      if (p->name == name) return p.get();
+    return nullptr;
+  }
+};
+
+using BackendTablePtr = std::shared_ptr<const BackendTable>;
+
+}  // namespace lb::core

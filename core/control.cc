@@ -1,0 +1,173 @@
+#include "core/control.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/select/selector.h"
+
+namespace lb::core {
+
+namespace {
+bool same_address(const conf::Endpoint& a, const conf::Endpoint& b) {
+  return a.addr_len == b.addr_len && std::memcmp(&a.addr, &b.addr, a.addr_len) == 0;
+}
+}  // namespace
+
+ControlPlane::ControlPlane(Publisher publish) : publish_(std::move(publish)) {}
+
+std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& cfg) {
+  std::lock_guard lk(mu_);
+  std::vector<PoolState> next;
+  next.reserve(cfg.pools.size());
+  for (const auto& pc : cfg.pools) {
+    PoolState ps;
+    ps.cfg = pc;
+    const PoolState* old_pool = nullptr;
+    for (const auto& op : pools_)
+      if (op.cfg.name == pc.name) old_pool = &op;
+    const bool checked = pc.health_check.type != conf::HealthType::None;
+    for (const auto& bc : pc.backends) {
+      const BackendState* ob = nullptr;
+      if (old_pool)
+        for (const auto& o : old_pool->backends)
+          if (o.backend->id == bc.id) ob = &o;
+      BackendState st;
+      if (ob && same_address(ob->backend->address, bc.address) && ob->backend->weight == bc.weight &&
+          ob->backend->backup == bc.backup && ob->backend->max_connections == bc.max_connections) {
+        st = *ob;  // unchanged: same object, counters, health and admin state
+      } else {
+        st.backend = std::make_shared<Backend>(pc.name, bc);
+        st.up = !checked;
+        if (ob) {
+          // Same id, new settings: the operator's admin state carries over,
+          // and so does the health verdict if the address did not change.
+          st.drain = ob->drain;
+          if (same_address(ob->backend->address, bc.address)) st.up = ob->up;
+        }
+      }
+      if (!checked) st.up = true;
+      ps.backends.push_back(std::move(st));
+    }
+    next.push_back(std::move(ps));
+  }
+  pools_ = std::move(next);
+  rebuild_locked();
+
+  std::vector<PoolBackends> out;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    PoolBackends pb{&cfg.pools[i], {}};
+    for (auto& b : pools_[i].backends) pb.backends.push_back(b.backend);
+    out.push_back(std::move(pb));
+  }
+  return out;
+}
+
+void ControlPlane::set_health(const Backend& b, bool up) {
+  std::lock_guard lk(mu_);
+  for (auto& p : pools_) {
+    for (auto& st : p.backends) {
+      if (st.backend.get() == &b) {
+        if (st.up == up) return;
+        st.up = up;
+        rebuild_locked();
+        return;
+      }
+    }
+  }
+}
+
+ControlPlane::BackendState* ControlPlane::find(const std::string& pool, const std::string& id, Status* st) {
+  for (auto& p : pools_) {
+    if (p.cfg.name != pool) continue;
+    for (auto& b : p.backends) {
+      if (b.backend->id == id) {
+        *st = Status::Ok;
+        return &b;
+      }
+    }
+    *st = Status::NoBackend;
+    return nullptr;
+  }
+  *st = Status::NoPool;
+  return nullptr;
+}
+
+ControlPlane::Status ControlPlane::set_drain(const std::string& pool, const std::string& id, bool drain) {
+  std::lock_guard lk(mu_);
+  Status st;
+  BackendState* b = find(pool, id, &st);
+  if (!b) return st;
+  if (b->drain != drain) {
+    b->drain = drain;
+    rebuild_locked();
+  }
+  return Status::Ok;
+}
+
+ControlPlane::Status ControlPlane::set_weight(const std::string& pool, const std::string& id, unsigned weight) {
+  std::lock_guard lk(mu_);
+  Status st;
+  BackendState* b = find(pool, id, &st);
+  if (!b) return st;
+  b->weight_override = static_cast<int>(weight);
+  rebuild_locked();
+  return Status::Ok;
+}
+
+void ControlPlane::rebuild_locked() {
+  auto table = std::make_shared<BackendTable>();
+  table->version = ++version_;
+  for (auto& p : pools_) {
+    auto pt = std::make_shared<PoolTable>();
+    pt->name = p.cfg.name;
+    pt->selector = p.cfg.selector;
+    pt->hash_key = p.cfg.hash_key;
+    pt->hash_balance_factor = p.cfg.hash_balance_factor;
+    std::vector<const BackendState*> sorted;
+    for (auto& b : p.backends) sorted.push_back(&b);
+    std::sort(sorted.begin(), sorted.end(),
+              [](auto* a, auto* b) { return a->backend->id < b->backend->id; });
+    for (auto* b : sorted) pt->backends.push_back(b->backend);
+    auto usable = [](const BackendState* b) { return b->up && !b->drain && b->weight() > 0; };
+    for (auto* b : sorted)
+      if (!b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), b->weight()});
+    if (pt->candidates.empty()) {
+      for (auto* b : sorted)
+        if (b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), b->weight()});
+      pt->using_backups = !pt->candidates.empty();
+    }
+    pt->lookup = build_lookup_table(pt->selector, pt->candidates);
+    pt->digest = pt->lookup ? pt->lookup->digest() : 0;
+    table->pools.push_back(std::move(pt));
+  }
+  current_ = table;
+  if (publish_) publish_(current_);
+}
+
+std::vector<ControlPlane::PoolView> ControlPlane::snapshot() const {
+  std::lock_guard lk(mu_);
+  std::vector<PoolView> out;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    const auto& p = pools_[i];
+    PoolView v;
+    v.name = p.cfg.name;
+    v.selector = p.cfg.selector;
+    if (current_ && i < current_->pools.size() && current_->pools[i]->lookup) {
+      v.has_digest = true;
+      v.digest = current_->pools[i]->digest;
+    } else if (conf::is_hash_selector(p.cfg.selector)) {
+      v.has_digest = true;  // empty table: digest of nothing
+      v.digest = 0;
+    }
+    for (auto& b : p.backends) v.backends.push_back({b.backend, b.up, b.drain, b.weight()});
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+BackendTablePtr ControlPlane::current() const {
+  std::lock_guard lk(mu_);
+  return current_;
+}
+
+}  // namespace lb::core

@@ -1,0 +1,90 @@
+// ControlPlane: the state behind the BackendTable, and its publisher.
+//
+// Holds, per pool of the current configuration, every Backend with its
+// health (from the health thread), admin state and weight override (from
+// the admin API). Every change builds a new immutable BackendTable (with the
+// hash selectors' lookup tables) and hands it to the publish callback, which
+// puts it in each worker's latest-wins mailbox.
+//
+// Thread-safe: called from the main thread (reload, admin API) and the health
+// thread (transitions). One mutex serialises changes so tables are published
+// in version order; it is never taken on the data path.
+#pragma once
+
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "conf/config.h"
+#include "core/backend_table.h"
+
+namespace lb::core {
+
+class ControlPlane {
+ public:
+  using Publisher = std::function<void(BackendTablePtr)>;
+  explicit ControlPlane(Publisher publish);
+
+  // Per pool (in config order), its Backend objects: the health targets.
+  struct PoolBackends {
+    const conf::Pool* pool;
+    std::vector<BackendPtr> backends;
+  };
+
+  // Installs the pools of a new configuration and publishes. A backend with
+  // the same pool, id and address as before keeps its object, counters,
+  // health and admin state; a new one starts down when its pool is health
+  // checked (its first probe decides) and up otherwise.
+  std::vector<PoolBackends> apply(const conf::Config& cfg);
+
+  // From the health thread: probe state (or passive ejection) changed.
+  void set_health(const Backend& b, bool up);
+
+  enum class Status { Ok, NoPool, NoBackend };
+  Status set_drain(const std::string& pool, const std::string& id, bool drain);
+  Status set_weight(const std::string& pool, const std::string& id, unsigned weight);
+
+  struct BackendView {
+    BackendPtr backend;
+    bool up = false;
+    bool drain = false;
+    uint32_t weight = 0;  // effective configured weight (admin override included)
+  };
+  struct PoolView {
+    std::string name;
+    conf::SelectorKind selector;
+    bool has_digest = false;
+    uint64_t digest = 0;
+    std::vector<BackendView> backends;  // config order
+  };
+  // A consistent copy for the admin API and /metrics.
+  std::vector<PoolView> snapshot() const;
+  BackendTablePtr current() const;
+
+ private:
+  struct BackendState {
+    BackendPtr backend;
+    bool up = false;
+    bool drain = false;
+    int weight_override = -1;  // -1: use the configured weight
+    uint32_t weight() const {
+      return weight_override >= 0 ? static_cast<uint32_t>(weight_override) : backend->weight;
+    }
+  };
+  struct PoolState {
+    conf::Pool cfg;
+    std::vector<BackendState> backends;  // config order
+  };
+
+  BackendState* find(const std::string& pool, const std::string& id, Status* st);
+  void rebuild_locked();
+
+  Publisher publish_;
+  mutable std::mutex mu_;
+  std::vector<PoolState> pools_;
+  BackendTablePtr current_;
+  uint64_t version_ = 0;
+};
+
+}  // namespace lb::core

@@ -1,0 +1,68 @@
+// Listener counters, kept per worker without locks and summed on scrape.
+//
+// Each worker writes only its own cache-line-aligned slot (single writer, so
+// a relaxed load+store is enough and there is no lock prefix on the hot
+// path); the admin thread reads every slot with relaxed loads. ListenerStats
+// objects are keyed by listener name and survive reloads.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+namespace lb::core {
+
+// Single-writer increment: cheaper than fetch_add, correct only when one
+// thread writes the counter.
+template <typename T>
+inline void bump(std::atomic<T>& a, T n = 1) {
+  a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+struct ListenerTotals {
+  uint64_t connections = 0;
+  int64_t active = 0;
+  uint64_t rejected_acl = 0;
+  uint64_t rejected_limit = 0;
+  uint64_t rejected_no_backend = 0;
+  uint64_t datagrams_in = 0;
+  uint64_t datagrams_out = 0;
+};
+
+class ListenerStats {
+ public:
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> connections{0};
+    std::atomic<int64_t> active{0};
+    std::atomic<uint64_t> rejected_acl{0};
+    std::atomic<uint64_t> rejected_limit{0};
+    std::atomic<uint64_t> rejected_no_backend{0};
+    std::atomic<uint64_t> datagrams_in{0};
+    std::atomic<uint64_t> datagrams_out{0};
+  };
+
+  explicit ListenerStats(unsigned workers) : n_(workers), slots_(new Slot[workers]) {}
+  Slot& slot(unsigned worker) { return slots_[worker]; }
+
+  ListenerTotals sum() const {
+    ListenerTotals t;
+    auto r = std::memory_order_relaxed;
+    for (unsigned i = 0; i < n_; ++i) {
+      const Slot& s = slots_[i];
+      t.connections += s.connections.load(r);
+      t.active += s.active.load(r);
+      t.rejected_acl += s.rejected_acl.load(r);
+      t.rejected_limit += s.rejected_limit.load(r);
+      t.rejected_no_backend += s.rejected_no_backend.load(r);
+      t.datagrams_in += s.datagrams_in.load(r);
+      t.datagrams_out += s.datagrams_out.load(r);
+    }
+    return t;
+  }
+
+ private:
+  unsigned n_;
+  std::unique_ptr<Slot[]> slots_;
+};
+
+}  // namespace lb::core

@@ -1,0 +1,310 @@
+#include "core/tcp_session.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "core/access_log.h"
+#include "core/log.h"
+#include "core/socket.h"
+
+namespace lb::core {
+
+// A queued write: header and the bytes that could not be written at once, in
+// one allocation. Only created when the destination's socket buffer is full.
+struct TcpSession::WriteReq {
+  uv_write_t req;
+  TcpSession* session;
+  Direction* dir;
+  uv_tcp_t* src;
+  size_t len;
+  char data[];
+};
+
+void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client) {
+  auto* s = new TcpSession(worker, std::move(listener), client);
+  s->begin();
+}
+
+TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client)
+    : worker_(worker), listener_(std::move(listener)), client_(client) {
+  client_->data = this;
+  refs_ = 1;
+  timeout_.fire = &TcpSession::on_timeout;
+  started_ms_ = uv_now(worker_.loop());
+  bump<int64_t>(listener_->stats->slot(worker_.index()).active, 1);
+  worker_.session_opened(this);
+}
+
+TcpSession::~TcpSession() {
+  bump<int64_t>(listener_->stats->slot(worker_.index()).active, -1);
+  worker_.session_closed(this);
+}
+
+void TcpSession::begin() {
+  int len = sizeof client_addr_;
+  if (uv_tcp_getpeername(client_, reinterpret_cast<sockaddr*>(&client_addr_), &len) != 0) {
+    // The client is already gone (reset before we got to it).
+    finish(Result::Reset, false);
+    return;
+  }
+  uv_tcp_nodelay(client_, 1);
+  flow_hash_ = worker_.flow_hash_for(*listener_, reinterpret_cast<sockaddr*>(&client_addr_));
+  connect_next();
+}
+
+void TcpSession::connect_next() {
+  auto& cfg = listener_->cfg;
+  Backend* b = nullptr;
+  if (attempts_ <= cfg.retries && attempts_ < kMaxAttempts) {
+    PickContext ctx;
+    ctx.hash = flow_hash_;
+    ctx.attempt = attempts_;
+    ctx.avoid = std::span<const Backend* const>(tried_, attempts_);
+    const PoolTable* pool = nullptr;
+    b = worker_.pick(*listener_, ctx, &pool);
+  }
+  if (!b) {
+    if (attempts_ == 0) {
+      bump(listener_->stats->slot(worker_.index()).rejected_no_backend);
+      finish(Result::Refused, false);
+    } else {
+      finish(Result::ConnectFailed, false);
+    }
+    return;
+  }
+  tried_[attempts_++] = b;
+  backend_ = b->shared_from_this();
+  backend_->active.fetch_add(1, std::memory_order_relaxed);
+  holds_active_ = true;
+
+  auto* up = new Upstream;
+  uv_tcp_init(worker_.loop(), &up->tcp);
+  up->tcp.data = this;
+  up->connect.data = this;
+  upstream_ = &up->tcp;
+  ++refs_;
+  int rc = uv_tcp_connect(&up->connect, &up->tcp,
+                          reinterpret_cast<const sockaddr*>(&b->address.addr), on_connect_cb);
+  if (rc != 0) {
+    // Immediate failure (no route, no ephemeral port): same as a refused connect.
+    connect_failed();
+    return;
+  }
+  worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(cfg.connect_timeout.count()));
+}
+
+void TcpSession::on_connect_cb(uv_connect_t* req, int status) {
+  auto* s = static_cast<TcpSession*>(req->data);
+  // A superseded attempt (closed after its timeout) reports UV_ECANCELED.
+  if (status == UV_ECANCELED || req->handle != reinterpret_cast<uv_stream_t*>(s->upstream_) ||
+      s->state_ != State::Connecting)
+    return;
+  if (status < 0) {
+    s->connect_failed();
+  } else {
+    s->connected();
+  }
+}
+
+void TcpSession::connect_failed() {
+  worker_.timeouts().disarm(&timeout_);
+  backend_->connect_failures.fetch_add(1, std::memory_order_relaxed);
+  backend_->consecutive_failures.fetch_add(1, std::memory_order_relaxed);
+  if (auto& report = worker_.shared().report_backend) report(backend_, false);
+  release_backend();
+  close_handle(upstream_, false);
+  connect_next();
+}
+
+// Gives back the backend's active count; backend_ itself stays set (and
+// alive) for the access log and the counters until the session is gone.
+void TcpSession::release_backend() {
+  if (!holds_active_) return;
+  holds_active_ = false;
+  backend_->active.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void TcpSession::connected() {
+  state_ = State::Relaying;
+  backend_->total.fetch_add(1, std::memory_order_relaxed);
+  if (backend_->consecutive_failures.load(std::memory_order_relaxed) != 0) {
+    backend_->consecutive_failures.store(0, std::memory_order_relaxed);
+    if (auto& report = worker_.shared().report_backend) report(backend_, true);
+  }
+  uv_tcp_nodelay(upstream_, 1);
+  worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.idle_timeout.count()));
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0 ||
+      uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0) {
+    finish(Result::Reset, true);
+  }
+}
+
+void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  // Every read lands in the worker's buffer and is written on at once, so an
+  // idle connection holds no buffer at all.
+  auto* s = static_cast<TcpSession*>(h->data);
+  buf->base = s->worker_.read_buffer();
+  buf->len = Worker::kReadBufferSize;
+}
+
+void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+  auto* s = static_cast<TcpSession*>(stream->data);
+  auto* src = reinterpret_cast<uv_tcp_t*>(stream);
+  if (s->state_ != State::Relaying) return;
+  if (nread > 0) {
+    s->worker_.timeouts().touch(&s->timeout_);
+    if (src == s->client_) {
+      s->bytes_to_backend_ += static_cast<uint64_t>(nread);
+      s->backend_->bytes_to_backend.fetch_add(static_cast<uint64_t>(nread), std::memory_order_relaxed);
+    } else {
+      s->bytes_to_client_ += static_cast<uint64_t>(nread);
+      s->backend_->bytes_to_client.fetch_add(static_cast<uint64_t>(nread), std::memory_order_relaxed);
+    }
+    s->forward(s->dir_from(src), src, s->peer_of(src), buf->base, static_cast<size_t>(nread));
+  } else if (nread < 0) {
+    s->on_read(src, nread);
+  }
+}
+
+void TcpSession::on_read(uv_tcp_t* src, ssize_t nread) {
+  if (nread == UV_EOF) {
+    on_eof(dir_from(src), peer_of(src));
+    return;
+  }
+  // A reset (or any other error) on one side resets the other. A backend
+  // that resets counts as a failure for passive health.
+  if (src == upstream_) {
+    backend_->consecutive_failures.fetch_add(1, std::memory_order_relaxed);
+    if (auto& report = worker_.shared().report_backend) report(backend_, false);
+  }
+  finish(Result::Reset, true);
+}
+
+void TcpSession::forward(Direction& d, uv_tcp_t* src, uv_tcp_t* dst, const char* data, size_t n) {
+  auto* dst_stream = reinterpret_cast<uv_stream_t*>(dst);
+  uv_buf_t b = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(n));
+  // Fast path: the kernel takes it all, nothing is copied or allocated.
+  int written = uv_try_write(dst_stream, &b, 1);
+  if (written == static_cast<int>(n)) return;
+  if (written < 0) {
+    if (written != UV_EAGAIN) {
+      finish(Result::Reset, true);
+      return;
+    }
+    written = 0;
+  }
+  size_t rest = n - static_cast<size_t>(written);
+  auto* w = static_cast<WriteReq*>(std::malloc(sizeof(WriteReq) + rest));
+  if (!w) {
+    finish(Result::Reset, true);
+    return;
+  }
+  w->session = this;
+  w->dir = &d;
+  w->src = src;
+  w->len = rest;
+  std::memcpy(w->data, data + written, rest);
+  uv_buf_t wb = uv_buf_init(w->data, static_cast<unsigned>(rest));
+  if (uv_write(&w->req, dst_stream, &wb, 1, on_write_cb) != 0) {
+    std::free(w);
+    finish(Result::Reset, true);
+    return;
+  }
+  if (d.on_queued(rest)) uv_read_stop(reinterpret_cast<uv_stream_t*>(src));
+}
+
+void TcpSession::on_write_cb(uv_write_t* req, int status) {
+  auto* w = reinterpret_cast<WriteReq*>(req);
+  TcpSession* s = w->session;
+  Direction* d = w->dir;
+  uv_tcp_t* src = w->src;
+  size_t len = w->len;
+  std::free(w);
+  if (status == UV_ECANCELED || s->state_ != State::Relaying) return;
+  if (status < 0) {
+    s->finish(Result::Reset, true);
+    return;
+  }
+  if (d->on_drained(len)) {
+    if (uv_read_start(reinterpret_cast<uv_stream_t*>(src), on_alloc, on_read_cb) != 0)
+      s->finish(Result::Reset, true);
+  }
+}
+
+void TcpSession::on_eof(Direction& d, uv_tcp_t* dst) {
+  if (!d.on_eof()) return;
+  // libuv performs the shutdown once the queued writes are flushed.
+  uv_shutdown_t* req = dst == upstream_ ? &shutdown_up_ : &shutdown_down_;
+  req->data = this;
+  if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(dst), on_shutdown_cb) != 0)
+    finish(Result::Reset, true);
+}
+
+void TcpSession::on_shutdown_cb(uv_shutdown_t* req, int status) {
+  auto* s = static_cast<TcpSession*>(req->data);
+  if (status == UV_ECANCELED || s->state_ != State::Relaying) return;
+  if (status < 0) {
+    s->finish(Result::Reset, true);
+    return;
+  }
+  Direction& d = req == &s->shutdown_up_ ? s->up_ : s->down_;
+  d.on_shutdown_done();
+  if (relay_finished(s->up_, s->down_)) s->finish(Result::Ok, false);
+}
+
+void TcpSession::on_timeout(TimeoutNode* n) {
+  auto* s = reinterpret_cast<TcpSession*>(reinterpret_cast<char*>(n) - offsetof(TcpSession, timeout_));
+  if (s->state_ == State::Connecting) {
+    s->connect_failed();
+  } else if (s->state_ == State::Relaying) {
+    s->finish(Result::Timeout, false);
+  }
+}
+
+void TcpSession::abort() { finish(Result::Reset, true); }
+
+void TcpSession::finish(Result r, bool reset) {
+  if (state_ == State::Closing) return;
+  state_ = State::Closing;
+  result_ = r;
+  worker_.timeouts().disarm(&timeout_);
+  close_handle(client_, reset);
+  if (upstream_) close_handle(upstream_, reset);
+}
+
+void TcpSession::close_handle(uv_tcp_t* h, bool reset) {
+  auto* hh = reinterpret_cast<uv_handle_t*>(h);
+  if (uv_is_closing(hh)) return;
+  // close_reset refuses while a shutdown is pending; a plain close then.
+  if (!reset || uv_tcp_close_reset(h, on_close_cb) != 0) uv_close(hh, on_close_cb);
+}
+
+void TcpSession::on_close_cb(uv_handle_t* h) {
+  auto* s = static_cast<TcpSession*>(h->data);
+  if (h == reinterpret_cast<uv_handle_t*>(s->client_)) {
+    delete reinterpret_cast<uv_tcp_t*>(h);
+  } else {
+    delete reinterpret_cast<Upstream*>(h);
+  }
+  if (--s->refs_ > 0) return;
+  s->log_access();
+  s->release_backend();
+  delete s;
+}
+
+void TcpSession::log_access() {
+  AccessLog* log = worker_.shared().access_log;
+  if (!log) return;
+  static const char* const kResults[] = {"ok", "connect_failed", "timeout", "reset", "refused"};
+  AccessRecord rec;
+  rec.listener = listener_->cfg.name;
+  rec.client = reinterpret_cast<const sockaddr*>(&client_addr_);
+  rec.backend = backend_ ? std::string_view(backend_->id) : std::string_view();
+  rec.duration_ms = uv_now(worker_.loop()) - started_ms_;
+  rec.bytes_to_backend = bytes_to_backend_;
+  rec.bytes_to_client = bytes_to_client_;
+  rec.result = kResults[static_cast<int>(result_)];
+  log->write(worker_.index(), rec);
+}
+
+}  // namespace lb::core

@@ -1,0 +1,101 @@
+// TcpSession: one client connection relayed to one backend.
+//
+// Path: accepted -> pick a backend -> connect (connect_timeout; on failure
+// up to `retries` more picks avoiding every backend already tried) -> relay
+// both ways with backpressure and half-close -> both sides closed -> counters
+// and the access-log line.
+//
+// Lifetime: owned by its worker (in the worker's intrusive session list) and
+// destroyed in the close callback of the last of its handles, so no libuv
+// callback can ever see a freed session. Pending writes and connects complete
+// with UV_ECANCELED before the close callbacks run; their callbacks ignore it.
+// Thread: its worker's loop only.
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+
+#include "core/backend.h"
+#include "core/flow_control.h"
+#include "core/timeout_wheel.h"
+#include "core/worker.h"
+
+namespace lb::core {
+
+class TcpSession {
+ public:
+  // Takes ownership of `client`, an initialised and accepted uv_tcp_t.
+  static void start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client);
+
+  // Resets both sides now (worker abort at the end of a graceful stop).
+  void abort();
+
+  // Worker's intrusive list.
+  TcpSession* prev = nullptr;
+  TcpSession* next = nullptr;
+
+ private:
+  enum class State { Connecting, Relaying, Closing };
+  enum class Result { Ok, ConnectFailed, Timeout, Reset, Refused };
+  static constexpr unsigned kMaxAttempts = 11;  // retries <= 10 (conf validation)
+
+  struct WriteReq;
+  // One connect attempt: a fresh socket each time (a failed socket cannot be
+  // reused). Freed in the handle's close callback.
+  struct Upstream {
+    uv_tcp_t tcp;           // first member: the handle pointer is the Upstream pointer
+    uv_connect_t connect;
+  };
+
+  TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client);
+  ~TcpSession();
+
+  void begin();
+  void connect_next();
+  void connected();
+  void connect_failed();
+  void forward(Direction& d, uv_tcp_t* src, uv_tcp_t* dst, const char* data, size_t n);
+  void on_read(uv_tcp_t* src, ssize_t nread);
+  void on_eof(Direction& d, uv_tcp_t* dst);
+  void finish(Result r, bool reset);
+  void close_handle(uv_tcp_t* h, bool reset);
+  void release_backend();
+  void log_access();
+
+  Direction& dir_from(uv_tcp_t* src) { return src == client_ ? up_ : down_; }
+  uv_tcp_t* peer_of(uv_tcp_t* h) { return h == client_ ? upstream_ : client_; }
+
+  static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
+  static void on_read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
+  static void on_write_cb(uv_write_t* req, int status);
+  static void on_shutdown_cb(uv_shutdown_t* req, int status);
+  static void on_connect_cb(uv_connect_t* req, int status);
+  static void on_close_cb(uv_handle_t* h);
+  static void on_timeout(TimeoutNode* n);
+
+  Worker& worker_;
+  ListenerRuntimePtr listener_;
+  uv_tcp_t* client_;
+  uv_tcp_t* upstream_ = nullptr;
+  uv_shutdown_t shutdown_up_;    // on upstream_, after the client's EOF
+  uv_shutdown_t shutdown_down_;  // on client_, after the backend's EOF
+  TimeoutNode timeout_;
+  BackendPtr backend_;           // the latest backend chosen
+  bool holds_active_ = false;    // counted in backend_->active
+  const Backend* tried_[kMaxAttempts];
+  unsigned attempts_ = 0;
+  int refs_ = 0;                 // open handles
+  State state_ = State::Connecting;
+  Result result_ = Result::Ok;
+  Direction up_;                 // client -> backend
+  Direction down_;               // backend -> client
+  uint64_t flow_hash_ = 0;
+  uint64_t started_ms_ = 0;
+  uint64_t bytes_to_backend_ = 0;
+  uint64_t bytes_to_client_ = 0;
+  sockaddr_storage client_addr_{};
+};
+
+}  // namespace lb::core

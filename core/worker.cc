@@ -1,0 +1,272 @@
+#include "core/worker.h"
+
+#include <unistd.h>
+
+#include <cassert>
+
+#include "core/hash/flow_hash.h"
+#include "core/log.h"
+#include "core/tcp_session.h"
+
+namespace lb::core {
+
+// A listening socket adopted by this worker's loop.
+struct Worker::Listener {
+  Worker* worker = nullptr;
+  std::string key;
+  ListenerRuntimePtr runtime;
+  uv_tcp_t* handle = nullptr;  // freed in its close callback
+};
+
+Worker::Worker(unsigned index, SharedState& shared)
+    : index_(index), shared_(shared), read_buffer_(new char[kReadBufferSize]) {
+  uv_loop_init(&loop_);
+  async_ = new uv_async_t;
+  uv_async_init(&loop_, async_, on_async);
+  async_->data = this;
+  timeouts_ = std::make_unique<TimeoutWheel>(&loop_);
+}
+
+Worker::~Worker() {
+  if (thread_.joinable()) thread_.join();
+  if (loop_closed_) return;
+  // The thread never ran (start-up failed): close what the constructor opened.
+  if (async_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(async_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    async_ = nullptr;
+  }
+  timeouts_->close();
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  uv_loop_close(&loop_);
+}
+
+void Worker::start() {
+  thread_ = std::thread([this] { run(); });
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::run() {
+  // Runs until Abort has closed every handle and their callbacks have run.
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(&loop_);
+  if (rc != 0) log::error("worker loop has open handles at exit worker={}", index_);
+  loop_closed_ = true;
+}
+
+void Worker::post(WorkerMessage msg) {
+  {
+    std::lock_guard lk(inbox_mu_);
+    inbox_.push_back(std::move(msg));
+  }
+  uv_async_send(async_);
+}
+
+void Worker::publish(BackendTablePtr table) {
+  {
+    std::lock_guard lk(inbox_mu_);
+    pending_table_ = std::move(table);
+  }
+  uv_async_send(async_);
+}
+
+void Worker::on_async(uv_async_t* a) { static_cast<Worker*>(a->data)->drain_inbox(); }
+
+void Worker::drain_inbox() {
+  std::vector<WorkerMessage> msgs;
+  BackendTablePtr table;
+  {
+    std::lock_guard lk(inbox_mu_);
+    msgs.swap(inbox_);
+    table = std::move(pending_table_);
+    pending_table_.reset();
+  }
+  // The table first: a new listener set may name pools only it has.
+  if (table) swap_table(std::move(table));
+  for (auto& m : msgs) {
+    switch (m.kind) {
+      case WorkerMessage::Kind::Listeners:
+        apply_listeners(std::move(m.listeners));
+        break;
+      case WorkerMessage::Kind::Drain:
+        close_listeners();
+        break;
+      case WorkerMessage::Kind::Abort:
+        abort_all();
+        return;
+    }
+  }
+}
+
+void Worker::swap_table(BackendTablePtr table) {
+  std::vector<PoolSelector> sel;
+  sel.reserve(table->pools.size());
+  for (auto& p : table->pools) {
+    // Keep the selector (and its cursor) when the pool's table is unchanged.
+    PoolSelector ps;
+    for (auto& old : selectors_) {
+      if (old.table == p) {
+        ps.table = old.table;
+        ps.selector = std::move(old.selector);
+        break;
+      }
+    }
+    if (!ps.selector) {
+      ps.table = p;
+      ps.selector = make_selector(*p, (static_cast<uint64_t>(index_) << 32) ^ table->version);
+    }
+    sel.push_back(std::move(ps));
+  }
+  selectors_ = std::move(sel);
+  table_ = std::move(table);
+}
+
+Backend* Worker::pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool) {
+  for (auto& ps : selectors_) {
+    if (ps.table->name == listener.cfg.pool) {
+      *pool = ps.table.get();
+      return ps.selector->pick(ctx);
+    }
+  }
+  return nullptr;
+}
+
+uint64_t Worker::flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
+  for (auto& ps : selectors_) {
+    if (ps.table->name == listener.cfg.pool) {
+      if (!conf::is_hash_selector(ps.table->selector)) return 0;
+      return hash::flow_hash(client, ps.table->hash_key);
+    }
+  }
+  return 0;
+}
+
+void Worker::apply_listeners(std::vector<ListenEntry> entries) {
+  std::vector<std::unique_ptr<Listener>> next;
+  for (auto& e : entries) {
+    std::unique_ptr<Listener> l;
+    for (auto& old : listeners_) {
+      if (old && old->key == e.key) {
+        l = std::move(old);
+        break;
+      }
+    }
+    if (l) {
+      // Unchanged bind: keep the socket, take the new settings.
+      l->runtime = e.runtime;
+      if (e.fd >= 0) ::close(e.fd);
+      next.push_back(std::move(l));
+      continue;
+    }
+    if (e.fd < 0) {
+      log::error("worker has no socket for listener={} worker={}", e.runtime->cfg.name, index_);
+      continue;
+    }
+    l = std::make_unique<Listener>();
+    l->worker = this;
+    l->key = e.key;
+    l->runtime = e.runtime;
+    l->handle = new uv_tcp_t;
+    uv_tcp_init(&loop_, l->handle);
+    l->handle->data = l.get();
+    int rc = uv_tcp_open(l->handle, e.fd);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l->handle), 4096, on_connection);
+    if (rc != 0) {
+      log::error("cannot listen listener={} worker={} error={}", e.runtime->cfg.name, index_,
+                 uv_strerror(rc));
+      uv_close(reinterpret_cast<uv_handle_t*>(l->handle),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+      continue;
+    }
+    next.push_back(std::move(l));
+  }
+  // Whatever is left was removed from the configuration: stop accepting at
+  // once; its established sessions carry on.
+  for (auto& old : listeners_) {
+    if (!old) continue;
+    uv_close(reinterpret_cast<uv_handle_t*>(old->handle),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  }
+  listeners_ = std::move(next);
+}
+
+void Worker::close_listeners() {
+  for (auto& l : listeners_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(l->handle),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  }
+  listeners_.clear();
+}
+
+void Worker::abort_all() {
+  aborting_ = true;
+  close_listeners();
+  while (sessions_) {
+    TcpSession* s = sessions_;
+    s->abort();
+    // abort() starts closing; the session leaves the list when its last
+    // handle closes. Unlink it now so the loop terminates.
+    if (sessions_ == s) {
+      sessions_ = s->next;
+      if (sessions_) sessions_->prev = nullptr;
+      s->prev = s->next = nullptr;
+    }
+  }
+  timeouts_->close();
+  uv_close(reinterpret_cast<uv_handle_t*>(async_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+  async_ = nullptr;
+  selectors_.clear();
+  table_.reset();
+}
+
+void Worker::on_connection(uv_stream_t* server, int status) {
+  auto* l = static_cast<Listener*>(server->data);
+  if (status < 0) {
+    log::warn("accept failed listener={} error={}", l->runtime->cfg.name, uv_strerror(status));
+    return;
+  }
+  l->worker->accept_one(l);
+}
+
+void Worker::accept_one(Listener* l) {
+  auto* client = new uv_tcp_t;
+  uv_tcp_init(&loop_, client);
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(l->handle), reinterpret_cast<uv_stream_t*>(client)) != 0) {
+    uv_close(reinterpret_cast<uv_handle_t*>(client), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    return;
+  }
+  auto& slot = l->runtime->stats->slot(index_);
+  // [global] max_connections counts every listener of every worker.
+  if (shared_.active_connections.fetch_add(1, std::memory_order_relaxed) >=
+      static_cast<int64_t>(shared_.max_connections.load(std::memory_order_relaxed))) {
+    shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
+    bump(slot.rejected_limit);
+    uv_close(reinterpret_cast<uv_handle_t*>(client), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    return;
+  }
+  bump(slot.connections);
+  TcpSession::start(*this, l->runtime, client);
+}
+
+void Worker::session_opened(TcpSession* s) {
+  s->next = sessions_;
+  s->prev = nullptr;
+  if (sessions_) sessions_->prev = s;
+  sessions_ = s;
+  open_sessions_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Worker::session_closed(TcpSession* s) {
+  if (s->prev) s->prev->next = s->next;
+  else if (sessions_ == s) sessions_ = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->prev = s->next = nullptr;
+  open_sessions_.fetch_sub(1, std::memory_order_relaxed);
+  shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
+}
+
+}  // namespace lb::core

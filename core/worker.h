@@ -1,0 +1,140 @@
+// Worker: one thread, one libuv loop, its own listening sockets and sessions.
+//
+// Ownership and threads:
+//  * Everything inside a Worker (loop, listeners, sessions, selectors) is
+//    touched only by its own thread, except the two inboxes below.
+//  * post() (control messages: listener sets, drain, abort) and publish()
+//    (the latest BackendTable) are the only thread-safe entry points. Control
+//    messages queue in order (a listener set carries socket fds that must not
+//    be lost); tables are latest-wins, so coalesced uv_async_send wake-ups
+//    never matter.
+//  * Per-backend counters are relaxed atomics on the shared Backend objects;
+//    per-listener counters go to this worker's slot of ListenerStats.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "conf/config.h"
+#include "core/backend_table.h"
+#include "core/select/selector.h"
+#include "core/stats.h"
+#include "core/timeout_wheel.h"
+
+namespace lb::core {
+
+class AccessLog;
+class TcpSession;
+
+// What a listener is, as of one configuration generation. Immutable; sessions
+// keep the one they started with.
+struct ListenerRuntime {
+  conf::Listener cfg;
+  std::shared_ptr<ListenerStats> stats;   // by listener name, across reloads
+};
+using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
+
+// Process-wide state every worker reads.
+struct SharedState {
+  std::atomic<int64_t> active_connections{0};          // all listeners, all workers
+  std::atomic<uint64_t> max_connections{100000};       // [global] max_connections
+  AccessLog* access_log = nullptr;                     // may be null (off)
+  // Passive health: called on a worker thread after a connect failure
+  // (success=false) or an established connection (success=true). Must be
+  // thread-safe and cheap. May be empty.
+  std::function<void(const BackendPtr&, bool success)> report_backend;
+};
+
+// One listening socket of a listener, for one worker.
+struct ListenEntry {
+  std::string key;            // "tcp|127.0.0.1:8080": identity across reloads
+  int fd = -1;                // a new socket to adopt, or -1: keep the worker's existing one
+  ListenerRuntimePtr runtime;
+};
+
+struct WorkerMessage {
+  enum class Kind {
+    Listeners,  // replace the listener set (entries not listed are closed)
+    Drain,      // stop accepting; sessions continue
+    Abort,      // close every session and handle; the loop ends
+  };
+  Kind kind;
+  std::vector<ListenEntry> listeners;
+};
+
+class Worker {
+ public:
+  Worker(unsigned index, SharedState& shared);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  void start();   // spawns the thread
+  void join();    // after an Abort message
+  void post(WorkerMessage msg);
+  void publish(BackendTablePtr table);
+
+  unsigned index() const { return index_; }
+  // Sessions open on this worker (read by the main thread while draining).
+  int64_t open_sessions() const { return open_sessions_.load(std::memory_order_relaxed); }
+
+  // --- used by sessions, on this worker's thread only ---
+  uv_loop_t* loop() { return &loop_; }
+  TimeoutWheel& timeouts() { return *timeouts_; }
+  SharedState& shared() { return shared_; }
+  // The per-loop read buffer: every read lands here and is written on at once.
+  char* read_buffer() { return read_buffer_.get(); }
+  static constexpr size_t kReadBufferSize = 64 * 1024;
+  // Picks a backend for a new connection of `listener`; null when none.
+  Backend* pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool);
+  uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client);
+  void session_opened(TcpSession* s);
+  void session_closed(TcpSession* s);
+
+ private:
+  struct Listener;
+  struct PoolSelector {
+    PoolTablePtr table;
+    std::unique_ptr<Selector> selector;
+  };
+
+  void run();
+  static void on_async(uv_async_t* a);
+  void drain_inbox();
+  void apply_listeners(std::vector<ListenEntry> entries);
+  void close_listeners();
+  void abort_all();
+  void swap_table(BackendTablePtr table);
+  static void on_connection(uv_stream_t* server, int status);
+  void accept_one(Listener* l);
+
+  const unsigned index_;
+  SharedState& shared_;
+  uv_loop_t loop_;
+  uv_async_t* async_ = nullptr;
+  std::unique_ptr<TimeoutWheel> timeouts_;
+  std::unique_ptr<char[]> read_buffer_;
+  std::thread thread_;
+
+  std::mutex inbox_mu_;
+  std::vector<WorkerMessage> inbox_;
+  BackendTablePtr pending_table_;
+
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  BackendTablePtr table_;
+  std::vector<PoolSelector> selectors_;   // parallel to table_->pools
+  TcpSession* sessions_ = nullptr;        // intrusive list of open sessions
+  std::atomic<int64_t> open_sessions_{0};
+  bool aborting_ = false;
+  bool loop_closed_ = false;
+};
+
+}  // namespace lb::core

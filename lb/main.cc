@@ -1,0 +1,70 @@
+// lb: command line, then hand over to Server.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "conf/load.h"
+#include "core/log.h"
+#include "lb/server.h"
+
+namespace {
+
+constexpr const char* kDefaultConfig = "/etc/lb/lb.toml";
+
+void usage(FILE* out) {
+  std::fprintf(out,
+               "usage: lb [--config PATH] [--check]\n"
+               "       lb --version | --help\n"
+               "\n"
+               "  -c, --config PATH   configuration file (default %s)\n"
+               "      --check         validate the configuration and exit\n"
+               "      --version       print the version and exit\n"
+               "  -h, --help          this text\n"
+               "\n"
+               "signals: SIGHUP reload, SIGTERM/SIGINT graceful stop, SIGUSR1 reopen the access log\n",
+               kDefaultConfig);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string path = kDefaultConfig;
+  bool check = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--config" || a == "-c") {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "lb: %s needs a path\n", a.c_str());
+        usage(stderr);
+        return 2;
+      }
+      path = argv[++i];
+    } else if (a.rfind("--config=", 0) == 0) {
+      path = a.substr(9);
+    } else if (a == "--check") {
+      check = true;
+    } else if (a == "--version") {
+      std::printf("lb %s\n", LB_VERSION);
+      return 0;
+    } else if (a == "--help" || a == "-h") {
+      usage(stdout);
+      return 0;
+    } else {
+      std::fprintf(stderr, "lb: unknown argument '%s'\n", a.c_str());
+      usage(stderr);
+      return 2;
+    }
+  }
+
+  auto res = lb::conf::load_file(path);
+  if (!res.ok()) {
+    for (const auto& d : res.errors) std::fprintf(stderr, "%s\n", d.str().c_str());
+    return 1;
+  }
+  if (check) {
+    std::printf("%s: configuration OK\n", path.c_str());
+    return 0;
+  }
+  lb::app::Server server(std::move(*res.config));
+  return server.run();
+}

@@ -1,0 +1,376 @@
+#include "lb/server.h"
+
+#include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <stdexcept>
+
+#include "conf/load.h"
+#include "core/log.h"
+#include "core/socket.h"
+#include "health/health_checker.h"
+#include "lb/admin_api.h"
+
+namespace lb::app {
+
+using core::ListenerRuntime;
+using core::ListenerRuntimePtr;
+
+// Health thread -> control plane, plus the operational log line.
+class HealthBridge : public health::HealthSink {
+ public:
+  explicit HealthBridge(core::ControlPlane& control) : control_(control) {}
+  void on_health(const core::Backend& b, bool up, const std::string& reason) override {
+    log::info("backend {} pool={} backend={} reason=\"{}\"", up ? "up" : "down", b.pool, b.id, reason);
+    control_.set_health(b, up);
+  }
+
+ private:
+  core::ControlPlane& control_;
+};
+
+namespace {
+
+unsigned cpu_count() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<unsigned>(n);
+  }
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+// Many connections need many descriptors: take the hard limit.
+void raise_nofile(uint64_t max_connections) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  // Two descriptors per proxied connection, plus some for listeners and probes.
+  if (rl.rlim_cur != RLIM_INFINITY && max_connections * 2 + 256 > rl.rlim_cur) {
+    log::warn("open file limit too low for max_connections limit={} max_connections={}",
+              static_cast<uint64_t>(rl.rlim_cur), max_connections);
+  }
+}
+
+}  // namespace
+
+Server::Server(conf::Config config) : config_(std::move(config)) {
+  uv_loop_init(&loop_);
+  nworkers_ = config_.global.workers ? config_.global.workers : cpu_count();
+}
+
+Server::~Server() {
+  // run() leaves nothing open; this only matters after a failed start.
+  uv_loop_close(&loop_);
+}
+
+std::string Server::bind_key(const conf::Listener& l, const conf::Endpoint& e) {
+  return std::string(conf::to_string(l.protocol)) + "|" + e.to_string();
+}
+
+std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
+  std::vector<ListenerRuntimePtr> out;
+  std::map<std::string, std::shared_ptr<core::ListenerStats>> stats;
+  for (const auto& l : cfg.listeners) {
+    auto rt = std::make_shared<ListenerRuntime>();
+    rt->cfg = l;
+    auto it = stats_.find(l.name);
+    rt->stats = it != stats_.end() ? it->second : std::make_shared<core::ListenerStats>(nworkers_);
+    stats[l.name] = rt->stats;
+    out.push_back(std::move(rt));
+  }
+  stats_ = std::move(stats);
+  return out;
+}
+
+// Opens one SO_REUSEPORT socket per worker for every bind that has none yet.
+// Port 0 is resolved by the first socket; the others bind the port it got.
+bool Server::bind_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>* fresh,
+                            std::map<std::string, Bound>* fresh_bound) {
+  for (const auto& l : cfg.listeners) {
+    int type = l.protocol == conf::Protocol::Tcp ? SOCK_STREAM : SOCK_DGRAM;
+    for (const auto& e : l.bind) {
+      std::string key = bind_key(l, e);
+      if (bound_.count(key) || fresh->count(key)) continue;
+      Bound b;
+      b.protocol_type = type;
+      b.addr = e.addr;
+      b.len = e.addr_len;
+      std::vector<int> fds;
+      for (unsigned w = 0; w < nworkers_; ++w) {
+        int fd = core::make_reuseport_socket(reinterpret_cast<sockaddr*>(&b.addr), b.len, type);
+        if (fd < 0) {
+          log::error("cannot bind listener={} address={} error=\"{}\"", l.name, e.text, strerror(-fd));
+          for (int f : fds) ::close(f);
+          return false;
+        }
+        if (w == 0) core::local_address(fd, &b.addr, &b.len);
+        if (type == SOCK_STREAM && ::listen(fd, 4096) != 0) {
+          int err = errno;
+          log::error("cannot listen listener={} address={} error=\"{}\"", l.name, e.text, strerror(err));
+          ::close(fd);
+          for (int f : fds) ::close(f);
+          return false;
+        }
+        fds.push_back(fd);
+      }
+      b.actual = core::format_address(reinterpret_cast<sockaddr*>(&b.addr));
+      (*fresh)[key] = std::move(fds);
+      (*fresh_bound)[key] = b;
+    }
+  }
+  return true;
+}
+
+void Server::post_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>& fresh) {
+  for (unsigned w = 0; w < nworkers_; ++w) {
+    core::WorkerMessage msg{core::WorkerMessage::Kind::Listeners, {}};
+    for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+      const auto& l = cfg.listeners[i];
+      for (const auto& e : l.bind) {
+        std::string key = bind_key(l, e);
+        core::ListenEntry entry;
+        entry.key = key;
+        entry.runtime = listeners_[i];
+        auto it = fresh.find(key);
+        entry.fd = it != fresh.end() ? it->second[w] : -1;
+        msg.listeners.push_back(std::move(entry));
+      }
+    }
+    workers_[w]->post(std::move(msg));
+  }
+}
+
+void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools) {
+  std::vector<health::HealthChecker::Target> targets;
+  for (const auto& p : pools) {
+    for (const auto& b : p.backends) targets.push_back({b, p.pool->health_check, p.pool->outlier});
+  }
+  health_->set_targets(std::move(targets));
+}
+
+bool Server::start() {
+  log::set_level(config_.global.log_level);
+  raise_nofile(config_.global.max_connections);
+  shared_.max_connections.store(config_.global.max_connections);
+
+  if (config_.global.access_log != "off") {
+    access_log_ = std::make_unique<core::AccessLog>(config_.global.access_log, nworkers_);
+    std::string err;
+    if (!access_log_->open(&err)) {
+      log::error("cannot open access log path={} error=\"{}\"", config_.global.access_log, err);
+      return false;
+    }
+    shared_.access_log = access_log_.get();
+  }
+
+  for (unsigned i = 0; i < nworkers_; ++i) workers_.push_back(std::make_unique<core::Worker>(i, shared_));
+  control_ = std::make_unique<core::ControlPlane>([this](core::BackendTablePtr t) {
+    for (auto& w : workers_) w->publish(t);
+  });
+  health_bridge_ = std::make_unique<HealthBridge>(*control_);
+  health_ = std::make_unique<health::HealthChecker>(*health_bridge_);
+  shared_.report_backend = [h = health_.get()](const core::BackendPtr& b, bool ok) { h->report(b, ok); };
+
+  // Bind before anything is probed or started, so a busy port fails fast.
+  std::map<std::string, std::vector<int>> fresh;
+  std::map<std::string, Bound> fresh_bound;
+  if (!bind_listeners(config_, &fresh, &fresh_bound)) return false;
+  bound_ = std::move(fresh_bound);
+
+  try {
+    health_->start();
+  } catch (const std::exception& e) {
+    log::error("cannot start health checker error=\"{}\"", e.what());
+    for (auto& [k, fds] : fresh)
+      for (int fd : fds) ::close(fd);
+    return false;
+  }
+  auto pools = control_->apply(config_);
+  health_targets(pools);
+  // Every backend gets its first probe before traffic is accepted for it.
+  conf::Duration longest{0};
+  for (const auto& p : config_.pools) longest = std::max(longest, p.health_check.timeout);
+  if (!health_->wait_initial(longest + std::chrono::milliseconds(500)))
+    log::warn("some backends had no first health result in time; they stay down until probed");
+
+  listeners_ = make_runtimes(config_);
+  post_listeners(config_, fresh);
+  for (auto& w : workers_) w->start();
+  generation_ = 1;
+
+  if (config_.admin.listen) {
+    admin_ = std::make_unique<admin::HttpServer>(&loop_, [this](const admin::HttpRequest& r) {
+      return handle_admin(*this, r);
+    });
+    int rc = admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
+    if (rc != 0) {
+      log::error("cannot bind admin address={} error=\"{}\"", config_.admin.listen->text, uv_strerror(rc));
+      return false;
+    }
+  }
+
+  for (int sig : {SIGHUP, SIGTERM, SIGINT, SIGUSR1}) {
+    auto* s = new uv_signal_t;
+    uv_signal_init(&loop_, s);
+    s->data = this;
+    uv_signal_start(s, on_signal, sig);
+    signals_.push_back(s);
+  }
+  std::signal(SIGPIPE, SIG_IGN);
+
+  for (const auto& l : config_.listeners)
+    for (const auto& e : l.bind)
+      log::info("listening listener={} address={}", l.name, bound_[bind_key(l, e)].actual);
+  if (admin_) {
+    conf::Endpoint ep = *config_.admin.listen;
+    auto* sa = reinterpret_cast<sockaddr_in*>(&ep.addr);
+    sa->sin_port = htons(admin_->port());  // sin6_port is at the same offset
+    log::info("admin listening address={}", core::format_address(reinterpret_cast<sockaddr*>(&ep.addr)));
+  }
+  log::info("started version={} workers={}", LB_VERSION, nworkers_);
+  return true;
+}
+
+int Server::run() {
+  bool ok = start();
+  if (!ok) {
+    stopped_ = true;
+    finish_stop();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    return 1;
+  }
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  return 0;
+}
+
+void Server::on_signal(uv_signal_t* s, int signum) {
+  auto* self = static_cast<Server*>(s->data);
+  switch (signum) {
+    case SIGHUP:
+      self->reload();
+      break;
+    case SIGUSR1:
+      if (self->access_log_) self->access_log_->reopen();
+      log::info("reopening access log");
+      break;
+    default:
+      self->begin_stop();
+  }
+}
+
+void Server::reload() {
+  if (draining_) return;
+  log::info("reloading path={}", config_.path);
+  auto res = conf::load_file(config_.path);
+  if (!res.ok()) {
+    ++reloads_error_;
+    for (const auto& d : res.errors) log::error("reload failed: {}", d.str());
+    log::error("reload failed, keeping the running configuration generation={}", generation_);
+    return;
+  }
+  conf::Config next = std::move(*res.config);
+  if (next.global.workers && next.global.workers != nworkers_)
+    log::warn("workers changes need a restart running={} configured={}", nworkers_, next.global.workers);
+
+  std::map<std::string, std::vector<int>> fresh;
+  std::map<std::string, Bound> fresh_bound;
+  if (!bind_listeners(next, &fresh, &fresh_bound)) {
+    ++reloads_error_;
+    log::error("reload failed, keeping the running configuration generation={}", generation_);
+    return;
+  }
+  log::set_level(next.global.log_level);
+  shared_.max_connections.store(next.global.max_connections);
+
+  auto pools = control_->apply(next);
+  health_targets(pools);
+  listeners_ = make_runtimes(next);
+  post_listeners(next, fresh);
+
+  // Forget binds no listener has any more (the workers close their sockets).
+  std::map<std::string, Bound> kept;
+  for (const auto& l : next.listeners) {
+    for (const auto& e : l.bind) {
+      std::string key = bind_key(l, e);
+      auto it = bound_.find(key);
+      if (it != bound_.end()) kept[key] = it->second;
+      auto f = fresh_bound.find(key);
+      if (f != fresh_bound.end()) {
+        kept[key] = f->second;
+        log::info("listening listener={} address={}", l.name, f->second.actual);
+      }
+    }
+  }
+  bound_ = std::move(kept);
+  if (next.admin.listen && config_.admin.listen && next.admin.listen->text != config_.admin.listen->text)
+    log::warn("admin listen changes need a restart");
+  config_ = std::move(next);
+  ++generation_;
+  ++reloads_ok_;
+  log::info("reloaded generation={}", generation_);
+}
+
+void Server::begin_stop() {
+  if (draining_) return;
+  draining_ = true;
+  log::info("stopping drain_delay={}ms shutdown_timeout={}ms", config_.global.drain_delay.count(),
+            config_.global.shutdown_timeout.count());
+  stop_timer_ = new uv_timer_t;
+  uv_timer_init(&loop_, stop_timer_);
+  stop_timer_->data = this;
+  // Lame duck: keep serving (with /healthz at 503) for drain_delay first.
+  uv_timer_start(
+      stop_timer_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->stop_accepting(); },
+      static_cast<uint64_t>(config_.global.drain_delay.count()), 0);
+}
+
+void Server::stop_accepting() {
+  accepting_stopped_ = true;
+  for (auto& w : workers_) w->post({core::WorkerMessage::Kind::Drain, {}});
+  stop_deadline_ = uv_now(&loop_) + static_cast<uint64_t>(config_.global.shutdown_timeout.count());
+  uv_timer_start(
+      stop_timer_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->check_drained(); }, 0, 20);
+}
+
+void Server::check_drained() {
+  int64_t open = 0;
+  for (auto& w : workers_) open += w->open_sessions();
+  if (open == 0) {
+    finish_stop();
+    return;
+  }
+  if (uv_now(&loop_) >= stop_deadline_) {
+    log::warn("shutdown timeout reached, closing connections count={}", open);
+    finish_stop();
+  }
+}
+
+void Server::finish_stop() {
+  for (auto& w : workers_) w->post({core::WorkerMessage::Kind::Abort, {}});
+  for (auto& w : workers_) w->join();
+  if (health_) health_->stop();
+  shared_.report_backend = nullptr;
+  if (admin_) admin_->close();
+  for (auto* s : signals_)
+    uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
+  signals_.clear();
+  if (stop_timer_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(stop_timer_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    stop_timer_ = nullptr;
+  }
+  // Flush the access log before exit.
+  access_log_.reset();
+  shared_.access_log = nullptr;
+  log::info("stopped");
+}
+
+}  // namespace lb::app

@@ -1,0 +1,97 @@
+// Server: wires configuration, workers, the health checker, the control
+// plane and the admin API together, and owns the process lifecycle (start,
+// reload on SIGHUP, graceful stop on SIGTERM/SIGINT, SIGUSR1).
+//
+// Thread: everything here runs on the main thread's loop, except what the
+// ControlPlane, HealthChecker and Workers document as thread-safe.
+#pragma once
+
+#include <uv.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conf/config.h"
+#include "core/access_log.h"
+#include "core/admin/http_server.h"
+#include "core/control.h"
+#include "core/worker.h"
+
+namespace lb::health {
+class HealthChecker;
+}
+
+namespace lb::app {
+
+class HealthBridge;
+
+class Server {
+ public:
+  explicit Server(conf::Config config);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds, starts every thread and runs until stopped. Returns the process
+  // exit code (0 after a graceful stop, 1 on a start-up error).
+  int run();
+
+  // --- for the admin API (main thread) ---
+  const conf::Config& config() const { return config_; }
+  uint64_t generation() const { return generation_; }
+  bool draining() const { return draining_; }
+  uint64_t reloads_ok() const { return reloads_ok_; }
+  uint64_t reloads_error() const { return reloads_error_; }
+  const std::vector<core::ListenerRuntimePtr>& listeners() const { return listeners_; }
+  core::ControlPlane& control() { return *control_; }
+
+ private:
+  struct Bound {
+    int protocol_type;            // SOCK_STREAM / SOCK_DGRAM
+    std::string actual;           // address with the real port
+    sockaddr_storage addr{};
+    socklen_t len = 0;
+  };
+
+  bool start();
+  bool bind_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>* fresh,
+                      std::map<std::string, Bound>* fresh_bound);
+  std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg);
+  void post_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>& fresh);
+  void reload();
+  void begin_stop();
+  void stop_accepting();
+  void check_drained();
+  void finish_stop();
+  void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools);
+
+  static std::string bind_key(const conf::Listener& l, const conf::Endpoint& e);
+  static void on_signal(uv_signal_t* s, int signum);
+
+  conf::Config config_;
+  uv_loop_t loop_;
+  unsigned nworkers_ = 1;
+  core::SharedState shared_;
+  std::unique_ptr<core::ControlPlane> control_;
+  std::vector<std::unique_ptr<core::Worker>> workers_;
+  std::unique_ptr<core::AccessLog> access_log_;
+  std::unique_ptr<HealthBridge> health_bridge_;
+  std::unique_ptr<health::HealthChecker> health_;
+  std::unique_ptr<admin::HttpServer> admin_;
+  std::map<std::string, Bound> bound_;     // bind key -> socket facts
+  std::map<std::string, std::shared_ptr<core::ListenerStats>> stats_;  // by listener name
+  std::vector<core::ListenerRuntimePtr> listeners_;
+  std::vector<uv_signal_t*> signals_;
+  uv_timer_t* stop_timer_ = nullptr;       // drain_delay, then polling for drained workers
+  uint64_t stop_deadline_ = 0;
+  uint64_t generation_ = 0;
+  uint64_t reloads_ok_ = 0;
+  uint64_t reloads_error_ = 0;
+  bool draining_ = false;
+  bool accepting_stopped_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace lb::app
