@@ -48,6 +48,14 @@ struct PoolTable {
 
 using PoolTablePtr = std::shared_ptr<const PoolTable>;
 
+// True when the pool has candidates and every one is at its max_connections.
+inline bool all_full(const PoolTable& p) {
+  if (p.candidates.empty()) return false;
+  for (const auto& c : p.candidates)
+    if (!c.backend->full()) return false;
+  return true;
+}
+
 struct BackendTable {
   uint64_t version = 0;                // increases with every build
   std::vector<PoolTablePtr> pools;     // same order as Config::pools of its generation

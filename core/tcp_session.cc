@@ -17,7 +17,8 @@ struct TcpSession::WriteReq {
   Direction* dir;
   uv_tcp_t* src;
   size_t len;
-  char data[];
+  // The bytes follow the header in the same allocation.
+  char* data() { return reinterpret_cast<char*>(this + 1); }
 };
 
 void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client) {
@@ -30,6 +31,7 @@ TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* cl
   client_->data = this;
   refs_ = 1;
   timeout_.fire = &TcpSession::on_timeout;
+  timeout_.owner = this;
   started_ms_ = uv_now(worker_.loop());
   bump<int64_t>(listener_->stats->slot(worker_.index()).active, 1);
   worker_.session_opened(this);
@@ -55,17 +57,20 @@ void TcpSession::begin() {
 void TcpSession::connect_next() {
   auto& cfg = listener_->cfg;
   Backend* b = nullptr;
+  const PoolTable* pool = nullptr;
   if (attempts_ <= cfg.retries && attempts_ < kMaxAttempts) {
     PickContext ctx;
     ctx.hash = flow_hash_;
     ctx.attempt = attempts_;
     ctx.avoid = std::span<const Backend* const>(tried_, attempts_);
-    const PoolTable* pool = nullptr;
     b = worker_.pick(*listener_, ctx, &pool);
   }
   if (!b) {
     if (attempts_ == 0) {
-      bump(listener_->stats->slot(worker_.index()).rejected_no_backend);
+      auto& slot = listener_->stats->slot(worker_.index());
+      // Every usable backend at its max_connections is a limit, not an outage.
+      if (pool && all_full(*pool)) bump(slot.rejected_limit);
+      else bump(slot.rejected_no_backend);
       finish(Result::Refused, false);
     } else {
       finish(Result::ConnectFailed, false);
@@ -203,8 +208,8 @@ void TcpSession::forward(Direction& d, uv_tcp_t* src, uv_tcp_t* dst, const char*
   w->dir = &d;
   w->src = src;
   w->len = rest;
-  std::memcpy(w->data, data + written, rest);
-  uv_buf_t wb = uv_buf_init(w->data, static_cast<unsigned>(rest));
+  std::memcpy(w->data(), data + written, rest);
+  uv_buf_t wb = uv_buf_init(w->data(), static_cast<unsigned>(rest));
   if (uv_write(&w->req, dst_stream, &wb, 1, on_write_cb) != 0) {
     std::free(w);
     finish(Result::Reset, true);
@@ -253,7 +258,7 @@ void TcpSession::on_shutdown_cb(uv_shutdown_t* req, int status) {
 }
 
 void TcpSession::on_timeout(TimeoutNode* n) {
-  auto* s = reinterpret_cast<TcpSession*>(reinterpret_cast<char*>(n) - offsetof(TcpSession, timeout_));
+  auto* s = static_cast<TcpSession*>(n->owner);
   if (s->state_ == State::Connecting) {
     s->connect_failed();
   } else if (s->state_ == State::Relaying) {

@@ -24,6 +24,7 @@ struct TimeoutNode {
   uint64_t stamp = 0;            // loop time (ms) of last arm/touch
   struct TimeoutQueue* queue = nullptr;
   void (*fire)(TimeoutNode*) = nullptr;  // called once on expiry (node already unlinked)
+  void* owner = nullptr;                 // for fire(): the object the node belongs to
   bool armed() const { return queue != nullptr; }
 };
 

@@ -7,6 +7,7 @@
 #include "core/hash/flow_hash.h"
 #include "core/log.h"
 #include "core/tcp_session.h"
+#include "core/udp_proxy.h"
 
 namespace lb::core {
 
@@ -15,7 +16,21 @@ struct Worker::Listener {
   Worker* worker = nullptr;
   std::string key;
   ListenerRuntimePtr runtime;
-  uv_tcp_t* handle = nullptr;  // freed in its close callback
+  uv_tcp_t* handle = nullptr;  // TCP: freed in its close callback
+  UdpListener* udp = nullptr;  // UDP: deletes itself once retired and idle
+
+  // Stops taking new connections or sessions.
+  void close() {
+    if (handle) {
+      uv_close(reinterpret_cast<uv_handle_t*>(handle),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+      handle = nullptr;
+    }
+    if (udp) {
+      udp->retire();
+      udp = nullptr;
+    }
+  }
 };
 
 Worker::Worker(unsigned index, SharedState& shared)
@@ -157,6 +172,7 @@ void Worker::apply_listeners(std::vector<ListenEntry> entries) {
     if (l) {
       // Unchanged bind: keep the socket, take the new settings.
       l->runtime = e.runtime;
+      if (l->udp) l->udp->set_runtime(e.runtime);
       if (e.fd >= 0) ::close(e.fd);
       next.push_back(std::move(l));
       continue;
@@ -169,6 +185,17 @@ void Worker::apply_listeners(std::vector<ListenEntry> entries) {
     l->worker = this;
     l->key = e.key;
     l->runtime = e.runtime;
+    if (e.runtime->cfg.protocol == conf::Protocol::Udp) {
+      auto* u = new UdpListener(*this, e.key, e.runtime);
+      int rc = u->open(e.fd);  // on failure u has scheduled its own deletion
+      if (rc != 0) {
+        log::error("cannot receive listener={} worker={} error={}", e.runtime->cfg.name, index_, uv_strerror(rc));
+        continue;
+      }
+      l->udp = u;
+      next.push_back(std::move(l));
+      continue;
+    }
     l->handle = new uv_tcp_t;
     uv_tcp_init(&loop_, l->handle);
     l->handle->data = l.get();
@@ -185,25 +212,47 @@ void Worker::apply_listeners(std::vector<ListenEntry> entries) {
   }
   // Whatever is left was removed from the configuration: stop accepting at
   // once; its established sessions carry on.
-  for (auto& old : listeners_) {
-    if (!old) continue;
-    uv_close(reinterpret_cast<uv_handle_t*>(old->handle),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-  }
+  for (auto& old : listeners_)
+    if (old) old->close();
   listeners_ = std::move(next);
 }
 
 void Worker::close_listeners() {
-  for (auto& l : listeners_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(l->handle),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-  }
+  for (auto& l : listeners_) l->close();
   listeners_.clear();
+}
+
+char* Worker::udp_buffer() {
+  if (!udp_buffer_) udp_buffer_.reset(new char[kUdpBufferSize]);
+  return udp_buffer_.get();
+}
+
+bool Worker::is_candidate(const std::string& pool, const Backend* b) const {
+  for (auto& ps : selectors_) {
+    if (ps.table->name != pool) continue;
+    for (auto& c : ps.table->candidates)
+      if (c.backend == b) return true;
+    return false;
+  }
+  return false;
+}
+
+void Worker::udp_listener_removed(UdpListener* l) {
+  for (size_t i = 0; i < udp_all_.size(); ++i) {
+    if (udp_all_[i] == l) {
+      udp_all_[i] = udp_all_.back();
+      udp_all_.pop_back();
+      return;
+    }
+  }
 }
 
 void Worker::abort_all() {
   aborting_ = true;
   close_listeners();
+  // Copy: an idle UDP listener deletes itself (and leaves udp_all_) at once.
+  std::vector<UdpListener*> udp = udp_all_;
+  for (UdpListener* u : udp) u->abort();
   while (sessions_) {
     TcpSession* s = sessions_;
     s->abort();

@@ -33,6 +33,7 @@ namespace lb::core {
 
 class AccessLog;
 class TcpSession;
+class UdpListener;
 
 // What a listener is, as of one configuration generation. Immutable; sessions
 // keep the one they started with.
@@ -98,6 +99,17 @@ class Worker {
   uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client);
   void session_opened(TcpSession* s);
   void session_closed(TcpSession* s);
+  // UDP: the batch receive buffer (recvmmsg slots of 64 KiB each), allocated
+  // on first use so TCP-only workers do not carry it.
+  static constexpr size_t kUdpBatch = 20;
+  static constexpr size_t kUdpBufferSize = kUdpBatch * 64 * 1024;
+  char* udp_buffer();
+  uint64_t table_version() const { return table_ ? table_->version : 0; }
+  // Whether `b` is still a candidate of pool `pool` in the current table.
+  bool is_candidate(const std::string& pool, const Backend* b) const;
+  void count_session(int delta) { open_sessions_.fetch_add(delta, std::memory_order_relaxed); }
+  void udp_listener_added(UdpListener* l) { udp_all_.push_back(l); }
+  void udp_listener_removed(UdpListener* l);
 
  private:
   struct Listener;
@@ -132,6 +144,8 @@ class Worker {
   BackendTablePtr table_;
   std::vector<PoolSelector> selectors_;   // parallel to table_->pools
   TcpSession* sessions_ = nullptr;        // intrusive list of open sessions
+  std::vector<UdpListener*> udp_all_;     // live and retired UDP listeners
+  std::unique_ptr<char[]> udp_buffer_;
   std::atomic<int64_t> open_sessions_{0};
   bool aborting_ = false;
   bool loop_closed_ = false;

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/admin/http_parser.h"
 #include "core/log.h"
 #include "lb/server.h"
 
@@ -218,31 +219,6 @@ HttpResponse backend_post(Server& s, const std::string& pool, const std::string&
   return json_response(200, ok);
 }
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// Percent-decodes one path segment; false on a malformed escape.
-bool decode_segment(const std::string& in, std::string* out) {
-  out->clear();
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] != '%') {
-      *out += in[i];
-      continue;
-    }
-    if (i + 2 >= in.size()) return false;
-    int h = hex_value(in[i + 1]);
-    int l = hex_value(in[i + 2]);
-    if (h < 0 || l < 0) return false;
-    *out += static_cast<char>(h * 16 + l);
-    i += 2;
-  }
-  return true;
-}
-
 HttpResponse method_not_allowed() {
   HttpResponse r = json_error(405, "method not allowed");
   return r;
@@ -272,7 +248,8 @@ HttpResponse handle_admin(Server& s, const HttpRequest& req) {
     if (slash != std::string::npos && slash > 0) {
       if (req.method != "POST") return method_not_allowed();
       std::string pool, id;
-      bool ok = decode_segment(rest.substr(0, slash), &pool) && decode_segment(rest.substr(slash + 10), &id);
+      bool ok = admin::percent_decode(rest.substr(0, slash), &pool) &&
+                admin::percent_decode(rest.substr(slash + 10), &id);
       if (!ok || id.empty() || pool.find('/') != std::string::npos)
         return json_error(400, "malformed backend path");
       return backend_post(s, pool, id, req.body);

@@ -28,6 +28,7 @@ struct HttpRequest {
   std::string query;        // raw, without '?'
   std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
   std::string body;
+  // First header with this (lower-case) name, or nullptr.
   const std::string* header(const std::string& lower_name) const;
 };
 
@@ -59,6 +60,7 @@ class HttpServer {
   HttpServer& operator=(const HttpServer&) = delete;
 
   // Binds and listens; returns 0 or a libuv error code. Port 0 picks a port.
+  // UV_EALREADY when already listening, UV_EINVAL after close().
   int listen(const sockaddr* addr);
   // Actual bound port (after listen), host order.
   uint16_t port() const;
