@@ -310,6 +310,17 @@ void UdpListener::retire() {
   if (live_sessions_ == 0) close_socket();
 }
 
+void UdpListener::drain() {
+  retired_ = true;
+  // A session that owes no reply has nothing left to finish: end it now
+  // rather than at its session_timeout. The others end with their answers.
+  std::vector<Session*> idle;
+  for (auto& [k, s] : sessions_)
+    if (s->outstanding == 0) idle.push_back(s);
+  for (Session* s : idle) end_session(s, "ok");
+  if (live_sessions_ == 0) close_socket();
+}
+
 void UdpListener::abort() {
   retired_ = true;
   // end_session erases from the map: iterate over a copy of the pointers.

@@ -57,6 +57,9 @@ class UdpListener {
   void set_runtime(ListenerRuntimePtr rt) { runtime_ = std::move(rt); }
   // No new sessions; closes itself when the last session is gone.
   void retire();
+  // Graceful stop: no new sessions, sessions that owe no reply end now, the
+  // others when answered (or timed out).
+  void drain();
   // Ends every session and closes now (end of a graceful stop).
   void abort();
   size_t sessions() const { return sessions_.size(); }

@@ -107,7 +107,7 @@ void Worker::drain_inbox() {
         apply_listeners(std::move(m.listeners));
         break;
       case WorkerMessage::Kind::Drain:
-        close_listeners();
+        drain();
         break;
       case WorkerMessage::Kind::Abort:
         abort_all();
@@ -220,6 +220,12 @@ void Worker::apply_listeners(std::vector<ListenEntry> entries) {
 void Worker::close_listeners() {
   for (auto& l : listeners_) l->close();
   listeners_.clear();
+}
+
+void Worker::drain() {
+  close_listeners();
+  std::vector<UdpListener*> udp = udp_all_;
+  for (UdpListener* u : udp) u->drain();
 }
 
 char* Worker::udp_buffer() {

@@ -123,6 +123,7 @@ class Worker {
   void drain_inbox();
   void apply_listeners(std::vector<ListenEntry> entries);
   void close_listeners();
+  void drain();
   void abort_all();
   void swap_table(BackendTablePtr table);
   static void on_connection(uv_stream_t* server, int status);

@@ -13,6 +13,7 @@
 #include "core/socket.h"
 #include "health/health_checker.h"
 #include "lb/admin_api.h"
+#include "lb/privileges.h"
 
 namespace lb::app {
 
@@ -33,6 +34,9 @@ class HealthBridge : public health::HealthSink {
 };
 
 namespace {
+
+// An inherited UDP socket is served by one worker only.
+constexpr int kNotOnWorker = -2;
 
 unsigned cpu_count() {
   cpu_set_t set;
@@ -104,6 +108,29 @@ bool Server::bind_listeners(const conf::Config& cfg, std::map<std::string, std::
       b.addr = e.addr;
       b.len = e.addr_len;
       std::vector<int> fds;
+      if (auto it = activated_.find(key); it != activated_.end()) {
+        // Socket activation: the inherited socket replaces binding. TCP:
+        // every worker accepts from its own dup of it. UDP: one worker only,
+        // so a client's datagrams are never split over workers.
+        systemd::InheritedSocket* in = it->second;
+        b.addr = in->addr;
+        b.len = in->len;
+        b.single_worker = type == SOCK_DGRAM;
+        for (unsigned w = 0; w < nworkers_; ++w) {
+          int fd = (w == 0 || type == SOCK_STREAM) ? systemd::dup_for_worker(*in) : kNotOnWorker;
+          if (fd < 0 && fd != kNotOnWorker) {
+            log::error("cannot use inherited socket listener={} error=\"{}\"", l.name, strerror(-fd));
+            for (int f : fds)
+              if (f >= 0) ::close(f);
+            return false;
+          }
+          fds.push_back(fd);
+        }
+        b.actual = core::format_address(reinterpret_cast<sockaddr*>(&b.addr));
+        (*fresh)[key] = std::move(fds);
+        (*fresh_bound)[key] = b;
+        continue;
+      }
       for (unsigned w = 0; w < nworkers_; ++w) {
         int fd = core::make_reuseport_socket(reinterpret_cast<sockaddr*>(&b.addr), b.len, type);
         if (fd < 0) {
@@ -136,6 +163,10 @@ void Server::post_listeners(const conf::Config& cfg, std::map<std::string, std::
       const auto& l = cfg.listeners[i];
       for (const auto& e : l.bind) {
         std::string key = bind_key(l, e);
+        auto bi = bound_.find(key);
+        if (w != 0 && ((bi != bound_.end() && bi->second.single_worker) ||
+                       (fresh.count(key) && fresh[key][w] == kNotOnWorker)))
+          continue;
         core::ListenEntry entry;
         entry.key = key;
         entry.runtime = listeners_[i];
@@ -156,8 +187,32 @@ void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>&
   health_->set_targets(std::move(targets));
 }
 
+// Socket activation: every bind that an inherited socket serves, matched by
+// listener name first across all listeners, then by address.
+void Server::match_inherited(const conf::Config& cfg) {
+  activated_.clear();
+  for (auto& in : inherited_) in.used = false;
+  for (auto by : {systemd::MatchBy::NameOnly, systemd::MatchBy::AddressOnly}) {
+    for (const auto& l : cfg.listeners) {
+      int type = l.protocol == conf::Protocol::Tcp ? SOCK_STREAM : SOCK_DGRAM;
+      for (const auto& e : l.bind) {
+        std::string key = bind_key(l, e);
+        if (activated_.count(key)) continue;
+        if (auto* in = systemd::match(inherited_, l.name, type, reinterpret_cast<const sockaddr*>(&e.addr),
+                                      e.addr_len, by))
+          activated_[key] = in;
+      }
+    }
+  }
+}
+
 bool Server::start() {
   log::set_level(config_.global.log_level);
+  if (!notifier_.error().empty()) log::warn("NOTIFY_SOCKET ignored error=\"{}\"", notifier_.error());
+  std::string warnings;
+  inherited_ = systemd::inherited_sockets(&warnings);
+  if (!warnings.empty()) log::warn("socket activation: {}", warnings);
+  match_inherited(config_);
   raise_nofile(config_.global.max_connections);
   shared_.max_connections.store(config_.global.max_connections);
 
@@ -179,18 +234,43 @@ bool Server::start() {
   health_ = std::make_unique<health::HealthChecker>(*health_bridge_);
   shared_.report_backend = [h = health_.get()](const core::BackendPtr& b, bool ok) { h->report(b, ok); };
 
-  // Bind before anything is probed or started, so a busy port fails fast.
+  // Bind everything first, so a busy port fails fast, and before privileges
+  // are dropped.
   std::map<std::string, std::vector<int>> fresh;
   std::map<std::string, Bound> fresh_bound;
   if (!bind_listeners(config_, &fresh, &fresh_bound)) return false;
   bound_ = std::move(fresh_bound);
+  auto close_fresh = [&] {
+    for (auto& [k, fds] : fresh)
+      for (int fd : fds)
+        if (fd >= 0) ::close(fd);
+  };
+  if (config_.admin.listen) {
+    admin_ = std::make_unique<admin::HttpServer>(&loop_, [this](const admin::HttpRequest& r) {
+      return handle_admin(*this, r);
+    });
+    int rc = admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
+    if (rc != 0) {
+      log::error("cannot bind admin address={} error=\"{}\"", config_.admin.listen->text, uv_strerror(rc));
+      close_fresh();
+      return false;
+    }
+  }
+  if (!config_.global.user.empty()) {
+    std::string err;
+    if (!drop_privileges(config_.global.user, &err)) {
+      log::error("cannot drop privileges user={} error=\"{}\"", config_.global.user, err);
+      close_fresh();
+      return false;
+    }
+    log::info("dropped privileges user={}", config_.global.user);
+  }
 
   try {
     health_->start();
   } catch (const std::exception& e) {
     log::error("cannot start health checker error=\"{}\"", e.what());
-    for (auto& [k, fds] : fresh)
-      for (int fd : fds) ::close(fd);
+    close_fresh();
     return false;
   }
   auto pools = control_->apply(config_);
@@ -206,29 +286,23 @@ bool Server::start() {
   for (auto& w : workers_) w->start();
   generation_ = 1;
 
-  if (config_.admin.listen) {
-    admin_ = std::make_unique<admin::HttpServer>(&loop_, [this](const admin::HttpRequest& r) {
-      return handle_admin(*this, r);
-    });
-    int rc = admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
-    if (rc != 0) {
-      log::error("cannot bind admin address={} error=\"{}\"", config_.admin.listen->text, uv_strerror(rc));
-      return false;
-    }
-  }
-
   for (int sig : {SIGHUP, SIGTERM, SIGINT, SIGUSR1}) {
-    auto* s = new uv_signal_t;
-    uv_signal_init(&loop_, s);
-    s->data = this;
-    uv_signal_start(s, on_signal, sig);
-    signals_.push_back(s);
+    auto* sh = new uv_signal_t;
+    uv_signal_init(&loop_, sh);
+    sh->data = this;
+    uv_signal_start(sh, on_signal, sig);
+    signals_.push_back(sh);
   }
   std::signal(SIGPIPE, SIG_IGN);
 
   for (const auto& l : config_.listeners)
-    for (const auto& e : l.bind)
-      log::info("listening listener={} address={}", l.name, bound_[bind_key(l, e)].actual);
+    for (const auto& e : l.bind) {
+      std::string key = bind_key(l, e);
+      log::info("listening listener={} address={}{}", l.name, bound_[key].actual,
+                activated_.count(key) ? " inherited=true" : "");
+    }
+  for (const auto& in : inherited_)
+    if (!in.used) log::warn("inherited socket matches no listener name={} fd={}", in.name, in.fd);
   if (admin_) {
     conf::Endpoint ep = *config_.admin.listen;
     auto* sa = reinterpret_cast<sockaddr_in*>(&ep.addr);
@@ -236,7 +310,22 @@ bool Server::start() {
     log::info("admin listening address={}", core::format_address(reinterpret_cast<sockaddr*>(&ep.addr)));
   }
   log::info("started version={} workers={}", LB_VERSION, nworkers_);
+  notifier_.ready();
+  notifier_.status(fmt::format("serving, generation {}", generation_));
+  start_watchdog();
   return true;
+}
+
+void Server::start_watchdog() {
+  auto interval = notifier_.watchdog_interval();
+  if (!notifier_.enabled() || !interval) return;
+  watchdog_timer_ = new uv_timer_t;
+  uv_timer_init(&loop_, watchdog_timer_);
+  watchdog_timer_->data = this;
+  uint64_t ms = std::max<uint64_t>(1, static_cast<uint64_t>(interval->count() / 1000));
+  notifier_.watchdog();
+  uv_timer_start(
+      watchdog_timer_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->notifier_.watchdog(); }, ms, ms);
 }
 
 int Server::run() {
@@ -269,6 +358,14 @@ void Server::on_signal(uv_signal_t* s, int signum) {
 void Server::reload() {
   if (draining_) return;
   log::info("reloading path={}", config_.path);
+  notifier_.reloading();
+  do_reload();
+  // READY=1 whether it worked or not: the old configuration keeps serving.
+  notifier_.ready();
+  notifier_.status(fmt::format("serving, generation {}", generation_));
+}
+
+void Server::do_reload() {
   auto res = conf::load_file(config_.path);
   if (!res.ok()) {
     ++reloads_error_;
@@ -280,9 +377,11 @@ void Server::reload() {
   if (next.global.workers && next.global.workers != nworkers_)
     log::warn("workers changes need a restart running={} configured={}", nworkers_, next.global.workers);
 
+  match_inherited(next);
   std::map<std::string, std::vector<int>> fresh;
   std::map<std::string, Bound> fresh_bound;
   if (!bind_listeners(next, &fresh, &fresh_bound)) {
+    match_inherited(config_);
     ++reloads_error_;
     log::error("reload failed, keeping the running configuration generation={}", generation_);
     return;
@@ -321,6 +420,7 @@ void Server::reload() {
 void Server::begin_stop() {
   if (draining_) return;
   draining_ = true;
+  notifier_.stopping();
   log::info("stopping drain_delay={}ms shutdown_timeout={}ms", config_.global.drain_delay.count(),
             config_.global.shutdown_timeout.count());
   stop_timer_ = new uv_timer_t;
@@ -362,10 +462,10 @@ void Server::finish_stop() {
   for (auto* s : signals_)
     uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
   signals_.clear();
-  if (stop_timer_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(stop_timer_),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
-    stop_timer_ = nullptr;
+  for (uv_timer_t** t : {&stop_timer_, &watchdog_timer_}) {
+    if (!*t) continue;
+    uv_close(reinterpret_cast<uv_handle_t*>(*t), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    *t = nullptr;
   }
   // Flush the access log before exit.
   access_log_.reset();

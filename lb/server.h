@@ -18,6 +18,7 @@
 #include "core/admin/http_server.h"
 #include "core/control.h"
 #include "core/worker.h"
+#include "lb/systemd.h"
 
 namespace lb::health {
 class HealthChecker;
@@ -53,6 +54,7 @@ class Server {
     std::string actual;           // address with the real port
     sockaddr_storage addr{};
     socklen_t len = 0;
+    bool single_worker = false;   // an inherited UDP socket: worker 0 only
   };
 
   bool start();
@@ -61,11 +63,15 @@ class Server {
   std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg);
   void post_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>& fresh);
   void reload();
+  void do_reload();
+  void match_inherited(const conf::Config& cfg);
   void begin_stop();
   void stop_accepting();
   void check_drained();
   void finish_stop();
   void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools);
+  void start_watchdog();
+  systemd::InheritedSocket* inherited_for(const conf::Listener& l, const conf::Endpoint& e);
 
   static std::string bind_key(const conf::Listener& l, const conf::Endpoint& e);
   static void on_signal(uv_signal_t* s, int signum);
@@ -84,6 +90,10 @@ class Server {
   std::map<std::string, std::shared_ptr<core::ListenerStats>> stats_;  // by listener name
   std::vector<core::ListenerRuntimePtr> listeners_;
   std::vector<uv_signal_t*> signals_;
+  systemd::Notifier notifier_;
+  std::vector<systemd::InheritedSocket> inherited_;   // socket activation (LISTEN_FDS)
+  std::map<std::string, systemd::InheritedSocket*> activated_;  // bind key -> inherited socket
+  uv_timer_t* watchdog_timer_ = nullptr;
   uv_timer_t* stop_timer_ = nullptr;       // drain_delay, then polling for drained workers
   uint64_t stop_deadline_ = 0;
   uint64_t generation_ = 0;

@@ -1,0 +1,244 @@
+// End-to-end: the admin API — /healthz, /metrics, /api/v1/status — agrees
+// with the traffic that went through lb, and survives garbage.
+#define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "test/support/backend_server.h"
+#include "test/support/http_client.h"
+#include "test/support/lb_process.h"
+#include "test/support/metrics.h"
+#include "test/support/net.h"
+
+namespace lb::test {
+namespace {
+
+using nlohmann::json;
+
+// Listener "web" -> round-robin pool "web" (backend b1 by address, b2 with
+// id "b2", weight 2); listener "hash" -> maglev pool "hash".
+std::string admin_config(const TestBackend& b1, const TestBackend& b2, const TestBackend& h1) {
+  return global_section(1, true) + fmt::format(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+
+[[listener]]
+name = "hash"
+bind = "127.0.0.1:0"
+pool = "hash"
+
+[[pool]]
+name = "web"
+selector = "round_robin"
+[pool.health_check]
+type = "none"
+[[pool.backend]]
+address = "{}"
+[[pool.backend]]
+address = "{}"
+id = "b2"
+weight = 2
+
+[[pool]]
+name = "hash"
+selector = "maglev"
+[pool.health_check]
+type = "none"
+[[pool.backend]]
+address = "{}"
+id = "h1"
+)",
+                                               b1.address(), b2.address(), h1.address());
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+TEST_CASE("admin: /healthz, /metrics and /api/v1/status reflect the traffic", "[e2e][admin]") {
+  TestBackend b1(TestBackend::echo());
+  TestBackend b2(TestBackend::echo());
+  TestBackend h1(TestBackend::echo());
+  REQUIRE((b1.ok() && b2.ok() && h1.ok()));
+  LbProcess lb(admin_config(b1, b2, h1));
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+  const uint16_t web = lb.listener_port("web");
+  REQUIRE(admin != 0);
+  REQUIRE(web != 0);
+
+  HttpResponse health = http_get(admin, "/healthz");
+  INFO(health.error);
+  CHECK(health.status == 200);
+  CHECK(trim(health.body) == "ok");
+
+  // 6 connections, 100 bytes each way: weights 1:2 give 2 and 4.
+  constexpr int kConnections = 6;
+  constexpr size_t kBytes = 100;
+  for (int i = 0; i < kConnections; ++i) {
+    Socket c = tcp_connect("127.0.0.1", web, in(seconds(5)));
+    REQUIRE(c);
+    const std::string msg = random_bytes(kBytes, 100 + i);
+    REQUIRE(exchange(c, msg, kBytes, in(seconds(5))).data == msg);
+  }
+  REQUIRE(b1.wait_active(0, in(seconds(5))));
+  REQUIRE(b2.wait_active(0, in(seconds(5))));
+  CHECK(b1.accepted() == 2);
+  CHECK(b2.accepted() == 4);
+
+  const std::string b1_id = b1.address();  // id defaults to the address as written
+  const Labels web_b1 = {{"pool", "web"}, {"backend", b1_id}};
+  const Labels web_b2 = {{"pool", "web"}, {"backend", "b2"}};
+  auto with = [](Labels l, const char* k, const char* v) {
+    l[k] = v;
+    return l;
+  };
+
+  // Counters may be published when a session ends: wait for the final values.
+  std::optional<Metrics> m;
+  const bool settled = wait_until(
+      [&] {
+        m = fetch_metrics(admin);
+        return m && m->value("lb_listener_connections_total", {{"listener", "web"}}) == kConnections &&
+               m->value("lb_listener_active", {{"listener", "web"}}) == 0 &&
+               m->value("lb_backend_bytes_total", with(web_b2, "direction", "to_client")) == 4 * kBytes &&
+               m->value("lb_backend_bytes_total", with(web_b1, "direction", "to_client")) == 2 * kBytes;
+      },
+      in(seconds(5)));
+  REQUIRE(m);
+  INFO(http_get(admin, "/metrics").body);
+  CHECK(settled);
+  CHECK(m->errors().empty());
+
+  CHECK(m->value("lb_listener_connections_total", {{"listener", "web"}}) == kConnections);
+  CHECK(m->value("lb_listener_connections_total", {{"listener", "hash"}}) == 0);
+  CHECK(m->value("lb_listener_active", {{"listener", "web"}}) == 0);
+  CHECK(m->value("lb_backend_connections_total", web_b1) == b1.accepted());
+  CHECK(m->value("lb_backend_connections_total", web_b2) == b2.accepted());
+  CHECK(m->value("lb_backend_active", web_b1) == 0);
+  CHECK(m->value("lb_backend_up", web_b1) == 1);
+  CHECK(m->value("lb_backend_up", web_b2) == 1);
+  CHECK(m->value("lb_backend_connect_failures_total", web_b1) == 0);
+  CHECK(m->value("lb_backend_bytes_total", with(web_b1, "direction", "to_backend")) == 2 * kBytes);
+  CHECK(m->value("lb_backend_bytes_total", with(web_b1, "direction", "to_client")) == 2 * kBytes);
+  CHECK(m->value("lb_backend_bytes_total", with(web_b2, "direction", "to_backend")) == 4 * kBytes);
+  CHECK(m->value("lb_backend_bytes_total", with(web_b2, "direction", "to_client")) == 4 * kBytes);
+  CHECK(m->value("lb_backend_connections_total", {{"pool", "hash"}, {"backend", "h1"}}) == 0);
+  CHECK(m->type("lb_listener_connections_total") == "counter");
+  CHECK(m->type("lb_backend_bytes_total") == "counter");
+  CHECK(m->type("lb_listener_active") == "gauge");
+  CHECK(m->type("lb_backend_up") == "gauge");
+
+  // Hash selectors publish their table digest; round robin has none.
+  auto table_info = m->find("lb_pool_table_info", {{"pool", "hash"}});
+  REQUIRE(table_info.size() == 1);
+  CHECK(table_info[0].value == 1);
+  const std::string digest = table_info[0].labels["digest"];
+  CHECK(std::regex_match(digest, std::regex("[0-9a-f]+")));
+  CHECK(m->find("lb_pool_table_info", {{"pool", "web"}}).empty());
+
+  HttpResponse status = http_get(admin, "/api/v1/status");
+  INFO(status.error << "\n" << status.body);
+  REQUIRE(status.status == 200);
+  CHECK(status.header("Content-Type").value_or("").find("application/json") != std::string::npos);
+  json j = json::parse(status.body, nullptr, false);
+  REQUIRE(!j.is_discarded());
+  CHECK(j.value("version", "") == "0.1.0");
+  REQUIRE(j["generation"].is_number_integer());
+  CHECK(j["generation"].get<int>() == 1);
+
+  REQUIRE(j["listeners"].is_array());
+  REQUIRE(j["listeners"].size() == 2);
+  const json& lw = j["listeners"][0];
+  CHECK(lw.value("name", "") == "web");
+  CHECK(lw.value("protocol", "") == "tcp");
+  REQUIRE(lw["bind"].is_array());
+  REQUIRE(lw["bind"].size() == 1);
+  CHECK(lw["bind"][0].get<std::string>().rfind("127.0.0.1:", 0) == 0);
+  CHECK(lw.value("pool", "") == "web");
+  CHECK(lw.value("active", -1) == 0);
+  CHECK(lw.value("total", -1) == kConnections);
+  CHECK(j["listeners"][1].value("name", "") == "hash");
+
+  REQUIRE(j["pools"].is_array());
+  REQUIRE(j["pools"].size() == 2);
+  const json& pw = j["pools"][0];
+  CHECK(pw.value("name", "") == "web");
+  CHECK(pw.value("selector", "") == "round_robin");
+  CHECK(pw.contains("table_digest"));
+  CHECK(pw["table_digest"].is_null());
+  REQUIRE(pw["backends"].is_array());
+  REQUIRE(pw["backends"].size() == 2);
+  const json& jb1 = pw["backends"][0];
+  CHECK(jb1.value("id", "") == b1_id);
+  CHECK(jb1.value("address", "") == b1.address());
+  CHECK(jb1.value("weight", -1) == 1);
+  CHECK(jb1.value("health", "") == "up");
+  CHECK(jb1.value("admin_state", "") == "active");
+  REQUIRE(jb1.contains("backup"));
+  CHECK(jb1["backup"] == false);
+  CHECK(jb1.value("active", -1) == 0);
+  CHECK(jb1.value("total", -1) == static_cast<int>(b1.accepted()));
+  const json& jb2 = pw["backends"][1];
+  CHECK(jb2.value("id", "") == "b2");
+  CHECK(jb2.value("address", "") == b2.address());
+  CHECK(jb2.value("weight", -1) == 2);
+  CHECK(jb2.value("total", -1) == static_cast<int>(b2.accepted()));
+
+  const json& ph = j["pools"][1];
+  CHECK(ph.value("name", "") == "hash");
+  CHECK(ph.value("selector", "") == "maglev");
+  REQUIRE(ph["table_digest"].is_string());
+  CHECK(ph["table_digest"].get<std::string>() == digest);
+
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("admin: malformed requests get 400 and lb keeps serving", "[e2e][admin]") {
+  TestBackend b1(TestBackend::echo());
+  TestBackend b2(TestBackend::echo());
+  TestBackend h1(TestBackend::echo());
+  REQUIRE((b1.ok() && b2.ok() && h1.ok()));
+  LbProcess lb(admin_config(b1, b2, h1));
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+  REQUIRE(admin != 0);
+
+  // The last one looks like the start of a TLS handshake (binary, with NULs).
+  static const char kTls[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n";
+  for (const std::string& garbage : {std::string("GARBAGE\r\n\r\n"), std::string("GET\r\n\r\n"),
+                                     std::string(kTls, sizeof(kTls) - 1)}) {
+    HttpResponse r = http_raw(admin, garbage);
+    INFO("request " << garbage.size() << " bytes: " << r.error);
+    CHECK(r.status == 400);
+  }
+
+  // A peer that sends half a request and vanishes must not wedge anything.
+  {
+    Socket s = tcp_connect("127.0.0.1", admin, in(seconds(5)));
+    REQUIRE(s);
+    REQUIRE(write_all(s, "GET /heal", in(seconds(5))) == 9);
+  }
+
+  CHECK(http_get(admin, "/no/such/path").status == 404);
+  HttpResponse health = http_get(admin, "/healthz");
+  CHECK(health.status == 200);
+  CHECK(trim(health.body) == "ok");
+
+  // The data path is unaffected.
+  Socket c = tcp_connect("127.0.0.1", lb.listener_port("web"), in(seconds(5)));
+  REQUIRE(c);
+  CHECK(exchange(c, "still here", 10, in(seconds(5))).data == "still here");
+  c.close();
+
+  CHECK(lb.terminate() == 0);
+}
+
+}  // namespace
+}  // namespace lb::test

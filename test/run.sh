@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds lb and runs every test: the plain build, then AddressSanitizer +
+# UndefinedBehaviorSanitizer, then ThreadSanitizer over everything that
+# crosses threads. Installs the Debian packages it needs first.
+#
+#   bash test/run.sh            everything (what CI runs)
+#   LB_TEST_QUICK=1 bash test/run.sh   the plain build only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+jobs=$(nproc)
+
+# --- packages -------------------------------------------------------------
+packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2
+          libfmt-dev nlohmann-json3-dev openssl iproute2 procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "== installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- builds -----------------------------------------------------------------
+build() {  # build DIR [cmake args...]
+  local dir=$1; shift
+  echo "== build $dir $*"
+  cmake -S "$root" -B "$root/$dir" -DLB_BENCH=OFF "$@" >/dev/null
+  cmake --build "$root/$dir" -j"$jobs"
+}
+
+failed=0
+run_ctest() {  # run_ctest DIR [ctest args...]
+  local dir=$1; shift
+  echo "== test $dir"
+  (cd "$root/$dir" && ctest --output-on-failure "$@") || failed=1
+}
+
+build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+run_ctest build
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
+  build build-asan -DCMAKE_BUILD_TYPE=Debug -DLB_ASAN=ON -DLB_UBSAN=ON
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_ctest build-asan
+
+  build build-tsan -DCMAKE_BUILD_TYPE=Debug -DLB_TSAN=ON
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 run_ctest build-tsan
+fi
+
+if ((failed)); then
+  echo "== FAILED"
+  exit 1
+fi
+echo "== all tests passed"

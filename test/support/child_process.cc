@@ -1,0 +1,371 @@
+#include "test/support/child_process.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+
+extern char** environ;
+
+namespace lb::test {
+
+namespace {
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+int pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+#else
+  (void)pid;
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+std::string env_key(const std::string& entry) { return entry.substr(0, entry.find('=')); }
+
+void close_fd(int& fd) {
+  if (fd >= 0) {
+    ::close(fd);
+    fd = -1;
+  }
+}
+
+}  // namespace
+
+ChildProcess::ChildProcess(std::vector<std::string> argv, SpawnOptions options)
+    : options_(std::move(options)) {
+  if (const char* v = std::getenv("LB_E2E_VERBOSE"); v && *v && std::string(v) != "0") {
+    options_.echo_output = true;
+  }
+  if (argv.empty()) {
+    spawn_error_ = EINVAL;
+    return;
+  }
+
+  // Everything the child needs is built before fork(): after fork() in a
+  // multi-threaded process only async-signal-safe calls are allowed.
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    std::string entry(*e);
+    bool overridden = false;
+    for (const auto& o : options_.env) overridden |= env_key(o) == env_key(entry);
+    if (!overridden) env_strings.push_back(std::move(entry));
+  }
+  for (const auto& o : options_.env) env_strings.push_back(o);
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<char*> args;
+  for (auto& s : argv) args.push_back(s.data());
+  args.push_back(nullptr);
+
+  int out_pipe[2], err_pipe[2], exec_pipe[2];
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) {
+    spawn_error_ = errno;
+    return;
+  }
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    spawn_error_ = errno;
+    ::close(out_pipe[0]);
+    ::close(out_pipe[1]);
+    return;
+  }
+  // exec_pipe reports an exec failure: its write end closes on a successful
+  // exec (O_CLOEXEC), so the parent reads either EOF or the child's errno.
+  if (::pipe2(exec_pipe, O_CLOEXEC) != 0) {
+    spawn_error_ = errno;
+    for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) ::close(fd);
+    return;
+  }
+  int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const pid_t parent = ::getpid();
+
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    // Child: async-signal-safe calls only.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // parent already gone
+    if (devnull >= 0) ::dup2(devnull, 0);
+    ::dup2(out_pipe[1], 1);
+    ::dup2(err_pipe[1], 2);
+    // No descriptor of the test process may leak into the child (it would
+    // skew fd_count() and keep sockets alive): mark everything >= 3 CLOEXEC.
+    ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    struct sigaction dfl;
+    std::memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    for (int sig : {SIGPIPE, SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD}) {
+      ::sigaction(sig, &dfl, nullptr);
+    }
+    ::execve(args[0], args.data(), envp.data());
+    int err = errno;
+    (void)!::write(exec_pipe[1], &err, sizeof(err));
+    ::_exit(127);
+  }
+
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  ::close(exec_pipe[1]);
+  if (devnull >= 0) ::close(devnull);
+  if (pid < 0) {
+    spawn_error_ = errno;
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    ::close(exec_pipe[0]);
+    return;
+  }
+  pid_ = pid;
+
+  int child_errno = 0;
+  ssize_t n;
+  do {
+    n = ::read(exec_pipe[0], &child_errno, sizeof(child_errno));
+  } while (n < 0 && errno == EINTR);
+  ::close(exec_pipe[0]);
+  if (n == static_cast<ssize_t>(sizeof(child_errno))) spawn_error_ = child_errno;
+
+  pidfd_ = pidfd_open(pid_);  // -1 on old kernels: wait_exit() then polls
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  int out_fd = out_pipe[0], err_fd = err_pipe[0];
+  reader_ = std::thread([this, out_fd, err_fd] { read_output(out_fd, err_fd); });
+}
+
+ChildProcess::~ChildProcess() {
+  kill();
+  // The child is gone, so its pipes normally hit EOF at once; a grandchild
+  // holding them would not, hence the bound and the forced stop.
+  wait_output_closed(in(seconds(2)));
+  stop_reader();
+  close_fd(pidfd_);
+  close_fd(wake_fd_);
+}
+
+void ChildProcess::stop_reader() {
+  if (!reader_.joinable()) return;
+  uint64_t one = 1;
+  if (wake_fd_ >= 0) (void)!::write(wake_fd_, &one, sizeof(one));
+  reader_.join();
+}
+
+void ChildProcess::read_output(int out_fd, int err_fd) {
+  std::string partial[2];
+  int fds[2] = {out_fd, err_fd};
+  for (;;) {
+    pollfd p[3];
+    int n = 0;
+    int map[2] = {-1, -1};
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i] >= 0) {
+        map[i] = n;
+        p[n++] = {fds[i], POLLIN, 0};
+      }
+    }
+    if (n == 0) break;
+    p[n++] = {wake_fd_, POLLIN, 0};
+    int rc = ::poll(p, n, -1);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (p[n - 1].revents) break;  // destructor: stop now
+    for (int i = 0; i < 2; ++i) {
+      if (map[i] < 0 || !p[map[i]].revents) continue;
+      char buf[8192];
+      ssize_t got = ::read(fds[i], buf, sizeof(buf));
+      if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      Stream stream = i == 0 ? Stream::Stdout : Stream::Stderr;
+      if (got <= 0) {
+        if (!partial[i].empty()) append_line(stream, std::move(partial[i]));
+        partial[i].clear();
+        ::close(fds[i]);
+        fds[i] = -1;
+        continue;
+      }
+      partial[i].append(buf, static_cast<size_t>(got));
+      size_t start = 0;
+      for (size_t nl; (nl = partial[i].find('\n', start)) != std::string::npos; start = nl + 1) {
+        append_line(stream, partial[i].substr(start, nl - start));
+      }
+      partial[i].erase(0, start);
+    }
+  }
+  for (int fd : fds) {
+    if (fd >= 0) ::close(fd);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  output_closed_ = true;
+  cv_.notify_all();
+}
+
+void ChildProcess::append_line(Stream stream, std::string text) {
+  if (options_.echo_output) {
+    std::fprintf(stderr, "%s%s\n", options_.echo_prefix.c_str(), text.c_str());
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  lines_.push_back({stream, std::move(text)});
+  cv_.notify_all();
+}
+
+bool ChildProcess::wait_output_closed(Deadline deadline) {
+  if (!reader_.joinable()) return true;
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_until(lock, deadline, [&] { return output_closed_; });
+}
+
+bool ChildProcess::running() {
+  if (pid_ <= 0 || reaped_) return false;
+  return !wait_exit(Clock::now()).has_value();
+}
+
+bool ChildProcess::signal(int sig) {
+  if (pid_ <= 0 || reaped_) return false;
+  return ::kill(pid_, sig) == 0;
+}
+
+std::optional<int> ChildProcess::wait_exit(Deadline deadline) {
+  if (pid_ <= 0) return std::nullopt;
+  if (!reaped_) {
+    for (;;) {
+      int status = 0;
+      pid_t r = ::waitpid(pid_, &status, WNOHANG);
+      if (r == pid_) {
+        reaped_ = true;
+        if (WIFEXITED(status)) {
+          exit_status_ = WEXITSTATUS(status);
+        } else if (WIFSIGNALED(status)) {
+          exit_status_ = 128 + WTERMSIG(status);
+        } else {
+          exit_status_ = -1;
+        }
+        break;
+      }
+      if (r < 0 && errno != EINTR) {
+        // ECHILD: someone else reaped it (should not happen); treat as gone.
+        reaped_ = true;
+        exit_status_ = -1;
+        break;
+      }
+      if (expired(deadline)) return std::nullopt;
+      if (pidfd_ >= 0) {
+        pollfd p{pidfd_, POLLIN, 0};
+        ::poll(&p, 1, poll_timeout_ms(deadline));
+      } else {
+        std::this_thread::sleep_for(milliseconds(5));
+      }
+    }
+  }
+  wait_output_closed(deadline);
+  return exit_status_;
+}
+
+void ChildProcess::kill() {
+  if (pid_ <= 0 || reaped_) return;
+  ::kill(pid_, SIGKILL);
+  // SIGKILL cannot be caught; the wait is bounded only as a safety net.
+  wait_exit(in(seconds(30)));
+}
+
+std::optional<std::string> ChildProcess::wait_for_line(const std::regex& re, Deadline deadline,
+                                                       size_t from, size_t* index) {
+  std::unique_lock<std::mutex> lock(mu_);
+  size_t next = from;
+  for (;;) {
+    for (; next < lines_.size(); ++next) {
+      if (std::regex_search(lines_[next].text, re)) {
+        if (index) *index = next;
+        return lines_[next].text;
+      }
+    }
+    if (output_closed_ || !reader_.joinable()) return std::nullopt;
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && lines_.size() == next) {
+      return std::nullopt;
+    }
+  }
+}
+
+std::optional<std::string> ChildProcess::find_line(const std::regex& re, size_t from) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t i = from; i < lines_.size(); ++i) {
+    if (std::regex_search(lines_[i].text, re)) return lines_[i].text;
+  }
+  return std::nullopt;
+}
+
+size_t ChildProcess::line_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lines_.size();
+}
+
+std::vector<OutputLine> ChildProcess::lines() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lines_;
+}
+
+std::string ChildProcess::output() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string out;
+  for (const auto& l : lines_) out += l.text + "\n";
+  return out;
+}
+
+std::string ChildProcess::stdout_text() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string out;
+  for (const auto& l : lines_) {
+    if (l.stream == Stream::Stdout) out += l.text + "\n";
+  }
+  return out;
+}
+
+std::string ChildProcess::stderr_text() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string out;
+  for (const auto& l : lines_) {
+    if (l.stream == Stream::Stderr) out += l.text + "\n";
+  }
+  return out;
+}
+
+int ChildProcess::fd_count() const {
+  if (pid_ <= 0 || reaped_) return -1;
+  std::string path = "/proc/" + std::to_string(pid_) + "/fd";
+  DIR* dir = ::opendir(path.c_str());
+  if (!dir) return -1;
+  int count = 0;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] != '.') ++count;
+  }
+  ::closedir(dir);
+  return count;
+}
+
+long ChildProcess::rss_kb() const {
+  if (pid_ <= 0 || reaped_) return -1;
+  std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+  }
+  return -1;
+}
+
+}  // namespace lb::test

@@ -1,0 +1,132 @@
+// Client-side socket helpers for end-to-end tests.
+//
+// Every socket made here is non-blocking and close-on-exec; the blocking-style
+// helpers (connect, write_all, read_exact, read_until_eof) wait with poll(2)
+// against an explicit deadline, so a stuck peer fails a test instead of hanging
+// it. Nothing here throws or asserts: results say what happened and the test
+// decides what is a failure.
+//
+// Thread rules: a Socket is owned by one thread at a time (movable, not
+// copyable); the free functions are thread-safe.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "test/support/deadline.h"
+
+namespace lb::test {
+
+// An owned file descriptor; closed on destruction.
+class Socket {
+ public:
+  Socket() = default;
+  explicit Socket(int fd) : fd_(fd) {}
+  Socket(Socket&& other) noexcept : fd_(other.release()) {}
+  Socket& operator=(Socket&& other) noexcept;
+  Socket(const Socket&) = delete;
+  Socket& operator=(const Socket&) = delete;
+  ~Socket() { close(); }
+
+  int fd() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  explicit operator bool() const { return valid(); }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void close();
+
+ private:
+  int fd_ = -1;
+};
+
+// "127.0.0.1" / "::1" (no brackets) plus a port, as a sockaddr. Returns false
+// when `host` is not an IP literal.
+bool make_sockaddr(const std::string& host, uint16_t port, sockaddr_storage* out, socklen_t* len);
+
+// Connects to host:port (an IP literal). Returns an invalid Socket on failure
+// and, if `error` is given, stores the errno (ETIMEDOUT when the deadline hit).
+Socket tcp_connect(const std::string& host, uint16_t port, Deadline deadline, int* error = nullptr);
+
+// Like tcp_connect, but for tests that open very many connections: returns as
+// soon as the connect is in progress. Use wait_connected() before I/O.
+Socket tcp_connect_start(const std::string& host, uint16_t port, int* error = nullptr);
+// Waits until a tcp_connect_start() socket is connected; 0 or an errno.
+int wait_connected(const Socket& s, Deadline deadline);
+
+// How a read ended.
+enum class ReadEnd {
+  Complete,  // read_exact: got every byte asked for
+  Eof,       // peer closed (orderly FIN)
+  Reset,     // ECONNRESET (or another socket error, see `error`)
+  Timeout,   // deadline passed first
+};
+const char* to_string(ReadEnd);
+
+struct ReadResult {
+  std::string data;
+  ReadEnd end = ReadEnd::Timeout;
+  int error = 0;  // errno for Reset
+};
+
+// Writes every byte unless the deadline passes or the socket fails; returns
+// the number of bytes written (== data.size() on success).
+size_t write_all(const Socket& s, std::string_view data, Deadline deadline);
+// Reads exactly `n` bytes, or fewer if the stream ends or the deadline passes.
+ReadResult read_exact(const Socket& s, size_t n, Deadline deadline);
+// Reads until EOF / reset / deadline.
+ReadResult read_until_eof(const Socket& s, Deadline deadline);
+// Reads until `delimiter` has been seen (inclusive) / EOF / reset / deadline;
+// `Complete` when the delimiter arrived.
+ReadResult read_until(const Socket& s, std::string_view delimiter, Deadline deadline);
+
+// Sends `out` while concurrently receiving until `expect_in` bytes arrived (or
+// EOF / reset / deadline). Needed for echo tests: sending a large payload
+// without reading would deadlock once every buffer on the path is full.
+// If `shutdown_after_send`, the write side is shut down after the last byte.
+ReadResult exchange(const Socket& s, std::string_view out, size_t expect_in, Deadline deadline,
+                    bool shutdown_after_send = false);
+
+// Whether the socket's peer has closed: waits until readable, then peeks.
+// Returns Eof/Reset when closed, Timeout when the connection is still open
+// (nothing arrived) at the deadline, Complete when data is waiting instead.
+ReadEnd wait_closed(const Socket& s, Deadline deadline);
+
+// shutdown(SHUT_WR): sends FIN, keeps receiving.
+bool shutdown_write(const Socket& s);
+// Sets SO_RCVBUF / SO_SNDBUF (the kernel doubles and clamps the value).
+bool set_recv_buffer(const Socket& s, int bytes);
+bool set_send_buffer(const Socket& s, int bytes);
+// SO_LINGER {1, 0}: close() then sends RST instead of FIN.
+bool set_linger_reset(const Socket& s);
+
+// A port on `host` where nothing listens: binds an ephemeral port and closes
+// it again. Connecting there is refused at once (loopback answers RST) —
+// unless the kernel hands the port to someone else meanwhile, which on an
+// otherwise quiet test machine is unlikely within a test's lifetime.
+uint16_t refused_port(const std::string& host = "127.0.0.1");
+
+// A listening socket (no SO_REUSEPORT, so nobody else can bind the port),
+// bound to host:0 unless `port` is given. Used to hold a port busy.
+Socket tcp_listen(const std::string& host, uint16_t port = 0, int backlog = 128);
+// The local port of a bound socket (0 on error).
+uint16_t local_port(const Socket& s);
+
+// Random bytes (not cryptographic; a fixed seed gives a reproducible payload).
+std::string random_bytes(size_t n, uint64_t seed = 0x6c62'6532'6521ULL);
+
+// Offset of the first byte where `a` and `b` differ (a length difference
+// counts at the shorter length); std::string::npos when equal. Tests compare
+// large payloads with it so a failure prints an offset, not megabytes.
+size_t mismatch_offset(std::string_view a, std::string_view b);
+
+// Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
+uint64_t raise_fd_limit();
+
+}  // namespace lb::test
