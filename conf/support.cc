@@ -32,8 +32,6 @@ struct NotSupportedYet {
 };
 
 constexpr NotSupportedYet kNotSupportedYet[] = {
-    // [global]
-    {Scope::Global, "user", [](const Subject& s) { return !s.global->user.empty(); }},
     // [[listener]]
     {Scope::Listener, "proxy_protocol",
      [](const Subject& s) { return s.listener->proxy_protocol != ProxyProtocol::Off; }},
@@ -45,17 +43,6 @@ constexpr NotSupportedYet kNotSupportedYet[] = {
      [](const Subject& s) { return s.listener->max_connections_per_source != 0; }},
     {Scope::Listener, "allow", [](const Subject& s) { return !s.listener->allow.empty(); }},
     {Scope::Listener, "deny", [](const Subject& s) { return !s.listener->deny.empty(); }},
-    // [[pool]]
-    {Scope::Pool, "slow_start", [](const Subject& s) { return s.pool->slow_start.count() != 0; }},
-    // [pool.health_check]: tcp and none are built.
-    {Scope::HealthCheck, "type",
-     [](const Subject& s) {
-       HealthType t = s.pool->health_check.type;
-       return t != HealthType::Tcp && t != HealthType::None;
-     }},
-    // [pool.outlier]
-    {Scope::Outlier, "consecutive_failures",
-     [](const Subject& s) { return s.pool->outlier.consecutive_failures != 0; }},
 };
 
 void check(const NotSupportedYet& row, const Subject& subject, const ObjectSrc& obj, Diags& d) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 
 #include "core/select/selector.h"
 
@@ -46,6 +47,7 @@ std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& 
         }
       }
       if (!checked) st.up = true;
+      st.seen_up = st.seen_up || st.up;
       ps.backends.push_back(std::move(st));
     }
     next.push_back(std::move(ps));
@@ -69,11 +71,26 @@ void ControlPlane::set_health(const Backend& b, bool up) {
       if (st.backend.get() == &b) {
         if (st.up == up) return;
         st.up = up;
+        if (up && st.seen_up && p.cfg.slow_start.count() > 0) {
+          st.ramping = true;
+          st.ramp_start = std::chrono::steady_clock::now();
+        }
+        if (up) st.seen_up = true;
+        if (!up) st.ramping = false;
         rebuild_locked();
         return;
       }
     }
   }
+}
+
+bool ControlPlane::tick() {
+  std::lock_guard lk(mu_);
+  bool any = false;
+  for (auto& p : pools_)
+    for (auto& b : p.backends) any = any || b.ramping;
+  if (any) rebuild_locked();
+  return any;
 }
 
 ControlPlane::BackendState* ControlPlane::find(const std::string& pool, const std::string& id, Status* st) {
@@ -123,6 +140,28 @@ void ControlPlane::rebuild_locked() {
     pt->selector = p.cfg.selector;
     pt->hash_key = p.cfg.hash_key;
     pt->hash_balance_factor = p.cfg.hash_balance_factor;
+    // Slow start: a recovered backend's weight ramps linearly from 1% to
+    // 100% of its weight. Selectors only use weight ratios, so while a ramp
+    // runs every weight of the pool is scaled by 100 to make the steps fine.
+    const auto now = std::chrono::steady_clock::now();
+    bool ramp = false;
+    for (auto& b : p.backends) {
+      if (b.ramping && now - b.ramp_start >= p.cfg.slow_start) b.ramping = false;
+      ramp = ramp || b.ramping;
+    }
+    std::map<const BackendState*, uint32_t> weight;
+    for (auto& b : p.backends) {
+      uint32_t w = b.weight();
+      if (ramp) {
+        w *= 100;
+        if (b.ramping) {
+          double f = std::chrono::duration<double>(now - b.ramp_start) /
+                     std::chrono::duration<double>(p.cfg.slow_start);
+          w = std::max<uint32_t>(1, static_cast<uint32_t>(w * f));
+        }
+      }
+      weight[&b] = w;
+    }
     std::vector<const BackendState*> sorted;
     for (auto& b : p.backends) sorted.push_back(&b);
     std::sort(sorted.begin(), sorted.end(),
@@ -130,10 +169,10 @@ void ControlPlane::rebuild_locked() {
     for (auto* b : sorted) pt->backends.push_back(b->backend);
     auto usable = [](const BackendState* b) { return b->up && !b->drain && b->weight() > 0; };
     for (auto* b : sorted)
-      if (!b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), b->weight()});
+      if (!b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), weight[b]});
     if (pt->candidates.empty()) {
       for (auto* b : sorted)
-        if (b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), b->weight()});
+        if (b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), weight[b]});
       pt->using_backups = !pt->candidates.empty();
     }
     pt->lookup = build_lookup_table(pt->selector, pt->candidates);

@@ -11,6 +11,7 @@
 // in version order; it is never taken on the data path.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -38,8 +39,13 @@ class ControlPlane {
   // checked (its first probe decides) and up otherwise.
   std::vector<PoolBackends> apply(const conf::Config& cfg);
 
-  // From the health thread: probe state (or passive ejection) changed.
+  // From the health thread: probe state (or passive ejection) changed. A
+  // backend that comes back up in a pool with slow_start ramps its weight up.
   void set_health(const Backend& b, bool up);
+
+  // Advances slow-start ramps (call a few times a second); publishes a new
+  // table only while some backend is ramping. Returns whether one is.
+  bool tick();
 
   enum class Status { Ok, NoPool, NoBackend };
   Status set_drain(const std::string& pool, const std::string& id, bool drain);
@@ -68,6 +74,9 @@ class ControlPlane {
     bool up = false;
     bool drain = false;
     int weight_override = -1;  // -1: use the configured weight
+    bool seen_up = false;      // has been up before (the first result never ramps)
+    std::chrono::steady_clock::time_point ramp_start{};  // slow start began
+    bool ramping = false;
     uint32_t weight() const {
       return weight_override >= 0 ? static_cast<uint32_t>(weight_override) : backend->weight;
     }

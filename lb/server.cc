@@ -313,6 +313,11 @@ bool Server::start() {
   notifier_.ready();
   notifier_.status(fmt::format("serving, generation {}", generation_));
   start_watchdog();
+  tick_timer_ = new uv_timer_t;
+  uv_timer_init(&loop_, tick_timer_);
+  tick_timer_->data = this;
+  uv_timer_start(
+      tick_timer_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->control_->tick(); }, 250, 250);
   return true;
 }
 
@@ -462,7 +467,7 @@ void Server::finish_stop() {
   for (auto* s : signals_)
     uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
   signals_.clear();
-  for (uv_timer_t** t : {&stop_timer_, &watchdog_timer_}) {
+  for (uv_timer_t** t : {&stop_timer_, &watchdog_timer_, &tick_timer_}) {
     if (!*t) continue;
     uv_close(reinterpret_cast<uv_handle_t*>(*t), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     *t = nullptr;

@@ -94,6 +94,7 @@ class Server {
   std::vector<systemd::InheritedSocket> inherited_;   // socket activation (LISTEN_FDS)
   std::map<std::string, systemd::InheritedSocket*> activated_;  // bind key -> inherited socket
   uv_timer_t* watchdog_timer_ = nullptr;
+  uv_timer_t* tick_timer_ = nullptr;       // slow-start ramps
   uv_timer_t* stop_timer_ = nullptr;       // drain_delay, then polling for drained workers
   uint64_t stop_deadline_ = 0;
   uint64_t generation_ = 0;

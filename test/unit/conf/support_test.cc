@@ -27,8 +27,6 @@ struct Row {
 
 // clang-format off
 const Row kRows[] = {
-  {Section::Global,   R"(user = "lb")",                        R"(user = "")",
-   R"(global: user: not supported yet)"},
   {Section::Listener, R"(proxy_protocol = "v1")",              R"(proxy_protocol = "off")",
    R"(listener "web": proxy_protocol: not supported yet)"},
   {Section::Listener, R"(proxy_protocol = "v2")",              R"(proxy_protocol = "off")",
@@ -43,18 +41,6 @@ const Row kRows[] = {
    R"(listener "web": allow: not supported yet)"},
   {Section::Listener, R"(deny = ["10.0.0.0/8"])",              R"(deny = [])",
    R"(listener "web": deny: not supported yet)"},
-  {Section::Pool,     R"(slow_start = "30s")",                 R"(slow_start = "0s")",
-   R"(pool "web": slow_start: not supported yet)"},
-  {Section::HealthCheck, R"(type = "http")",                   R"(type = "tcp")",
-   R"(pool "web" health_check: type: not supported yet)"},
-  {Section::HealthCheck, R"(type = "tls")",                    R"(type = "none")",
-   R"(pool "web" health_check: type: not supported yet)"},
-  {Section::HealthCheck, R"(type = "dns")",                    R"(type = "tcp")",
-   R"(pool "web" health_check: type: not supported yet)"},
-  {Section::HealthCheck, R"(type = "udp")",                    R"(type = "none")",
-   R"(pool "web" health_check: type: not supported yet)"},
-  {Section::Outlier,  R"(consecutive_failures = 5)",           R"(consecutive_failures = 0)",
-   R"(pool "web" outlier: consecutive_failures: not supported yet)"},
 };
 // clang-format on
 

@@ -1,5 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <map>
+#include <thread>
+
 #include "conf/load.h"
 #include "core/control.h"
 
@@ -155,4 +158,61 @@ TEST_CASE("reload keeps backends, their state and counters by id", "[control]") 
   auto p3 = cp.apply(load(moved));
   CHECK(p3[1].backends[0] != checked);
   CHECK(published.back()->find("checked")->candidates.empty());
+}
+
+TEST_CASE("slow start ramps a recovered backend's weight, never the first result", "[control]") {
+  std::vector<BackendTablePtr> published;
+  ControlPlane cp([&](BackendTablePtr t) { published.push_back(t); });
+  auto pools = cp.apply(load(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+[[pool]]
+name = "web"
+slow_start = "400ms"
+[pool.health_check]
+type = "tcp"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+id = "a"
+weight = 3
+[[pool.backend]]
+address = "127.0.0.1:9002"
+id = "b"
+weight = 3
+)"));
+  auto& a = *pools[0].backends[0];
+  auto& b = *pools[0].backends[1];
+  auto weights = [&] {
+    std::map<std::string, uint32_t> w;
+    for (auto& c : published.back()->find("web")->candidates) w[c.backend->id] = c.weight;
+    return w;
+  };
+  // First results: full weight at once, no ramp.
+  cp.set_health(a, true);
+  cp.set_health(b, true);
+  CHECK(weights() == std::map<std::string, uint32_t>{{"a", 3}, {"b", 3}});
+  CHECK_FALSE(cp.tick());
+  // b goes down and comes back: it starts near zero and grows to full.
+  cp.set_health(b, false);
+  cp.set_health(b, true);
+  auto w0 = weights();
+  CHECK(w0["a"] == 300);      // everyone scaled while a ramp runs
+  CHECK(w0["b"] < 300 / 4);   // just recovered
+  CHECK(w0["b"] >= 1);
+  // b's share relative to a only grows.
+  auto share = [&] {
+    auto w = weights();
+    return static_cast<double>(w["b"]) / w["a"];
+  };
+  double last = share();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (cp.tick() && std::chrono::steady_clock::now() < deadline) {
+    CHECK(share() >= last);
+    last = share();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  // Ramp over: back to the plain weights (and the plain table).
+  CHECK(weights() == std::map<std::string, uint32_t>{{"a", 3}, {"b", 3}});
 }
