@@ -282,6 +282,7 @@ void HealthChecker::schedule_probe(State& s, milliseconds delay) {
     s.probe_timer = make_uv<uv_timer_t>(loop_.get(), &s, &err, uv_timer_init);
     if (!s.probe_timer) return;  // cannot happen: uv_timer_init does not fail
   }
+  uv_update_time(loop_.get());  // the cached time may be a long iteration old
   uv_timer_start(s.probe_timer.get(), on_probe_timer, to_uv_ms(delay), 0);
 }
 
@@ -310,6 +311,7 @@ void HealthChecker::apply_report(const core::BackendPtr& backend, bool success) 
     int err = 0;
     s.ejection_timer = make_uv<uv_timer_t>(loop_.get(), &s, &err, uv_timer_init);
   }
+  uv_update_time(loop_.get());
   if (s.ejection_timer)
     uv_timer_start(s.ejection_timer.get(), on_ejection_timer, to_uv_ms(s.outlier.ejection_time),
                    0);

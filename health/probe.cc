@@ -75,6 +75,9 @@ void Probe::start() {
     if (auto cb = std::move(cb_)) cb(false, "timer init: " + uv_reason(err));
     return;
   }
+  // The loop's cached time may be as old as the current iteration; measure
+  // the timeout from now, not from then.
+  uv_update_time(loop_);
   uv_timer_start(timer_.get(), on_timer, static_cast<uint64_t>(timeout_.count()), 0);
   begin();
 }
