@@ -12,7 +12,7 @@ jobs=$(nproc)
 
 # --- packages -------------------------------------------------------------
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2
-          libfmt-dev nlohmann-json3-dev openssl iproute2 procps)
+          libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,11 +26,14 @@ if ((${#missing[@]})); then
 fi
 
 # --- builds -----------------------------------------------------------------
-build() {  # build DIR [cmake args...]
+build() {  # build DIR [--target T...] -- [cmake args...]
   local dir=$1; shift
+  local targets=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do targets+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
   echo "== build $dir $*"
   cmake -S "$root" -B "$root/$dir" -DLB_BENCH=OFF "$@" >/dev/null
-  cmake --build "$root/$dir" -j"$jobs"
+  cmake --build "$root/$dir" -j"$jobs" "${targets[@]}"
 }
 
 failed=0
@@ -40,16 +43,19 @@ run_ctest() {  # run_ctest DIR [ctest args...]
   (cd "$root/$dir" && ctest --output-on-failure "$@") || failed=1
 }
 
-build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+build build -- -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_ctest build
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
-  build build-asan -DCMAKE_BUILD_TYPE=Debug -DLB_ASAN=ON -DLB_UBSAN=ON
+  build build-asan -- -DCMAKE_BUILD_TYPE=Debug -DLB_ASAN=ON -DLB_UBSAN=ON
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_ctest build-asan
 
-  build build-tsan -DCMAKE_BUILD_TYPE=Debug -DLB_TSAN=ON
-  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 run_ctest build-tsan
+  # ThreadSanitizer over what crosses threads: the health thread and the
+  # control plane, the systemd/privilege code, and the lb binary itself under
+  # the end-to-end suite (workers, health thread, main loop, access log).
+  build build-tsan --target lb unit_core unit_health unit_lb e2e -- -DCMAKE_BUILD_TYPE=Debug -DLB_TSAN=ON
+  TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 run_ctest build-tsan -R '^(unit_core|unit_health|unit_lb|e2e)$'
 fi
 
 if ((failed)); then
