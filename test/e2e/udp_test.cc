@@ -152,17 +152,31 @@ std::string dns_first_a(const std::string& r) {
 // dnsmasq on a loopback port, answering example.test with `answer`.
 class Dnsmasq {
  public:
-  explicit Dnsmasq(const std::string& answer) {
-    int probe = udp_socket();
-    port_ = udp_local_port(probe);
-    ::close(probe);  // dnsmasq binds it right away; the window is tiny
-    proc_ = std::make_unique<ChildProcess>(std::vector<std::string>{
-        "/usr/sbin/dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=" + std::to_string(port_),
-        "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--pid-file=",
-        "--user=root", "--address=/example.test/" + answer, "--log-facility=-"});
+  explicit Dnsmasq(std::string answer) : answer_(std::move(answer)) {}
+  // Starts dnsmasq and waits until it answers a query. The free port is found
+  // by binding port 0 and closing it, which can race with another process on
+  // a busy machine: then try again on a fresh port.
+  bool start(Deadline deadline) {
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      int probe = udp_socket();
+      port_ = udp_local_port(probe);
+      ::close(probe);
+      proc_ = std::make_unique<ChildProcess>(std::vector<std::string>{
+          "/usr/sbin/dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+          "--port=" + std::to_string(port_), "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+          "--no-hosts", "--pid-file=", "--user=root", "--address=/example.test/" + answer_,
+          "--log-facility=-"});
+      if (answers(std::min(deadline, in(seconds(10))))) return true;
+      WARN("dnsmasq on port " << port_ << " did not answer: " << proc_->output());
+      proc_.reset();
+    }
+    return false;
   }
-  // Ready once it answers a query.
-  bool wait_ready(Deadline deadline) {
+  uint16_t port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  bool answers(Deadline deadline) {
     int fd = udp_socket();
     bool ok = wait_until(
         [&] {
@@ -174,10 +188,7 @@ class Dnsmasq {
     ::close(fd);
     return ok;
   }
-  uint16_t port() const { return port_; }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-
- private:
+  std::string answer_;
   uint16_t port_ = 0;
   std::unique_ptr<ChildProcess> proc_;
 };
@@ -207,8 +218,8 @@ std::string udp_config(const std::string& listener_extra, const std::string& poo
 
 TEST_CASE("DNS through lb: correct answers, every backend used, no session left", "[udp][dns]") {
   Dnsmasq a("10.0.0.1"), b("10.0.0.2");
-  REQUIRE(a.wait_ready(in(seconds(10))));
-  REQUIRE(b.wait_ready(in(seconds(10))));
+  REQUIRE(a.start(in(seconds(30))));
+  REQUIRE(b.start(in(seconds(30))));
   LbProcess lb(udp_config("udp_responses = 1\nsession_timeout = \"30s\"", "", {a.address(), b.address()}));
   REQUIRE(lb.wait_started());
   uint16_t port = lb.listener_port("udp");
@@ -239,7 +250,7 @@ TEST_CASE("DNS through lb: correct answers, every backend used, no session left"
 TEST_CASE("a resolver with several queries in flight keeps one session until the last answer",
           "[udp][dns]") {
   Dnsmasq a("10.0.0.1");
-  REQUIRE(a.wait_ready(in(seconds(10))));
+  REQUIRE(a.start(in(seconds(30))));
   LbProcess lb(udp_config("udp_responses = 1", "", {a.address()}));
   REQUIRE(lb.wait_started());
   int fd = udp_socket();
