@@ -1,0 +1,354 @@
+"""bench/run: lb side by side with HAProxy, nginx (stream) and dnsdist, and a
+direct connection, on loopback, in interleaved rounds.
+
+CPU layout (two CPUs, "proxy" and "load"): every proxy runs with one
+worker/thread pinned to the proxy CPU; the harness pins itself to the load
+CPU, so the backends and load generators it starts run there too. The one
+exception is the "lb, 2 workers" row, which may use both CPUs.
+
+Each workload runs its rows in rounds (A B C D, A B C D, ...) so slow drift
+from other work on the machine spreads over every row; the tables show the
+median per row and ratios of medians.
+"""
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from . import env, idle, loads, peers, report
+from .procs import Supervisor
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir))
+
+
+class Workload:
+    def __init__(self, key, title, unit, metric, higher_is_better, service, rows, run, extras=(), rounds=None):
+        self.key = key
+        self.title = title
+        self.unit = unit
+        self.metric = metric
+        self.higher_is_better = higher_is_better
+        self.service = service
+        self.rows = rows
+        self.run = run            # (proxy, port, duration) -> metrics dict
+        self.extras = list(extras)
+        self.rounds = rounds      # fixed round count, else the run's
+
+
+def workloads(args, sup, backend_idle, query_file, load_cpus):
+    tcp_rows = ["direct", "lb", "haproxy", "haproxy-splice", "nginx"]
+    scaled_rows = ["direct", "lb", "lb-2w", "haproxy", "haproxy-splice", "nginx"]
+    dns_rows = ["direct", "lb", "nginx", "dnsdist"]
+
+    def idle_run(proxy, port, duration):
+        try:
+            return idle.measure(backend_idle, proxy.proc.pid, port, args.idle_conns, timeout=60)
+        except idle.IdleError as e:
+            raise loads.SampleError(str(e))
+
+    return [
+        # Memory first, while every proxy is fresh: later workloads would
+        # leave freed memory in the allocators that idle connections reuse.
+        Workload("idle_mem", f"memory per idle TCP connection ({args.idle_conns:,} conns)", "B/conn",
+                 "bytes_per_conn", False, "idle", ["lb", "haproxy", "nginx"], idle_run, rounds=1),
+        Workload("bulk1", "bulk TCP, 1 stream (iperf3)", "Gbps", "gbps", True, "bulk", scaled_rows,
+                 lambda p, port, d: loads.iperf3(sup, port, d, 1, load_cpus)),
+        Workload("bulk8", "bulk TCP, 8 streams (iperf3 -P 8)", "Gbps", "gbps", True, "bulk", scaled_rows,
+                 lambda p, port, d: loads.iperf3(sup, port, d, 8, load_cpus)),
+        Workload("connrate", f"connection rate (wrk, Connection: close, {loads.WRK_CONNECTIONS} conns)", "conn/s",
+                 "rps", True, "http", scaled_rows,
+                 lambda p, port, d: loads.wrk(sup, port, d, True, load_cpus), extras=["errors"]),
+        Workload("keepalive", f"keep-alive requests (wrk --latency, {loads.WRK_CONNECTIONS} conns)", "req/s",
+                 "rps", True, "http", tcp_rows,
+                 lambda p, port, d: loads.wrk(sup, port, d, False, load_cpus), extras=["p50_us", "p99_us", "errors"]),
+        Workload("pingpong", f"ping-pong {loads.SOCKPERF_MSG} B (sockperf, 1 conn)", "round trips/s",
+                 "rate", True, "sock", tcp_rows,
+                 lambda p, port, d: loads.sockperf(sup, port, d, load_cpus), extras=["p50_us", "p99_us", "errors"]),
+        Workload("dns_fixed", f"DNS over UDP at {args.dns_rate:,} qps (dnsperf)", "qps", "qps", True, "dns", dns_rows,
+                 lambda p, port, d: loads.dnsperf(sup, port, d, args.dns_rate, query_file, load_cpus),
+                 extras=["loss_pct", "lost"]),
+        Workload("dns_max", "DNS over UDP, max rate (dnsperf)", "qps", "qps", True, "dns", dns_rows,
+                 lambda p, port, d: loads.dnsperf(sup, port, d, None, query_file, load_cpus),
+                 extras=["loss_pct", "lost"]),
+    ]
+
+
+WORKLOAD_KEYS = ("idle_mem", "bulk1", "bulk8", "connrate", "keepalive", "pingpong", "dns_fixed", "dns_max")
+ROW_NAMES = ("direct", "lb", "lb-2w", "haproxy", "haproxy-splice", "nginx", "dnsdist")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke test: 1 round, 2 s per sample")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5; --quick 1)")
+    ap.add_argument("--duration", type=int, help="seconds per sample (default 3; --quick 2)")
+    ap.add_argument("--only", help=f"comma-separated workloads to run ({','.join(WORKLOAD_KEYS)})")
+    ap.add_argument("--rows", help=f"comma-separated rows to run ({','.join(ROW_NAMES)})")
+    ap.add_argument("--lb", help="use this lb binary instead of building one")
+    ap.add_argument("--build-dir", default=os.path.join(REPO, "build-bench"),
+                    help="where lb is built (Release) when --lb is not given (default: build-bench)")
+    ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
+    ap.add_argument("--idle-conns", type=int, default=10000, help="idle connections for the memory workload")
+    ap.add_argument("--dns-rate", type=int, default=10000, help="queries/s of the fixed-rate DNS workload")
+    ap.add_argument("--proxy-cpu", type=int, help="CPU for the proxies (default: the first usable)")
+    ap.add_argument("--load-cpu", type=int, help="CPU for backends and load generators (default: the second)")
+    ap.add_argument("--out-dir", default=os.path.join(REPO, "bench", "results"), help="where results are written")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (configurations, logs)")
+    args = ap.parse_args(argv)
+    for opt, known in (("only", WORKLOAD_KEYS), ("rows", ROW_NAMES)):
+        given = getattr(args, opt)
+        unknown = set(given.split(",")) - set(known) if given else set()
+        if unknown:
+            ap.error(f"--{opt}: unknown {', '.join(sorted(unknown))} (choose from {','.join(known)})")
+    args.rounds = args.rounds or (1 if args.quick else 5)
+    args.duration = args.duration or (2 if args.quick else 3)
+    if args.rounds < 1 or args.duration < 1 or args.idle_conns < 1 or args.dns_rate < 1:
+        ap.error("--rounds, --duration, --idle-conns and --dns-rate must be positive")
+    return args
+
+
+def say(msg):
+    print(f"== {msg}", flush=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv):
+    args = parse_args(argv)
+    if not sys.platform.startswith("linux"):
+        print("bench/run needs Linux (taskset, /proc)", file=sys.stderr)
+        return 1
+    usable = sorted(os.sched_getaffinity(0))
+    if len(usable) < 2:
+        print("bench/run needs two CPUs: one for the proxy, one for load and backends", file=sys.stderr)
+        return 1
+    proxy_cpu = args.proxy_cpu if args.proxy_cpu is not None else usable[0]
+    load_cpu = args.load_cpu if args.load_cpu is not None else next(c for c in usable if c != proxy_cpu)
+    if proxy_cpu == load_cpu or proxy_cpu not in usable or load_cpu not in usable:
+        print(f"--proxy-cpu and --load-cpu must be two different usable CPUs of {usable}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+    t0 = time.monotonic()
+    run_dir = tempfile.mkdtemp(prefix="lb-bench-")
+    os.chmod(run_dir, 0o755)   # nginx workers (user nobody) read www/ under it
+    sup = Supervisor(run_dir)
+    backend_idle = None
+    keep = args.keep
+    try:
+        unusable = {} if args.no_install else env.ensure_packages(say)
+        if args.no_install:
+            unusable = {p: "not installed (--no-install)" for p, path in env.PACKAGES.items()
+                        if not os.path.exists(path)}
+        for p, why in unusable.items():
+            say(f"SKIP rows needing {p}: {why}")
+
+        lb_path, lb_err = args.lb, None
+        if lb_path is None:
+            lb_path, lb_err = env.build_lb(REPO, args.build_dir, os.path.join(run_dir, "build.log"), say)
+            if lb_path and env.cmake_build_type(args.build_dir) != "Release":
+                say(f"WARNING: {args.build_dir} is configured as {env.cmake_build_type(args.build_dir)!r}, "
+                    "not Release; lb numbers may be low")
+        elif not os.access(lb_path, os.X_OK):
+            lb_path, lb_err = None, f"{args.lb} is not executable"
+        if lb_err:
+            say(f"SKIP lb rows: {lb_err}")
+            keep = True
+
+        # Both ends of every idle connection are in this process; the proxies
+        # hold two descriptors per connection.
+        nofile = env.raise_nofile(max(65536, 4 * args.idle_conns + 4096))
+        if nofile < 2 * args.idle_conns + 400:
+            args.idle_conns = max(100, (nofile - 400) // 2)
+            say(f"open files limit is {nofile} and cannot be raised here: "
+                f"the memory workload uses {args.idle_conns:,} connections")
+        machine = env.describe_machine(lb_path, REPO)
+        os.sched_setaffinity(0, {load_cpu})
+        load_cpus = str(load_cpu)
+
+        say(f"{machine['cpu_model']}, {machine['cpus_online']} CPUs, Linux {machine['kernel']}, "
+            f"load average {machine['loadavg_at_start'][0]:.2f}")
+        say(f"proxies on CPU {proxy_cpu}; backends and load generators on CPU {load_cpu}; "
+            f"{args.rounds} round(s) of {args.duration} s samples")
+
+        backend_idle = idle.IdleBackend()
+        query_file = os.path.join(run_dir, "queries.txt")
+        loads.write_dns_queries(query_file)
+        backends = peers.Backends(run_dir, backend_idle)
+        backends.start(sup, load_cpus, unusable, nofile)
+        for service, why in backends.down.items():
+            say(f"SKIP workloads on {service}: backend unavailable: {why}")
+
+        all_cpus = ",".join(str(c) for c in usable)
+        proxies = peers.make_proxies(run_dir, lb_path, proxy_cpu, all_cpus, nofile, args.idle_conns)
+        wanted_rows = set(args.rows.split(",")) if args.rows else None
+        for p in proxies:
+            if wanted_rows is not None and p.name not in wanted_rows:
+                p.unavailable = "not selected (--rows)"
+                continue
+            missing = [n for n in p.needs if n in unusable]
+            if missing:
+                p.unavailable = f"{', '.join(missing)}: {unusable[missing[0]]}"
+            elif p.name.startswith("lb") and not lb_path:
+                p.unavailable = lb_err
+        wls = workloads(args, sup, backend_idle, query_file, load_cpus)
+        if args.only:
+            names = set(args.only.split(","))
+            wls = [w for w in wls if w.key in names]
+        if wanted_rows is not None:
+            for w in wls:
+                w.rows = [r for r in w.rows if r in wanted_rows]
+        needed = {r for w in wls for r in w.rows}
+        for p in proxies:
+            if p.unavailable or p.name not in needed or p.argv_fn is None:
+                continue
+            err = p.start(sup, backends)
+            if err:
+                p.unavailable = err
+                keep = True
+            if p.unavailable:
+                say(f"SKIP {p.label}: {p.unavailable}")
+        by_name = {p.name: p for p in proxies}
+
+        started = datetime.datetime.now(datetime.timezone.utc)
+        results = {
+            "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": " ".join(["bench/run"] + argv),
+            "quick": args.quick,
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "machine": machine,
+            "setup": {
+                "proxy_cpu": proxy_cpu, "load_cpu": load_cpu,
+                "buffer_bytes": peers.BUFSIZE,
+                "rows": {p.name: p.note for p in proxies},
+                "wrk_connections": loads.WRK_CONNECTIONS,
+                "dnsperf_clients": loads.DNSPERF_CLIENTS, "dnsperf_outstanding": loads.DNSPERF_OUTSTANDING,
+                "dns_fixed_rate_qps": args.dns_rate, "idle_connections": args.idle_conns,
+                "sockperf_message_bytes": loads.SOCKPERF_MSG,
+                "open_files_limit": nofile,
+            },
+            "skipped": {p: why for p, why in unusable.items()},
+            "events": [],
+            "workloads": {},
+        }
+        run_all(args, wls, by_name, backends, sup, results)
+        report.summarize(results)
+        report.evaluate_targets(results)
+        results["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        results["machine"]["loadavg_at_end"] = os.getloadavg()
+        for p in proxies:
+            if p.name.startswith("lb") and p.proc is not None:
+                tail = p.proc.log_tail(50)
+                if tail:
+                    results.setdefault("logs", {})[p.name] = tail.splitlines()
+        table = report.markdown(results)
+        results["table_markdown"] = table
+        print()
+        print(table)
+        print()
+        os.makedirs(args.out_dir, exist_ok=True)
+        stem = started.strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
+        json_path = os.path.join(args.out_dir, stem + ".json")
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        with open(os.path.join(args.out_dir, stem + ".md"), "w") as f:
+            f.write(f"Run of {results['date']} ({results['command']}) on {machine['cpu_model']}, "
+                    f"{machine['cpus_online']} CPUs, Linux {machine['kernel']}.\n\n{table}\n")
+        say(f"results: {json_path} ({(time.monotonic() - t0) / 60:.1f} min)")
+        if results["events"]:
+            keep = True
+            say(f"{len(results['events'])} proxy crash(es)/restart(s), see 'events' in the JSON")
+        return 0
+    except KeyboardInterrupt:
+        print("\n== interrupted: stopping every process started", file=sys.stderr)
+        return 130
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)   # finish the cleanup even on a second Ctrl-C
+        sup.stop_all()
+        if backend_idle:
+            backend_idle.close()
+        if keep:
+            print(f"== configurations and logs kept in {run_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _ensure_up(p, backends, sup, results, wl):
+    """Restarts a proxy that died (recording the crash); False when it is gone for good."""
+    if p.alive():
+        return True
+    if p.proc is not None:
+        event = {"row": p.name, "workload": wl.key, "exit_status": p.proc.returncode(),
+                 "log_tail": p.proc.log_tail(30).splitlines()}
+        results["events"].append(event)
+        say(f"{p.label} exited with status {event['exit_status']} during {wl.key}; log {p.proc.log_path}")
+        sup.stop(p.proc)
+        p.proc = None
+    if p.restarts >= 3:
+        p.unavailable = "crashed too often"
+        return False
+    p.restarts += 1
+    err = p.start(sup, backends)
+    if err:
+        p.unavailable = err
+        return False
+    return True
+
+
+def run_all(args, wls, by_name, backends, sup, results):
+    for i, wl in enumerate(wls, 1):
+        entry = {"title": wl.title, "unit": wl.unit, "metric": wl.metric,
+                 "higher_is_better": wl.higher_is_better, "extras": wl.extras, "rows": {}}
+        results["workloads"][wl.key] = entry
+        rows = []
+        for name in wl.rows:
+            p = by_name[name]
+            row = {"label": p.label, "samples": [], "errors": []}
+            if wl.service in backends.down:
+                row["skipped"] = f"no {wl.service} backend"
+            elif p.unavailable:
+                row["skipped"] = p.unavailable
+            elif wl.service not in p.services:
+                continue
+            else:
+                rows.append(p)
+            entry["rows"][name] = row
+        if wl.service in backends.down:
+            say(f"[{wl.key}] SKIP: backend unavailable")
+            continue
+        rounds = wl.rounds or args.rounds
+        say(f"[{i}/{len(wls)}] {wl.title}: {len(rows)} rows × {rounds} round(s)")
+        for r in range(rounds):
+            parts = []
+            for p in rows:
+                row = entry["rows"][p.name]
+                if p.unavailable or not _ensure_up(p, backends, sup, results, wl):
+                    row["errors"].append(f"round {r + 1}: not running: {p.unavailable}")
+                    parts.append(f"{p.name} down")
+                    continue
+                try:
+                    m = wl.run(p, p.port(wl.service, backends), args.duration)
+                    m["round"] = r + 1
+                    row["samples"].append(m)
+                    parts.append(f"{p.name} {report.fmt_value(m[wl.metric], wl.unit)}")
+                except loads.SampleError as e:
+                    row["errors"].append(f"round {r + 1}: {e}")
+                    parts.append(f"{p.name} ERROR")
+                    say(f"   {p.label}: {e}")
+                if not p.alive():
+                    _ensure_up(p, backends, sup, results, wl)
+                # Let sockets of the sample close before the next row starts.
+                time.sleep(0.3)
+            print(f"   round {r + 1}/{rounds}: " + " · ".join(parts), flush=True)
