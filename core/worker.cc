@@ -46,10 +46,13 @@ Worker::~Worker() {
   if (thread_.joinable()) thread_.join();
   if (loop_closed_) return;
   // The thread never ran (start-up failed): close what the constructor opened.
-  if (async_) {
-    uv_close(reinterpret_cast<uv_handle_t*>(async_),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
-    async_ = nullptr;
+  {
+    std::lock_guard lk(inbox_mu_);
+    if (async_) {
+      uv_close(reinterpret_cast<uv_handle_t*>(async_),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+      async_ = nullptr;
+    }
   }
   timeouts_->close();
   uv_run(&loop_, UV_RUN_DEFAULT);
@@ -72,19 +75,19 @@ void Worker::run() {
   loop_closed_ = true;
 }
 
+// The wake-up is sent under the inbox lock: abort_all() closes the async
+// handle under the same lock, so no thread can signal a closed handle.
 void Worker::post(WorkerMessage msg) {
-  {
-    std::lock_guard lk(inbox_mu_);
-    inbox_.push_back(std::move(msg));
-  }
+  std::lock_guard lk(inbox_mu_);
+  if (!async_) return;  // the worker has stopped
+  inbox_.push_back(std::move(msg));
   uv_async_send(async_);
 }
 
 void Worker::publish(BackendTablePtr table) {
-  {
-    std::lock_guard lk(inbox_mu_);
-    pending_table_ = std::move(table);
-  }
+  std::lock_guard lk(inbox_mu_);
+  if (!async_) return;
+  pending_table_ = std::move(table);
   uv_async_send(async_);
 }
 
@@ -271,9 +274,14 @@ void Worker::abort_all() {
     }
   }
   timeouts_->close();
-  uv_close(reinterpret_cast<uv_handle_t*>(async_),
-           [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
-  async_ = nullptr;
+  {
+    std::lock_guard lk(inbox_mu_);
+    uv_close(reinterpret_cast<uv_handle_t*>(async_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    async_ = nullptr;
+    pending_table_.reset();
+    inbox_.clear();
+  }
   selectors_.clear();
   table_.reset();
 }

@@ -75,8 +75,12 @@ Server::~Server() {
   uv_loop_close(&loop_);
 }
 
+// A bind's identity across reloads. Port 0 means "a free port of its own"
+// for each listener, so such binds are told apart by listener name too.
 std::string Server::bind_key(const conf::Listener& l, const conf::Endpoint& e) {
-  return std::string(conf::to_string(l.protocol)) + "|" + e.to_string();
+  std::string key = std::string(conf::to_string(l.protocol)) + "|" + e.to_string();
+  if (e.port() == 0) key += "|" + l.name;
+  return key;
 }
 
 std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {

@@ -149,18 +149,39 @@ std::string dns_first_a(const std::string& r) {
   return buf;
 }
 
+// A port below the ephemeral range (32768+) free for both TCP and UDP on
+// 127.0.0.1 right now.
+uint16_t free_port_pair() {
+  static uint32_t seed = static_cast<uint32_t>(::getpid()) * 2654435761u;
+  for (int tries = 0; tries < 200; ++tries) {
+    seed = seed * 1103515245u + 12345u;
+    uint16_t port = static_cast<uint16_t>(20000 + (seed >> 8) % 12000);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    int u = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int t = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool ok = ::bind(u, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+              ::bind(t, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(u);
+    ::close(t);
+    if (ok) return port;
+  }
+  return 0;
+}
+
 // dnsmasq on a loopback port, answering example.test with `answer`.
 class Dnsmasq {
  public:
   explicit Dnsmasq(std::string answer) : answer_(std::move(answer)) {}
-  // Starts dnsmasq and waits until it answers a query. The free port is found
-  // by binding port 0 and closing it, which can race with another process on
-  // a busy machine: then try again on a fresh port.
+  // Starts dnsmasq and waits until it answers a query. dnsmasq binds TCP and
+  // UDP on its port, so the port must be free for both; it is taken below the
+  // kernel's ephemeral range, where the suite's own connections never are.
+  // Another process may still take it first: then try again on another port.
   bool start(Deadline deadline) {
     for (int attempt = 0; attempt < 3; ++attempt) {
-      int probe = udp_socket();
-      port_ = udp_local_port(probe);
-      ::close(probe);
+      port_ = free_port_pair();
       proc_ = std::make_unique<ChildProcess>(std::vector<std::string>{
           "/usr/sbin/dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
           "--port=" + std::to_string(port_), "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",

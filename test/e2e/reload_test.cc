@@ -1,0 +1,458 @@
+// End-to-end: configuration reload on SIGHUP — listeners and backends added
+// and removed while connections keep flowing, invalid files rejected without
+// disturbing service, and backend health carried across.
+#define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cerrno>
+#include <csignal>
+#include <fmt/format.h>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test/support/backend_server.h"
+#include "test/support/http_client.h"
+#include "test/support/lb_process.h"
+#include "test/support/metrics.h"
+#include "test/support/net.h"
+
+namespace lb::test {
+namespace {
+
+using nlohmann::json;
+
+json status(uint16_t admin) {
+  HttpResponse r = http_get(admin, "/api/v1/status");
+  if (r.status != 200) return json();
+  return json::parse(r.body, nullptr, false);
+}
+
+int64_t generation(uint16_t admin) {
+  json st = status(admin);
+  return st.is_object() ? st.value("generation", int64_t{-1}) : -1;
+}
+
+std::string health_of(uint16_t admin, const std::string& pool, const std::string& id) {
+  json st = status(admin);
+  if (!st.is_object()) return "";
+  for (const auto& p : st["pools"])
+    if (p.value("name", "") == pool)
+      for (const auto& b : p["backends"])
+        if (b.value("id", "") == id) return b.value("health", "");
+  return "";
+}
+
+std::vector<std::string> listener_names(uint16_t admin) {
+  std::vector<std::string> out;
+  json st = status(admin);
+  if (st.is_object())
+    for (const auto& l : st["listeners"]) out.push_back(l.value("name", ""));
+  return out;
+}
+
+double metric(uint16_t admin, const std::string& name, const Labels& labels) {
+  auto m = fetch_metrics(admin);
+  if (!m) return -1;
+  return m->value(name, labels).value_or(-1);
+}
+
+// Connects and reads a Name backend's greeting ("" if none arrived).
+std::string served_by(uint16_t port, Deadline deadline, Socket* keep = nullptr) {
+  Socket s = tcp_connect("127.0.0.1", port, deadline);
+  if (!s) return "";
+  ReadResult r = read_until(s, "\n", deadline);
+  if (r.end != ReadEnd::Complete) return "";
+  r.data.pop_back();
+  if (keep) *keep = std::move(s);
+  return r.data;
+}
+
+// Sends SIGHUP and waits for lb to log the given generation.
+bool reload_to(LbProcess& lb, int64_t generation, Deadline deadline) {
+  const size_t from = lb.line_count();
+  if (!lb.signal(SIGHUP)) return false;
+  return lb.wait_for_line(std::regex(fmt::format(R"(^info reloaded generation={}\b)", generation)), deadline, from)
+      .has_value();
+}
+
+// Echoes a fresh payload over one established connection every 50ms until
+// stopped; any mismatch or error ends the loop and is kept in `error`.
+class EchoLoop {
+ public:
+  explicit EchoLoop(Socket& s) : s_(s) {
+    thread_ = std::thread([this] {
+      uint64_t seed = 1;
+      while (!stop_.load()) {
+        std::string payload = random_bytes(200, seed++);
+        ReadResult r = exchange(s_, payload, payload.size(), in(seconds(5)));
+        if (r.data != payload) {
+          error_ = fmt::format("echo {} failed: {} after {} of {} bytes (first difference at {})", seed - 1,
+                               to_string(r.end), r.data.size(), payload.size(), mismatch_offset(r.data, payload));
+          failed_.store(true);
+          return;
+        }
+        ++echoes_;
+        std::this_thread::sleep_for(milliseconds(50));
+      }
+    });
+  }
+  ~EchoLoop() { stop(); }
+  void stop() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  int echoes() const { return echoes_.load(); }
+  bool failed() const { return failed_.load(); }
+  // Valid once stop() returned.
+  const std::string& error() const { return error_; }
+
+ private:
+  Socket& s_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> failed_{false};
+  std::atomic<int> echoes_{0};
+  std::string error_;
+  std::thread thread_;
+};
+
+std::string backend_block(const std::string& id, const std::string& address) {
+  return fmt::format("\n[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n", id, address);
+}
+
+TEST_CASE("reload: SIGHUP adds a backend and a listener while a connection keeps echoing", "[e2e][reload]") {
+  TestBackend one(TestBackend::named("one\n")), two(TestBackend::named("two\n"));
+  REQUIRE((one.ok() && two.ok()));
+  const uint16_t web2_port = refused_port();
+  auto config = [&](bool grown) {
+    std::string out = global_section(1) + R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "p"
+)";
+    if (grown) out += fmt::format("\n[[listener]]\nname = \"web2\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", web2_port);
+    out += "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+    if (grown) out += backend_block("two", two.address());
+    return out;
+  };
+  LbProcess lb(config(false));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t admin = lb.admin_port();
+  CHECK(generation(admin) == 1);
+
+  Socket long_conn;
+  REQUIRE(served_by(port, in(seconds(5)), &long_conn) == "one");
+  EchoLoop loop(long_conn);
+  REQUIRE(wait_until([&] { return loop.echoes() >= 3 || loop.failed(); }, in(seconds(5))));
+
+  REQUIRE(lb.write_config(config(true)));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  // The connection keeps echoing through and after the reload.
+  const int at_reload = loop.echoes();
+  CHECK(wait_until([&] { return loop.echoes() >= at_reload + 5 || loop.failed(); }, in(seconds(5))));
+  CHECK(!loop.failed());
+
+  CHECK(lb.listener_port("web2") == web2_port);
+  CHECK(served_by(web2_port, in(seconds(5))) != "");
+  std::map<std::string, int> seen;
+  for (int i = 0; i < 6; ++i) ++seen[served_by(port, in(seconds(5)))];
+  CHECK(seen["one"] == 3);
+  CHECK(seen["two"] == 3);
+  CHECK(generation(admin) == 2);
+  CHECK(listener_names(admin) == std::vector<std::string>{"web", "web2"});
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "ok"}}) == 1);
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 0);
+
+  loop.stop();
+  INFO(loop.error());
+  CHECK(!loop.failed());
+  CHECK(loop.echoes() >= at_reload + 5);
+  long_conn.close();
+  CHECK(lb.terminate() == 0);
+}
+
+// "A listener bind with port 0 takes a free port" (README) — per listener.
+// The reload tests elsewhere in this file give added listeners explicit
+// ports so they test reloading, not this.
+TEST_CASE("listeners: two listeners on 127.0.0.1:0 each get a port of their own", "[e2e][reload][listeners]") {
+  TestBackend one(TestBackend::named("one\n")), two(TestBackend::named("two\n"));
+  REQUIRE((one.ok() && two.ok()));
+  const std::string config = global_section(1) +
+                             "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n"
+                             "\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"q\"\n"
+                             "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+                             backend_block("one", one.address()) +
+                             "\n[[pool]]\nname = \"q\"\n[pool.health_check]\ntype = \"none\"\n" +
+                             backend_block("two", two.address());
+  LbProcess lb(config);
+  REQUIRE(lb.wait_started());
+  const uint16_t web = lb.listener_port("web"), other = lb.listener_port("other");
+  INFO(lb.output());
+  CHECK(web != 0);
+  CHECK(other != 0);
+  CHECK(other != web);
+  CHECK(!lb.process().find_line(std::regex("^error ")));
+  CHECK(served_by(web, in(seconds(5))) == "one");
+  if (other != 0 && other != web) CHECK(served_by(other, in(seconds(5))) == "two");
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("reload: a listener added on port 0 gets a port of its own", "[e2e][reload][listeners]") {
+  TestBackend one(TestBackend::named("one\n")), two(TestBackend::named("two\n"));
+  REQUIRE((one.ok() && two.ok()));
+  auto config = [&](bool grown) {
+    std::string out = global_section(1) + "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
+    if (grown) out += "\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"q\"\n";
+    out += "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+    out += "\n[[pool]]\nname = \"q\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("two", two.address());
+    return out;
+  };
+  LbProcess lb(config(false));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  REQUIRE(lb.write_config(config(true)));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  const uint16_t other = lb.listener_port("other");
+  INFO(lb.output());
+  CHECK(other != 0);
+  CHECK(other != port);
+  if (other != 0 && other != port) CHECK(served_by(other, in(seconds(5))) == "two");
+  CHECK(served_by(port, in(seconds(5))) == "one");
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("reload: five reloads under continuous connection load refuse nothing", "[e2e][reload]") {
+  TestBackend e1(TestBackend::echo()), e2(TestBackend::echo());
+  REQUIRE((e1.ok() && e2.ok()));
+  auto config = [&](int variant) {
+    std::string out = global_section(2) + fmt::format(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "p"
+idle_timeout = "{}s"
+
+[[pool]]
+name = "p"
+[pool.health_check]
+type = "none"
+)",
+                                                      60 + variant);
+    out += backend_block("e1", e1.address());
+    if (variant % 2 == 1) out += backend_block("e2", e2.address());
+    return out;
+  };
+  LbProcess lb(config(0));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+
+  // One client opening, using and closing connections back to back.
+  std::atomic<bool> stop{false};
+  std::atomic<int> done{0};
+  std::atomic<int> failed{0};
+  std::string first_failure;  // written by the client thread only, read after join
+  std::thread client([&] {
+    const Deadline hard_stop = in(seconds(15));
+    for (int i = 0; !stop.load() && i < 3000 && !expired(hard_stop); ++i) {
+      int err = 0;
+      Socket s = tcp_connect("127.0.0.1", port, in(seconds(5)), &err);
+      std::string payload = fmt::format("connection {:06d} payload", i);
+      ReadResult r;
+      if (s) r = exchange(s, payload, payload.size(), in(seconds(5)));
+      if (!s || r.data != payload) {
+        if (failed.fetch_add(1) == 0)
+          first_failure = fmt::format("connection {}: connect errno {}, read {} '{}'", i, err, to_string(r.end), r.data);
+      }
+      ++done;
+      if (failed.load() > 0) break;  // one failure is enough; do not spin
+    }
+  });
+
+  const auto t0 = Clock::now();
+  bool reloads_ok = wait_until([&] { return done.load() >= 20; }, in(seconds(10)));
+  for (int gen = 2; reloads_ok && gen <= 6; ++gen) {
+    // Spread the reloads over the load: 100 connections between two.
+    const int before = done.load();
+    CHECK(wait_until([&] { return done.load() >= before + 100 || failed.load() > 0; }, in(seconds(10))));
+    reloads_ok = lb.write_config(config(gen - 1)) && reload_to(lb, gen, in(seconds(10)));
+    INFO("reload to generation " << gen);
+    CHECK(reloads_ok);
+  }
+  const int at_last_reload = done.load();
+  CHECK(wait_until([&] { return done.load() >= at_last_reload + 100 || failed.load() > 0; }, in(seconds(10))));
+  stop.store(true);
+  client.join();
+  WARN("reload under load: " << done.load() << " connections in " << std::chrono::duration_cast<milliseconds>(Clock::now() - t0).count() << " ms" << ", 5 reloads");
+  INFO(first_failure);
+  CHECK(failed.load() == 0);
+  CHECK(reloads_ok);
+  CHECK(e2.accepted() > 0);  // the reloads really changed the pool under the load
+  CHECK(metric(lb.admin_port(), "lb_config_reloads_total", {{"result", "ok"}}) == 5);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("reload: an invalid file is rejected and the running configuration keeps serving", "[e2e][reload]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  const std::string good = global_section(1) + R"([[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "p"
+
+[[pool]]
+name = "p"
+[pool.health_check]
+type = "none"
+)" + backend_block("one", one.address());
+  LbProcess lb(good);
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t admin = lb.admin_port();
+  const std::regex error_re(R"(^error reload failed: (.+):(\d+):(\d+): error: (.*)$)");
+
+  // 1. A TOML syntax error on a known line.
+  const int good_lines = static_cast<int>(std::count(good.begin(), good.end(), '\n'));
+  size_t from = lb.line_count();
+  REQUIRE(lb.write_config(good + "\n[[listener]\nname = \"x\"\n"));
+  REQUIRE(lb.signal(SIGHUP));
+  auto syntax = lb.wait_for_line(error_re, in(seconds(5)), from);
+  REQUIRE(syntax);
+  std::smatch m;
+  REQUIRE(std::regex_match(*syntax, m, error_re));
+  INFO(*syntax);
+  CHECK(m[1].str() == lb.config_path());
+  CHECK(std::stoi(m[2].str()) == good_lines + 2);
+  CHECK(std::stoi(m[3].str()) >= 1);
+  CHECK(served_by(port, in(seconds(5))) == "one");
+  CHECK(generation(admin) == 1);
+  CHECK(wait_until([&] { return metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 1; },
+                   in(seconds(3))));
+
+  // 2. An unknown key (line 2, column 1).
+  std::string unknown = good;
+  unknown.replace(0, std::string("[global]\n").size(), "[global]\nbogus_key = 1\n");
+  from = lb.line_count();
+  REQUIRE(lb.write_config(unknown));
+  REQUIRE(lb.signal(SIGHUP));
+  auto unknown_line = lb.wait_for_line(error_re, in(seconds(5)), from);
+  REQUIRE(unknown_line);
+  REQUIRE(std::regex_match(*unknown_line, m, error_re));
+  INFO(*unknown_line);
+  CHECK(m[1].str() == lb.config_path());
+  CHECK(m[2].str() == "2");
+  CHECK(m[3].str() == "1");
+  CHECK(m[4].str().find("bogus_key") != std::string::npos);
+  CHECK(served_by(port, in(seconds(5))) == "one");
+  CHECK(generation(admin) == 1);
+  CHECK(wait_until([&] { return metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 2; },
+                   in(seconds(3))));
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "ok"}}) == 0);
+
+  // 3. A good file afterwards is taken as usual.
+  REQUIRE(lb.write_config(good));
+  CHECK(reload_to(lb, 2, in(seconds(10))));
+  CHECK(generation(admin) == 2);
+  CHECK(served_by(port, in(seconds(5))) == "one");
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("reload: a removed listener stops accepting while its connections finish", "[e2e][reload]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  const uint16_t gone_port = refused_port();
+  auto config = [&](bool with_gone) {
+    std::string out = global_section(1) + "[[listener]]\nname = \"keep\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
+    if (with_gone) out += fmt::format("\n[[listener]]\nname = \"gone\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", gone_port);
+    return out + "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+  };
+  LbProcess lb(config(true));
+  REQUIRE(lb.wait_started());
+  REQUIRE(lb.listener_port("gone") == gone_port);
+  const uint16_t keep_port = lb.listener_port("keep");
+  const uint16_t admin = lb.admin_port();
+
+  Socket established;
+  REQUIRE(served_by(gone_port, in(seconds(5)), &established) == "one");
+  CHECK(exchange(established, "before", 6, in(seconds(5))).data == "before");
+
+  REQUIRE(lb.write_config(config(false)));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  int err = 0;
+  CHECK(wait_until(
+      [&] {
+        Socket s = tcp_connect("127.0.0.1", gone_port, in(seconds(2)), &err);
+        return !s && err == ECONNREFUSED;
+      },
+      in(seconds(3))));
+  INFO("last connect errno " << err);
+  CHECK(err == ECONNREFUSED);
+  CHECK(listener_names(admin) == std::vector<std::string>{"keep"});
+
+  // The established connection is unaffected, and ends normally.
+  for (int i = 0; i < 3; ++i) {
+    std::string payload = fmt::format("after reload {}", i);
+    CHECK(exchange(established, payload, payload.size(), in(seconds(5))).data == payload);
+  }
+  CHECK(shutdown_write(established));
+  ReadResult tail = read_until_eof(established, in(seconds(5)));
+  CHECK(tail.end == ReadEnd::Eof);
+  established.close();
+  CHECK(served_by(keep_port, in(seconds(5))) == "one");
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("reload: backend health is kept across a reload", "[e2e][reload][health]") {
+  const std::string dead = fmt::format("127.0.0.1:{}", refused_port());
+  TestBackend live(TestBackend::named("live\n"));
+  REQUIRE(live.ok());
+  // A long interval: after the reload no probe would run within the test, so
+  // the states seen are the ones carried over (a reset would show "dead" as
+  // up until 3 fresh failures, or "live" as down until probed).
+  auto config = [&](const std::string& idle) {
+    return global_section(1) + fmt::format(R"([[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "p"
+retries = 0
+idle_timeout = "{}"
+
+[[pool]]
+name = "p"
+[pool.health_check]
+type = "tcp"
+interval = "30s"
+timeout = "200ms"
+fall = 3
+rise = 2
+)",
+                                           idle) +
+           backend_block("dead", dead) + backend_block("live", live.address());
+  };
+  LbProcess lb(config("10m"));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t admin = lb.admin_port();
+  REQUIRE(health_of(admin, "p", "dead") == "down");
+  REQUIRE(health_of(admin, "p", "live") == "up");
+
+  const size_t from = lb.line_count();
+  REQUIRE(lb.write_config(config("5m")));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  CHECK(health_of(admin, "p", "dead") == "down");
+  CHECK(health_of(admin, "p", "live") == "up");
+  // retries = 0: every connection succeeding means "dead" is never offered.
+  for (int i = 0; i < 10; ++i) CHECK(served_by(port, in(seconds(5))) == "live");
+  CHECK(metric(admin, "lb_backend_connect_failures_total", {{"pool", "p"}, {"backend", "dead"}}) == 0);
+  CHECK(!lb.process().find_line(std::regex("^info backend up pool=p backend=dead "), from));
+  CHECK(!lb.process().find_line(std::regex("^info backend down pool=p backend=live "), from));
+  CHECK(lb.terminate() == 0);
+}
+
+}  // namespace
+}  // namespace lb::test
