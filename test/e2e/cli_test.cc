@@ -4,10 +4,10 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <fstream>
-#include <regex>
 #include <set>
-#include <sstream>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -25,27 +25,38 @@ struct Diag {
 
 // Every "PATH:LINE:COL: error: MESSAGE" line of `lines` for this PATH.
 std::vector<Diag> diagnostics(const std::vector<OutputLine>& lines, const std::string& path) {
-  static const std::regex tail(R"(^(\d+):(\d+): error: (.+)$)");
   std::vector<Diag> out;
   for (const auto& l : lines) {
     if (l.text.rfind(path + ":", 0) != 0) continue;
-    std::string rest = l.text.substr(path.size() + 1);
-    std::smatch m;
-    if (std::regex_match(rest, m, tail)) out.push_back({std::stoi(m[1].str()), std::stoi(m[2].str()), m[3].str()});
+    const char* p = l.text.c_str() + path.size() + 1;
+    char* end = nullptr;
+    Diag d;
+    d.line = static_cast<int>(std::strtol(p, &end, 10));
+    if (end == p || *end != ':') continue;
+    p = end + 1;
+    d.col = static_cast<int>(std::strtol(p, &end, 10));
+    if (end == p) continue;
+    static constexpr std::string_view kTag = ": error: ";
+    if (std::string_view(end).substr(0, kTag.size()) != kTag) continue;
+    d.message = std::string(end + kTag.size());
+    out.push_back(std::move(d));
   }
   return out;
 }
 
 // (line number, key) for each "expect-error: KEY" marker in a fixture.
 std::vector<std::pair<int, std::string>> expected_errors(const std::string& path) {
+  static constexpr std::string_view kMarker = "expect-error: ";
   std::ifstream f(path);
   std::vector<std::pair<int, std::string>> out;
   std::string text;
-  static const std::regex marker(R"(expect-error: (\S+))");
   for (int n = 1; std::getline(f, text); ++n) {
-    std::smatch m;
     // The header comment explains the markers; only real key lines count.
-    if (text.rfind("#", 0) != 0 && std::regex_search(text, m, marker)) out.emplace_back(n, m[1].str());
+    size_t at = text.find(kMarker);
+    if (text.rfind("#", 0) == 0 || at == std::string::npos) continue;
+    std::string key = text.substr(at + kMarker.size());
+    key = key.substr(0, key.find_first_of(" \t"));
+    out.emplace_back(n, key);
   }
   return out;
 }

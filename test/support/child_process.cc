@@ -10,12 +10,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 extern char** environ;
 
@@ -356,6 +358,91 @@ int ChildProcess::fd_count() const {
   }
   ::closedir(dir);
   return count;
+}
+
+int ChildProcess::settled_fd_count(milliseconds quiet, Deadline deadline) const {
+  int last = fd_count();
+  auto since = Clock::now();
+  wait_until(
+      [&] {
+        int now = fd_count();
+        if (now != last) {
+          last = now;
+          since = Clock::now();
+        }
+        return Clock::now() - since >= quiet;
+      },
+      deadline);
+  return last;
+}
+
+namespace {
+
+// "0100007F:1F90" (IPv4) or 32 hex digits + port (IPv6) from /proc/net/tcp*.
+std::string proc_net_address(const std::string& hex) {
+  size_t colon = hex.find(':');
+  if (colon == std::string::npos) return hex;
+  unsigned port = static_cast<unsigned>(std::strtoul(hex.c_str() + colon + 1, nullptr, 16));
+  std::string ip = hex.substr(0, colon);
+  if (ip.size() == 8) {
+    // Four bytes in host (little-endian) order.
+    unsigned long v = std::strtoul(ip.c_str(), nullptr, 16);
+    return std::to_string(v & 0xff) + "." + std::to_string((v >> 8) & 0xff) + "." +
+           std::to_string((v >> 16) & 0xff) + "." + std::to_string((v >> 24) & 0xff) + ":" + std::to_string(port);
+  }
+  return "[" + ip + "]:" + std::to_string(port);
+}
+
+const char* tcp_state_name(unsigned st) {
+  static const char* const names[] = {"?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
+                                      "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING"};
+  return st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
+}
+
+}  // namespace
+
+std::string ChildProcess::describe_fds() const {
+  if (pid_ <= 0 || reaped_) return "(process gone)\n";
+  const std::string proc = "/proc/" + std::to_string(pid_);
+  // inode -> "local -> remote STATE"
+  std::vector<std::pair<std::string, std::string>> sockets;
+  for (const char* table : {"/net/tcp", "/net/tcp6"}) {
+    std::ifstream f(proc + table);
+    std::string line;
+    std::getline(f, line);  // header
+    while (std::getline(f, line)) {
+      std::istringstream in(line);
+      std::string slot, local, remote, state, queues, timer, retr, uid, timeout, inode;
+      in >> slot >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+      sockets.emplace_back(inode, proc_net_address(local) + " -> " + proc_net_address(remote) + " " +
+                                      tcp_state_name(static_cast<unsigned>(std::strtoul(state.c_str(), nullptr, 16))));
+    }
+  }
+  std::string out;
+  DIR* dir = ::opendir((proc + "/fd").c_str());
+  if (!dir) return "(cannot open " + proc + "/fd)\n";
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] != '.') names.emplace_back(e->d_name);
+  }
+  ::closedir(dir);
+  std::sort(names.begin(), names.end(), [](const std::string& a, const std::string& b) {
+    return std::stoi(a) < std::stoi(b);
+  });
+  for (const auto& name : names) {
+    char target[256];
+    ssize_t n = ::readlink((proc + "/fd/" + name).c_str(), target, sizeof(target) - 1);
+    std::string t = n > 0 ? std::string(target, static_cast<size_t>(n)) : "?";
+    out += name + " -> " + t;
+    if (t.rfind("socket:[", 0) == 0) {
+      std::string inode = t.substr(8, t.size() - 9);
+      for (const auto& [ino, desc] : sockets) {
+        if (ino == inode) out += " (tcp " + desc + ")";
+      }
+    }
+    out += "\n";
+  }
+  return out;
 }
 
 long ChildProcess::rss_kb() const {

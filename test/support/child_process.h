@@ -91,6 +91,14 @@ class ChildProcess {
 
   // Open file descriptors of the child (/proc/PID/fd), -1 if unavailable.
   int fd_count() const;
+  // fd_count() once it has not changed for `quiet` (or its last value at the
+  // deadline): a baseline for leak checks that is not taken while the child
+  // is still setting up (e.g. worker threads opening their loops' fds).
+  int settled_fd_count(milliseconds quiet, Deadline deadline) const;
+  // One line per open descriptor, "FD -> TARGET", TCP sockets annotated with
+  // their addresses and state from /proc/PID/net/tcp{,6}: for the message of
+  // a failed fd-leak check.
+  std::string describe_fds() const;
   // Resident set size in KiB (/proc/PID/status VmRSS), -1 if unavailable.
   long rss_kb() const;
 
