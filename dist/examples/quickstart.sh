@@ -36,6 +36,13 @@ for i in 1 2 3; do
   socat TCP-LISTEN:900$i,bind=127.0.0.1,reuseaddr,fork SYSTEM:"echo hello from backend-$i; cat" &
   pids+=($!)
 done
+# lb probes every backend once before it serves: let them come up first.
+for i in 1 2 3; do
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/900$i) 2>/dev/null && break
+    sleep 0.05
+  done
+done
 
 echo "== starting lb on 127.0.0.1:8080 (admin on 127.0.0.1:9900)"
 "$root/build/lb/lb" --config "$root/dist/examples/quickstart.toml" &
@@ -47,7 +54,7 @@ done
 
 echo "== 8 connections through lb (weights 1:1:2, smooth weighted round robin):"
 for _ in $(seq 8); do
-  echo ping | socat -t1 - TCP:127.0.0.1:8080 | head -1
+  echo ping | socat -t1 - TCP:127.0.0.1:8080 | sed -n 1p
 done
 
 echo "== per-backend connection counts from /metrics:"
