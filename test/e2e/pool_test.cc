@@ -6,7 +6,7 @@
 #include <fmt/format.h>
 
 #include <map>
-#include <memory>
+#include <string>
 #include <vector>
 
 #include "test/support/backend_server.h"

@@ -18,8 +18,8 @@ using std::chrono::seconds;
 // A deadline `d` from now.
 inline Deadline in(Clock::duration d) { return Clock::now() + d; }
 
-// Milliseconds left until `deadline`, clamped to [0, INT_MAX-ish], in the form
-// poll(2) wants.
+// Milliseconds left until `deadline`, rounded up and clamped to
+// [0, 1'000'000], in the form poll(2) wants.
 inline int poll_timeout_ms(Deadline deadline) {
   auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
   if (left <= 0) return 0;

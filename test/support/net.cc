@@ -215,9 +215,8 @@ ReadResult read_until_eof(const Socket& s, Deadline deadline) {
 ReadResult read_until(const Socket& s, std::string_view delimiter, Deadline deadline) {
   ReadResult r;
   for (;;) {
-    // Byte-wise peeking would be exact but slow; tests using this read small
-    // line-oriented answers, so reading 1 byte at a time is fine and never
-    // consumes past the delimiter.
+    // One byte per recv() never consumes past the delimiter, so the rest of
+    // the stream stays for the caller; fine for the short lines this reads.
     char c;
     ssize_t got = ::recv(s.fd(), &c, 1, 0);
     if (got == 1) {
