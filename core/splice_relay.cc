@@ -1,0 +1,404 @@
+#include "core/splice_relay.h"
+
+#include <fcntl.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+namespace lb::core {
+
+namespace {
+
+std::atomic<bool> g_disabled{false};
+
+// MOVE: let the kernel move pages instead of copying where it can (a hint).
+// NONBLOCK: never sleep on the pipe; the sockets are non-blocking already.
+constexpr unsigned kSpliceFlags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
+
+bool env_disables(const char* v) {
+  if (!v) return false;
+  return std::strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0 || strcasecmp(v, "false") == 0 ||
+         strcasecmp(v, "no") == 0;
+}
+
+// One byte through socket -> pipe -> socket on a socketpair: the same two
+// splice paths the relay uses. TCP has supported both since Linux 2.6.25, so
+// this mostly catches seccomp filters and exotic kernels.
+bool probe() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0) return false;
+  int p[2];
+  if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0) {
+    ::close(sv[0]);
+    ::close(sv[1]);
+    return false;
+  }
+  char c = 'x';
+  bool ok = ::write(sv[0], &c, 1) == 1 &&
+            splice(sv[1], nullptr, p[1], nullptr, 1, kSpliceFlags) == 1 &&
+            splice(p[0], nullptr, sv[0], nullptr, 1, kSpliceFlags) == 1;
+  c = 0;
+  ok = ok && ::read(sv[1], &c, 1) == 1 && c == 'x';
+  for (int fd : {sv[0], sv[1], p[0], p[1]}) ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+const char* to_string(SpliceResult r) {
+  switch (r) {
+    case SpliceResult::Ok: return "ok";
+    case SpliceResult::Reset: return "reset";
+    case SpliceResult::Unsupported: return "unsupported";
+  }
+  return "?";
+}
+
+bool SpliceRelay::detect(const char* lb_splice_env) {
+  if (env_disables(lb_splice_env)) return false;
+  return probe();
+}
+
+bool SpliceRelay::supported() {
+  // Magic static: the environment is read and the probe run once per process,
+  // by whichever worker asks first.
+  static const bool available = detect(std::getenv("LB_SPLICE"));
+  return available && !g_disabled.load(std::memory_order_relaxed);
+}
+
+void SpliceRelay::disable() { g_disabled.store(true, std::memory_order_relaxed); }
+
+SpliceRelay::SpliceRelay(uv_loop_t* loop, PipePool& pool, int client_fd, int backend_fd,
+                         const Handler* handler, void* ctx)
+    : loop_(loop), pool_(pool), handler_(handler), ctx_(ctx) {
+  fds_[kClient] = client_fd;
+  fds_[kBackend] = backend_fd;
+  ways_[0].src = kClient;
+  ways_[0].dst = kBackend;
+  ways_[1].src = kBackend;
+  ways_[1].dst = kClient;
+}
+
+SpliceRelay::~SpliceRelay() {
+  if (state_ == State::Running) finish(SpliceResult::Reset, true, false, false);
+  // Handles still closing outlive us: their close callback only frees them.
+  for (uv_poll_t*& p : polls_) {
+    if (p) p->data = nullptr;
+    p = nullptr;
+  }
+  for (Way& w : ways_) give_back_pipe(w);
+  close_fd(kClient, true);
+  close_fd(kBackend, true);
+}
+
+int SpliceRelay::start(std::string_view preface) {
+  if (state_ != State::Idle || fds_[kClient] < 0 || fds_[kBackend] < 0) return UV_EINVAL;
+  Way& up = ways_[0];
+  if (!preface.empty()) {
+    int rc = pool_.acquire(&up.pipe);
+    if (rc < 0) return rc;
+    ssize_t n;
+    do {
+      n = preface.size() <= up.pipe.capacity ? ::write(up.pipe.wr, preface.data(), preface.size())
+                                             : -2;
+    } while (n == -1 && errno == EINTR);
+    if (n != static_cast<ssize_t>(preface.size())) {
+      int err = n == -1 ? -errno : UV_ENOBUFS;
+      pool_.release(&up.pipe, n > 0 ? static_cast<size_t>(n) : 0);
+      return err;
+    }
+    up.flow.on_queued(preface.size());
+    // Flushed on the backend's first writable event, ahead of any client byte.
+    up.dst_blocked = true;
+  }
+  int rc = 0;
+  for (int side = 0; side < 2 && rc == 0; ++side) {
+    polls_[side] = new uv_poll_t;
+    rc = uv_poll_init_socket(loop_, polls_[side], fds_[side]);
+    if (rc != 0) {
+      delete polls_[side];  // never registered with the loop
+      polls_[side] = nullptr;
+    } else {
+      polls_[side]->data = this;
+      ++open_polls_;
+    }
+  }
+  if (rc == 0) {
+    state_ = State::Running;
+    rc = update_interest();
+    if (rc != 0) state_ = State::Idle;
+  }
+  if (rc != 0) {
+    // Undo: back to "not started, fds owned". Initialised handles close
+    // detached (their callback frees them and never reaches us).
+    for (uv_poll_t*& p : polls_) {
+      if (!p) continue;
+      p->data = nullptr;
+      uv_close(reinterpret_cast<uv_handle_t*>(p), on_close_cb);
+      p = nullptr;
+    }
+    open_polls_ = 0;
+    interest_[0] = interest_[1] = 0;
+    for (Way& w : ways_) {
+      give_back_pipe(w);
+      w.flow = Direction{};
+      w.dst_blocked = false;
+    }
+    return rc;
+  }
+  return 0;
+}
+
+void SpliceRelay::abort() {
+  if (state_ == State::Idle) {
+    close_fd(kClient, true);
+    close_fd(kBackend, true);
+    return;
+  }
+  finish(SpliceResult::Reset, true, false, false);
+}
+
+void SpliceRelay::close() {
+  if (state_ == State::Idle) {
+    close_fd(kClient, false);
+    close_fd(kBackend, false);
+    return;
+  }
+  finish(SpliceResult::Reset, false, false, false);
+}
+
+bool SpliceRelay::take_fds(int* client_fd, int* backend_fd) {
+  if (state_ == State::Running || fds_[kClient] < 0 || fds_[kBackend] < 0) return false;
+  *client_fd = fds_[kClient];
+  *backend_fd = fds_[kBackend];
+  fds_[kClient] = fds_[kBackend] = -1;
+  return true;
+}
+
+void SpliceRelay::on_poll_cb(uv_poll_t* h, int status, int events) {
+  auto* self = static_cast<SpliceRelay*>(h->data);
+  if (!self) return;
+  self->on_events(h == self->polls_[kClient] ? kClient : kBackend, status, events);
+}
+
+void SpliceRelay::on_events(Side side, int status, int events) {
+  if (state_ != State::Running) return;
+  if (status < 0) {
+    // The poller saw an error on the socket (libuv reports POLLERR as
+    // UV_EBADF and stops the handle): a reset, attributed like a read error.
+    fail(side, true, status);
+    return;
+  }
+  // Writable first: draining towards this side may resume the other side's
+  // reading, and frees pipe room before this side's own data is read.
+  if ((events & UV_WRITABLE) && way_into(side).dst_blocked && !drain(way_into(side))) return;
+  if (events & UV_READABLE) {
+    Way& w = way_from(side);
+    if (w.flow.wants_read() && !pump(w)) return;
+  }
+  int rc = update_interest();
+  if (rc != 0) finish(SpliceResult::Reset, true, false, true);
+}
+
+bool SpliceRelay::pump(Way& w) {
+  size_t budget = kBudget;
+  size_t moved = 0;
+  for (;;) {
+    if (!w.pipe.valid()) {
+      int rc = pool_.acquire(&w.pipe);
+      if (rc < 0) {
+        // Out of fds: like the copy path running out of memory, reset.
+        if (!report(w, moved)) return false;
+        finish(SpliceResult::Reset, true, false, true);
+        return false;
+      }
+    }
+    const size_t limit = std::min(Direction::kHighWater, w.pipe.capacity);
+    if (w.flow.queued >= limit) {
+      w.flow.paused = true;
+      break;
+    }
+    const size_t asked = std::min(limit - w.flow.queued, budget);
+    ssize_t n = splice(fds_[w.src], nullptr, w.pipe.wr, nullptr, asked, kSpliceFlags);
+    if (n > 0) {
+      moved_any_ = true;
+      moved += static_cast<size_t>(n);
+      budget -= static_cast<size_t>(n);
+      w.flow.on_queued(static_cast<size_t>(n));
+      // Straight on to the destination unless it is known to be full (then
+      // its writable event does it, and the pipe soaks up the source up to
+      // the high-water mark).
+      if (!w.dst_blocked) {
+        bool resumed = false;
+        int rc = flush(w, &resumed);
+        if (rc < 0) {
+          if (!report(w, moved)) return false;
+          fail(w.dst, false, rc);
+          return false;
+        }
+      }
+      // A short read almost always means the socket is empty now: skip the
+      // splice that would only say EAGAIN. Should more have arrived, the
+      // level-triggered poll reports the source again on the next turn.
+      if (!w.flow.wants_read() || budget == 0 || static_cast<size_t>(n) < asked) break;
+      continue;
+    }
+    if (n == 0) {
+      // EOF from the source. Passed on once the pipe is empty.
+      if (!report(w, moved)) return false;
+      w.flow.on_eof();
+      if (w.flow.queued == 0) return pass_eof(w);
+      return true;
+    }
+    int err = errno;
+    if (err == EINTR) continue;
+    if (err == EAGAIN) {
+      // With bytes queued the pipe may be the one that is full (it counts
+      // buffers, not bytes, so it can fill below its capacity), and that is
+      // indistinguishable from an empty source. Pause: the destination's
+      // writable event drains the pipe and resumes reading, so nothing
+      // stalls and nothing spins.
+      if (w.flow.queued > 0) w.flow.paused = true;
+      break;
+    }
+    if (!report(w, moved)) return false;
+    fail(w.src, true, -err);
+    return false;
+  }
+  if (!report(w, moved)) return false;
+  if (w.flow.queued == 0) give_back_pipe(w);
+  return true;
+}
+
+int SpliceRelay::flush(Way& w, bool* resumed) {
+  while (w.flow.queued > 0) {
+    ssize_t n = splice(w.pipe.rd, nullptr, fds_[w.dst], nullptr, w.flow.queued, kSpliceFlags);
+    if (n > 0) {
+      moved_any_ = true;
+      if (w.flow.on_drained(static_cast<size_t>(n))) *resumed = true;
+      continue;
+    }
+    if (n == 0) return -EPIPE;  // cannot happen with bytes in the pipe; do not spin
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) {
+      w.dst_blocked = true;
+      return 0;
+    }
+    return -errno;
+  }
+  w.dst_blocked = false;
+  return 0;
+}
+
+bool SpliceRelay::drain(Way& w) {
+  bool resumed = false;
+  int rc = flush(w, &resumed);
+  if (rc < 0) {
+    fail(w.dst, false, rc);
+    return false;
+  }
+  if (w.flow.queued == 0 && w.flow.eof) return pass_eof(w);
+  // The source was paused on our account and surely has bytes waiting: read
+  // now rather than one loop iteration later.
+  if (resumed) return pump(w);
+  if (w.flow.queued == 0) give_back_pipe(w);
+  return true;
+}
+
+bool SpliceRelay::pass_eof(Way& w) {
+  if (w.flow.finished) return true;
+  give_back_pipe(w);
+  if (::shutdown(fds_[w.dst], SHUT_WR) != 0) {
+    fail(w.dst, false, -errno);
+    return false;
+  }
+  w.flow.on_shutdown_done();
+  if (relay_finished(ways_[0].flow, ways_[1].flow)) {
+    finish(SpliceResult::Ok, false, false, true);
+    return false;
+  }
+  return true;
+}
+
+void SpliceRelay::give_back_pipe(Way& w) {
+  // A pipe with bytes left is closed by the pool, never reused.
+  pool_.release(&w.pipe, w.flow.queued);
+}
+
+int SpliceRelay::update_interest() {
+  for (int s = 0; s < 2; ++s) {
+    Side side = static_cast<Side>(s);
+    int want = 0;
+    if (way_from(side).flow.wants_read()) want |= UV_READABLE;
+    if (way_into(side).dst_blocked) want |= UV_WRITABLE;
+    if (want == interest_[s]) continue;
+    int rc = want ? uv_poll_start(polls_[s], want, on_poll_cb) : uv_poll_stop(polls_[s]);
+    if (rc != 0) return rc;
+    interest_[s] = want;
+  }
+  return 0;
+}
+
+bool SpliceRelay::report(Way& w, size_t bytes) {
+  if (bytes > 0) handler_->activity(ctx_, to_backend(w), bytes);
+  return state_ == State::Running;  // the owner may have ended us
+}
+
+void SpliceRelay::fail(Side side, bool reading, int err) {
+  // EINVAL before anything moved: splice does not work on these sockets.
+  // Nothing was consumed or sent, so the owner can still fall back.
+  if (err == -EINVAL && !moved_any_) {
+    finish(SpliceResult::Unsupported, false, false, true);
+    return;
+  }
+  finish(SpliceResult::Reset, true, side == kBackend && reading, true);
+}
+
+void SpliceRelay::finish(SpliceResult r, bool reset, bool backend_failed, bool notify) {
+  if (state_ != State::Running) return;
+  state_ = State::Closing;
+  // uv_close stops polling synchronously (the fd leaves the epoll set), so
+  // the fds may be closed right after.
+  for (uv_poll_t* p : polls_) {
+    if (p) uv_close(reinterpret_cast<uv_handle_t*>(p), on_close_cb);
+  }
+  for (Way& w : ways_) give_back_pipe(w);
+  if (r != SpliceResult::Unsupported) {
+    close_fd(kClient, reset);
+    close_fd(kBackend, reset);
+  }
+  if (notify) handler_->finished(ctx_, r, backend_failed);
+}
+
+void SpliceRelay::close_fd(Side side, bool reset) {
+  int fd = fds_[side];
+  if (fd < 0) return;
+  fds_[side] = -1;
+  if (reset) {
+    // Abortive close: the peer gets RST, not FIN (what uv_tcp_close_reset does).
+    linger l{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  }
+  ::close(fd);
+}
+
+void SpliceRelay::on_close_cb(uv_handle_t* h) {
+  auto* self = static_cast<SpliceRelay*>(h->data);
+  if (self) {
+    for (uv_poll_t*& p : self->polls_) {
+      if (reinterpret_cast<uv_handle_t*>(p) == h) p = nullptr;
+    }
+  }
+  delete reinterpret_cast<uv_poll_t*>(h);
+  if (!self || --self->open_polls_ > 0) return;
+  self->state_ = State::Closed;
+  self->handler_->closed(self->ctx_);  // may delete the relay: nothing after this
+}
+
+}  // namespace lb::core
