@@ -1,12 +1,12 @@
-// Private to lb_conf (and its white-box unit tests): the pieces the loading
-// passes share. Nothing outside conf/ and test/unit/conf/ may include this.
+// Private to lb_conf (and its white-box unit tests and fuzz target): the
+// pieces the loading passes share. Nothing outside conf/, test/unit/conf/ and
+// test/fuzz/ may include this.
 //
-// Loading runs in three steps over one Config:
+// Loading runs in two steps over one Config:
 //   parse.cc     toml++ tree -> Config, checking everything a single key can
 //                check on its own (type, syntax, range) and unknown keys;
 //   validate.cc  relations between keys and objects (references, duplicates,
-//                protocol-specific keys) and derived defaults;
-//   support.cc   keys whose non-default values lb does not implement yet.
+//                protocol-specific keys) and derived defaults.
 // The parse step records where every key sits (ConfigSrc) so the later steps
 // can point their messages at the file. Thread rules: none; a load is a plain
 // function call on the calling thread.
@@ -86,20 +86,13 @@ struct ConfigSrc {
 
 // ---- the passes --------------------------------------------------------------
 
-struct LoadOptions {
-  // Reject keys of the "not supported yet" table. Only tests turn this off,
-  // to exercise the parsing of keys that the rest of lb does not use yet.
-  bool enforce_support = true;
-};
-
-LoadResult load_text(std::string_view text, const std::string& path, const LoadOptions& opts);
+LoadResult load_text(std::string_view text, const std::string& path);
 
 // Parses the TOML text and reads it into cfg. Returns false on a TOML syntax
 // error (reported; nothing else is then checked, toml++ stops at the first).
 bool parse_document(std::string_view text, const std::string& path, Config& cfg, ConfigSrc& src,
                     Diags& diags);
 void validate(Config& cfg, const ConfigSrc& src, Diags& diags);
-void check_support(const Config& cfg, const ConfigSrc& src, Diags& diags);
 
 // ---- value parsing with reasons ------------------------------------------------
 //

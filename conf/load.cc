@@ -13,7 +13,7 @@
 
 namespace lb::conf {
 
-LoadResult load_text(std::string_view text, const std::string& path, const LoadOptions& opts) {
+LoadResult load_text(std::string_view text, const std::string& path) {
   Diags diags(path);
   Config cfg;
   cfg.path = path;
@@ -24,7 +24,6 @@ LoadResult load_text(std::string_view text, const std::string& path, const LoadO
 
   if (parse_document(text, path, cfg, src, diags)) {
     validate(cfg, src, diags);
-    if (opts.enforce_support) check_support(cfg, src, diags);
   }
 
   LoadResult result;
@@ -34,7 +33,7 @@ LoadResult load_text(std::string_view text, const std::string& path, const LoadO
 }
 
 LoadResult load_string(std::string_view text, const std::string& path) {
-  return load_text(text, path, LoadOptions{});
+  return load_text(text, path);
 }
 
 LoadResult load_file(const std::string& path) {
@@ -55,7 +54,7 @@ LoadResult load_file(const std::string& path) {
   const int err = errno;
   std::fclose(f);
   if (read_error) return fail(err);
-  return load_text(text, path, LoadOptions{});
+  return load_text(text, path);
 }
 
 }  // namespace lb::conf

@@ -555,7 +555,14 @@ bool parse_document(std::string_view text, const std::string& path, Config& cfg,
   try {
     root = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
-    diags.error(pos_of(e.source()), std::string(e.description()));
+    // toml++ quotes the offending input as is: escape control bytes so one
+    // error stays one line and cannot carry terminal escapes (found by fuzz_conf).
+    std::string msg;
+    for (unsigned char c : e.description()) {
+      if (c < 0x20 || c == 0x7f) msg += fmt::format("\\x{:02x}", c);
+      else msg += static_cast<char>(c);
+    }
+    diags.error(pos_of(e.source()), msg);
     return false;
   }
 

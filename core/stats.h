@@ -4,11 +4,19 @@
 // a relaxed load+store is enough and there is no lock prefix on the hot
 // path); the admin thread reads every slot with relaxed loads. ListenerStats
 // objects are keyed by listener name and survive reloads.
+//
+// The listener's cross-worker limits live here too, because they need the
+// same identity and lifetime: `open` (connections or sessions of this
+// listener on every worker, for its max_connections) and `sources` (open
+// connections per client IP, for max_connections_per_source). Both are
+// touched once per connection, never per byte.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+
+#include "core/source_limiter.h"
 
 namespace lb::core {
 
@@ -25,6 +33,7 @@ struct ListenerTotals {
   uint64_t rejected_acl = 0;
   uint64_t rejected_limit = 0;
   uint64_t rejected_no_backend = 0;
+  uint64_t rejected_proxy = 0;   // missing, malformed or late PROXY header
   uint64_t datagrams_in = 0;
   uint64_t datagrams_out = 0;
 };
@@ -37,12 +46,25 @@ class ListenerStats {
     std::atomic<uint64_t> rejected_acl{0};
     std::atomic<uint64_t> rejected_limit{0};
     std::atomic<uint64_t> rejected_no_backend{0};
+    std::atomic<uint64_t> rejected_proxy{0};
     std::atomic<uint64_t> datagrams_in{0};
     std::atomic<uint64_t> datagrams_out{0};
   };
 
   explicit ListenerStats(unsigned workers) : n_(workers), slots_(new Slot[workers]) {}
   Slot& slot(unsigned worker) { return slots_[worker]; }
+
+  // Counts one more open connection unless `limit` (0 = none) is reached.
+  bool try_open(uint64_t limit) {
+    int64_t now = open.fetch_add(1, std::memory_order_relaxed);
+    if (limit == 0 || now < static_cast<int64_t>(limit)) return true;
+    open.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  void close_one() { open.fetch_sub(1, std::memory_order_relaxed); }
+
+  std::atomic<int64_t> open{0};
+  SourceLimiter sources;
 
   ListenerTotals sum() const {
     ListenerTotals t;
@@ -54,6 +76,7 @@ class ListenerStats {
       t.rejected_acl += s.rejected_acl.load(r);
       t.rejected_limit += s.rejected_limit.load(r);
       t.rejected_no_backend += s.rejected_no_backend.load(r);
+      t.rejected_proxy += s.rejected_proxy.load(r);
       t.datagrams_in += s.datagrams_in.load(r);
       t.datagrams_out += s.datagrams_out.load(r);
     }

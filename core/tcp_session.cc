@@ -1,10 +1,14 @@
 #include "core/tcp_session.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 
 #include "core/access_log.h"
 #include "core/log.h"
+#include "core/proxy_protocol.h"
 #include "core/socket.h"
 
 namespace lb::core {
@@ -38,6 +42,9 @@ TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* cl
 }
 
 TcpSession::~TcpSession() {
+  delete[] header_buf_;
+  if (holds_source_) listener_->stats->sources.release(reinterpret_cast<const sockaddr*>(&client_addr_));
+  listener_->stats->close_one();
   bump<int64_t>(listener_->stats->slot(worker_.index()).active, -1);
   worker_.session_closed(this);
 }
@@ -50,7 +57,75 @@ void TcpSession::begin() {
     return;
   }
   uv_tcp_nodelay(client_, 1);
-  flow_hash_ = worker_.flow_hash_for(*listener_, reinterpret_cast<sockaddr*>(&client_addr_));
+  if (listener_->cfg.accept_proxy_protocol) {
+    state_ = State::Header;
+    header_buf_ = new uint8_t[proxy::kMaxHeader];
+    worker_.timeouts().arm(&timeout_, kProxyHeaderTimeoutMs);
+    if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0)
+      finish(Result::Reset, false);
+    return;
+  }
+  admit();
+}
+
+// Bytes of the client's PROXY header arrived in header_buf_ (or the client
+// closed, nread < 0). Nothing of it, nor anything after it, may reach a
+// backend unless the whole header is valid.
+void TcpSession::header_bytes(ssize_t nread) {
+  if (nread < 0) {
+    reject_header(nread == UV_EOF ? "closed before the header" : "reset before the header");
+    return;
+  }
+  header_len_ += static_cast<size_t>(nread);
+  proxy::ParseResult r = proxy::parse(header_buf_, header_len_);
+  if (r.status == proxy::Status::Invalid) {
+    reject_header(r.error ? r.error : "malformed");
+    return;
+  }
+  if (r.status == proxy::Status::NeedMore) {
+    if (header_len_ >= proxy::kMaxHeader) reject_header("oversized");
+    return;
+  }
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+  worker_.timeouts().disarm(&timeout_);
+  if (!r.header.local) {
+    client_addr_ = r.header.src;
+    local_addr_ = r.header.dst;
+    have_local_ = true;
+  }
+  // Keep what the client sent after the header for the backend.
+  header_len_ -= r.consumed;
+  std::memmove(header_buf_, header_buf_ + r.consumed, header_len_);
+  state_ = State::Connecting;
+  admit();
+}
+
+void TcpSession::reject_header(const char* why) {
+  log::debug("proxy header refused listener={} reason=\"{}\"", listener_->cfg.name, why);
+  bump(listener_->stats->slot(worker_.index()).rejected_proxy);
+  finish(Result::Refused, false);
+}
+
+// Access control and the per-source limit, on the client address as final
+// (after a PROXY header); then the first backend.
+void TcpSession::admit() {
+  auto& slot = listener_->stats->slot(worker_.index());
+  auto* client = reinterpret_cast<const sockaddr*>(&client_addr_);
+  if (listener_->acl.enabled() && !listener_->acl.permits(client)) {
+    bump(slot.rejected_acl);
+    finish(Result::Refused, false);
+    return;
+  }
+  if (uint64_t limit = listener_->cfg.max_connections_per_source) {
+    if (!listener_->stats->sources.try_acquire(client, limit)) {
+      bump(slot.rejected_limit);
+      finish(Result::Refused, false);
+      return;
+    }
+    holds_source_ = true;
+  }
+  bump(slot.connections);
+  flow_hash_ = worker_.flow_hash_for(*listener_, client);
   connect_next();
 }
 
@@ -138,16 +213,145 @@ void TcpSession::connected() {
   }
   uv_tcp_nodelay(upstream_, 1);
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.idle_timeout.count()));
+  // What the backend gets before the client's stream: our PROXY header, then
+  // whatever the client sent right behind its own header.
+  std::string preface;
+  if (listener_->cfg.proxy_protocol != conf::ProxyProtocol::Off) {
+    preface = proxy_header();
+    if (preface.empty()) {
+      finish(Result::Reset, true);
+      return;
+    }
+  }
+  if (header_buf_) {
+    if (header_len_ > 0) {
+      count_bytes(true, header_len_);
+      preface.append(reinterpret_cast<const char*>(header_buf_), header_len_);
+    }
+    delete[] header_buf_;
+    header_buf_ = nullptr;
+    header_len_ = 0;
+  }
+  if (SpliceRelay::supported() && switch_to_splice(preface)) return;
+  if (!preface.empty()) {
+    forward(up_, client_, upstream_, preface.data(), preface.size());
+    if (state_ != State::Relaying) return;
+  }
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0 ||
       uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0) {
     finish(Result::Reset, true);
   }
 }
 
+// The header to the backend: the client and what it connected to, or the
+// addresses of the header the client itself sent. Empty on failure.
+std::string TcpSession::proxy_header() {
+  if (!have_local_) {
+    int len = sizeof local_addr_;
+    if (uv_tcp_getsockname(client_, reinterpret_cast<sockaddr*>(&local_addr_), &len) != 0) return {};
+    have_local_ = true;
+  }
+  auto* src = reinterpret_cast<const sockaddr*>(&client_addr_);
+  auto* dst = reinterpret_cast<const sockaddr*>(&local_addr_);
+  char hdr[proxy::kMaxWrittenHeader];
+  size_t n = listener_->cfg.proxy_protocol == conf::ProxyProtocol::V1
+                 ? proxy::write_v1(src, dst, hdr, sizeof hdr)
+                 : proxy::write_v2(src, dst, false, reinterpret_cast<uint8_t*>(hdr), sizeof hdr);
+  return std::string(hdr, n);
+}
+
+// Hands both sockets to a SpliceRelay: duplicates of their fds go to the
+// relay, the uv_tcp_t handles close (libuv forbids polling an fd a live
+// stream owns). False when that cannot happen; the copy path goes on then.
+bool TcpSession::switch_to_splice(std::string_view preface) {
+  uv_os_fd_t cfd, bfd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(client_), &cfd) != 0 ||
+      uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_), &bfd) != 0)
+    return false;
+  int c = ::fcntl(cfd, F_DUPFD_CLOEXEC, 0);
+  if (c < 0) return false;
+  int b = ::fcntl(bfd, F_DUPFD_CLOEXEC, 0);
+  if (b < 0) {
+    ::close(c);
+    return false;
+  }
+  auto* relay = new SpliceRelay(worker_.loop(), worker_.pipe_pool(), c, b, &kSpliceHandler, this);
+  if (relay->start(preface) != 0) {
+    // Nothing moved yet: drop the duplicates (the originals stay open in
+    // their handles) and stay on the copy path.
+    int c2 = -1, b2 = -1;
+    if (relay->take_fds(&c2, &b2)) {
+      ::close(c2);
+      ::close(b2);
+    }
+    delete relay;
+    return false;
+  }
+  relay_ = relay;
+  ++refs_;
+  close_handle(client_, false);
+  close_handle(upstream_, false);
+  return true;
+}
+
+const SpliceRelay::Handler TcpSession::kSpliceHandler = {
+    &TcpSession::on_splice_activity,
+    &TcpSession::on_splice_finished,
+    &TcpSession::on_splice_closed,
+};
+
+void TcpSession::count_bytes(bool to_backend, size_t n) {
+  if (to_backend) {
+    bytes_to_backend_ += n;
+    backend_->bytes_to_backend.fetch_add(n, std::memory_order_relaxed);
+  } else {
+    bytes_to_client_ += n;
+    backend_->bytes_to_client.fetch_add(n, std::memory_order_relaxed);
+  }
+}
+
+void TcpSession::on_splice_activity(void* ctx, bool to_backend, size_t bytes) {
+  auto* s = static_cast<TcpSession*>(ctx);
+  s->worker_.timeouts().touch(&s->timeout_);
+  s->count_bytes(to_backend, bytes);
+}
+
+void TcpSession::on_splice_finished(void* ctx, SpliceResult result, bool backend_failed) {
+  auto* s = static_cast<TcpSession*>(ctx);
+  if (s->state_ != State::Relaying) return;
+  if (backend_failed) {
+    s->backend_->consecutive_failures.fetch_add(1, std::memory_order_relaxed);
+    if (auto& report = s->worker_.shared().report_backend) report(s->backend_, false);
+  }
+  // Unsupported although the start-up probe passed: rare enough (an exotic
+  // socket) that this connection is reset and later ones copy instead.
+  if (result == SpliceResult::Unsupported) {
+    SpliceRelay::disable();
+    s->relay_->abort();
+  }
+  s->state_ = State::Closing;
+  s->result_ = result == SpliceResult::Ok ? Result::Ok : Result::Reset;
+  s->worker_.timeouts().disarm(&s->timeout_);
+}
+
+void TcpSession::on_splice_closed(void* ctx) {
+  auto* s = static_cast<TcpSession*>(ctx);
+  delete s->relay_;
+  s->relay_ = nullptr;
+  s->unref();
+}
+
 void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+  auto* s = static_cast<TcpSession*>(h->data);
+  if (s->state_ == State::Header) {
+    // Never read past what a header may be: the rest stays in the kernel
+    // until the backend is connected.
+    buf->base = reinterpret_cast<char*>(s->header_buf_ + s->header_len_);
+    buf->len = proxy::kMaxHeader - s->header_len_;
+    return;
+  }
   // Every read lands in the worker's buffer and is written on at once, so an
   // idle connection holds no buffer at all.
-  auto* s = static_cast<TcpSession*>(h->data);
   buf->base = s->worker_.read_buffer();
   buf->len = Worker::kReadBufferSize;
 }
@@ -155,6 +359,10 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   auto* s = static_cast<TcpSession*>(stream->data);
   auto* src = reinterpret_cast<uv_tcp_t*>(stream);
+  if (s->state_ == State::Header) {
+    if (nread != 0) s->header_bytes(nread);
+    return;
+  }
   if (s->state_ != State::Relaying) return;
   if (nread > 0) {
     s->worker_.timeouts().touch(&s->timeout_);
@@ -259,7 +467,9 @@ void TcpSession::on_shutdown_cb(uv_shutdown_t* req, int status) {
 
 void TcpSession::on_timeout(TimeoutNode* n) {
   auto* s = static_cast<TcpSession*>(n->owner);
-  if (s->state_ == State::Connecting) {
+  if (s->state_ == State::Header) {
+    s->reject_header("timeout");
+  } else if (s->state_ == State::Connecting) {
     s->connect_failed();
   } else if (s->state_ == State::Relaying) {
     s->finish(Result::Timeout, false);
@@ -273,6 +483,11 @@ void TcpSession::finish(Result r, bool reset) {
   state_ = State::Closing;
   result_ = r;
   worker_.timeouts().disarm(&timeout_);
+  if (relay_) {
+    if (reset) relay_->abort();
+    else relay_->close();
+    return;
+  }
   close_handle(client_, reset);
   if (upstream_) close_handle(upstream_, reset);
 }
@@ -291,10 +506,14 @@ void TcpSession::on_close_cb(uv_handle_t* h) {
   } else {
     delete reinterpret_cast<Upstream*>(h);
   }
-  if (--s->refs_ > 0) return;
-  s->log_access();
-  s->release_backend();
-  delete s;
+  s->unref();
+}
+
+void TcpSession::unref() {
+  if (--refs_ > 0) return;
+  log_access();
+  release_backend();
+  delete this;
 }
 
 void TcpSession::log_access() {

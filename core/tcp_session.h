@@ -1,9 +1,21 @@
 // TcpSession: one client connection relayed to one backend.
 //
-// Path: accepted -> pick a backend -> connect (connect_timeout; on failure
-// up to `retries` more picks avoiding every backend already tried) -> relay
-// both ways with backpressure and half-close -> both sides closed -> counters
-// and the access-log line.
+// Path: accepted (the worker has counted it against the global and the
+// listener max_connections) -> with accept_proxy_protocol, read the client's
+// PROXY header within kProxyHeaderTimeout (its addresses then stand for the
+// client's) -> admission: allow/deny, max_connections_per_source -> pick a
+// backend -> connect (connect_timeout; on failure up to `retries` more picks
+// avoiding every backend already tried) -> our own PROXY header to the
+// backend, if configured, before any client byte -> relay both ways with
+// backpressure and half-close -> both sides closed -> counters and the
+// access-log line.
+//
+// Relaying: where splice(2) works (Linux; LB_SPLICE=0 turns it off) the
+// session hands both sockets to a SpliceRelay once the backend is connected:
+// bytes then move socket -> pipe -> socket inside the kernel, with the same
+// backpressure, half-close and reset semantics as the copy path here, which
+// remains the fallback (uv_try_write, and a copy only of what the kernel
+// refused).
 //
 // Lifetime: owned by its worker (in the worker's intrusive session list) and
 // destroyed in the close callback of the last of its handles, so no libuv
@@ -16,9 +28,11 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "core/backend.h"
 #include "core/flow_control.h"
+#include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
 #include "core/worker.h"
 
@@ -26,7 +40,8 @@ namespace lb::core {
 
 class TcpSession {
  public:
-  // Takes ownership of `client`, an initialised and accepted uv_tcp_t.
+  // Takes ownership of `client`, an initialised and accepted uv_tcp_t whose
+  // connection the worker has already counted (shared and listener `open`).
   static void start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client);
 
   // Resets both sides now (worker abort at the end of a graceful stop).
@@ -37,7 +52,12 @@ class TcpSession {
   TcpSession* next = nullptr;
 
  private:
-  enum class State { Connecting, Relaying, Closing };
+  // How long a client of an accept_proxy_protocol listener has to send its
+  // whole PROXY header (HAProxy's default "timeout client" is much longer,
+  // but the header comes from another balancer right after the handshake).
+  static constexpr uint64_t kProxyHeaderTimeoutMs = 3000;
+
+  enum class State { Header, Connecting, Relaying, Closing };
   enum class Result { Ok, ConnectFailed, Timeout, Reset, Refused };
   static constexpr unsigned kMaxAttempts = 11;  // retries <= 10 (conf validation)
 
@@ -53,6 +73,11 @@ class TcpSession {
   ~TcpSession();
 
   void begin();
+  void header_bytes(ssize_t nread);
+  void reject_header(const char* why);
+  void admit();
+  std::string proxy_header();
+  bool switch_to_splice(std::string_view preface);
   void connect_next();
   void connected();
   void connect_failed();
@@ -62,6 +87,7 @@ class TcpSession {
   void finish(Result r, bool reset);
   void close_handle(uv_tcp_t* h, bool reset);
   void release_backend();
+  void unref();   // one handle (or the relay) fewer; deletes the session at 0
   void log_access();
 
   Direction& dir_from(uv_tcp_t* src) { return src == client_ ? up_ : down_; }
@@ -74,11 +100,19 @@ class TcpSession {
   static void on_connect_cb(uv_connect_t* req, int status);
   static void on_close_cb(uv_handle_t* h);
   static void on_timeout(TimeoutNode* n);
+  static void on_splice_activity(void* ctx, bool to_backend, size_t bytes);
+  static void on_splice_finished(void* ctx, SpliceResult result, bool backend_failed);
+  static void on_splice_closed(void* ctx);
+  static const SpliceRelay::Handler kSpliceHandler;
+  void count_bytes(bool to_backend, size_t n);
 
   Worker& worker_;
   ListenerRuntimePtr listener_;
   uv_tcp_t* client_;
   uv_tcp_t* upstream_ = nullptr;
+  // Set once the sockets moved to splice: client_ and upstream_ are closing
+  // (or gone) from then on and must not be touched.
+  SpliceRelay* relay_ = nullptr;
   uv_shutdown_t shutdown_up_;    // on upstream_, after the client's EOF
   uv_shutdown_t shutdown_down_;  // on client_, after the backend's EOF
   TimeoutNode timeout_;
@@ -95,7 +129,15 @@ class TcpSession {
   uint64_t started_ms_ = 0;
   uint64_t bytes_to_backend_ = 0;
   uint64_t bytes_to_client_ = 0;
-  sockaddr_storage client_addr_{};
+  sockaddr_storage client_addr_{};  // the client: the peer, or the PROXY header's source
+  sockaddr_storage local_addr_{};   // what the client connected to (or the header's destination)
+  bool have_local_ = false;
+  bool holds_source_ = false;       // counted in the listener's per-source table
+  // accept_proxy_protocol: the header as it arrives (proxy::kMaxHeader bytes,
+  // only until it is parsed); then the client bytes that came after it, sent
+  // on once the backend is connected.
+  uint8_t* header_buf_ = nullptr;
+  size_t header_len_ = 0;
 };
 
 }  // namespace lb::core

@@ -8,6 +8,7 @@
 #include "core/access_log.h"
 #include "core/hash/hash.h"
 #include "core/log.h"
+#include "core/proxy_protocol.h"
 
 namespace lb::core {
 
@@ -15,6 +16,8 @@ namespace {
 // Bytes a socket may have queued in libuv before further datagrams are
 // dropped (UDP has no backpressure; the kernel would drop them too).
 constexpr size_t kMaxQueuedBytes = 1024 * 1024;
+// A PROXY v2 header with IPv6 addresses and no TLVs.
+constexpr size_t kProxyV2Max = 16 + 36;
 }  // namespace
 
 bool UdpPeerKey::operator==(const UdpPeerKey& o) const {
@@ -43,6 +46,9 @@ size_t UdpPeerKeyHash::operator()(const UdpPeerKey& k) const {
 struct UdpListener::Session {
   TimeoutNode timeout;
   UdpListener* owner = nullptr;
+  // The listener settings the session started with: its admission counters
+  // are given back to these stats even if a reload renamed the listener.
+  ListenerRuntimePtr runtime;
   UdpPeerKey key;
   sockaddr_storage client{};
   BackendPtr backend;
@@ -54,6 +60,9 @@ struct UdpListener::Session {
   uint64_t bytes_to_client = 0;
   const char* result = "ok";
   bool ended = false;
+  bool holds_source = false;    // counted in the listener's per-source table
+  uint8_t proxy_len = 0;        // PROXY v2 header for every datagram (0: none)
+  uint8_t proxy_header[kProxyV2Max];
 };
 
 // A datagram the socket could not take at once: header and bytes together.
@@ -83,6 +92,10 @@ int UdpListener::open(int fd) {
   }
   handle_->data = this;
   rc = uv_udp_open(handle_, fd);
+  if (rc == 0) {
+    int len = sizeof local_addr_;
+    rc = uv_udp_getsockname(handle_, reinterpret_cast<sockaddr*>(&local_addr_), &len);
+  }
   if (rc == 0) rc = uv_udp_recv_start(handle_, on_alloc, on_recv);
   if (rc != 0) {
     retired_ = true;
@@ -126,8 +139,8 @@ void UdpListener::datagram(const char* data, size_t len, const sockaddr* client)
   bump(slot.datagrams_in);
   UdpPeerKey key = UdpPeerKey::from(client);
   Session* s = nullptr;
-  if (auto it = sessions_.find(key); it != sessions_.end()) {
-    s = it->second;
+  if (Session** found = sessions_.find(key)) {
+    s = *found;
     if (!still_valid(s)) {
       end_session(s, "ok");
       s = nullptr;
@@ -138,7 +151,7 @@ void UdpListener::datagram(const char* data, size_t len, const sockaddr* client)
     s = new_session(client, key);
     if (!s) return;
   }
-  if (!send(s->upstream, data, len, nullptr)) return;
+  if (!send(s->upstream, data, len, nullptr, s->proxy_header, s->proxy_len)) return;
   s->bytes_to_backend += len;
   s->backend->bytes_to_backend.fetch_add(len, std::memory_order_relaxed);
   s->outstanding += runtime_->cfg.udp_responses;
@@ -156,18 +169,45 @@ bool UdpListener::still_valid(Session* s) {
 UdpListener::Session* UdpListener::new_session(const sockaddr* client, const UdpPeerKey& key) {
   auto& slot = runtime_->stats->slot(worker_.index());
   SharedState& shared = worker_.shared();
+  ListenerStats& lstats = *runtime_->stats;
+  const conf::Listener& cfg = runtime_->cfg;
+  if (runtime_->acl.enabled() && !runtime_->acl.permits(client)) {
+    bump(slot.rejected_acl);
+    return nullptr;
+  }
   if (shared.active_connections.fetch_add(1, std::memory_order_relaxed) >=
       static_cast<int64_t>(shared.max_connections.load(std::memory_order_relaxed))) {
     shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
     bump(slot.rejected_limit);
     return nullptr;
   }
+  if (!lstats.try_open(cfg.max_connections)) {
+    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
+    bump(slot.rejected_limit);
+    return nullptr;
+  }
+  bool holds_source = false;
+  if (cfg.max_connections_per_source) {
+    if (!lstats.sources.try_acquire(client, cfg.max_connections_per_source)) {
+      lstats.close_one();
+      shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
+      bump(slot.rejected_limit);
+      return nullptr;
+    }
+    holds_source = true;
+  }
+  // Gives back what admission took, for the failures below.
+  auto unadmit = [&] {
+    if (holds_source) lstats.sources.release(client);
+    lstats.close_one();
+    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
+  };
   PickContext ctx;
   ctx.hash = worker_.flow_hash_for(*runtime_, client);
   const PoolTable* pool = nullptr;
   Backend* b = worker_.pick(*runtime_, ctx, &pool);
   if (!b) {
-    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
+    unadmit();
     if (pool && all_full(*pool)) bump(slot.rejected_limit);
     else bump(slot.rejected_no_backend);
     return nullptr;
@@ -189,20 +229,27 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const Udp
       delete static_cast<Session*>(h->data);
       delete reinterpret_cast<uv_udp_t*>(h);
     });
-    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
+    unadmit();
     return nullptr;
   }
   s->key = key;
+  s->runtime = runtime_;
+  s->holds_source = holds_source;
   std::memcpy(&s->client, client, client->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
   s->backend = b->shared_from_this();
   s->backend->active.fetch_add(1, std::memory_order_relaxed);
   s->backend->total.fetch_add(1, std::memory_order_relaxed);
+  if (cfg.proxy_protocol == conf::ProxyProtocol::V2) {
+    s->proxy_len = static_cast<uint8_t>(
+        proxy::write_v2(client, reinterpret_cast<const sockaddr*>(&local_addr_), true, s->proxy_header,
+                        sizeof s->proxy_header));
+  }
   s->table_version = worker_.table_version();
   s->started_ms = uv_now(worker_.loop());
   s->timeout.fire = on_session_timeout;
   s->timeout.owner = s;
   worker_.timeouts().arm(&s->timeout, static_cast<uint64_t>(runtime_->cfg.session_timeout.count()));
-  sessions_.emplace(key, s);
+  sessions_.insert(key, s);
   ++live_sessions_;
   bump(slot.connections);
   bump<int64_t>(slot.active, 1);
@@ -210,17 +257,24 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const Udp
   return s;
 }
 
-bool UdpListener::send(uv_udp_t* h, const char* data, size_t len, const sockaddr* addr) {
-  uv_buf_t b = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
-  int rc = uv_udp_try_send(h, &b, 1, addr);
+bool UdpListener::send(uv_udp_t* h, const char* data, size_t len, const sockaddr* addr, const uint8_t* prefix,
+                       size_t prefix_len) {
+  uv_buf_t b[2];
+  unsigned nb = 0;
+  if (prefix_len) b[nb++] = uv_buf_init(reinterpret_cast<char*>(const_cast<uint8_t*>(prefix)),
+                                        static_cast<unsigned>(prefix_len));
+  b[nb++] = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
+  int rc = uv_udp_try_send(h, b, nb, addr);
   if (rc >= 0) return true;
   if (rc != UV_EAGAIN) return false;
-  if (h->send_queue_size + len > kMaxQueuedBytes) return false;
-  auto* r = static_cast<SendReq*>(std::malloc(sizeof(SendReq) + len));
+  size_t total = prefix_len + len;
+  if (h->send_queue_size + total > kMaxQueuedBytes) return false;
+  auto* r = static_cast<SendReq*>(std::malloc(sizeof(SendReq) + total));
   if (!r) return false;
-  r->len = len;
-  std::memcpy(r->data(), data, len);
-  uv_buf_t qb = uv_buf_init(r->data(), static_cast<unsigned>(len));
+  r->len = total;
+  if (prefix_len) std::memcpy(r->data(), prefix, prefix_len);
+  std::memcpy(r->data() + prefix_len, data, len);
+  uv_buf_t qb = uv_buf_init(r->data(), static_cast<unsigned>(total));
   if (uv_udp_send(&r->req, h, &qb, 1, addr, on_send_done) != 0) {
     std::free(r);
     return false;
@@ -292,7 +346,10 @@ void UdpListener::on_upstream_closed(uv_handle_t* h) {
     log->write(w.index(), rec);
   }
   s->backend->active.fetch_sub(1, std::memory_order_relaxed);
-  bump<int64_t>(self->runtime_->stats->slot(w.index()).active, -1);
+  ListenerStats& stats = *s->runtime->stats;
+  if (s->holds_source) stats.sources.release(reinterpret_cast<const sockaddr*>(&s->client));
+  stats.close_one();
+  bump<int64_t>(stats.slot(w.index()).active, -1);
   w.shared().active_connections.fetch_sub(1, std::memory_order_relaxed);
   w.count_session(-1);
   delete reinterpret_cast<uv_udp_t*>(h);
@@ -315,8 +372,9 @@ void UdpListener::drain() {
   // A session that owes no reply has nothing left to finish: end it now
   // rather than at its session_timeout. The others end with their answers.
   std::vector<Session*> idle;
-  for (auto& [k, s] : sessions_)
+  sessions_.for_each([&](const UdpPeerKey&, Session* s) {
     if (s->outstanding == 0) idle.push_back(s);
+  });
   for (Session* s : idle) end_session(s, "ok");
   if (live_sessions_ == 0) close_socket();
 }
@@ -326,7 +384,7 @@ void UdpListener::abort() {
   // end_session erases from the map: iterate over a copy of the pointers.
   std::vector<Session*> all;
   all.reserve(sessions_.size());
-  for (auto& [k, s] : sessions_) all.push_back(s);
+  sessions_.for_each([&](const UdpPeerKey&, Session* s) { all.push_back(s); });
   for (Session* s : all) end_session(s, "reset");
   if (live_sessions_ == 0) close_socket();
 }

@@ -7,6 +7,13 @@
 // matches the backend's replies to the session -> forward. Replies arriving
 // on the upstream socket go back to the client from the listener socket.
 //
+// Admission of a new client: allow/deny, then [global], listener and
+// per-source max_connections (a session counts as a connection); a refused
+// client's datagrams are dropped and counted, existing sessions carry on.
+// With proxy_protocol = "v2" every datagram to the backend starts with a
+// PROXY v2 header (DGRAM, client -> the listener's bound address), sent as a
+// second iovec, so the payload is still never copied.
+//
 // A session ends when every client datagram has had its `udp_responses`
 // replies (DNS: 1), after `session_timeout` without traffic either way, when
 // the backend answers with ICMP unreachable, or when its backend stopped
@@ -24,9 +31,9 @@
 
 #include <cstdint>
 #include <string>
-#include <unordered_map>
 
 #include "core/backend.h"
+#include "core/flat_map.h"
 #include "core/timeout_wheel.h"
 #include "core/worker.h"
 
@@ -83,7 +90,9 @@ class UdpListener {
   bool still_valid(Session* s);
   // Sends on `h` (to `addr`, or connected when null) without copying when
   // the socket takes it now; queues a copy otherwise. False when dropped.
-  bool send(uv_udp_t* h, const char* data, size_t len, const sockaddr* addr);
+  // `prefix` (may be empty) goes first in the same datagram.
+  bool send(uv_udp_t* h, const char* data, size_t len, const sockaddr* addr,
+            const uint8_t* prefix = nullptr, size_t prefix_len = 0);
   void reply(Session* s, const char* data, size_t len);
   void end_session(Session* s, const char* result);
   void session_gone();
@@ -96,7 +105,8 @@ class UdpListener {
   bool retired_ = false;
   bool closing_ = false;
   size_t live_sessions_ = 0;   // including those whose upstream is closing
-  std::unordered_map<UdpPeerKey, Session*, UdpPeerKeyHash> sessions_;
+  sockaddr_storage local_addr_{};  // the bound address, for PROXY headers
+  FlatMap<UdpPeerKey, Session*, UdpPeerKeyHash> sessions_;
 };
 
 }  // namespace lb::core

@@ -40,6 +40,24 @@ Worker::Worker(unsigned index, SharedState& shared)
   uv_async_init(&loop_, async_, on_async);
   async_->data = this;
   timeouts_ = std::make_unique<TimeoutWheel>(&loop_);
+  trim_timer_ = new uv_timer_t;
+  uv_timer_init(&loop_, trim_timer_);
+  trim_timer_->data = this;
+  uv_timer_start(trim_timer_, on_trim, kPipeTrimMs, kPipeTrimMs);
+}
+
+// Pipes unused for a whole period go back to the kernel: bursts keep their
+// pool, a quiet worker holds none.
+void Worker::on_trim(uv_timer_t* t) {
+  auto* w = static_cast<Worker*>(t->data);
+  if (w->pipe_pool_.acquires() == w->trim_seen_acquires_ && w->pipe_pool_.idle() > 0) w->pipe_pool_.trim();
+  w->trim_seen_acquires_ = w->pipe_pool_.acquires();
+}
+
+void Worker::close_trim_timer() {
+  if (!trim_timer_) return;
+  uv_close(reinterpret_cast<uv_handle_t*>(trim_timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  trim_timer_ = nullptr;
 }
 
 Worker::~Worker() {
@@ -55,6 +73,7 @@ Worker::~Worker() {
     }
   }
   timeouts_->close();
+  close_trim_timer();
   uv_run(&loop_, UV_RUN_DEFAULT);
   uv_loop_close(&loop_);
 }
@@ -274,6 +293,7 @@ void Worker::abort_all() {
     }
   }
   timeouts_->close();
+  close_trim_timer();
   {
     std::lock_guard lk(inbox_mu_);
     uv_close(reinterpret_cast<uv_handle_t*>(async_),
@@ -299,20 +319,32 @@ void Worker::accept_one(Listener* l) {
   auto* client = new uv_tcp_t;
   uv_tcp_init(&loop_, client);
   if (uv_accept(reinterpret_cast<uv_stream_t*>(l->handle), reinterpret_cast<uv_stream_t*>(client)) != 0) {
-    uv_close(reinterpret_cast<uv_handle_t*>(client), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    close_accepted(client);
     return;
   }
   auto& slot = l->runtime->stats->slot(index_);
-  // [global] max_connections counts every listener of every worker.
+  // The address-independent limits are checked here, before any work: [global]
+  // max_connections (every listener of every worker) and the listener's own.
+  // The ACL and the per-source limit are the session's first step, because
+  // with accept_proxy_protocol the client address is known only later.
   if (shared_.active_connections.fetch_add(1, std::memory_order_relaxed) >=
       static_cast<int64_t>(shared_.max_connections.load(std::memory_order_relaxed))) {
     shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
     bump(slot.rejected_limit);
-    uv_close(reinterpret_cast<uv_handle_t*>(client), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+    close_accepted(client);
     return;
   }
-  bump(slot.connections);
+  if (!l->runtime->stats->try_open(l->runtime->cfg.max_connections)) {
+    shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
+    bump(slot.rejected_limit);
+    close_accepted(client);
+    return;
+  }
   TcpSession::start(*this, l->runtime, client);
+}
+
+void Worker::close_accepted(uv_tcp_t* client) {
+  uv_close(reinterpret_cast<uv_handle_t*>(client), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
 }
 
 void Worker::session_opened(TcpSession* s) {

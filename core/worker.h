@@ -24,7 +24,9 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "core/acl.h"
 #include "core/backend_table.h"
+#include "core/pipe_pool.h"
 #include "core/select/selector.h"
 #include "core/stats.h"
 #include "core/timeout_wheel.h"
@@ -40,6 +42,7 @@ class UdpListener;
 struct ListenerRuntime {
   conf::Listener cfg;
   std::shared_ptr<ListenerStats> stats;   // by listener name, across reloads
+  Acl acl;                                // cfg.allow / cfg.deny, ready for lookups
 };
 using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 
@@ -93,6 +96,8 @@ class Worker {
   SharedState& shared() { return shared_; }
   // The per-loop read buffer: every read lands here and is written on at once.
   char* read_buffer() { return read_buffer_.get(); }
+  // Pipes for the splice(2) relay of this worker's TCP sessions.
+  PipePool& pipe_pool() { return pipe_pool_; }
   static constexpr size_t kReadBufferSize = 64 * 1024;
   // Picks a backend for a new connection of `listener`; null when none.
   Backend* pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool);
@@ -120,6 +125,9 @@ class Worker {
 
   void run();
   static void on_async(uv_async_t* a);
+  static void on_trim(uv_timer_t* t);
+  void close_trim_timer();
+  static constexpr uint64_t kPipeTrimMs = 1000;
   void drain_inbox();
   void apply_listeners(std::vector<ListenEntry> entries);
   void close_listeners();
@@ -128,6 +136,7 @@ class Worker {
   void swap_table(BackendTablePtr table);
   static void on_connection(uv_stream_t* server, int status);
   void accept_one(Listener* l);
+  void close_accepted(uv_tcp_t* client);
 
   const unsigned index_;
   SharedState& shared_;
@@ -135,6 +144,9 @@ class Worker {
   uv_async_t* async_ = nullptr;
   std::unique_ptr<TimeoutWheel> timeouts_;
   std::unique_ptr<char[]> read_buffer_;
+  PipePool pipe_pool_;   // outlives the loop: the destructor runs after run()
+  uv_timer_t* trim_timer_ = nullptr;   // gives idle pipes back to the kernel
+  uint64_t trim_seen_acquires_ = 0;
   std::thread thread_;
 
   std::mutex inbox_mu_;

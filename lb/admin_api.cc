@@ -82,6 +82,10 @@ HttpResponse metrics(Server& s) {
       f.sample(l + ",reason=\"acl\"", totals[i].rejected_acl);
       f.sample(l + ",reason=\"limit\"", totals[i].rejected_limit);
       f.sample(l + ",reason=\"no_backend\"", totals[i].rejected_no_backend);
+      // Not in the spec's list: clients whose PROXY header was missing,
+      // malformed or late (accept_proxy_protocol listeners only).
+      if (listeners[i]->cfg.accept_proxy_protocol)
+        f.sample(l + ",reason=\"proxy_protocol\"", totals[i].rejected_proxy);
     }
   }
   {

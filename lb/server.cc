@@ -89,6 +89,7 @@ std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
   for (const auto& l : cfg.listeners) {
     auto rt = std::make_shared<ListenerRuntime>();
     rt->cfg = l;
+    rt->acl = core::Acl(l.allow, l.deny);
     auto it = stats_.find(l.name);
     rt->stats = it != stats_.end() ? it->second : std::make_shared<core::ListenerStats>(nworkers_);
     stats[l.name] = rt->stats;

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
+#include <fstream>
 #include <catch2/catch.hpp>
 #include <map>
 #include <memory>
@@ -18,18 +20,20 @@
 #include "test/support/deadline.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
+#include "test/support/net.h"
+#include "test/support/temp_dir.h"
 
 using namespace lb::test;
 
 namespace {
 
-int udp_socket(uint16_t bind_port = 0) {
-  int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(bind_port);
-  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+// A UDP socket bound to host:bind_port (an IP literal).
+int udp_socket(uint16_t bind_port = 0, const std::string& host = "127.0.0.1") {
+  sockaddr_storage a{};
+  socklen_t len = 0;
+  if (!make_sockaddr(host, bind_port, &a, &len)) return -1;
+  int fd = ::socket(a.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), len) != 0) {
     if (fd >= 0) ::close(fd);
     return -1;
   }
@@ -40,18 +44,18 @@ int udp_socket(uint16_t bind_port = 0) {
 }
 
 uint16_t udp_local_port(int fd) {
-  sockaddr_in a{};
+  sockaddr_storage a{};
   socklen_t len = sizeof a;
   getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  return ntohs(a.sin_port);
+  return a.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&a)->sin6_port)
+                                 : ntohs(reinterpret_cast<sockaddr_in*>(&a)->sin_port);
 }
 
-bool send_to(int fd, uint16_t port, const std::string& data) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-  return ::sendto(fd, data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof a) ==
+bool send_to(int fd, uint16_t port, const std::string& data, const std::string& host = "127.0.0.1") {
+  sockaddr_storage a{};
+  socklen_t len = 0;
+  if (!make_sockaddr(host, port, &a, &len)) return false;
+  return ::sendto(fd, data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&a), len) ==
          static_cast<ssize_t>(data.size());
 }
 
@@ -68,7 +72,8 @@ std::optional<std::string> recv_within(int fd, Deadline deadline) {
 // A UDP server that answers every datagram with "<name>:" + the datagram.
 class UdpEcho {
  public:
-  explicit UdpEcho(std::string name) : name_(std::move(name)), fd_(udp_socket()) {
+  explicit UdpEcho(std::string name, std::string host = "127.0.0.1")
+      : name_(std::move(name)), host_(std::move(host)), fd_(udp_socket(0, host_)) {
     port_ = udp_local_port(fd_);
     ::pipe(stop_pipe_);
     thread_ = std::thread([this] { run(); });
@@ -83,7 +88,9 @@ class UdpEcho {
     ::close(stop_pipe_[1]);
   }
   uint16_t port() const { return port_; }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  std::string address() const {
+    return (host_.find(':') != std::string::npos ? "[" + host_ + "]" : host_) + ":" + std::to_string(port_);
+  }
   uint64_t received() const { return received_.load(); }
 
  private:
@@ -103,6 +110,7 @@ class UdpEcho {
     }
   }
   std::string name_;
+  std::string host_;
   int fd_;
   uint16_t port_ = 0;
   int stop_pipe_[2] = {-1, -1};
@@ -227,9 +235,17 @@ std::optional<double> metric(uint16_t admin_port, const std::string& series) {
 }
 
 std::string udp_config(const std::string& listener_extra, const std::string& pool_extra,
-                       const std::vector<std::string>& backends, unsigned workers = 1) {
-  std::string c = global_section(workers) +
-                  "[[listener]]\nname = \"udp\"\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n" +
+                       const std::vector<std::string>& backends, unsigned workers = 1,
+                       const std::string& bind = "127.0.0.1:0", const std::string& global_extra = "") {
+  // global_extra goes into [global]; it may set access_log itself.
+  std::string g = global_section(workers);
+  if (!global_extra.empty()) {
+    const std::string off = "access_log = \"off\"\n";
+    std::string repl = global_extra + "\n";
+    if (global_extra.find("access_log") == std::string::npos) repl += off;
+    g.replace(g.find(off), off.size(), repl);
+  }
+  std::string c = g + "[[listener]]\nname = \"udp\"\nprotocol = \"udp\"\nbind = \"" + bind + "\"\npool = \"p\"\n" +
                   listener_extra + "\n[[pool]]\nname = \"p\"\n" + pool_extra + "\n";
   for (auto& b : backends) c += "[[pool.backend]]\naddress = \"" + b + "\"\n";
   return c;
@@ -388,5 +404,181 @@ TEST_CASE("a backend that fails moves its live client to another backend", "[udp
   auto failures = metric(lb.admin_port(), "lb_backend_connect_failures_total{pool=\"p\",backend=\"" + dead + "\"}");
   REQUIRE(failures);
   CHECK(*failures >= 1.0);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("UDP over IPv6: a client on ::1 is balanced and answered", "[udp][ipv6]") {
+  UdpEcho e1("one", "::1"), e2("two", "::1");
+  LbProcess lb(udp_config("udp_responses = 1", "", {e1.address(), e2.address()}, 1, "[::1]:0"));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  std::map<std::string, int> by_server;
+  for (int i = 0; i < 20; ++i) {
+    int fd = udp_socket(0, "::1");
+    REQUIRE(fd >= 0);
+    const std::string payload = "v6 " + std::to_string(i);
+    REQUIRE(send_to(fd, port, payload, "::1"));
+    auto r = recv_within(fd, in(seconds(5)));
+    ::close(fd);
+    REQUIRE(r);
+    auto colon = r->find(':');
+    REQUIRE(colon != std::string::npos);
+    CHECK(r->substr(colon + 1) == payload);
+    by_server[r->substr(0, colon)]++;
+  }
+  CHECK(by_server["one"] == 10);
+  CHECK(by_server["two"] == 10);
+  CHECK(wait_until([&] { return metric(lb.admin_port(), "lb_listener_active{listener=\"udp\"}") == 0.0; },
+                   in(seconds(5))));
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("past max_connections new UDP clients are dropped and counted, live sessions go on",
+          "[udp][limits]") {
+  UdpEcho e("e");
+  // [global] max_connections counts live UDP sessions.
+  LbProcess lb(udp_config("session_timeout = \"30s\"", "", {e.address()}, 1, "127.0.0.1:0", "max_connections = 2"));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  int a = udp_socket(), b = udp_socket(), c = udp_socket();
+  REQUIRE(send_to(a, port, "a1"));
+  REQUIRE(recv_within(a, in(seconds(5))) == std::optional<std::string>("e:a1"));
+  REQUIRE(send_to(b, port, "b1"));
+  REQUIRE(recv_within(b, in(seconds(5))) == std::optional<std::string>("e:b1"));
+  // The third client is over the limit: dropped, never forwarded.
+  const uint64_t before = e.received();
+  for (int i = 0; i < 3; ++i) REQUIRE(send_to(c, port, "c"));
+  CHECK(wait_until(
+      [&] { return metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"limit\"}") == 3.0; },
+      in(seconds(5))));
+  CHECK_FALSE(recv_within(c, in(milliseconds(200))));
+  CHECK(e.received() == before);
+  // The two live sessions keep working.
+  for (int i = 0; i < 10; ++i) {
+    REQUIRE(send_to(a, port, "a"));
+    CHECK(recv_within(a, in(seconds(5))) == std::optional<std::string>("e:a"));
+    REQUIRE(send_to(b, port, "b"));
+    CHECK(recv_within(b, in(seconds(5))) == std::optional<std::string>("e:b"));
+  }
+  CHECK(metric(lb.admin_port(), "lb_listener_active{listener=\"udp\"}") == 2.0);
+  ::close(a);
+  ::close(b);
+  ::close(c);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("a listener's own max_connections and max_connections_per_source bound UDP sessions",
+          "[udp][limits]") {
+  UdpEcho e("e");
+  LbProcess lb(udp_config("session_timeout = \"30s\"\nmax_connections = 3\nmax_connections_per_source = 2", "",
+                          {e.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  // Per source: 127.0.0.2 gets two sessions (two ports), not a third.
+  int s1 = udp_socket(0, "127.0.0.2"), s2 = udp_socket(0, "127.0.0.2"), s3 = udp_socket(0, "127.0.0.2");
+  REQUIRE(send_to(s1, port, "1"));
+  CHECK(recv_within(s1, in(seconds(5))));
+  REQUIRE(send_to(s2, port, "2"));
+  CHECK(recv_within(s2, in(seconds(5))));
+  REQUIRE(send_to(s3, port, "3"));
+  CHECK_FALSE(recv_within(s3, in(milliseconds(300))));
+  // Listener: a third source gets the third and last session.
+  int o1 = udp_socket(0, "127.0.0.3"), o2 = udp_socket(0, "127.0.0.4");
+  REQUIRE(send_to(o1, port, "o1"));
+  CHECK(recv_within(o1, in(seconds(5))));
+  REQUIRE(send_to(o2, port, "o2"));
+  CHECK_FALSE(recv_within(o2, in(milliseconds(300))));
+  CHECK(metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"limit\"}") == 2.0);
+  for (int fd : {s1, s2, s3, o1, o2}) ::close(fd);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("UDP allow/deny is checked before a session exists", "[udp][acl]") {
+  UdpEcho e("e");
+  LbProcess lb(udp_config("allow = [\"127.0.0.0/24\"]\ndeny = [\"127.0.0.3\"]", "", {e.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  int ok = udp_socket(0, "127.0.0.2"), denied = udp_socket(0, "127.0.0.3"), outside = udp_socket(0, "127.0.1.2");
+  REQUIRE(send_to(denied, port, "x"));
+  REQUIRE(send_to(outside, port, "x"));
+  REQUIRE(send_to(ok, port, "y"));
+  CHECK(recv_within(ok, in(seconds(5))) == std::optional<std::string>("e:y"));
+  CHECK(wait_until(
+      [&] { return metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"acl\"}") == 2.0; },
+      in(seconds(5))));
+  CHECK_FALSE(recv_within(denied, in(milliseconds(200))));
+  CHECK_FALSE(recv_within(outside, in(milliseconds(10))));
+  CHECK(e.received() == 1);
+  CHECK(metric(lb.admin_port(), "lb_listener_connections_total{listener=\"udp\"}") == 1.0);
+  for (int fd : {ok, denied, outside}) ::close(fd);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("proxy_protocol v2 on UDP: every datagram to the backend carries the client's address",
+          "[udp][proxy]") {
+  UdpEcho e("e");  // answers "e:" + the whole datagram it got, header included
+  LbProcess lb(udp_config("proxy_protocol = \"v2\"\nsession_timeout = \"30s\"", "", {e.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  int fd = udp_socket(0, "127.0.0.5");
+  const uint16_t client_port = udp_local_port(fd);
+  for (const std::string& payload : {std::string("first"), std::string("second"), std::string(60000, 'z')}) {
+    REQUIRE(send_to(fd, port, payload));
+    auto r = recv_within(fd, in(seconds(5)));
+    REQUIRE(r);
+    REQUIRE(r->rfind("e:", 0) == 0);
+    std::string got = r->substr(2);
+    REQUIRE(got.size() == 28 + payload.size());
+    CHECK(std::memcmp(got.data(), "\r\n\r\n\0\r\nQUIT\n", 12) == 0);
+    CHECK(static_cast<uint8_t>(got[12]) == 0x21);  // v2, PROXY
+    CHECK(static_cast<uint8_t>(got[13]) == 0x12);  // IPv4, DGRAM
+    CHECK(static_cast<uint8_t>(got[14]) == 0);
+    CHECK(static_cast<uint8_t>(got[15]) == 12);
+    char src[INET_ADDRSTRLEN], dst[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, got.data() + 16, src, sizeof src);
+    inet_ntop(AF_INET, got.data() + 20, dst, sizeof dst);
+    CHECK(std::string(src) == "127.0.0.5");
+    CHECK(std::string(dst) == "127.0.0.1");
+    auto port_at = [&](size_t i) {
+      return static_cast<uint16_t>((static_cast<uint8_t>(got[i]) << 8) | static_cast<uint8_t>(got[i + 1]));
+    };
+    CHECK(port_at(24) == client_port);
+    CHECK(port_at(26) == port);
+    CHECK(got.substr(28) == payload);
+  }
+  ::close(fd);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("every ended UDP session writes one access log line", "[udp][access_log]") {
+  Dnsmasq d("10.0.0.9");
+  REQUIRE(d.start(in(seconds(30))));
+  TempDir dir;
+  const std::string log_path = dir.path() + "/access.log";
+  LbProcess lb(udp_config("udp_responses = 1", "", {d.address()}, 1, "127.0.0.1:0",
+                          "access_log = \"" + log_path + "\""));
+  REQUIRE(lb.wait_started());
+  int fd = udp_socket(0, "127.0.0.6");
+  const uint16_t client_port = udp_local_port(fd);
+  REQUIRE(send_to(fd, lb.listener_port("udp"), dns_query(77, "example.test")));
+  auto r = recv_within(fd, in(seconds(5)));
+  ::close(fd);
+  REQUIRE(r);
+  std::string line;
+  CHECK(wait_until(
+      [&] {
+        std::ifstream in_file(log_path);
+        std::getline(in_file, line);
+        return !line.empty();
+      },
+      in(seconds(5))));
+  INFO(line);
+  CHECK(line.find("\"listener\":\"udp\"") != std::string::npos);
+  CHECK(line.find("\"client\":\"127.0.0.6:" + std::to_string(client_port) + "\"") != std::string::npos);
+  CHECK(line.find("\"backend\":\"" + d.address() + "\"") != std::string::npos);
+  CHECK(line.find("\"bytes_to_backend\":" + std::to_string(dns_query(77, "example.test").size())) !=
+        std::string::npos);
+  CHECK(line.find("\"bytes_to_client\":" + std::to_string(r->size())) != std::string::npos);
+  CHECK(line.find("\"result\":\"ok\"") != std::string::npos);
   CHECK(lb.terminate() == 0);
 }

@@ -6,8 +6,7 @@
 //   # error(LINE:COL): MESSAGE                 anywhere in the file
 //   # error: MESSAGE                           an error without a position
 // The test loads the fixture and requires exactly that set of diagnostics
-// (message, line and column). "not supported yet" errors are left out here:
-// that list changes as features land and is tested in support_test.cc.
+// (message, line and column).
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -68,12 +67,6 @@ std::vector<Expected> expectations(const std::string& path) {
   return out;
 }
 
-bool is_not_supported(const lb::conf::Diagnostic& d) {
-  const std::string suffix = ": not supported yet";
-  return d.message.size() >= suffix.size() &&
-         d.message.compare(d.message.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // Loads the fixture and compares the diagnostics with its annotations.
 void check_fixture(const std::string& name) {
   const std::string path = fixture_path(name);
@@ -87,7 +80,7 @@ void check_fixture(const std::string& name) {
   std::vector<Expected> got;
   for (const auto& d : result.errors) {
     CHECK(d.file == path);
-    if (!is_not_supported(d)) got.push_back(Expected{d.line, d.col, d.message});
+    got.push_back(Expected{d.line, d.col, d.message});
   }
   std::sort(want.begin(), want.end());
   std::sort(got.begin(), got.end());
