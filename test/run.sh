@@ -4,7 +4,7 @@
 # crosses threads. Installs the Debian packages it needs first.
 #
 #   bash test/run.sh            everything (what CI runs)
-#   LB_TEST_QUICK=1 bash test/run.sh   the plain build only
+#   LB_TEST_QUICK=1 bash test/run.sh   the plain build only (no fleet, fuzz or sanitizers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -47,6 +47,13 @@ build build -- -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_ctest build
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
+  # A fleet of lb instances behind a BIRD router doing ECMP, in network
+  # namespaces this test creates and removes (needs root).
+  echo "== test fleet"
+  LB_BINARY="$root/build/lb/lb" bash "$root/test/fleet/run.sh" || failed=1
+fi
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
   build build-asan -- -DCMAKE_BUILD_TYPE=Debug -DLB_ASAN=ON -DLB_UBSAN=ON
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_ctest build-asan
@@ -56,6 +63,10 @@ if [ -z "${LB_TEST_QUICK:-}" ]; then
   # the end-to-end suite (workers, health thread, main loop, access log).
   build build-tsan --target lb unit_core unit_health unit_lb e2e -- -DCMAKE_BUILD_TYPE=Debug -DLB_TSAN=ON
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 run_ctest build-tsan -R '^(unit_core|unit_health|unit_lb|e2e)$'
+
+  # libFuzzer targets (clang, ASan+UBSan), about a minute each.
+  echo "== fuzz"
+  bash "$root/test/fuzz/run.sh" || failed=1
 fi
 
 if ((failed)); then
