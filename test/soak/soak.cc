@@ -1,0 +1,658 @@
+// Soak test: lb under sustained mixed traffic while its world misbehaves.
+//
+// One lb (two workers, admin on) fronts a pool of four echo backends, each a
+// separate process (this executable run as `soak --echo-backend PORT INDEX`)
+// so it can be killed for real: SIGKILL, the kernel resets its connections,
+// and it is started again on the same port. Meanwhile
+//   - N clients (default 50) loop over transfers of random size (0..1 MiB)
+//     in three patterns: full echo, half-close (shutdown after sending, then
+//     read to EOF), and a client reset (RST) at a random point;
+//   - a backend is killed every 1-2 s and restarted 0.2-0.8 s later;
+//   - lb is reloaded (SIGHUP) every ~2 s with new weights and a rotating
+//     selector, so every reload really changes the running configuration.
+//
+// Each backend greets every connection with its index (one byte) before
+// echoing, so a client knows which backend served it. A transfer that fails
+// is excused only if that backend was being killed while the transfer ran;
+// any other failure is a violation, as is a byte that differs, a connect
+// refused by lb, a stall, a failed reload, descriptors not given back, or RSS
+// growth past a bound. A one-paragraph summary is printed; the exit status
+// is 0 only without violations.
+//
+// Environment: LB_SOAK_SECONDS (default 20), LB_SOAK_CLIENTS (default 50),
+// LB_SOAK_SEED (default fixed), LB_E2E_VERBOSE=1 to see lb's log live.
+//
+// Threads: the main thread spawns every child process (ChildProcess's
+// death signal is tied to the spawning thread) and runs the fault schedule;
+// each client runs on its own thread and shares only atomics and the
+// mutex-guarded kill log and violation list with the others.
+#include <arpa/inet.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <regex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "test/support/child_process.h"
+#include "test/support/deadline.h"
+#include "test/support/lb_process.h"
+#include "test/support/metrics.h"
+#include "test/support/net.h"
+
+namespace lb::test {
+namespace {
+
+constexpr int kBackends = 4;
+constexpr size_t kMaxTransfer = 1 << 20;
+constexpr long kMaxRssGrowthKb = 20 * 1024;
+// Health probes open short-lived sockets at any moment, so "back to the
+// start" allows one in flight per backend and a little more.
+constexpr int kFdTolerance = kBackends + 2;
+
+// ---- backend process (`soak --echo-backend PORT INDEX`) ---------------------------
+
+// Greets with its index byte, then echoes; on the peer's EOF it sends its own
+// FIN once everything is echoed. Blocking I/O on a thread per connection:
+// the simplest faithful echo, and it gets SIGKILLed rather than stopped.
+void serve_echo(int fd, int index) {
+  const char id = static_cast<char>('0' + index);
+  if (::send(fd, &id, 1, MSG_NOSIGNAL) != 1) {
+    ::close(fd);
+    return;
+  }
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) {
+      ::shutdown(fd, SHUT_WR);
+      break;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    ssize_t off = 0;
+    while (off < n) {
+      ssize_t w = ::send(fd, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        ::close(fd);
+        return;
+      }
+      off += w;
+    }
+  }
+  ::close(fd);
+}
+
+int run_echo_backend(uint16_t port, int index) {
+  std::signal(SIGPIPE, SIG_IGN);
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 1;
+  int one = 1;
+  // A restart binds the port its killed predecessor had, whose connections
+  // may linger in TIME_WAIT.
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  // The kernel may take a moment to release the port of a killed process.
+  const Deadline bind_deadline = in(seconds(5));
+  while (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
+    if (errno != EADDRINUSE || expired(bind_deadline)) {
+      std::fprintf(stderr, "bind failed port=%u error=%s\n", port, std::strerror(errno));
+      return 1;
+    }
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  if (::listen(fd, 1024) != 0) return 1;
+  socklen_t len = sizeof(sa);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  std::printf("listening port=%u\n", ntohs(sa.sin_port));
+  std::fflush(stdout);
+  for (;;) {
+    int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (c < 0) {
+      if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE) continue;
+      return 1;
+    }
+    std::thread([c, index] { serve_echo(c, index); }).detach();
+  }
+}
+
+// ---- the driver ------------------------------------------------------------------
+
+struct Settings {
+  seconds duration{20};
+  int clients = 50;
+  uint64_t seed = 0x5eed'1b'50a4ULL;
+};
+
+long env_number(const char* name, long fallback, long min, long max) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  long n = std::strtol(v, &end, 10);
+  if (*end != '\0' || n < min || n > max) {
+    std::fprintf(stderr, "soak: ignoring %s=%s (expected %ld..%ld)\n", name, v, min, max);
+    return fallback;
+  }
+  return n;
+}
+
+// When each backend was being killed: a failed transfer is excused only if
+// a kill of its backend overlapped it.
+class KillLog {
+ public:
+  size_t begin(int backend) {
+    std::lock_guard lk(mu_);
+    windows_.push_back({backend, Clock::now(), Clock::time_point::max()});
+    return windows_.size() - 1;
+  }
+  void end(size_t id) {
+    std::lock_guard lk(mu_);
+    windows_[id].end = Clock::now();
+  }
+  // backend < 0: any backend (the client never learnt which one it had).
+  bool overlaps(int backend, Clock::time_point from, Clock::time_point to) const {
+    std::lock_guard lk(mu_);
+    for (const auto& w : windows_) {
+      if ((backend < 0 || w.backend == backend) && w.begin <= to && w.end >= from) return true;
+    }
+    return false;
+  }
+  size_t count() const {
+    std::lock_guard lk(mu_);
+    return windows_.size();
+  }
+
+ private:
+  struct Window {
+    int backend;
+    Clock::time_point begin, end;
+  };
+  mutable std::mutex mu_;
+  std::vector<Window> windows_;
+};
+
+struct Totals {
+  std::atomic<uint64_t> attempted{0};
+  std::atomic<uint64_t> completed{0};   // echo transfers that got every byte back
+  std::atomic<uint64_t> byte_exact{0};  // ... and every byte was right
+  std::atomic<uint64_t> full{0}, half_close{0};
+  std::atomic<uint64_t> resets_injected{0};
+  std::atomic<uint64_t> killed_failures{0};  // failed while their backend was being killed
+  std::atomic<uint64_t> refused{0};          // ECONNREFUSED connecting to lb
+  std::atomic<uint64_t> connect_errors{0};   // any other connect failure
+  std::atomic<uint64_t> bytes{0};            // sent + received by clients
+  std::atomic<uint64_t> violations{0};
+};
+
+class Violations {
+ public:
+  void add(Totals& t, std::string what) {
+    t.violations.fetch_add(1);
+    std::lock_guard lk(mu_);
+    if (list_.size() < 30) list_.push_back(std::move(what));
+  }
+  std::vector<std::string> list() const {
+    std::lock_guard lk(mu_);
+    return list_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> list_;
+};
+
+struct Shared {
+  uint16_t port = 0;
+  std::string payload;  // 2 MiB of random bytes; transfers send slices of it
+  std::atomic<bool> stop{false};
+  KillLog kills;
+  Totals totals;
+  Violations violations;
+};
+
+enum class Pattern { Full, HalfClose, Reset };
+
+const char* name_of(Pattern p) {
+  switch (p) {
+    case Pattern::Full: return "full";
+    case Pattern::HalfClose: return "half-close";
+    case Pattern::Reset: return "reset";
+  }
+  return "?";
+}
+
+bool is_prefix(std::string_view got, std::string_view expected) {
+  return got.size() <= expected.size() && mismatch_offset(got, expected.substr(0, got.size())) == std::string::npos;
+}
+
+// One transfer; every outcome is counted in `sh.totals`.
+void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
+  Totals& t = sh.totals;
+  const unsigned roll = static_cast<unsigned>(rng() % 100);
+  const Pattern pattern = roll < 45 ? Pattern::Full : roll < 85 ? Pattern::HalfClose : Pattern::Reset;
+  const size_t size = rng() % (kMaxTransfer + 1);
+  const size_t offset = rng() % (sh.payload.size() - kMaxTransfer);
+  const std::string_view payload = std::string_view(sh.payload).substr(offset, size);
+  t.attempted.fetch_add(1);
+
+  const auto started = Clock::now();
+  int backend = -1;
+  // Every failure goes through here: excused when a kill of its backend
+  // overlapped the transfer, a violation otherwise.
+  auto failed = [&](const std::string& what, const ReadResult& r, std::string_view expected) {
+    const std::string detail =
+        fmt::format("client {} {} transfer of {} bytes via backend {}: {} ({}, errno {}, got {})", client,
+                    name_of(pattern), size, backend, what, to_string(r.end), r.error, r.data.size());
+    if (!is_prefix(r.data, expected)) {
+      sh.violations.add(t, "corrupted: " + detail);
+    } else if (r.end == ReadEnd::Timeout) {
+      sh.violations.add(t, "stalled: " + detail);
+    } else if (sh.kills.overlaps(backend, started, Clock::now())) {
+      t.killed_failures.fetch_add(1);
+    } else {
+      sh.violations.add(t, "unexplained failure: " + detail);
+    }
+  };
+
+  int err = 0;
+  Socket s = tcp_connect("127.0.0.1", sh.port, in(seconds(5)), &err);
+  if (!s) {
+    if (err == ECONNREFUSED) {
+      t.refused.fetch_add(1);
+      sh.violations.add(t, fmt::format("client {}: connect to lb refused", client));
+    } else {
+      t.connect_errors.fetch_add(1);
+      sh.violations.add(t, fmt::format("client {}: connect to lb failed: {}", client, std::strerror(err)));
+    }
+    return;
+  }
+  ReadResult greeting = read_exact(s, 1, in(seconds(10)));
+  if (greeting.end != ReadEnd::Complete) {
+    failed("no greeting", greeting, "");
+    return;
+  }
+  backend = greeting.data[0] - '0';
+  if (backend < 0 || backend >= kBackends) {
+    sh.violations.add(t, fmt::format("client {}: bad greeting byte {}", client, static_cast<int>(greeting.data[0])));
+    return;
+  }
+  const Deadline deadline = in(seconds(60));
+
+  switch (pattern) {
+    case Pattern::Full: {
+      ReadResult r = exchange(s, payload, payload.size(), deadline);
+      t.bytes.fetch_add(payload.size() + r.data.size());
+      if (r.data.size() != payload.size()) {
+        failed("short echo", r, payload);
+        return;
+      }
+      t.completed.fetch_add(1);
+      if (mismatch_offset(r.data, payload) != std::string::npos) {
+        sh.violations.add(t, fmt::format("corrupted: client {} full transfer of {} bytes differs at offset {}", client,
+                                         size, mismatch_offset(r.data, payload)));
+        return;
+      }
+      t.byte_exact.fetch_add(1);
+      t.full.fetch_add(1);
+      return;  // closing with both directions open: an ordinary FIN
+    }
+    case Pattern::HalfClose: {
+      ReadResult r = exchange(s, payload, payload.size(), deadline, /*shutdown_after_send=*/true);
+      t.bytes.fetch_add(payload.size() + r.data.size());
+      if (r.data.size() != payload.size()) {
+        failed("short echo after half-close", r, payload);
+        return;
+      }
+      // The backend's FIN follows the echo of the client's FIN.
+      ReadResult tail = read_until_eof(s, in(seconds(10)));
+      if (!tail.data.empty()) {
+        sh.violations.add(t, fmt::format("corrupted: client {} half-close transfer got {} bytes past the echo", client,
+                                         tail.data.size()));
+        return;
+      }
+      if (tail.end != ReadEnd::Eof) {
+        failed("no EOF after the echo", tail, "");
+        return;
+      }
+      t.completed.fetch_add(1);
+      if (mismatch_offset(r.data, payload) != std::string::npos) {
+        sh.violations.add(t, fmt::format("corrupted: client {} half-close transfer of {} bytes differs at offset {}",
+                                         client, size, mismatch_offset(r.data, payload)));
+        return;
+      }
+      t.byte_exact.fetch_add(1);
+      t.half_close.fetch_add(1);
+      return;
+    }
+    case Pattern::Reset: {
+      // Send a random prefix, take half of it back, then vanish with an RST.
+      const size_t cut = size == 0 ? 0 : rng() % (size + 1);
+      const std::string_view part = payload.substr(0, cut);
+      ReadResult r = exchange(s, part, cut / 2, deadline);
+      t.bytes.fetch_add(cut + r.data.size());
+      if (r.end != ReadEnd::Complete) {
+        failed("early end before the client's reset", r, part);
+        return;
+      }
+      if (!is_prefix(r.data, part)) {
+        sh.violations.add(t, fmt::format("corrupted: client {} reset transfer echo differs", client));
+        return;
+      }
+      set_linger_reset(s);
+      s.close();
+      t.resets_injected.fetch_add(1);
+      return;
+    }
+  }
+}
+
+std::string config_for(const std::array<uint16_t, kBackends>& ports, const std::array<int, kBackends>& weights,
+                       const std::string& selector) {
+  std::string out = global_section(2, true);
+  out += fmt::format(R"(
+[[listener]]
+name = "soak"
+bind = "127.0.0.1:0"
+pool = "soak"
+connect_timeout = "2s"
+retries = 3
+idle_timeout = "30s"
+
+[[pool]]
+name = "soak"
+selector = "{}"
+{}
+[pool.health_check]
+type = "tcp"
+interval = "250ms"
+timeout = "200ms"
+rise = 1
+fall = 1
+)",
+                     selector, selector == "maglev" ? "hash_key = \"source_ip_port\"" : "");
+  for (int i = 0; i < kBackends; ++i) {
+    out += fmt::format("\n[[pool.backend]]\naddress = \"127.0.0.1:{}\"\nid = \"b{}\"\nweight = {}\n", ports[i], i,
+                       weights[i]);
+  }
+  return out;
+}
+
+std::string self_exe() {
+  char buf[PATH_MAX];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "";
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::unique_ptr<ChildProcess> spawn_backend(const std::string& exe, uint16_t port, int index, uint16_t* bound) {
+  SpawnOptions opts;
+  opts.echo_prefix = fmt::format("[b{}] ", index);
+  auto p = std::make_unique<ChildProcess>(
+      std::vector<std::string>{exe, "--echo-backend", std::to_string(port), std::to_string(index)}, opts);
+  static const std::regex listening(R"(^listening port=(\d+))");
+  auto line = p->wait_for_line(listening, in(seconds(10)));
+  if (!line) return nullptr;
+  std::smatch m;
+  std::regex_search(*line, m, listening);
+  *bound = static_cast<uint16_t>(std::stoul(m[1]));
+  return p;
+}
+
+double metric(uint16_t admin, const std::string& name, const Labels& labels) {
+  auto m = fetch_metrics(admin);
+  if (!m) return -1;
+  return m->value(name, labels).value_or(0);
+}
+
+int run_soak(const Settings& cfg) {
+  raise_fd_limit();
+  const std::string exe = self_exe();
+  if (exe.empty()) {
+    std::fprintf(stderr, "soak: cannot find my own executable\n");
+    return 2;
+  }
+  Shared sh;
+  sh.payload = random_bytes(2 * kMaxTransfer, cfg.seed);
+  std::mt19937_64 rng(cfg.seed);
+
+  std::array<uint16_t, kBackends> ports{};
+  std::array<std::unique_ptr<ChildProcess>, kBackends> backends;
+  for (int i = 0; i < kBackends; ++i) {
+    backends[i] = spawn_backend(exe, 0, i, &ports[i]);
+    if (!backends[i]) {
+      std::fprintf(stderr, "soak: backend %d did not start\n", i);
+      return 2;
+    }
+  }
+  std::array<int, kBackends> weights{};
+  weights.fill(1);
+  static const std::array<const char*, 4> kSelectors = {"round_robin", "least_connections", "random_two", "maglev"};
+  size_t selector = 0;
+
+  // ASan's quarantine would make RSS measure the allocator, not lb.
+  std::string asan = "ASAN_OPTIONS=quarantine_size_mb=1";
+  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
+  LbProcess lb(config_for(ports, weights, kSelectors[selector]), LbOptions{{}, {asan}});
+  if (!lb.wait_started()) {
+    std::fprintf(stderr, "soak: lb did not start:\n%s", lb.output().c_str());
+    return 2;
+  }
+  sh.port = lb.listener_port("soak");
+  const uint16_t admin = lb.admin_port();
+  if (sh.port == 0 || admin == 0) {
+    std::fprintf(stderr, "soak: lb's ports not found in its log\n");
+    return 2;
+  }
+
+  // Warm up (every backend serves once, lazily made things exist), then
+  // take the baseline.
+  {
+    Shared warm;  // counted apart: the summary is about the soak itself
+    warm.port = sh.port;
+    warm.payload = sh.payload;
+    std::mt19937_64 wrng(1);
+    for (int i = 0; i < 8; ++i) one_transfer(warm, wrng, -1);
+    if (warm.totals.violations.load() != 0) {
+      for (const auto& v : warm.violations.list()) std::fprintf(stderr, "soak: warm-up: %s\n", v.c_str());
+      return 1;
+    }
+  }
+  const int fds_before = lb.process().settled_fd_count(milliseconds(300), in(seconds(5)));
+  const long rss_before = lb.rss_kb();
+
+  // ---- load and faults -----------------------------------------------------
+  const auto t0 = Clock::now();
+  std::vector<std::thread> clients;
+  for (int c = 0; c < cfg.clients; ++c) {
+    clients.emplace_back([&sh, c, seed = cfg.seed] {
+      std::mt19937_64 crng(seed + 1000 + static_cast<uint64_t>(c));
+      while (!sh.stop.load()) one_transfer(sh, crng, c);
+    });
+  }
+
+  auto uniform_ms = [&](int lo, int hi) { return milliseconds(lo + static_cast<int>(rng() % (hi - lo + 1))); };
+  uint64_t kills = 0, restarts = 0, reloads = 0;
+  int down = -1;
+  Clock::time_point restart_at{};
+  size_t kill_window = 0;
+  auto next_kill = Clock::now() + uniform_ms(1000, 2000);
+  auto next_reload = Clock::now() + uniform_ms(1800, 2200);
+  const auto end = t0 + cfg.duration;
+
+  auto restart_down = [&] {
+    uint16_t bound = 0;
+    backends[down] = spawn_backend(exe, ports[down], down, &bound);
+    if (!backends[down] || bound != ports[down]) {
+      sh.violations.add(sh.totals, fmt::format("backend {} could not be restarted on port {}", down, ports[down]));
+    } else {
+      ++restarts;
+    }
+    down = -1;
+  };
+
+  // The schedule is the fault pattern itself: sleeping until the next event
+  // is what it means, not a wait for lb.
+  while (Clock::now() < end) {
+    auto next = std::min(next_kill, next_reload);
+    if (down >= 0) next = std::min(next, restart_at);
+    std::this_thread::sleep_until(std::min(next, end));
+    const auto now = Clock::now();
+    if (now >= end) break;
+    if (down >= 0 && now >= restart_at) restart_down();
+    if (now >= next_kill) {
+      if (down < 0) {
+        down = static_cast<int>(rng() % kBackends);
+        kill_window = sh.kills.begin(down);
+        backends[down]->kill();  // SIGKILL, and reaped when this returns
+        backends[down].reset();
+        sh.kills.end(kill_window);
+        ++kills;
+        restart_at = Clock::now() + uniform_ms(200, 800);
+        next_kill = Clock::now() + uniform_ms(1000, 2000);
+      } else {
+        next_kill = now + milliseconds(100);  // one backend down at a time
+      }
+    }
+    if (now >= next_reload) {
+      for (int& w : weights) w = 1 + static_cast<int>(rng() % 5);
+      selector = (selector + 1) % kSelectors.size();
+      if (!lb.write_config(config_for(ports, weights, kSelectors[selector]))) {
+        sh.violations.add(sh.totals, "could not rewrite lb's configuration");
+      }
+      const size_t from = lb.line_count();
+      lb.signal(SIGHUP);
+      auto line = lb.wait_for_line(std::regex(R"(^(info reloaded generation=|error reload failed))"),
+                                   in(seconds(10)), from);
+      if (!line || line->rfind("info reloaded", 0) != 0) {
+        sh.violations.add(sh.totals, fmt::format("reload {} failed: {}", reloads + 1, line.value_or("no answer")));
+      }
+      ++reloads;
+      next_reload += uniform_ms(1800, 2200);
+    }
+  }
+  sh.stop.store(true);
+  for (auto& t : clients) t.join();
+  if (down >= 0) restart_down();
+  const double seconds_run = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  // ---- after the load ------------------------------------------------------
+  const Labels soak{{"listener", "soak"}};
+  if (!wait_until([&] { return metric(admin, "lb_listener_active", soak) == 0; }, in(seconds(20)), milliseconds(50))) {
+    sh.violations.add(sh.totals, fmt::format("lb still reports {} active connections after the load",
+                                             metric(admin, "lb_listener_active", soak)));
+  }
+  auto m = fetch_metrics(admin);
+  auto rejected = [&](const char* reason) {
+    return m ? m->value("lb_listener_rejected_total", {{"listener", "soak"}, {"reason", reason}}).value_or(0) : -1;
+  };
+  const double rejected_no_backend = rejected("no_backend");
+  const double rejected_limit = rejected("limit");
+  const double reloads_ok = m ? m->value("lb_config_reloads_total", {{"result", "ok"}}).value_or(0) : -1;
+  if (rejected_no_backend != 0 || rejected_limit != 0) {
+    sh.violations.add(sh.totals, fmt::format("lb rejected connections: no_backend {} limit {}", rejected_no_backend,
+                                             rejected_limit));
+  }
+  if (reloads_ok != static_cast<double>(reloads)) {
+    sh.violations.add(sh.totals, fmt::format("lb counts {} successful reloads, {} were sent", reloads_ok, reloads));
+  }
+
+  int fds_after = -1;
+  if (!wait_until(
+          [&] {
+            fds_after = lb.fd_count();
+            return fds_after <= fds_before + kFdTolerance;
+          },
+          in(seconds(20)), milliseconds(50))) {
+    sh.violations.add(sh.totals, fmt::format("lb holds {} descriptors after the load, {} before:\n{}", fds_after,
+                                             fds_before, lb.process().describe_fds()));
+  }
+  const long rss_after = lb.rss_kb();
+  if (rss_before <= 0 || rss_after <= 0 || rss_after - rss_before > kMaxRssGrowthKb) {
+    sh.violations.add(sh.totals, fmt::format("lb RSS grew from {} kB to {} kB (bound +{} kB)", rss_before, rss_after,
+                                             kMaxRssGrowthKb));
+  }
+
+  Totals& t = sh.totals;
+  const uint64_t attempted = t.attempted.load();
+  if (t.completed.load() < 100) {
+    sh.violations.add(t, fmt::format("only {} transfers completed: the soak did not really run", t.completed.load()));
+  }
+  // Kills may cost transfers, but only a minority of them.
+  if (t.killed_failures.load() * 2 >= attempted) {
+    sh.violations.add(t, fmt::format("{} of {} transfers failed by backend kills: not a minority",
+                                     t.killed_failures.load(), attempted));
+  }
+  if (kills == 0 || reloads == 0) sh.violations.add(t, "no fault was injected (run too short?)");
+
+  const auto exit_status = lb.terminate();
+  if (exit_status != 0) {
+    sh.violations.add(t, fmt::format("lb exited with {} on SIGTERM",
+                                     exit_status ? std::to_string(*exit_status) : std::string("no exit")));
+  }
+
+  std::printf(
+      "soak: %.1f s, %d clients: %llu transfers attempted, %llu completed (%llu byte-exact: %llu full, %llu "
+      "half-close), %llu client resets injected, %llu failed by backend kills, %llu refused, %llu other connect "
+      "errors; %.1f MB moved; %llu backend kills (%llu restarts), %llu reloads (lb counted %.0f ok); lb fds %d -> %d, "
+      "RSS %.1f MB -> %.1f MB; %llu violations.\n",
+      seconds_run, cfg.clients, static_cast<unsigned long long>(attempted),
+      static_cast<unsigned long long>(t.completed.load()), static_cast<unsigned long long>(t.byte_exact.load()),
+      static_cast<unsigned long long>(t.full.load()), static_cast<unsigned long long>(t.half_close.load()),
+      static_cast<unsigned long long>(t.resets_injected.load()),
+      static_cast<unsigned long long>(t.killed_failures.load()), static_cast<unsigned long long>(t.refused.load()),
+      static_cast<unsigned long long>(t.connect_errors.load()), static_cast<double>(t.bytes.load()) / 1e6,
+      static_cast<unsigned long long>(kills), static_cast<unsigned long long>(restarts),
+      static_cast<unsigned long long>(reloads), reloads_ok, fds_before, fds_after, rss_before / 1024.0,
+      rss_after / 1024.0, static_cast<unsigned long long>(t.violations.load()));
+  for (const auto& v : sh.violations.list()) std::printf("soak: VIOLATION %s\n", v.c_str());
+  std::fflush(stdout);
+  if (t.violations.load() != 0) {
+    std::fprintf(stderr, "---- lb output ----\n%s---- end of lb output ----\n", lb.output().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace lb::test
+
+int main(int argc, char** argv) {
+  using namespace lb::test;
+  if (argc == 4 && std::string_view(argv[1]) == "--echo-backend") {
+    return run_echo_backend(static_cast<uint16_t>(std::atoi(argv[2])), std::atoi(argv[3]));
+  }
+  if (argc != 1) {
+    std::fprintf(stderr, "usage: soak   (LB_SOAK_SECONDS, LB_SOAK_CLIENTS, LB_SOAK_SEED in the environment)\n");
+    return 2;
+  }
+  std::signal(SIGPIPE, SIG_IGN);
+  Settings cfg;
+  cfg.duration = seconds(env_number("LB_SOAK_SECONDS", 20, 5, 7 * 24 * 3600));
+  cfg.clients = static_cast<int>(env_number("LB_SOAK_CLIENTS", 50, 1, 1000));
+  cfg.seed = static_cast<uint64_t>(env_number("LB_SOAK_SEED", 0x5eed1b50, 0, LONG_MAX));
+  return run_soak(cfg);
+}
