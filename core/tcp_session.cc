@@ -232,7 +232,6 @@ void TcpSession::connected() {
     header_buf_ = nullptr;
     header_len_ = 0;
   }
-  if (SpliceRelay::supported() && switch_to_splice(preface)) return;
   if (!preface.empty()) {
     forward(up_, client_, upstream_, preface.data(), preface.size());
     if (state_ != State::Relaying) return;
@@ -258,6 +257,28 @@ std::string TcpSession::proxy_header() {
                  ? proxy::write_v1(src, dst, hdr, sizeof hdr)
                  : proxy::write_v2(src, dst, false, reinterpret_cast<uint8_t*>(hdr), sizeof hdr);
   return std::string(hdr, n);
+}
+
+// Moves a busy connection to splice(2), like HAProxy's splice-auto: the
+// switch costs a few syscalls (two dups, two closes, epoll changes), more
+// than a short exchange saves, so a connection starts on the copy path and
+// switches once it has relayed kSpliceAfterBytes. Only at a quiet moment:
+// nothing queued either way and no half-close under way, so every byte read
+// so far has reached the kernel and the relay takes over a clean stream.
+void TcpSession::maybe_splice() {
+  if (state_ != State::Relaying || bytes_to_backend_ + bytes_to_client_ < kSpliceAfterBytes) return;
+  if (up_.queued || down_.queued || up_.eof || down_.eof || up_.paused || down_.paused) return;
+  if (!SpliceRelay::supported()) return;
+  if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(client_)) != 0 ||
+      uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(upstream_)) != 0)
+    return;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(upstream_));
+  if (switch_to_splice({})) return;
+  // Stay on the copy path.
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0 ||
+      uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0)
+    finish(Result::Reset, true);
 }
 
 // Hands both sockets to a SpliceRelay: duplicates of their fds go to the
@@ -374,6 +395,7 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
       s->backend_->bytes_to_client.fetch_add(static_cast<uint64_t>(nread), std::memory_order_relaxed);
     }
     s->forward(s->dir_from(src), src, s->peer_of(src), buf->base, static_cast<size_t>(nread));
+    s->maybe_splice();
   } else if (nread < 0) {
     s->on_read(src, nread);
   }

@@ -10,9 +10,10 @@
 // backpressure and half-close -> both sides closed -> counters and the
 // access-log line.
 //
-// Relaying: where splice(2) works (Linux; LB_SPLICE=0 turns it off) the
-// session hands both sockets to a SpliceRelay once the backend is connected:
-// bytes then move socket -> pipe -> socket inside the kernel, with the same
+// Relaying: a session starts on the copy path; where splice(2) works (Linux;
+// LB_SPLICE=0 turns it off) a session that has relayed kSpliceAfterBytes
+// hands both sockets to a SpliceRelay: bytes then move socket -> pipe ->
+// socket inside the kernel, with the same
 // backpressure, half-close and reset semantics as the copy path here, which
 // remains the fallback (uv_try_write, and a copy only of what the kernel
 // refused).
@@ -78,6 +79,9 @@ class TcpSession {
   void admit();
   std::string proxy_header();
   bool switch_to_splice(std::string_view preface);
+  void maybe_splice();
+  // Bytes relayed on the copy path before a session moves to splice(2).
+  static constexpr uint64_t kSpliceAfterBytes = 64 * 1024;
   void connect_next();
   void connected();
   void connect_failed();
