@@ -60,11 +60,12 @@ bool echo_ok(uint16_t port, uint64_t seed = 42, size_t size = 4096) {
 }
 
 // lb's descriptor count once it is steady, after one complete connection (so
-// what lb sets up lazily on first use is not mistaken for a leak later).
+// what lb sets up lazily on first use is not mistaken for a leak later), and
+// quiet for longer than a worker keeps pooled splice pipes (1 s).
 int fd_baseline(LbProcess& lb, uint16_t port, const TestBackend& backend) {
   REQUIRE(echo_ok(port, 1));
   REQUIRE(backend.wait_active(0, in(seconds(5))));
-  const int baseline = lb.process().settled_fd_count(milliseconds(300), in(seconds(5)));
+  const int baseline = lb.process().settled_fd_count(milliseconds(1500), in(seconds(10)));
   REQUIRE(baseline > 0);
   return baseline;
 }
@@ -287,7 +288,7 @@ TEST_CASE("hostile: a backend that resets mid-upload resets the client, and lb s
   const uint16_t admin = lb.admin_port();
   REQUIRE(port != 0);
   REQUIRE(admin != 0);
-  const int baseline = lb.process().settled_fd_count(milliseconds(300), in(seconds(5)));
+  const int baseline = lb.process().settled_fd_count(milliseconds(1500), in(seconds(10)));
   REQUIRE(baseline > 0);
 
   // Each upload is far larger than what the backend reads before its RST,
