@@ -289,13 +289,19 @@ bool TcpSession::switch_to_splice(std::string_view preface) {
   if (uv_fileno(reinterpret_cast<uv_handle_t*>(client_), &cfd) != 0 ||
       uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_), &bfd) != 0)
     return false;
-  int c = ::fcntl(cfd, F_DUPFD_CLOEXEC, 0);
+  // dup() rather than fcntl(F_DUPFD_CLOEXEC): ThreadSanitizer follows fds
+  // through dup, and a descriptor number another worker closed just before
+  // would otherwise look like a race. lb never forks, so setting CLOEXEC
+  // right after is as good.
+  int c = ::dup(cfd);
   if (c < 0) return false;
-  int b = ::fcntl(bfd, F_DUPFD_CLOEXEC, 0);
+  int b = ::dup(bfd);
   if (b < 0) {
     ::close(c);
     return false;
   }
+  ::fcntl(c, F_SETFD, FD_CLOEXEC);
+  ::fcntl(b, F_SETFD, FD_CLOEXEC);
   auto* relay = new SpliceRelay(worker_.loop(), worker_.pipe_pool(), c, b, &kSpliceHandler, this);
   if (relay->start(preface) != 0) {
     // Nothing moved yet: drop the duplicates (the originals stay open in
