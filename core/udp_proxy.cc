@@ -1,7 +1,11 @@
 #include "core/udp_proxy.h"
 
 #include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -13,11 +17,25 @@
 namespace lb::core {
 
 namespace {
-// Bytes a socket may have queued in libuv before further datagrams are
-// dropped (UDP has no backpressure; the kernel would drop them too).
+// Bytes a socket may have queued (it said EAGAIN) before further datagrams
+// are dropped (UDP has no backpressure; the kernel would drop them too).
 constexpr size_t kMaxQueuedBytes = 1024 * 1024;
 // A PROXY v2 header with IPv6 addresses and no TLVs.
 constexpr size_t kProxyV2Max = 16 + 36;
+// recvmmsg slots in the worker's UDP buffer: one largest datagram each.
+constexpr size_t kSlot = Worker::kUdpBufferSize / Worker::kUdpBatch;
+static_assert(kSlot >= 65535, "a slot holds any UDP datagram");
+// Replies staged for one sendmmsg: bounded in count and bytes (any datagram
+// fits in an empty batch).
+constexpr size_t kReplyEntries = 64;
+constexpr size_t kReplyBytes = 256 * 1024;
+// Ready sessions taken per epoll_wait of the listener's session set.
+constexpr int kReadyBatch = 64;
+
+socklen_t addr_len(const sockaddr_storage& a) {
+  return a.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+}
+bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
 }  // namespace
 
 bool UdpPeerKey::operator==(const UdpPeerKey& o) const {
@@ -43,6 +61,67 @@ size_t UdpPeerKeyHash::operator()(const UdpPeerKey& k) const {
   return static_cast<size_t>(hash::xxh64(&k, sizeof k, 0x75647031));
 }
 
+// A datagram its socket could not take at once; the bytes follow the header
+// in the same allocation.
+struct UdpListener::Pending {
+  Pending* next = nullptr;
+  sockaddr_storage to;   // the client (listener socket); unused upstream
+  size_t len = 0;
+  char* data() { return reinterpret_cast<char*>(this + 1); }
+};
+
+// FIFO of Pending copies for one socket, bounded by kMaxQueuedBytes. While
+// it is not empty new datagrams go behind it, so order is kept.
+struct UdpListener::PendingQueue {
+  Pending* head = nullptr;
+  Pending** tail = &head;
+  size_t bytes = 0;
+
+  PendingQueue() = default;
+  PendingQueue(const PendingQueue&) = delete;
+  PendingQueue& operator=(const PendingQueue&) = delete;
+  ~PendingQueue() {
+    while (head) pop();
+  }
+  bool empty() const { return head == nullptr; }
+  // Copies prefix + data; false (dropped) past the bound or out of memory.
+  bool push(const sockaddr_storage* to, const uint8_t* prefix, size_t prefix_len, const char* data,
+            size_t len) {
+    size_t total = prefix_len + len;
+    if (bytes + total > kMaxQueuedBytes) return false;
+    auto* p = static_cast<Pending*>(std::malloc(sizeof(Pending) + total));
+    if (!p) return false;
+    p->next = nullptr;
+    if (to) std::memcpy(&p->to, to, addr_len(*to));
+    p->len = total;
+    if (prefix_len) std::memcpy(p->data(), prefix, prefix_len);
+    std::memcpy(p->data() + prefix_len, data, len);
+    *tail = p;
+    tail = &p->next;
+    bytes += total;
+    return true;
+  }
+  void pop() {
+    Pending* p = head;
+    head = p->next;
+    if (!head) tail = &head;
+    bytes -= p->len;
+    std::free(p);
+  }
+};
+
+// Replies waiting for the next sendmmsg on the listener socket. The bytes
+// are copies and the addresses values, so a session may end (and be freed)
+// while its last reply is still staged.
+struct UdpListener::ReplyBatch {
+  size_t count = 0;
+  size_t used = 0;   // bytes of `bytes` in use
+  sockaddr_storage to[kReplyEntries];
+  iovec iov[kReplyEntries];
+  mmsghdr msgs[kReplyEntries];
+  char bytes[kReplyBytes];
+};
+
 struct UdpListener::Session {
   TimeoutNode timeout;
   UdpListener* owner = nullptr;
@@ -52,51 +131,51 @@ struct UdpListener::Session {
   UdpPeerKey key;
   sockaddr_storage client{};
   BackendPtr backend;
-  uv_udp_t* upstream = nullptr;
+  int fd = -1;                  // connected upstream socket, in owner->epfd_
+  bool watch_writable = false;  // registered for EPOLLOUT (queue not empty)
+  PendingQueue queue;           // datagrams to the backend waiting for fd
   uint64_t table_version = 0;   // worker table the backend was last checked against
   uint64_t outstanding = 0;     // replies still expected (udp_responses > 0)
   uint64_t started_ms = 0;
   uint64_t bytes_to_backend = 0;
   uint64_t bytes_to_client = 0;
-  const char* result = "ok";
-  bool ended = false;
   bool holds_source = false;    // counted in the listener's per-source table
   uint8_t proxy_len = 0;        // PROXY v2 header for every datagram (0: none)
   uint8_t proxy_header[kProxyV2Max];
 };
 
-// A datagram the socket could not take at once: header and bytes together.
-struct UdpListener::SendReq {
-  uv_udp_send_t req;
-  size_t len;
-  // The bytes follow the header in the same allocation.
-  char* data() { return reinterpret_cast<char*>(this + 1); }
-};
-
 UdpListener::UdpListener(Worker& worker, std::string key, ListenerRuntimePtr runtime)
-    : worker_(worker), key_(std::move(key)), runtime_(std::move(runtime)) {
+    : worker_(worker), key_(std::move(key)), runtime_(std::move(runtime)),
+      client_queue_(std::make_unique<PendingQueue>()) {
   worker_.udp_listener_added(this);
 }
 
 UdpListener::~UdpListener() { worker_.udp_listener_removed(this); }
 
 int UdpListener::open(int fd) {
-  handle_ = new uv_udp_t;
-  // AF_UNSPEC: no socket of libuv's own; the flag turns on recvmmsg batches.
-  int rc = uv_udp_init_ex(worker_.loop(), handle_, AF_UNSPEC | UV_UDP_RECVMMSG);
-  if (rc != 0) {
-    delete handle_;
-    handle_ = nullptr;
-    delete this;
-    return rc;
-  }
-  handle_->data = this;
-  rc = uv_udp_open(handle_, fd);
+  fd_ = fd;
+  int rc = 0;
+  socklen_t len = sizeof local_addr_;
+  if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&local_addr_), &len) != 0) rc = -errno;
   if (rc == 0) {
-    int len = sizeof local_addr_;
-    rc = uv_udp_getsockname(handle_, reinterpret_cast<sockaddr*>(&local_addr_), &len);
+    epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ < 0) rc = -errno;
   }
-  if (rc == 0) rc = uv_udp_recv_start(handle_, on_alloc, on_recv);
+  // Two handles for the loop: the listener socket itself, and the epoll set
+  // of every session's upstream socket (readable when any of them is).
+  auto watch = [this](uv_poll_t** slot, int watched, uv_poll_cb cb) {
+    auto* h = new uv_poll_t;
+    int r = uv_poll_init(worker_.loop(), h, watched);   // also makes it non-blocking
+    if (r != 0) {
+      delete h;
+      return r;
+    }
+    h->data = this;
+    *slot = h;
+    return uv_poll_start(h, UV_READABLE, cb);
+  };
+  if (rc == 0) rc = watch(&poll_, fd_, on_listener_io);
+  if (rc == 0) rc = watch(&sessions_poll_, epfd_, on_upstream_io);
   if (rc != 0) {
     retired_ = true;
     close_socket();
@@ -105,57 +184,138 @@ int UdpListener::open(int fd) {
   return 0;
 }
 
-void UdpListener::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
+void UdpListener::on_listener_io(uv_poll_t* h, int status, int events) {
   auto* self = static_cast<UdpListener*>(h->data);
-  // One batch of recvmmsg: libuv cuts this buffer into 64 KiB datagram slots.
-  buf->base = self->worker_.udp_buffer();
-  buf->len = Worker::kUdpBufferSize;
-}
-
-void UdpListener::on_upstream_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
-  auto* s = static_cast<Session*>(h->data);
-  buf->base = s->owner->worker_.read_buffer();
-  buf->len = Worker::kReadBufferSize;
-}
-
-void UdpListener::on_recv(uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const sockaddr* addr,
-                          unsigned flags) {
-  auto* self = static_cast<UdpListener*>(h->data);
-  if (nread < 0) {
-    log::debug("udp receive error listener={} error={}", self->runtime_->cfg.name, uv_strerror(static_cast<int>(nread)));
+  if (status < 0) {
+    // libuv stops the handle on POLLERR. Take (and so clear) the pending
+    // socket error, then watch again.
+    int err = 0;
+    socklen_t len = sizeof err;
+    ::getsockopt(self->fd_, SOL_SOCKET, SO_ERROR, &err, &len);
+    log::debug("udp receive error listener={} error={}", self->runtime_->cfg.name,
+               uv_strerror(err ? -err : status));
+    self->watch_listener(self->listener_writable_, true);
     return;
   }
-  if (!addr) return;  // nothing more to read, or the end of a recvmmsg batch
-  if (flags & UV_UDP_PARTIAL) {
-    // Never forward a truncated datagram.
-    log::debug("udp datagram truncated listener={}", self->runtime_->cfg.name);
-    return;
-  }
-  self->datagram(buf->base, static_cast<size_t>(nread), addr);
+  if (events & UV_WRITABLE) self->flush_client_queue();
+  if (events & UV_READABLE) self->receive_batch();
 }
 
-void UdpListener::datagram(const char* data, size_t len, const sockaddr* client) {
-  auto& slot = runtime_->stats->slot(worker_.index());
-  bump(slot.datagrams_in);
+void UdpListener::receive_batch() {
+  // One recvmmsg per readable event: if more is queued, level-triggered
+  // epoll reports the socket again on the next iteration, so there is no
+  // extra call just to learn EAGAIN.
+  constexpr unsigned kBatch = Worker::kUdpBatch;
+  mmsghdr msgs[kBatch];
+  iovec iov[kBatch];
+  sockaddr_storage from[kBatch];
+  char* buf = worker_.udp_buffer();
+  for (unsigned i = 0; i < kBatch; ++i) {
+    iov[i].iov_base = buf + i * kSlot;
+    iov[i].iov_len = kSlot;
+    std::memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+    msgs[i].msg_hdr.msg_name = &from[i];
+    msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  int n = ::recvmmsg(fd_, msgs, kBatch, MSG_DONTWAIT, nullptr);
+  if (n < 0) {
+    if (!would_block(errno) && errno != EINTR)
+      log::debug("udp receive error listener={} error={}", runtime_->cfg.name, uv_strerror(-errno));
+    return;
+  }
+  // First a session for every datagram (admission happens here, in arrival
+  // order), then one sendmmsg per session for all of its datagrams: a DNS
+  // client with several queries in flight costs one syscall per batch, not
+  // one per query. Order between clients may change; within one it cannot.
+  Session* dest[kBatch];
+  for (int i = 0; i < n; ++i) {
+    dest[i] = nullptr;
+    if (closing_) continue;
+    if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+      // Never forward a truncated datagram.
+      log::debug("udp datagram truncated listener={}", runtime_->cfg.name);
+      continue;
+    }
+    dest[i] = session_for(reinterpret_cast<const sockaddr*>(&from[i]));
+  }
+  // Nothing below ends a session, so the pointers in dest stay valid.
+  unsigned group[kBatch];
+  for (int i = 0; i < n; ++i) {
+    Session* s = dest[i];
+    if (!s) continue;
+    unsigned count = 0;
+    for (int j = i; j < n; ++j) {
+      if (dest[j] != s) continue;
+      group[count++] = static_cast<unsigned>(j);
+      dest[j] = nullptr;
+    }
+    forward(s, buf, msgs, group, count);
+  }
+}
+
+UdpListener::Session* UdpListener::session_for(const sockaddr* client) {
+  bump(runtime_->stats->slot(worker_.index()).datagrams_in);
   UdpPeerKey key = UdpPeerKey::from(client);
-  Session* s = nullptr;
   if (Session** found = sessions_.find(key)) {
-    s = *found;
-    if (!still_valid(s)) {
-      end_session(s, "ok");
-      s = nullptr;
+    Session* s = *found;
+    if (still_valid(s)) return s;
+    end_session(s, "ok");
+  }
+  if (retired_) return nullptr;
+  return new_session(client, key);
+}
+
+void UdpListener::forward(Session* s, char* buf, const mmsghdr* in, const unsigned* idx, unsigned count) {
+  // The PROXY v2 header goes as a first iovec: the payload is never copied.
+  mmsghdr out[Worker::kUdpBatch];
+  iovec iov[Worker::kUdpBatch][2];
+  bool taken[Worker::kUdpBatch];   // sent or queued
+  for (unsigned k = 0; k < count; ++k) {
+    unsigned nv = 0;
+    if (s->proxy_len) iov[k][nv++] = iovec{s->proxy_header, s->proxy_len};
+    iov[k][nv++] = iovec{buf + idx[k] * kSlot, in[idx[k]].msg_len};
+    std::memset(&out[k].msg_hdr, 0, sizeof out[k].msg_hdr);
+    out[k].msg_hdr.msg_iov = iov[k];
+    out[k].msg_hdr.msg_iovlen = nv;
+    taken[k] = false;
+  }
+  unsigned done = 0;
+  if (s->queue.empty()) {
+    while (done < count) {
+      int r;
+      if (count - done == 1 && !s->proxy_len)   // the common single query: plain send()
+        r = ::send(s->fd, iov[done][0].iov_base, iov[done][0].iov_len, MSG_DONTWAIT) < 0 ? -1 : 1;
+      else
+        r = ::sendmmsg(s->fd, out + done, count - done, MSG_DONTWAIT);
+      if (r > 0) {
+        for (unsigned k = done; k < done + static_cast<unsigned>(r); ++k) taken[k] = true;
+        done += static_cast<unsigned>(r);
+        continue;
+      }
+      if (r < 0 && errno == EINTR) continue;
+      if (r == 0 || would_block(errno)) break;
+      ++done;   // fails for good (e.g. a pending ICMP error): this one is dropped
     }
   }
-  if (!s) {
-    if (retired_) return;
-    s = new_session(client, key);
-    if (!s) return;
+  // The socket is full (or already has a queue): keep copies, bounded.
+  bool queued = false;
+  for (unsigned k = done; k < count; ++k) {
+    taken[k] = s->queue.push(nullptr, s->proxy_header, s->proxy_len, buf + idx[k] * kSlot, in[idx[k]].msg_len);
+    queued |= taken[k];
   }
-  if (!send(s->upstream, data, len, nullptr, s->proxy_header, s->proxy_len)) return;
-  s->bytes_to_backend += len;
-  s->backend->bytes_to_backend.fetch_add(len, std::memory_order_relaxed);
-  s->outstanding += runtime_->cfg.udp_responses;
-  worker_.timeouts().touch(&s->timeout);
+  if (queued) watch_session(s, true);
+  bool any = false;
+  for (unsigned k = 0; k < count; ++k) {
+    if (!taken[k]) continue;
+    size_t len = in[idx[k]].msg_len;
+    s->bytes_to_backend += len;
+    s->backend->bytes_to_backend.fetch_add(len, std::memory_order_relaxed);
+    s->outstanding += runtime_->cfg.udp_responses;
+    any = true;
+  }
+  if (any) worker_.timeouts().touch(&s->timeout);
 }
 
 bool UdpListener::still_valid(Session* s) {
@@ -212,23 +372,29 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const Udp
     else bump(slot.rejected_no_backend);
     return nullptr;
   }
-  auto* up = new uv_udp_t;
-  int rc = uv_udp_init_ex(worker_.loop(), up, b->address.addr.ss_family);
-  if (rc == 0) rc = uv_udp_connect(up, reinterpret_cast<const sockaddr*>(&b->address.addr));
+  // A connected socket: the kernel matches the backend's replies (and its
+  // ICMP errors) to this session.
   auto* s = new Session;
   s->owner = this;
-  up->data = s;
-  s->upstream = up;
-  if (rc == 0) rc = uv_udp_recv_start(up, on_upstream_alloc, on_upstream_recv);
+  int rc = 0;
+  s->fd = ::socket(b->address.addr.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (s->fd < 0) rc = -errno;
+  if (rc == 0 && ::connect(s->fd, reinterpret_cast<const sockaddr*>(&b->address.addr),
+                           addr_len(b->address.addr)) != 0)
+    rc = -errno;
+  if (rc == 0) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.ptr = s;
+    if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, s->fd, &ev) != 0) rc = -errno;
+  }
   if (rc != 0) {
     // Out of sockets or ports: count it against the backend and drop.
     log::warn("udp upstream socket failed listener={} backend={} error={}", runtime_->cfg.name, b->id,
               uv_strerror(rc));
     b->connect_failures.fetch_add(1, std::memory_order_relaxed);
-    uv_close(reinterpret_cast<uv_handle_t*>(up), [](uv_handle_t* h) {
-      delete static_cast<Session*>(h->data);
-      delete reinterpret_cast<uv_udp_t*>(h);
-    });
+    if (s->fd >= 0) ::close(s->fd);
+    delete s;
     unadmit();
     return nullptr;
   }
@@ -257,63 +423,166 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const Udp
   return s;
 }
 
-bool UdpListener::send(uv_udp_t* h, const char* data, size_t len, const sockaddr* addr, const uint8_t* prefix,
-                       size_t prefix_len) {
-  uv_buf_t b[2];
-  unsigned nb = 0;
-  if (prefix_len) b[nb++] = uv_buf_init(reinterpret_cast<char*>(const_cast<uint8_t*>(prefix)),
-                                        static_cast<unsigned>(prefix_len));
-  b[nb++] = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
-  int rc = uv_udp_try_send(h, b, nb, addr);
-  if (rc >= 0) return true;
-  if (rc != UV_EAGAIN) return false;
-  size_t total = prefix_len + len;
-  if (h->send_queue_size + total > kMaxQueuedBytes) return false;
-  auto* r = static_cast<SendReq*>(std::malloc(sizeof(SendReq) + total));
-  if (!r) return false;
-  r->len = total;
-  if (prefix_len) std::memcpy(r->data(), prefix, prefix_len);
-  std::memcpy(r->data() + prefix_len, data, len);
-  uv_buf_t qb = uv_buf_init(r->data(), static_cast<unsigned>(total));
-  if (uv_udp_send(&r->req, h, &qb, 1, addr, on_send_done) != 0) {
-    std::free(r);
+void UdpListener::flush_session_queue(Session* s) {
+  while (!s->queue.empty()) {
+    Pending* p = s->queue.head;
+    ssize_t r = ::send(s->fd, p->data(), p->len, MSG_DONTWAIT);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && would_block(errno)) return;
+    s->queue.pop();   // sent, or failed for good: dropped like an unqueued one
+  }
+  watch_session(s, false);
+}
+
+void UdpListener::watch_session(Session* s, bool writable) {
+  if (s->watch_writable == writable) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN | (writable ? EPOLLOUT : 0u);
+  ev.data.ptr = s;
+  if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, s->fd, &ev) == 0) s->watch_writable = writable;
+}
+
+void UdpListener::watch_listener(bool writable, bool force) {
+  // uv_poll_start re-registers the fd (two epoll_ctl calls): only on change.
+  if (closing_ || !poll_ || (writable == listener_writable_ && !force)) return;
+  listener_writable_ = writable;
+  uv_poll_start(poll_, UV_READABLE | (writable ? UV_WRITABLE : 0), on_listener_io);
+}
+
+void UdpListener::on_upstream_io(uv_poll_t* h, int status, int) {
+  auto* self = static_cast<UdpListener*>(h->data);
+  if (status < 0) {
+    // Not expected of an epoll fd; libuv stopped the handle, so resume.
+    if (!self->closing_) uv_poll_start(h, UV_READABLE, on_upstream_io);
+    return;
+  }
+  epoll_event ready[kReadyBatch];
+  int n = ::epoll_wait(self->epfd_, ready, kReadyBatch, 0);
+  // Handling one session never ends another one, so every pointer in
+  // `ready` stays valid until its turn.
+  for (int i = 0; i < n; ++i) self->upstream_event(static_cast<Session*>(ready[i].data.ptr), ready[i].events);
+  // Every ready session has been read: their replies leave together.
+  self->flush_replies();
+}
+
+void UdpListener::upstream_event(Session* s, uint32_t events) {
+  if (events & EPOLLOUT) flush_session_queue(s);
+  if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) read_upstream(s);
+}
+
+void UdpListener::read_upstream(Session* s) {
+  // One recvmmsg; level-triggered epoll reports the socket again if more
+  // replies are queued.
+  constexpr unsigned kBatch = Worker::kUdpBatch;
+  mmsghdr msgs[kBatch];
+  iovec iov[kBatch];
+  char* buf = worker_.udp_buffer();
+  for (unsigned i = 0; i < kBatch; ++i) {
+    iov[i].iov_base = buf + i * kSlot;
+    iov[i].iov_len = kSlot;
+    std::memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+    msgs[i].msg_hdr.msg_iov = &iov[i];
+    msgs[i].msg_hdr.msg_iovlen = 1;
+  }
+  int n = ::recvmmsg(s->fd, msgs, kBatch, MSG_DONTWAIT, nullptr);
+  if (n < 0) {
+    if (would_block(errno) || errno == EINTR) return;
+    // ICMP port/host unreachable from the backend: a failure for passive
+    // health; the client's next datagram starts over on a live backend.
+    s->backend->connect_failures.fetch_add(1, std::memory_order_relaxed);
+    s->backend->consecutive_failures.fetch_add(1, std::memory_order_relaxed);
+    if (auto& report = worker_.shared().report_backend) report(s->backend, false);
+    end_session(s, "connect_failed");
+    return;
+  }
+  for (int i = 0; i < n; ++i) {
+    if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) continue;   // never forward a truncated datagram
+    if (!reply(s, buf + i * kSlot, msgs[i].msg_len)) return;   // the session ended: the rest is dropped
+  }
+}
+
+bool UdpListener::reply(Session* s, const char* data, size_t len) {
+  if (s->backend->consecutive_failures.load(std::memory_order_relaxed) != 0) {
+    s->backend->consecutive_failures.store(0, std::memory_order_relaxed);
+    if (auto& report = worker_.shared().report_backend) report(s->backend, true);
+  }
+  // Counted once staged, as a queued datagram always was: the send happens
+  // at the end of this callback (flush_replies).
+  if (closing_ || !stage_reply(s->client, data, len)) return true;
+  bump(runtime_->stats->slot(worker_.index()).datagrams_out);
+  s->bytes_to_client += len;
+  s->backend->bytes_to_client.fetch_add(len, std::memory_order_relaxed);
+  worker_.timeouts().touch(&s->timeout);
+  if (runtime_->cfg.udp_responses > 0 && s->outstanding > 0 && --s->outstanding == 0) {
+    end_session(s, "ok");
     return false;
   }
   return true;
 }
 
-void UdpListener::on_send_done(uv_udp_send_t* req, int) { std::free(reinterpret_cast<SendReq*>(req)); }
-
-void UdpListener::on_upstream_recv(uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const sockaddr* addr,
-                                   unsigned flags) {
-  auto* s = static_cast<Session*>(h->data);
-  if (s->ended) return;
-  UdpListener* self = s->owner;
-  if (nread < 0) {
-    // ICMP port/host unreachable from the backend: a failure for passive
-    // health; the client's next datagram starts over on a live backend.
-    s->backend->connect_failures.fetch_add(1, std::memory_order_relaxed);
-    s->backend->consecutive_failures.fetch_add(1, std::memory_order_relaxed);
-    if (auto& report = self->worker_.shared().report_backend) report(s->backend, false);
-    self->end_session(s, "connect_failed");
-    return;
-  }
-  if (nread == 0 && !addr) return;
-  if (flags & UV_UDP_PARTIAL) return;
-  self->reply(s, buf->base, static_cast<size_t>(nread));
+bool UdpListener::stage_reply(const sockaddr_storage& to, const char* data, size_t len) {
+  if (!replies_) replies_.reset(new ReplyBatch);   // uninitialised arrays: filled as used
+  ReplyBatch& b = *replies_;
+  if (b.count == kReplyEntries || b.used + len > kReplyBytes) flush_replies();
+  // Behind a backed-up socket a reply would be queued: drop it now, as the
+  // full queue would, rather than count it as sent.
+  if (!client_queue_->empty() && client_queue_->bytes + len > kMaxQueuedBytes) return false;
+  size_t i = b.count++;
+  std::memcpy(b.bytes + b.used, data, len);
+  b.iov[i].iov_base = b.bytes + b.used;
+  b.iov[i].iov_len = len;
+  std::memcpy(&b.to[i], &to, addr_len(to));
+  b.used += len;
+  return true;
 }
 
-void UdpListener::reply(Session* s, const char* data, size_t len) {
-  if (s->backend->consecutive_failures.load(std::memory_order_relaxed) != 0) {
-    s->backend->consecutive_failures.store(0, std::memory_order_relaxed);
-    if (auto& report = worker_.shared().report_backend) report(s->backend, true);
+void UdpListener::flush_replies() {
+  if (!replies_ || replies_->count == 0) return;
+  ReplyBatch& b = *replies_;
+  size_t sent = 0;
+  if (client_queue_->empty()) {
+    for (size_t i = 0; i < b.count; ++i) {
+      msghdr& m = b.msgs[i].msg_hdr;
+      std::memset(&m, 0, sizeof m);
+      m.msg_name = &b.to[i];
+      m.msg_namelen = addr_len(b.to[i]);
+      m.msg_iov = &b.iov[i];
+      m.msg_iovlen = 1;
+    }
+    while (sent < b.count) {
+      int r = ::sendmmsg(fd_, b.msgs + sent, static_cast<unsigned>(b.count - sent), MSG_DONTWAIT);
+      if (r > 0) {
+        sent += static_cast<size_t>(r);
+        continue;
+      }
+      if (r < 0 && errno == EINTR) continue;
+      if (r == 0 || would_block(errno)) break;
+      // This datagram cannot be sent at all (sendmmsg reports the first
+      // failure; the ones before it went): drop it, go on with the rest.
+      log::debug("udp send error listener={} error={}", runtime_->cfg.name, uv_strerror(-errno));
+      ++sent;
+    }
   }
-  if (!handle_ || !send(handle_, data, len, reinterpret_cast<const sockaddr*>(&s->client))) return;
-  bump(runtime_->stats->slot(worker_.index()).datagrams_out);
-  s->bytes_to_client += len;
-  s->backend->bytes_to_client.fetch_add(len, std::memory_order_relaxed);
-  worker_.timeouts().touch(&s->timeout);
-  if (runtime_->cfg.udp_responses > 0 && s->outstanding > 0 && --s->outstanding == 0) end_session(s, "ok");
+  // The socket is full: keep copies (bounded) until it is writable again.
+  for (; sent < b.count; ++sent)
+    client_queue_->push(&b.to[sent], nullptr, 0, static_cast<const char*>(b.iov[sent].iov_base),
+                        b.iov[sent].iov_len);
+  b.count = 0;
+  b.used = 0;
+  if (!client_queue_->empty()) watch_listener(true);
+}
+
+void UdpListener::flush_client_queue() {
+  PendingQueue& q = *client_queue_;
+  while (!q.empty()) {
+    Pending* p = q.head;
+    ssize_t r = ::sendto(fd_, p->data(), p->len, MSG_DONTWAIT, reinterpret_cast<const sockaddr*>(&p->to),
+                         addr_len(p->to));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && would_block(errno)) return;
+    q.pop();   // sent, or failed for good: dropped
+  }
+  watch_listener(false);
 }
 
 void UdpListener::on_session_timeout(TimeoutNode* n) {
@@ -322,27 +591,20 @@ void UdpListener::on_session_timeout(TimeoutNode* n) {
 }
 
 void UdpListener::end_session(Session* s, const char* result) {
-  if (s->ended) return;
-  s->ended = true;
-  s->result = result;
   worker_.timeouts().disarm(&s->timeout);
   sessions_.erase(s->key);
-  uv_close(reinterpret_cast<uv_handle_t*>(s->upstream), on_upstream_closed);
-}
-
-void UdpListener::on_upstream_closed(uv_handle_t* h) {
-  auto* s = static_cast<Session*>(h->data);
-  UdpListener* self = s->owner;
-  Worker& w = self->worker_;
+  // Closing the socket also takes it out of epfd_ (it is never duplicated).
+  ::close(s->fd);
+  Worker& w = worker_;
   if (AccessLog* log = w.shared().access_log) {
     AccessRecord rec;
-    rec.listener = self->runtime_->cfg.name;
+    rec.listener = runtime_->cfg.name;
     rec.client = reinterpret_cast<const sockaddr*>(&s->client);
     rec.backend = s->backend->id;
     rec.duration_ms = uv_now(w.loop()) - s->started_ms;
     rec.bytes_to_backend = s->bytes_to_backend;
     rec.bytes_to_client = s->bytes_to_client;
-    rec.result = s->result;
+    rec.result = result;
     log->write(w.index(), rec);
   }
   s->backend->active.fetch_sub(1, std::memory_order_relaxed);
@@ -352,9 +614,8 @@ void UdpListener::on_upstream_closed(uv_handle_t* h) {
   bump<int64_t>(stats.slot(w.index()).active, -1);
   w.shared().active_connections.fetch_sub(1, std::memory_order_relaxed);
   w.count_session(-1);
-  delete reinterpret_cast<uv_udp_t*>(h);
   delete s;
-  self->session_gone();
+  session_gone();
 }
 
 void UdpListener::session_gone() {
@@ -391,17 +652,30 @@ void UdpListener::abort() {
 
 void UdpListener::close_socket() {
   if (closing_) return;
+  // Replies staged by the session that just ended still go out.
+  flush_replies();
   closing_ = true;
-  if (!handle_) {
-    delete this;
-    return;
+  for (uv_poll_t* h : {poll_, sessions_poll_}) {
+    if (!h) continue;
+    ++open_handles_;
+    uv_close(reinterpret_cast<uv_handle_t*>(h), on_handle_closed);
   }
-  uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) {
-    auto* self = static_cast<UdpListener*>(h->data);
-    delete reinterpret_cast<uv_udp_t*>(h);
-    self->handle_ = nullptr;
-    delete self;
-  });
+  if (open_handles_ == 0) destroy();
+}
+
+void UdpListener::on_handle_closed(uv_handle_t* h) {
+  auto* self = static_cast<UdpListener*>(h->data);
+  if (h == reinterpret_cast<uv_handle_t*>(self->poll_)) self->poll_ = nullptr;
+  if (h == reinterpret_cast<uv_handle_t*>(self->sessions_poll_)) self->sessions_poll_ = nullptr;
+  delete reinterpret_cast<uv_poll_t*>(h);
+  if (--self->open_handles_ == 0) self->destroy();
+}
+
+void UdpListener::destroy() {
+  // The handles are gone, so the fds can be closed (queued replies with them).
+  if (fd_ >= 0) ::close(fd_);
+  if (epfd_ >= 0) ::close(epfd_);
+  delete this;
 }
 
 }  // namespace lb::core

@@ -20,16 +20,34 @@
 // being a candidate (down, drained, removed): the client's next datagram then
 // starts a new session on a live backend.
 //
+// Syscalls are the cost of UDP on loopback (a profile is ~95% kernel), so
+// the data path is written against raw sockets rather than uv_udp_t:
+//  * The listener socket is watched by a uv_poll_t; each readable event reads
+//    ONE recvmmsg batch (level-triggered epoll brings us back for the rest),
+//    instead of libuv's read-until-EAGAIN. The batch's datagrams go to their
+//    backends with one sendmmsg per session (order kept within a client).
+//  * Every session's connected upstream socket sits in one epoll set of the
+//    listener (nested in the loop through one uv_poll_t), so a session costs
+//    socket+connect+epoll_ctl and close, with no per-session uv handle; a
+//    ready session is read with ONE recvmmsg.
+//  * Replies to clients are copied into a bounded staging area and leave in
+//    one sendmmsg on the listener socket when every ready session of that
+//    loop iteration has been read.
+// A socket that cannot take a datagram (EAGAIN) gets a copy queued, bounded
+// per socket (UDP has no backpressure), flushed when it turns writable.
+//
 // Lifetime: a UdpListener is owned by its Worker while configured. Retired
 // (removed by a reload, or draining on stop) it takes no new clients but
 // keeps forwarding for existing sessions, and deletes itself once the last
-// session ended and its socket closed.
+// session ended and its handles closed. A session is freed as it ends.
 // Thread: its worker's loop only.
 #pragma once
 
+#include <sys/socket.h>
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "core/backend.h"
@@ -57,8 +75,9 @@ class UdpListener {
   UdpListener(const UdpListener&) = delete;
   UdpListener& operator=(const UdpListener&) = delete;
 
-  // Adopts the bound socket and starts receiving. 0 or a libuv error (then
-  // the object has already scheduled its own deletion).
+  // Adopts the bound socket (closed with the listener, or at once on
+  // failure) and starts receiving. 0 or a libuv error (then the object has
+  // already scheduled its own deletion).
   int open(int fd);
   const std::string& key() const { return key_; }
   void set_runtime(ListenerRuntimePtr rt) { runtime_ = std::move(rt); }
@@ -73,39 +92,59 @@ class UdpListener {
 
  private:
   struct Session;
-  struct SendReq;
+  struct Pending;
+  struct PendingQueue;
+  struct ReplyBatch;
   ~UdpListener();
 
-  static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
-  static void on_upstream_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
-  static void on_recv(uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const sockaddr* addr, unsigned flags);
-  static void on_upstream_recv(uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const sockaddr* addr,
-                               unsigned flags);
-  static void on_send_done(uv_udp_send_t* req, int status);
+  static void on_listener_io(uv_poll_t* h, int status, int events);
+  static void on_upstream_io(uv_poll_t* h, int status, int events);
   static void on_session_timeout(TimeoutNode* n);
-  static void on_upstream_closed(uv_handle_t* h);
+  static void on_handle_closed(uv_handle_t* h);
 
-  void datagram(const char* data, size_t len, const sockaddr* client);
+  void receive_batch();
+  // The session a client datagram goes to (found, or new); null: dropped.
+  Session* session_for(const sockaddr* client);
   Session* new_session(const sockaddr* client, const UdpPeerKey& key);
   bool still_valid(Session* s);
-  // Sends on `h` (to `addr`, or connected when null) without copying when
-  // the socket takes it now; queues a copy otherwise. False when dropped.
-  // `prefix` (may be empty) goes first in the same datagram.
-  bool send(uv_udp_t* h, const char* data, size_t len, const sockaddr* addr,
-            const uint8_t* prefix = nullptr, size_t prefix_len = 0);
-  void reply(Session* s, const char* data, size_t len);
+  // Sends the datagrams in[idx[0..count)] of a receive batch (in `buf`'s
+  // slots) to the session's backend, each after the PROXY header if any;
+  // queues copies when the socket is full.
+  void forward(Session* s, char* buf, const mmsghdr* in, const unsigned* idx, unsigned count);
+  void upstream_event(Session* s, uint32_t events);
+  void read_upstream(Session* s);
+  // False when the reply ended the session (it is freed then).
+  bool reply(Session* s, const char* data, size_t len);
+  // Copies a reply for the next sendmmsg; false when it must be dropped.
+  bool stage_reply(const sockaddr_storage& to, const char* data, size_t len);
+  void flush_replies();
+  void flush_client_queue();
+  void flush_session_queue(Session* s);
+  void watch_session(Session* s, bool writable);
+  void watch_listener(bool writable, bool force = false);
   void end_session(Session* s, const char* result);
   void session_gone();
   void close_socket();
+  void destroy();
 
   Worker& worker_;
   const std::string key_;
   ListenerRuntimePtr runtime_;
-  uv_udp_t* handle_ = nullptr;
+  int fd_ = -1;                      // the listener socket
+  uv_poll_t* poll_ = nullptr;        // fd_ in the loop
+  // Epoll set of the sessions' upstream sockets, data.ptr = the Session. A
+  // session's socket is closed (and so leaves the set) as the session ends;
+  // it is never duplicated, so no event can name a freed session.
+  int epfd_ = -1;
+  uv_poll_t* sessions_poll_ = nullptr;  // epfd_ in the loop
+  int open_handles_ = 0;             // uv handles not yet through their close callback
+  bool listener_writable_ = false;   // poll_ also waits for UV_WRITABLE
   bool retired_ = false;
   bool closing_ = false;
-  size_t live_sessions_ = 0;   // including those whose upstream is closing
+  size_t live_sessions_ = 0;
   sockaddr_storage local_addr_{};  // the bound address, for PROXY headers
+  std::unique_ptr<PendingQueue> client_queue_;  // replies waiting for fd_
+  std::unique_ptr<ReplyBatch> replies_;         // allocated on the first reply
   FlatMap<UdpPeerKey, Session*, UdpPeerKeyHash> sessions_;
 };
 
