@@ -393,13 +393,7 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
   if (s->state_ != State::Relaying) return;
   if (nread > 0) {
     s->worker_.timeouts().touch(&s->timeout_);
-    if (src == s->client_) {
-      s->bytes_to_backend_ += static_cast<uint64_t>(nread);
-      s->backend_->bytes_to_backend.fetch_add(static_cast<uint64_t>(nread), std::memory_order_relaxed);
-    } else {
-      s->bytes_to_client_ += static_cast<uint64_t>(nread);
-      s->backend_->bytes_to_client.fetch_add(static_cast<uint64_t>(nread), std::memory_order_relaxed);
-    }
+    s->count_bytes(src == s->client_, static_cast<size_t>(nread));
     s->forward(s->dir_from(src), src, s->peer_of(src), buf->base, static_cast<size_t>(nread));
     s->maybe_splice();
   } else if (nread < 0) {
