@@ -25,10 +25,11 @@ constexpr size_t kProxyV2Max = 16 + 36;
 // recvmmsg slots in the worker's UDP buffer: one largest datagram each.
 constexpr size_t kSlot = Worker::kUdpBufferSize / Worker::kUdpBatch;
 static_assert(kSlot >= 65535, "a slot holds any UDP datagram");
-// Replies staged for one sendmmsg: bounded in count and bytes (any datagram
-// fits in an empty batch).
-constexpr size_t kReplyEntries = 64;
-constexpr size_t kReplyBytes = 256 * 1024;
+// Replies staged for one sendmmsg: one per slot of the worker's UDP buffer,
+// which they are received into.
+constexpr size_t kReplyEntries = Worker::kUdpBatch;
+// Receive buffer asked for on the listener socket.
+constexpr size_t kListenerRcvBuf = 4 * 1024 * 1024;
 // Ready sessions taken per epoll_wait of the listener's session set.
 constexpr int kReadyBatch = 64;
 
@@ -110,16 +111,19 @@ struct UdpListener::PendingQueue {
   }
 };
 
-// Replies waiting for the next sendmmsg on the listener socket. The bytes
-// are copies and the addresses values, so a session may end (and be freed)
-// while its last reply is still staged.
+// Replies waiting for the next sendmmsg on the listener socket. Reply i was
+// received straight into slot i of the worker's UDP buffer and is sent from
+// there, so a reply is never copied on its way unless the listener socket is
+// full. The addresses are values, so a session may end (and be freed) while
+// its last reply is still staged. The worker's buffer is free again once the
+// callback that staged them returns: every path that stages ends in
+// flush_replies(), so listeners of one worker can share it.
 struct UdpListener::ReplyBatch {
-  size_t count = 0;
-  size_t used = 0;   // bytes of `bytes` in use
+  size_t count = 0;   // staged replies
+  size_t slots = 0;   // slots [0, slots) of the worker's buffer hold received replies
   sockaddr_storage to[kReplyEntries];
   iovec iov[kReplyEntries];
   mmsghdr msgs[kReplyEntries];
-  char bytes[kReplyBytes];
 };
 
 struct UdpListener::Session {
@@ -155,6 +159,11 @@ UdpListener::~UdpListener() { worker_.udp_listener_removed(this); }
 int UdpListener::open(int fd) {
   fd_ = fd;
   int rc = 0;
+  // A burst of queries must not be lost to the 208 KiB default receive
+  // buffer while the worker is busy. Best effort: the kernel caps the size
+  // at net.core.rmem_max, and memory is used only while datagrams wait.
+  int rcvbuf = static_cast<int>(kListenerRcvBuf);
+  ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
   socklen_t len = sizeof local_addr_;
   if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&local_addr_), &len) != 0) rc = -errno;
   if (rc == 0) {
@@ -471,20 +480,24 @@ void UdpListener::upstream_event(Session* s, uint32_t events) {
 }
 
 void UdpListener::read_upstream(Session* s) {
-  // One recvmmsg; level-triggered epoll reports the socket again if more
+  // One recvmmsg, straight into the free staging slots (the replies leave
+  // from there); level-triggered epoll reports the socket again if more
   // replies are queued.
-  constexpr unsigned kBatch = Worker::kUdpBatch;
-  mmsghdr msgs[kBatch];
-  iovec iov[kBatch];
+  if (!replies_) replies_.reset(new ReplyBatch);   // uninitialised arrays: filled as used
+  if (replies_->slots == kReplyEntries) flush_replies();
+  const size_t first = replies_->slots;
+  const unsigned room = static_cast<unsigned>(kReplyEntries - first);
+  mmsghdr msgs[kReplyEntries];
+  iovec iov[kReplyEntries];
   char* buf = worker_.udp_buffer();
-  for (unsigned i = 0; i < kBatch; ++i) {
-    iov[i].iov_base = buf + i * kSlot;
+  for (unsigned i = 0; i < room; ++i) {
+    iov[i].iov_base = buf + (first + i) * kSlot;
     iov[i].iov_len = kSlot;
     std::memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
     msgs[i].msg_hdr.msg_iov = &iov[i];
     msgs[i].msg_hdr.msg_iovlen = 1;
   }
-  int n = ::recvmmsg(s->fd, msgs, kBatch, MSG_DONTWAIT, nullptr);
+  int n = ::recvmmsg(s->fd, msgs, room, MSG_DONTWAIT, nullptr);
   if (n < 0) {
     if (would_block(errno) || errno == EINTR) return;
     // ICMP port/host unreachable from the backend: a failure for passive
@@ -495,13 +508,16 @@ void UdpListener::read_upstream(Session* s) {
     end_session(s, "connect_failed");
     return;
   }
+  // Taken, staged or not: a later read must not overwrite a staged reply.
+  replies_->slots = first + static_cast<size_t>(n);
   for (int i = 0; i < n; ++i) {
     if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) continue;   // never forward a truncated datagram
-    if (!reply(s, buf + i * kSlot, msgs[i].msg_len)) return;   // the session ended: the rest is dropped
+    // False: the session ended, the rest is dropped.
+    if (!reply(s, static_cast<char*>(iov[i].iov_base), msgs[i].msg_len)) return;
   }
 }
 
-bool UdpListener::reply(Session* s, const char* data, size_t len) {
+bool UdpListener::reply(Session* s, char* data, size_t len) {
   if (s->backend->consecutive_failures.load(std::memory_order_relaxed) != 0) {
     s->backend->consecutive_failures.store(0, std::memory_order_relaxed);
     if (auto& report = worker_.shared().report_backend) report(s->backend, true);
@@ -520,19 +536,16 @@ bool UdpListener::reply(Session* s, const char* data, size_t len) {
   return true;
 }
 
-bool UdpListener::stage_reply(const sockaddr_storage& to, const char* data, size_t len) {
-  if (!replies_) replies_.reset(new ReplyBatch);   // uninitialised arrays: filled as used
+bool UdpListener::stage_reply(const sockaddr_storage& to, char* data, size_t len) {
+  // `data` is in a slot below replies_->slots: read_upstream received it there.
   ReplyBatch& b = *replies_;
-  if (b.count == kReplyEntries || b.used + len > kReplyBytes) flush_replies();
   // Behind a backed-up socket a reply would be queued: drop it now, as the
   // full queue would, rather than count it as sent.
   if (!client_queue_->empty() && client_queue_->bytes + len > kMaxQueuedBytes) return false;
   size_t i = b.count++;
-  std::memcpy(b.bytes + b.used, data, len);
-  b.iov[i].iov_base = b.bytes + b.used;
+  b.iov[i].iov_base = data;
   b.iov[i].iov_len = len;
   std::memcpy(&b.to[i], &to, addr_len(to));
-  b.used += len;
   return true;
 }
 
@@ -568,7 +581,7 @@ void UdpListener::flush_replies() {
     client_queue_->push(&b.to[sent], nullptr, 0, static_cast<const char*>(b.iov[sent].iov_base),
                         b.iov[sent].iov_len);
   b.count = 0;
-  b.used = 0;
+  b.slots = 0;
   if (!client_queue_->empty()) watch_listener(true);
 }
 

@@ -30,9 +30,10 @@
 //    listener (nested in the loop through one uv_poll_t), so a session costs
 //    socket+connect+epoll_ctl and close, with no per-session uv handle; a
 //    ready session is read with ONE recvmmsg.
-//  * Replies to clients are copied into a bounded staging area and leave in
-//    one sendmmsg on the listener socket when every ready session of that
-//    loop iteration has been read.
+//  * Replies to clients are received straight into staging slots (the
+//    worker's UDP buffer) and leave from there, uncopied, in one sendmmsg on
+//    the listener socket when every ready session of that loop iteration has
+//    been read (or the slots are full).
 // A socket that cannot take a datagram (EAGAIN) gets a copy queued, bounded
 // per socket (UDP has no backpressure), flushed when it turns writable.
 //
@@ -114,9 +115,10 @@ class UdpListener {
   void upstream_event(Session* s, uint32_t events);
   void read_upstream(Session* s);
   // False when the reply ended the session (it is freed then).
-  bool reply(Session* s, const char* data, size_t len);
-  // Copies a reply for the next sendmmsg; false when it must be dropped.
-  bool stage_reply(const sockaddr_storage& to, const char* data, size_t len);
+  bool reply(Session* s, char* data, size_t len);
+  // Stages a reply (already in its slot of the worker's UDP buffer) for the
+  // next sendmmsg; false when it must be dropped.
+  bool stage_reply(const sockaddr_storage& to, char* data, size_t len);
   void flush_replies();
   void flush_client_queue();
   void flush_session_queue(Session* s);

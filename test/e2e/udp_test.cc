@@ -383,6 +383,45 @@ TEST_CASE("large datagrams are forwarded intact both ways", "[udp]") {
   CHECK(lb.terminate() == 0);
 }
 
+TEST_CASE("a burst of replies to several clients arrives intact, each reply once", "[udp]") {
+  // The backend holds every answer until all 160 requests are in, then sends them at once: lb
+  // finds several sessions ready with many replies each, more than one sendmmsg batch holds, so
+  // replies are staged, flushed and staged again within one wake-up. Every reply must reach its
+  // own client byte for byte, none twice.
+  constexpr int kClients = 4, kEach = 40;
+  UdpEcho e("e", "127.0.0.1", kClients * kEach);
+  LbProcess lb(udp_config("session_timeout = \"30s\"", "", {e.address()}));
+  REQUIRE(lb.wait_started());
+  auto payload = [](int c, int i) {
+    std::string p = "c" + std::to_string(c) + "-" + std::to_string(i) + "-";
+    p.append(static_cast<size_t>((i * 37 + c * 11) % 300), static_cast<char>('a' + (i + c) % 26));
+    return p;
+  };
+  int fds[kClients];
+  for (int c = 0; c < kClients; ++c) {
+    fds[c] = udp_socket();
+    REQUIRE(fds[c] >= 0);
+  }
+  for (int i = 0; i < kEach; ++i)
+    for (int c = 0; c < kClients; ++c) REQUIRE(send_to(fds[c], lb.listener_port("udp"), payload(c, i)));
+  for (int c = 0; c < kClients; ++c) {
+    std::multiset<std::string> got, want;
+    for (int i = 0; i < kEach; ++i) want.insert("e:" + payload(c, i));
+    for (int i = 0; i < kEach; ++i) {
+      auto r = recv_within(fds[c], in(seconds(5)));
+      INFO("client " << c << " reply " << i << "; the backend received " << e.received());
+      REQUIRE(r);
+      got.insert(*r);
+    }
+    CHECK(got == want);
+    CHECK_FALSE(recv_within(fds[c], in(milliseconds(50))));   // nothing more, no duplicate
+    ::close(fds[c]);
+  }
+  CHECK(metric(lb.admin_port(), "lb_udp_datagrams_total{listener=\"udp\",direction=\"out\"}") ==
+        double(kClients * kEach));
+  CHECK(lb.terminate() == 0);
+}
+
 TEST_CASE("a backend that fails moves its live client to another backend", "[udp]") {
   auto e1 = std::make_unique<UdpEcho>("one");
   UdpEcho e2("two");
