@@ -1,6 +1,7 @@
 #include "core/tcp_session.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -170,6 +171,11 @@ void TcpSession::connect_next() {
     connect_failed();
     return;
   }
+  // Reading is asked for now, while libuv registers the socket for the
+  // connect: it is then added once for both, instead of an add that fails
+  // (EEXIST) and a modify after the connect. libuv reports the connect
+  // before any read, so nothing is read while Connecting.
+  upstream_reading_ = uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) == 0;
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(cfg.connect_timeout.count()));
 }
 
@@ -237,7 +243,8 @@ void TcpSession::connected() {
     if (state_ != State::Relaying) return;
   }
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0 ||
-      uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0) {
+      (!upstream_reading_ &&
+       uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0)) {
     finish(Result::Reset, true);
   }
 }
@@ -468,6 +475,29 @@ void TcpSession::on_write_cb(uv_write_t* req, int status) {
 
 void TcpSession::on_eof(Direction& d, uv_tcp_t* dst) {
   if (!d.on_eof()) return;
+  auto* dst_stream = reinterpret_cast<uv_stream_t*>(dst);
+  if (d.queued == 0 && uv_stream_get_write_queue_size(dst_stream) == 0) {
+    // Nothing left to flush. If the other way is done too, the session ends
+    // here: closing both sockets sends this FIN just as shutdown would (both
+    // receive queues are empty, each side having sent its FIN). Otherwise
+    // shut down now, without uv_shutdown's round trip through the write
+    // watcher (two epoll_ctl calls and a loop iteration).
+    Direction& other = &d == &up_ ? down_ : up_;
+    if (other.finished) {
+      d.on_shutdown_done();
+      finish(Result::Ok, false);
+      return;
+    }
+    uv_os_fd_t fd;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(dst), &fd) == 0) {
+      if (::shutdown(fd, SHUT_WR) != 0) {
+        finish(Result::Reset, true);
+        return;
+      }
+      d.on_shutdown_done();
+      return;
+    }
+  }
   // libuv performs the shutdown once the queued writes are flushed.
   uv_shutdown_t* req = dst == upstream_ ? &shutdown_up_ : &shutdown_down_;
   req->data = this;

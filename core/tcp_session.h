@@ -136,6 +136,7 @@ class TcpSession {
   sockaddr_storage client_addr_{};  // the client: the peer, or the PROXY header's source
   sockaddr_storage local_addr_{};   // what the client connected to (or the header's destination)
   bool have_local_ = false;
+  bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
   bool holds_source_ = false;       // counted in the listener's per-source table
   // accept_proxy_protocol: the header as it arrives (proxy::kMaxHeader bytes,
   // only until it is parsed); then the client bytes that came after it, sent
