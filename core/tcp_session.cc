@@ -57,7 +57,7 @@ void TcpSession::begin() {
     finish(Result::Reset, false);
     return;
   }
-  uv_tcp_nodelay(client_, 1);
+  // TCP_NODELAY: inherited from the listening socket (Worker sets it there).
   if (listener_->cfg.accept_proxy_protocol) {
     state_ = State::Header;
     header_buf_ = new uint8_t[proxy::kMaxHeader];

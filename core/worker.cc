@@ -222,6 +222,10 @@ void Worker::apply_listeners(std::vector<ListenEntry> entries) {
     uv_tcp_init(&loop_, l->handle);
     l->handle->data = l.get();
     int rc = uv_tcp_open(l->handle, e.fd);
+    // Accepted sockets inherit TCP_NODELAY from the listening socket (Linux
+    // clones the listener's options), so it is set once here rather than
+    // once per connection.
+    if (rc == 0) rc = uv_tcp_nodelay(l->handle, 1);
     if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l->handle), 4096, on_connection);
     if (rc != 0) {
       log::error("cannot listen listener={} worker={} error={}", e.runtime->cfg.name, index_,

@@ -1,0 +1,60 @@
+// The kernel behaviour lb's accept path relies on: a connection accepted from
+// a listening socket that has TCP_NODELAY has it too, so a worker sets it once
+// on its listening socket instead of once per connection.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <catch2/catch.hpp>
+
+#include "core/socket.h"
+
+namespace {
+
+int nodelay_of(int fd) {
+  int v = -1;
+  socklen_t len = sizeof v;
+  REQUIRE(::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &len) == 0);
+  return v;
+}
+
+// Accepts one connection on a fresh listener; `listener_nodelay` set on it first.
+int accepted_nodelay(bool listener_nodelay) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int l = lb::core::make_reuseport_socket(reinterpret_cast<sockaddr*>(&a), sizeof a, SOCK_STREAM);
+  REQUIRE(l >= 0);
+  int one = 1;
+  if (listener_nodelay) REQUIRE(::setsockopt(l, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0);
+  REQUIRE(::listen(l, 8) == 0);
+  sockaddr_storage bound{};
+  socklen_t blen = 0;
+  REQUIRE(lb::core::local_address(l, &bound, &blen));
+  int c = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(c >= 0);
+  REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&bound), blen) == 0);
+  int s = -1;
+  for (int i = 0; i < 1000 && s < 0; ++i) {   // the listener is non-blocking
+    s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
+    if (s < 0) REQUIRE(errno == EAGAIN);
+    if (s < 0) ::usleep(1000);
+  }
+  REQUIRE(s >= 0);
+  int v = nodelay_of(s);
+  ::close(s);
+  ::close(c);
+  ::close(l);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("accepted sockets inherit TCP_NODELAY from the listening socket", "[socket]") {
+  CHECK(accepted_nodelay(true) != 0);
+  // And it is the listener's setting that does it: without it, Nagle is on.
+  CHECK(accepted_nodelay(false) == 0);
+}
