@@ -1,6 +1,8 @@
 #include "core/splice_relay.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -116,6 +118,15 @@ int SpliceRelay::start(std::string_view preface) {
     up.flow.on_queued(preface.size());
     // Flushed on the backend's first writable event, ahead of any client byte.
     up.dst_blocked = true;
+  }
+  // Keep little unsent data in the kernel: a socket's backlog beyond the
+  // window is sent when the peer's ACK arrives, in the softirq of whichever
+  // CPU processed that ACK (on loopback, the peer's). Bounded, lb sends it
+  // from its own splice calls instead. Best effort; a smaller socket buffer
+  // footprint too.
+  for (int side = 0; side < 2; ++side) {
+    int lowat = static_cast<int>(kNotSentLowat);
+    ::setsockopt(fds_[side], IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
   }
   int rc = 0;
   for (int side = 0; side < 2 && rc == 0; ++side) {

@@ -351,6 +351,14 @@ TEST_CASE("splice relay moves 10 MB each way byte-exact and finishes ok", "[spli
     rig.connect();
     REQUIRE(rig.start() == 0);
     CHECK(rig.relay->running());
+    // Both sockets keep little unsent data in the kernel (the fds are the
+    // test's, the relay's duplicates share the sockets).
+    for (int fd : {rig.relay_client_fd, rig.relay_backend_fd}) {
+      int lowat = 0;
+      socklen_t len = sizeof lowat;
+      REQUIRE(getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, &len) == 0);
+      CHECK(lowat == static_cast<int>(SpliceRelay::kNotSentLowat));
+    }
     const std::string up = payload(10 << 20, 1), down = payload(10 << 20, 2);
     rig.client.send(up, true);
     rig.backend.send(down, true);
