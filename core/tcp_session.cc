@@ -269,11 +269,13 @@ std::string TcpSession::proxy_header() {
 // Moves a busy connection to splice(2), like HAProxy's splice-auto: the
 // switch costs a few syscalls (two dups, two closes, epoll changes), more
 // than a short exchange saves, so a connection starts on the copy path and
-// switches once it has relayed kSpliceAfterBytes. Only at a quiet moment:
+// switches once it has relayed kSpliceAfterBytes and had a read of
+// kSpliceReadMin (a bulk stream, not small messages). Only at a quiet moment:
 // nothing queued either way and no half-close under way, so every byte read
 // so far has reached the kernel and the relay takes over a clean stream.
 void TcpSession::maybe_splice() {
-  if (state_ != State::Relaying || bytes_to_backend_ + bytes_to_client_ < kSpliceAfterBytes) return;
+  if (state_ != State::Relaying || !bulk_seen_ || bytes_to_backend_ + bytes_to_client_ < kSpliceAfterBytes)
+    return;
   if (up_.queued || down_.queued || up_.eof || down_.eof || up_.paused || down_.paused) return;
   if (!SpliceRelay::supported()) return;
   if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(client_)) != 0 ||
@@ -401,6 +403,7 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
   if (nread > 0) {
     s->worker_.timeouts().touch(&s->timeout_);
     s->count_bytes(src == s->client_, static_cast<size_t>(nread));
+    if (static_cast<size_t>(nread) >= kSpliceReadMin) s->bulk_seen_ = true;
     s->forward(s->dir_from(src), src, s->peer_of(src), buf->base, static_cast<size_t>(nread));
     s->maybe_splice();
   } else if (nread < 0) {

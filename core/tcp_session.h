@@ -11,7 +11,8 @@
 // access-log line.
 //
 // Relaying: a session starts on the copy path; where splice(2) works (Linux;
-// LB_SPLICE=0 turns it off) a session that has relayed kSpliceAfterBytes
+// LB_SPLICE=0 turns it off) a session that has relayed kSpliceAfterBytes,
+// and shown itself a bulk stream by one read of kSpliceReadMin or more,
 // hands both sockets to a SpliceRelay: bytes then move socket -> pipe ->
 // socket inside the kernel, with the same
 // backpressure, half-close and reset semantics as the copy path here, which
@@ -82,6 +83,11 @@ class TcpSession {
   void maybe_splice();
   // Bytes relayed on the copy path before a session moves to splice(2).
   static constexpr uint64_t kSpliceAfterBytes = 64 * 1024;
+  // A read at least this large marks a bulk stream (half the worker's read
+  // buffer). Request/response traffic of small messages never reads that
+  // much at once and stays on the copy path, where a message costs the same
+  // two syscalls without the switch (dups, closes, epoll changes) or pipes.
+  static constexpr size_t kSpliceReadMin = 32 * 1024;
   void connect_next();
   void connected();
   void connect_failed();
@@ -137,6 +143,7 @@ class TcpSession {
   sockaddr_storage local_addr_{};   // what the client connected to (or the header's destination)
   bool have_local_ = false;
   bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
+  bool bulk_seen_ = false;         // a read of kSpliceReadMin or more happened
   bool holds_source_ = false;       // counted in the listener's per-source table
   // accept_proxy_protocol: the header as it arrives (proxy::kMaxHeader bytes,
   // only until it is parsed); then the client bytes that came after it, sent

@@ -1,0 +1,151 @@
+// End-to-end: which TCP sessions move to splice(2). A bulk stream does (lb
+// holds pipes while it flows); request/response traffic of small messages
+// stays on the copy path however many bytes it relays. Seen from outside
+// through the pipes among lb's open files. With LB_SPLICE=0 in the
+// environment (ctest's e2e_copy_path run) no session may ever use a pipe.
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include "test/support/backend_server.h"
+#include "test/support/lb_process.h"
+#include "test/support/net.h"
+
+namespace lb::test {
+namespace {
+
+bool splice_enabled() {
+  const char* v = std::getenv("LB_SPLICE");
+  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+}
+
+// Pipes among the open files of `pid`.
+int pipes_of(pid_t pid) {
+  std::string dir = fmt::format("/proc/{}/fd", pid);
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return -1;
+  int n = 0;
+  char target[256];
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    ssize_t len = ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+    if (len > 0 && std::string_view(target, static_cast<size_t>(len)).substr(0, 5) == "pipe:") ++n;
+  }
+  ::closedir(d);
+  return n;
+}
+
+// Samples pipes_of(pid) every millisecond until destroyed; max() is the most seen.
+class PipeWatch {
+ public:
+  explicit PipeWatch(pid_t pid) : pid_(pid), thread_([this] { run(); }) {}
+  ~PipeWatch() {
+    stop_ = true;
+    thread_.join();
+  }
+  int max() const { return max_.load(); }
+
+ private:
+  void run() {
+    while (!stop_) {
+      int n = pipes_of(pid_);
+      int m = max_.load();
+      while (n > m && !max_.compare_exchange_weak(m, n)) {
+      }
+      std::this_thread::sleep_for(milliseconds(1));
+    }
+  }
+  pid_t pid_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> max_{0};
+  std::thread thread_;
+};
+
+std::string echo_config(const std::string& backend) {
+  return global_section(1, false) + fmt::format(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+
+[[pool]]
+name = "web"
+[pool.health_check]
+type = "none"
+[[pool.backend]]
+address = "{}"
+)",
+                                                backend);
+}
+
+}  // namespace
+
+TEST_CASE("a bulk stream moves to splice(2): lb holds pipes while it flows", "[e2e][splice]") {
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  LbProcess lb(echo_config(backend.address()));
+  REQUIRE(lb.wait_started());
+  const int before = pipes_of(lb.pid());
+  REQUIRE(before >= 0);
+  Socket client = tcp_connect("127.0.0.1", lb.listener_port("web"), in(seconds(5)));
+  REQUIRE(client);
+  const std::string payload = random_bytes(8 << 20);
+  int most = 0;
+  {
+    PipeWatch watch(lb.pid());
+    ReadResult got = exchange(client, payload, payload.size(), in(seconds(60)));
+    REQUIRE(got.data.size() == payload.size());
+    CHECK(mismatch_offset(got.data, payload) == std::string::npos);
+    most = watch.max();
+  }
+  INFO("pipes before " << before << ", most seen during the transfer " << most);
+  if (splice_enabled()) {
+    CHECK(most > before);
+  } else {
+    CHECK(most == before);
+  }
+  client.close();
+  CHECK(backend.wait_active(0, in(seconds(5))));
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("small request/response traffic stays on the copy path however much it relays",
+          "[e2e][splice]") {
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  LbProcess lb(echo_config(backend.address()));
+  REQUIRE(lb.wait_started());
+  const int before = pipes_of(lb.pid());
+  REQUIRE(before >= 0);
+  Socket client = tcp_connect("127.0.0.1", lb.listener_port("web"), in(seconds(5)));
+  REQUIRE(client);
+  // 1,500 exchanges of 100 bytes: 300 KB through lb, far past the bytes after
+  // which a bulk stream would switch, in reads no bigger than a message.
+  int most = 0;
+  {
+    PipeWatch watch(lb.pid());
+    for (int i = 0; i < 1500; ++i) {
+      std::string msg = fmt::format("{:05d}", i) + std::string(95, static_cast<char>('a' + i % 26));
+      REQUIRE(write_all(client, msg, in(seconds(5))) == msg.size());
+      ReadResult r = read_exact(client, msg.size(), in(seconds(5)));
+      REQUIRE(r.data == msg);
+    }
+    most = watch.max();
+  }
+  INFO("pipes before " << before << ", most seen during the exchanges " << most);
+  CHECK(most == before);
+  client.close();
+  CHECK(backend.wait_active(0, in(seconds(5))));
+  CHECK(lb.terminate() == 0);
+}
+
+}  // namespace lb::test
