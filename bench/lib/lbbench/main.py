@@ -27,7 +27,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 
 
 class Workload:
-    def __init__(self, key, title, unit, metric, higher_is_better, service, rows, run, extras=(), rounds=None):
+    def __init__(self, key, title, unit, metric, higher_is_better, service, rows, run, extras=(), rounds=None,
+                 cpu=True):
         self.key = key
         self.title = title
         self.unit = unit
@@ -38,6 +39,11 @@ class Workload:
         self.run = run            # (proxy, port, duration) -> metrics dict
         self.extras = list(extras)
         self.rounds = rounds      # fixed round count, else the run's
+        # Busy share of the proxy's CPU and of the load CPU over each sample:
+        # which side of the machine limited it.
+        self.cpu = cpu
+        if cpu:
+            self.extras += ["cpu_proxy_pct", "cpu_load_pct"]
 
 
 def workloads(args, sup, backend_idle, query_file, load_cpus):
@@ -55,7 +61,8 @@ def workloads(args, sup, backend_idle, query_file, load_cpus):
         # Memory first, while every proxy is fresh: later workloads would
         # leave freed memory in the allocators that idle connections reuse.
         Workload("idle_mem", f"memory per idle TCP connection ({args.idle_conns:,} conns)", "B/conn",
-                 "bytes_per_conn", False, "idle", ["lb", "haproxy", "nginx"], idle_run, rounds=1),
+                 "bytes_per_conn", False, "idle", ["lb", "haproxy", "nginx"], idle_run, rounds=1,
+                 cpu=False),
         Workload("bulk1", "bulk TCP, 1 stream (iperf3)", "Gbps", "gbps", True, "bulk", scaled_rows,
                  lambda p, port, d: loads.iperf3(sup, port, d, 1, load_cpus)),
         Workload("bulk8", "bulk TCP, 8 streams (iperf3 -P 8)", "Gbps", "gbps", True, "bulk", scaled_rows,
@@ -307,7 +314,31 @@ def _ensure_up(p, backends, sup, results, wl):
     return True
 
 
+def _cpu_times():
+    """{cpu index: (total jiffies, idle jiffies)} from /proc/stat."""
+    out = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *vals = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    v = [int(x) for x in vals]
+                    out[int(name[3:])] = (sum(v), v[3] + (v[4] if len(v) > 4 else 0))
+    except OSError:
+        pass
+    return out
+
+
+def _busy_pct(before, after, cpu):
+    if cpu not in before or cpu not in after:
+        return None
+    total = after[cpu][0] - before[cpu][0]
+    idle_ = after[cpu][1] - before[cpu][1]
+    return 100.0 * (total - idle_) / total if total > 0 else None
+
+
 def run_all(args, wls, by_name, backends, sup, results):
+    proxy_cpu, load_cpu = results["setup"]["proxy_cpu"], results["setup"]["load_cpu"]
     for i, wl in enumerate(wls, 1):
         entry = {"title": wl.title, "unit": wl.unit, "metric": wl.metric,
                  "higher_is_better": wl.higher_is_better, "extras": wl.extras, "rows": {}}
@@ -339,7 +370,12 @@ def run_all(args, wls, by_name, backends, sup, results):
                     parts.append(f"{p.name} down")
                     continue
                 try:
+                    before = _cpu_times()
                     m = wl.run(p, p.port(wl.service, backends), args.duration)
+                    after = _cpu_times()
+                    if wl.cpu:
+                        m["cpu_proxy_pct"] = _busy_pct(before, after, proxy_cpu)
+                        m["cpu_load_pct"] = _busy_pct(before, after, load_cpu)
                     m["round"] = r + 1
                     row["samples"].append(m)
                     parts.append(f"{p.name} {report.fmt_value(m[wl.metric], wl.unit)}")

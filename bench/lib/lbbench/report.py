@@ -131,6 +131,8 @@ def _details(wl, row):
         bits.append(f"p50 {fmt_value(row.get('median_p50_us'), 'µs')}, p99 {fmt_value(row.get('median_p99_us'), 'µs')}")
     if "loss_pct" in wl.get("extras", []) and row.get("median_loss_pct") is not None:
         bits.append(f"loss {row['median_loss_pct']:.3g} %")
+    if row.get("median_cpu_proxy_pct") is not None and row.get("median_cpu_load_pct") is not None:
+        bits.append(f"CPU busy: proxy {row['median_cpu_proxy_pct']:.0f} %, load {row['median_cpu_load_pct']:.0f} %")
     if row.get("median_errors"):
         bits.append(f"errors {row['median_errors']:.0f}/sample")
     if row.get("errors"):
