@@ -1,10 +1,7 @@
 #include "lb/privileges.h"
 
-#include <grp.h>
-#include <linux/capability.h>
+#include <cap-ng.h>
 #include <pwd.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -24,23 +21,6 @@ bool fail(std::string* error, std::string msg) {
 }
 
 std::string quoted(const std::string& user) { return "user \"" + user + "\""; }
-
-// Raw capget/capset: libcap is not a dependency, and these two calls with
-// the version-3 (64-bit) layout are all lb needs.
-bool cap_in_permitted(int cap) {
-  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
-  if (::syscall(SYS_capget, &header, data) != 0) return false;
-  return (data[cap / 32].permitted & (1u << (cap % 32))) != 0;
-}
-
-// Permitted = effective = {cap}; inheritable empty (lb execs nothing).
-bool keep_only_cap(int cap) {
-  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
-  data[cap / 32].permitted = data[cap / 32].effective = 1u << (cap % 32);
-  return ::syscall(SYS_capset, &header, data) == 0;
-}
 
 }  // namespace
 
@@ -70,30 +50,27 @@ bool drop_privileges(const std::string& user, std::string* error, bool keep_net_
   }
   if (uid == 0) return true;  // root to root: nothing to drop
 
-  const bool keep_cap = keep_net_bind_service && cap_in_permitted(CAP_NET_BIND_SERVICE);
-  // Without KEEPCAPS, setuid() away from 0 clears the permitted set, and a
-  // cleared set cannot be refilled.
-  if (keep_cap && ::prctl(PR_SET_KEEPCAPS, 1L, 0L, 0L, 0L) != 0) {
-    return fail(error, "dropping to " + quoted(user) + ": PR_SET_KEEPCAPS: " + std::strerror(errno));
+  // libcap-ng does the order that matters: keep capabilities across the
+  // switch (PR_SET_KEEPCAPS), groups first (initgroups, setresgid: they need
+  // root, which setresuid gives up), then the user, then apply the kept set
+  // (permitted = effective = CAP_NET_BIND_SERVICE or nothing; inheritable and
+  // bounding set cleared, so nothing lb could ever exec regains more).
+  capng_get_caps_process();
+  const bool keep_cap =
+      keep_net_bind_service && capng_have_capability(CAPNG_PERMITTED, CAP_NET_BIND_SERVICE);
+  capng_clear(CAPNG_SELECT_BOTH);
+  if (keep_cap &&
+      capng_update(CAPNG_ADD, static_cast<capng_type_t>(CAPNG_EFFECTIVE | CAPNG_PERMITTED),
+                   CAP_NET_BIND_SERVICE) != 0) {
+    return fail(error, "dropping to " + quoted(user) + ": cannot keep CAP_NET_BIND_SERVICE");
   }
-  // Groups first: setgroups and setgid need root, which setuid gives up.
-  if (::initgroups(pw.pw_name, gid) != 0) {
-    return fail(error, "dropping to " + quoted(user) + ": initgroups: " + std::strerror(errno));
-  }
-  if (::setgid(gid) != 0) {
-    return fail(error, "dropping to " + quoted(user) + ": setgid(" + std::to_string(gid) +
-                           "): " + std::strerror(errno));
-  }
-  if (::setuid(uid) != 0) {
-    return fail(error, "dropping to " + quoted(user) + ": setuid(" + std::to_string(uid) +
-                           "): " + std::strerror(errno));
-  }
-  if (keep_cap) {
-    ::prctl(PR_SET_KEEPCAPS, 0L, 0L, 0L, 0L);  // only mattered for the setuid above
-    if (!keep_only_cap(CAP_NET_BIND_SERVICE)) {
-      return fail(error, "dropping to " + quoted(user) +
-                             ": keeping CAP_NET_BIND_SERVICE: " + std::strerror(errno));
-    }
+  if (int crc = capng_change_id(static_cast<int>(uid), static_cast<int>(gid),
+                               static_cast<capng_flags_t>(CAPNG_INIT_SUPP_GRP | CAPNG_CLEAR_BOUNDING));
+      crc != 0) {
+    // capng_change_id returns a negative step number; errno says why.
+    return fail(error, "dropping to " + quoted(user) + " (uid " + std::to_string(uid) + ", gid " +
+                           std::to_string(gid) + "): capng_change_id step " + std::to_string(-crc) +
+                           ": " + std::strerror(errno));
   }
 
   // Verify rather than trust: a silently partial drop is worse than none.

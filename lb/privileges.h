@@ -15,10 +15,10 @@ namespace lb::app {
 // geteuid() == 0.
 bool running_as_root();
 
-// Becomes `user`: looks the user up (getpwnam_r), then sets the supplementary
-// groups to the user's (initgroups), the group to the user's primary group
-// (setgid) and finally the user (setuid) -- in that order, since each step
-// needs the privilege the next one gives up. Real, effective and saved ids
+// Becomes `user`: looks the user up (getpwnam_r), then libcap-ng's
+// capng_change_id sets the supplementary groups to the user's (initgroups),
+// the group to the user's primary group and finally the user -- in that
+// order, since each step needs the privilege the next one gives up. Real, effective and saved ids
 // all change, and the drop is verified: the ids are checked and setuid(0)
 // must fail.
 //

@@ -11,7 +11,7 @@ root=$(pwd)
 jobs=$(nproc)
 
 # --- packages -------------------------------------------------------------
-packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2
+packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev
           libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd)
 missing=()
 for p in "${packages[@]}"; do

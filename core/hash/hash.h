@@ -3,10 +3,10 @@
 // Consistent-hash placement must agree between processes, builds and
 // machines (shared/spec/interface.md: "two lb processes with the same pool
 // send the same client to the same backend"), so every hash that decides a
-// placement is this one: XXH64, written from its public specification
-// (github.com/Cyan4973/xxHash, doc/xxhash_spec.md, "XXH64 algorithm
-// description"). Output is identical on little- and big-endian hosts because
-// input lanes are read as little-endian, as the specification requires.
+// placement is this one: XXH64 from libxxhash (Debian libxxhash-dev), whose
+// output is fixed by its specification (doc/xxhash_spec.md) and identical on
+// little- and big-endian hosts. Known answers in
+// test/unit/core/select/hash_test.cc pin it: a fleet mixing builds must agree.
 // std::hash is deliberately never used: its values are unspecified and differ
 // between standard libraries.
 //
@@ -18,10 +18,15 @@
 #include <cstdint>
 #include <string_view>
 
+#define XXH_STATIC_LINKING_ONLY  // XXH64_state_t as a plain value member
+#include <xxhash.h>
+
 namespace lb::hash {
 
 // XXH64 of `len` bytes at `data` with `seed`. `data` may be null when len == 0.
-uint64_t xxh64(const void* data, size_t len, uint64_t seed = 0) noexcept;
+inline uint64_t xxh64(const void* data, size_t len, uint64_t seed = 0) noexcept {
+  return XXH64(data, len, seed);
+}
 
 inline uint64_t xxh64(std::string_view bytes, uint64_t seed = 0) noexcept {
   return xxh64(bytes.data(), bytes.size(), seed);
@@ -41,20 +46,16 @@ inline uint64_t reduce(uint64_t hash, uint64_t n) noexcept {
 class Xxh64 {
  public:
   explicit Xxh64(uint64_t seed = 0) noexcept { reset(seed); }
-  void reset(uint64_t seed = 0) noexcept;
-  void update(const void* data, size_t len) noexcept;
+  void reset(uint64_t seed = 0) noexcept { XXH64_reset(&state_, seed); }
+  void update(const void* data, size_t len) noexcept { XXH64_update(&state_, data, len); }
   void update(std::string_view bytes) noexcept { update(bytes.data(), bytes.size()); }
   // Feeds `v` as 8 little-endian bytes, so digests do not depend on host order.
   void update_u64(uint64_t v) noexcept;
   // Does not modify the state: more input may follow.
-  uint64_t digest() const noexcept;
+  uint64_t digest() const noexcept { return XXH64_digest(&state_); }
 
  private:
-  uint64_t acc_[4];
-  uint64_t seed_;
-  uint64_t total_len_;
-  unsigned char buf_[32];
-  size_t buf_len_;
+  XXH64_state_t state_;
 };
 
 }  // namespace lb::hash
