@@ -12,7 +12,8 @@ jobs=$(nproc)
 
 # --- packages -------------------------------------------------------------
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev
-          libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd)
+          libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd
+          debhelper dpkg-dev pandoc lintian man-db)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -51,6 +52,12 @@ if [ -z "${LB_TEST_QUICK:-}" ]; then
   # namespaces this test creates and removes (needs root).
   echo "== test fleet"
   LB_BINARY="$root/build/lb/lb" bash "$root/test/fleet/run.sh" || failed=1
+fi
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
+  # The Debian package: dpkg-buildpackage, lintian, install, use, remove.
+  echo "== test package"
+  bash "$root/test/package/run.sh" || failed=1
 fi
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
