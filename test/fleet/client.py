@@ -28,9 +28,10 @@ Commands:
         the set SET. With traffic=MS, a "ping" goes over each one every MS
         milliseconds (a connection that fails meanwhile counts as cut);
         without it they stay silent until hold-check.
-  hold-check SET [dead_instance=NAME] [max_cut=N] [reconnect=1]
+  hold-check SET [dead_instance=NAME] [max_cut=N] [reconnect=1] [patience=S]
         Stops SET's traffic, sends "ping" on each connection and reports,
-        per instance, how many still answer; then closes them. Fails when
+        per instance, how many still answer within S seconds (2; more when
+        TCP may be retransmitting after an outage); then closes them. Fails when
         more than max_cut connections of instances other than dead_instance
         were cut. With reconnect=1, every cut connection is opened again
         from its source, which must reach the backend it had.
@@ -154,37 +155,39 @@ class Held:
         for c in self.conns:
             c[0].setblocking(True)
 
-    def check(self):
-        """Stops the traffic; True for each connection that still answers."""
+    def check(self, patience):
+        """Stops the traffic; (answers, why not) for each connection, asking
+        for an answer within `patience` seconds."""
         self.stop.set()
         if self.thread:
             self.thread.join()
 
         def ping(i):
+            """(True, None) when connection i answers, else (False, why)."""
             sock = self.conns[i][0]
             if self.failed[i] is not None:
-                return False
+                return False, self.failed[i]
             try:
                 sock.sendall(b"ping\n")
                 want, buf = self.waiting[i] + 1, b""
-                deadline = time.monotonic() + 2.0
+                deadline = time.monotonic() + patience
                 while buf.count(b"\n") < want:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        return False
+                        return False, "no answer"
                     sock.settimeout(left)
                     data = sock.recv(256)
                     if not data:
-                        return False
+                        return False, "closed"
                     buf += data
-                return buf == b"pong\n" * want
-            except OSError:
-                return False
+                return (True, None) if buf == b"pong\n" * want else (False, f"unexpected {buf!r}")
+            except OSError as e:
+                return False, type(e).__name__
 
         with ThreadPoolExecutor(PARALLEL) as pool:
-            alive = list(pool.map(ping, range(len(self.conns))))
+            results = list(pool.map(ping, range(len(self.conns))))
         self.close()
-        return alive
+        return results
 
     def close(self):
         self.stop.set()
@@ -355,7 +358,8 @@ class Agent:
     def cmd_hold_check(self, name, *rest):
         o = self.opts(rest)
         held = self.held.pop(name)
-        alive = held.check()
+        results = held.check(float(o.get("patience", "2")))
+        alive = [ok for ok, _ in results]
         dead = o.get("dead_instance")
         per, ok = collections.Counter(), collections.Counter()
         for (_, _, instance, _), fine in zip(held.conns, alive):
@@ -368,6 +372,10 @@ class Agent:
         cut = sum(per[i] - ok[i] for i in survivors)
         print(f"{name}: established connections of surviving instances cut: "
               f"{self.pct(cut, sum(per[i] for i in survivors))}")
+        why = collections.Counter(w for (_, _, i, _), (_, w) in zip(held.conns, results) if w and i != dead)
+        if why:
+            print(f"{name}: how the survivors' connections failed: "
+                  + ", ".join(f"{w} {n}" for w, n in why.most_common()))
         if "max_cut" in o and cut > int(o["max_cut"]):
             raise Fail(f"{cut} established connections of surviving instances were cut")
         if o.get("reconnect") == "1":
