@@ -545,6 +545,7 @@ agent hold-open restart "$held_count" traffic="$ping_ms" || fail "could not open
 gid_before=$(group_id)
 map_before=$(buckets_map)
 stop_pids 5000 TERM "$nhg_pid"
+grep -q "stopping (signal 15)" "$tmp/nhg-$nhg_runs.log" || fail "lb-nhg-sync did not stop on SIGTERM"
 group_count_is 2 || fail "stopping lb-nhg-sync changed the group"
 start_nhg
 wait_until 10 "the restarted lb-nhg-sync to adopt the group" grep -q "adopted group" "$tmp/nhg-$nhg_runs.log" \
@@ -558,16 +559,21 @@ cut_restart=$(sed -n 's/.*surviving instances cut: //p' <<<"$agent_said")
 # --- BIRD restarts on the router ------------------------------------------------------------------
 # BIRD deletes its routes when it stops: the VIP is unreachable until the
 # sessions are back (TCP retransmits meanwhile). lb-nhg-sync keeps the group
-# and points the VIP at it again as soon as BIRD has it back: the buckets are
-# where they were, no connection is cut.
+# and an unreachable route (so that BIRD's multipath route, back first, never
+# carries the traffic), and points the VIP at the group again as soon as BIRD
+# has it back: the buckets are where they were, no connection is cut.
 say "BIRD on the router restarts while $held_count pinged connections are open"
 agent hold-open bird "$held_count" traffic="$ping_ms" || fail "could not open the long-lived connections"
 gid_before=$(group_id)
 map_before=$(buckets_map)
+mon_line=$(wc -l <"$tmp/monitor.log")
 t0=$(now_ms)
 stop_pids 5000 TERM "${bird_pid[rt]}"
-wait_until 5 "the VIP's routes to go" eval '[ -z "$(ip -n "$ns_r" route show "$vip/32")" ]' \
-  || fail "the VIP's routes stayed after BIRD stopped"
+vip_unreachable() {
+  [ -z "$(ip -n "$ns_r" route show "$vip/32" proto bird)" ] \
+    && ip -n "$ns_r" route show "$vip/32" proto 250 | grep -q "^unreachable"
+}
+wait_until 5 "the VIP to be unreachable" vip_unreachable || fail "the VIP stayed reachable after BIRD stopped"
 run_in "$ns_r" bird-rt-stderr-2 bird -f -c "$tmp/bird-rt.conf" -s "$tmp/bird-rt.ctl" -P "$tmp/bird-rt.pid"
 bird_pid[rt]=$last_pid
 wait_until 20 "BIRD's route back with i1 and i2" nexthop_count_is 2 || fail "the sessions did not come back"
@@ -575,6 +581,10 @@ wait_until 5 "the VIP via the group again" eval '[ "$(group_id)" = "$gid_before"
   || fail "lb-nhg-sync did not route the VIP via group $gid_before again"
 bird_outage_ms=$(( $(now_ms) - t0 ))
 [ "$(buckets_map)" = "$map_before" ] || fail "the buckets moved across BIRD's restart"
+# Replaced (group -> unreachable -> group), never deleted: had there been a
+# moment without it, BIRD's route back first would have re-hashed the flows.
+tail -n +"$(( mon_line + 1 ))" "$tmp/monitor.log" | grep "^\[[^]]*\] Deleted $vip .*proto 250" \
+  && fail "lb-nhg-sync deleted the VIP's route while BIRD restarted"
 say "the VIP was back on group $gid_before ${bird_outage_ms} ms after BIRD was stopped, its buckets unchanged"
 agent hold-check bird max_cut=0 patience=10 || fail "BIRD's restart cut connections"
 cut_bird=$(sed -n 's/.*surviving instances cut: //p' <<<"$agent_said")
