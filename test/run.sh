@@ -49,7 +49,7 @@ run_ctest build
 if [ -z "${LB_TEST_QUICK:-}" ]; then
   # A fleet of lb instances behind a BIRD router doing ECMP (classic
   # multipath, then dist/fleet/lb-nhg-sync's resilient next-hop group), in
-  # network namespaces this test creates and removes (needs root; 35-40 s).
+  # network namespaces this test creates and removes (needs root; 25-40 s).
   echo "== test fleet"
   LB_BINARY="$root/build/lb/lb" bash "$root/test/fleet/run.sh" || failed=1
 fi
