@@ -17,8 +17,8 @@
 # resilient next-hop group instead of the classic multipath route, killing an
 # instance cuts none of the other instances' established connections, an
 # instance joining cuts none of the established connections that carry
-# traffic and gets its share of new ones, and restarting lb-nhg-sync cuts
-# nothing; a dead backend moves only its own clients (plus a small margin);
+# traffic and gets its share of new ones, and restarting lb-nhg-sync or the
+# router's BIRD cuts nothing; a dead backend moves only its own clients (plus a small margin);
 # an instance stopped with SIGTERM and drain_delay loses no in-flight
 # request. It prints the figures.
 #
@@ -296,7 +296,7 @@ kill_lb() {  # kill_lb K: SIGKILL lb in instance K, and reap it
   kill -KILL "${lb_pid[$1]}"
   wait "${lb_pid[$1]}" 2>/dev/null || true
 }
-start_lb() {  # start_lb K: (re)start lb in instance K; its log is appended to
+start_lb() {  # start_lb K: (re)start lb in instance K (its log starts anew)
   run_in "$(ns_i "$1")" "lb-i$1" "$lb_bin" --config "$tmp/lb.toml"
   lb_pid[$1]=$last_pid
 }
@@ -340,7 +340,6 @@ done
 # delay from BIRD's update of table 200 to lb-nhg-sync's group update is read
 # from here.
 run_in "$ns_r" monitor ip -ts monitor route nexthop
-monitor_pid=$last_pid
 
 start_bird_watch() {  # start_bird_watch K: BIRD and lb-bgp-watch in instance K
   run_in "$(ns_i "$1")" "bird-i$1-stderr" bird -f -c "$tmp/bird-i$1.conf" -s "$tmp/bird-i$1.ctl" -P "$tmp/bird-i$1.pid"
