@@ -48,8 +48,9 @@ build build -- -DCMAKE_BUILD_TYPE=RelWithDebInfo
 run_ctest build
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
-  # A fleet of lb instances behind a BIRD router doing ECMP, in network
-  # namespaces this test creates and removes (needs root).
+  # A fleet of lb instances behind a BIRD router doing ECMP (classic
+  # multipath, then dist/fleet/lb-nhg-sync's resilient next-hop group), in
+  # network namespaces this test creates and removes (needs root; 25-40 s).
   echo "== test fleet"
   LB_BINARY="$root/build/lb/lb" bash "$root/test/fleet/run.sh" || failed=1
 fi

@@ -23,13 +23,18 @@ Commands:
         sources were carried by two or more instances.
   compare OLD NEW [min_kept=F] [dead=BACKEND max_moved_others=F max_moved_total=F]
         How many sources kept their backend between two probes.
-  hold-open
-        One long-lived connection per source, kept open.
-  hold-check [dead_instance=NAME]
-        Sends "ping" on every held connection and reports, per instance,
-        how many still answer; then closes them. Informational: it shows
-        what happens to established connections when the set of instances
-        changes.
+  hold-open SET COUNT [traffic=MS]
+        COUNT long-lived connections (sources taken in turn), kept open as
+        the set SET. With traffic=MS, a "ping" goes over each one every MS
+        milliseconds (a connection that fails meanwhile counts as cut);
+        without it they stay silent until hold-check.
+  hold-check SET [dead_instance=NAME] [max_cut=N] [reconnect=1] [patience=S]
+        Stops SET's traffic, sends "ping" on each connection and reports,
+        per instance, how many still answer within S seconds (2; more when
+        TCP may be retransmitting after an outage); then closes them. Fails when
+        more than max_cut connections of instances other than dead_instance
+        were cut. With reconnect=1, every cut connection is opened again
+        from its source, which must reach the backend it had.
   drain-start MS [rate=R]
         Opens one request per source that the backend answers only after MS
         milliseconds (confirmed received before this command returns), and
@@ -91,6 +96,107 @@ def read_line(sock: socket.socket, deadline: float) -> str:
     return line.decode()
 
 
+class Held:
+    """A set of held connections; with a period, a thread sends "ping" on
+    each of them every period and reads the "pong"s (non-blocking, so one
+    stalled connection delays none of the others)."""
+
+    def __init__(self, conns, period):
+        self.conns = conns          # [(socket, backend, instance, source)]
+        self.failed = [None] * len(conns)
+        self.waiting = [0] * len(conns)   # pings sent, pong not yet read
+        self.stop = threading.Event()
+        self.thread = None
+        if period:
+            self.thread = threading.Thread(target=self.traffic, args=(period,), daemon=True)
+            self.thread.start()
+
+    def traffic(self, period):
+        sel = selectors.DefaultSelector()
+        bufs = [b""] * len(self.conns)
+        for i, c in enumerate(self.conns):
+            c[0].setblocking(False)
+            sel.register(c[0], selectors.EVENT_READ, i)
+
+        def broken(i, why):
+            self.failed[i] = why
+            sel.unregister(self.conns[i][0])
+
+        while not self.stop.is_set():
+            next_round = time.monotonic() + period
+            for i, c in enumerate(self.conns):
+                if self.failed[i] is None and not self.waiting[i]:
+                    try:
+                        c[0].send(b"ping\n")
+                        self.waiting[i] += 1
+                    except OSError as e:
+                        broken(i, f"send: {e}")
+            while (left := next_round - time.monotonic()) > 0 and not self.stop.is_set():
+                for key, _ in sel.select(min(left, 0.1)):
+                    i = key.data
+                    try:
+                        data = key.fileobj.recv(256)
+                    except BlockingIOError:
+                        continue
+                    except OSError as e:
+                        broken(i, f"recv: {e}")
+                        continue
+                    if not data:
+                        broken(i, "closed")
+                        continue
+                    bufs[i] += data
+                    while b"\n" in bufs[i]:
+                        line, bufs[i] = bufs[i].split(b"\n", 1)
+                        if line != b"pong":
+                            broken(i, f"unexpected {line!r}")
+                            break
+                        self.waiting[i] -= 1
+        sel.close()
+        for c in self.conns:
+            c[0].setblocking(True)
+
+    def check(self, patience):
+        """Stops the traffic; (answers, why not) for each connection, asking
+        for an answer within `patience` seconds."""
+        self.stop.set()
+        if self.thread:
+            self.thread.join()
+
+        def ping(i):
+            """(True, None) when connection i answers, else (False, why)."""
+            sock = self.conns[i][0]
+            if self.failed[i] is not None:
+                return False, self.failed[i]
+            try:
+                sock.sendall(b"ping\n")
+                want, buf = self.waiting[i] + 1, b""
+                deadline = time.monotonic() + patience
+                while buf.count(b"\n") < want:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False, "no answer"
+                    sock.settimeout(left)
+                    data = sock.recv(256)
+                    if not data:
+                        return False, "closed"
+                    buf += data
+                return (True, None) if buf == b"pong\n" * want else (False, f"unexpected {buf!r}")
+            except OSError as e:
+                return False, type(e).__name__
+
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            results = list(pool.map(ping, range(len(self.conns))))
+        self.close()
+        return results
+
+    def close(self):
+        self.stop.set()
+        if self.thread and self.thread is not threading.current_thread():
+            self.thread.join()
+        for c in self.conns:
+            c[0].close()
+
+
 class Agent:
     def __init__(self, args):
         self.vip = args.vip
@@ -99,7 +205,7 @@ class Agent:
         self.sources = [str(first + i) for i in range(int(args.sources[1]))]
         self.instance_of = dict(pair.split("=", 1) for pair in args.instance)
         self.probes = {}   # probe name -> {source: [(backend, instance), ...]}
-        self.held = {}     # source -> (socket, backend, instance)
+        self.held = {}     # set name -> Held
         self.drain = None
 
     # -- helpers -----------------------------------------------------------
@@ -224,17 +330,23 @@ class Agent:
             if moved > float(o["max_moved_total"]) * n:
                 raise Fail("too many clients moved")
 
-    def cmd_hold_open(self):
+    def cmd_hold_open(self, name, count, *rest):
+        o = self.opts(rest)
+        if name in self.held:
+            raise Fail(f"set {name} is open already")
+        sources = [self.sources[i % len(self.sources)] for i in range(int(count))]
         with ThreadPoolExecutor(PARALLEL) as pool:
-            results = list(pool.map(self.try_connect, self.sources))
+            results = list(pool.map(self.try_connect, sources))
         errors = [r for r in results if isinstance(r, str)]
-        for source, r in zip(self.sources, results):
-            if not isinstance(r, str):
-                self.held[source] = r
-        per = collections.Counter(i for _, _, i in self.held.values())
-        print("held connections per instance: "
-              + ", ".join(f"{i} {n}" for i, n in sorted(per.items())))
+        conns = [(r[0], r[1], r[2], s) for s, r in zip(sources, results) if not isinstance(r, str)]
+        held = self.held[name] = Held(conns, float(o["traffic"]) / 1000.0 if "traffic" in o else None)
+        per = collections.Counter(c[2] for c in conns)
+        print(f"{name}: held connections per instance: "
+              + ", ".join(f"{i} {n}" for i, n in sorted(per.items()))
+              + (f"; a ping on each every {o['traffic']} ms" if "traffic" in o else "; silent"))
         if errors:
+            held.close()
+            del self.held[name]
             raise Fail(f"{len(errors)} connections failed, e.g. {errors[0]}")
 
     def try_connect(self, source):
@@ -243,33 +355,42 @@ class Agent:
         except (OSError, Fail, ResetBeforeData) as e:
             return f"{source}: {e}"
 
-    def cmd_hold_check(self, *rest):
+    def cmd_hold_check(self, name, *rest):
         o = self.opts(rest)
-        alive = collections.Counter()
-        per = collections.Counter()
-
-        def ping(item):
-            sock, _, instance = item
-            try:
-                sock.sendall(b"ping\n")
-                return instance, read_line(sock, time.monotonic() + 2.0) == "pong"
-            except (OSError, Fail, ResetBeforeData):
-                return instance, False
-            finally:
-                sock.close()
-
-        with ThreadPoolExecutor(PARALLEL) as pool:
-            for instance, ok in pool.map(ping, self.held.values()):
-                per[instance] += 1
-                alive[instance] += ok
-        self.held.clear()
+        held = self.held.pop(name)
+        results = held.check(float(o.get("patience", "2")))
+        alive = [ok for ok, _ in results]
+        dead = o.get("dead_instance")
+        per, ok = collections.Counter(), collections.Counter()
+        for (_, _, instance, _), fine in zip(held.conns, alive):
+            per[instance] += 1
+            ok[instance] += fine
         for i in sorted(per):
-            note = " (the killed instance)" if i == o.get("dead_instance") else ""
-            print(f"established connections via {i}{note} still answering: {self.pct(alive[i], per[i])}")
-        survivors = [i for i in per if i != o.get("dead_instance")]
-        moved = sum(per[i] - alive[i] for i in survivors)
-        print(f"established connections of surviving instances broken by the ECMP re-hash: "
-              f"{self.pct(moved, sum(per[i] for i in survivors))}")
+            note = " (the killed instance)" if i == dead else ""
+            print(f"{name}: established connections via {i}{note} still answering: {self.pct(ok[i], per[i])}")
+        survivors = [i for i in per if i != dead]
+        cut = sum(per[i] - ok[i] for i in survivors)
+        print(f"{name}: established connections of surviving instances cut: "
+              f"{self.pct(cut, sum(per[i] for i in survivors))}")
+        why = collections.Counter(w for (_, _, i, _), (_, w) in zip(held.conns, results) if w and i != dead)
+        if why:
+            print(f"{name}: how the survivors' connections failed: "
+                  + ", ".join(f"{w} {n}" for w, n in why.most_common()))
+        if "max_cut" in o and cut > int(o["max_cut"]):
+            raise Fail(f"{cut} established connections of surviving instances were cut")
+        if o.get("reconnect") == "1":
+            broken = [c for c, fine in zip(held.conns, alive) if not fine]
+            with ThreadPoolExecutor(PARALLEL) as pool:
+                again = list(pool.map(self.try_connect, [c[3] for c in broken]))
+            same = 0
+            for (_, backend, _, source), r in zip(broken, again):
+                if isinstance(r, str):
+                    raise Fail(f"reconnecting failed: {r}")
+                r[0].close()
+                if r[1] != backend:
+                    raise Fail(f"{source} reached {r[1]} after reconnecting, {backend} before")
+                same += 1
+            print(f"{name}: cut connections reconnected to the same backend: {self.pct(same, len(broken))}")
 
     def cmd_drain_start(self, ms, *rest):
         o = self.opts(rest)
