@@ -335,7 +335,7 @@
     setText(v.failures, fmtInt(b.connect_failures));
     v.failures.classList.toggle('check-fail', isNum(b.connect_failures) && b.connect_failures > 0);
     v.toggle.dataset.action = drain ? 'activate' : 'drain';
-    v.toggle.className = 'btn ' + (drain ? 'btn-activate' : 'btn-drain');
+    v.toggle.className = 'btn toggle ' + (drain ? 'btn-activate' : 'btn-drain');
     setText(v.toggle, drain ? 'Activate' : 'Drain');
     v.input.placeholder = isNum(b.weight) ? String(b.weight) : '';
 

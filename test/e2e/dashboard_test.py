@@ -503,58 +503,19 @@ def run(args):
     tmp = tempfile.mkdtemp(prefix="lb-dashboard-")
     backends = [EchoServer() for _ in range(4)]
     down = closed_port()
-    config = """[global]
-workers = 1
-access_log = "off"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-
-[[listener]]
-name = "api"
-bind = "127.0.0.1:0"
-pool = "api"
-
-[[pool]]
-name = "web"
-selector = "round_robin"
-[pool.health_check]
-type = "tcp"
-interval = "300ms"
-timeout = "300ms"
-rise = 1
-fall = 1
-[[pool.backend]]
-address = "{b0}"
-id = "web-1"
-[[pool.backend]]
-address = "{b1}"
-id = "edge/2"
-weight = 2
-[[pool.backend]]
-address = "127.0.0.1:{down}"
-id = "web-3"
-
-[[pool]]
-name = "api"
-selector = "maglev"
-[pool.health_check]
-type = "tcp"
-interval = "300ms"
-timeout = "300ms"
-[[pool.backend]]
-address = "{b2}"
-id = "api-1"
-[[pool.backend]]
-address = "{b3}"
-id = "api-2"
-""".format(b0=backends[0].address, b1=backends[1].address, b2=backends[2].address, b3=backends[3].address,
-           down=down)
+    # Listener "web" -> round-robin pool "web" (web-1, edge/2 with weight 2,
+    # web-3 down); listener "api" -> maglev pool "api" (api-1, api-2).
+    pools = {"web": ("round_robin", [("web-1", backends[0].address, 1), ("edge/2", backends[1].address, 2),
+                                     ("web-3", "127.0.0.1:%d" % down, 1)]),
+             "api": ("maglev", [("api-1", backends[2].address, 1), ("api-2", backends[3].address, 1)])}
+    config = '[global]\nworkers = 1\naccess_log = "off"\n\n[admin]\nlisten = "127.0.0.1:0"\n'
+    for name in pools:
+        config += '\n[[listener]]\nname = "%s"\nbind = "127.0.0.1:0"\npool = "%s"\n' % (name, name)
+    for name, (selector, members) in pools.items():
+        config += ('\n[[pool]]\nname = "%s"\nselector = "%s"\n[pool.health_check]\ntype = "tcp"\n'
+                   'interval = "300ms"\ntimeout = "300ms"\nrise = 1\nfall = 1\n') % (name, selector)
+        for backend_id, address, weight in members:
+            config += '[[pool.backend]]\naddress = "%s"\nid = "%s"\nweight = %d\n' % (address, backend_id, weight)
     lb = Lb(args.lb, config, tmp)
     browser = traffic = None
     try:
@@ -621,6 +582,10 @@ id = "api-2"
         click(browser, "document.getElementById('confirm-ok')")
         wait_until(lambda: api_backend(admin, "web", "web-1")["weight"] == 5, "the API shows weight 5")
         wait_until(lambda: snap()["pools"]["web"]["backends"]["web-1"]["weight"] == "5", "the page shows weight 5")
+        check(browser.eval(row_js("web", "web-1") + ".querySelector('input').value") == "",
+              "the weight field was not cleared after the change")
+        check(browser.eval(row_js("web", "web-1") + ".querySelector('input').placeholder") == "5",
+              "the weight field does not offer the current weight")
 
         posts = [e["request"] for e in browser.events_of("Network.requestWillBeSent")
                  if e["request"]["method"] == "POST"]
