@@ -399,7 +399,7 @@ UP_COLOUR, DOWN_COLOUR, DRAIN_COLOUR = "rgb(31, 138, 76)", "rgb(198, 40, 40)", "
 
 
 def fmt_int(v):
-    return "{:,}".format(v) if isinstance(v, int) else DASH
+    return "{:,}".format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else DASH
 
 
 # --- the checks ---------------------------------------------------------------
