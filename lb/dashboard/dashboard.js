@@ -130,6 +130,7 @@
     renderPools(st.pools || [], t);
     let up = 0, down = 0;
     for (const p of st.pools || []) for (const b of p.backends || []) (b.health === 'up' ? up++ : down++);
+    document.body.dataset.samples = String(Number(document.body.dataset.samples || 0) + 1);
     document.title = 'lb \u00b7 ' + up + ' up' + (down ? ', ' + down + ' down' : '');
   }
 
@@ -173,7 +174,7 @@
         view = makePool(p.name);
         poolViews.set(p.name, view);
       }
-      container.appendChild(view.root);  // keeps the API's order
+      place(container, view.root, seen.size - 1);  // the API's order
       setText(view.selector, p.selector || DASH);
       setText(view.digest, p.table_digest ? 'table ' + p.table_digest : 'no lookup table');
       const ids = new Set();
@@ -184,7 +185,7 @@
           row = makeBackendRow(p.name, b.id);
           view.rows.set(b.id, row);
         }
-        view.tbody.appendChild(row.tr);
+        place(view.tbody, row.tr, ids.size - 1);
         updateBackend(row, p.name, b, t);
       }
       for (const [id, row] of view.rows) {
@@ -200,6 +201,13 @@
       view.root.remove();
       poolViews.delete(name);
     }
+  }
+
+  // Moves `node` to position `index` of `parent` only when it is elsewhere:
+  // moving a row that holds the focused weight field would blur it.
+  function place(parent, node, index) {
+    const at = parent.children[index] || null;
+    if (at !== node) parent.insertBefore(node, at);
   }
 
   const bkey = (pool, id) => 'b/' + pool + '/' + id;

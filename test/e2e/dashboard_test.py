@@ -574,8 +574,14 @@ def run(args):
             return True
         wait_until(drained_on_page, "the page shows edge/2 drained")
 
-        # Set a weight through the page.
+        # Set a weight through the page. The field keeps the focus while the
+        # page refreshes around it (someone is typing there).
+        browser.eval(row_js("web", "web-1") + ".querySelector('input').focus()")
         browser.eval(row_js("web", "web-1") + ".querySelector('input').value = '5'")
+        samples = int(browser.eval("document.body.dataset.samples"))
+        wait_until(lambda: int(browser.eval("document.body.dataset.samples")) >= samples + 2, "two more refreshes")
+        check(browser.eval("document.activeElement === " + row_js("web", "web-1") + ".querySelector('input')"),
+              "a refresh took the focus from the weight field")
         click(browser, row_js("web", "web-1") + ".querySelector('[data-action=weight]')")
         page = wait_until(lambda: (lambda p: p if p["confirm"] else None)(snap()), "the confirmation opens")
         check("to 5" in page["confirm_text"], page["confirm_text"])
