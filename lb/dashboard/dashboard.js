@@ -225,7 +225,7 @@
     head.appendChild(digest);
     root.appendChild(head);
     const scroll = el('div', 'scroll');
-    const table = el('table');
+    const table = el('table', 'backends');
     const thead = el('thead');
     const htr = el('tr');
     const cols = [['Backend'], ['Health'], ['Admin'], ['Weight', 'num'], ['Effective', 'num', 'effective weight (slow start)'],
@@ -250,6 +250,7 @@
     tr.dataset.backend = id;
     const v = { tr };
     const idCell = cell(tr, 'id');
+    idCell.title = id;
     idCell.appendChild(el('span', 'id', id));
     v.address = el('span', 'addr mono');
     idCell.appendChild(v.address);

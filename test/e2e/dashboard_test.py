@@ -464,13 +464,14 @@ def check_rendered(page, st):
             check(row["data_health"] == b["health"] and row["data_admin"] == b["admin_state"], what)
             check(row["weight"] == fmt_int(b["weight"]), what)
             check(row["effective_weight"] == fmt_int(b.get("effective_weight")), what)
-            if "connect_failures" not in b:
-                check(row["connect_failures"] == DASH, what)
+            check(row["connect_failures"] == fmt_int(b.get("connect_failures")), what)
             if "bytes_to_backend" not in b:
                 check(row["bytes_to_backend"] == DASH and row["bytes_to_client"] == DASH, what)
             lc = b.get("last_check")
             if isinstance(lc, dict) and lc.get("result"):
                 check(row["last_check"].startswith(lc["result"]), what)
+                if lc.get("detail"):
+                    check(lc["detail"] in row["last_check"], what)
             else:
                 check(row["last_check"] == "last check " + DASH, what)
             check(row["health_colour"] == (UP_COLOUR if b["health"] == "up" else DOWN_COLOUR), what)
@@ -636,6 +637,7 @@ class TokenProxy(http.server.ThreadingHTTPServer):
 
     def __init__(self, admin):
         self.admin = admin
+        self.augment = False
         self.seen = []
         self.seen_lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), TokenProxyHandler)
@@ -662,6 +664,8 @@ class TokenProxyHandler(http.server.BaseHTTPRequestHandler):
         # Origin is not forwarded: the stub is the page's origin, not lb's.
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type",)}
         status, rh, data = request(self.server.admin, self.command, self.path, body or None, headers)
+        if self.server.augment and self.path == "/api/v1/status" and status == 200:
+            data = json.dumps(with_new_fields(json.loads(data))).encode()
         self.send_response(status)
         for k in ("content-type", "content-security-policy"):
             if k in rh:
@@ -671,6 +675,23 @@ class TokenProxyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_GET = do_POST = forward
+
+
+def with_new_fields(st):
+    """The status with the fields lb's API gains in issue 21 (engineer ops),
+    filled in where absent: what the page must show once they exist."""
+    for i, l in enumerate(st["listeners"]):
+        l.setdefault("rejected", {"acl": 1 + i, "limit": 2, "no_backend": 3, "proxy_protocol": 0, "tls": 1234})
+    for p in st["pools"]:
+        for b in p["backends"]:
+            up = b["health"] == "up"
+            b.setdefault("effective_weight", b["weight"] // 2)
+            b.setdefault("connect_failures", 0 if up else 4321)
+            b.setdefault("bytes_to_backend", b["total"] * 1000)
+            b.setdefault("bytes_to_client", b["total"] * 3000)
+            b.setdefault("last_check", {"result": "pass" if up else "fail",
+                                        "detail": "" if up else "connection refused", "age_ms": 1500})
+    return st
 
 
 def check_token_flow(browser, admin):
@@ -698,6 +719,25 @@ def check_token_flow(browser, admin):
         wait_until(lambda: api_backend(admin, "web", "edge/2")["admin_state"] == "active", "edge/2 active again")
         with proxy.seen_lock:
             seen = list(proxy.seen)
+
+        # The fields today's API may lack, when present, are shown.
+        proxy.augment = True
+
+        def shows_new_fields():
+            page = snap()
+            _, _, body = request(proxy.server_address[1], "GET", "/api/v1/status", None,
+                                 {"Authorization": "Bearer " + TOKEN})
+            st = json.loads(body)
+            check_rendered(page, st)
+            check(page["listeners"]["web"]["rejected_tls"] == "1,234", "rejections %s" % page["listeners"]["web"])
+            web3 = page["pools"]["web"]["backends"]["web-3"]
+            check(web3["connect_failures"] == "4,321" and web3["last_check"] == "fail \u00b7 connection refused \u00b7 1.5 s ago",
+                  "web-3 %s" % web3)
+            check(page["pools"]["web"]["backends"]["web-1"]["effective_weight"] == "2", "effective weight")
+            to_backend = page["pools"]["web"]["backends"]["web-1"]["bytes_to_backend"]
+            check(re.fullmatch(r"[\d.]+ (B|kB|MB)/s", to_backend), "bytes/s %r" % to_backend)
+            return True
+        wait_until(shows_new_fields, "the page shows the new fields")
         check(all(TOKEN not in target for _, target, _ in seen), "the token appeared in a URL: %s" % seen)
         api = [(m, t, a) for m, t, a in seen if t.startswith("/api/")]
         authed = [x for x in api if x[2] == "Bearer " + TOKEN]
