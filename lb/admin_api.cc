@@ -6,6 +6,7 @@
 
 #include "core/admin/http_parser.h"
 #include "core/log.h"
+#include "lb/dashboard.h"
 #include "lb/server.h"
 
 namespace lb::app {
@@ -259,6 +260,7 @@ HttpResponse handle_admin(Server& s, const HttpRequest& req) {
       return backend_post(s, pool, id, req.body);
     }
   }
+  if (auto page = serve_dashboard(req)) return std::move(*page);
   return json_error(404, "not found");
 }
 

@@ -1,5 +1,6 @@
 // The admin API and /metrics, answered on the main thread.
 //
+//   GET  /, /dashboard.js, /dashboard.css, /favicon.svg  the dashboard (lb/dashboard.h)
 //   GET  /healthz                                200 "ok" / 503 "draining"
 //   GET  /metrics                                Prometheus text format 0.0.4
 //   GET  /api/v1/status                          JSON (shared/spec/interface.md)

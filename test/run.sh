@@ -13,7 +13,8 @@ jobs=$(nproc)
 # --- packages -------------------------------------------------------------
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev
           libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd
-          debhelper dpkg-dev pandoc lintian man-db)
+          debhelper dpkg-dev pandoc lintian man-db
+          python3 chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,6 +13,18 @@ bool valid_header_value(std::string_view v) {
   return true;
 }
 
+// RFC 9110 token characters.
+bool valid_header_name(std::string_view n) {
+  if (n.empty()) return false;
+  for (char ch : n) {
+    auto c = static_cast<unsigned char>(ch);
+    bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              std::string_view("!#$%&'*+-.^_`|~").find(ch) != std::string_view::npos;
+    if (!ok) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 const char* reason_phrase(int status) {
@@ -53,13 +65,17 @@ std::string serialize_response(const HttpResponse& response, const ResponseFrami
       !valid_header_value(response.content_type)) {
     return serialize_response(error_response(500, "invalid response from handler"), framing);
   }
+  for (const auto& [name, value] : response.headers) {
+    if (!valid_header_name(name) || !valid_header_value(value))
+      return serialize_response(error_response(500, "invalid response header from handler"), framing);
+  }
   // RFC 9110 §15.3.5, §15.4.5: 204 and 304 carry no content. A 304's length
   // would have to be the 200's, which we do not know: send none.
   const bool no_content = response.status == 204 || response.status == 304;
   const bool send_body = !framing.head && !no_content;
 
   std::string out;
-  out.reserve(160 + (send_body ? response.body.size() : 0));
+  out.reserve(160 + 64 * response.headers.size() + (send_body ? response.body.size() : 0));
   out += "HTTP/1.1 ";
   out += std::to_string(response.status);
   out += ' ';
@@ -73,6 +89,12 @@ std::string serialize_response(const HttpResponse& response, const ResponseFrami
   if (!no_content) {
     out += "Content-Length: ";
     out += std::to_string(response.body.size());
+    out += "\r\n";
+  }
+  for (const auto& [name, value] : response.headers) {
+    out += name;
+    out += ": ";
+    out += value;
     out += "\r\n";
   }
   // Answers are live state (health, counters): no cache may keep them.

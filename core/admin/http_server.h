@@ -36,6 +36,9 @@ struct HttpResponse {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
+  // Further header lines, e.g. {"Content-Security-Policy", "..."}. Names and
+  // values must be free of control bytes (else the answer becomes a 500).
+  std::vector<std::pair<std::string, std::string>> headers;
 };
 
 struct HttpLimits {

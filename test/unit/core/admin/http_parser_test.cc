@@ -483,6 +483,22 @@ TEST_CASE("response: framing", "[http_response]") {
   CHECK(inj.rfind("HTTP/1.1 500 ", 0) == 0);
   CHECK(inj.find("Set-Cookie") == std::string::npos);
 
+  HttpResponse extra;
+  extra.content_type = "text/html; charset=utf-8";
+  extra.headers = {{"Content-Security-Policy", "default-src 'self'"}, {"X-Frame-Options", "DENY"}};
+  CHECK(serialize_response(extra, {}) ==
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: 0\r\n"
+        "Content-Security-Policy: default-src 'self'\r\nX-Frame-Options: DENY\r\n"
+        "Cache-Control: no-store\r\n\r\n");
+  for (auto [name, value] : std::vector<std::pair<std::string, std::string>>{
+           {"X-Ok", "a\r\nSet-Cookie: x=y"}, {"Bad Name", "v"}, {"", "v"}, {"X:Y", "v"}}) {
+    HttpResponse h;
+    h.headers = {{name, value}};
+    std::string out = serialize_response(h, {});
+    CHECK(out.rfind("HTTP/1.1 500 ", 0) == 0);
+    CHECK(out.find("Set-Cookie") == std::string::npos);
+  }
+
   HttpResponse e = error_response(431, "request head too large");
   CHECK(e.status == 431);
   CHECK(e.body == "431 Request Header Fields Too Large: request head too large\n");
