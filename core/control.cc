@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/log.h"
 #include "core/select/selector.h"
 
 namespace lb::core {
@@ -14,7 +15,10 @@ bool same_address(const conf::Endpoint& a, const conf::Endpoint& b) {
 }
 }  // namespace
 
-ControlPlane::ControlPlane(Publisher publish) : publish_(std::move(publish)) {}
+ControlPlane::ControlPlane(Publisher publish, Clock clock)
+    : publish_(std::move(publish)), clock_(std::move(clock)) {
+  if (!clock_) clock_ = [] { return std::chrono::steady_clock::now(); };
+}
 
 std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& cfg) {
   std::lock_guard lk(mu_);
@@ -73,7 +77,7 @@ void ControlPlane::set_health(const Backend& b, bool up) {
         st.up = up;
         if (up && st.seen_up && p.cfg.slow_start.count() > 0) {
           st.ramping = true;
-          st.ramp_start = std::chrono::steady_clock::now();
+          st.ramp_start = clock_();
         }
         if (up) st.seen_up = true;
         if (!up) st.ramping = false;
@@ -134,6 +138,7 @@ ControlPlane::Status ControlPlane::set_weight(const std::string& pool, const std
 void ControlPlane::rebuild_locked() {
   auto table = std::make_shared<BackendTable>();
   table->version = ++version_;
+  size_t built = 0;
   for (auto& p : pools_) {
     auto pt = std::make_shared<PoolTable>();
     pt->name = p.cfg.name;
@@ -143,7 +148,7 @@ void ControlPlane::rebuild_locked() {
     // Slow start: a recovered backend's weight ramps linearly from 1% to
     // 100% of its weight. Selectors only use weight ratios, so while a ramp
     // runs every weight of the pool is scaled by 100 to make the steps fine.
-    const auto now = std::chrono::steady_clock::now();
+    const auto now = clock_();
     bool ramp = false;
     for (auto& b : p.backends) {
       if (b.ramping && now - b.ramp_start >= p.cfg.slow_start) b.ramping = false;
@@ -177,9 +182,15 @@ void ControlPlane::rebuild_locked() {
     }
     pt->lookup = build_lookup_table(pt->selector, pt->candidates);
     pt->digest = pt->lookup ? pt->lookup->digest() : 0;
+    ++stats_.pool_tables;
+    if (pt->lookup) ++stats_.lookup_tables;
+    ++built;
     table->pools.push_back(std::move(pt));
   }
   current_ = table;
+  ++stats_.publishes;
+  log::debug("backend table published version={} pools={} rebuilt={}", table->version, table->pools.size(),
+             built);
   if (publish_) publish_(current_);
 }
 
@@ -202,6 +213,11 @@ std::vector<ControlPlane::PoolView> ControlPlane::snapshot() const {
     out.push_back(std::move(v));
   }
   return out;
+}
+
+ControlPlane::BuildStats ControlPlane::build_stats() const {
+  std::lock_guard lk(mu_);
+  return stats_;
 }
 
 BackendTablePtr ControlPlane::current() const {

@@ -25,7 +25,10 @@ namespace lb::core {
 class ControlPlane {
  public:
   using Publisher = std::function<void(BackendTablePtr)>;
-  explicit ControlPlane(Publisher publish);
+  // Slow start reads the time from `clock` (tests step it by hand); empty:
+  // std::chrono::steady_clock::now.
+  using Clock = std::function<std::chrono::steady_clock::time_point()>;
+  explicit ControlPlane(Publisher publish, Clock clock = {});
 
   // Per pool (in config order), its Backend objects: the health targets.
   struct PoolBackends {
@@ -68,6 +71,15 @@ class ControlPlane {
   std::vector<PoolView> snapshot() const;
   BackendTablePtr current() const;
 
+  // What publishing has cost so far: tables published, pool tables built,
+  // and hash lookup tables (Maglev, ring) built among them.
+  struct BuildStats {
+    uint64_t publishes = 0;
+    uint64_t pool_tables = 0;
+    uint64_t lookup_tables = 0;
+  };
+  BuildStats build_stats() const;
+
  private:
   struct BackendState {
     BackendPtr backend;
@@ -90,10 +102,12 @@ class ControlPlane {
   void rebuild_locked();
 
   Publisher publish_;
+  Clock clock_;
   mutable std::mutex mu_;
   std::vector<PoolState> pools_;
   BackendTablePtr current_;
   uint64_t version_ = 0;
+  BuildStats stats_;
 };
 
 }  // namespace lb::core
