@@ -2,9 +2,11 @@
 //
 // Holds, per pool of the current configuration, every Backend with its
 // health (from the health thread), admin state and weight override (from
-// the admin API). Every change builds a new immutable BackendTable (with the
-// hash selectors' lookup tables) and hands it to the publish callback, which
-// puts it in each worker's latest-wins mailbox.
+// the admin API). Every change builds a new immutable BackendTable and hands
+// it to the publish callback, which puts it in each worker's latest-wins
+// mailbox. Only the pools the change touched get a new PoolTable (and hash
+// lookup table); the others' PoolTable objects are shared with the previous
+// BackendTable, and a change no worker would see publishes nothing.
 //
 // Thread-safe: called from the main thread (reload, admin API) and the health
 // thread (transitions). One mutex serialises changes so tables are published
@@ -47,7 +49,8 @@ class ControlPlane {
   void set_health(const Backend& b, bool up);
 
   // Advances slow-start ramps (call a few times a second); publishes a new
-  // table only while some backend is ramping. Returns whether one is.
+  // table, with new tables for the ramping pools only, while some backend is
+  // ramping and its weight moved. Returns whether one is ramping.
   bool tick();
 
   enum class Status { Ok, NoPool, NoBackend };
