@@ -6,17 +6,18 @@ void SelectorSet::update(const BackendTable& table, uint64_t seed) {
   std::vector<Entry> next;
   next.reserve(table.pools.size());
   for (const PoolTablePtr& p : table.pools) {
+    Entry* old = nullptr;
+    for (auto& e : pools_)
+      if (e.table && e.table->name == p->name) old = &e;
+    if (old && old->table == p) {
+      next.push_back(std::move(*old));  // unchanged pool: same selector, same cursor
+      continue;
+    }
+    // The new selector is built while the old one (and the PoolTable its
+    // Backend pointers live in) still exists.
     Entry e;
-    for (auto& old : pools_) {
-      if (old.table == p) {
-        e = std::move(old);
-        break;
-      }
-    }
-    if (!e.selector) {
-      e.table = p;
-      e.selector = make_selector(*p, seed);
-    }
+    e.table = p;
+    e.selector = make_selector(*p, seed, old ? old->selector.get() : nullptr);
     next.push_back(std::move(e));
   }
   pools_ = std::move(next);

@@ -30,7 +30,10 @@ class SelectorSet {
     std::unique_ptr<Selector> selector;
   };
 
-  // `seed` varies the new selectors between workers and tables.
+  // Takes the pools of `table`: a pool whose PoolTable is the same object as
+  // before keeps its selector untouched; a changed pool gets a new selector
+  // built over the old one (make_selector's `previous`); a new pool a fresh
+  // one. `seed` varies the new selectors between workers and tables.
   void update(const BackendTable& table, uint64_t seed);
   void clear() { pools_.clear(); }
 

@@ -366,3 +366,55 @@ TEST_CASE("slow start rebuilds only the ramping pool", "[control][publish][slow_
   CHECK(cp.build_stats().publishes == publishes);
   CHECK(cp.current() == end);
 }
+
+TEST_CASE("round robin follows a slow-start ramp at one connection per tick", "[control][publish][slow_start]") {
+  // Weights 1 and 1; "b" recovers and ramps over 30s. At one connection per
+  // 250 ms tick, b's share must follow its ramping weight: the expected
+  // count is the sum over ticks of w_b / (w_a + w_b). Restarting the cycle
+  // at every tick would send every connection to the heavier "a".
+  FakeClock clock;
+  ControlPlane cp({}, clock.fn());
+  auto pools = cp.apply(load(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+[[pool]]
+name = "web"
+slow_start = "30s"
+[pool.health_check]
+type = "tcp"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+id = "a"
+[[pool.backend]]
+address = "127.0.0.1:9002"
+id = "b"
+)"));
+  auto& a = *pools[0].backends[0];
+  auto& b = *pools[0].backends[1];
+  cp.set_health(a, true);
+  cp.set_health(b, true);
+  cp.set_health(b, false);
+  SelectorSet sel;
+  sel.update(*cp.current(), 1);
+  cp.set_health(b, true);
+
+  std::map<std::string, int> served;
+  double expected_b = 0;
+  int ticks = 0;
+  for (bool ramping = true; ramping; ++ticks) {
+    REQUIRE(ticks <= 200);
+    sel.update(*cp.current(), 2 + static_cast<uint64_t>(ticks));
+    const auto& c = sel.find("web")->table->candidates;
+    REQUIRE(c.size() == 2);
+    expected_b += static_cast<double>(c[1].weight) / (c[0].weight + c[1].weight);
+    ++served[sel.find("web")->selector->pick({})->id];
+    clock.now += std::chrono::milliseconds(250);
+    ramping = cp.tick();
+  }
+  INFO("a=" << served["a"] << " b=" << served["b"] << " expected b=" << expected_b << " ticks=" << ticks);
+  CHECK(ticks == 121);
+  CHECK(expected_b > 30);  // about 121 * (1 - ln 2)
+  CHECK(std::abs(served["b"] - expected_b) <= 2);
+}
