@@ -27,8 +27,13 @@ struct Candidate {
   uint32_t weight;  // > 0
 };
 
+// One pool's part of a BackendTable. The control plane builds a new one only
+// when the pool's selection input changes (backends, candidates and their
+// effective weights, selector settings); otherwise successive BackendTables
+// share the same object, so identity means "unchanged" to workers.
 struct PoolTable {
   std::string name;
+  uint64_t version = 0;  // of the BackendTable it was built for
   conf::SelectorKind selector = conf::SelectorKind::RoundRobin;
   conf::HashKey hash_key = conf::HashKey::SourceIp;
   unsigned hash_balance_factor = 0;
@@ -57,12 +62,13 @@ inline bool all_full(const PoolTable& p) {
 }
 
 struct BackendTable {
-  uint64_t version = 0;                // increases with every build
+  uint64_t version = 0;                // increases with every publish
   std::vector<PoolTablePtr> pools;     // same order as Config::pools of its generation
 
-  const PoolTable* find(const std::string& name) const {
+  const PoolTable* find(const std::string& name) const { return find_ptr(name).get(); }
+  PoolTablePtr find_ptr(const std::string& name) const {
     for (auto& p : pools)
-      if (p->name == name) return p.get();
+      if (p->name == name) return p;
     return nullptr;
   }
 };

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/log.h"
 #include "core/select/selector.h"
 
 namespace lb::core {
@@ -12,9 +13,25 @@ namespace {
 bool same_address(const conf::Endpoint& a, const conf::Endpoint& b) {
   return a.addr_len == b.addr_len && std::memcmp(&a.addr, &b.addr, a.addr_len) == 0;
 }
+
+// Whether two pool tables give selectors the same input (everything but the
+// lookup table, which is a function of the rest).
+bool same_selection(const PoolTable& a, const PoolTable& b) {
+  if (a.name != b.name || a.selector != b.selector || a.hash_key != b.hash_key ||
+      a.hash_balance_factor != b.hash_balance_factor || a.using_backups != b.using_backups ||
+      a.backends != b.backends || a.candidates.size() != b.candidates.size())
+    return false;
+  for (size_t i = 0; i < a.candidates.size(); ++i)
+    if (a.candidates[i].backend != b.candidates[i].backend || a.candidates[i].weight != b.candidates[i].weight)
+      return false;
+  return true;
+}
 }  // namespace
 
-ControlPlane::ControlPlane(Publisher publish) : publish_(std::move(publish)) {}
+ControlPlane::ControlPlane(Publisher publish, Clock clock)
+    : publish_(std::move(publish)), clock_(std::move(clock)) {
+  if (!clock_) clock_ = [] { return std::chrono::steady_clock::now(); };
+}
 
 std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& cfg) {
   std::lock_guard lk(mu_);
@@ -73,7 +90,7 @@ void ControlPlane::set_health(const Backend& b, bool up) {
         st.up = up;
         if (up && st.seen_up && p.cfg.slow_start.count() > 0) {
           st.ramping = true;
-          st.ramp_start = std::chrono::steady_clock::now();
+          st.ramp_start = clock_();
         }
         if (up) st.seen_up = true;
         if (!up) st.ramping = false;
@@ -132,18 +149,25 @@ ControlPlane::Status ControlPlane::set_weight(const std::string& pool, const std
 }
 
 void ControlPlane::rebuild_locked() {
+  const auto now = clock_();
+  const uint64_t version = version_ + 1;
   auto table = std::make_shared<BackendTable>();
-  table->version = ++version_;
-  for (auto& p : pools_) {
+  table->version = version;
+  // Whether the table differs from the current one: a pool was added,
+  // removed, moved or rebuilt.
+  bool changed = !current_ || current_->pools.size() != pools_.size();
+  size_t built = 0;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    auto& p = pools_[i];
     auto pt = std::make_shared<PoolTable>();
     pt->name = p.cfg.name;
+    pt->version = version;
     pt->selector = p.cfg.selector;
     pt->hash_key = p.cfg.hash_key;
     pt->hash_balance_factor = p.cfg.hash_balance_factor;
     // Slow start: a recovered backend's weight ramps linearly from 1% to
     // 100% of its weight. Selectors only use weight ratios, so while a ramp
     // runs every weight of the pool is scaled by 100 to make the steps fine.
-    const auto now = std::chrono::steady_clock::now();
     bool ramp = false;
     for (auto& b : p.backends) {
       if (b.ramping && now - b.ramp_start >= p.cfg.slow_start) b.ramping = false;
@@ -175,11 +199,30 @@ void ControlPlane::rebuild_locked() {
         if (b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), weight[b]});
       pt->using_backups = !pt->candidates.empty();
     }
+
+    // A pool whose selector input is what it was keeps its table object:
+    // no hash table rebuild here, and workers keep its selector (and the
+    // round robin cursor) as it is (core/select/selector_set.h).
+    PoolTablePtr previous = current_ ? current_->find_ptr(pt->name) : nullptr;
+    if (previous && same_selection(*previous, *pt)) {
+      if (i >= current_->pools.size() || current_->pools[i] != previous) changed = true;
+      table->pools.push_back(std::move(previous));
+      continue;
+    }
     pt->lookup = build_lookup_table(pt->selector, pt->candidates);
     pt->digest = pt->lookup ? pt->lookup->digest() : 0;
+    ++stats_.pool_tables;
+    if (pt->lookup) ++stats_.lookup_tables;
+    ++built;
+    changed = true;
     table->pools.push_back(std::move(pt));
   }
+  if (!changed) return;  // nothing a worker would see: no publish
+  version_ = version;
   current_ = table;
+  ++stats_.publishes;
+  log::debug("backend table published version={} pools={} rebuilt={}", table->version, table->pools.size(),
+             built);
   if (publish_) publish_(current_);
 }
 
@@ -202,6 +245,11 @@ std::vector<ControlPlane::PoolView> ControlPlane::snapshot() const {
     out.push_back(std::move(v));
   }
   return out;
+}
+
+ControlPlane::BuildStats ControlPlane::build_stats() const {
+  std::lock_guard lk(mu_);
+  return stats_;
 }
 
 BackendTablePtr ControlPlane::current() const {

@@ -2,9 +2,11 @@
 //
 // Holds, per pool of the current configuration, every Backend with its
 // health (from the health thread), admin state and weight override (from
-// the admin API). Every change builds a new immutable BackendTable (with the
-// hash selectors' lookup tables) and hands it to the publish callback, which
-// puts it in each worker's latest-wins mailbox.
+// the admin API). Every change builds a new immutable BackendTable and hands
+// it to the publish callback, which puts it in each worker's latest-wins
+// mailbox. Only the pools the change touched get a new PoolTable (and hash
+// lookup table); the others' PoolTable objects are shared with the previous
+// BackendTable, and a change no worker would see publishes nothing.
 //
 // Thread-safe: called from the main thread (reload, admin API) and the health
 // thread (transitions). One mutex serialises changes so tables are published
@@ -25,7 +27,10 @@ namespace lb::core {
 class ControlPlane {
  public:
   using Publisher = std::function<void(BackendTablePtr)>;
-  explicit ControlPlane(Publisher publish);
+  // Slow start reads the time from `clock` (tests step it by hand); empty:
+  // std::chrono::steady_clock::now.
+  using Clock = std::function<std::chrono::steady_clock::time_point()>;
+  explicit ControlPlane(Publisher publish, Clock clock = {});
 
   // Per pool (in config order), its Backend objects: the health targets.
   struct PoolBackends {
@@ -44,7 +49,8 @@ class ControlPlane {
   void set_health(const Backend& b, bool up);
 
   // Advances slow-start ramps (call a few times a second); publishes a new
-  // table only while some backend is ramping. Returns whether one is.
+  // table, with new tables for the ramping pools only, while some backend is
+  // ramping and its weight moved. Returns whether one is ramping.
   bool tick();
 
   enum class Status { Ok, NoPool, NoBackend };
@@ -68,6 +74,15 @@ class ControlPlane {
   std::vector<PoolView> snapshot() const;
   BackendTablePtr current() const;
 
+  // What publishing has cost so far: tables published, pool tables built,
+  // and hash lookup tables (Maglev, ring) built among them.
+  struct BuildStats {
+    uint64_t publishes = 0;
+    uint64_t pool_tables = 0;
+    uint64_t lookup_tables = 0;
+  };
+  BuildStats build_stats() const;
+
  private:
   struct BackendState {
     BackendPtr backend;
@@ -90,10 +105,12 @@ class ControlPlane {
   void rebuild_locked();
 
   Publisher publish_;
+  Clock clock_;
   mutable std::mutex mu_;
   std::vector<PoolState> pools_;
   BackendTablePtr current_;
   uint64_t version_ = 0;
+  BuildStats stats_;
 };
 
 }  // namespace lb::core

@@ -139,46 +139,21 @@ void Worker::drain_inbox() {
 }
 
 void Worker::swap_table(BackendTablePtr table) {
-  std::vector<PoolSelector> sel;
-  sel.reserve(table->pools.size());
-  for (auto& p : table->pools) {
-    // Keep the selector (and its cursor) when the pool's table is unchanged.
-    PoolSelector ps;
-    for (auto& old : selectors_) {
-      if (old.table == p) {
-        ps.table = old.table;
-        ps.selector = std::move(old.selector);
-        break;
-      }
-    }
-    if (!ps.selector) {
-      ps.table = p;
-      ps.selector = make_selector(*p, (static_cast<uint64_t>(index_) << 32) ^ table->version);
-    }
-    sel.push_back(std::move(ps));
-  }
-  selectors_ = std::move(sel);
+  selectors_.update(*table, (static_cast<uint64_t>(index_) << 32) ^ table->version);
   table_ = std::move(table);
 }
 
 Backend* Worker::pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool) {
-  for (auto& ps : selectors_) {
-    if (ps.table->name == listener.cfg.pool) {
-      *pool = ps.table.get();
-      return ps.selector->pick(ctx);
-    }
-  }
-  return nullptr;
+  SelectorSet::Entry* e = selectors_.find(listener.cfg.pool);
+  if (!e) return nullptr;
+  *pool = e->table.get();
+  return e->selector->pick(ctx);
 }
 
 uint64_t Worker::flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
-  for (auto& ps : selectors_) {
-    if (ps.table->name == listener.cfg.pool) {
-      if (!conf::is_hash_selector(ps.table->selector)) return 0;
-      return hash::flow_hash(client, ps.table->hash_key);
-    }
-  }
-  return 0;
+  const SelectorSet::Entry* e = selectors_.find(listener.cfg.pool);
+  if (!e || !conf::is_hash_selector(e->table->selector)) return 0;
+  return hash::flow_hash(client, e->table->hash_key);
 }
 
 void Worker::apply_listeners(std::vector<ListenEntry> entries) {
@@ -260,12 +235,10 @@ char* Worker::udp_buffer() {
 }
 
 bool Worker::is_candidate(const std::string& pool, const Backend* b) const {
-  for (auto& ps : selectors_) {
-    if (ps.table->name != pool) continue;
-    for (auto& c : ps.table->candidates)
-      if (c.backend == b) return true;
-    return false;
-  }
+  const SelectorSet::Entry* e = selectors_.find(pool);
+  if (!e) return false;
+  for (auto& c : e->table->candidates)
+    if (c.backend == b) return true;
   return false;
 }
 

@@ -28,6 +28,7 @@
 #include "core/backend_table.h"
 #include "core/pipe_pool.h"
 #include "core/select/selector.h"
+#include "core/select/selector_set.h"
 #include "core/stats.h"
 #include "core/timeout_wheel.h"
 
@@ -118,10 +119,6 @@ class Worker {
 
  private:
   struct Listener;
-  struct PoolSelector {
-    PoolTablePtr table;
-    std::unique_ptr<Selector> selector;
-  };
 
   void run();
   static void on_async(uv_async_t* a);
@@ -155,7 +152,7 @@ class Worker {
 
   std::vector<std::unique_ptr<Listener>> listeners_;
   BackendTablePtr table_;
-  std::vector<PoolSelector> selectors_;   // parallel to table_->pools
+  SelectorSet selectors_;                 // one per pool of table_
   TcpSession* sessions_ = nullptr;        // intrusive list of open sessions
   std::vector<UdpListener*> udp_all_;     // live and retired UDP listeners
   std::unique_ptr<char[]> udp_buffer_;

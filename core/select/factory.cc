@@ -53,10 +53,12 @@ std::shared_ptr<const LookupTable> build_lookup_table(conf::SelectorKind kind,
   return nullptr;
 }
 
-std::unique_ptr<Selector> make_selector(const PoolTable& table, uint64_t seed) {
+std::unique_ptr<Selector> make_selector(const PoolTable& table, uint64_t seed,
+                                        const Selector* previous) {
   switch (table.selector) {
     case conf::SelectorKind::RoundRobin:
-      return std::make_unique<RoundRobinSelector>(table.candidates, seed);
+      return std::make_unique<RoundRobinSelector>(table.candidates, seed,
+                                                  dynamic_cast<const RoundRobinSelector*>(previous));
     case conf::SelectorKind::LeastConnections:
       return std::make_unique<LeastConnectionsSelector>(table.candidates, seed);
     case conf::SelectorKind::RandomTwo:

@@ -9,6 +9,13 @@
 // Candidates that are full or avoided take no part in a pick (they neither
 // gain weight nor count in the total), as nginx does for down peers.
 //
+// When the candidates or weights change (a slow-start step, drain, health,
+// an admin reweight), the new selector takes over the old one's credit per
+// backend id instead of starting from zero, as nginx and HAProxy keep their
+// current weights: restarting would hand the first picks of every new table
+// to the heaviest backend, which at 4 tables a second during slow start is
+// most of the traffic at low rates.
+//
 // Ties go to the first candidate in scan order, and each worker starts its
 // scan at seed % n: with equal weights, workers start on different backends
 // instead of all sending their first connection to the same one. Only the tie
@@ -32,10 +39,16 @@ namespace lb::core {
 
 class RoundRobinSelector final : public Selector {
  public:
-  RoundRobinSelector(std::span<const Candidate> candidates, uint64_t seed);
+  // With `previous` (the selector this one replaces after a weight or
+  // candidate change; must be alive during the call), the cycle goes on
+  // instead of restarting: see take_over().
+  RoundRobinSelector(std::span<const Candidate> candidates, uint64_t seed,
+                     const RoundRobinSelector* previous = nullptr);
   Backend* pick(const PickContext& ctx) override;
 
  private:
+  void take_over(const RoundRobinSelector& previous);
+
   // Everything the scan reads, in one array: unlimited backends are never
   // dereferenced unless the pick has backends to avoid.
   struct Entry {

@@ -4,7 +4,8 @@
 //  * build_lookup_table(): for ring_hash and maglev, built once per PoolTable
 //    from candidates sorted by backend id; immutable and shared by all workers,
 //    lookups take no lock. Placement depends only on ids and weights.
-//  * make_selector(): one Selector per worker per PoolTable. Cursor-based
+//  * make_selector(): one Selector per worker per PoolTable (successive
+//    tables of a pool hand state on, see selector_set.h). Cursor-based
 //    selectors (round_robin, least_connections, random_two) keep their cursor
 //    or PRNG state here. Not thread-safe: used only on its worker's loop.
 #pragma once
@@ -46,6 +47,11 @@ std::shared_ptr<const LookupTable> build_lookup_table(conf::SelectorKind kind,
 
 // Per-worker selector over `table` (which must outlive it). `seed` varies the
 // per-worker PRNG of random_two and the starting point of round_robin.
-std::unique_ptr<Selector> make_selector(const PoolTable& table, uint64_t seed);
+// `previous`, when given, is the selector of the same pool's previous table
+// (still alive during the call): a selector of the same kind takes over the
+// state that still means something with the new candidates (round_robin:
+// each remaining backend's credit); the others ignore it.
+std::unique_ptr<Selector> make_selector(const PoolTable& table, uint64_t seed,
+                                        const Selector* previous = nullptr);
 
 }  // namespace lb::core

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/http_client.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
@@ -211,6 +212,58 @@ TEST_CASE("weighted round robin splits 600 connections exactly 100/200/300", "[e
   CHECK(a.accepted() == 100);
   CHECK(b.accepted() == 200);
   CHECK(c.accepted() == 300);
+
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("weighted round robin stays exact while another pool's backend flaps", "[e2e][pool][weights][publish]") {
+  // Every drain or activate in pool "other" publishes a new backend table.
+  // Pool "web" did not change, so its worker selector must keep its place in
+  // the smooth round robin cycle: 1,000 connections at weights 5,3,2 are
+  // exactly 100 cycles.
+  TestBackend a(TestBackend::named("a\n"));
+  TestBackend b(TestBackend::named("b\n"));
+  TestBackend c(TestBackend::named("c\n"));
+  REQUIRE((a.ok() && b.ok() && c.ok()));
+  const std::string cfg = pool_config({{a.address(), 5}, {b.address(), 3}, {c.address(), 2}}, 1, 2) +
+                          fmt::format(R"(
+[[pool]]
+name = "other"
+[pool.health_check]
+type = "none"
+[[pool.backend]]
+address = "{0}"
+id = "x"
+[[pool.backend]]
+address = "{0}"
+id = "y"
+)",
+                                      a.address());
+  LbProcess lb(cfg);
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t admin = lb.admin_port();
+  REQUIRE(port != 0);
+  REQUIRE(admin != 0);
+
+  std::map<std::string, int> served;
+  int flaps = 0;
+  for (int i = 0; i < 1000; ++i) {
+    std::string name = served_by(port, in(seconds(5)));
+    if (name.empty()) {
+      FAIL_CHECK("connection " << i << " got no greeting");
+      continue;
+    }
+    ++served[name];
+    const char* body = i % 2 == 0 ? R"({"state":"drain"})" : R"({"state":"active"})";
+    flaps += http_post(admin, "/api/v1/pools/other/backends/x", body).status == 200;
+  }
+  INFO("a=" << served["a"] << " b=" << served["b"] << " c=" << served["c"]);
+  CHECK(flaps == 1000);
+  CHECK(served["a"] == 500);
+  CHECK(served["b"] == 300);
+  CHECK(served["c"] == 200);
+  CHECK(served.size() == 3);
 
   CHECK(lb.terminate() == 0);
 }

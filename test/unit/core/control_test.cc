@@ -1,13 +1,18 @@
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <cmath>
 #include <map>
+#include <string>
 #include <thread>
 
 #include "conf/load.h"
 #include "core/control.h"
+#include "core/select/selector_set.h"
 
 using lb::core::BackendTablePtr;
 using lb::core::ControlPlane;
+using lb::core::SelectorSet;
 
 namespace {
 
@@ -215,4 +220,201 @@ weight = 3
   }
   // Ramp over: back to the plain weights (and the plain table).
   CHECK(weights() == std::map<std::string, uint32_t>{{"a", 3}, {"b", 3}});
+}
+
+// Publishing tables as a worker sees them (core/select/selector_set.h): a
+// change to one pool must not disturb the others, and smooth round robin
+// must keep its place across publishes.
+namespace {
+
+// "rr": round robin 5,3,2; "hash": maglev; "flap": the pool that changes.
+const char* kThreePools = R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "rr"
+
+[[pool]]
+name = "rr"
+[pool.health_check]
+type = "none"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+id = "a"
+weight = 5
+[[pool.backend]]
+address = "127.0.0.1:9002"
+id = "b"
+weight = 3
+[[pool.backend]]
+address = "127.0.0.1:9003"
+id = "c"
+weight = 2
+
+[[pool]]
+name = "hash"
+selector = "maglev"
+[pool.health_check]
+type = "none"
+[[pool.backend]]
+address = "127.0.0.1:9004"
+id = "h1"
+[[pool.backend]]
+address = "127.0.0.1:9005"
+id = "h2"
+
+[[pool]]
+name = "flap"
+slow_start = "10s"
+[pool.health_check]
+type = "tcp"
+[[pool.backend]]
+address = "127.0.0.1:9006"
+id = "x"
+[[pool.backend]]
+address = "127.0.0.1:9007"
+id = "y"
+)";
+
+lb::core::PoolTablePtr pool_of(const BackendTablePtr& t, const std::string& name) {
+  for (auto& p : t->pools)
+    if (p->name == name) return p;
+  return nullptr;
+}
+
+// A clock the test moves by hand.
+struct FakeClock {
+  std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now();
+  ControlPlane::Clock fn() {
+    return [this] { return now; };
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a change in one pool leaves the other pools' tables and selectors untouched",
+          "[control][publish]") {
+  ControlPlane cp({});
+  auto pools = cp.apply(load(kThreePools));
+  SelectorSet sel;
+  sel.update(*cp.current(), 1);
+  auto& x = *pools[2].backends[0];
+  auto& y = *pools[2].backends[1];
+  cp.set_health(y, true);
+  sel.update(*cp.current(), 2);
+
+  const BackendTablePtr before = cp.current();
+  const auto* rr_selector = sel.find("rr")->selector.get();
+  const auto* hash_selector = sel.find("hash")->selector.get();
+  const auto lookups = cp.build_stats().lookup_tables;
+
+  // x flaps 500 times, once between every two picks of pool "rr".
+  std::map<std::string, int> served;
+  for (int i = 0; i < 1000; ++i) {
+    cp.set_health(x, i % 2 == 0);
+    sel.update(*cp.current(), 3 + i);
+    ++served[sel.find("rr")->selector->pick({})->id];
+  }
+  const BackendTablePtr after = cp.current();
+  CHECK(after->version > before->version);
+  CHECK(pool_of(after, "flap") != pool_of(before, "flap"));
+  // "rr" and "hash" kept their tables (no Maglev rebuild) and, on the
+  // worker, their selectors.
+  CHECK(pool_of(after, "rr") == pool_of(before, "rr"));
+  CHECK(pool_of(after, "hash") == pool_of(before, "hash"));
+  CHECK(pool_of(after, "hash")->lookup == pool_of(before, "hash")->lookup);
+  CHECK(cp.build_stats().lookup_tables == lookups);
+  CHECK(sel.find("rr")->selector.get() == rr_selector);
+  CHECK(sel.find("hash")->selector.get() == hash_selector);
+  // So smooth round robin stays exact: 100 whole cycles of 5,3,2.
+  INFO("a=" << served["a"] << " b=" << served["b"] << " c=" << served["c"]);
+  CHECK(served == std::map<std::string, int>{{"a", 500}, {"b", 300}, {"c", 200}});
+}
+
+TEST_CASE("slow start rebuilds only the ramping pool", "[control][publish][slow_start]") {
+  FakeClock clock;
+  ControlPlane cp({}, clock.fn());
+  auto pools = cp.apply(load(kThreePools));
+  auto& x = *pools[2].backends[0];
+  auto& y = *pools[2].backends[1];
+  cp.set_health(x, true);
+  cp.set_health(y, true);
+  cp.set_health(x, false);
+  cp.set_health(x, true);  // recovered: ramps over 10s
+  const BackendTablePtr start = cp.current();
+  const auto stats0 = cp.build_stats();
+  int ticks = 0;
+  for (;;) {
+    clock.now += std::chrono::milliseconds(250);
+    if (!cp.tick()) break;
+    ++ticks;
+    REQUIRE(ticks <= 50);
+  }
+  const auto stats1 = cp.build_stats();
+  const BackendTablePtr end = cp.current();
+  CHECK(ticks == 40);  // 0.25s .. 10s: the last one ends the ramp
+  // One pool table per tick: the ramping pool's, never another pool's.
+  CHECK(stats1.pool_tables - stats0.pool_tables == static_cast<uint64_t>(ticks));
+  CHECK(stats1.lookup_tables == stats0.lookup_tables);
+  CHECK(pool_of(end, "rr") == pool_of(start, "rr"));
+  CHECK(pool_of(end, "hash") == pool_of(start, "hash"));
+  // Nothing changes once the ramp is over: no publish at all.
+  const auto publishes = cp.build_stats().publishes;
+  CHECK_FALSE(cp.tick());
+  cp.set_drain("rr", "a", false);  // already active
+  cp.set_weight("rr", "a", 5);     // the weight it has
+  CHECK(cp.build_stats().publishes == publishes);
+  CHECK(cp.current() == end);
+}
+
+TEST_CASE("round robin follows a slow-start ramp at one connection per tick", "[control][publish][slow_start]") {
+  // Weights 1 and 1; "b" recovers and ramps over 30s. At one connection per
+  // 250 ms tick, b's share must follow its ramping weight: the expected
+  // count is the sum over ticks of w_b / (w_a + w_b). Restarting the cycle
+  // at every tick would send every connection to the heavier "a".
+  FakeClock clock;
+  ControlPlane cp({}, clock.fn());
+  auto pools = cp.apply(load(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+[[pool]]
+name = "web"
+slow_start = "30s"
+[pool.health_check]
+type = "tcp"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+id = "a"
+[[pool.backend]]
+address = "127.0.0.1:9002"
+id = "b"
+)"));
+  auto& a = *pools[0].backends[0];
+  auto& b = *pools[0].backends[1];
+  cp.set_health(a, true);
+  cp.set_health(b, true);
+  cp.set_health(b, false);
+  SelectorSet sel;
+  sel.update(*cp.current(), 1);
+  cp.set_health(b, true);
+
+  std::map<std::string, int> served;
+  double expected_b = 0;
+  int ticks = 0;
+  for (bool ramping = true; ramping; ++ticks) {
+    REQUIRE(ticks <= 200);
+    sel.update(*cp.current(), 2 + static_cast<uint64_t>(ticks));
+    const auto& c = sel.find("web")->table->candidates;
+    REQUIRE(c.size() == 2);
+    expected_b += static_cast<double>(c[1].weight) / (c[0].weight + c[1].weight);
+    ++served[sel.find("web")->selector->pick({})->id];
+    clock.now += std::chrono::milliseconds(250);
+    ramping = cp.tick();
+  }
+  INFO("a=" << served["a"] << " b=" << served["b"] << " expected b=" << expected_b << " ticks=" << ticks);
+  CHECK(ticks == 121);
+  CHECK(expected_b > 30);  // about 121 * (1 - ln 2)
+  CHECK(std::abs(served["b"] - expected_b) <= 2);
 }

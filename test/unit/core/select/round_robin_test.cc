@@ -119,3 +119,48 @@ TEST_CASE("make_selector builds round robin for the kind", "[round_robin][factor
   auto s = make_selector(table, 0);
   CHECK(sequence(*s, 7, pool) == "aabacaa");
 }
+
+TEST_CASE("a new table of the pool continues the cycle instead of restarting it", "[round_robin][take_over]") {
+  TestPool pool({5, 1, 1});
+  RoundRobinSelector first(pool.candidates, 0);
+  CHECK(sequence(first, 3, pool) == "aab");
+  // Same candidates (a publish that changed nothing here): the rest of the
+  // cycle, where a fresh selector would start over with "aab".
+  RoundRobinSelector same(pool.candidates, 5, &first);
+  CHECK(sequence(same, 4, pool) == "acaa");
+  CHECK(sequence(same, 7, pool) == "aabacaa");
+
+  // Weights scaled by 100 (slow start begins elsewhere in the pool): each
+  // backend keeps the picks it is owed. After one pick of a,b at 1:1, b is
+  // owed the next one.
+  TestPool two({1, 1});
+  RoundRobinSelector before(two.candidates, 0);
+  CHECK(sequence(before, 1, two) == "a");
+  std::vector<Candidate> scaled = two.candidates;
+  for (auto& c : scaled) c.weight *= 100;
+  RoundRobinSelector after(scaled, 0, &before);
+  CHECK(sequence(after, 4, two) == "baba");
+}
+
+TEST_CASE("take over matches backends by id: new ones start level, gone ones drop out", "[round_robin][take_over]") {
+  TestPool pool({1, 1, 1});
+  RoundRobinSelector rr(pool.candidates, 0);
+  CHECK(sequence(rr, 2, pool) == "ab");  // c is owed a pick
+  // b00 leaves, b03 joins: c keeps its credit and goes first.
+  TestPool next;
+  next.candidates = {pool.candidates[1], pool.candidates[2]};
+  Backend* d = next.add("b03", 1);
+  RoundRobinSelector taken(next.candidates, 0, &rr);
+  CHECK(taken.pick({}) == pool.backends[2].get());
+  std::map<Backend*, int> counts;
+  for (int i = 0; i < 300; ++i) ++counts[taken.pick({})];
+  CHECK(counts[pool.backends[1].get()] == 100);
+  CHECK(counts[pool.backends[2].get()] == 100);
+  CHECK(counts[d] == 100);
+
+  // make_selector hands a previous selector of another kind nothing.
+  PoolTable table = pool.table(lb::conf::SelectorKind::RoundRobin);
+  auto lc = make_selector(pool.table(lb::conf::SelectorKind::LeastConnections), 0);
+  auto fresh = make_selector(table, 0, lc.get());
+  CHECK(sequence(*fresh, 3, pool) == "abc");
+}
