@@ -59,7 +59,7 @@ UdpPeerKey UdpPeerKey::from(const sockaddr* sa) {
 }
 
 size_t UdpPeerKeyHash::operator()(const UdpPeerKey& k) const {
-  return static_cast<size_t>(hash::xxh64(&k, sizeof k, 0x75647031));
+  return static_cast<size_t>(hash::xxh64(&k, sizeof k, seed));
 }
 
 // A datagram its socket could not take at once; the bytes follow the header
