@@ -43,6 +43,7 @@ struct ListenerRuntime {
   conf::Listener cfg;
   std::shared_ptr<ListenerStats> stats;   // by listener name, across reloads
   Acl acl;                                // cfg.allow / cfg.deny, ready for lookups
+  PrefixSet proxy_trusted;                // cfg.proxy_protocol_trusted; empty = any peer
 };
 using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 

@@ -90,6 +90,12 @@ std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
     auto rt = std::make_shared<ListenerRuntime>();
     rt->cfg = l;
     rt->acl = core::Acl(l.allow, l.deny);
+    rt->proxy_trusted = core::PrefixSet(l.proxy_protocol_trusted);
+    if (l.accept_proxy_protocol && l.proxy_protocol_trusted.empty()) {
+      // Whoever can connect can then claim any client address, and with it
+      // pass allow/deny and the per-source limit.
+      log::warn("listener={} accepts PROXY headers from any peer; set proxy_protocol_trusted", l.name);
+    }
     auto it = stats_.find(l.name);
     rt->stats = it != stats_.end() ? it->second : std::make_shared<core::ListenerStats>(nworkers_);
     stats[l.name] = rt->stats;

@@ -101,6 +101,10 @@ const char* to_string(ReadEnd e) {
 }
 
 Socket tcp_connect_start(const std::string& host, uint16_t port, int* error) {
+  return tcp_connect_start_from("", host, port, error);
+}
+
+Socket tcp_connect_start_from(const std::string& source, const std::string& host, uint16_t port, int* error) {
   sockaddr_storage ss;
   socklen_t len;
   if (!make_sockaddr(host, port, &ss, &len)) {
@@ -111,6 +115,14 @@ Socket tcp_connect_start(const std::string& host, uint16_t port, int* error) {
   if (!s) {
     if (error) *error = errno;
     return {};
+  }
+  if (!source.empty()) {
+    sockaddr_storage src;
+    socklen_t src_len;
+    if (!make_sockaddr(source, 0, &src, &src_len) || ::bind(s.fd(), reinterpret_cast<sockaddr*>(&src), src_len) != 0) {
+      if (error) *error = errno ? errno : EINVAL;
+      return {};
+    }
   }
   int one = 1;
   setsockopt(s.fd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -134,8 +146,13 @@ int wait_connected(const Socket& s, Deadline deadline) {
 }
 
 Socket tcp_connect(const std::string& host, uint16_t port, Deadline deadline, int* error) {
+  return tcp_connect_from("", host, port, deadline, error);
+}
+
+Socket tcp_connect_from(const std::string& source, const std::string& host, uint16_t port, Deadline deadline,
+                        int* error) {
   int err = 0;
-  Socket s = tcp_connect_start(host, port, &err);
+  Socket s = tcp_connect_start_from(source, host, port, &err);
   if (s) err = wait_connected(s, deadline);
   if (error) *error = err;
   if (err != 0) return {};

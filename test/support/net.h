@@ -53,6 +53,12 @@ bool make_sockaddr(const std::string& host, uint16_t port, sockaddr_storage* out
 // Connects to host:port (an IP literal). Returns an invalid Socket on failure
 // and, if `error` is given, stores the errno (ETIMEDOUT when the deadline hit).
 Socket tcp_connect(const std::string& host, uint16_t port, Deadline deadline, int* error = nullptr);
+// The same from a chosen local address (e.g. "127.0.0.2": any 127/8 address
+// is local), to appear to lb as another client; "" = the kernel's choice.
+Socket tcp_connect_from(const std::string& source, const std::string& host, uint16_t port, Deadline deadline,
+                        int* error = nullptr);
+Socket tcp_connect_start_from(const std::string& source, const std::string& host, uint16_t port,
+                              int* error = nullptr);
 
 // Like tcp_connect, but for tests that open very many connections: returns as
 // soon as the connect is in progress. Use wait_connected() before I/O.
