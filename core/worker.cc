@@ -90,7 +90,10 @@ void Worker::run() {
   // Runs until Abort has closed every handle and their callbacks have run.
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
-  if (rc != 0) log::error("worker loop has open handles at exit worker={}", index_);
+  if (rc != 0) {
+    log::error("worker loop has open handles at exit worker={}", index_);
+    leaked_handles_ = true;
+  }
   loop_closed_ = true;
 }
 

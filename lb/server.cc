@@ -72,7 +72,7 @@ Server::Server(conf::Config config) : config_(std::move(config)) {
 
 Server::~Server() {
   // run() leaves nothing open; this only matters after a failed start.
-  uv_loop_close(&loop_);
+  if (!loop_closed_) uv_loop_close(&loop_);
 }
 
 // A bind's identity across reloads. Port 0 means "a free port of its own"
@@ -353,7 +353,13 @@ int Server::run() {
     return 1;
   }
   uv_run(&loop_, UV_RUN_DEFAULT);
-  return 0;
+  if (uv_loop_close(&loop_) != 0) {
+    log::error("main loop has open handles at exit");
+    leaked_handles_ = true;
+  } else {
+    loop_closed_ = true;
+  }
+  return leaked_handles_ ? 1 : 0;
 }
 
 void Server::on_signal(uv_signal_t* s, int signum) {
@@ -471,8 +477,14 @@ void Server::check_drained() {
 
 void Server::finish_stop() {
   for (auto& w : workers_) w->post({core::WorkerMessage::Kind::Abort, {}});
-  for (auto& w : workers_) w->join();
-  if (health_) health_->stop();
+  for (auto& w : workers_) {
+    w->join();
+    if (w->leaked_handles()) leaked_handles_ = true;
+  }
+  if (health_ && !health_->stop()) {
+    log::error("health loop has open handles at exit");
+    leaked_handles_ = true;
+  }
   shared_.report_backend = nullptr;
   if (admin_) admin_->close();
   for (auto* s : signals_)
