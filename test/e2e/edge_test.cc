@@ -216,6 +216,38 @@ TEST_CASE("edge: max_connections_per_source counts each client IP over every wor
   CHECK(lb.terminate() == 0);
 }
 
+// An IPv6 host owns its /64 and can use any address in it: the per-source
+// limit counts the /64. Clients with many IPv6 addresses come through a
+// trusted PROXY peer here (binding them on lo would need root and cleanup).
+TEST_CASE("edge: max_connections_per_source counts an IPv6 /64 as one source", "[e2e][edge][limits][ipv6]") {
+  TestBackend backend(TestBackend::named("b\n"));
+  REQUIRE(backend.ok());
+  LbProcess lb(listener_config(R"(accept_proxy_protocol = true
+proxy_protocol_trusted = ["127.0.0.1/32"]
+max_connections_per_source = 2)",
+                               "", {backend.address()}, 2));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("edge");
+  auto as_client = [&](const std::string& client) {
+    Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)));
+    if (c) write_all(c, fmt::format("PROXY TCP6 {} 2001:db8::1 4000 80\r\n", client), in(seconds(5)));
+    return c;
+  };
+  std::vector<Socket> held;
+  held.push_back(as_client("2001:db8:aa:bb::1"));
+  REQUIRE(served(held.back()));
+  held.push_back(as_client("2001:db8:aa:bb:1234:5678:9abc:def0"));
+  REQUIRE(served(held.back()));
+  // A third interface identifier in the same /64: the same source.
+  CHECK(refused(as_client("2001:db8:aa:bb:ffff::3")));
+  // The next /64 is another source.
+  held.push_back(as_client("2001:db8:aa:bc::1"));
+  CHECK(served(held.back()));
+  CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "limit"}}) == 1);
+  held.clear();
+  CHECK(lb.terminate() == 0);
+}
+
 TEST_CASE("edge: a listener's max_connections holds across workers", "[e2e][edge][limits]") {
   TestBackend backend(TestBackend::named("b\n"));
   REQUIRE(backend.ok());
