@@ -114,8 +114,9 @@ TEST_CASE("hardening: access-log lines dropped behind a stalled writer are count
   const std::string fifo = dir.path() + "/access.fifo";
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   // Opened (not read) before lb opens its end, so lb's open does not block.
-  const int reader = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  REQUIRE(reader >= 0);
+  // (A Socket only as the owner of the descriptor: closed on every exit.)
+  Socket reader(::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  REQUIRE(reader);
 
   // Every connection is refused by deny and logged; a long listener name
   // makes each line about 8 KiB, so the 4 MiB worker buffer and the one the
@@ -179,7 +180,7 @@ address = "127.0.0.1:{}"
   CHECK(wait_until([&] { return dropped() == seen + 50; }, in(seconds(5))));
 
   // Closing the read end unblocks the writer (EPIPE), so lb can stop.
-  ::close(reader);
+  reader.close();
   CHECK(lb.terminate() == 0);
 }
 
