@@ -84,6 +84,7 @@ struct Listener {
   unsigned retries = 2;
   ProxyProtocol proxy_protocol = ProxyProtocol::Off;
   bool accept_proxy_protocol = false;
+  std::vector<Cidr> proxy_protocol_trusted;  // peers allowed to send a PROXY header; empty = any
   Duration session_timeout = std::chrono::seconds(30);
   unsigned udp_responses = 0;
   uint64_t max_connections = 0;           // 0 = unlimited

@@ -380,6 +380,7 @@ void read_listener(const toml::table& t, size_t index, Listener& l, ListenerSrc&
   r.read_uint("retries", l.retries, 0, 10);
   r.read_enum("proxy_protocol", l.proxy_protocol, kProxyProtocolNames);
   r.read_bool("accept_proxy_protocol", l.accept_proxy_protocol);
+  read_cidrs(r, "proxy_protocol_trusted", l.proxy_protocol_trusted);
   r.read_duration("session_timeout", l.session_timeout, Zero::Refused);
   r.read_uint("udp_responses", l.udp_responses, 0, 65535);
   r.read_uint("max_connections", l.max_connections, 0, kUnbounded);

@@ -64,6 +64,10 @@ void check_listeners(const Config& cfg, const ConfigSrc& src, Diags& d) {
         d.error(o.value_pos("accept_proxy_protocol"),
                 fmt::format("{}: accept_proxy_protocol: not available for udp listeners", o.label));
       }
+      if (o.usable("proxy_protocol_trusted") && !l.proxy_protocol_trusted.empty()) {
+        d.error(o.value_pos("proxy_protocol_trusted"),
+                fmt::format("{}: proxy_protocol_trusted: not available for udp listeners", o.label));
+      }
     } else if (o.usable("udp_responses") && l.udp_responses != 0) {
       d.error(o.value_pos("udp_responses"),
               fmt::format("{}: udp_responses: only meaningful for udp listeners", o.label));

@@ -9,6 +9,9 @@
 //
 // Requirements: Key is trivially copyable and equality-comparable, Hash gives
 // well-mixed bits (the low bits pick the slot); Value is cheap to move.
+// Linear probing degrades to a scan when keys share a home slot, so when
+// outsiders choose the keys (client addresses) Hash must be keyed with a
+// secret seed: the map keeps the Hash object it was given and uses only it.
 // Thread: not thread-safe; one owner (a worker's UDP listener).
 #pragma once
 
@@ -22,11 +25,16 @@ namespace lb::core {
 template <typename Key, typename Value, typename Hash>
 class FlatMap {
  public:
-  explicit FlatMap(size_t initial_capacity = 16) { rehash(round_up(initial_capacity)); }
+  explicit FlatMap(size_t initial_capacity = 16, Hash hash = Hash()) : hash_(std::move(hash)) {
+    rehash(round_up(initial_capacity));
+  }
 
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
   size_t capacity() const { return slots_.size(); }
+  // The slot a key's probe starts at (for tests of the hash's seeding).
+  size_t home_slot(const Key& key) const { return index(key); }
+  const Hash& hasher() const { return hash_; }
 
   // The value for `key`, or nullptr.
   Value* find(const Key& key) {
@@ -107,7 +115,7 @@ class FlatMap {
     while (c < n) c *= 2;
     return c;
   }
-  size_t index(const Key& key) const { return static_cast<size_t>(Hash{}(key)) & mask_; }
+  size_t index(const Key& key) const { return static_cast<size_t>(hash_(key)) & mask_; }
 
   void rehash(size_t capacity) {
     std::vector<Slot> old = std::move(slots_);
@@ -118,6 +126,7 @@ class FlatMap {
       if (s.used) insert(s.key, std::move(s.value));
   }
 
+  Hash hash_;
   std::vector<Slot> slots_;
   size_t mask_ = 0;
   size_t size_ = 0;

@@ -1,48 +1,56 @@
 #include "core/source_limiter.h"
 
 #include "core/hash/hash.h"
+#include "core/hash/os_random.h"
 
 namespace lb::core {
 
-namespace {
-
-// Fixed seed so shard placement does not depend on the build; the value is
-// arbitrary, it only keeps this hash distinct from the placement hashes.
-constexpr uint64_t kSeed = 0x5eed50c11b17ULL;
-
-}  // namespace
-
-size_t SourceLimiter::KeyHash::operator()(const Key& k) const {
-  return static_cast<size_t>(hash::xxh64(k.b, sizeof k.b, kSeed));
+SourceLimiter::SourceLimiter() : seed_(hash::os_random_u64()) {
+  for (Shard& s : shards_) s.counts = decltype(s.counts)(16, KeyHash{seed_});
 }
 
-bool SourceLimiter::make_key(const sockaddr* addr, Key* key) {
+size_t SourceLimiter::KeyHash::operator()(const Key& k) const {
+  return static_cast<size_t>(hash::xxh64(k.b, sizeof k.b, seed));
+}
+
+bool SourceLimiter::source_key(const sockaddr* addr, uint8_t out[16]) {
   if (addr == nullptr) return false;
   if (addr->sa_family == AF_INET) {
     const auto* sin = reinterpret_cast<const sockaddr_in*>(addr);
-    std::memset(key->b, 0, 10);
-    key->b[10] = 0xff;
-    key->b[11] = 0xff;
-    std::memcpy(key->b + 12, &sin->sin_addr.s_addr, 4);  // already network order
+    std::memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    std::memcpy(out + 12, &sin->sin_addr.s_addr, 4);  // already network order
     return true;
   }
   if (addr->sa_family == AF_INET6) {
     const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(addr);
-    std::memcpy(key->b, sin6->sin6_addr.s6_addr, 16);
+    std::memcpy(out, sin6->sin6_addr.s6_addr, 16);
+    // An IPv4 client seen through a dual-stack socket is that IPv4 address;
+    // every other IPv6 client is its /64.
+    if (!IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) std::memset(out + 8, 0, 8);
     return true;
   }
   return false;
 }
 
+bool SourceLimiter::make_key(const sockaddr* addr, Key* key) { return source_key(addr, key->b); }
+
 // The map's buckets are chosen from the hash modulo a prime (libstdc++), i.e.
 // mostly its low bits; the shard takes the high bits so the two stay
 // independent and a shard's map is not left with clustered buckets.
 SourceLimiter::Shard& SourceLimiter::shard_for(const Key& key) {
-  return shards_[hash::reduce(KeyHash{}(key), kShards)];
+  return shards_[hash::reduce(KeyHash{seed_}(key), kShards)];
 }
 
 const SourceLimiter::Shard& SourceLimiter::shard_for(const Key& key) const {
-  return shards_[hash::reduce(KeyHash{}(key), kShards)];
+  return shards_[hash::reduce(KeyHash{seed_}(key), kShards)];
+}
+
+size_t SourceLimiter::shard_index(const sockaddr* addr) const {
+  Key key;
+  if (!make_key(addr, &key)) return 0;
+  return hash::reduce(KeyHash{seed_}(key), kShards);
 }
 
 bool SourceLimiter::try_acquire(const sockaddr* addr, uint64_t limit) {

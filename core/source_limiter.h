@@ -4,13 +4,23 @@
 // Every worker of a listener accepts on its own loop, so the count of one
 // client's connections must be shared. A single mutex would serialise every
 // accept of the listener; instead the key space is split into kShards shards
-// by a fixed hash of the IP, each with its own small mutex and hash map, so
+// by a hash of the source, each with its own small mutex and hash map, so
 // workers contend only when two accepts land on the same shard at the same
 // instant. Critical sections are a hash-map find/insert/erase.
 //
-// Keys are the 16-byte IPv6 form of the source address: an IPv4 address a.b.c.d
-// is stored as ::ffff:a.b.c.d, so a client counts the same whether it reached
-// an IPv4 socket or a dual-stack IPv6 one. Ports are ignored.
+// That hash (shard and bucket) is keyed with a seed drawn from the OS for each
+// limiter: with a fixed, public seed a client that controls many source
+// addresses (an IPv6 /48, spoofed PROXY headers) could pick ones that share a
+// shard and a bucket chain, making every accept of the listener contend on one
+// mutex and walk one long chain.
+//
+// What counts as one source: an IPv4 address, or an IPv6 /64. One IPv6 host
+// usually owns a whole /64 (SLAAC, privacy addresses) and can pick any
+// interface identifier in it, so counting per /128 would limit nothing. Keys
+// are 16 bytes: an IPv4 address a.b.c.d is stored as ::ffff:a.b.c.d, and an
+// IPv4-mapped IPv6 address keeps its 32 address bits, so a client counts the
+// same whether it reached an IPv4 socket or a dual-stack IPv6 one; any other
+// IPv6 address keeps its first 64 bits and zeroes the rest. Ports are ignored.
 //
 // An entry exists only while its count is positive (release() erases it at 0),
 // so memory follows the number of clients connected now, not the number of
@@ -52,7 +62,7 @@ class SourceLimiter {
  public:
   static constexpr size_t kShards = 64;
 
-  SourceLimiter() = default;
+  SourceLimiter();
   SourceLimiter(const SourceLimiter&) = delete;
   SourceLimiter& operator=(const SourceLimiter&) = delete;
 
@@ -69,12 +79,25 @@ class SourceLimiter {
   // a consistent total only when nothing runs concurrently.
   size_t tracked_sources() const;
 
+  // The source key of an address (see above), 16 bytes; false for a family
+  // with no IP. Public for tests.
+  static bool source_key(const sockaddr* addr, uint8_t out[16]);
+  // The shard an address's source lands in, and this limiter's hash seed
+  // (for tests of the seeding).
+  size_t shard_index(const sockaddr* addr) const;
+  uint64_t seed() const { return seed_; }
+
  private:
   struct Key {
     uint8_t b[16];
     bool operator==(const Key& o) const { return std::memcmp(b, o.b, 16) == 0; }
   };
   struct KeyHash {
+    // A constructor, not a member initializer: the map is declared inside
+    // this class, where a nested initializer would not count yet.
+    KeyHash() : seed(0) {}
+    explicit KeyHash(uint64_t s) : seed(s) {}
+    uint64_t seed;
     size_t operator()(const Key& k) const;
   };
   // Own cache line each, so two workers locking neighbouring shards do not
@@ -89,6 +112,7 @@ class SourceLimiter {
   Shard& shard_for(const Key& key);
   const Shard& shard_for(const Key& key) const;
 
+  const uint64_t seed_;
   std::array<Shard, kShards> shards_;
 };
 

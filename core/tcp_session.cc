@@ -59,6 +59,15 @@ void TcpSession::begin() {
   }
   // TCP_NODELAY: inherited from the listening socket (Worker sets it there).
   if (listener_->cfg.accept_proxy_protocol) {
+    // A PROXY header names the client, and everything after it (allow/deny,
+    // the per-source limit, hashing) believes it: only a trusted peer (the
+    // balancer in front) may send one. The peer itself is checked, never the
+    // address it claims.
+    if (!listener_->proxy_trusted.empty() &&
+        !listener_->proxy_trusted.contains(reinterpret_cast<const sockaddr*>(&client_addr_))) {
+      reject_header("untrusted peer");
+      return;
+    }
     state_ = State::Header;
     header_buf_ = new uint8_t[proxy::kMaxHeader];
     worker_.timeouts().arm(&timeout_, kProxyHeaderTimeoutMs);

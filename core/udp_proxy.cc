@@ -59,7 +59,7 @@ UdpPeerKey UdpPeerKey::from(const sockaddr* sa) {
 }
 
 size_t UdpPeerKeyHash::operator()(const UdpPeerKey& k) const {
-  return static_cast<size_t>(hash::xxh64(&k, sizeof k, 0x75647031));
+  return static_cast<size_t>(hash::xxh64(&k, sizeof k, seed));
 }
 
 // A datagram its socket could not take at once; the bytes follow the header
@@ -399,8 +399,11 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const Udp
   }
   if (rc != 0) {
     // Out of sockets or ports: count it against the backend and drop.
-    log::warn("udp upstream socket failed listener={} backend={} error={}", runtime_->cfg.name, b->id,
-              uv_strerror(rc));
+    // Once per client datagram while descriptors or ports are short:
+    // rate-limited, so spoofed sources cannot make the worker log-bound.
+    static log::Throttle throttle;
+    log::warn_throttled(throttle, "udp upstream socket failed listener={} backend={} error={}",
+                        runtime_->cfg.name, b->id, uv_strerror(rc));
     b->connect_failures.fetch_add(1, std::memory_order_relaxed);
     if (s->fd >= 0) ::close(s->fd);
     delete s;

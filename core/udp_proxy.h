@@ -53,6 +53,7 @@
 
 #include "core/backend.h"
 #include "core/flat_map.h"
+#include "core/hash/os_random.h"
 #include "core/timeout_wheel.h"
 #include "core/worker.h"
 
@@ -66,7 +67,12 @@ struct UdpPeerKey {
   bool operator==(const UdpPeerKey& o) const;
   static UdpPeerKey from(const sockaddr* sa);
 };
+// Keyed by a seed drawn from the OS for every table (a default-constructed
+// hash draws a new one): a public fixed seed would let a sender of spoofed
+// datagrams pick source addresses that all probe from one slot, turning each
+// lookup of the session table into a linear scan.
 struct UdpPeerKeyHash {
+  uint64_t seed = hash::os_random_u64();
   size_t operator()(const UdpPeerKey& k) const;
 };
 

@@ -90,7 +90,10 @@ void Worker::run() {
   // Runs until Abort has closed every handle and their callbacks have run.
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
-  if (rc != 0) log::error("worker loop has open handles at exit worker={}", index_);
+  if (rc != 0) {
+    log::error("worker loop has open handles at exit worker={}", index_);
+    leaked_handles_ = true;
+  }
   loop_closed_ = true;
 }
 
@@ -286,7 +289,11 @@ void Worker::abort_all() {
 void Worker::on_connection(uv_stream_t* server, int status) {
   auto* l = static_cast<Listener*>(server->data);
   if (status < 0) {
-    log::warn("accept failed listener={} error={}", l->runtime->cfg.name, uv_strerror(status));
+    // Out of descriptors, every new connection fails here: rate-limited, so
+    // a connection flood does not turn into a log flood on this worker.
+    static log::Throttle throttle;
+    log::warn_throttled(throttle, "accept failed listener={} error={}", l->runtime->cfg.name,
+                        uv_strerror(status));
     return;
   }
   l->worker->accept_one(l);

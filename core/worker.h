@@ -44,6 +44,7 @@ struct ListenerRuntime {
   conf::Listener cfg;
   std::shared_ptr<ListenerStats> stats;   // by listener name, across reloads
   Acl acl;                                // cfg.allow / cfg.deny, ready for lookups
+  PrefixSet proxy_trusted;                // cfg.proxy_protocol_trusted; empty = any peer
 };
 using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 
@@ -84,6 +85,9 @@ class Worker {
 
   void start();   // spawns the thread
   void join();    // after an Abort message
+  // After join(): true when the loop still had open handles at its end (a
+  // leak; the worker has logged it). lb then exits non-zero.
+  bool leaked_handles() const { return leaked_handles_; }
   void post(WorkerMessage msg);
   void publish(BackendTablePtr table);
 
@@ -159,6 +163,7 @@ class Worker {
   std::atomic<int64_t> open_sessions_{0};
   bool aborting_ = false;
   bool loop_closed_ = false;
+  bool leaked_handles_ = false;  // written by the worker thread before join()
 };
 
 }  // namespace lb::core

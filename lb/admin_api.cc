@@ -51,7 +51,11 @@ class Family {
   }
   template <typename T>
   void sample(const std::string& labels, T value) {
-    fmt::format_to(std::back_inserter(out_), "{}{{{}}} {}\n", name_, labels, value);
+    if (labels.empty()) {
+      fmt::format_to(std::back_inserter(out_), "{} {}\n", name_, value);
+    } else {
+      fmt::format_to(std::back_inserter(out_), "{}{{{}}} {}\n", name_, labels, value);
+    }
   }
 
  private:
@@ -83,8 +87,8 @@ HttpResponse metrics(Server& s) {
       f.sample(l + ",reason=\"acl\"", totals[i].rejected_acl);
       f.sample(l + ",reason=\"limit\"", totals[i].rejected_limit);
       f.sample(l + ",reason=\"no_backend\"", totals[i].rejected_no_backend);
-      // Not in the spec's list: clients whose PROXY header was missing,
-      // malformed or late (accept_proxy_protocol listeners only).
+      // Clients whose PROXY header was missing, malformed, late or sent by
+      // an untrusted peer (accept_proxy_protocol listeners only).
       if (listeners[i]->cfg.accept_proxy_protocol)
         f.sample(l + ",reason=\"proxy_protocol\"", totals[i].rejected_proxy);
     }
@@ -139,6 +143,11 @@ HttpResponse metrics(Server& s) {
     Family f(out, "lb_config_reloads_total", "counter", "Configuration reloads, by result.");
     f.sample("result=\"ok\"", s.reloads_ok());
     f.sample("result=\"error\"", s.reloads_error());
+  }
+  {
+    Family f(out, "lb_access_log_dropped_total", "counter",
+             "Access log lines dropped because the writer fell behind.");
+    f.sample("", s.access_log_dropped());
   }
   {
     Family f(out, "lb_pool_table_info", "gauge", "Digest of each hash pool's lookup table; always 1.");

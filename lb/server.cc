@@ -72,7 +72,7 @@ Server::Server(conf::Config config) : config_(std::move(config)) {
 
 Server::~Server() {
   // run() leaves nothing open; this only matters after a failed start.
-  uv_loop_close(&loop_);
+  if (!loop_closed_) uv_loop_close(&loop_);
 }
 
 // A bind's identity across reloads. Port 0 means "a free port of its own"
@@ -90,6 +90,12 @@ std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
     auto rt = std::make_shared<ListenerRuntime>();
     rt->cfg = l;
     rt->acl = core::Acl(l.allow, l.deny);
+    rt->proxy_trusted = core::PrefixSet(l.proxy_protocol_trusted);
+    if (l.accept_proxy_protocol && l.proxy_protocol_trusted.empty()) {
+      // Whoever can connect can then claim any client address, and with it
+      // pass allow/deny and the per-source limit.
+      log::warn("listener={} accepts PROXY headers from any peer; set proxy_protocol_trusted", l.name);
+    }
     auto it = stats_.find(l.name);
     rt->stats = it != stats_.end() ? it->second : std::make_shared<core::ListenerStats>(nworkers_);
     stats[l.name] = rt->stats;
@@ -347,7 +353,13 @@ int Server::run() {
     return 1;
   }
   uv_run(&loop_, UV_RUN_DEFAULT);
-  return 0;
+  if (uv_loop_close(&loop_) != 0) {
+    log::error("main loop has open handles at exit");
+    leaked_handles_ = true;
+  } else {
+    loop_closed_ = true;
+  }
+  return leaked_handles_ ? 1 : 0;
 }
 
 void Server::on_signal(uv_signal_t* s, int signum) {
@@ -465,8 +477,14 @@ void Server::check_drained() {
 
 void Server::finish_stop() {
   for (auto& w : workers_) w->post({core::WorkerMessage::Kind::Abort, {}});
-  for (auto& w : workers_) w->join();
-  if (health_) health_->stop();
+  for (auto& w : workers_) {
+    w->join();
+    if (w->leaked_handles()) leaked_handles_ = true;
+  }
+  if (health_ && !health_->stop()) {
+    log::error("health loop has open handles at exit");
+    leaked_handles_ = true;
+  }
   shared_.report_backend = nullptr;
   if (admin_) admin_->close();
   for (auto* s : signals_)

@@ -12,7 +12,7 @@ jobs=$(nproc)
 
 # --- packages -------------------------------------------------------------
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev
-          libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd
+          libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd util-linux
           debhelper dpkg-dev pandoc lintian man-db
           python3 chromium)
 missing=()

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <fmt/format.h>
 #include <map>
+#include <regex>
 #include <set>
 
 #include "test/support/backend_server.h"
@@ -32,15 +33,7 @@ namespace {
 // kernel) to host:port. Invalid Socket on failure.
 Socket connect_from(const std::string& src, const std::string& host, uint16_t port,
                     Deadline deadline = in(seconds(5))) {
-  sockaddr_storage from{}, to{};
-  socklen_t from_len = 0, to_len = 0;
-  if (!make_sockaddr(src, 0, &from, &from_len) || !make_sockaddr(host, port, &to, &to_len)) return {};
-  Socket s(::socket(from.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
-  if (!s) return {};
-  if (::bind(s.fd(), reinterpret_cast<sockaddr*>(&from), from_len) != 0) return {};
-  if (::connect(s.fd(), reinterpret_cast<sockaddr*>(&to), to_len) != 0 && errno != EINPROGRESS) return {};
-  if (wait_connected(s, deadline) != 0) return {};
-  return s;
+  return tcp_connect_from(src, host, port, deadline);
 }
 
 // "ip:port" of a socket's local or peer end.
@@ -223,6 +216,38 @@ TEST_CASE("edge: max_connections_per_source counts each client IP over every wor
   CHECK(lb.terminate() == 0);
 }
 
+// An IPv6 host owns its /64 and can use any address in it: the per-source
+// limit counts the /64. Clients with many IPv6 addresses come through a
+// trusted PROXY peer here (binding them on lo would need root and cleanup).
+TEST_CASE("edge: max_connections_per_source counts an IPv6 /64 as one source", "[e2e][edge][limits][ipv6]") {
+  TestBackend backend(TestBackend::named("b\n"));
+  REQUIRE(backend.ok());
+  LbProcess lb(listener_config(R"(accept_proxy_protocol = true
+proxy_protocol_trusted = ["127.0.0.1/32"]
+max_connections_per_source = 2)",
+                               "", {backend.address()}, 2));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("edge");
+  auto as_client = [&](const std::string& client) {
+    Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)));
+    if (c) write_all(c, fmt::format("PROXY TCP6 {} 2001:db8::1 4000 80\r\n", client), in(seconds(5)));
+    return c;
+  };
+  std::vector<Socket> held;
+  held.push_back(as_client("2001:db8:aa:bb::1"));
+  REQUIRE(served(held.back()));
+  held.push_back(as_client("2001:db8:aa:bb:1234:5678:9abc:def0"));
+  REQUIRE(served(held.back()));
+  // A third interface identifier in the same /64: the same source.
+  CHECK(refused(as_client("2001:db8:aa:bb:ffff::3")));
+  // The next /64 is another source.
+  held.push_back(as_client("2001:db8:aa:bc::1"));
+  CHECK(served(held.back()));
+  CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "limit"}}) == 1);
+  held.clear();
+  CHECK(lb.terminate() == 0);
+}
+
 TEST_CASE("edge: a listener's max_connections holds across workers", "[e2e][edge][limits]") {
   TestBackend backend(TestBackend::named("b\n"));
   REQUIRE(backend.ok());
@@ -373,6 +398,85 @@ pool = "p"
   REQUIRE(c);
   REQUIRE(write_all(c, "PROXY TCP4 192.0.2.9 127.0.0.1 4000 80\r\n", in(seconds(5))) > 0);
   CHECK(refused(c));
+  CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "acl"}}) == 1);
+  CHECK(lb.terminate() == 0);
+}
+
+// proxy_protocol_trusted: only the balancer in front may speak for its
+// clients. An untrusted peer that sends a header is refused (it would
+// otherwise pick any client address and pass allow/deny and the per-source
+// limit); a trusted peer's header decides the ACL.
+TEST_CASE("edge: PROXY headers are accepted only from proxy_protocol_trusted peers, whose header source "
+          "is what allow/deny check",
+          "[e2e][edge][proxy][trust]") {
+  TestBackend backend(TestBackend::named("b\n"));
+  REQUIRE(backend.ok());
+  LbProcess lb(listener_config(R"(accept_proxy_protocol = true
+proxy_protocol_trusted = ["127.0.0.2/32"]
+allow = ["198.51.100.0/24"]
+deny = ["198.51.100.66/32"])",
+                               "", {backend.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("edge");
+  CHECK_FALSE(lb.process().find_line(std::regex("^warn listener=edge accepts PROXY headers from any peer")));
+  auto proxied = [&](const std::string& peer, const std::string& client) {
+    Socket c = connect_from(peer, "127.0.0.1", port);
+    if (c) write_all(c, fmt::format("PROXY TCP4 {} 127.0.0.1 4000 80\r\n", client), in(seconds(5)));
+    return c;
+  };
+
+  // Untrusted peers, whatever address their header claims: refused.
+  CHECK(refused(proxied("127.0.0.3", "198.51.100.7")));
+  CHECK(refused(proxied("127.0.0.1", "198.51.100.7")));
+  CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "proxy_protocol"}}) == 2);
+  CHECK(backend.accepted() == 0);
+
+  // The trusted peer: its header's source is the client, for allow and deny.
+  CHECK(served(proxied("127.0.0.2", "198.51.100.7")));   // in allow
+  CHECK(refused(proxied("127.0.0.2", "198.51.100.66")));  // in allow, but denied
+  CHECK(refused(proxied("127.0.0.2", "203.0.113.1")));    // outside allow
+  // The peer's own address (127.0.0.2) is outside allow: it did not decide.
+  CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "acl"}}) == 2);
+  CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "proxy_protocol"}}) == 2);
+  CHECK(backend.accepted() == 1);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("edge: accept_proxy_protocol without proxy_protocol_trusted warns at start", "[e2e][edge][proxy][trust]") {
+  TestBackend backend(TestBackend::named("b\n"));
+  REQUIRE(backend.ok());
+  LbProcess lb(listener_config("accept_proxy_protocol = true", "", {backend.address()}));
+  REQUIRE(lb.wait_started());
+  CHECK(lb.process().find_line(std::regex("^warn listener=edge accepts PROXY headers from any peer")));
+  // Still any peer's header is believed (the documented default).
+  Socket c = connect_from("127.0.0.9", "127.0.0.1", lb.listener_port("edge"));
+  REQUIRE(c);
+  REQUIRE(write_all(c, "PROXY TCP4 198.51.100.7 127.0.0.1 4000 80\r\n", in(seconds(5))) > 0);
+  CHECK(served(c));
+  c.close();
+  CHECK(lb.terminate() == 0);
+}
+
+// The README: an IPv4-mapped IPv6 source matches IPv4 prefixes. A `[::]` bind
+// is IPv6-only, so such a source reaches allow/deny through a PROXY header
+// (or a dual-stack socket inherited from systemd).
+TEST_CASE("edge: an IPv4-mapped IPv6 header source matches IPv4 allow/deny prefixes", "[e2e][edge][proxy][acl]") {
+  TestBackend backend(TestBackend::named("b\n"));
+  REQUIRE(backend.ok());
+  LbProcess lb(listener_config(R"(accept_proxy_protocol = true
+proxy_protocol_trusted = ["127.0.0.0/8"]
+deny = ["192.0.2.0/24"])",
+                               "", {backend.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("edge");
+  auto proxied6 = [&](const std::string& client) {
+    Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)));
+    if (c) write_all(c, fmt::format("PROXY TCP6 {} ::1 4000 80\r\n", client), in(seconds(5)));
+    return c;
+  };
+  CHECK(refused(proxied6("::ffff:192.0.2.9")));
+  CHECK(served(proxied6("::ffff:198.51.100.9")));
+  CHECK(served(proxied6("2001:db8::9")));
   CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "acl"}}) == 1);
   CHECK(lb.terminate() == 0);
 }

@@ -317,18 +317,17 @@ TEST_CASE("health: a dead backend is detected, skipped, and taken back when it r
   CHECK(before["a"] == 2);
   CHECK(before["b"] == 2);
 
-  // Kill "a": with a refusing port each probe fails at once, so detection
-  // takes at most fall intervals (plus the probe timeout as a bound).
+  // Kill "a": with a refusing port each probe fails at once, so it is
+  // marked down after `fall` (2) failed probes; the deadline is only a bound
+  // for a stuck health thread, not a latency target.
   const uint16_t a_port = a.port();
+  const Labels a_fail{{"pool", "web"}, {"backend", "a"}, {"result", "fail"}};
+  const double fails_before = metric(admin, "lb_health_checks_total", a_fail);
   size_t from = lb.line_count();
-  const auto t0 = Clock::now();
   a.stop();
-  auto down = lb.wait_for_line(line_re("^info backend down pool=web backend=a "), in(seconds(5)), from);
-  const long delay = ms_since(t0);
+  auto down = lb.wait_for_line(line_re("^info backend down pool=web backend=a "), in(seconds(10)), from);
   REQUIRE(down);
-  WARN("health: tcp check detected a dead backend after " << delay
-                                                          << " ms (bound 100ms x fall 2 + timeout 200ms + 700ms margin)");
-  CHECK(delay <= 1100);
+  CHECK(metric(admin, "lb_health_checks_total", a_fail) >= fails_before + 2);
   CHECK(wait_health(admin, "web", "a", "down", in(seconds(2))));
   CHECK(metric(admin, "lb_backend_up", {{"pool", "web"}, {"backend", "a"}}) == 0);
   CHECK(metric(admin, "lb_backend_up", {{"pool", "web"}, {"backend", "b"}}) == 1);
@@ -385,7 +384,7 @@ TEST_CASE("health: with every backend down clients are refused at once", "[e2e][
     INFO("client " << i << " ended " << to_string(r.end) << " after " << took << " ms");
     CHECK((r.end == ReadEnd::Eof || r.end == ReadEnd::Reset));
     CHECK(r.data.empty());
-    CHECK(took < 1000);
+    CHECK(took < 5000);  // half of connect_timeout: no timer was involved
   }
   double rejected = 0;
   CHECK(wait_until(
@@ -484,7 +483,10 @@ TEST_CASE("health: outlier detection ejects a failing backend for ejection_time"
   const std::string dead = fmt::format("127.0.0.1:{}", refused_port());
   MiniServer live(kName, "live");
   REQUIRE(live.ok());
-  const std::string health = "type = \"none\"\n\n[pool.outlier]\nconsecutive_failures = 2\nejection_time = \"1s\"";
+  // ejection_time 3s: the checks of the ejected phase below must fit in it
+  // even on a loaded machine; the test asserts they did (by the order of
+  // events), not how long they took.
+  const std::string health = "type = \"none\"\n\n[pool.outlier]\nconsecutive_failures = 2\nejection_time = \"3s\"";
   LbProcess lb(health_config({{"dead", dead, ""}, {"live", live.address(), ""}}, health, "", "retries = 1"));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
@@ -508,18 +510,19 @@ TEST_CASE("health: outlier detection ejects a failing backend for ejection_time"
   REQUIRE(wait_health(admin, "web", "dead", "down", in(seconds(2))));
 
   // While ejected, clients keep connecting and "dead" is not tried again.
-  const auto ejected_phase = Clock::now();
+  const std::regex back_re("^info backend up pool=web backend=dead ");
   const double failures = metric(admin, "lb_backend_connect_failures_total", dead_labels);
   CHECK(failures >= 2);
   auto while_ejected = spread(port, 10);
   INFO("while ejected: " << to_text(while_ejected));
   CHECK(while_ejected["live"] == 10);
   CHECK(metric(admin, "lb_backend_connect_failures_total", dead_labels) == failures);
-  // The check above means something only inside the ejection window.
-  CHECK(ms_since(ejected_phase) < 1000);
+  // The checks above mean something only inside the ejection window: it
+  // had not ended yet.
+  CHECK_FALSE(lb.process().find_line(back_re, ejected_line));
 
   // After ejection_time it is back in rotation (and fails again).
-  auto back = lb.wait_for_line(line_re("^info backend up pool=web backend=dead "), in(seconds(5)), ejected_line);
+  auto back = lb.wait_for_line(back_re, in(seconds(10)), ejected_line);
   REQUIRE(back);
   CHECK(log_field(*back, "reason") == "ejection ended");
   auto after = spread(port, 4);
@@ -554,7 +557,7 @@ TEST_CASE("health: when every backend is at max_connections a client is refused 
   INFO("third client ended " << to_string(r.end) << " after " << ms_since(t0) << " ms");
   CHECK((r.end == ReadEnd::Eof || r.end == ReadEnd::Reset));
   CHECK(r.data.empty());
-  CHECK(ms_since(t0) < 1000);
+  CHECK(ms_since(t0) < 5000);  // refused, not held until connect_timeout (10s)
   CHECK(wait_until([&] { return metric(admin, "lb_listener_rejected_total", limit) == limit_before + 1; },
                    in(seconds(3))));
 
@@ -645,7 +648,7 @@ TEST_CASE("health: slow_start ramps a recovered backend's share up", "[e2e][heal
   REQUIRE((a->ok() && b.ok()));
   const uint16_t a_port = a->port();
   LbProcess lb(health_config({{"a", a->address(), ""}, {"b", b.address(), ""}}, kFastTcpHealth,
-                             "slow_start = \"2s\""));
+                             "slow_start = \"6s\""));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();
@@ -658,24 +661,37 @@ TEST_CASE("health: slow_start ramps a recovered backend's share up", "[e2e][heal
   REQUIRE(lb.wait_for_line(line_re("^info backend up pool=web backend=a "), in(seconds(5)), from));
   const auto recovered = Clock::now();
 
-  // The first ~300ms of the 2s ramp: weight at most ~15% of b's.
+  // Early in the 6s ramp "a" gets a small share: even if this test saw the
+  // recovery 1.2 s late, a's weight is at most a quarter of b's (a fifth of
+  // the connections) during the first 300 ms.
   std::map<std::string, int> early;
   while (Clock::now() - recovered < milliseconds(300) && early["a"] + early["b"] < 400)
     ++early[served_by(port, in(seconds(5)))];
   const int early_total = early["a"] + early["b"];
-  WARN("slow_start: first 300 ms after recovery: " << to_text(early));
+  INFO("slow_start: first 300 ms after recovery: " << to_text(early));
   CHECK(early[""] == 0);
-  REQUIRE(early_total >= 10);
+  REQUIRE(early_total >= 4);
   CHECK(early["a"] * 100 < early_total * 25);
 
-  // After the ramp (2s, published at the next 250ms tick) shares are even.
-  // The ramp is defined in wall-clock time, so this wait is on the clock.
-  std::this_thread::sleep_until(recovered + milliseconds(2400));
-  auto late = spread(port, 100);
-  WARN("slow_start: 100 connections after the ramp: " << to_text(late));
-  CHECK(late["a"] >= 45);
-  CHECK(late["a"] <= 55);
+  // Then the share grows until it is even (the ramp ends, published at the
+  // next 250 ms tick): waited for as a condition, not a sleep. With equal
+  // weights smooth round robin gives exactly 50 of 100; a split of 45..55
+  // is also reached near the end of the ramp, which is not the end.
+  std::map<std::string, int> late;
+  const bool even = wait_until(
+      [&] {
+        late = spread(port, 100);
+        return late["a"] == 50;
+      },
+      in(seconds(20)), milliseconds(100));
+  INFO("slow_start: last 100 connections: " << to_text(late));
+  CHECK(even);
   CHECK(late["a"] + late["b"] == 100);
+  // And it stays even once the ramp is over.
+  auto after = spread(port, 100);
+  INFO("after: " << to_text(after));
+  CHECK(after["a"] >= 45);
+  CHECK(after["a"] <= 55);
 
   CHECK(lb.terminate() == 0);
 }

@@ -120,7 +120,7 @@ TEST_CASE("ops: SIGTERM lets an active transfer finish, then lb exits 0", "[e2e]
         health = healthz(admin);
         return health == 503;
       },
-      in(milliseconds(500)), milliseconds(1)));
+      in(seconds(5)), milliseconds(1)));
   WARN("stop: /healthz answered 503 " << ms_since(t0) << " ms after SIGTERM");
   CHECK(health == 503);
   // drain_delay 0: the listener closes right away.
@@ -130,7 +130,7 @@ TEST_CASE("ops: SIGTERM lets an active transfer finish, then lb exits 0", "[e2e]
         Socket s = tcp_connect("127.0.0.1", port, in(seconds(1)), &err);
         return !s && err == ECONNREFUSED;
       },
-      in(seconds(2))));
+      in(seconds(10))));
   INFO("last connect errno " << err);
   const long refused_after = ms_since(t0);
   // The transfer was mid-way when the stop began, and lb is still there.
@@ -169,53 +169,57 @@ TEST_CASE("ops: shutdown_timeout closes an idle connection and lb exits 0", "[e2
   const long exited_after = ms_since(t0);
   WARN("stop: idle connection closed after " << closed_after << " ms, lb exited after " << exited_after
                                              << " ms (shutdown_timeout 500ms)");
+  // Timers never fire early, so the lower bounds hold on any machine; that
+  // lb exits at all within the wait above (far below idle_timeout's 10
+  // minutes) shows the timeout cut the idle connection.
   CHECK(status == 0);
   CHECK(closed_after >= 450);
   CHECK(exited_after >= 450);
-  CHECK(exited_after <= 1500);
+  CHECK(exited_after >= closed_after);
   CHECK(lb.process().find_line(std::regex("^warn shutdown timeout reached")));
 }
 
 TEST_CASE("ops: drain_delay keeps accepting with /healthz at 503, then stops accepting", "[e2e][ops][stop]") {
   TestBackend echo(TestBackend::echo());
   REQUIRE(echo.ok());
-  LbProcess lb(head("drain_delay = \"1s\"\nshutdown_timeout = \"5s\"") + proxy("web", echo.address()));
+  // 3s: long enough that a loaded machine still sees the 503 and serves
+  // connections inside the window; nothing below asserts an upper bound.
+  LbProcess lb(head("drain_delay = \"3s\"\nshutdown_timeout = \"5s\"") + proxy("web", echo.address()));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();
 
   const auto t0 = Clock::now();
   REQUIRE(lb.signal(SIGTERM));
-  CHECK(wait_until([&] { return healthz(admin) == 503; }, in(milliseconds(500)), milliseconds(1)));
+  REQUIRE(wait_until([&] { return healthz(admin) == 503; }, in(seconds(5)), milliseconds(1)));
 
-  // Connections every ~50ms until the first that is not served.
-  long last_ok = -1, first_not_ok = -1;
+  // In order: connections are served while /healthz already says 503, then
+  // the listener closes, no sooner than drain_delay after the signal.
+  long first_not_ok = -1;
   std::string outcome;
   int served = 0;
-  const Deadline give_up = in(seconds(4));
+  const Deadline give_up = in(seconds(20));
   while (!expired(give_up)) {
-    const long at = ms_since(t0);
-    outcome = try_echo(port, fmt::format("drain probe at {} ms", at));
+    outcome = try_echo(port, fmt::format("drain probe {}", served));
     if (outcome != "ok") {
-      first_not_ok = at;
+      first_not_ok = ms_since(t0);
       break;
     }
-    last_ok = at;
     ++served;
     CHECK(healthz(admin) == 503);
-    std::this_thread::sleep_for(milliseconds(50));
+    std::this_thread::sleep_for(milliseconds(20));  // pacing, not waiting for a condition
   }
-  WARN("drain_delay 1s: " << served << " connections served, last at " << last_ok << " ms, first refused at "
-                          << first_not_ok << " ms (" << outcome << ")");
-  CHECK(last_ok >= 800);
-  CHECK(first_not_ok >= 950);
-  CHECK(first_not_ok <= 2500);
+  INFO("drain_delay 3s: " << served << " connections served after the 503, first not served at " << first_not_ok
+                          << " ms (" << outcome << ")");
+  CHECK(served >= 1);
+  REQUIRE(first_not_ok >= 0);
+  CHECK(first_not_ok >= 2950);  // a timer never fires early
   // A connection caught in the accept queue when the listener closed may be
   // reset instead; a later one must be refused outright.
   if (outcome != "refused") {
-    CHECK(wait_until([&] { return try_echo(port, "late") == "refused"; }, in(seconds(2))));
+    CHECK(wait_until([&] { return try_echo(port, "late") == "refused"; }, in(seconds(10))));
   }
-  CHECK(lb.wait_exit(in(seconds(5))) == 0);
+  CHECK(lb.wait_exit(in(seconds(15))) == 0);
 }
 
 std::vector<std::string> read_lines(const std::string& path) {
@@ -360,17 +364,6 @@ TEST_CASE("ops: user = \"nobody\" drops privileges after binding (as root) or re
 }
 
 TEST_CASE("ops: a non-root lb asked to switch user exits 1 with a clear message", "[e2e][ops][privileges]") {
-  if (::geteuid() != 0) {
-    SUCCEED("covered by the previous test when not root");
-    return;
-  }
-  // As root, become "nobody" with setpriv(1) (util-linux) and ask lb, now
-  // unprivileged, to switch to "daemon".
-  const std::string setpriv = "/usr/bin/setpriv";
-  if (::access(setpriv.c_str(), X_OK) != 0) {
-    WARN("setpriv not found; the non-root start-up failure is not covered here");
-    return;
-  }
   TempDir dir;
   REQUIRE(!dir.path().empty());
   REQUIRE(::chmod(dir.path().c_str(), 0755) == 0);  // readable by nobody
@@ -378,8 +371,15 @@ TEST_CASE("ops: a non-root lb asked to switch user exits 1 with a clear message"
       dir.write_file("lb.toml", head("user = \"daemon\"") + proxy("web", fmt::format("127.0.0.1:{}", refused_port())));
   REQUIRE(!config_path.empty());
   REQUIRE(::chmod(config_path.c_str(), 0644) == 0);
-  ChildProcess lb({setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", lb_binary(), "--config",
-                   config_path});
+  // Not root: lb is unprivileged already. Root: become "nobody" first with
+  // setpriv(1) (util-linux, in test/run.sh's package list).
+  std::vector<std::string> argv = {lb_binary(), "--config", config_path};
+  if (::geteuid() == 0) {
+    const std::string setpriv = "/usr/bin/setpriv";
+    REQUIRE(::access(setpriv.c_str(), X_OK) == 0);
+    argv.insert(argv.begin(), {setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"});
+  }
+  ChildProcess lb(argv);
   REQUIRE(lb.started());
   CHECK(lb.wait_exit(in(kStartTimeout)) == 1);
   INFO(lb.output());

@@ -149,15 +149,16 @@ TEST_CASE("systemd: notify protocol — READY, WATCHDOG, RELOADING, STOPPING in 
   REQUIRE(ready);
   CHECK(echoes(port, "ready means bound"));
   REQUIRE(lb.wait_started());
-  const auto ready_at = notify.messages().back().at;
 
-  // WATCHDOG=1 every WATCHDOG_USEC / 2 = 100ms.
+  // WATCHDOG=1 every WATCHDOG_USEC / 2 = 100ms, after READY=1: three of them
+  // arrive. The deadline only bounds a stuck loop; it is no rate target.
   int watchdogs = 0;
-  while (Clock::now() < ready_at + seconds(1)) {
-    auto m = notify.receive(ready_at + seconds(1));
+  const Deadline watchdog_deadline = in(seconds(15));
+  while (watchdogs < 3 && !expired(watchdog_deadline)) {
+    auto m = notify.receive(watchdog_deadline);
     if (m && has_line(*m, "WATCHDOG=1")) ++watchdogs;
   }
-  WARN("systemd: " << watchdogs << " WATCHDOG=1 in the first second (WATCHDOG_USEC=200000)");
+  INFO(watchdogs << " WATCHDOG=1 after READY=1 (WATCHDOG_USEC=200000)");
   CHECK(watchdogs >= 3);
 
   // Reload: RELOADING=1 with the time it began, then READY=1.

@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 namespace lb::test {
 
@@ -101,6 +103,10 @@ const char* to_string(ReadEnd e) {
 }
 
 Socket tcp_connect_start(const std::string& host, uint16_t port, int* error) {
+  return tcp_connect_start_from("", host, port, error);
+}
+
+Socket tcp_connect_start_from(const std::string& source, const std::string& host, uint16_t port, int* error) {
   sockaddr_storage ss;
   socklen_t len;
   if (!make_sockaddr(host, port, &ss, &len)) {
@@ -111,6 +117,14 @@ Socket tcp_connect_start(const std::string& host, uint16_t port, int* error) {
   if (!s) {
     if (error) *error = errno;
     return {};
+  }
+  if (!source.empty()) {
+    sockaddr_storage src;
+    socklen_t src_len;
+    if (!make_sockaddr(source, 0, &src, &src_len) || ::bind(s.fd(), reinterpret_cast<sockaddr*>(&src), src_len) != 0) {
+      if (error) *error = errno ? errno : EINVAL;
+      return {};
+    }
   }
   int one = 1;
   setsockopt(s.fd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -134,8 +148,13 @@ int wait_connected(const Socket& s, Deadline deadline) {
 }
 
 Socket tcp_connect(const std::string& host, uint16_t port, Deadline deadline, int* error) {
+  return tcp_connect_from("", host, port, deadline, error);
+}
+
+Socket tcp_connect_from(const std::string& source, const std::string& host, uint16_t port, Deadline deadline,
+                        int* error) {
   int err = 0;
-  Socket s = tcp_connect_start(host, port, &err);
+  Socket s = tcp_connect_start_from(source, host, port, &err);
   if (s) err = wait_connected(s, deadline);
   if (error) *error = err;
   if (err != 0) return {};
@@ -386,6 +405,48 @@ uint64_t raise_fd_limit() {
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
   }
   return rl.rlim_cur;
+}
+
+}  // namespace lb::test
+
+namespace lb::test {
+
+Socket udp_bind(const std::string& host, uint16_t port) {
+  sockaddr_storage a{};
+  socklen_t len = 0;
+  if (!make_sockaddr(host, port, &a, &len)) return {};
+  Socket s(::socket(a.ss_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s || ::bind(s.fd(), reinterpret_cast<sockaddr*>(&a), len) != 0) return {};
+  return s;
+}
+
+bool udp_send_to(const Socket& s, const std::string& host, uint16_t port, std::string_view data) {
+  sockaddr_storage a{};
+  socklen_t len = 0;
+  if (!make_sockaddr(host, port, &a, &len)) return false;
+  return ::sendto(s.fd(), data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&a), len) ==
+         static_cast<ssize_t>(data.size());
+}
+
+long udp_receive_queue(uint16_t port) {
+  for (const char* path : {"/proc/net/udp", "/proc/net/udp6"}) {
+    std::ifstream f(path);
+    std::string line;
+    std::getline(f, line);  // header
+    while (std::getline(f, line)) {
+      // "  sl  local_address rem_address   st tx_queue:rx_queue ..."
+      std::istringstream in(line);
+      std::string sl, local, remote, st, queues;
+      if (!(in >> sl >> local >> remote >> st >> queues)) continue;
+      size_t colon = local.rfind(':');
+      if (colon == std::string::npos) continue;
+      if (std::stoul(local.substr(colon + 1), nullptr, 16) != port) continue;
+      size_t qc = queues.find(':');
+      if (qc == std::string::npos) continue;
+      return static_cast<long>(std::stoul(queues.substr(qc + 1), nullptr, 16));
+    }
+  }
+  return -1;
 }
 
 }  // namespace lb::test

@@ -53,6 +53,12 @@ bool make_sockaddr(const std::string& host, uint16_t port, sockaddr_storage* out
 // Connects to host:port (an IP literal). Returns an invalid Socket on failure
 // and, if `error` is given, stores the errno (ETIMEDOUT when the deadline hit).
 Socket tcp_connect(const std::string& host, uint16_t port, Deadline deadline, int* error = nullptr);
+// The same from a chosen local address (e.g. "127.0.0.2": any 127/8 address
+// is local), to appear to lb as another client; "" = the kernel's choice.
+Socket tcp_connect_from(const std::string& source, const std::string& host, uint16_t port, Deadline deadline,
+                        int* error = nullptr);
+Socket tcp_connect_start_from(const std::string& source, const std::string& host, uint16_t port,
+                              int* error = nullptr);
 
 // Like tcp_connect, but for tests that open very many connections: returns as
 // soon as the connect is in progress. Use wait_connected() before I/O.
@@ -125,6 +131,16 @@ std::string random_bytes(size_t n, uint64_t seed = 0x6c62'6532'6521ULL);
 // counts at the shorter length); std::string::npos when equal. Tests compare
 // large payloads with it so a failure prints an offset, not megabytes.
 size_t mismatch_offset(std::string_view a, std::string_view b);
+
+// A UDP socket bound to host:port (an IP literal; port 0 = any). Invalid on failure.
+Socket udp_bind(const std::string& host = "127.0.0.1", uint16_t port = 0);
+// One datagram to host:port; true when the whole datagram was sent.
+bool udp_send_to(const Socket& s, const std::string& host, uint16_t port, std::string_view data);
+
+// Bytes waiting in the receive queue of the local UDP socket bound to `port`
+// (any address), from /proc/net/udp and udp6; -1 when no such socket exists.
+// Tells a test that another process (lb) has read what was sent to it.
+long udp_receive_queue(uint16_t port);
 
 // Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
 uint64_t raise_fd_limit();

@@ -483,3 +483,63 @@ TEST_CASE("a TOML syntax error is one line without control bytes, whatever the i
     for (unsigned char c : line) CHECK((c >= 0x20 && c != 0x7f));
   }
 }
+
+TEST_CASE("proxy_protocol_trusted: CIDRs of the peers that may send a PROXY header", "[conf][load]") {
+  const char* text = R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:80"
+pool = "p"
+accept_proxy_protocol = true
+proxy_protocol_trusted = ["10.0.0.0/8", "2001:db8::/32"]
+
+[[listener]]
+name = "other"
+bind = "127.0.0.1:81"
+pool = "p"
+
+[[pool]]
+name = "p"
+[[pool.backend]]
+address = "127.0.0.1:5301"
+)";
+  LoadResult r = load_string(text, "t.toml");
+  INFO(errors_text(r));
+  REQUIRE(r.ok());
+  const Listener& web = r.config->listeners[0];
+  REQUIRE(web.proxy_protocol_trusted.size() == 2);
+  CHECK(web.proxy_protocol_trusted[0].family == AF_INET);
+  CHECK(web.proxy_protocol_trusted[0].prefix_len == 8);
+  CHECK(web.proxy_protocol_trusted[1].family == AF_INET6);
+  CHECK(r.config->listeners[1].proxy_protocol_trusted.empty());
+
+  // Malformed entries and udp listeners are errors, like every other key.
+  LoadResult bad = load_string(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:80"
+pool = "p"
+accept_proxy_protocol = true
+proxy_protocol_trusted = ["10.0.0.1/8", "nonsense"]
+
+[[listener]]
+name = "dns"
+protocol = "udp"
+bind = "127.0.0.1:53"
+pool = "p"
+proxy_protocol_trusted = ["10.0.0.0/8"]
+
+[[pool]]
+name = "p"
+[[pool.backend]]
+address = "127.0.0.1:5301"
+)",
+                               "t.toml");
+  const std::string errors = errors_text(bad);
+  INFO(errors);
+  CHECK_FALSE(bad.ok());
+  CHECK(errors.find("t.toml:7:27: error: listener \"web\": proxy_protocol_trusted") != std::string::npos);
+  CHECK(errors.find("t.toml:7:41: error: listener \"web\": proxy_protocol_trusted") != std::string::npos);
+  CHECK(errors.find("listener \"dns\": proxy_protocol_trusted: not available for udp listeners") !=
+        std::string::npos);
+}

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -92,10 +93,10 @@ TEST_CASE("SourceLimiter limit 0 is unlimited but still counted", "[source_limit
   CHECK(lim.tracked_sources() == 0);
 }
 
-TEST_CASE("SourceLimiter keys on the IP only", "[source_limiter]") {
+TEST_CASE("SourceLimiter keys on the IPv4 address or the IPv6 /64 only", "[source_limiter]") {
   SourceLimiter lim;
   SECTION("different IPs are independent") {
-    Addr a = ip("10.0.0.1"), b = ip("10.0.0.2"), c = ip("2001:db8::1"), d = ip("2001:db8::2");
+    Addr a = ip("10.0.0.1"), b = ip("10.0.0.2"), c = ip("2001:db8:0:1::1"), d = ip("2001:db8:0:2::1");
     REQUIRE(lim.try_acquire(a.sa(), 2));
     REQUIRE(lim.try_acquire(a.sa(), 2));
     CHECK_FALSE(lim.try_acquire(a.sa(), 2));
@@ -147,6 +148,81 @@ TEST_CASE("SourceLimiter keys on the IP only", "[source_limiter]") {
     lim.release(compat.sa());
     CHECK(lim.tracked_sources() == 0);
   }
+}
+
+TEST_CASE("SourceLimiter counts an IPv6 /64 as one source", "[source_limiter]") {
+  SourceLimiter lim;
+  // One host, any interface identifier in its /64: the limit holds.
+  Addr h1 = ip("2001:db8:aa:bb::1"), h2 = ip("2001:db8:aa:bb:1234:5678:9abc:def0"),
+       h3 = ip("2001:db8:aa:bb:ffff:ffff:ffff:ffff");
+  REQUIRE(lim.try_acquire(h1.sa(), 2));
+  REQUIRE(lim.try_acquire(h2.sa(), 2));
+  CHECK_FALSE(lim.try_acquire(h3.sa(), 2));
+  CHECK(lim.count(h3.sa()) == 2);
+  CHECK(lim.tracked_sources() == 1);
+  // The neighbouring /64s are other sources.
+  Addr next = ip("2001:db8:aa:bc::1"), prev = ip("2001:db8:aa:ba::1");
+  CHECK(lim.try_acquire(next.sa(), 2));
+  CHECK(lim.try_acquire(prev.sa(), 2));
+  CHECK(lim.tracked_sources() == 3);
+  // Any address of the /64 releases the source's slot.
+  lim.release(h3.sa());
+  CHECK(lim.try_acquire(h3.sa(), 2));
+  for (const Addr* a : {&h1, &h2, &h3}) lim.release(a->sa());
+  lim.release(next.sa());
+  lim.release(prev.sa());
+  CHECK(lim.tracked_sources() == 0);
+
+  // IPv4 clients stay per address, mapped or not: ::ffff:0:0/96 is not one /64.
+  Addr m1 = ip("::ffff:192.0.2.1"), m2 = ip("::ffff:192.0.2.2");
+  CHECK(lim.try_acquire(m1.sa(), 1));
+  CHECK(lim.try_acquire(m2.sa(), 1));
+  CHECK(lim.tracked_sources() == 2);
+  lim.release(m1.sa());
+  lim.release(m2.sa());
+}
+
+TEST_CASE("SourceLimiter source_key: IPv4 as mapped, IPv6 as its /64", "[source_limiter]") {
+  auto key = [](const Addr& a) {
+    std::array<uint8_t, 16> k{};
+    REQUIRE(SourceLimiter::source_key(a.sa(), k.data()));
+    return k;
+  };
+  const std::array<uint8_t, 16> v4{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1};
+  CHECK(key(ip("192.0.2.1")) == v4);
+  CHECK(key(ip("::ffff:192.0.2.1")) == v4);
+  const std::array<uint8_t, 16> v6{0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0};
+  CHECK(key(ip("2001:db8:1:2:a:b:c:d")) == v6);
+  CHECK(key(ip("2001:db8:1:2::")) == v6);
+}
+
+// The hash that places sources in shards and buckets is keyed per limiter
+// from the OS, so nobody can compute in advance which addresses collide.
+TEST_CASE("SourceLimiter seeds its hash per instance from the OS", "[source_limiter][seed]") {
+  SourceLimiter a, b;
+  CHECK(a.seed() != b.seed());
+  CHECK(a.seed() != 0x5eed50c11b17ULL);  // the fixed seed it used to have
+  // Where 64 sources land differs between the two: with 64 shards, equal
+  // placement of all of them by chance has probability 64^-64.
+  std::vector<Addr> sources;
+  for (int i = 0; i < 64; ++i) sources.push_back(ip(("10.9.8." + std::to_string(i)).c_str()));
+  size_t same = 0;
+  for (const Addr& s : sources) same += a.shard_index(s.sa()) == b.shard_index(s.sa()) ? 1 : 0;
+  CHECK(same < sources.size());
+  // And each still finds its own entries.
+  for (const Addr& s : sources) {
+    REQUIRE(a.try_acquire(s.sa(), 1));
+    REQUIRE(b.try_acquire(s.sa(), 1));
+  }
+  for (const Addr& s : sources) {
+    CHECK(a.count(s.sa()) == 1);
+    CHECK(b.count(s.sa()) == 1);
+    CHECK_FALSE(a.try_acquire(s.sa(), 1));
+    a.release(s.sa());
+    b.release(s.sa());
+  }
+  CHECK(a.tracked_sources() == 0);
+  CHECK(b.tracked_sources() == 0);
 }
 
 TEST_CASE("SourceLimiter ignores what it cannot key", "[source_limiter]") {

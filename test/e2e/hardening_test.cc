@@ -1,0 +1,227 @@
+// End-to-end: what a hostile client can do to lb's own bookkeeping, not to
+// the traffic. A flood of events that each log a warning must not become a
+// log flood; access-log lines lost because the writer fell behind must be
+// visible on /metrics; a `[::]` bind is IPv6-only, as the README says.
+#define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "test/support/backend_server.h"
+#include "test/support/lb_process.h"
+#include "test/support/metrics.h"
+#include "test/support/net.h"
+#include "test/support/temp_dir.h"
+
+namespace lb::test {
+namespace {
+
+size_t count_lines(LbProcess& lb, const std::regex& re) {
+  size_t n = 0;
+  for (const auto& l : lb.process().lines())
+    if (std::regex_search(l.text, re)) ++n;
+  return n;
+}
+
+// Waits until lb has read every datagram queued on its UDP socket `port`.
+bool udp_drained(uint16_t port, Deadline deadline) {
+  return wait_until([&] { return udp_receive_queue(port) == 0; }, deadline, milliseconds(2));
+}
+
+}  // namespace
+
+// A UDP session that cannot open (no descriptor left) logs a warning, and it
+// happens once per client datagram: a flood of them used to write one line
+// per datagram from the worker thread. Now the first is logged, then at most
+// one line per second carrying the count of the suppressed ones.
+TEST_CASE("hardening: a flood of UDP sessions that cannot open logs a handful of lines, not one each",
+          "[e2e][hardening][log]") {
+  // The backend only has to exist: it never answers, sessions stay open.
+  Socket backend = udp_bind();
+  REQUIRE(backend);
+  LbProcess lb(global_section(1) + fmt::format(R"(
+[[listener]]
+name = "dns"
+protocol = "udp"
+bind = "127.0.0.1:0"
+pool = "p"
+session_timeout = "10m"
+
+[[pool]]
+name = "p"
+[[pool.backend]]
+address = "127.0.0.1:{}"
+)",
+                                                   local_port(backend)));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("dns");
+  REQUIRE(port != 0);
+
+  // Leave lb a few descriptors (RLIMIT_NOFILE counts descriptor numbers, and
+  // lb has settled on its own), then use them up with live sessions.
+  const int fds = lb.process().settled_fd_count(milliseconds(300), in(seconds(10)));
+  REQUIRE(fds > 0);
+  const rlim_t limit = static_cast<rlim_t>(fds) + 8;
+  rlimit rl{limit, limit};
+  REQUIRE(::prlimit(lb.pid(), RLIMIT_NOFILE, &rl, nullptr) == 0);
+  std::vector<Socket> clients;
+  for (int i = 0; i < 32; ++i) {
+    clients.push_back(udp_bind());
+    REQUIRE(udp_send_to(clients.back(), "127.0.0.1", port, "q"));
+  }
+  REQUIRE(udp_drained(port, in(seconds(10))));
+  const std::regex warn_re("^warn udp upstream socket failed listener=dns ");
+  REQUIRE(lb.wait_for_line(warn_re, in(seconds(5))));
+
+  // The flood: 600 datagrams of a new client, in bursts small enough for the
+  // socket buffer, each read by lb before the next (so none is lost).
+  Socket flood = udp_bind();
+  REQUIRE(flood);
+  const auto t0 = Clock::now();
+  for (int burst = 0; burst < 30; ++burst) {
+    for (int i = 0; i < 20; ++i) REQUIRE(udp_send_to(flood, "127.0.0.1", port, "flood"));
+    REQUIRE(udp_drained(port, in(seconds(10))));
+  }
+  // Every datagram has been read; the last burst may still be being handled
+  // when the queue is seen empty, so stop lb (a message the worker takes
+  // after that batch) and count in its complete output.
+  REQUIRE(lb.terminate() == 0);
+  const double elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  const size_t lines = count_lines(lb, warn_re);
+  const size_t with_count = count_lines(lb, std::regex("^warn udp upstream socket failed .* suppressed=[0-9]+$"));
+  INFO("warning lines: " << lines << " (" << with_count << " with a suppressed count) over " << elapsed_s
+                         << " s for more than 600 failed sessions");
+  // First occurrence, then at most one per second (+1 for rounding at both ends).
+  CHECK(lines >= 1);
+  CHECK(lines <= 2 + static_cast<size_t>(elapsed_s));
+  CHECK(with_count + 1 >= lines);
+}
+
+// The access-log writer blocked on its destination (a FIFO nobody reads):
+// workers must drop lines rather than wait, and say how many.
+TEST_CASE("hardening: access-log lines dropped behind a stalled writer are counted on /metrics",
+          "[e2e][hardening][access-log]") {
+  TempDir dir;
+  REQUIRE(!dir.path().empty());
+  const std::string fifo = dir.path() + "/access.fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Opened (not read) before lb opens its end, so lb's open does not block.
+  // (A Socket only as the owner of the descriptor: closed on every exit.)
+  Socket reader(::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  REQUIRE(reader);
+
+  // Every connection is refused by deny and logged; a long listener name
+  // makes each line about 8 KiB, so the 4 MiB worker buffer and the one the
+  // blocked writer holds fill after about a thousand connections.
+  const std::string name = "l" + std::string(8000, 'x');
+  LbProcess lb(fmt::format(R"([global]
+workers = 1
+access_log = "{}"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "{}"
+bind = "127.0.0.1:0"
+pool = "p"
+deny = ["127.0.0.0/8"]
+
+[[pool]]
+name = "p"
+[pool.health_check]
+type = "none"
+[[pool.backend]]
+address = "127.0.0.1:{}"
+)",
+                           fifo, name, refused_port()));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port(name);
+  REQUIRE(port != 0);
+  auto dropped = [&]() -> double {
+    auto m = fetch_metrics(lb.admin_port());
+    if (!m) return -1;
+    return m->value("lb_access_log_dropped_total").value_or(-1);
+  };
+  {
+    auto m = fetch_metrics(lb.admin_port());
+    REQUIRE(m);
+    CHECK(m->type("lb_access_log_dropped_total") == "counter");
+    CHECK(m->value("lb_access_log_dropped_total") == 0);
+  }
+
+  int connections = 0;
+  double seen = 0;
+  while (connections < 4000 && seen <= 0) {
+    for (int i = 0; i < 100; ++i, ++connections) {
+      Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)));
+      REQUIRE(c);
+      wait_closed(c, in(seconds(5)));
+    }
+    seen = dropped();
+  }
+  INFO(connections << " refused connections, " << seen << " access-log lines dropped");
+  CHECK(seen > 0);
+  CHECK(seen < connections);
+  // More refusals while the writer stays blocked: each one is a dropped line.
+  for (int i = 0; i < 50; ++i) {
+    Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)));
+    REQUIRE(c);
+    wait_closed(c, in(seconds(5)));
+  }
+  CHECK(wait_until([&] { return dropped() == seen + 50; }, in(seconds(5))));
+
+  // Closing the read end unblocks the writer (EPIPE), so lb can stop.
+  reader.close();
+  CHECK(lb.terminate() == 0);
+}
+
+// `[::]` means IPv6 only (IPV6_V6ONLY, nginx's ipv6only=on): an IPv4 client
+// is not served on it, and `0.0.0.0` can be bound beside it on the same port.
+TEST_CASE("hardening: a [::] bind is IPv6-only and coexists with 0.0.0.0 on the same port",
+          "[e2e][hardening][ipv6]") {
+  TestBackend backend(TestBackend::named("b\n"));
+  REQUIRE(backend.ok());
+  LbProcess lb(global_section(1) + fmt::format(R"(
+[[listener]]
+name = "v6"
+bind = "[::]:0"
+pool = "p"
+
+[[pool]]
+name = "p"
+[pool.health_check]
+type = "none"
+[[pool.backend]]
+address = "{}"
+)",
+                                                   backend.address()));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("v6");
+  REQUIRE(port != 0);
+  {
+    Socket c = tcp_connect("::1", port, in(seconds(5)));
+    REQUIRE(c);
+    CHECK(read_exact(c, 2, in(seconds(5))).data == "b\n");
+  }
+  int err = 0;
+  Socket v4 = tcp_connect("127.0.0.1", port, in(seconds(5)), &err);
+  CHECK_FALSE(v4);
+  CHECK(err == ECONNREFUSED);
+  CHECK(backend.accepted() == 1);
+
+  // An IPv4 socket on the same port binds beside it.
+  Socket beside = tcp_listen("0.0.0.0", port);
+  CHECK(beside);
+  CHECK(lb.terminate() == 0);
+}
+
+}  // namespace lb::test
