@@ -119,6 +119,22 @@ def build_lb(source_dir, build_dir, log_path, say):
     return path, None
 
 
+LBLOAD_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "tools", "lbload.c")
+
+
+def build_lbload(out_dir):
+    """Compiles bench/tools/lbload.c (the constant-rate client) into out_dir.
+    Returns (path, error)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None, "no C compiler (cc)"
+    path = os.path.join(out_dir, "lbload")
+    r = _run([cc, "-O2", "-o", path, os.path.abspath(LBLOAD_SRC)], timeout=120)
+    if r.returncode != 0:
+        return None, "cc failed: " + r.stdout.decode("utf-8", "replace")[-300:]
+    return path, None
+
+
 def cmake_build_type(build_dir):
     try:
         with open(os.path.join(build_dir, "CMakeCache.txt")) as f:

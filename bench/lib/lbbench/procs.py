@@ -78,6 +78,31 @@ def rss_kib(pid):
     return total if found else None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid):
+    """{pid: utime + stime in clock ticks} for pid and every descendant.
+    /proc/PID/stat of a process counts all its threads, the exited ones
+    too, so a multi-threaded proxy (dnsdist) is whole; nginx's workers are
+    descendants of its master."""
+    out = {}
+    for p in [pid] + descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[p] = int(fields[11]) + int(fields[12])   # fields 14 and 15 of stat(5)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def cpu_seconds_between(before, after):
+    """CPU seconds the process tree used between two cpu_ticks() readings
+    (a process started in between counts from zero)."""
+    return sum(t - before.get(p, 0) for p, t in after.items()) / CLK_TCK
+
+
 def _signal(pid, sig):
     try:
         os.kill(pid, sig)
