@@ -16,11 +16,12 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 
-from . import env, idle, loads, peers, report
+from . import env, idle, loads, peers, profile, report
 from .procs import Supervisor, cpu_seconds_between, cpu_ticks
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir))
@@ -139,7 +140,7 @@ def parse_args(argv):
     ap.add_argument("--req-rate", type=int, default=10000, help="requests/s of the fixed keep-alive rate")
     ap.add_argument("--profile", action="store_true",
                     help="after each workload, profile lb (perf cpu-clock, flame graph) and count its syscalls "
-                         "(strace) in extra samples; written to the output directory")
+                         "(perf trace -s) in extra samples; written to the output directory")
     ap.add_argument("--proxy-cpu", type=int, help="CPU for the proxies (default: the first usable)")
     ap.add_argument("--load-cpu", type=int, help="CPU for backends and load generators (default: the second)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "bench", "results"), help="where results are written")
@@ -293,7 +294,9 @@ def main(argv):
             "events": [],
             "workloads": {},
         }
-        run_all(args, wls, by_name, backends, sup, results)
+        stem = started.strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
+        os.makedirs(args.out_dir, exist_ok=True)
+        run_all(args, wls, by_name, backends, sup, results, stem, load_cpus)
         report.summarize(results)
         report.evaluate_targets(results)
         results["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -308,8 +311,6 @@ def main(argv):
         print()
         print(table)
         print()
-        os.makedirs(args.out_dir, exist_ok=True)
-        stem = started.strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
         json_path = os.path.join(args.out_dir, stem + ".json")
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1, ensure_ascii=False)
@@ -382,7 +383,7 @@ def _busy_pct(before, after, cpu):
     return 100.0 * (total - idle_) / total if total > 0 else None
 
 
-def run_all(args, wls, by_name, backends, sup, results):
+def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus):
     proxy_cpu, load_cpu = results["setup"]["proxy_cpu"], results["setup"]["load_cpu"]
     for i, wl in enumerate(wls, 1):
         entry = {"title": wl.title, "unit": wl.unit, "metric": wl.metric,
@@ -442,3 +443,28 @@ def run_all(args, wls, by_name, backends, sup, results):
                 # Let sockets of the sample close before the next row starts.
                 time.sleep(0.3)
             print(f"   round {r + 1}/{rounds}: " + " · ".join(parts), flush=True)
+        lb = by_name.get("lb")
+        if args.profile and wl.key in profile.MIN_SYSCALLS and lb in rows and _ensure_up(lb, backends, sup, results, wl):
+            run_profile(args, wl, lb, backends, sup, results, stem, load_cpus)
+
+
+def run_profile(args, wl, lb, backends, sup, results, stem, load_cpus):
+    """Two extra samples of lb (not in the tables): perf record, then the syscall count."""
+    port = lb.port(wl.service, backends)
+    prof = results.setdefault("profiles", {}).setdefault(wl.key, {})
+    for what, fn in (("perf", profile.perf_profile), ("syscalls", profile.syscall_count)):
+        try:
+            res = fn(sup, wl, lb, port, args.duration, load_cpus, args.out_dir, stem)
+        except (loads.SampleError, OSError, subprocess.SubprocessError) as e:
+            res = {"error": str(e)}
+        if "error" in res:
+            say(f"   profile {what}: {res['error']}")
+            prof[f"{what}_error"] = res.pop("error")
+        prof.update({k: v for k, v in res.items() if k != "load"})
+        prof[f"{what}_load"] = res.get("load")
+        if not lb.alive():
+            _ensure_up(lb, backends, sup, results, wl)
+        time.sleep(0.3)
+    per, mn = prof.get("syscalls_per_unit"), prof.get("min_syscalls_per_unit")
+    say(f"   profile lb: {prof.get('svg_file', 'no flame graph')}; syscalls/unit "
+        f"{'—' if per is None else f'{per:.2f}'} (minimum {mn})")

@@ -262,11 +262,12 @@ def markdown(results):
                  "(lower is better). Ratios are row median ÷ reference median. Proxy CPU/unit is the user + system "
                  "time of the proxy's whole process tree (/proc/PID/stat) over the load tool's run ÷ the units it "
                  "completed: µs per connection, request, round trip or query; CPU-seconds per GB for bulk.")
-    lines.append("")
-    lines.append("| target (lb) | measured | result |")
-    lines.append("| --- | --- | --- |")
-    for t in results.get("targets", []):
-        lines.append(f"| {t['target']} | {t['measured']} | {t['result']} |")
+    if results.get("targets"):
+        lines.append("")
+        lines.append("| target (lb) | measured | result |")
+        lines.append("| --- | --- | --- |")
+        for t in results["targets"]:
+            lines.append(f"| {t['target']} | {t['measured']} | {t['result']} |")
     if results.get("cost_targets"):
         lines.append("")
         lines.append("| target (lb, issue 20: proxy CPU per unit, lower is better) | measured | result |")
@@ -276,7 +277,7 @@ def markdown(results):
     prof = results.get("profiles") or {}
     if prof:
         lines.append("")
-        lines.append("| profile (lb) | perf top symbols, flame graph | syscalls per unit (strace -c -f) | minimum | measured ÷ minimum |")
+        lines.append("| profile (lb) | perf top symbols, flame graph | syscalls per unit | minimum | measured ÷ minimum |")
         lines.append("| --- | --- | ---: | ---: | ---: |")
         for wl, pr in prof.items():
             per = pr.get("syscalls_per_unit")
