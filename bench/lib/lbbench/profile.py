@@ -231,7 +231,7 @@ def collapse(script_text):
             continue
         sym, dso = m.group(1), m.group(2)
         sym = re.sub(r"\+0x[0-9a-f]+$", "", sym)
-        if sym == "[unknown]":
+        if sym == "[unknown]" and dso != "[unknown]":
             sym = f"[{os.path.basename(dso)}]"
         if "kernel.kallsyms" in dso:
             sym += "_[k]"
