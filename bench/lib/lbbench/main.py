@@ -428,7 +428,7 @@ def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus):
                     if wl.cost and pid:
                         # The tool's whole run, start-up and drain included,
                         # against every unit it completed in it.
-                        m["proxy_cpu_s"] = cpu_seconds_between(ticks0, cpu_ticks(pid))
+                        m["proxy_cpu_s"], m["proxy_cpu_s_ticks"] = cpu_seconds_between(ticks0, cpu_ticks(pid))
                         if m.get("units"):
                             m["cost"] = m["proxy_cpu_s"] * wl.cost[1] / m["units"]
                     m["round"] = r + 1

@@ -259,9 +259,10 @@ def markdown(results):
                          f"{_fmt_ratio(row.get('cost_vs_haproxy'))} | {_fmt_ratio(row.get('cost_vs_best_peer'))} |")
     lines.append("")
     lines.append("★ best peer (HAProxy, nginx, dnsdist) of the workload by its metric, ☆ by the proxy's CPU per unit "
-                 "(lower is better). Ratios are row median ÷ reference median. Proxy CPU/unit is the user + system "
-                 "time of the proxy's whole process tree (/proc/PID/stat) over the load tool's run ÷ the units it "
-                 "completed: µs per connection, request, round trip or query; CPU-seconds per GB for bulk.")
+                 "(lower is better). Ratios are row median ÷ reference median. Proxy CPU/unit is the CPU time "
+                 "(user + system) of the proxy's whole process tree (/proc/PID/task/*/schedstat) over the load "
+                 "tool's run ÷ the units it completed: µs per connection, request, round trip or query; "
+                 "CPU-seconds per GB for bulk.")
     if results.get("targets"):
         lines.append("")
         lines.append("| target (lb) | measured | result |")
