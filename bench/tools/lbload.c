@@ -10,7 +10,8 @@
  * request on an idle one (one request in flight per connection, no
  * pipelining); with "close" every request opens its own connection, sends
  * "Connection: close" and reads to the end (a connection rate), at most CONNS
- * connections at a time. "dns" sends every query from a fresh socket, so every
+ * connections at a time; it waits for the server to close first, as
+ * "Connection: close" asks (TIME_WAIT stays on the server side). "dns" sends every query from a fresh socket, so every
  * query has a new source port, as a recursive resolver does; a query with no
  * answer after 1 s is lost.
  *
@@ -37,7 +38,10 @@
 #define DRAIN_NS 2000000000LL
 #define DNS_TIMEOUT_NS 1000000000LL
 
-enum { IDLE, CONNECTING, WAITING, FREE };
+/* DRAINING (close mode): the answer is complete, waiting for the server to
+   close first, so the TIME_WAIT lands on the server's side and thousands of
+   short connections do not use up the client's ephemeral ports. */
+enum { IDLE, CONNECTING, WAITING, DRAINING, FREE };
 
 struct conn {
     int fd;
@@ -162,8 +166,9 @@ static int run_http(double rate, double secs, int nconns, int close_mode) {
             }
         }
         if (t >= stop && (inflight == 0 || t >= stop + DRAIN_NS)) break;
-        int64_t wait_ns = (next < stop ? next : stop + DRAIN_NS) - t;
-        if (t >= stop) wait_ns = 10000000;
+        /* before the end, sleep until the next request is due (or the end);
+           after it, wake every 10 ms to see whether the last answers came */
+        int64_t wait_ns = t >= stop ? 10000000 : (next < stop ? next : stop) - t;
         int timeout = wait_ns <= 0 ? 0 : (int)((wait_ns + 999999) / 1000000);
         int n = epoll_wait(ep, evs, 256, timeout);
         for (int k = 0; k < n; k++) {
@@ -179,12 +184,15 @@ static int run_http(double rate, double secs, int nconns, int close_mode) {
                     c->state = IDLE;
                 }
             }
-            if (c->state != WAITING || !(evs[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) continue;
+            if ((c->state != WAITING && c->state != DRAINING) || !(evs[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP)))
+                continue;
             for (;;) {
+                if (c->state == DRAINING) c->got = 0;  /* nothing more is expected; ignore it */
                 ssize_t r = recv(c->fd, c->buf + c->got, sizeof c->buf - 1 - c->got, 0);
                 if (r > 0) { c->got += (size_t)r; continue; }
                 if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
                 /* EOF or error */
+                if (c->state == DRAINING) { close_conn(c); break; }
                 int ok = http_complete(c) == 1;
                 if (ok) record(c->due); else errors++;
                 inflight--;
@@ -195,7 +203,7 @@ static int run_http(double rate, double secs, int nconns, int close_mode) {
             if (c->state != WAITING) continue;
             int st = http_complete(c);
             if (st == 1 && !close_mode) { record(c->due); inflight--; c->state = IDLE; }
-            else if (st == 1 && close_mode) { record(c->due); inflight--; close_conn(c); }
+            else if (st == 1 && close_mode) { record(c->due); inflight--; c->state = DRAINING; }
             else if (st < 0) { errors++; inflight--; close_conn(c); if (!close_mode) open_tcp(c); }
         }
     }

@@ -29,7 +29,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 
 class Workload:
     def __init__(self, key, title, unit, metric, higher_is_better, service, rows, run, extras=(), rounds=None,
-                 cpu=True, cost=None, needs=()):
+                 cpu=True, cost=None, needs=(), traced_run=None):
         self.key = key
         self.title = title
         self.unit = unit
@@ -51,6 +51,8 @@ class Workload:
         if cost:
             self.extras += ["proxy_cpu_s", "units", "cost"]
         self.needs = needs        # tools it runs besides the ones in env.PACKAGES
+        # The same load at a rate a proxy slowed by tracing sustains (--profile).
+        self.traced_run = traced_run
 
 
 US_CONN, US_REQ, US_RT, US_QUERY = ("µs/conn", 1e6), ("µs/req", 1e6), ("µs/round trip", 1e6), ("µs/query", 1e6)
@@ -71,6 +73,12 @@ def workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path):
     def fixed(mode, rate, **kw):
         return lambda p, port, d: loads.lbload(sup, lbload_path, mode, port, d, rate, load_cpus, **kw)
 
+    def dns_at(rate):
+        return lambda p, port, d: loads.dnsperf(sup, port, d, rate, query_file, load_cpus)
+
+    def tenth(rate):
+        return max(100, rate // 10)
+
     return [
         # Memory first, while every proxy is fresh: later workloads would
         # leave freed memory in the allocators that idle connections reuse.
@@ -86,7 +94,8 @@ def workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path):
                  lambda p, port, d: loads.wrk(sup, port, d, True, load_cpus), extras=["errors"], cost=US_CONN),
         Workload("connrate_fixed", f"connection rate at {args.conn_rate:,}/s (lbload close)", "conn/s",
                  "rate", True, "http", scaled_rows, fixed("http", args.conn_rate, conns=256, close=True),
-                 extras=["p50_us", "p99_us", "p999_us", "lost"], cost=US_CONN, needs=("lbload",)),
+                 extras=["p50_us", "p99_us", "p999_us", "lost"], cost=US_CONN, needs=("lbload",),
+                 traced_run=fixed("http", tenth(args.conn_rate), conns=256, close=True)),
         Workload("keepalive", f"keep-alive requests, max (wrk --latency, {loads.WRK_CONNECTIONS} conns)", "req/s",
                  "rps", True, "http", tcp_rows,
                  lambda p, port, d: loads.wrk(sup, port, d, False, load_cpus), extras=["p50_us", "p99_us", "errors"],
@@ -94,23 +103,24 @@ def workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path):
         Workload("keepalive_fixed", f"keep-alive requests at {args.req_rate:,}/s (lbload, {loads.WRK_CONNECTIONS} conns)",
                  "req/s", "rate", True, "http", tcp_rows,
                  fixed("http", args.req_rate, conns=loads.WRK_CONNECTIONS),
-                 extras=["p50_us", "p99_us", "p999_us", "lost"], cost=US_REQ, needs=("lbload",)),
+                 extras=["p50_us", "p99_us", "p999_us", "lost"], cost=US_REQ, needs=("lbload",),
+                 traced_run=fixed("http", tenth(args.req_rate), conns=loads.WRK_CONNECTIONS)),
         Workload("pingpong", f"ping-pong {loads.SOCKPERF_MSG} B (sockperf, 1 conn)", "round trips/s",
                  "rate", True, "sock", tcp_rows,
                  lambda p, port, d: loads.sockperf(sup, port, d, load_cpus), extras=["p50_us", "p99_us", "errors"],
                  cost=US_RT),
         Workload("dns_fixed", f"DNS over UDP at {args.dns_rate:,} qps (dnsperf)", "qps", "qps", True, "dns", dns_rows,
-                 lambda p, port, d: loads.dnsperf(sup, port, d, args.dns_rate, query_file, load_cpus),
-                 extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"], cost=US_QUERY),
+                 dns_at(args.dns_rate), extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"], cost=US_QUERY,
+                 traced_run=dns_at(tenth(args.dns_rate))),
         Workload("dns_fixed_high", f"DNS over UDP at {args.dns_high_rate:,} qps (dnsperf)", "qps", "qps", True, "dns",
-                 dns_rows, lambda p, port, d: loads.dnsperf(sup, port, d, args.dns_high_rate, query_file, load_cpus),
-                 extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"], cost=US_QUERY),
+                 dns_rows, dns_at(args.dns_high_rate), extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"],
+                 cost=US_QUERY, traced_run=dns_at(tenth(args.dns_high_rate))),
         Workload("dns_resolver", f"DNS over UDP, resolver-style: new source port per query, {args.resolver_rate:,} qps "
                  "(lbload)", "qps", "rate", True, "dns", dns_rows, fixed("dns", args.resolver_rate),
-                 extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"], cost=US_QUERY, needs=("lbload",)),
+                 extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"], cost=US_QUERY, needs=("lbload",),
+                 traced_run=fixed("dns", tenth(args.resolver_rate))),
         Workload("dns_max", "DNS over UDP, max rate (dnsperf)", "qps", "qps", True, "dns", dns_rows,
-                 lambda p, port, d: loads.dnsperf(sup, port, d, None, query_file, load_cpus),
-                 extras=["loss_pct", "lost"], cost=US_QUERY),
+                 dns_at(None), extras=["loss_pct", "lost"], cost=US_QUERY),
     ]
 
 

@@ -7,9 +7,10 @@ disturbs the figures in the tables):
      run (software sampling: the VM has no hardware counters), then
      `perf report --stdio --no-children` (top symbols) and a flame graph
      (SVG) drawn here from `perf script` (Debian ships no FlameGraph scripts);
-  2. `perf trace -s` (strace -c -f when perf trace fails) attached to every
-     thread of lb for the whole load run: syscalls ÷ the units the load tool
-     completed, against MIN_SYSCALLS.
+  2. syscalls of every thread of lb ÷ the units the load tool completed,
+     against MIN_SYSCALLS: the total from `perf stat -e
+     raw_syscalls:sys_enter`, the breakdown by name from `perf trace -s`
+     (see syscall_count).
 """
 import collections
 import html
@@ -116,36 +117,81 @@ def perf_profile(sup, wl, proxy, port, duration, cpus, out_dir, stem):
 
 
 def syscall_count(sup, wl, proxy, port, duration, cpus, out_dir, stem):
-    """System calls of every thread of the proxy over one load run, by name.
-    `perf trace -s` reads the syscall tracepoints and barely slows the proxy;
-    strace -c -f (ptrace: every call stops the thread) is the fallback."""
+    """System calls of every thread of the proxy per unit of work.
+
+    The total comes from `perf stat -e raw_syscalls:sys_enter` (an in-kernel
+    counter: the proxy runs at full speed) over a load run at the workload's
+    own rate. The breakdown by name comes from a second run under
+    `perf trace -s` (or strace -c -f when perf trace fails), which slows the
+    proxy several times: fixed-rate loads run it at a tenth of their rate
+    (wl.traced_run), else the requests the traced proxy cannot keep up with
+    would be counted as syscalls without a unit."""
     pids = [proxy.proc.pid] + _descendants(proxy.proc.pid)
-    res = _count_with(sup, wl, proxy, port, duration, cpus, pids, "perf")
-    if "error" in res:
-        first = res["error"]
-        res = _count_with(sup, wl, proxy, port, duration, cpus, pids, "strace")
-        res["perf_trace_error"] = first
-    if "error" in res:
-        return res
-    calls = res["syscalls"]
-    total = sum(calls.values())
-    units = _units(wl.key, res["load"])
-    res.update({"syscalls_total": total, "units": units})
-    if units:
-        res["syscalls_per_unit"] = total / units
+    res = {}
+    total = _count_total(sup, wl, proxy, port, duration, cpus, pids)
+    if "error" in total:
+        res["total_error"] = total["error"]
+    else:
+        res["syscalls_total"], res["units"] = total["syscalls"], _units(wl.key, total["load"])
+        if res["units"]:
+            res["syscalls_per_unit"] = total["syscalls"] / res["units"]
+        res["load"] = total["load"]
+    time.sleep(0.3)
+    run = wl.traced_run or wl.run
+    by_name = _count_with(sup, run, proxy, port, duration, cpus, pids, "perf", wl.key)
+    if "error" in by_name:
+        first = by_name["error"]
+        by_name = _count_with(sup, run, proxy, port, duration, cpus, pids, "strace", wl.key)
+        by_name["perf_trace_error"] = first
+    if "total_error" in res and "error" in by_name:
+        return {"error": f"{res['total_error']}; {by_name['error']}"}
     mn = MIN_SYSCALLS.get(wl.key)
     if mn:
         res["min_syscalls_per_unit"], res["min_syscalls_why"] = mn
-    with open(os.path.join(out_dir, f"{stem}-profile-{wl.key}-syscalls.txt"), "w") as f:
-        f.write(f"# lb on {wl.key}: {res['syscall_tool']} over one load run; units completed: {units}; "
-                f"syscalls per unit: {res.get('syscalls_per_unit')}\n")
-        for name, n in sorted(calls.items(), key=lambda kv: -kv[1]):
-            f.write(f"{name:24} {n:10d}  {n / units if units else 0:10.3f} per unit\n")
+    if "error" not in by_name:
+        calls = by_name["syscalls"]
+        units = _units(wl.key, by_name["load"])
+        res.update({"syscalls_by_name": calls, "syscall_tool": by_name["syscall_tool"],
+                    "by_name_units": units, "by_name_load": by_name["load"]})
+        with open(os.path.join(out_dir, f"{stem}-profile-{wl.key}-syscalls.txt"), "w") as f:
+            f.write(f"# lb on {wl.key}.\n# Total at the workload's rate (perf stat -e raw_syscalls:sys_enter): "
+                    f"{res.get('syscalls_total')} syscalls for {res.get('units')} units = "
+                    f"{res.get('syscalls_per_unit')} per unit; minimum {mn[0] if mn else '?'} "
+                    f"({mn[1] if mn else ''}).\n"
+                    f"# By name: {by_name['syscall_tool']} over a run "
+                    f"{'at a tenth of the rate ' if wl.traced_run else ''}that completed {units} units.\n")
+            for name, n in sorted(calls.items(), key=lambda kv: -kv[1]):
+                f.write(f"{name:24} {n:10d}  {n / units if units else 0:10.3f} per unit\n")
+    else:
+        res["by_name_error"] = by_name["error"]
     return res
 
 
-def _count_with(sup, wl, proxy, port, duration, cpus, pids, tool):
-    out = os.path.join(sup.run_dir, f"{tool}-syscalls-{wl.key}.txt")
+def _count_total(sup, wl, proxy, port, duration, cpus, pids):
+    out = os.path.join(sup.run_dir, f"perf-stat-{wl.key}.txt")
+    argv = ["perf", "stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o", out, "-p", ",".join(map(str, pids))]
+    popen = _attached(sup, argv, cpus)
+    if popen.poll() is not None:
+        _, err = popen.communicate()
+        return {"error": "perf stat: " + err.decode("utf-8", "replace").strip()[-300:]}
+    try:
+        m = wl.run(proxy, port, duration)
+    finally:
+        _, err = _interrupt_and_wait(popen)
+        sup.running.pop(popen.pid, None)
+    try:
+        with open(out) as f:
+            text = f.read()
+    except OSError:
+        return {"error": "perf stat wrote nothing: " + err.strip()[-300:]}
+    mt = re.search(r"^(\d+),[^,]*,raw_syscalls:sys_enter", text, re.M)
+    if not mt:
+        return {"error": "perf stat: no count: " + text.strip()[-300:]}
+    return {"syscalls": int(mt.group(1)), "load": m}
+
+
+def _count_with(sup, run, proxy, port, duration, cpus, pids, tool, key):
+    out = os.path.join(sup.run_dir, f"{tool}-syscalls-{key}.txt")
     if tool == "perf":
         argv = ["perf", "trace", "-s", "-o", out, "-p", ",".join(map(str, pids))]
     else:
@@ -157,7 +203,7 @@ def _count_with(sup, wl, proxy, port, duration, cpus, pids, tool):
         _, err = popen.communicate()
         return {"error": f"{tool}: " + err.decode("utf-8", "replace").strip()[-300:]}
     try:
-        m = wl.run(proxy, port, duration)
+        m = run(proxy, port, duration)
     finally:
         _, err = _interrupt_and_wait(popen)
         sup.running.pop(popen.pid, None)
