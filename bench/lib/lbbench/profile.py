@@ -59,18 +59,42 @@ def _interrupt_and_wait(popen, timeout=30):
     return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
-def _attached(sup, argv, cpus):
-    """Starts a tracer pinned to the load CPU, registered with the supervisor
-    (so an interrupted run ends it), and gives it a moment to attach."""
+def _under(sup, argv, cpus, run, proxy, port, duration, out_path):
+    """Runs one load sample with a tracer attached to the proxy: starts the
+    tracer pinned to the load CPU and registered with the supervisor (so an
+    interrupted run ends it), gives it a moment to attach, runs the load,
+    stops the tracer with SIGINT. Returns (load metrics, tracer output file
+    text) or raises TraceError."""
+    name = " ".join(argv[:2])
     popen = subprocess.Popen(sup.pinned(argv, cpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              stdin=subprocess.DEVNULL, start_new_session=True)
     sup.running[popen.pid] = popen
-    # Neither perf nor strace says "attached" on a pipe in a form worth
-    # parsing; one second is plenty on an idle or a busy machine.
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline and popen.poll() is None:
-        time.sleep(0.05)
-    return popen
+    try:
+        # Neither perf nor strace says "attached" on a pipe in a form worth
+        # parsing; one second is plenty on an idle or a busy machine.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and popen.poll() is None:
+            time.sleep(0.05)
+        if popen.poll() is not None:
+            _, err = popen.communicate()
+            raise TraceError(f"{name}: " + err.decode("utf-8", "replace").strip()[-300:])
+        try:
+            m = run(proxy, port, duration)
+        finally:
+            _, err = _interrupt_and_wait(popen)
+    finally:
+        sup.running.pop(popen.pid, None)
+    if out_path is None:
+        return m, None
+    try:
+        with open(out_path) as f:
+            return m, f.read()
+    except OSError:
+        raise TraceError(f"{name} wrote nothing: " + err.strip()[-300:])
+
+
+class TraceError(Exception):
+    pass
 
 
 def _units(wl_key, m):
@@ -84,17 +108,12 @@ def perf_profile(sup, wl, proxy, port, duration, cpus, out_dir, stem):
     pids = [proxy.proc.pid] + _descendants(proxy.proc.pid)
     data = os.path.join(sup.run_dir, f"perf-{wl.key}.data")
     argv = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", data, "-p", ",".join(map(str, pids))]
-    popen = _attached(sup, argv, cpus)
-    if popen.poll() is not None:
-        _, err = popen.communicate()
-        return {"error": "perf record: " + err.decode("utf-8", "replace").strip()[-300:]}
     try:
-        m = wl.run(proxy, port, duration)
-    finally:
-        _, err = _interrupt_and_wait(popen)
-        sup.running.pop(popen.pid, None)
+        m, _ = _under(sup, argv, cpus, wl.run, proxy, port, duration, None)
+    except TraceError as e:
+        return {"error": str(e)}
     if not os.path.exists(data):
-        return {"error": "perf record wrote nothing: " + err.strip()[-300:]}
+        return {"error": "perf record wrote nothing"}
     top_path = os.path.join(out_dir, f"{stem}-profile-{wl.key}-top.txt")
     r = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso,sym",
                         "-g", "none", "--percent-limit", "0.3"],
@@ -170,20 +189,10 @@ def syscall_count(sup, wl, proxy, port, duration, cpus, out_dir, stem):
 def _count_total(sup, wl, proxy, port, duration, cpus, pids):
     out = os.path.join(sup.run_dir, f"perf-stat-{wl.key}.txt")
     argv = ["perf", "stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o", out, "-p", ",".join(map(str, pids))]
-    popen = _attached(sup, argv, cpus)
-    if popen.poll() is not None:
-        _, err = popen.communicate()
-        return {"error": "perf stat: " + err.decode("utf-8", "replace").strip()[-300:]}
     try:
-        m = wl.run(proxy, port, duration)
-    finally:
-        _, err = _interrupt_and_wait(popen)
-        sup.running.pop(popen.pid, None)
-    try:
-        with open(out) as f:
-            text = f.read()
-    except OSError:
-        return {"error": "perf stat wrote nothing: " + err.strip()[-300:]}
+        m, text = _under(sup, argv, cpus, wl.run, proxy, port, duration, out)
+    except TraceError as e:
+        return {"error": str(e)}
     mt = re.search(r"^(\d+),[^,]*,raw_syscalls:sys_enter", text, re.M)
     if not mt:
         return {"error": "perf stat: no count: " + text.strip()[-300:]}
@@ -198,26 +207,16 @@ def _count_with(sup, run, proxy, port, duration, cpus, pids, tool, key):
         argv = ["strace", "-c", "-f", "-o", out]
         for p in pids:
             argv += ["-p", str(p)]
-    popen = _attached(sup, argv, cpus)
-    if popen.poll() is not None:
-        _, err = popen.communicate()
-        return {"error": f"{tool}: " + err.decode("utf-8", "replace").strip()[-300:]}
     try:
-        m = run(proxy, port, duration)
-    finally:
-        _, err = _interrupt_and_wait(popen)
-        sup.running.pop(popen.pid, None)
-    try:
-        with open(out) as f:
-            text = f.read()
-    except OSError:
-        return {"error": f"{tool} wrote no summary: " + err.strip()[-300:]}
+        m, text = _under(sup, argv, cpus, run, proxy, port, duration, out)
+    except TraceError as e:
+        return {"error": str(e)}
     calls = parse_perf_trace_summary(text) if tool == "perf" else parse_strace_summary(text)
     calls.pop("total", None)
     if not calls:
-        return {"error": f"{tool}: no syscalls in its summary: " + (text + err).strip()[-300:]}
+        return {"error": f"{tool}: no syscalls in its summary: " + text.strip()[-300:]}
     res = {"syscalls": calls, "load": m, "syscall_tool": "perf trace -s" if tool == "perf" else "strace -c -f"}
-    lost = re.findall(r"LOST (\d+) events", text + err)
+    lost = re.findall(r"LOST (\d+) events", text)
     if lost:
         res["syscall_events_lost"] = sum(int(x) for x in lost)
     return res
