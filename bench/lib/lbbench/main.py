@@ -285,6 +285,7 @@ def main(argv):
             "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": " ".join(["bench/run"] + argv),
             "quick": args.quick,
+            "profile": args.profile,
             "rounds": args.rounds,
             "duration_s": args.duration,
             "machine": machine,
