@@ -53,10 +53,14 @@ def _privileged(argv):
     return None
 
 
-def ensure_packages(say):
+# Needed by --profile only.
+PROFILE_PACKAGES = {"linux-perf": "/usr/bin/perf"}
+
+
+def ensure_packages(say, packages=PACKAGES):
     """Installs missing peers and load tools. Returns {package: reason} for the
     ones that are still unusable (their rows are skipped, not fatal)."""
-    missing = [p for p, path in PACKAGES.items() if not (_installed(p) and os.path.exists(path))]
+    missing = [p for p, path in packages.items() if not (_installed(p) and os.path.exists(path))]
     if not missing:
         return {}
     if not shutil.which("apt-get"):
@@ -92,8 +96,8 @@ def ensure_packages(say):
                     tail = r1.stdout.decode("utf-8", "replace").strip().splitlines()[-1:]
                     unusable[p] = "apt-get install failed: " + (tail[0] if tail else "?")
     for p in available:
-        if p not in unusable and not os.path.exists(PACKAGES[p]):
-            unusable[p] = f"installed but {PACKAGES[p]} is missing"
+        if p not in unusable and not os.path.exists(packages[p]):
+            unusable[p] = f"installed but {packages[p]} is missing"
     return unusable
 
 

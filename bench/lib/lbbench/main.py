@@ -201,10 +201,14 @@ def main(argv):
     backend_idle = None
     keep = args.keep
     try:
-        unusable = {} if args.no_install else env.ensure_packages(say)
+        wanted = dict(env.PACKAGES, **(env.PROFILE_PACKAGES if args.profile else {}))
+        unusable = {} if args.no_install else env.ensure_packages(say, wanted)
         if args.no_install:
-            unusable = {p: "not installed (--no-install)" for p, path in env.PACKAGES.items()
+            unusable = {p: "not installed (--no-install)" for p, path in wanted.items()
                         if not os.path.exists(path)}
+        if args.profile and unusable.get("linux-perf"):
+            say(f"--profile: no perf ({unusable['linux-perf']}): no profiles this run")
+            args.profile = False
         for p, why in unusable.items():
             say(f"SKIP rows needing {p}: {why}")
 
