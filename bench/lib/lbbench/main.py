@@ -150,7 +150,7 @@ def parse_args(argv):
     ap.add_argument("--req-rate", type=int, default=10000, help="requests/s of the fixed keep-alive rate")
     ap.add_argument("--profile", action="store_true",
                     help="after each workload, profile lb (perf cpu-clock, flame graph) and count its syscalls "
-                         "(perf trace -s) in extra samples; written to the output directory")
+                         "(perf stat, perf trace -s) in extra samples; written to the output directory")
     ap.add_argument("--proxy-cpu", type=int, help="CPU for the proxies (default: the first usable)")
     ap.add_argument("--load-cpu", type=int, help="CPU for backends and load generators (default: the second)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "bench", "results"), help="where results are written")
