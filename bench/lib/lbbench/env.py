@@ -53,10 +53,14 @@ def _privileged(argv):
     return None
 
 
-def ensure_packages(say):
+# Needed by --profile only.
+PROFILE_PACKAGES = {"linux-perf": "/usr/bin/perf"}
+
+
+def ensure_packages(say, packages=PACKAGES):
     """Installs missing peers and load tools. Returns {package: reason} for the
     ones that are still unusable (their rows are skipped, not fatal)."""
-    missing = [p for p, path in PACKAGES.items() if not (_installed(p) and os.path.exists(path))]
+    missing = [p for p, path in packages.items() if not (_installed(p) and os.path.exists(path))]
     if not missing:
         return {}
     if not shutil.which("apt-get"):
@@ -92,8 +96,8 @@ def ensure_packages(say):
                     tail = r1.stdout.decode("utf-8", "replace").strip().splitlines()[-1:]
                     unusable[p] = "apt-get install failed: " + (tail[0] if tail else "?")
     for p in available:
-        if p not in unusable and not os.path.exists(PACKAGES[p]):
-            unusable[p] = f"installed but {PACKAGES[p]} is missing"
+        if p not in unusable and not os.path.exists(packages[p]):
+            unusable[p] = f"installed but {packages[p]} is missing"
     return unusable
 
 
@@ -116,6 +120,22 @@ def build_lb(source_dir, build_dir, log_path, say):
     path = os.path.join(build_dir, "lb", "lb")
     if not os.access(path, os.X_OK):
         return None, f"build finished but {path} does not exist"
+    return path, None
+
+
+LBLOAD_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "tools", "lbload.c")
+
+
+def build_lbload(out_dir):
+    """Compiles bench/tools/lbload.c (the constant-rate client) into out_dir.
+    Returns (path, error)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None, "no C compiler (cc)"
+    path = os.path.join(out_dir, "lbload")
+    r = _run([cc, "-O2", "-o", path, os.path.abspath(LBLOAD_SRC)], timeout=120)
+    if r.returncode != 0:
+        return None, "cc failed: " + r.stdout.decode("utf-8", "replace")[-300:]
     return path, None
 
 

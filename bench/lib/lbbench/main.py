@@ -16,19 +16,20 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 
-from . import env, idle, loads, peers, report
-from .procs import Supervisor
+from . import env, idle, loads, peers, profile, report
+from .procs import Supervisor, cpu_seconds_between, cpu_ticks
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir))
 
 
 class Workload:
     def __init__(self, key, title, unit, metric, higher_is_better, service, rows, run, extras=(), rounds=None,
-                 cpu=True):
+                 cpu=True, cost=None, needs=(), traced_run=None):
         self.key = key
         self.title = title
         self.unit = unit
@@ -44,9 +45,21 @@ class Workload:
         self.cpu = cpu
         if cpu:
             self.extras += ["cpu_proxy_pct", "cpu_load_pct"]
+        # (unit, scale): the proxy's own CPU time per unit of work, from
+        # /proc/PID/stat over the sample, = cpu_s * scale / units.
+        self.cost = cost
+        if cost:
+            self.extras += ["proxy_cpu_s", "units", "cost"]
+        self.needs = needs        # tools it runs besides the ones in env.PACKAGES
+        # The same load at a rate a proxy slowed by tracing sustains (--profile).
+        self.traced_run = traced_run
 
 
-def workloads(args, sup, backend_idle, query_file, load_cpus):
+US_CONN, US_REQ, US_RT, US_QUERY = ("µs/conn", 1e6), ("µs/req", 1e6), ("µs/round trip", 1e6), ("µs/query", 1e6)
+S_PER_GB = ("CPU-s/GB", 1e9)
+
+
+def workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path):
     tcp_rows = ["direct", "lb", "haproxy", "haproxy-splice", "nginx"]
     scaled_rows = ["direct", "lb", "lb-2w", "haproxy", "haproxy-splice", "nginx"]
     dns_rows = ["direct", "lb", "nginx", "dnsdist"]
@@ -57,6 +70,15 @@ def workloads(args, sup, backend_idle, query_file, load_cpus):
         except idle.IdleError as e:
             raise loads.SampleError(str(e))
 
+    def fixed(mode, rate, **kw):
+        return lambda p, port, d: loads.lbload(sup, lbload_path, mode, port, d, rate, load_cpus, **kw)
+
+    def dns_at(rate):
+        return lambda p, port, d: loads.dnsperf(sup, port, d, rate, query_file, load_cpus)
+
+    def tenth(rate):
+        return max(100, rate // 10)
+
     return [
         # Memory first, while every proxy is fresh: later workloads would
         # leave freed memory in the allocators that idle connections reuse.
@@ -64,28 +86,46 @@ def workloads(args, sup, backend_idle, query_file, load_cpus):
                  "bytes_per_conn", False, "idle", ["lb", "haproxy", "nginx"], idle_run, rounds=1,
                  cpu=False),
         Workload("bulk1", "bulk TCP, 1 stream (iperf3)", "Gbps", "gbps", True, "bulk", scaled_rows,
-                 lambda p, port, d: loads.iperf3(sup, port, d, 1, load_cpus)),
+                 lambda p, port, d: loads.iperf3(sup, port, d, 1, load_cpus), cost=S_PER_GB),
         Workload("bulk8", "bulk TCP, 8 streams (iperf3 -P 8)", "Gbps", "gbps", True, "bulk", scaled_rows,
-                 lambda p, port, d: loads.iperf3(sup, port, d, 8, load_cpus)),
-        Workload("connrate", f"connection rate (wrk, Connection: close, {loads.WRK_CONNECTIONS} conns)", "conn/s",
+                 lambda p, port, d: loads.iperf3(sup, port, d, 8, load_cpus), cost=S_PER_GB),
+        Workload("connrate", f"connection rate, max (wrk, Connection: close, {loads.WRK_CONNECTIONS} conns)", "conn/s",
                  "rps", True, "http", scaled_rows,
-                 lambda p, port, d: loads.wrk(sup, port, d, True, load_cpus), extras=["errors"]),
-        Workload("keepalive", f"keep-alive requests (wrk --latency, {loads.WRK_CONNECTIONS} conns)", "req/s",
+                 lambda p, port, d: loads.wrk(sup, port, d, True, load_cpus), extras=["errors"], cost=US_CONN),
+        Workload("connrate_fixed", f"connection rate at {args.conn_rate:,}/s (lbload close)", "conn/s",
+                 "rate", True, "http", scaled_rows, fixed("http", args.conn_rate, conns=256, close=True),
+                 extras=["p50_us", "p99_us", "p999_us", "lost"], cost=US_CONN, needs=("lbload",),
+                 traced_run=fixed("http", tenth(args.conn_rate), conns=256, close=True)),
+        Workload("keepalive", f"keep-alive requests, max (wrk --latency, {loads.WRK_CONNECTIONS} conns)", "req/s",
                  "rps", True, "http", tcp_rows,
-                 lambda p, port, d: loads.wrk(sup, port, d, False, load_cpus), extras=["p50_us", "p99_us", "errors"]),
+                 lambda p, port, d: loads.wrk(sup, port, d, False, load_cpus), extras=["p50_us", "p99_us", "errors"],
+                 cost=US_REQ),
+        Workload("keepalive_fixed", f"keep-alive requests at {args.req_rate:,}/s (lbload, {loads.WRK_CONNECTIONS} conns)",
+                 "req/s", "rate", True, "http", tcp_rows,
+                 fixed("http", args.req_rate, conns=loads.WRK_CONNECTIONS),
+                 extras=["p50_us", "p99_us", "p999_us", "lost"], cost=US_REQ, needs=("lbload",),
+                 traced_run=fixed("http", tenth(args.req_rate), conns=loads.WRK_CONNECTIONS)),
         Workload("pingpong", f"ping-pong {loads.SOCKPERF_MSG} B (sockperf, 1 conn)", "round trips/s",
                  "rate", True, "sock", tcp_rows,
-                 lambda p, port, d: loads.sockperf(sup, port, d, load_cpus), extras=["p50_us", "p99_us", "errors"]),
+                 lambda p, port, d: loads.sockperf(sup, port, d, load_cpus), extras=["p50_us", "p99_us", "errors"],
+                 cost=US_RT),
         Workload("dns_fixed", f"DNS over UDP at {args.dns_rate:,} qps (dnsperf)", "qps", "qps", True, "dns", dns_rows,
-                 lambda p, port, d: loads.dnsperf(sup, port, d, args.dns_rate, query_file, load_cpus),
-                 extras=["loss_pct", "lost"]),
+                 dns_at(args.dns_rate), extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"], cost=US_QUERY,
+                 traced_run=dns_at(tenth(args.dns_rate))),
+        Workload("dns_fixed_high", f"DNS over UDP at {args.dns_high_rate:,} qps (dnsperf)", "qps", "qps", True, "dns",
+                 dns_rows, dns_at(args.dns_high_rate), extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"],
+                 cost=US_QUERY, traced_run=dns_at(tenth(args.dns_high_rate))),
+        Workload("dns_resolver", f"DNS over UDP, resolver-style: new source port per query, {args.resolver_rate:,} qps "
+                 "(lbload)", "qps", "rate", True, "dns", dns_rows, fixed("dns", args.resolver_rate),
+                 extras=["loss_pct", "lost", "p50_us", "p99_us", "p999_us"], cost=US_QUERY, needs=("lbload",),
+                 traced_run=fixed("dns", tenth(args.resolver_rate))),
         Workload("dns_max", "DNS over UDP, max rate (dnsperf)", "qps", "qps", True, "dns", dns_rows,
-                 lambda p, port, d: loads.dnsperf(sup, port, d, None, query_file, load_cpus),
-                 extras=["loss_pct", "lost"]),
+                 dns_at(None), extras=["loss_pct", "lost"], cost=US_QUERY),
     ]
 
 
-WORKLOAD_KEYS = ("idle_mem", "bulk1", "bulk8", "connrate", "keepalive", "pingpong", "dns_fixed", "dns_max")
+WORKLOAD_KEYS = ("idle_mem", "bulk1", "bulk8", "connrate", "connrate_fixed", "keepalive", "keepalive_fixed",
+                 "pingpong", "dns_fixed", "dns_fixed_high", "dns_resolver", "dns_max")
 ROW_NAMES = ("direct", "lb", "lb-2w", "haproxy", "haproxy-splice", "nginx", "dnsdist")
 
 
@@ -102,7 +142,15 @@ def parse_args(argv):
                     help="where lb is built (Release) when --lb is not given (default: build-bench)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     ap.add_argument("--idle-conns", type=int, default=10000, help="idle connections for the memory workload")
-    ap.add_argument("--dns-rate", type=int, default=10000, help="queries/s of the fixed-rate DNS workload")
+    ap.add_argument("--dns-rate", type=int, default=10000, help="queries/s of the first fixed-rate DNS workload")
+    ap.add_argument("--dns-high-rate", type=int, default=30000, help="queries/s of the second fixed-rate DNS workload")
+    ap.add_argument("--resolver-rate", type=int, default=10000,
+                    help="queries/s of the resolver-style DNS workload (a new socket per query)")
+    ap.add_argument("--conn-rate", type=int, default=2000, help="connections/s of the fixed connection rate")
+    ap.add_argument("--req-rate", type=int, default=10000, help="requests/s of the fixed keep-alive rate")
+    ap.add_argument("--profile", action="store_true",
+                    help="after each workload, profile lb (perf cpu-clock, flame graph) and count its syscalls "
+                         "(perf stat, perf trace -s) in extra samples; written to the output directory")
     ap.add_argument("--proxy-cpu", type=int, help="CPU for the proxies (default: the first usable)")
     ap.add_argument("--load-cpu", type=int, help="CPU for backends and load generators (default: the second)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "bench", "results"), help="where results are written")
@@ -115,8 +163,9 @@ def parse_args(argv):
             ap.error(f"--{opt}: unknown {', '.join(sorted(unknown))} (choose from {','.join(known)})")
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.duration = args.duration or (2 if args.quick else 3)
-    if args.rounds < 1 or args.duration < 1 or args.idle_conns < 1 or args.dns_rate < 1:
-        ap.error("--rounds, --duration, --idle-conns and --dns-rate must be positive")
+    if min(args.rounds, args.duration, args.idle_conns, args.dns_rate, args.dns_high_rate, args.resolver_rate,
+           args.conn_rate, args.req_rate) < 1:
+        ap.error("--rounds, --duration, --idle-conns and the rates must be positive")
     return args
 
 
@@ -152,10 +201,14 @@ def main(argv):
     backend_idle = None
     keep = args.keep
     try:
-        unusable = {} if args.no_install else env.ensure_packages(say)
+        wanted = dict(env.PACKAGES, **(env.PROFILE_PACKAGES if args.profile else {}))
+        unusable = {} if args.no_install else env.ensure_packages(say, wanted)
         if args.no_install:
-            unusable = {p: "not installed (--no-install)" for p, path in env.PACKAGES.items()
+            unusable = {p: "not installed (--no-install)" for p, path in wanted.items()
                         if not os.path.exists(path)}
+        if args.profile and unusable.get("linux-perf"):
+            say(f"--profile: no perf ({unusable['linux-perf']}): no profiles this run")
+            args.profile = False
         for p, why in unusable.items():
             say(f"SKIP rows needing {p}: {why}")
 
@@ -207,10 +260,15 @@ def main(argv):
                 p.unavailable = f"{', '.join(missing)}: {unusable[missing[0]]}"
             elif p.name.startswith("lb") and not lb_path:
                 p.unavailable = lb_err
-        wls = workloads(args, sup, backend_idle, query_file, load_cpus)
+        lbload_path, lbload_err = env.build_lbload(run_dir)
+        if lbload_err:
+            say(f"SKIP workloads needing lbload: {lbload_err}")
+        wls = workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path)
         if args.only:
             names = set(args.only.split(","))
             wls = [w for w in wls if w.key in names]
+        if lbload_err:
+            wls = [w for w in wls if "lbload" not in w.needs]
         if wanted_rows is not None:
             for w in wls:
                 w.rows = [r for r in w.rows if r in wanted_rows]
@@ -231,6 +289,7 @@ def main(argv):
             "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": " ".join(["bench/run"] + argv),
             "quick": args.quick,
+            "profile": args.profile,
             "rounds": args.rounds,
             "duration_s": args.duration,
             "machine": machine,
@@ -240,7 +299,9 @@ def main(argv):
                 "rows": {p.name: p.note for p in proxies},
                 "wrk_connections": loads.WRK_CONNECTIONS,
                 "dnsperf_clients": loads.DNSPERF_CLIENTS, "dnsperf_outstanding": loads.DNSPERF_OUTSTANDING,
-                "dns_fixed_rate_qps": args.dns_rate, "idle_connections": args.idle_conns,
+                "dns_fixed_rate_qps": args.dns_rate, "dns_fixed_high_rate_qps": args.dns_high_rate,
+                "dns_resolver_rate_qps": args.resolver_rate, "conn_fixed_rate": args.conn_rate,
+                "keepalive_fixed_rate": args.req_rate, "idle_connections": args.idle_conns,
                 "sockperf_message_bytes": loads.SOCKPERF_MSG,
                 "open_files_limit": nofile,
             },
@@ -248,7 +309,9 @@ def main(argv):
             "events": [],
             "workloads": {},
         }
-        run_all(args, wls, by_name, backends, sup, results)
+        stem = started.strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
+        os.makedirs(args.out_dir, exist_ok=True)
+        run_all(args, wls, by_name, backends, sup, results, stem, load_cpus)
         report.summarize(results)
         report.evaluate_targets(results)
         results["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -263,8 +326,6 @@ def main(argv):
         print()
         print(table)
         print()
-        os.makedirs(args.out_dir, exist_ok=True)
-        stem = started.strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
         json_path = os.path.join(args.out_dir, stem + ".json")
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1, ensure_ascii=False)
@@ -337,11 +398,12 @@ def _busy_pct(before, after, cpu):
     return 100.0 * (total - idle_) / total if total > 0 else None
 
 
-def run_all(args, wls, by_name, backends, sup, results):
+def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus):
     proxy_cpu, load_cpu = results["setup"]["proxy_cpu"], results["setup"]["load_cpu"]
     for i, wl in enumerate(wls, 1):
         entry = {"title": wl.title, "unit": wl.unit, "metric": wl.metric,
-                 "higher_is_better": wl.higher_is_better, "extras": wl.extras, "rows": {}}
+                 "higher_is_better": wl.higher_is_better, "extras": wl.extras, "rows": {},
+                 "cost_unit": wl.cost[0] if wl.cost else None}
         results["workloads"][wl.key] = entry
         rows = []
         for name in wl.rows:
@@ -370,12 +432,20 @@ def run_all(args, wls, by_name, backends, sup, results):
                     parts.append(f"{p.name} down")
                     continue
                 try:
+                    pid = p.proc.pid if p.proc is not None else None
+                    ticks0 = cpu_ticks(pid) if pid else None
                     before = _cpu_times()
                     m = wl.run(p, p.port(wl.service, backends), args.duration)
                     after = _cpu_times()
                     if wl.cpu:
                         m["cpu_proxy_pct"] = _busy_pct(before, after, proxy_cpu)
                         m["cpu_load_pct"] = _busy_pct(before, after, load_cpu)
+                    if wl.cost and pid:
+                        # The tool's whole run, start-up and drain included,
+                        # against every unit it completed in it.
+                        m["proxy_cpu_s"], m["proxy_cpu_s_ticks"] = cpu_seconds_between(ticks0, cpu_ticks(pid))
+                        if m.get("units"):
+                            m["cost"] = m["proxy_cpu_s"] * wl.cost[1] / m["units"]
                     m["round"] = r + 1
                     row["samples"].append(m)
                     parts.append(f"{p.name} {report.fmt_value(m[wl.metric], wl.unit)}")
@@ -388,3 +458,28 @@ def run_all(args, wls, by_name, backends, sup, results):
                 # Let sockets of the sample close before the next row starts.
                 time.sleep(0.3)
             print(f"   round {r + 1}/{rounds}: " + " · ".join(parts), flush=True)
+        lb = by_name.get("lb")
+        if args.profile and wl.key in profile.MIN_SYSCALLS and lb in rows and _ensure_up(lb, backends, sup, results, wl):
+            run_profile(args, wl, lb, backends, sup, results, stem, load_cpus)
+
+
+def run_profile(args, wl, lb, backends, sup, results, stem, load_cpus):
+    """Two extra samples of lb (not in the tables): perf record, then the syscall count."""
+    port = lb.port(wl.service, backends)
+    prof = results.setdefault("profiles", {}).setdefault(wl.key, {})
+    for what, fn in (("perf", profile.perf_profile), ("syscalls", profile.syscall_count)):
+        try:
+            res = fn(sup, wl, lb, port, args.duration, load_cpus, args.out_dir, stem)
+        except (loads.SampleError, OSError, subprocess.SubprocessError) as e:
+            res = {"error": str(e)}
+        if "error" in res:
+            say(f"   profile {what}: {res['error']}")
+            prof[f"{what}_error"] = res.pop("error")
+        prof.update({k: v for k, v in res.items() if k != "load"})
+        prof[f"{what}_load"] = res.get("load")
+        if not lb.alive():
+            _ensure_up(lb, backends, sup, results, wl)
+        time.sleep(0.3)
+    per, mn = prof.get("syscalls_per_unit"), prof.get("min_syscalls_per_unit")
+    say(f"   profile lb: {prof.get('svg_file', 'no flame graph')}; syscalls/unit "
+        f"{'—' if per is None else f'{per:.2f}'} (minimum {mn})")

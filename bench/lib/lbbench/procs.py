@@ -78,6 +78,48 @@ def rss_kib(pid):
     return total if found else None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid):
+    """{pid: (utime + stime in clock ticks, on-CPU ns or None)} for pid and
+    every descendant (nginx's workers are descendants of its master).
+
+    The ticks come from /proc/PID/stat, which counts all threads of a
+    process, exited ones too. The kernel derives utime + stime from each
+    thread's exact on-CPU time (sum_exec_runtime), which
+    /proc/PID/task/*/schedstat gives in nanoseconds: 10 ms ticks would be
+    ±5 % on a sample where the proxy spends 0.2 s, too coarse for a 0.8 ×
+    target, so the nanoseconds are used when readable."""
+    out = {}
+    for p in [pid] + descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks = int(fields[11]) + int(fields[12])   # fields 14 and 15 of stat(5)
+        except (OSError, IndexError, ValueError):
+            continue
+        ns = 0
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    ns += int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            ns = None
+        out[p] = (ticks, ns)
+    return out
+
+
+def cpu_seconds_between(before, after):
+    """(CPU seconds, from which source) the process tree used between two
+    cpu_ticks() readings; a process started in between counts from zero."""
+    ticks = sum(t - before.get(p, (0, 0))[0] for p, (t, _) in after.items()) / CLK_TCK
+    if all(ns is not None for _, ns in after.values()) and all(before.get(p, (0, 0))[1] is not None for p in after):
+        ns = sum(n - before.get(p, (0, 0))[1] for p, (_, n) in after.items())
+        return ns / 1e9, ticks
+    return ticks, ticks
+
+
 def _signal(pid, sig):
     try:
         os.kill(pid, sig)

@@ -33,6 +33,16 @@ def summarize(results):
                              ("vs_best_peer", peers.get(best) if best else None),
                              ("vs_direct", medians.get("direct"))):
                 row[key] = (m / ref) if (m is not None and ref) else None
+        # The proxy's CPU per unit of work (lower is better), ratios of medians.
+        costs = {n: r.get("median_cost") for n, r in wl["rows"].items() if r.get("median_cost") is not None}
+        peer_costs = {n: c for n, c in costs.items() if n in PEERS}
+        best_cost = min(peer_costs, key=peer_costs.get) if peer_costs else None
+        wl["best_peer_cost"] = best_cost
+        for name, row in wl["rows"].items():
+            c = costs.get(name)
+            for key, ref in (("cost_vs_haproxy", costs.get("haproxy")),
+                             ("cost_vs_best_peer", peer_costs.get(best_cost) if best_cost else None)):
+                row[key] = (c / ref) if (c is not None and ref) else None
 
 
 def _ratio(results, wl, row, ref, metric=None):
@@ -105,8 +115,86 @@ def evaluate_targets(results):
     add("memory per idle TCP connection: ≤ 1.5 KB (1536 B)",
         [("bytes", _value(results, "idle_mem", "lb"), lambda x: x <= 1536, "{:.0f}")], ["idle_mem"])
     results["targets"] = out
+    results["cost_targets"] = evaluate_cost_targets(results)
     results["scaling"] = {wl: _ratio(results, wl, "lb-2w", "lb") for wl in ("bulk1", "bulk8", "connrate")
                           if wl in results["workloads"]}
+
+
+def _best_peer_value(results, wl, key, peers=PEERS):
+    """(row, value) of the lowest median `key` among the peers of a workload."""
+    w = results["workloads"].get(wl)
+    if not w:
+        return None, None
+    vals = {n: r.get(key) for n, r in w["rows"].items() if n in peers and r.get(key) is not None}
+    if not vals:
+        return None, None
+    best = min(vals, key=vals.get)
+    return best, vals[best]
+
+
+def evaluate_cost_targets(results):
+    """Issue 20: the proxy's own CPU time per unit of work (lower is better),
+    each PASS, MISS or n/a."""
+    out = []
+
+    def add(name, wl, checks):
+        if wl not in results["workloads"]:
+            return
+        parts, verdicts = [], []
+        for text, measured, ok, fmt in checks:
+            if measured is None:
+                parts.append(f"{text}: n/a")
+                verdicts.append(None)
+            else:
+                passed = ok(measured)
+                parts.append(f"{text}: {fmt.format(measured)}{'' if passed else ' (miss)'}")
+                verdicts.append(passed)
+        if any(v is None for v in verdicts):
+            result = "MISS" if any(v is False for v in verdicts) else "n/a"
+        else:
+            result = "PASS" if all(verdicts) else "MISS"
+        out.append({"target": name, "workload": wl, "measured": "; ".join(parts), "result": result})
+
+    def cost_vs_best(wl):
+        best, ref = _best_peer_value(results, wl, "median_cost")
+        lb = _value(results, wl, "lb", "median_cost")
+        return (lb / ref if lb is not None and ref else None), best
+
+    for wl, title in (("connrate_fixed", "short connections (fixed rate)"),
+                      ("connrate", "short connections (max rate)"),
+                      ("pingpong", "ping-pong round trips")):
+        r, best = cost_vs_best(wl)
+        add(f"{title}: CPU/unit ≤ 0.8 × best peer", wl,
+            [(f"× best peer ({best})", r, lambda x: x <= 0.8, "{:.2f}")])
+    for wl, title in (("keepalive_fixed", "keep-alive requests (fixed rate)"),
+                      ("keepalive", "keep-alive requests (max rate)")):
+        r, best = cost_vs_best(wl)
+        pbest, p99 = _best_peer_value(results, wl, "median_p99_us")
+        lb99 = _value(results, wl, "lb", "median_p99_us")
+        add(f"{title}: CPU/unit ≤ 0.8 × best peer, p99 ≤ best peer's", wl,
+            [(f"CPU × best peer ({best})", r, lambda x: x <= 0.8, "{:.2f}"),
+             (f"p99 × best peer ({pbest})", lb99 / p99 if lb99 is not None and p99 else None,
+              lambda x: x <= 1.0, "{:.2f}")])
+    for wl, title in (("dns_fixed", "DNS at the first fixed rate"), ("dns_fixed_high", "DNS at the second fixed rate"),
+                      ("dns_resolver", "DNS resolver-style")):
+        add(f"{title}: CPU/query ≤ 0.8 × dnsdist, 0 lost", wl,
+            [("× dnsdist", _ratio(results, wl, "lb", "dnsdist", "cost"), lambda x: x <= 0.8, "{:.2f}"),
+             ("lost, all rounds", _total(results, wl, "lb", "lost"), lambda x: x == 0, "{:.0f}")])
+    for wl, title in (("bulk1", "bulk TCP, 1 stream"), ("bulk8", "bulk TCP, 8 streams")):
+        add(f"{title}: CPU-s/GB ≤ 0.5 × HAProxy splice-auto", wl,
+            [("× HAProxy splice", _ratio(results, wl, "lb", "haproxy-splice", "cost"), lambda x: x <= 0.5, "{:.2f}")])
+    for wl in ("bulk1", "bulk8", "connrate", "connrate_fixed"):
+        add(f"two workers ({wl}): CPU/unit ≤ 1.1 × one worker's", wl,
+            [("2 workers × 1 worker", _ratio(results, wl, "lb-2w", "lb", "cost"), lambda x: x <= 1.1, "{:.2f}")])
+    return out
+
+
+def fmt_cost(value, unit):
+    if value is None:
+        return "—"
+    if unit and unit.startswith("µs"):
+        return f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+    return f"{value:.3f}"
 
 
 def fmt_value(value, unit):
@@ -127,8 +215,11 @@ def _fmt_ratio(r):
 
 def _details(wl, row):
     bits = []
-    if "p50_us" in wl.get("extras", []):
-        bits.append(f"p50 {fmt_value(row.get('median_p50_us'), 'µs')}, p99 {fmt_value(row.get('median_p99_us'), 'µs')}")
+    if "p50_us" in wl.get("extras", []) and row.get("median_p50_us") is not None:
+        lat = f"p50 {fmt_value(row.get('median_p50_us'), 'µs')}, p99 {fmt_value(row.get('median_p99_us'), 'µs')}"
+        if row.get("median_p999_us") is not None:
+            lat += f", p99.9 {fmt_value(row['median_p999_us'], 'µs')}"
+        bits.append(lat)
     if "loss_pct" in wl.get("extras", []) and row.get("median_loss_pct") is not None:
         bits.append(f"loss {row['median_loss_pct']:.3g} %")
     if row.get("median_cpu_proxy_pct") is not None and row.get("median_cpu_load_pct") is not None:
@@ -142,10 +233,16 @@ def _details(wl, row):
     return "; ".join(bits)
 
 
+def _fmt_cost_cell(wl, row):
+    c = row.get("median_cost")
+    return "—" if c is None else f"{fmt_cost(c, wl.get('cost_unit'))} {wl.get('cost_unit')}"
+
+
 def markdown(results):
     lines = []
-    lines.append("| workload | row | median | min–max | details | × HAProxy | × best peer | × direct |")
-    lines.append("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |")
+    lines.append("| workload | row | median | min–max | details | × HAProxy | × best peer | × direct "
+                 "| proxy CPU/unit | CPU × HAProxy | CPU × best peer |")
+    lines.append("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for wl in results["workloads"].values():
         unit = wl["unit"]
         first = True
@@ -154,17 +251,41 @@ def markdown(results):
             first = False
             spread = ("—" if row.get("min") is None
                       else f"{fmt_value(row['min'], unit)}–{fmt_value(row['max'], unit)}")
-            label = row["label"] + (" ★" if name == wl.get("best_peer") else "")
+            label = (row["label"] + (" ★" if name == wl.get("best_peer") else "")
+                     + (" ☆" if name == wl.get("best_peer_cost") else ""))
             lines.append(f"| {title} | {label} | {fmt_value(row.get('median'), unit)} | {spread} | {_details(wl, row)} | "
                          f"{_fmt_ratio(row.get('vs_haproxy'))} | {_fmt_ratio(row.get('vs_best_peer'))} | "
-                         f"{_fmt_ratio(row.get('vs_direct'))} |")
+                         f"{_fmt_ratio(row.get('vs_direct'))} | {_fmt_cost_cell(wl, row)} | "
+                         f"{_fmt_ratio(row.get('cost_vs_haproxy'))} | {_fmt_ratio(row.get('cost_vs_best_peer'))} |")
     lines.append("")
-    lines.append("★ best peer (HAProxy, nginx, dnsdist) of the workload. Ratios are row median ÷ reference median.")
-    lines.append("")
-    lines.append("| target (lb) | measured | result |")
-    lines.append("| --- | --- | --- |")
-    for t in results.get("targets", []):
-        lines.append(f"| {t['target']} | {t['measured']} | {t['result']} |")
+    lines.append("★ best peer (HAProxy, nginx, dnsdist) of the workload by its metric, ☆ by the proxy's CPU per unit "
+                 "(lower is better). Ratios are row median ÷ reference median. Proxy CPU/unit is the CPU time "
+                 "(user + system) of the proxy's whole process tree (/proc/PID/task/*/schedstat) over the load "
+                 "tool's run ÷ the units it completed: µs per connection, request, round trip or query; "
+                 "CPU-seconds per GB for bulk.")
+    if results.get("targets"):
+        lines.append("")
+        lines.append("| target (lb) | measured | result |")
+        lines.append("| --- | --- | --- |")
+        for t in results["targets"]:
+            lines.append(f"| {t['target']} | {t['measured']} | {t['result']} |")
+    if results.get("cost_targets"):
+        lines.append("")
+        lines.append("| target (lb, issue 20: proxy CPU per unit, lower is better) | measured | result |")
+        lines.append("| --- | --- | --- |")
+        for t in results["cost_targets"]:
+            lines.append(f"| {t['target']} | {t['measured']} | {t['result']} |")
+    prof = results.get("profiles") or {}
+    if prof:
+        lines.append("")
+        lines.append("| profile (lb) | perf top symbols, flame graph | syscalls per unit | minimum | measured ÷ minimum |")
+        lines.append("| --- | --- | ---: | ---: | ---: |")
+        for wl, pr in prof.items():
+            per = pr.get("syscalls_per_unit")
+            mn = pr.get("min_syscalls_per_unit")
+            lines.append(f"| {wl} | {pr.get('top_file', '—')}, {pr.get('svg_file', '—')} | "
+                         f"{'—' if per is None else f'{per:.2f}'} | {'—' if mn is None else f'{mn:g}'} | "
+                         f"{_fmt_ratio(per / mn if per is not None and mn else None)} |")
     sc = results.get("scaling") or {}
     if sc:
         lines.append("")
