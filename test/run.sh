@@ -12,7 +12,7 @@ jobs=$(nproc)
 
 # --- packages -------------------------------------------------------------
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2
-          libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd)
+          libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
