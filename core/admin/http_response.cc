@@ -13,6 +13,15 @@ bool valid_header_value(std::string_view v) {
   return true;
 }
 
+bool valid_header_name(std::string_view n) {
+  if (n.empty()) return false;
+  for (char ch : n) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c <= 0x20 || c >= 0x7f || c == ':') return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 const char* reason_phrase(int status) {
@@ -53,6 +62,10 @@ std::string serialize_response(const HttpResponse& response, const ResponseFrami
       !valid_header_value(response.content_type)) {
     return serialize_response(error_response(500, "invalid response from handler"), framing);
   }
+  for (const auto& [name, value] : response.headers) {
+    if (!valid_header_name(name) || !valid_header_value(value))
+      return serialize_response(error_response(500, "invalid response from handler"), framing);
+  }
   // RFC 9110 §15.3.5, §15.4.5: 204 and 304 carry no content. A 304's length
   // would have to be the 200's, which we do not know: send none.
   const bool no_content = response.status == 204 || response.status == 304;
@@ -77,6 +90,12 @@ std::string serialize_response(const HttpResponse& response, const ResponseFrami
   }
   // Answers are live state (health, counters): no cache may keep them.
   out += "Cache-Control: no-store\r\n";
+  for (const auto& [name, value] : response.headers) {
+    out += name;
+    out += ": ";
+    out += value;
+    out += "\r\n";
+  }
   if (framing.close) {
     out += "Connection: close\r\n";
   } else if (framing.version_minor == 0) {
