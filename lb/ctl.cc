@@ -231,6 +231,14 @@ std::string table(const std::vector<std::vector<std::string>>& rows) {
   return out;
 }
 
+// obj[key], or null (const operator[] on a missing key is undefined).
+const json& field(const json& obj, const char* key) {
+  static const json kNull;
+  if (!obj.is_object()) return kNull;
+  auto it = obj.find(key);
+  return it == obj.end() ? kNull : *it;
+}
+
 std::string num(const json& v) {
   if (v.is_null()) return "-";
   if (v.is_string()) return v.get<std::string>();
@@ -238,8 +246,8 @@ std::string num(const json& v) {
 }
 
 uint64_t u64(const json& obj, const char* key) {
-  if (!obj.is_object() || !obj.contains(key) || !obj[key].is_number()) return 0;
-  return obj[key].get<uint64_t>();
+  const json& v = field(obj, key);
+  return v.is_number_unsigned() ? v.get<uint64_t>() : 0;
 }
 
 std::string rate(uint64_t before, uint64_t after, double seconds) {
@@ -260,14 +268,13 @@ std::string human_bytes_rate(uint64_t before, uint64_t after, double seconds) {
 }
 
 std::string last_check_text(const json& b) {
-  if (!b.contains("last_check") || !b["last_check"].is_object()) return "-";
-  const json& c = b["last_check"];
-  if (!c.contains("result") || c["result"].is_null()) return "-";
-  std::string out = c["result"].get<std::string>();
-  if (c.contains("age_ms") && c["age_ms"].is_number())
-    out += fmt::format(" {:.1f}s ago", static_cast<double>(c["age_ms"].get<int64_t>()) / 1000.0);
-  if (c.contains("detail") && c["detail"].is_string() && c["result"] == "fail")
-    out += " (" + c["detail"].get<std::string>() + ")";
+  const json& c = field(b, "last_check");
+  if (!field(c, "result").is_string()) return "-";
+  std::string out = field(c, "result").get<std::string>();
+  if (field(c, "age_ms").is_number())
+    out += fmt::format(" {:.1f}s ago", field(c, "age_ms").get<double>() / 1000.0);
+  if (field(c, "detail").is_string() && out.rfind("fail", 0) == 0)
+    out += " (" + field(c, "detail").get<std::string>() + ")";
   return out;
 }
 
@@ -291,13 +298,13 @@ std::string render_status(const json& doc, const json* prev, double seconds) {
     std::string binds;
     for (const auto& b : l.value("bind", json::array())) binds += (binds.empty() ? "" : ",") + num(b);
     uint64_t rejected = 0;
-    if (l.contains("rejected") && l["rejected"].is_object())
-      for (const auto& [k, v] : l["rejected"].items()) rejected += v.is_number() ? v.get<uint64_t>() : 0;
+    if (field(l, "rejected").is_object())
+      for (const auto& [k, v] : field(l, "rejected").items()) rejected += v.is_number_unsigned() ? v.get<uint64_t>() : 0;
     std::vector<std::string> row = {num(l.value("name", json())), num(l.value("protocol", json())), binds,
                                     num(l.value("pool", json())), num(l.value("active", json())),
                                     num(l.value("total", json())), std::to_string(rejected)};
     if (prev) {
-      const json* pl = find_by((*prev)["listeners"], "name", l["name"]);
+      const json* pl = find_by(field(*prev, "listeners"), "name", field(l, "name"));
       row.push_back(pl ? rate(u64(*pl, "total"), u64(l, "total"), seconds) : "-");
     }
     rows.push_back(std::move(row));
@@ -306,8 +313,7 @@ std::string render_status(const json& doc, const json* prev, double seconds) {
 
   for (const auto& p : doc.value("pools", json::array())) {
     out += fmt::format("\npool {} ({}", num(p.value("name", json())), num(p.value("selector", json())));
-    if (p.contains("table_digest") && p["table_digest"].is_string())
-      out += ", table " + p["table_digest"].get<std::string>();
+    if (field(p, "table_digest").is_string()) out += ", table " + field(p, "table_digest").get<std::string>();
     out += ")\n";
     rows.clear();
     head = {"BACKEND", "ADDRESS", "HEALTH", "ADMIN", "WEIGHT", "ACTIVE", "TOTAL", "FAILED", "LAST CHECK"};
@@ -316,12 +322,12 @@ std::string render_status(const json& doc, const json* prev, double seconds) {
       head.insert(head.end() - 1, "BYTES/S");
     }
     rows.push_back(head);
-    const json* pp = prev ? find_by((*prev)["pools"], "name", p["name"]) : nullptr;
+    const json* pp = prev ? find_by(field(*prev, "pools"), "name", field(p, "name")) : nullptr;
     for (const auto& b : p.value("backends", json::array())) {
       std::string weight = num(b.value("weight", json()));
       // During slow start the weight in force is lower than the configured one.
-      if (b.contains("effective_weight") && b["effective_weight"] != b["weight"])
-        weight += " (now " + num(b["effective_weight"]) + ")";
+      if (b.contains("effective_weight") && field(b, "effective_weight") != field(b, "weight"))
+        weight += " (now " + num(field(b, "effective_weight")) + ")";
       std::string health = num(b.value("health", json()));
       if (b.value("backup", false)) health += " (backup)";
       std::vector<std::string> row = {num(b.value("id", json())),       num(b.value("address", json())),
@@ -329,7 +335,7 @@ std::string render_status(const json& doc, const json* prev, double seconds) {
                                       weight,                           num(b.value("active", json())),
                                       num(b.value("total", json())),    num(b.value("connect_failures", json()))};
       if (prev) {
-        const json* pb = pp ? find_by((*pp)["backends"], "id", b["id"]) : nullptr;
+        const json* pb = pp ? find_by(field(*pp, "backends"), "id", field(b, "id")) : nullptr;
         row.push_back(pb ? rate(u64(*pb, "total"), u64(b, "total"), seconds) : "-");
         row.push_back(pb ? human_bytes_rate(u64(*pb, "bytes_to_backend") + u64(*pb, "bytes_to_client"),
                                             u64(b, "bytes_to_backend") + u64(b, "bytes_to_client"), seconds)
