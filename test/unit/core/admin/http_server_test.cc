@@ -797,6 +797,18 @@ TEST_CASE("server: listen errors and IPv6", "[http_server]") {
 namespace lb::admin {
 namespace {
 
+// One "GET /" on a fresh connection, served by h's loop.
+Reply get_root(Harness& h) {
+  Reply reply;
+  REQUIRE(h.run_client([&] {
+    Deadline d = in(seconds(5));
+    Socket s = connect_to(h.port(), d);
+    send_str(s, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", d);
+    reply = read_reply(s, d);
+  }));
+  return reply;
+}
+
 TEST_CASE("server: the handler sees the peer and local addresses; extra headers are sent",
           "[http_server]") {
   Seen seen;
@@ -805,13 +817,7 @@ TEST_CASE("server: the handler sees the peer and local addresses; extra headers 
     resp.headers.emplace_back("WWW-Authenticate", "Bearer");
     return resp;
   });
-  Reply reply;
-  REQUIRE(h.run_client([&] {
-    Deadline d = in(seconds(5));
-    Socket s = connect_to(h.port(), d);
-    send_str(s, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", d);
-    reply = read_reply(s, d);
-  }));
+  Reply reply = get_root(h);
   INFO(reply.error);
   CHECK(reply.has_header("www-authenticate", "Bearer"));
   REQUIRE(seen.requests.size() == 1);
@@ -829,13 +835,7 @@ TEST_CASE("server: a header with CR/LF from the handler becomes a 500", "[http_s
     resp.headers.emplace_back("X-Bad", "a\r\nSet-Cookie: x=1");
     return resp;
   });
-  Reply reply;
-  REQUIRE(h.run_client([&] {
-    Deadline d = in(seconds(5));
-    Socket s = connect_to(h.port(), d);
-    send_str(s, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", d);
-    reply = read_reply(s, d);
-  }));
+  Reply reply = get_root(h);
   CHECK(reply.status == 500);
   CHECK_FALSE(reply.has_header("set-cookie"));
   h.finish();
@@ -851,7 +851,6 @@ TEST_CASE("server: the accept filter closes refused peers without an answer", "[
     return admit && peer->sa_family == AF_INET;
   });
   lb::test::ReadResult refused;
-  Reply admitted;
   REQUIRE(h.run_client([&] {
     Deadline d = in(seconds(5));
     Socket s = connect_to(h.port(), d);
@@ -862,12 +861,7 @@ TEST_CASE("server: the accept filter closes refused peers without an answer", "[
   CHECK(refused.end != ReadEnd::Timeout);
   CHECK(seen.requests.empty());
   admit = true;  // the loop is not running: no race with the filter
-  REQUIRE(h.run_client([&] {
-    Deadline d = in(seconds(5));
-    Socket s = connect_to(h.port(), d);
-    send_str(s, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", d);
-    admitted = read_reply(s, d);
-  }));
+  Reply admitted = get_root(h);
   CHECK(admitted.status == 200);
   CHECK(asked == 2);
   CHECK(seen.requests.size() == 1);
