@@ -5,12 +5,14 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <chrono>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "test/support/backend_server.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
+#include "test/support/metrics.h"
 #include "test/support/net.h"
 
 namespace lb::test {
@@ -168,6 +170,39 @@ TEST_CASE("status: per-backend and per-listener fields for a dashboard", "[e2e][
   CHECK(okd["admin_state"] == "drain");
   CHECK(okd["effective_weight"] == 3);
 
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("metrics: process_* describe the lb process", "[e2e][admin][metrics][process]") {
+  TestBackend ok{TestBackend::echo()};
+  REQUIRE(ok.ok());
+  LbProcess lb(status_config(ok, refused_port()));
+  REQUIRE(lb.wait_started());
+  auto m = fetch_metrics(lb.admin_port());
+  REQUIRE(m);
+  CHECK(m->errors().empty());
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  auto start = m->value("process_start_time_seconds");
+  REQUIRE(start);
+  CHECK(*start <= now + 1);
+  CHECK(*start > now - 600);  // started by this test, minutes at most even under sanitizers
+  auto rss = m->value("process_resident_memory_bytes");
+  REQUIRE(rss);
+  CHECK(*rss > 1024 * 1024);
+  CHECK(*rss < 4.0 * 1024 * 1024 * 1024);
+  auto open = m->value("process_open_fds");
+  auto max = m->value("process_max_fds");
+  REQUIRE(open);
+  REQUIRE(max);
+  // lb's own count, seen from outside, within the scrape's connection or two.
+  const int fds = lb.fd_count();
+  CHECK(*open >= fds - 2);
+  CHECK(*open <= fds + 2);
+  CHECK(*max >= *open);
+  auto cpu = m->value("process_cpu_seconds_total");
+  REQUIRE(cpu);
+  CHECK(*cpu >= 0);
+  CHECK(*cpu < 600);
   CHECK(lb.terminate() == 0);
 }
 
