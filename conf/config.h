@@ -71,6 +71,11 @@ struct Global {
 
 struct Admin {
   std::optional<Endpoint> listen;        // absent = no admin server
+  std::vector<Cidr> allow;               // peers that may connect at all; empty = any
+  std::string api_token_file;            // empty = no token required
+  // The first line of api_token_file, read at every load (so SIGHUP re-reads
+  // it). A secret: never log it or put it in a message.
+  std::string api_token;
 };
 
 struct Listener {

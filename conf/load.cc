@@ -36,25 +36,58 @@ LoadResult load_string(std::string_view text, const std::string& path) {
   return load_text(text, path);
 }
 
-LoadResult load_file(const std::string& path) {
-  auto fail = [&](int err) {
-    LoadResult r;
-    r.errors.push_back(
-        Diagnostic{path, 0, 0, fmt::format("cannot read file: {}", std::strerror(err))});
-    return r;
-  };
+namespace {
+
+// The whole file, or the errno that stopped reading it.
+std::optional<std::string> read_file(const std::string& path, int* err) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return fail(errno);
+  if (f == nullptr) {
+    *err = errno;
+    return std::nullopt;
+  }
   std::string text;
   char buf[65536];
   size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
   // fopen() succeeds on a directory; the read is what fails (EISDIR).
   const bool read_error = std::ferror(f) != 0;
-  const int err = errno;
+  *err = errno;
   std::fclose(f);
-  if (read_error) return fail(err);
-  return load_text(text, path);
+  if (read_error) return std::nullopt;
+  return text;
+}
+
+Diagnostic unreadable(const std::string& path, int err) {
+  return Diagnostic{path, 0, 0, fmt::format("cannot read file: {}", std::strerror(err))};
+}
+
+}  // namespace
+
+LoadResult load_file(const std::string& path) {
+  int err = 0;
+  auto text = read_file(path, &err);
+  if (!text) {
+    LoadResult r;
+    r.errors.push_back(unreadable(path, err));
+    return r;
+  }
+  return load_text(*text, path);
+}
+
+AdminLoadResult load_admin_section(const std::string& path) {
+  AdminLoadResult r;
+  int err = 0;
+  auto text = read_file(path, &err);
+  if (!text) {
+    r.errors.push_back(unreadable(path, err));
+    return r;
+  }
+  Diags diags(path);
+  Admin admin;
+  parse_admin_section(*text, path, admin, diags);
+  r.errors = diags.take_sorted();
+  if (r.errors.empty()) r.admin = std::move(admin);
+  return r;
 }
 
 }  // namespace lb::conf

@@ -33,6 +33,22 @@ LoadResult load_file(const std::string& path);
 // Same from text already in memory; `path` is used in diagnostics only.
 LoadResult load_string(std::string_view text, const std::string& path);
 
+// Only the [admin] table of a file, checked as load_file checks it (the
+// token file is read): what `lb ctl` needs to reach the admin API. The rest of
+// the file is not looked at, so backends that do not resolve where ctl runs
+// do not stop it.
+struct AdminLoadResult {
+  std::optional<Admin> admin;  // set only when errors is empty
+  std::vector<Diagnostic> errors;
+};
+AdminLoadResult load_admin_section(const std::string& path);
+
+// Reads an api_token_file: the token is the file's first line, without its
+// line ending and surrounding blanks (an editor's trailing newline must not
+// change it). Returns "" and sets `token`, or the reason the file is unusable
+// (missing, unreadable, empty first line); the token never appears in it.
+std::string read_token_file(const std::string& path, std::string& token);
+
 // Helpers shared with other modules (admin API parses weights, tests parse
 // durations). All return std::nullopt on malformed input.
 std::optional<Duration> parse_duration(std::string_view text);        // "250ms", "2s", "5m", "1h"

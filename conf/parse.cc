@@ -10,6 +10,9 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 
@@ -288,25 +291,6 @@ void read_global(const toml::table& t, Global& g, ObjectSrc& src, Diags& d) {
   r.finish();
 }
 
-void read_admin(const toml::table& t, Admin& a, ObjectSrc& src, Diags& d) {
-  src.pos = pos_of(t.source());
-  Reader r(t, src, d, "admin");
-  if (const toml::node* n = r.get("listen")) {
-    if (!n->is_string()) {
-      r.type_error("listen", *n, "an address string such as \"127.0.0.1:9900\"");
-    } else {
-      auto ep =
-          parse_endpoint_detailed(n->as_string()->get(), PortRule::AllowZero, HostRule::IpOnly);
-      if (ep.value) {
-        a.listen = std::move(*ep.value);
-      } else {
-        r.value_error("listen", *n, ep.error);
-      }
-    }
-  }
-  r.finish();
-}
-
 void read_cidrs(Reader& r, std::string_view key, std::vector<Cidr>& out) {
   const toml::node* n = r.get(key);
   if (n == nullptr) return;
@@ -333,6 +317,73 @@ void read_cidrs(Reader& r, std::string_view key, std::vector<Cidr>& out) {
       out.push_back(std::move(c.value->cidr));
     }
   }
+}
+
+}  // namespace
+
+std::string read_token_file(const std::string& path, std::string& token) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return fmt::format("cannot read {}: {}", quote(path), std::strerror(errno));
+  std::string line;
+  char buf[4096];
+  bool eol = false;
+  size_t n;
+  while (!eol && (n = std::fread(buf, 1, sizeof buf, f)) > 0) {
+    std::string_view chunk(buf, n);
+    size_t nl = chunk.find('\n');
+    if (nl != std::string_view::npos) {
+      chunk = chunk.substr(0, nl);
+      eol = true;
+    }
+    line.append(chunk);
+    if (line.size() > 4096) break;
+  }
+  const bool read_error = std::ferror(f) != 0;
+  const int err = errno;
+  std::fclose(f);
+  if (read_error) return fmt::format("cannot read {}: {}", quote(path), std::strerror(err));
+  if (line.size() > 4096) return fmt::format("{}: the token line is longer than 4096 bytes", quote(path));
+  const auto blank = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+  while (!line.empty() && blank(line.back())) line.pop_back();
+  size_t start = 0;
+  while (start < line.size() && blank(line[start])) ++start;
+  line.erase(0, start);
+  if (line.empty()) return fmt::format("{}: the first line (the token) is empty", quote(path));
+  for (unsigned char c : line) {
+    if (c < 0x20 || c == 0x7f)
+      return fmt::format("{}: the token contains a control character", quote(path));
+  }
+  token = std::move(line);
+  return {};
+}
+
+namespace {
+
+void read_admin(const toml::table& t, Admin& a, ObjectSrc& src, Diags& d) {
+  src.pos = pos_of(t.source());
+  Reader r(t, src, d, "admin");
+  if (const toml::node* n = r.get("listen")) {
+    if (!n->is_string()) {
+      r.type_error("listen", *n, "an address string such as \"127.0.0.1:9900\"");
+    } else {
+      auto ep =
+          parse_endpoint_detailed(n->as_string()->get(), PortRule::AllowZero, HostRule::IpOnly);
+      if (ep.value) {
+        a.listen = std::move(*ep.value);
+      } else {
+        r.value_error("listen", *n, ep.error);
+      }
+    }
+  }
+  read_cidrs(r, "allow", a.allow);
+  // "" (the spec's default) means no token; a file that is named but missing
+  // or empty is an error: silently running without the token the operator
+  // asked for would open the API.
+  if (r.read_string("api_token_file", a.api_token_file) && !a.api_token_file.empty()) {
+    std::string why = read_token_file(a.api_token_file, a.api_token);
+    if (!why.empty()) r.value_error("api_token_file", *r.get("api_token_file"), why);
+  }
+  r.finish();
 }
 
 void read_listener(const toml::table& t, size_t index, Listener& l, ListenerSrc& ls, Diags& d) {
@@ -595,6 +646,24 @@ bool parse_document(std::string_view text, const std::string& path, Config& cfg,
   }
   r.finish();
   return true;
+}
+
+bool parse_admin_section(std::string_view text, const std::string& path, Admin& admin,
+                         Diags& diags) {
+  toml::table root;
+  try {
+    root = toml::parse(text, path);
+  } catch (const toml::parse_error& e) {
+    diags.error(pos_of(e.source()), "TOML syntax error (run lb --check for details)");
+    return false;
+  }
+  ObjectSrc src;
+  src.label = "admin";
+  if (const toml::node* n = root.get("admin")) {
+    if (const toml::table* t = n->as_table()) read_admin(*t, admin, src, diags);
+    else diags.error(pos_of(n->source()), "[admin]: expected a table");
+  }
+  return diags.empty();
 }
 
 }  // namespace lb::conf

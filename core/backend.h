@@ -11,8 +11,11 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 
 #include "conf/config.h"
@@ -50,6 +53,28 @@ struct Backend : std::enable_shared_from_this<Backend> {
   // Connect failures/resets in a row seen by workers (passive health); a
   // success resets it. Lets workers skip reporting successes when it is 0.
   std::atomic<uint32_t> consecutive_failures{0};
+
+  // The latest active probe's verdict, for the admin API. Written by the
+  // health thread after every probe, read by the main thread; a mutex because
+  // the reason is a string, and neither side is on the data path.
+  struct CheckResult {
+    bool pass = false;
+    std::string detail;  // the probe's reason: "tcp connect ok", "connect: connection refused"
+    std::chrono::steady_clock::time_point at{};
+  };
+  void record_check(bool pass, std::string detail) {
+    std::lock_guard lk(check_mu_);
+    last_check_ = CheckResult{pass, std::move(detail), std::chrono::steady_clock::now()};
+  }
+  // std::nullopt until the first probe has finished.
+  std::optional<CheckResult> last_check() const {
+    std::lock_guard lk(check_mu_);
+    return last_check_;
+  }
+
+ private:
+  mutable std::mutex check_mu_;
+  std::optional<CheckResult> last_check_;
 };
 
 using BackendPtr = std::shared_ptr<Backend>;

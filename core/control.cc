@@ -241,7 +241,18 @@ std::vector<ControlPlane::PoolView> ControlPlane::snapshot() const {
       v.has_digest = true;  // empty table: digest of nothing
       v.digest = 0;
     }
-    for (auto& b : p.backends) v.backends.push_back({b.backend, b.up, b.drain, b.weight()});
+    v.health_type = p.cfg.health_check.type;
+    const auto now = std::chrono::steady_clock::now();
+    for (auto& b : p.backends) {
+      double w = b.weight();
+      // The same ramp rebuild_locked() applies, in the weight's own units.
+      if (b.ramping && now - b.ramp_start < p.cfg.slow_start) {
+        double f = std::chrono::duration<double>(now - b.ramp_start) /
+                   std::chrono::duration<double>(p.cfg.slow_start);
+        w = std::max(w * f, w / 100);
+      }
+      v.backends.push_back({b.backend, b.up, b.drain, b.weight(), w});
+    }
     out.push_back(std::move(v));
   }
   return out;

@@ -62,10 +62,15 @@ class ControlPlane {
     bool up = false;
     bool drain = false;
     uint32_t weight = 0;  // effective configured weight (admin override included)
+    // The weight in force now: `weight`, scaled down while slow start ramps
+    // it up (not rounded: 0.35 is a weight of 1 at 35% of its ramp). Health
+    // and drain do not change it; they decide whether it is used at all.
+    double effective_weight = 0;
   };
   struct PoolView {
     std::string name;
     conf::SelectorKind selector;
+    conf::HealthType health_type = conf::HealthType::None;
     bool has_digest = false;
     uint64_t digest = 0;
     std::vector<BackendView> backends;  // config order

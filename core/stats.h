@@ -34,6 +34,7 @@ struct ListenerTotals {
   uint64_t rejected_limit = 0;
   uint64_t rejected_no_backend = 0;
   uint64_t rejected_proxy = 0;   // missing, malformed or late PROXY header
+  uint64_t rejected_tls = 0;     // no valid ClientHello in time, failed handshake
   uint64_t datagrams_in = 0;
   uint64_t datagrams_out = 0;
 };
@@ -47,6 +48,7 @@ class ListenerStats {
     std::atomic<uint64_t> rejected_limit{0};
     std::atomic<uint64_t> rejected_no_backend{0};
     std::atomic<uint64_t> rejected_proxy{0};
+    std::atomic<uint64_t> rejected_tls{0};  // bumped by TLS listeners (not built yet)
     std::atomic<uint64_t> datagrams_in{0};
     std::atomic<uint64_t> datagrams_out{0};
   };
@@ -77,6 +79,7 @@ class ListenerStats {
       t.rejected_limit += s.rejected_limit.load(r);
       t.rejected_no_backend += s.rejected_no_backend.load(r);
       t.rejected_proxy += s.rejected_proxy.load(r);
+      t.rejected_tls += s.rejected_tls.load(r);
       t.datagrams_in += s.datagrams_in.load(r);
       t.datagrams_out += s.datagrams_out.load(r);
     }

@@ -271,6 +271,7 @@ void HealthChecker::start_probe(State& s) {
 
 void HealthChecker::on_probe_result(State& s, bool pass, std::string reason) {
   (pass ? s.backend->checks_pass : s.backend->checks_fail).fetch_add(1, std::memory_order_relaxed);
+  s.backend->record_check(pass, reason);
   s.hysteresis.observe(pass);
   publish(s, reason);
   schedule_probe(s, with_jitter(s.check.interval));

@@ -2,9 +2,11 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "conf/load.h"
 #include "core/log.h"
+#include "lb/ctl.h"
 #include "lb/server.h"
 
 namespace {
@@ -14,6 +16,7 @@ constexpr const char* kDefaultConfig = "/etc/lb/lb.toml";
 void usage(FILE* out) {
   std::fprintf(out,
                "usage: lb [--config PATH] [--check]\n"
+               "       lb ctl [-c PATH] [--admin ADDR] [--token-file PATH] COMMAND   (lb ctl --help)\n"
                "       lb --version | --help\n"
                "\n"
                "  -c, --config PATH   configuration file (default %s)\n"
@@ -28,6 +31,8 @@ void usage(FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::strcmp(argv[1], "ctl") == 0)
+    return lb::app::run_ctl(std::vector<std::string>(argv + 2, argv + argc));
   std::string path = kDefaultConfig;
   bool check = false;
   for (int i = 1; i < argc; ++i) {

@@ -260,6 +260,8 @@ bool Server::start() {
     admin_ = std::make_unique<admin::HttpServer>(&loop_, [this](const admin::HttpRequest& r) {
       return handle_admin(*this, r);
     });
+    // Reads config_ at every accept, so a reload's allow list applies at once.
+    admin_->set_accept_filter([this](const sockaddr* peer) { return admin_peer_allowed(config_.admin, peer); });
     int rc = admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
     if (rc != 0) {
       log::error("cannot bind admin address={} error=\"{}\"", config_.admin.listen->text, uv_strerror(rc));

@@ -71,6 +71,7 @@ struct HttpServer::Impl {
 
   uv_loop_t* loop;
   Handler handler;
+  AcceptFilter accept_filter;
   HttpLimits limits;
   std::unique_ptr<char[]> read_buffer;
   uv_tcp_t* listener = nullptr;  // heap; freed in on_listener_closed
@@ -127,6 +128,8 @@ struct HttpServer::Impl::Connection {
   bool linked = false;
 
   HttpRequestParser parser;
+  sockaddr_storage peer{};
+  sockaddr_storage local{};
   std::string pending;  // received, not yet parsed: only while paused
   size_t writes_pending = 0;
 
@@ -216,6 +219,17 @@ void HttpServer::Impl::on_connection(uv_stream_t* listener_handle, int status) {
   // Over the limit: accept (so the kernel backlog does not fill with clients
   // left hanging) and close at once.
   if (self->live_count >= self->limits.max_connections) {
+    c->close();
+    return;
+  }
+  int len = sizeof(c->peer);
+  if (uv_tcp_getpeername(&c->tcp, reinterpret_cast<sockaddr*>(&c->peer), &len) != 0) {
+    c->close();  // the client is already gone
+    return;
+  }
+  len = sizeof(c->local);
+  (void)uv_tcp_getsockname(&c->tcp, reinterpret_cast<sockaddr*>(&c->local), &len);
+  if (self->accept_filter && !self->accept_filter(reinterpret_cast<const sockaddr*>(&c->peer))) {
     c->close();
     return;
   }
@@ -358,6 +372,8 @@ void HttpServer::Impl::Connection::respond(ParsedRequest parsed) {
   // The idle clock measures the wait for a complete request.
   arm_timer(server->limits.idle_timeout_ms);
 
+  parsed.request.peer = peer;
+  parsed.request.local = local;
   HttpResponse response;
   // The handler is our own code, but a bug in it must cost one 500, not the
   // process.
@@ -495,5 +511,7 @@ int HttpServer::listen(const sockaddr* addr) { return impl_->listen(addr); }
 uint16_t HttpServer::port() const { return impl_->bound_port; }
 
 void HttpServer::close() { impl_->close(); }
+
+void HttpServer::set_accept_filter(AcceptFilter filter) { impl_->accept_filter = std::move(filter); }
 
 }  // namespace lb::admin

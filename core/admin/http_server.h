@@ -28,6 +28,11 @@ struct HttpRequest {
   std::string query;        // raw, without '?'
   std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
   std::string body;
+  // The connection's addresses (set by the server, not the parser): the
+  // client's, and the local one it reached us on (with 0.0.0.0 / [::]
+  // listeners, the address the client actually used).
+  sockaddr_storage peer{};
+  sockaddr_storage local{};
   // First header with this (lower-case) name, or nullptr.
   const std::string* header(const std::string& lower_name) const;
 };
@@ -36,8 +41,9 @@ struct HttpResponse {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
-  // Further header lines, e.g. {"Content-Security-Policy", "..."}. Names and
-  // values must be free of control bytes (else the answer becomes a 500).
+  // Further header lines ("WWW-Authenticate", ...), sent as given after the
+  // framing headers. A name or value with a control byte (CR/LF would split
+  // the response) makes the answer a 500.
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
@@ -52,6 +58,10 @@ struct HttpLimits {
 class HttpServer {
  public:
   using Handler = std::function<HttpResponse(const HttpRequest&)>;
+  // Asked once per accepted connection with the client's address: false
+  // closes it at once, before a byte is read or written (an ACL: the client
+  // learns nothing but that the connection closed).
+  using AcceptFilter = std::function<bool(const sockaddr* peer)>;
 
   HttpServer(uv_loop_t* loop, Handler handler, HttpLimits limits = {});
   // Normally close() has run and the loop turned for the close callbacks.
@@ -69,6 +79,9 @@ class HttpServer {
   uint16_t port() const;
   // Closes the listener and every connection; idempotent.
   void close();
+  // Installs (or, with an empty function, removes) the accept filter; it
+  // applies to connections accepted from now on.
+  void set_accept_filter(AcceptFilter filter);
 
  private:
   struct Impl;

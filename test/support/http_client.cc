@@ -172,12 +172,19 @@ std::optional<std::string> HttpResponse::header(const std::string& name) const {
 }
 
 HttpResponse http_request(const std::string& host, uint16_t port, const std::string& method,
-                          const std::string& path, const std::string& body, Deadline deadline) {
+                          const std::string& path, const std::string& body, Deadline deadline,
+                          const HttpHeaders& extra) {
   std::string host_header = host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
                                                                  : fmt::format("{}:{}", host, port);
   std::string request = fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", method, path, host_header);
+  bool content_type = false;
+  for (const auto& [name, value] : extra) {
+    request += fmt::format("{}: {}\r\n", name, value);
+    content_type = content_type || iequals(name, "Content-Type");
+  }
   if (!body.empty() || method == "POST" || method == "PUT") {
-    request += fmt::format("Content-Type: application/json\r\nContent-Length: {}\r\n", body.size());
+    if (!content_type) request += "Content-Type: application/json\r\n";
+    request += fmt::format("Content-Length: {}\r\n", body.size());
   }
   request += "\r\n";
   request += body;

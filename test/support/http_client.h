@@ -28,8 +28,13 @@ struct HttpResponse {
   std::optional<std::string> header(const std::string& name) const;
 };
 
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+// `extra` header lines are sent as given; a POST/PUT or a body gets
+// "Content-Type: application/json" unless `extra` names a Content-Type.
 HttpResponse http_request(const std::string& host, uint16_t port, const std::string& method,
-                          const std::string& path, const std::string& body, Deadline deadline);
+                          const std::string& path, const std::string& body, Deadline deadline,
+                          const HttpHeaders& extra = {});
 
 inline HttpResponse http_get(uint16_t port, const std::string& path, Deadline deadline = in(seconds(5)),
                              const std::string& host = "127.0.0.1") {

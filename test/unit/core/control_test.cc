@@ -418,3 +418,57 @@ id = "b"
   CHECK(expected_b > 30);  // about 121 * (1 - ln 2)
   CHECK(std::abs(served["b"] - expected_b) <= 2);
 }
+
+TEST_CASE("snapshot: effective_weight follows slow start, not drain or health", "[control]") {
+  ControlPlane cp([](BackendTablePtr) {});
+  auto pools = cp.apply(load(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+[[pool]]
+name = "web"
+slow_start = "1h"
+[pool.health_check]
+type = "tcp"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+id = "a"
+weight = 3
+[[pool.backend]]
+address = "127.0.0.1:9002"
+id = "b"
+weight = 3
+)"));
+  auto& a = *pools[0].backends[0];
+  auto& b = *pools[0].backends[1];
+  auto eff = [&](const std::string& id) {
+    const auto snap = cp.snapshot();
+    for (auto& bv : snap[0].backends)
+      if (bv.backend->id == id) return bv.effective_weight;
+    return -1.0;
+  };
+  CHECK(cp.snapshot()[0].health_type == lb::conf::HealthType::Tcp);
+  // Down, never up: the configured weight (health is reported apart).
+  CHECK(eff("a") == 3);
+  cp.set_health(a, true);
+  cp.set_health(b, true);
+  CHECK(eff("a") == 3);
+  CHECK(eff("b") == 3);
+  // b recovers at the start of an hour-long ramp: a hundredth of its weight.
+  cp.set_health(b, false);
+  cp.set_health(b, true);
+  CHECK(eff("a") == 3);
+  CHECK(eff("b") > 0);
+  CHECK(eff("b") < 0.1);
+  // Draining changes nothing about the weight in force.
+  REQUIRE(cp.set_drain("web", "b", true) == ControlPlane::Status::Ok);
+  CHECK(eff("b") < 0.1);
+  REQUIRE(cp.set_drain("web", "a", true) == ControlPlane::Status::Ok);
+  CHECK(eff("a") == 3);
+  // An admin weight is the base the ramp scales.
+  REQUIRE(cp.set_weight("web", "a", 7) == ControlPlane::Status::Ok);
+  CHECK(eff("a") == 7);
+  const auto snap = cp.snapshot();
+  for (auto& bv : snap[0].backends) CHECK(bv.weight == (bv.backend->id == "a" ? 7u : 3u));
+}

@@ -793,3 +793,80 @@ TEST_CASE("server: listen errors and IPv6", "[http_server]") {
 }
 
 }  // namespace lb::admin
+
+namespace lb::admin {
+namespace {
+
+// One "GET /" on a fresh connection, served by h's loop.
+Reply get_root(Harness& h) {
+  Reply reply;
+  REQUIRE(h.run_client([&] {
+    Deadline d = in(seconds(5));
+    Socket s = connect_to(h.port(), d);
+    send_str(s, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", d);
+    reply = read_reply(s, d);
+  }));
+  return reply;
+}
+
+TEST_CASE("server: the handler sees the peer and local addresses; extra headers are sent",
+          "[http_server]") {
+  Seen seen;
+  Harness h([&](const HttpRequest& r) {
+    HttpResponse resp = echo(&seen, r);
+    resp.headers.emplace_back("WWW-Authenticate", "Bearer");
+    return resp;
+  });
+  Reply reply = get_root(h);
+  INFO(reply.error);
+  CHECK(reply.has_header("www-authenticate", "Bearer"));
+  REQUIRE(seen.requests.size() == 1);
+  const auto& req = seen.requests[0];
+  REQUIRE(req.peer.ss_family == AF_INET);
+  REQUIRE(req.local.ss_family == AF_INET);
+  CHECK(ntohl(reinterpret_cast<const sockaddr_in*>(&req.peer)->sin_addr.s_addr) == INADDR_LOOPBACK);
+  CHECK(ntohs(reinterpret_cast<const sockaddr_in*>(&req.local)->sin_port) == h.port());
+  h.finish();
+}
+
+TEST_CASE("server: a header with CR/LF from the handler becomes a 500", "[http_server]") {
+  Harness h([&](const HttpRequest&) {
+    HttpResponse resp;
+    resp.headers.emplace_back("X-Bad", "a\r\nSet-Cookie: x=1");
+    return resp;
+  });
+  Reply reply = get_root(h);
+  CHECK(reply.status == 500);
+  CHECK_FALSE(reply.has_header("set-cookie"));
+  h.finish();
+}
+
+TEST_CASE("server: the accept filter closes refused peers without an answer", "[http_server]") {
+  Seen seen;
+  int asked = 0;
+  bool admit = false;
+  Harness h([&](const HttpRequest& r) { return echo(&seen, r); });
+  h.server().set_accept_filter([&](const sockaddr* peer) {
+    ++asked;
+    return admit && peer->sa_family == AF_INET;
+  });
+  lb::test::ReadResult refused;
+  REQUIRE(h.run_client([&] {
+    Deadline d = in(seconds(5));
+    Socket s = connect_to(h.port(), d);
+    send_str(s, "GET / HTTP/1.1\r\nHost: a\r\n\r\n", d);
+    refused = lb::test::read_until_eof(s, d);
+  }));
+  CHECK(refused.data.empty());
+  CHECK(refused.end != ReadEnd::Timeout);
+  CHECK(seen.requests.empty());
+  admit = true;  // the loop is not running: no race with the filter
+  Reply admitted = get_root(h);
+  CHECK(admitted.status == 200);
+  CHECK(asked == 2);
+  CHECK(seen.requests.size() == 1);
+  h.finish();
+}
+
+}  // namespace
+}  // namespace lb::admin
