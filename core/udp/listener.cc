@@ -103,6 +103,13 @@ int UdpListener::open(int fd) {
   };
   if (rc == 0) rc = watch(&poll_, fd_, on_listener_io);
   if (rc == 0) rc = watch(&upstream_poll_, upstream_->epoll_fd(), on_upstream_io);
+  if (rc == 0) {
+    trim_timer_ = new uv_timer_t;
+    uv_timer_init(worker_.loop(), trim_timer_);
+    trim_timer_->data = this;
+    uv_timer_start(trim_timer_, on_trim, kTrimMs, kTrimMs);
+    uv_unref(reinterpret_cast<uv_handle_t*>(trim_timer_));   // never keeps the loop alive
+  }
   if (rc != 0) {
     retired_ = true;
     close_socket();
@@ -332,6 +339,8 @@ void UdpListener::watch_listener(bool writable, bool force) {
   uv_poll_start(poll_, UV_READABLE | (writable ? UV_WRITABLE : 0), on_listener_io);
 }
 
+void UdpListener::on_trim(uv_timer_t* t) { static_cast<UdpListener*>(t->data)->upstream_->trim(); }
+
 void UdpListener::on_upstream_io(uv_poll_t* h, int status, int) {
   auto* self = static_cast<UdpListener*>(h->data);
   if (status < 0) {
@@ -515,10 +524,11 @@ void UdpListener::close_socket() {
   // Replies staged by the session that just ended still go out.
   flush_replies();
   closing_ = true;
-  for (uv_poll_t* h : {poll_, upstream_poll_}) {
+  for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(poll_), reinterpret_cast<uv_handle_t*>(upstream_poll_),
+                         reinterpret_cast<uv_handle_t*>(trim_timer_)}) {
     if (!h) continue;
     ++open_handles_;
-    uv_close(reinterpret_cast<uv_handle_t*>(h), on_handle_closed);
+    uv_close(h, on_handle_closed);
   }
   if (open_handles_ == 0) destroy();
 }
@@ -527,7 +537,12 @@ void UdpListener::on_handle_closed(uv_handle_t* h) {
   auto* self = static_cast<UdpListener*>(h->data);
   if (h == reinterpret_cast<uv_handle_t*>(self->poll_)) self->poll_ = nullptr;
   if (h == reinterpret_cast<uv_handle_t*>(self->upstream_poll_)) self->upstream_poll_ = nullptr;
-  delete reinterpret_cast<uv_poll_t*>(h);
+  if (h == reinterpret_cast<uv_handle_t*>(self->trim_timer_)) {
+    self->trim_timer_ = nullptr;
+    delete reinterpret_cast<uv_timer_t*>(h);
+  } else {
+    delete reinterpret_cast<uv_poll_t*>(h);
+  }
   if (--self->open_handles_ == 0) self->destroy();
 }
 

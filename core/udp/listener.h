@@ -87,6 +87,9 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   static void on_upstream_io(uv_poll_t* h, int status, int events);
   static void on_session_timeout(TimeoutNode* n);
   static void on_handle_closed(uv_handle_t* h);
+  static void on_trim(uv_timer_t* t);
+  // Unused upstream sockets are closed after one to two of these.
+  static constexpr uint64_t kTrimMs = 5000;
 
   void receive_batch();
   // The session a client datagram goes to (found, or new); null: dropped.
@@ -121,6 +124,7 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   int fd_ = -1;                      // the listener socket
   uv_poll_t* poll_ = nullptr;        // fd_ in the loop
   uv_poll_t* upstream_poll_ = nullptr;  // upstream_'s epoll fd in the loop
+  uv_timer_t* trim_timer_ = nullptr;    // closes upstream sockets left unused
   int open_handles_ = 0;             // uv handles not yet through their close callback
   bool listener_writable_ = false;   // poll_ also waits for UV_WRITABLE
   bool retired_ = false;

@@ -30,6 +30,8 @@ bool stale_icmp_error(int e) {
 
 struct UpstreamSet::Sock {
   int fd = -1;
+  uint32_t routes = 0;        // live routes on this socket
+  bool idle = false;          // no route at the last trim
   bool watch_writable = false;
   std::unique_ptr<PendingQueue> queue;   // allocated on the first EAGAIN
 };
@@ -136,6 +138,8 @@ int UpstreamSet::acquire(const sockaddr_storage& backend, void* owner, Route* ou
   if (reused) lane.free.pop_back();
   else ++lane.next;
   ++lane.live;
+  ++socks_[f][sock].routes;
+  socks_[f][sock].idle = false;
   out->slot = slot;
   out->sock = sock;
   out->source = static_cast<uint16_t>(slot % nsrc);
@@ -145,7 +149,7 @@ int UpstreamSet::acquire(const sockaddr_storage& backend, void* owner, Route* ou
 
 void UpstreamSet::release(const sockaddr_storage& backend, const Route& r) {
   PeerKey key = PeerKey::from(backend);
-  demux_.erase(RouteKey{key, r.sock, r.source});
+  if (demux_.erase(RouteKey{key, r.sock, r.source})) --socks_[fam(backend.ss_family)][r.sock].routes;
   auto it = lanes_.find(key);
   if (it == lanes_.end()) return;
   Lane& lane = it->second;
@@ -284,6 +288,25 @@ void UpstreamSet::watch(int f, uint16_t index, bool writable) {
   ev.events = EPOLLIN | (writable ? EPOLLOUT : 0u);
   ev.data.u64 = (static_cast<uint64_t>(f) << 32) | index;
   if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, s.fd, &ev) == 0) s.watch_writable = writable;
+}
+
+void UpstreamSet::trim() {
+  for (auto& v : socks_) {
+    for (Sock& s : v) {
+      if (s.fd < 0 || s.routes > 0 || (s.queue && !s.queue->empty())) {
+        s.idle = false;
+        continue;
+      }
+      if (!s.idle) {
+        s.idle = true;   // closed at the next trim if still unused
+        continue;
+      }
+      ::close(s.fd);   // also leaves the epoll set (never duplicated)
+      s = Sock();
+      --open_;
+    }
+    while (!v.empty() && v.back().fd < 0) v.pop_back();
+  }
 }
 
 void UpstreamSet::poll(Handler& h) {

@@ -16,7 +16,9 @@
 // sessions; different backends reuse the same routes. Sockets are opened as
 // the busiest backend needs them and stay open (at most max_sockets per
 // family: the fds and ports this set holds are bounded whatever the session
-// count, and health probes always find ports).
+// count, and health probes always find ports). A socket that carried no
+// route for a while is closed again (trim), so its port and kernel memory go
+// back after a burst.
 //
 // ICMP errors (port unreachable) of unconnected sockets arrive on the error
 // queue (IP_RECVERR) with the original destination, so they still reach the
@@ -92,6 +94,9 @@ class UpstreamSet {
             const iovec* data, unsigned n, bool* taken);
   // Handles the ready sockets (call when epoll_fd() is readable).
   void poll(Handler& h);
+  // Closes the sockets that carried no route (and had nothing queued) at the
+  // previous trim and still carry none: call every few seconds.
+  void trim();
 
  private:
   struct Sock;

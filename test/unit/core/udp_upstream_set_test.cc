@@ -158,9 +158,25 @@ TEST_CASE("UpstreamSet: a route is unique per backend address, bounded by socket
   send_one(set, r[0], a.addr, "after");
   CHECK(a.echo_one() != "");
   REQUIRE(pump(set, rec, [&] { return rec.replies[&owners[0]].size() == 2; }));
-  for (int i : {0, 1, 3}) set.release(a.addr, r[i]);
+  // A socket still carrying a route stays; unused ones close on the second trim.
+  for (int i : {1, 3}) set.release(a.addr, r[i]);
   set.release(b.addr, r[5]);
+  set.trim();
+  CHECK(set.open_sockets() == 2);
+  set.trim();
+  CHECK(set.open_sockets() == 1);   // r[0]'s socket
+  set.release(a.addr, r[0]);
   CHECK(set.routes_in_use() == 0);
+  set.trim();
+  set.trim();
+  CHECK(set.open_sockets() == 0);
+  // And they open again when needed.
+  REQUIRE(set.acquire(a.addr, &owners[0], &r[0]) == 0);
+  CHECK(set.open_sockets() == 1);
+  send_one(set, r[0], a.addr, "reopened");
+  CHECK(a.echo_one() != "");
+  REQUIRE(pump(set, rec, [&] { return rec.replies[&owners[0]].size() == 3; }));
+  set.release(a.addr, r[0]);
 }
 
 TEST_CASE("UpstreamSet without source addresses: one route per socket and backend, kernel's source",
