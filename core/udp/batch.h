@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -116,6 +117,45 @@ struct ReplyBatch {
     count = 0;
     slots = 0;
   }
+  // Sends the staged replies from `fd` in one sendmmsg (more only when the
+  // kernel takes part of them); copies what it refuses into `overflow`, or
+  // everything when `overflow` already holds datagrams (order). True when
+  // `overflow` is not empty afterwards (watch fd for writability).
+  bool send(int fd, PendingQueue& overflow) {
+    size_t sent = 0;
+    if (overflow.empty()) {
+      prepare();
+      while (sent < count) {
+        int r = ::sendmmsg(fd, msgs + sent, static_cast<unsigned>(count - sent), MSG_DONTWAIT);
+        if (r > 0) {
+          sent += static_cast<size_t>(r);
+          continue;
+        }
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0 || errno == EAGAIN || errno == EWOULDBLOCK) break;
+        // This datagram cannot be sent at all (sendmmsg reports the first
+        // failure; the ones before it went): drop it, go on with the rest.
+        ++sent;
+      }
+    }
+    for (; sent < count; ++sent) overflow.push(to[sent], 0, nullptr, 0, iov[sent].iov_base, iov[sent].iov_len);
+    clear();
+    return !overflow.empty();
+  }
 };
+
+// Sends what `q` holds from `fd`, each to its own address; true once the
+// queue is empty (stop watching for writability).
+inline bool send_queued(int fd, PendingQueue& q) {
+  while (!q.empty()) {
+    Pending* p = q.front();
+    ssize_t r = ::sendto(fd, p->data(), p->len, MSG_DONTWAIT, reinterpret_cast<const sockaddr*>(&p->to),
+                         addr_len(p->to));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    q.pop();   // sent, or failed for good: dropped
+  }
+  return true;
+}
 
 }  // namespace lb::core::udp

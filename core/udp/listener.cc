@@ -20,32 +20,6 @@ constexpr size_t kProxyV2Max = 16 + 36;
 constexpr size_t kListenerRcvBuf = 4 * 1024 * 1024;
 bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
 
-// The addresses of `udp_source` (CIDRs expanded), at most `limit`.
-std::vector<sockaddr_storage> expand_sources(const std::vector<conf::Cidr>& cidrs, size_t limit) {
-  std::vector<sockaddr_storage> out;
-  for (const conf::Cidr& c : cidrs) {
-    const int bits = c.family == AF_INET6 ? 128 : 32;
-    const int host_bits = bits - c.prefix_len;
-    const uint64_t count = host_bits >= 20 ? (uint64_t{1} << 20) : (uint64_t{1} << host_bits);
-    for (uint64_t i = 0; i < count && out.size() < limit; ++i) {
-      sockaddr_storage a{};
-      uint8_t bytes[16];
-      std::memcpy(bytes, c.bytes, 16);
-      // Add i to the address (host bits are zero, so no carry out of them).
-      uint64_t add = i;
-      for (int b = (bits / 8) - 1; b >= 0 && add; --b) {
-        uint64_t sum = bytes[b] + (add & 0xff);
-        bytes[b] = static_cast<uint8_t>(sum);
-        add = (add >> 8) + (sum >> 8);
-      }
-      a.ss_family = static_cast<sa_family_t>(c.family);
-      if (c.family == AF_INET6) std::memcpy(&reinterpret_cast<sockaddr_in6&>(a).sin6_addr, bytes, 16);
-      else std::memcpy(&reinterpret_cast<sockaddr_in&>(a).sin_addr, bytes, 4);
-      out.push_back(a);
-    }
-  }
-  return out;
-}
 }  // namespace
 
 struct UdpListener::Session {
@@ -85,7 +59,7 @@ int UdpListener::open(int fd) {
   if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&local_addr_), &len) != 0) rc = -errno;
   if (rc == 0) {
     upstream_ = std::make_unique<udp::UpstreamSet>(
-        kMaxUpstreamSockets, kSlot, expand_sources(runtime_->cfg.udp_source, kMaxSources));
+        kMaxUpstreamSockets, kSlot, udp::expand_sources(runtime_->cfg.udp_source, kMaxSources));
     rc = upstream_->init();
   }
   // Two handles for the loop: the listener socket itself, and the epoll set
@@ -395,45 +369,13 @@ void UdpListener::upstream_reply(void* owner, char* data, size_t len) {
 }
 
 void UdpListener::flush_replies() {
-  if (!replies_ || replies_->count == 0) {
-    if (replies_) replies_->clear();
-    return;
-  }
-  auto& b = *replies_;
-  size_t sent = 0;
-  if (client_queue_.empty()) {
-    b.prepare();
-    while (sent < b.count) {
-      int r = ::sendmmsg(fd_, b.msgs + sent, static_cast<unsigned>(b.count - sent), MSG_DONTWAIT);
-      if (r > 0) {
-        sent += static_cast<size_t>(r);
-        continue;
-      }
-      if (r < 0 && errno == EINTR) continue;
-      if (r == 0 || would_block(errno)) break;
-      // This datagram cannot be sent at all (sendmmsg reports the first
-      // failure; the ones before it went): drop it, go on with the rest.
-      log::debug("udp send error listener={} error={}", runtime_->cfg.name, uv_strerror(-errno));
-      ++sent;
-    }
-  }
-  // The socket is full: keep copies (bounded) until it is writable again.
-  for (; sent < b.count; ++sent)
-    client_queue_.push(b.to[sent], 0, nullptr, 0, b.iov[sent].iov_base, b.iov[sent].iov_len);
-  b.clear();
-  if (!client_queue_.empty()) watch_listener(true);
+  if (!replies_) return;
+  // What the socket does not take now is queued (bounded) until it is writable.
+  if (replies_->send(fd_, client_queue_)) watch_listener(true);
 }
 
 void UdpListener::flush_client_queue() {
-  while (!client_queue_.empty()) {
-    udp::Pending* p = client_queue_.front();
-    ssize_t r = ::sendto(fd_, p->data(), p->len, MSG_DONTWAIT, reinterpret_cast<const sockaddr*>(&p->to),
-                         udp::addr_len(p->to));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0 && would_block(errno)) return;
-    client_queue_.pop();   // sent, or failed for good: dropped
-  }
-  watch_listener(false);
+  if (udp::send_queued(fd_, client_queue_)) watch_listener(false);
 }
 
 void UdpListener::on_session_timeout(TimeoutNode* n) {

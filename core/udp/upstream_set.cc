@@ -28,6 +28,33 @@ bool stale_icmp_error(int e) {
 }
 }  // namespace
 
+// The addresses of `udp_source` (CIDRs expanded), at most `limit`.
+std::vector<sockaddr_storage> expand_sources(const std::vector<conf::Cidr>& cidrs, size_t limit) {
+  std::vector<sockaddr_storage> out;
+  for (const conf::Cidr& c : cidrs) {
+    const int bits = c.family == AF_INET6 ? 128 : 32;
+    const int host_bits = bits - c.prefix_len;
+    const uint64_t count = host_bits >= 20 ? (uint64_t{1} << 20) : (uint64_t{1} << host_bits);
+    for (uint64_t i = 0; i < count && out.size() < limit; ++i) {
+      sockaddr_storage a{};
+      uint8_t bytes[16];
+      std::memcpy(bytes, c.bytes, 16);
+      // Add i to the address (host bits are zero, so no carry out of them).
+      uint64_t add = i;
+      for (int b = (bits / 8) - 1; b >= 0 && add; --b) {
+        uint64_t sum = bytes[b] + (add & 0xff);
+        bytes[b] = static_cast<uint8_t>(sum);
+        add = (add >> 8) + (sum >> 8);
+      }
+      a.ss_family = static_cast<sa_family_t>(c.family);
+      if (c.family == AF_INET6) std::memcpy(&reinterpret_cast<sockaddr_in6&>(a).sin6_addr, bytes, 16);
+      else std::memcpy(&reinterpret_cast<sockaddr_in&>(a).sin_addr, bytes, 4);
+      out.push_back(a);
+    }
+  }
+  return out;
+}
+
 struct UpstreamSet::Sock {
   int fd = -1;
   uint32_t routes = 0;        // live routes on this socket

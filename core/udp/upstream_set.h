@@ -37,10 +37,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "conf/config.h"
 #include "core/udp/batch.h"
 #include "core/udp/session_table.h"
 
 namespace lb::core::udp {
+
+// The addresses of `udp_source` (CIDRs expanded), at most `limit`.
+std::vector<sockaddr_storage> expand_sources(const std::vector<conf::Cidr>& cidrs, size_t limit);
 
 // Where a session's datagrams leave from.
 struct Route {

@@ -198,3 +198,20 @@ TEST_CASE("UpstreamSet without source addresses: one route per socket and backen
   REQUIRE(pump(set, rec, [&] { return rec.replies.size() == 3; }));
   for (int i = 0; i < 3; ++i) CHECK(rec.replies[&o[i]] == std::vector<std::string>{"re:" + std::to_string(i)});
 }
+
+TEST_CASE("udp_source CIDRs expand to their addresses, bounded", "[udp][upstream]") {
+  std::vector<lb::conf::Cidr> cidrs(2);
+  cidrs[0].family = AF_INET;
+  inet_pton(AF_INET, "127.0.2.254", cidrs[0].bytes);
+  cidrs[0].prefix_len = 31;
+  cidrs[1].family = AF_INET6;
+  inet_pton(AF_INET6, "fd00::", cidrs[1].bytes);
+  cidrs[1].prefix_len = 120;
+  auto out = lb::core::udp::expand_sources(cidrs, 5);
+  REQUIRE(out.size() == 5);
+  char buf[INET6_ADDRSTRLEN];
+  inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in&>(out[1]).sin_addr, buf, sizeof buf);
+  CHECK(std::string(buf) == "127.0.2.255");
+  inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6&>(out[4]).sin6_addr, buf, sizeof buf);
+  CHECK(std::string(buf) == "fd00::2");
+}
