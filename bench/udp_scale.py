@@ -240,7 +240,8 @@ def profile_sessions(a):
         procs.append(p)
         addrs.append(f"127.0.0.1:{port}")
     extra = f"session_timeout = \"600s\"\n" + (f"udp_source = [\"{a.source}\"]\n" if a.source else "")
-    lb = Lb(a.lb, extra, addrs, a.workers)
+    lb = Lb(a.lb, extra, addrs, a.workers,
+            "[pool.health_check]\ntype = \"udp\"\nudp_send = \"ping\"\nudp_expect = \"ping\"\ninterval = \"500ms\"\n")
     try:
         time.sleep(0.5)
         fds0, rss0, kmem0 = lb.fds(), lb.rss(), kernel_udp_memory()
@@ -258,6 +259,14 @@ def profile_sessions(a):
         time.sleep(0.5)
         fds1, rss1, kmem1 = lb.fds(), lb.rss(), kernel_udp_memory()
         active = lb.metric_sum('lb_listener_active{listener="u"')
+        # UDP health probes keep passing while the sessions are open.
+        def passes():
+            return sum(v for k, v in lb.metrics().items()
+                       if k.startswith("lb_health_checks_total{") and 'result="pass"' in k)
+        passes0 = passes()
+        time.sleep(3)
+        probes = {"probe_passes_in_3s": passes() - passes0,
+                  "backends_up": sum(v for k, v in lb.metrics().items() if k.startswith("lb_backend_up{"))}
         res = {
             "profile": "sessions", "sessions": a.sessions, "backends": a.backends, "workers": a.workers,
             "udp_source": a.source, "answered": ok, "seconds_to_open": round(took, 1), "spread": spread,
@@ -265,7 +274,7 @@ def profile_sessions(a):
             "lb_rss_before": rss0, "lb_rss_open": rss1, "kernel_mem_delta": kmem1 - kmem0,
             "bytes_per_session_rss": round((rss1 - rss0) / max(1, ok)),
             "bytes_per_session_total": round((rss1 - rss0 + kmem1 - kmem0) / max(1, ok)),
-            "rejected": lb.metric_sum('lb_listener_rejected_total{listener="u"'),
+            "rejected": lb.metric_sum('lb_listener_rejected_total{listener="u"'), **probes,
         }
         return res
     finally:
@@ -280,7 +289,8 @@ def dns_query(qid):
 
 def profile_resolver(a):
     dns, dport = start_dnsmasq()
-    lb = Lb(a.lb, "udp_responses = 1\nsession_timeout = \"30s\"\n", [f"127.0.0.1:{dport}"], a.workers)
+    extra = "udp_responses = 1\nsession_timeout = \"30s\"\n" + (f"udp_source = [\"{a.source}\"]\n" if a.source else "")
+    lb = Lb(a.lb, extra, [f"127.0.0.1:{dport}"], a.workers)
     try:
         time.sleep(0.5)
         swarm = Swarm(64 * 250, "127.65.0.1", 250)   # 16,000 endpoints, reused round robin
@@ -437,6 +447,7 @@ def main():
     r.add_argument("--rate", type=int, default=5000)
     r.add_argument("--seconds", type=int, default=60)
     r.add_argument("--strace", action="store_true", help="count lb's syscalls (slows it down)")
+    r.add_argument("--source", default="127.0.2.0/26", help="udp_source for lb ('' = none)")
     g = sub.add_parser("game")
     g.add_argument("--sessions", type=int, default=10000)
     g.add_argument("--pps", type=int, default=30, help="datagrams per second per session")
