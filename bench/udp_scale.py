@@ -196,6 +196,25 @@ class Lb:
             self.proc.kill()
 
 
+def udp_drops(pid):
+    """Datagrams the kernel dropped on `pid`'s UDP sockets (full receive buffers)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    drops = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in open(name).readlines()[1:]:
+            f = line.split()
+            if f[9] in inodes:
+                drops += int(f[-1])
+    return drops
+
+
 def kernel_udp_memory():
     """Bytes: UDP buffer pages (/proc/net/sockstat) + the slab caches sockets live in."""
     pages = 0
@@ -319,7 +338,8 @@ def profile_resolver(a):
             answered += 1
         cpu1 = cpu_seconds(lb.proc.pid)
         m = lb.metrics()
-        extra = {"lb_cpu_us_per_query": round((cpu1 - cpu0) / max(1, sent) * 1e6, 2)}
+        extra = {"lb_cpu_us_per_query": round((cpu1 - cpu0) / max(1, sent) * 1e6, 2),
+                 "kernel_drops_lb_sockets": udp_drops(lb.proc.pid), "kernel_drops_dnsmasq": udp_drops(dns.pid)}
         if a.strace:
             extra["syscalls_per_query"], extra["syscalls"] = lb.trace_result(sent)
         return {"profile": "resolver", **extra, "rate": a.rate, "seconds": a.seconds, "sent": sent, "answered": answered,

@@ -20,6 +20,11 @@ constexpr size_t kCmsgSpace = CMSG_SPACE(sizeof(in6_pktinfo));
 // Room for an error-queue read: the extended error, its offender address and PKTINFO.
 constexpr size_t kErrCmsgSpace = 256;
 constexpr int kMaxBatch = 64;
+// Receive buffer asked for on each upstream socket: with udp_source one
+// socket carries the replies of up to one session per source address and
+// backend, so it needs the room of many connected sockets. Memory is only
+// used while replies wait; the kernel caps it at net.core.rmem_max.
+constexpr int kUpstreamRcvBuf = 4 * 1024 * 1024;
 bool would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK; }
 // Errors a send reports when it merely picked up an earlier ICMP error of
 // the shared socket (sk_err): the datagram itself was not sent, try again.
@@ -119,6 +124,7 @@ int UpstreamSet::open_socket(int f, uint16_t index) {
     if (rc == 0) rc = ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one);
     if (rc == 0 && !sources_[f].empty()) rc = ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
   }
+  if (rc == 0) ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &kUpstreamRcvBuf, sizeof kUpstreamRcvBuf);   // best effort
   sockaddr_storage any{};
   any.ss_family = static_cast<sa_family_t>(family);
   if (rc == 0) rc = ::bind(fd, reinterpret_cast<sockaddr*>(&any), addr_len(any));
