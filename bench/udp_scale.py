@@ -215,6 +215,35 @@ def udp_drops(pid):
     return drops
 
 
+def lb_socket_memory(pid):
+    """Kernel bytes held by `pid`'s UDP sockets: per socket one object of each
+    slab cache a socket uses (UDP, inode, file, dentry, epoll item; sizes from
+    /proc/slabinfo), plus what sits in their queues (/proc/net/udp). Unlike a
+    system-wide delta this is not disturbed by other processes."""
+    sizes = {}
+    for line in open("/proc/slabinfo"):
+        f = line.split()
+        if f and f[0] in ("UDP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi"):
+            sizes[f[0]] = int(f[3])
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    count = queued = 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in open(name).readlines()[1:]:
+            f = line.split()
+            if f[9] in inodes:
+                count += 1
+                tx, rx = f[4].split(":")
+                queued += int(tx, 16) + int(rx, 16)
+    return count * sum(sizes.values()) + queued
+
+
 def kernel_udp_memory():
     """Bytes: UDP buffer pages (/proc/net/sockstat) + the slab caches sockets live in."""
     pages = 0
@@ -263,7 +292,7 @@ def profile_sessions(a):
             "[pool.health_check]\ntype = \"udp\"\nudp_send = \"ping\"\nudp_expect = \"ping\"\ninterval = \"500ms\"\n")
     try:
         time.sleep(0.5)
-        fds0, rss0, kmem0 = lb.fds(), lb.rss(), kernel_udp_memory()
+        fds0, rss0, kmem0, lbk0 = lb.fds(), lb.rss(), kernel_udp_memory(), lb_socket_memory(lb.proc.pid)
         swarm = Swarm(a.sessions, "127.64.0.1", 250)
         t0 = time.time()
         got = ask(swarm, ("127.0.0.1", lb.port), range(a.sessions), lambda i: str(i).encode())
@@ -276,7 +305,7 @@ def profile_sessions(a):
                 ok += 1
                 spread[name.decode()] = spread.get(name.decode(), 0) + 1
         time.sleep(0.5)
-        fds1, rss1, kmem1 = lb.fds(), lb.rss(), kernel_udp_memory()
+        fds1, rss1, kmem1, lbk1 = lb.fds(), lb.rss(), kernel_udp_memory(), lb_socket_memory(lb.proc.pid)
         active = lb.metric_sum('lb_listener_active{listener="u"')
         # UDP health probes keep passing while the sessions are open.
         def passes():
@@ -293,6 +322,8 @@ def profile_sessions(a):
             "lb_rss_before": rss0, "lb_rss_open": rss1, "kernel_mem_delta": kmem1 - kmem0,
             "bytes_per_session_rss": round((rss1 - rss0) / max(1, ok)),
             "bytes_per_session_total": round((rss1 - rss0 + kmem1 - kmem0) / max(1, ok)),
+            "lb_socket_kernel_bytes": lbk1 - lbk0,
+            "bytes_per_session_rss_plus_lb_sockets": round((rss1 - rss0 + lbk1 - lbk0) / max(1, ok)),
             "rejected": lb.metric_sum('lb_listener_rejected_total{listener="u"'), **probes,
         }
         return res
