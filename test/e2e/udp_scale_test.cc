@@ -152,3 +152,38 @@ TEST_CASE("past a listener's max_connections exactly the first sessions are serv
   CHECK(lines <= 5);
   CHECK(lb.terminate() == 0);
 }
+
+TEST_CASE("a backend killed under 400 sessions: its sessions move, every other keeps its backend",
+          "[udp][scale]") {
+  std::vector<std::unique_ptr<UdpEcho>> backends;
+  std::vector<std::string> addresses;
+  for (int b = 0; b < 4; ++b) {
+    backends.push_back(std::make_unique<UdpEcho>("b" + std::to_string(b)));
+    addresses.push_back(backends.back()->address());
+  }
+  LbProcess lb(udp_config("session_timeout = \"300s\"", "", addresses));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  constexpr size_t kSessions = 400;
+  UdpSwarm swarm(kSessions, "127.5.0.1", 100);
+  REQUIRE(swarm.ok());
+  auto name = [](const std::string& reply) { return reply.substr(0, reply.find(':')); };
+  auto before = ask_all(swarm, port, 0, kSessions);
+  for (size_t i = 0; i < kSessions; ++i) REQUIRE_FALSE(before[i].empty());
+  // Sessions of several backends share each upstream socket: the ICMP errors
+  // of the dead one must end only its own sessions.
+  backends[0].reset();
+  auto after = ask_all(swarm, port, 0, kSessions);
+  size_t moved = 0, kept = 0;
+  for (size_t i = 0; i < kSessions; ++i) {
+    REQUIRE_FALSE(after[i].empty());
+    if (name(before[i]) == "b0") moved += name(after[i]) != "b0";
+    else kept += name(after[i]) == name(before[i]);
+  }
+  CHECK(moved == kSessions / 4);
+  CHECK(kept == kSessions - kSessions / 4);
+  auto failures = metric(lb.admin_port(), "lb_backend_connect_failures_total{pool=\"p\",backend=\"" + addresses[0] + "\"}");
+  REQUIRE(failures);
+  CHECK(*failures >= 1.0);
+  CHECK(lb.terminate() == 0);
+}
