@@ -2,6 +2,8 @@
 // addresses and ports on few sockets) through the real lb binary. The long
 // versions (100,000 sessions, resolver and game profiles) are in
 // bench/udp_scale.py; these are sized for CI.
+#include <csignal>
+
 #include <catch2/catch.hpp>
 #include <map>
 #include <memory>
@@ -185,5 +187,28 @@ TEST_CASE("a backend killed under 400 sessions: its sessions move, every other k
   auto failures = metric(lb.admin_port(), "lb_backend_connect_failures_total{pool=\"p\",backend=\"" + addresses[0] + "\"}");
   REQUIRE(failures);
   CHECK(*failures >= 1.0);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("a reload that changes udp_source says that open binds keep theirs until a restart",
+          "[udp][reload]") {
+  UdpEcho e("e");
+  LbProcess lb(udp_config("udp_source = [\"127.0.6.1\"]", "", {e.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  UdpSwarm swarm(1, "127.7.0.1", 1);
+  REQUIRE(swarm.ok());
+  REQUIRE(ask_all(swarm, port, 0, 1)[0] == "e:0");
+  // The bind must stay the same (the port lb chose) for the socket to be kept.
+  std::string next = udp_config("udp_source = [\"127.0.6.2\"]", "", {e.address()}, 1,
+                                "127.0.0.1:" + std::to_string(port));
+  REQUIRE(lb.write_config(next));
+  REQUIRE(lb.signal(SIGHUP));
+  CHECK(lb.wait_for_line(std::regex("udp_source changes need a restart.*listener=udp"), in(seconds(10))));
+  // The listener goes on serving with the sources it opened with.
+  swarm.send(0, port, "again");
+  auto r = swarm.receive(1, in(seconds(5)));
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].data == "e:again");
   CHECK(lb.terminate() == 0);
 }
