@@ -96,6 +96,7 @@ struct Listener {
   uint64_t max_connections_per_source = 0;
   std::vector<Cidr> allow;
   std::vector<Cidr> deny;
+  std::vector<Cidr> udp_source;           // udp: local addresses to send to backends from (empty: kernel's choice)
 };
 
 // expect_status: either an exact code (200) or a class ("2xx" -> class_digit 2).

@@ -438,6 +438,7 @@ void read_listener(const toml::table& t, size_t index, Listener& l, ListenerSrc&
   r.read_uint("max_connections_per_source", l.max_connections_per_source, 0, kUnbounded);
   read_cidrs(r, "allow", l.allow);
   read_cidrs(r, "deny", l.deny);
+  read_cidrs(r, "udp_source", l.udp_source);
   r.finish();
 }
 

@@ -68,9 +68,23 @@ void check_listeners(const Config& cfg, const ConfigSrc& src, Diags& d) {
         d.error(o.value_pos("proxy_protocol_trusted"),
                 fmt::format("{}: proxy_protocol_trusted: not available for udp listeners", o.label));
       }
+      // Each address multiplies the sessions one backend can hold; they are
+      // expanded into a list, so a huge prefix is a mistake.
+      uint64_t addresses = 0;
+      for (const Cidr& c : l.udp_source) {
+        int host_bits = (c.family == AF_INET6 ? 128 : 32) - c.prefix_len;
+        addresses += host_bits > 11 ? 4096 : (uint64_t{1} << host_bits);
+      }
+      if (o.usable("udp_source") && addresses > 1024) {
+        d.error(o.value_pos("udp_source"),
+                fmt::format("{}: udp_source: at most 1024 addresses (a /22 of IPv4)", o.label));
+      }
     } else if (o.usable("udp_responses") && l.udp_responses != 0) {
       d.error(o.value_pos("udp_responses"),
               fmt::format("{}: udp_responses: only meaningful for udp listeners", o.label));
+    }
+    if (l.protocol != Protocol::Udp && o.usable("udp_source") && !l.udp_source.empty()) {
+      d.error(o.value_pos("udp_source"), fmt::format("{}: udp_source: only meaningful for udp listeners", o.label));
     }
   }
 

@@ -4,8 +4,9 @@
 // the common case, one cache line: keys and values sit inline in one array
 // (linear probing, power-of-two capacity, at most half full). Erase uses
 // backward-shift deletion, so there are no tombstones and lookups never slow
-// down as sessions come and go. The table only grows (a burst of clients
-// leaves its capacity behind, which costs 32 bytes a slot and no lookups).
+// down as sessions come and go. Once fewer than an eighth of the slots are
+// used the table halves (never below its initial capacity), so the memory a
+// burst of clients took is given back as they leave.
 //
 // Requirements: Key is trivially copyable and equality-comparable, Hash gives
 // well-mixed bits (the low bits pick the slot); Value is cheap to move.
@@ -25,8 +26,9 @@ namespace lb::core {
 template <typename Key, typename Value, typename Hash>
 class FlatMap {
  public:
-  explicit FlatMap(size_t initial_capacity = 16, Hash hash = Hash()) : hash_(std::move(hash)) {
-    rehash(round_up(initial_capacity));
+  explicit FlatMap(size_t initial_capacity = 16, Hash hash = Hash())
+      : hash_(std::move(hash)), min_capacity_(round_up(initial_capacity)) {
+    rehash(min_capacity_);
   }
 
   size_t size() const { return size_; }
@@ -93,6 +95,7 @@ class FlatMap {
     slots_[hole].used = false;
     slots_[hole].value = Value();
     --size_;
+    if (slots_.size() > min_capacity_ && size_ * 8 < slots_.size()) rehash(slots_.size() / 2);
     return true;
   }
 
@@ -119,7 +122,7 @@ class FlatMap {
 
   void rehash(size_t capacity) {
     std::vector<Slot> old = std::move(slots_);
-    slots_.assign(capacity, Slot{});
+    slots_ = std::vector<Slot>(capacity);   // a fresh vector: a shrink gives the memory back
     mask_ = capacity - 1;
     size_ = 0;
     for (Slot& s : old)
@@ -127,6 +130,7 @@ class FlatMap {
   }
 
   Hash hash_;
+  size_t min_capacity_;
   std::vector<Slot> slots_;
   size_t mask_ = 0;
   size_t size_ = 0;

@@ -7,7 +7,7 @@
 #include "core/hash/flow_hash.h"
 #include "core/log.h"
 #include "core/tcp_session.h"
-#include "core/udp_proxy.h"
+#include "core/udp/listener.h"
 
 namespace lb::core {
 

@@ -435,6 +435,16 @@ void Server::do_reload() {
   bound_ = std::move(kept);
   if (next.admin.listen && config_.admin.listen && next.admin.listen->text != config_.admin.listen->text)
     log::warn("admin listen changes need a restart");
+  // A UDP bind's upstream sockets take their source addresses when it opens.
+  auto sources = [](const conf::Listener& l) {
+    std::vector<std::string> v;
+    for (const auto& c : l.udp_source) v.push_back(c.text);
+    return v;
+  };
+  for (const auto& l : next.listeners)
+    for (const auto& old : config_.listeners)
+      if (l.name == old.name && l.protocol == conf::Protocol::Udp && sources(l) != sources(old))
+        log::warn("udp_source changes need a restart for binds already open listener={}", l.name);
   config_ = std::move(next);
   ++generation_;
   ++reloads_ok_;
