@@ -293,17 +293,12 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp
 }
 
 void UdpListener::warn_refused(const char* reason) {
-  uint64_t suppressed = 0;
-  if (refused_warn_.allow(uv_now(worker_.loop()), &suppressed))
-    log::warn("udp new sessions refused listener={} reason={} suppressed={}", runtime_->cfg.name, reason,
-              suppressed);
+  log::warn_throttled(refused_warn_, "udp new sessions refused listener={} reason={}", runtime_->cfg.name, reason);
 }
 
 void UdpListener::warn_no_route(const Backend& b, int err) {
-  uint64_t suppressed = 0;
-  if (route_warn_.allow(uv_now(worker_.loop()), &suppressed))
-    log::warn("udp cannot open a route listener={} backend={} error={} suppressed={}", runtime_->cfg.name, b.id,
-              err == -EADDRNOTAVAIL ? "every route to the backend is taken" : uv_strerror(err), suppressed);
+  log::warn_throttled(route_warn_, "udp cannot open a route listener={} backend={} error={}", runtime_->cfg.name,
+                      b.id, err == -EADDRNOTAVAIL ? "every route to the backend is taken" : uv_strerror(err));
 }
 
 void UdpListener::watch_listener(bool writable, bool force) {

@@ -46,7 +46,7 @@
 #include "core/udp/batch.h"
 #include "core/udp/session_table.h"
 #include "core/udp/upstream_set.h"
-#include "core/udp/warn_limit.h"
+#include "core/log.h"
 #include "core/worker.h"
 
 namespace lb::core {
@@ -136,8 +136,8 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   std::unique_ptr<udp::ReplyBatch<Worker::kUdpBatch>> replies_;   // allocated on the first reply
   udp::SessionTable<Session*> sessions_;
   std::vector<Session*> dead_;       // ended, freed by reap()
-  udp::WarnLimit refused_warn_;
-  udp::WarnLimit route_warn_;
+  log::Throttle refused_warn_;  // traffic provokes these: at most a line a second
+  log::Throttle route_warn_;
 };
 
 }  // namespace lb::core

@@ -1,7 +1,6 @@
 #include "core/udp/session_table.h"
 
 #include <netinet/in.h>
-#include <sys/random.h>
 
 #include <cstring>
 
@@ -41,12 +40,6 @@ void PeerKey::to_sockaddr(sockaddr_storage* out) const {
     in->sin_port = port;
     std::memcpy(&in->sin_addr, addr, 4);
   }
-}
-
-uint64_t random_seed() {
-  uint64_t seed = 0;
-  if (::getrandom(&seed, sizeof seed, 0) != static_cast<ssize_t>(sizeof seed)) seed = 0x75647031;
-  return seed;
 }
 
 size_t SeededHash::operator()(const PeerKey& k) const {

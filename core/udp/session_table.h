@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "core/flat_map.h"
+#include "core/hash/os_random.h"
 
 namespace lb::core::udp {
 
@@ -30,9 +31,6 @@ struct PeerKey {
   void to_sockaddr(sockaddr_storage* out) const;
 };
 
-// A fresh random seed from the OS (a fixed fallback only if getrandom fails).
-uint64_t random_seed();
-
 struct SeededHash {
   uint64_t seed = 0;
   size_t operator()(const PeerKey& k) const;
@@ -41,7 +39,7 @@ struct SeededHash {
 template <typename Value>
 class SessionTable : public FlatMap<PeerKey, Value, SeededHash> {
  public:
-  explicit SessionTable(size_t initial = 16, uint64_t seed = random_seed())
+  explicit SessionTable(size_t initial = 16, uint64_t seed = hash::os_random_u64())
       : FlatMap<PeerKey, Value, SeededHash>(initial, SeededHash{seed}), seed_(seed) {}
   uint64_t seed() const { return seed_; }
 

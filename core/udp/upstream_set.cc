@@ -83,8 +83,8 @@ size_t UpstreamSet::RouteHash::operator()(const RouteKey& k) const {
 UpstreamSet::UpstreamSet(size_t max_sockets, size_t slot_size, const std::vector<sockaddr_storage>& sources)
     : max_sockets_(max_sockets < 1 ? 1 : (max_sockets > 65535 ? 65535 : max_sockets)),
       slot_size_(slot_size),
-      lanes_(16, SeededHash{random_seed()}),
-      demux_(16, RouteHash{random_seed()}) {
+      lanes_(16, SeededHash{hash::os_random_u64()}),
+      demux_(16, RouteHash{hash::os_random_u64()}) {
   for (const auto& s : sources)
     if (s.ss_family == AF_INET || s.ss_family == AF_INET6) sources_[fam(s.ss_family)].push_back(s);
   static_assert(sizeof(RouteKey) == 24, "RouteKey has no padding (it is hashed as bytes)");

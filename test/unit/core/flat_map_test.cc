@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "core/flat_map.h"
-#include "core/udp_proxy.h"
 
 namespace {
 
@@ -92,39 +91,4 @@ TEST_CASE("FlatMap grows to stay at most half full and keeps every entry", "[fla
   for (int i = 0; i < 10000; ++i) REQUIRE(m.erase(static_cast<uint64_t>(i) * 7919));
   CHECK(m.empty());
   CHECK(m.find(0) == nullptr);
-}
-
-// The UDP session table's hash is keyed per table from the OS: the home slot
-// of a client differs between two tables (so no one can precompute colliding
-// source addresses), and lookups are unaffected.
-TEST_CASE("UDP session table: the client hash is seeded per table from the OS", "[flat_map][seed]") {
-  using Table = lb::core::FlatMap<lb::core::UdpPeerKey, int, lb::core::UdpPeerKeyHash>;
-  Table a(1024), b(1024);
-  CHECK(a.hasher().seed != b.hasher().seed);
-  CHECK(a.hasher().seed != 0x75647031);  // the fixed seed it used to have
-
-  std::vector<lb::core::UdpPeerKey> keys;
-  for (uint16_t port = 1000; port < 1256; ++port) {
-    sockaddr_in sin{};
-    sin.sin_family = AF_INET;
-    sin.sin_port = htons(port);
-    sin.sin_addr.s_addr = htonl(0xc0000201);  // 192.0.2.1
-    keys.push_back(lb::core::UdpPeerKey::from(reinterpret_cast<const sockaddr*>(&sin)));
-  }
-  // 256 keys in 1024 (then 2048) slots: the same home slot in both tables for
-  // every one of them would be a 1-in-2^2560 accident.
-  size_t same = 0;
-  for (const auto& k : keys) same += a.home_slot(k) == b.home_slot(k) ? 1 : 0;
-  CHECK(same < keys.size() / 2);
-
-  for (size_t i = 0; i < keys.size(); ++i) {
-    a.insert(keys[i], static_cast<int>(i));
-    b.insert(keys[i], static_cast<int>(i));
-  }
-  for (size_t i = 0; i < keys.size(); ++i) {
-    REQUIRE(a.find(keys[i]) != nullptr);
-    CHECK(*a.find(keys[i]) == static_cast<int>(i));
-    REQUIRE(b.find(keys[i]) != nullptr);
-    CHECK(*b.find(keys[i]) == static_cast<int>(i));
-  }
 }

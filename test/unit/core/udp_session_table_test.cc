@@ -8,7 +8,6 @@
 
 #include "core/udp/batch.h"
 #include "core/udp/session_table.h"
-#include "core/udp/warn_limit.h"
 
 using namespace lb::core::udp;
 
@@ -77,15 +76,3 @@ TEST_CASE("PendingQueue keeps order and destination, bounded in bytes", "[udp][b
   CHECK(q.push(to, 0, nullptr, 0, "a", 1));
 }
 
-TEST_CASE("WarnLimit: the first at once, then one line a second with the count suppressed", "[udp][warn]") {
-  WarnLimit w;
-  uint64_t suppressed = 99;
-  CHECK(w.allow(5000, &suppressed));
-  CHECK(suppressed == 0);
-  for (uint64_t t = 5001; t < 6000; ++t) CHECK_FALSE(w.allow(t, &suppressed));
-  CHECK(w.allow(6000, &suppressed));
-  CHECK(suppressed == 999);
-  CHECK_FALSE(w.allow(6001, &suppressed));
-  CHECK(w.allow(9000, &suppressed));
-  CHECK(suppressed == 1);
-}
