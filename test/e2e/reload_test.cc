@@ -7,6 +7,10 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <csignal>
+#include <fstream>
+#include <iterator>
+#include <poll.h>
+#include <sys/socket.h>
 #include <fmt/format.h>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -20,6 +24,7 @@
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
+#include "test/support/temp_dir.h"
 
 namespace lb::test {
 namespace {
@@ -78,6 +83,18 @@ bool reload_to(LbProcess& lb, int64_t generation, Deadline deadline) {
   if (!lb.signal(SIGHUP)) return false;
   return lb.wait_for_line(std::regex(fmt::format(R"(^info reloaded generation={}\b)", generation)), deadline, from)
       .has_value();
+}
+
+// Sends SIGHUP and waits for lb to log that the reload failed; returns that line.
+std::optional<std::string> reload_fails(LbProcess& lb, Deadline deadline) {
+  const size_t from = lb.line_count();
+  if (!lb.signal(SIGHUP)) return std::nullopt;
+  return lb.wait_for_line(std::regex(R"(^error reload failed, keeping the running configuration\b.*)"), deadline, from);
+}
+
+// One [[listener]] table.
+std::string listener_block(const std::string& name, const std::string& bind, const std::string& pool) {
+  return fmt::format("\n[[listener]]\nname = \"{}\"\nbind = \"{}\"\npool = \"{}\"\n", name, bind, pool);
 }
 
 // Echoes a fresh payload over one established connection every 50ms until
@@ -451,6 +468,307 @@ rise = 2
   CHECK(metric(admin, "lb_backend_connect_failures_total", {{"pool", "p"}, {"backend", "dead"}}) == 0);
   CHECK(!lb.process().find_line(std::regex("^info backend up pool=p backend=dead "), from));
   CHECK(!lb.process().find_line(std::regex("^info backend down pool=p backend=live "), from));
+  CHECK(lb.terminate() == 0);
+}
+
+// Issue 15: a reload is all or nothing. Before, the first new listener's
+// sockets stayed bound (SO_REUSEPORT) and listening after the second bind
+// failed: the kernel completed handshakes nobody accepted, and after the next
+// good reload about half of the new connections hung.
+TEST_CASE("reload: a failed bind closes every socket the reload opened; the next good reload serves all",
+          "[e2e][reload][transaction]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  Socket busy = tcp_listen("127.0.0.1");  // holds a port, no SO_REUSEPORT: lb cannot bind it
+  REQUIRE(busy);
+  const uint16_t busy_port = local_port(busy);
+  const uint16_t first_port = refused_port();
+  const uint16_t second_port = refused_port();
+  const std::string pool = "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+                           backend_block("one", one.address());
+  const std::string head = global_section(2) + listener_block("web", "127.0.0.1:0", "p");
+  LbProcess lb(head + pool);
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+
+  SECTION("the second bind's port is in use") {
+    REQUIRE(lb.write_config(head + listener_block("a", fmt::format("127.0.0.1:{}", first_port), "p") +
+                            listener_block("b", fmt::format("127.0.0.1:{}", busy_port), "p") + pool));
+  }
+  SECTION("the second bind's address is not on this host") {
+    REQUIRE(lb.write_config(head + listener_block("a", fmt::format("127.0.0.1:{}", first_port), "p") +
+                            listener_block("b", "192.0.2.1:80", "p") + pool));
+  }
+  auto failed = reload_fails(lb, in(seconds(10)));
+  REQUIRE(failed);
+  INFO(lb.output());
+  CHECK(lb.process().find_line(std::regex(R"(^error cannot bind listener=b .*)")));
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 1);
+  CHECK(generation(admin) == 1);
+  // Nothing of the failed reload listens: the first new port refuses.
+  int err = 0;
+  Socket probe = tcp_connect("127.0.0.1", first_port, in(seconds(5)), &err);
+  CHECK(!probe);
+  CHECK(err == ECONNREFUSED);
+  probe.close();
+
+  // The operator fixes the file; every connection to the new listener is served.
+  REQUIRE(lb.write_config(head + listener_block("a", fmt::format("127.0.0.1:{}", first_port), "p") +
+                          listener_block("b", fmt::format("127.0.0.1:{}", second_port), "p") + pool));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  std::vector<Socket> conns;
+  for (int i = 0; i < 200; ++i) {
+    Socket s = tcp_connect("127.0.0.1", first_port, in(seconds(5)));
+    REQUIRE(s);
+    conns.push_back(std::move(s));
+  }
+  // One shared deadline: a connection stuck in an orphaned backlog waits for it once.
+  const Deadline answers = in(seconds(10));
+  int answered = 0;
+  for (auto& s : conns)
+    if (read_until(s, "\n", answers).data == "one\n") ++answered;
+  CHECK(answered == 200);
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "ok"}}) == 1);
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 1);
+  conns.clear();
+  CHECK(lb.terminate() == 0);
+}
+
+// Issue 15: a backend is one object for as long as its pool and id exist.
+// Before, a reload that changed weight or max_connections made a new Backend
+// whose active count restarted at 0 while old sessions decremented the old
+// one, so max_connections could be exceeded.
+TEST_CASE("reload: changing a backend's weight and max_connections keeps its live counts and limit",
+          "[e2e][reload][identity]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  auto config = [&](int weight, int max_conn) {
+    return global_section(2) + listener_block("web", "127.0.0.1:0", "p") +
+           fmt::format("retries = 0\n\n[[pool]]\nname = \"p\"\nselector = \"least_connections\"\n"
+                       "[pool.health_check]\ntype = \"none\"\n\n[[pool.backend]]\nid = \"one\"\naddress = \"{}\"\n"
+                       "weight = {}\nmax_connections = {}\n",
+                       one.address(), weight, max_conn);
+  };
+  LbProcess lb(config(1, 2));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t admin = lb.admin_port();
+  const Labels backend{{"pool", "p"}, {"backend", "one"}};
+
+  std::vector<Socket> held(2);
+  for (auto& s : held) REQUIRE(served_by(port, in(seconds(5)), &s) == "one");
+  REQUIRE(metric(admin, "lb_backend_active", backend) == 2);
+
+  REQUIRE(lb.write_config(config(5, 3)));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  // The same backend: its two open connections still count.
+  CHECK(metric(admin, "lb_backend_active", backend) == 2);
+  CHECK(metric(admin, "lb_backend_connections_total", backend) == 2);
+  json st = status(admin);
+  CHECK(st["pools"][0]["backends"][0].value("weight", 0) == 5);
+  CHECK(st["pools"][0]["backends"][0].value("active", -1) == 2);
+
+  // max_connections = 3 with two open: one more is served, the next refused.
+  Socket third;
+  CHECK(served_by(port, in(seconds(5)), &third) == "one");
+  CHECK(served_by(port, in(seconds(5))) == "");
+  CHECK(wait_until([&] { return metric(admin, "lb_listener_rejected_total", {{"listener", "web"}, {"reason", "limit"}}) == 1; },
+                   in(seconds(5))));
+  CHECK(metric(admin, "lb_backend_active", backend) == 3);
+
+  // Closing the connections opened before the reload brings the gauge down to one.
+  held.clear();
+  CHECK(wait_until([&] { return metric(admin, "lb_backend_active", backend) == 1; }, in(seconds(5))));
+  CHECK(metric(admin, "lb_backend_active", backend) == 1);
+  third.close();
+  CHECK(wait_until([&] { return metric(admin, "lb_backend_active", backend) == 0; }, in(seconds(5))));
+  CHECK(lb.terminate() == 0);
+}
+
+// A health endpoint that answers each HTTP request `delay` after it arrived:
+// a backend whose first probe takes a while.
+class SlowHealthEndpoint {
+ public:
+  explicit SlowHealthEndpoint(milliseconds delay) : delay_(delay), listener_(tcp_listen("127.0.0.1")) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~SlowHealthEndpoint() {
+    stop_.store(true);
+    thread_.join();
+  }
+  uint16_t port() const { return local_port(listener_); }
+  int answered() const { return answered_.load(); }
+
+ private:
+  void run() {
+    while (!stop_.load()) {
+      pollfd p{listener_.fd(), POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      Socket c(::accept4(listener_.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!c) continue;
+      const Deadline answer_at = in(delay_);
+      if (read_until(c, "\r\n\r\n", in(seconds(5))).end != ReadEnd::Complete) continue;
+      // The slowness is this endpoint's behaviour, not a wait of the test.
+      std::this_thread::sleep_until(answer_at);
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", in(seconds(5)));
+      ++answered_;
+    }
+  }
+  milliseconds delay_;
+  Socket listener_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> answered_{0};
+  std::thread thread_;
+};
+
+// Issue 15: a listener added by a reload on a new health-checked pool used to
+// refuse clients (no_backend) until the first probes came back; start probes
+// first, and so must a reload.
+TEST_CASE("reload: a listener added on a new health-checked pool serves its first client",
+          "[e2e][reload][health]") {
+  TestBackend one(TestBackend::named("one\n")), two(TestBackend::named("two\n"));
+  REQUIRE((one.ok() && two.ok()));
+  SlowHealthEndpoint health(milliseconds(500));
+  const uint16_t new_port = refused_port();
+  const std::string base = global_section(1) + listener_block("web", "127.0.0.1:0", "p") +
+                           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+                           backend_block("one", one.address());
+  LbProcess lb(base);
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+  REQUIRE(lb.write_config(base + listener_block("new", fmt::format("127.0.0.1:{}", new_port), "q") +
+                          fmt::format("retries = 0\n\n[[pool]]\nname = \"q\"\n[pool.health_check]\ntype = \"http\"\n"
+                                      "interval = \"30s\"\ntimeout = \"3s\"\nport = {}\n",
+                                      health.port()) +
+                          backend_block("two", two.address())));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  // The first client right after the reload is served, by the probed backend.
+  CHECK(served_by(new_port, in(seconds(5))) == "two");
+  CHECK(health.answered() >= 1);
+  CHECK(metric(admin, "lb_listener_rejected_total", {{"listener", "new"}, {"reason", "no_backend"}}) == 0);
+  CHECK(health_of(admin, "q", "two") == "up");
+  CHECK(lb.terminate() == 0);
+}
+
+// Counts the lines of a file ("" when it cannot be read).
+size_t line_count_of(const std::string& path) {
+  std::ifstream f(path);
+  return static_cast<size_t>(std::count(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>(), '\n'));
+}
+
+// Issue 15: access_log changes used to be ignored on reload.
+TEST_CASE("reload: access_log follows the file: off, a path, another path, off again", "[e2e][reload][access_log]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  TempDir dir;
+  const std::string first = dir.path() + "/first.log", second = dir.path() + "/second.log";
+  auto config = [&](const std::string& access_log) {
+    return fmt::format("[global]\nworkers = 1\naccess_log = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n", access_log) +
+           listener_block("web", "127.0.0.1:0", "p") + "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("one", one.address());
+  };
+  LbProcess lb(config("off"));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  auto one_connection = [&] {
+    Socket s;
+    REQUIRE(served_by(port, in(seconds(5)), &s) == "one");
+  };
+  int gen = 1;
+  auto switch_to = [&](const std::string& target) {
+    REQUIRE(lb.write_config(config(target)));
+    REQUIRE(reload_to(lb, ++gen, in(seconds(10))));
+  };
+
+  switch_to(first);  // off -> a path
+  one_connection();
+  CHECK(wait_until([&] { return line_count_of(first) == 1; }, in(seconds(5))));
+  switch_to(second);  // a path -> another
+  one_connection();
+  CHECK(wait_until([&] { return line_count_of(second) == 1; }, in(seconds(5))));
+  CHECK(line_count_of(first) == 1);
+  switch_to("off");  // a path -> off: this connection is not logged anywhere ...
+  one_connection();
+  switch_to(second);  // ... which the next one, logged, shows
+  one_connection();
+  CHECK(wait_until([&] { return line_count_of(second) >= 2; }, in(seconds(5))));
+  CHECK(line_count_of(second) == 2);
+  CHECK(line_count_of(first) == 1);
+  CHECK(lb.terminate() == 0);
+}
+
+// Issue 15: [admin] listen changes used to be ignored on reload.
+TEST_CASE("reload: the admin listener is moved, removed and added back", "[e2e][reload][admin]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  const uint16_t moved = refused_port();
+  auto config = [&](const std::string& admin) {
+    std::string out = "[global]\nworkers = 1\naccess_log = \"off\"\n";
+    if (!admin.empty()) out += fmt::format("\n[admin]\nlisten = \"{}\"\n", admin);
+    return out + listener_block("web", "127.0.0.1:0", "p") +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+  };
+  LbProcess lb(config("127.0.0.1:0"));
+  REQUIRE(lb.wait_started());
+  const uint16_t first = lb.admin_port();
+  REQUIRE(http_get(first, "/healthz").status == 200);
+  auto refused = [](uint16_t port) {
+    int err = 0;
+    Socket s = tcp_connect("127.0.0.1", port, in(seconds(5)), &err);
+    return !s && err == ECONNREFUSED;
+  };
+
+  const std::string moved_at = fmt::format("127.0.0.1:{}", moved);
+  REQUIRE(lb.write_config(config(moved_at)));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  CHECK(http_get(moved, "/healthz").status == 200);
+  CHECK(refused(first));
+  CHECK(metric(moved, "lb_config_reloads_total", {{"result", "ok"}}) == 1);
+
+  // Removing [admin]: the reload is not seen on the API, so wait for the log.
+  REQUIRE(lb.write_config(config("")));
+  REQUIRE(reload_to(lb, 3, in(seconds(10))));
+  CHECK(refused(moved));
+
+  REQUIRE(lb.write_config(config(moved_at)));
+  REQUIRE(reload_to(lb, 4, in(seconds(10))));
+  CHECK(http_get(moved, "/healthz").status == 200);
+  CHECK(generation(moved) == 4);
+  CHECK(served_by(lb.listener_port("web"), in(seconds(5))) == "one");
+  CHECK(lb.terminate() == 0);
+}
+
+// Issue 15: settings that need a restart are named in a warning, never ignored.
+TEST_CASE("reload: changing user or workers warns by key name and applies the rest", "[e2e][reload]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  auto config = [&](const std::string& extra_global) {
+    return "[global]\nworkers = 1\naccess_log = \"off\"\n" + extra_global + "\n[admin]\nlisten = \"127.0.0.1:0\"\n" +
+           listener_block("web", "127.0.0.1:0", "p") +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+  };
+  LbProcess lb(config(""));
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+  size_t from = lb.line_count();
+  REQUIRE(lb.write_config(config("user = \"nobody\"\n")));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  CHECK(lb.process().find_line(std::regex(R"(^warn .*needs a restart.* key=user\b.*)"), from));
+
+  from = lb.line_count();
+  REQUIRE(lb.write_config("[global]\nworkers = 2\naccess_log = \"off\"\nuser = \"nobody\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n" +
+                          listener_block("web", "127.0.0.1:0", "p") + "idle_timeout = \"1m\"\n" +
+                          "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+                          backend_block("one", one.address())));
+  REQUIRE(reload_to(lb, 3, in(seconds(10))));
+  CHECK(lb.process().find_line(std::regex(R"(^warn .*needs a restart.* key=workers\b.*)"), from));
+  CHECK(!lb.process().find_line(std::regex(R"(^warn .* key=user\b.*)"), from));  // unchanged since the last reload
+  CHECK(generation(admin) == 3);
+  CHECK(served_by(lb.listener_port("web"), in(seconds(5))) == "one");
   CHECK(lb.terminate() == 0);
 }
 
