@@ -177,7 +177,7 @@ HttpResponse status(Server& s) {
                     {"weight", b.weight},
                     {"health", b.up ? "up" : "down"},
                     {"admin_state", b.drain ? "drain" : "active"},
-                    {"backup", b.backend->backup},
+                    {"backup", b.backend->backup.load()},
                     {"active", b.backend->active.load(r)},
                     {"total", b.backend->total.load(r)}});
     }
