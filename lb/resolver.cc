@@ -55,9 +55,9 @@ void HostResolver::start(const std::vector<std::string>& hosts, std::chrono::mil
   }
   for (const auto& [host, unused] : Answers(batch->answers)) {
     try {
-      std::thread([batch, host = host] {
+      std::thread([batch, host = host, lookup = lookup_] {
         conf::HostAnswer a;
-        a.error = conf::resolve_host(host, a.addr, a.len);
+        a.error = lookup(host, a.addr, a.len);
         std::lock_guard lk(batch->mu);
         if (batch->abandoned) return;
         batch->answers[host] = std::move(a);

@@ -34,7 +34,10 @@ class HostResolver {
   using Answers = std::map<std::string, conf::HostAnswer>;
   using Done = std::function<void(Answers)>;
 
-  explicit HostResolver(uv_loop_t* loop) : loop_(loop) {}
+  // A blocking lookup, as conf::resolve_host (the default; tests pass their own).
+  using Lookup = std::string (*)(const std::string& host, sockaddr_storage& addr, socklen_t& len);
+
+  explicit HostResolver(uv_loop_t* loop, Lookup lookup = conf::resolve_host) : loop_(loop), lookup_(lookup) {}
   ~HostResolver() { cancel(); }
   HostResolver(const HostResolver&) = delete;
   HostResolver& operator=(const HostResolver&) = delete;
@@ -52,6 +55,7 @@ class HostResolver {
   void finish();
 
   uv_loop_t* loop_;
+  Lookup lookup_;
   std::shared_ptr<Batch> batch_;
 };
 

@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <csignal>
 #include <fstream>
+#include <future>
+#include <memory>
 #include <iterator>
 #include <poll.h>
 #include <sys/socket.h>
@@ -24,6 +26,7 @@
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
+#include "test/support/netns.h"
 #include "test/support/temp_dir.h"
 
 namespace lb::test {
@@ -64,6 +67,13 @@ double metric(uint16_t admin, const std::string& name, const Labels& labels) {
   auto m = fetch_metrics(admin);
   if (!m) return -1;
   return m->value(name, labels).value_or(-1);
+}
+
+// metric() from inside a namespace (lb runs there).
+double metric_in(const NetNamespace& ns, uint16_t admin, const std::string& name, const Labels& labels) {
+  double v = -1;
+  ns.run_in([&] { v = metric(admin, name, labels); });
+  return v;
 }
 
 // Connects and reads a Name backend's greeting ("" if none arrived).
@@ -769,6 +779,167 @@ TEST_CASE("reload: changing user or workers warns by key name and applies the re
   CHECK(!lb.process().find_line(std::regex(R"(^warn .* key=user\b.*)"), from));  // the file is back to the running user
   CHECK(generation(admin) == 3);
   CHECK(served_by(lb.listener_port("web"), in(seconds(5))) == "one");
+  CHECK(lb.terminate() == 0);
+}
+
+// A DNS server on 127.0.0.1:53 inside a NetNamespace: silent (it reads every
+// query and never answers) until answer() is called; from then on it answers
+// A queries with 127.0.0.1 and other types with no record.
+class StubDns {
+ public:
+  explicit StubDns(const NetNamespace& ns) {
+    std::promise<bool> bound;
+    auto ready = bound.get_future();
+    thread_ = std::thread([this, &ns, &bound] {
+      Socket s;
+      if (ns.enter()) s = Socket(::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      sockaddr_storage addr{};
+      socklen_t len = 0;
+      bool ok = s && make_sockaddr("127.0.0.1", 53, &addr, &len) &&
+                ::bind(s.fd(), reinterpret_cast<sockaddr*>(&addr), len) == 0;
+      bound.set_value(ok);
+      if (ok) serve(s);
+    });
+    ok_ = ready.get();
+  }
+  ~StubDns() {
+    stop_.store(true);
+    thread_.join();
+  }
+  bool ok() const { return ok_; }
+  void answer() { answering_.store(true); }
+  int queries() const { return queries_.load(); }
+
+ private:
+  void serve(const Socket& s) {
+    while (!stop_.load()) {
+      pollfd p{s.fd(), POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      unsigned char q[512];
+      sockaddr_storage from{};
+      socklen_t from_len = sizeof from;
+      ssize_t n = ::recvfrom(s.fd(), q, sizeof q, 0, reinterpret_cast<sockaddr*>(&from), &from_len);
+      if (n < 12) continue;
+      ++queries_;
+      if (!answering_.load()) continue;
+      // The question: QNAME labels, then QTYPE and QCLASS.
+      size_t end = 12;
+      while (end < static_cast<size_t>(n) && q[end] != 0) end += q[end] + 1u;
+      end += 5;
+      if (end > static_cast<size_t>(n)) continue;
+      const bool type_a = q[end - 4] == 0 && q[end - 3] == 1;
+      std::string r(reinterpret_cast<char*>(q), end);
+      r[2] = static_cast<char>(0x81);  // QR, RD
+      r[3] = static_cast<char>(0x80);  // RA, NOERROR
+      r[4] = 0, r[5] = 1;                // one question
+      r[6] = 0, r[7] = type_a ? 1 : 0;   // answers
+      r[8] = r[9] = r[10] = r[11] = 0;   // no authority or additional records (drops EDNS)
+      if (type_a) r += std::string("\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01", 16);
+      ::sendto(s.fd(), r.data(), r.size(), 0, reinterpret_cast<sockaddr*>(&from), from_len);
+    }
+  }
+  bool ok_ = false;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> answering_{false};
+  std::atomic<int> queries_{0};
+  std::thread thread_;
+};
+
+// /healthz answers are measured against this bound. Sanitizer builds run
+// lb several times slower; there the bound only shows the loop never waited
+// on the resolver (which stalled it for the resolver's whole timeout, 30 s).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr double kHealthzBoundMs = 500;
+#else
+constexpr double kHealthzBoundMs = 100;
+#endif
+
+// Issue 15: backend host names were resolved with a blocking getaddrinfo on
+// the main loop, so a slow resolver stalled /healthz and the watchdog. lb
+// runs in a namespace of the test's own whose resolver (127.0.0.1:53) reads
+// every query and never answers.
+TEST_CASE("reload: /healthz keeps answering while a backend host name waits on a resolver that never answers",
+          "[e2e][reload][resolve]") {
+  NetNamespace ns;
+  INFO(ns.error());
+  REQUIRE(ns.ok());
+  REQUIRE(ns.write_resolv_conf("nameserver 127.0.0.1\noptions timeout:30 attempts:1\n"));
+  StubDns dns(ns);
+  REQUIRE(dns.ok());
+  std::unique_ptr<TestBackend> backend;
+  REQUIRE(ns.run_in([&] { backend = std::make_unique<TestBackend>(TestBackend::named("resolved\n")); }));
+  REQUIRE(backend->ok());
+  auto config = [&](const std::string& address) {
+    return global_section(1) + listener_block("web", "127.0.0.1:0", "p") +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("b", address);
+  };
+  LbOptions options;
+  options.prefix = ns.exec_prefix();
+  LbProcess lb(config(backend->address()), options);
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+  const uint16_t port = lb.listener_port("web");
+  const std::string by_name = fmt::format("backend.lb-reload-test.example:{}", backend->port());
+  REQUIRE(lb.write_config(config(by_name)));
+
+  // Samples /healthz from inside the namespace until told to stop.
+  struct Samples {
+    std::vector<double> ms;
+    int failed = 0;
+    std::string first_failure;
+  };
+  auto sample_healthz = [&](std::atomic<bool>& stop, Samples& out) {
+    return std::thread([&] {
+      if (!ns.enter()) {
+        out.failed = -1;
+        return;
+      }
+      const Deadline hard_stop = in(seconds(60));
+      while (!stop.load() && !expired(hard_stop)) {
+        const auto t0 = Clock::now();
+        HttpResponse r = http_get(admin, "/healthz", in(seconds(5)));
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        if (r.status == 200) {
+          out.ms.push_back(ms);
+        } else if (out.failed++ == 0) {
+          out.first_failure = fmt::format("status {} after {:.1f} ms: {}", r.status, ms, r.error);
+        }
+        std::this_thread::sleep_for(milliseconds(10));  // pacing between samples, not a wait
+      }
+    });
+  };
+
+  // 1. The resolver never answers: the reload fails at lb's deadline, and
+  //    /healthz answers throughout.
+  std::atomic<bool> stop{false};
+  Samples during;
+  size_t from = lb.line_count();
+  REQUIRE(lb.signal(SIGHUP));
+  std::thread sampler = sample_healthz(stop, during);
+  auto failed = lb.wait_for_line(std::regex(R"(^error reload failed: .*cannot resolve host "backend\.lb-reload-test\.example".*)"),
+                                 in(seconds(30)), from);
+  stop.store(true);
+  sampler.join();
+  INFO(lb.output());
+  CHECK(failed);
+  CHECK(dns.queries() >= 1);  // lb really asked the silent server
+  CHECK(during.failed == 0);
+  INFO(during.first_failure);
+  CHECK(during.ms.size() >= 50);
+  const double worst = during.ms.empty() ? 0 : *std::max_element(during.ms.begin(), during.ms.end());
+  WARN("/healthz during a hung lookup: " << during.ms.size() << " answers, worst " << worst << " ms");
+  CHECK(worst < kHealthzBoundMs);
+  CHECK(lb.wait_for_line(std::regex(R"(^error reload failed, keeping the running configuration\b)"), in(seconds(5)), from));
+  CHECK(metric_in(ns, admin, "lb_config_reloads_total", {{"result", "error"}}) == 1);
+  CHECK(metric_in(ns, admin, "lb_config_reloads_total", {{"result", "ok"}}) == 0);
+
+  // 2. The resolver answers: the same file loads, and the name's address serves.
+  dns.answer();
+  REQUIRE(reload_to(lb, 2, in(seconds(20))));
+  std::string greeting;
+  REQUIRE(ns.run_in([&] { greeting = served_by(port, in(seconds(5))); }));
+  CHECK(greeting == "resolved");
+  CHECK(metric_in(ns, admin, "lb_config_reloads_total", {{"result", "ok"}}) == 1);
   CHECK(lb.terminate() == 0);
 }
 
