@@ -26,6 +26,7 @@ NetNamespace::NetNamespace() : name_("lbtest-" + std::to_string(::getpid())) {
     return;
   }
   run_ip({"netns", "del", name_});  // a leftover of a killed run, if any
+  error_.clear();                   // (usually there is none to delete)
   if (!run_ip({"netns", "add", name_})) return;
   created_ = true;
   ok_ = run_ip({"netns", "exec", name_, ip_, "link", "set", "lo", "up"});
