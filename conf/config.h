@@ -27,6 +27,7 @@ struct SourcePos {
 // "IP:PORT", "[IPv6]:PORT" or (backends only) "HOST:PORT", resolved at load.
 struct Endpoint {
   std::string text;            // as written in the file
+  std::string host;            // the host name of HOST:PORT (backends), "" for an IP literal
   sockaddr_storage addr{};     // resolved; port in network order inside
   socklen_t addr_len = 0;
   uint16_t port() const;       // host order
@@ -150,12 +151,23 @@ struct Pool {
   std::vector<Backend> backends;          // at least one, ids unique
 };
 
+// A backend host name that a load with Resolve::Later left for the caller to
+// resolve (conf/load.h apply_host_answers).
+struct PendingHost {
+  size_t pool = 0;                        // index into Config::pools
+  size_t backend = 0;                     // index into that pool's backends
+  std::string host;
+  SourcePos pos;                          // of the address value, for the error
+  std::string context;                    // `pool "p" backend "x": address "h:80"`
+};
+
 struct Config {
   std::string path;                       // file it was loaded from
   Global global;
   Admin admin;
   std::vector<Listener> listeners;        // file order
   std::vector<Pool> pools;                // file order
+  std::vector<PendingHost> unresolved;    // empty unless loaded with Resolve::Later
 
   const Pool* find_pool(const std::string& name) const;
 };

@@ -86,7 +86,7 @@ struct ConfigSrc {
 
 // ---- the passes --------------------------------------------------------------
 
-LoadResult load_text(std::string_view text, const std::string& path);
+LoadResult load_text(std::string_view text, const std::string& path, Resolve resolve);
 
 // Parses the TOML text and reads it into cfg. Returns false on a TOML syntax
 // error (reported; nothing else is then checked, toml++ stops at the first).
@@ -113,8 +113,12 @@ struct Parsed {
 Parsed<Duration> parse_duration_detailed(std::string_view text);
 
 enum class PortRule { AllowZero, NonZero };
-enum class HostRule { IpOnly, AllowHostname };
+// AllowHostname resolves a host name at once; HostnameLater only checks its
+// syntax and leaves it in Endpoint::host with the address unset.
+enum class HostRule { IpOnly, AllowHostname, HostnameLater };
 Parsed<Endpoint> parse_endpoint_detailed(std::string_view text, PortRule ports, HostRule hosts);
+// Writes the port into an endpoint's resolved address.
+void set_endpoint_port(Endpoint& ep, uint16_t port);
 
 struct CidrParse {
   Cidr cidr;

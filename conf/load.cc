@@ -13,7 +13,55 @@
 
 namespace lb::conf {
 
-LoadResult load_text(std::string_view text, const std::string& path) {
+namespace {
+
+// The port of a validated "HOST:PORT".
+uint16_t port_of_text(const std::string& text) {
+  return static_cast<uint16_t>(std::stoul(text.substr(text.rfind(':') + 1)));
+}
+
+std::string resolve_error(const PendingHost& h, const std::string& why) {
+  return fmt::format("{}: cannot resolve host {}: {}", h.context, quote(h.host), why);
+}
+
+// Every backend address the parse left as a host name, with what an error
+// about it needs.
+std::vector<PendingHost> pending_hosts(const Config& cfg, const ConfigSrc& src) {
+  std::vector<PendingHost> out;
+  for (size_t i = 0; i < cfg.pools.size() && i < src.pools.size(); ++i) {
+    const auto& backends = cfg.pools[i].backends;
+    for (size_t j = 0; j < backends.size() && j < src.pools[i].backends.size(); ++j) {
+      const Endpoint& a = backends[j].address;
+      if (a.host.empty() || a.addr_len != 0) continue;
+      const ObjectSrc& bs = src.pools[i].backends[j];
+      std::string label = bs.label.empty() ? "" : bs.label + ": ";
+      out.push_back(PendingHost{i, j, a.host, bs.value_pos("address"),
+                                fmt::format("{}address {}", label, quote(a.text))});
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<Diagnostic> apply_host_answers(Config& cfg, const std::map<std::string, HostAnswer>& answers) {
+  Diags diags(cfg.path);
+  for (const PendingHost& h : cfg.unresolved) {
+    auto it = answers.find(h.host);
+    if (it == answers.end() || !it->second.error.empty()) {
+      diags.error(h.pos, resolve_error(h, it == answers.end() ? "no answer" : it->second.error));
+      continue;
+    }
+    Endpoint& ep = cfg.pools[h.pool].backends[h.backend].address;
+    ep.addr = it->second.addr;
+    ep.addr_len = it->second.len;
+    set_endpoint_port(ep, port_of_text(ep.text));
+  }
+  cfg.unresolved.clear();
+  return diags.take_sorted();
+}
+
+LoadResult load_text(std::string_view text, const std::string& path, Resolve resolve) {
   Diags diags(path);
   Config cfg;
   cfg.path = path;
@@ -24,6 +72,16 @@ LoadResult load_text(std::string_view text, const std::string& path) {
 
   if (parse_document(text, path, cfg, src, diags)) {
     validate(cfg, src, diags);
+    cfg.unresolved = pending_hosts(cfg, src);
+    if (resolve == Resolve::Now) {
+      std::map<std::string, HostAnswer> answers;
+      for (const PendingHost& h : cfg.unresolved) {
+        if (answers.count(h.host)) continue;
+        HostAnswer& a = answers[h.host];
+        a.error = resolve_host(h.host, a.addr, a.len);
+      }
+      for (auto& d : apply_host_answers(cfg, answers)) diags.error(SourcePos{d.line, d.col}, d.message);
+    }
   }
 
   LoadResult result;
@@ -32,8 +90,8 @@ LoadResult load_text(std::string_view text, const std::string& path) {
   return result;
 }
 
-LoadResult load_string(std::string_view text, const std::string& path) {
-  return load_text(text, path);
+LoadResult load_string(std::string_view text, const std::string& path, Resolve resolve) {
+  return load_text(text, path, resolve);
 }
 
 namespace {
@@ -63,7 +121,7 @@ Diagnostic unreadable(const std::string& path, int err) {
 
 }  // namespace
 
-LoadResult load_file(const std::string& path) {
+LoadResult load_file(const std::string& path, Resolve resolve) {
   int err = 0;
   auto text = read_file(path, &err);
   if (!text) {
@@ -71,7 +129,7 @@ LoadResult load_file(const std::string& path) {
     r.errors.push_back(unreadable(path, err));
     return r;
   }
-  return load_text(*text, path);
+  return load_text(*text, path, resolve);
 }
 
 AdminLoadResult load_admin_section(const std::string& path) {

@@ -5,6 +5,7 @@
 // Diagnostic that prints compiler style: `PATH:LINE:COL: error: MESSAGE`.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -28,10 +29,31 @@ struct LoadResult {
   bool ok() const { return errors.empty() && config.has_value(); }
 };
 
-// Reads and validates a file. Hostnames of backends are resolved here.
-LoadResult load_file(const std::string& path);
+// When backend host names are resolved: Now, by a blocking lookup inside the
+// load (lb --check, tests); or Later, by the caller, who must not block its
+// loop: the Config then lists them in `unresolved` (their addresses unset)
+// and apply_host_answers() completes it.
+enum class Resolve { Now, Later };
+
+// Reads and validates a file.
+LoadResult load_file(const std::string& path, Resolve resolve = Resolve::Now);
 // Same from text already in memory; `path` is used in diagnostics only.
-LoadResult load_string(std::string_view text, const std::string& path);
+LoadResult load_string(std::string_view text, const std::string& path, Resolve resolve = Resolve::Now);
+
+// One host name lookup as a load does it (getaddrinfo, or the test resolver
+// of internal.h): "" and addr/len filled, or the reason it failed. Blocks;
+// safe on any thread.
+std::string resolve_host(const std::string& host, sockaddr_storage& addr, socklen_t& len);
+
+struct HostAnswer {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  std::string error;  // set when the lookup failed (then addr is unset)
+};
+// Completes a Resolve::Later Config with the answers for its `unresolved`
+// host names (a missing answer is an error). Returns the errors, worded and
+// placed as a Resolve::Now load reports them; `unresolved` is cleared.
+std::vector<Diagnostic> apply_host_answers(Config& cfg, const std::map<std::string, HostAnswer>& answers);
 
 // Only the [admin] table of a file, checked as load_file checks it (the
 // token file is read): what `lb ctl` needs to reach the admin API. The rest of

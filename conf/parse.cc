@@ -541,7 +541,8 @@ void read_backend(const toml::table& t, size_t index, Backend& b, ObjectSrc& src
     } else {
       const std::string& text = n->as_string()->get();
       b.address.text = text;
-      auto ep = parse_endpoint_detailed(text, PortRule::NonZero, HostRule::AllowHostname);
+      // Host names are looked up after the whole file checked out (load.cc).
+      auto ep = parse_endpoint_detailed(text, PortRule::NonZero, HostRule::HostnameLater);
       if (ep.value) {
         b.address = std::move(*ep.value);
       } else {

@@ -203,9 +203,15 @@ bool valid_hostname(std::string_view h) {
 
 void set_resolver_for_testing(ResolveFn fn) { g_resolver = fn; }
 
+std::string resolve_host(const std::string& host, sockaddr_storage& addr, socklen_t& len) {
+  return g_resolver ? g_resolver(host, addr, len) : resolve_with_getaddrinfo(host, addr, len);
+}
+
+void set_endpoint_port(Endpoint& ep, uint16_t port) { set_port(ep.addr, port); }
+
 Parsed<Endpoint> parse_endpoint_detailed(std::string_view text, PortRule ports, HostRule hosts) {
   using P = Parsed<Endpoint>;
-  const char* form = hosts == HostRule::AllowHostname ? "HOST:PORT" : "IP:PORT";
+  const char* form = hosts != HostRule::IpOnly ? "HOST:PORT" : "IP:PORT";
 
   // Split HOST and PORT.
   std::string_view host;
@@ -242,7 +248,7 @@ Parsed<Endpoint> parse_endpoint_detailed(std::string_view text, PortRule ports, 
   Endpoint ep;
   ep.text = std::string(text);
   if (host.empty()) {
-    if (hosts == HostRule::AllowHostname) return P::fail("missing host");
+    if (hosts != HostRule::IpOnly) return P::fail("missing host");
     return P::fail(R"(missing address (for every interface write "0.0.0.0:PORT" or "[::]:PORT"))");
   }
   if (bracketed) {
@@ -259,9 +265,9 @@ Parsed<Endpoint> parse_endpoint_detailed(std::string_view text, PortRule ports, 
       return P::fail(fmt::format("invalid IP address {}", quote(host)));
     }
     if (!valid_hostname(host)) return P::fail(fmt::format("invalid host name {}", quote(host)));
-    std::string h(host);
-    std::string err = g_resolver ? g_resolver(h, ep.addr, ep.addr_len)
-                                 : resolve_with_getaddrinfo(h, ep.addr, ep.addr_len);
+    ep.host = std::string(host);
+    if (hosts == HostRule::HostnameLater) return P::ok(std::move(ep));
+    std::string err = resolve_host(ep.host, ep.addr, ep.addr_len);
     if (!err.empty()) return P::fail(fmt::format("cannot resolve host {}: {}", quote(host), err));
   }
   set_port(ep.addr, static_cast<uint16_t>(port_num));

@@ -71,13 +71,28 @@ AccessLog::~AccessLog() {
     thread_.join();
   }
   if (own_fd_ && fd_ >= 0) ::close(fd_);
+  if (retarget_ && next_fd_ >= 0 && next_fd_ != STDERR_FILENO) ::close(next_fd_);
 }
 
-int AccessLog::open_fd(std::string* err) {
-  if (target_ == "stderr") return STDERR_FILENO;
-  int fd = ::open(target_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+int AccessLog::open_target(const std::string& target, std::string* err) {
+  if (target == "stderr") return STDERR_FILENO;
+  int fd = ::open(target.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
   if (fd < 0 && err) *err = std::strerror(errno);
   return fd;
+}
+
+int AccessLog::open_fd(std::string* err) { return open_target(target_, err); }
+
+void AccessLog::retarget(std::string target, int fd) {
+  {
+    std::lock_guard lk(mu_);
+    if (retarget_ && next_fd_ >= 0 && next_fd_ != STDERR_FILENO) ::close(next_fd_);
+    retarget_ = true;
+    next_target_ = std::move(target);
+    next_fd_ = fd;
+    kick_ = true;
+  }
+  cv_.notify_one();
 }
 
 bool AccessLog::open(std::string* err) {
@@ -89,6 +104,7 @@ bool AccessLog::open(std::string* err) {
 }
 
 void AccessLog::write(unsigned worker, const AccessRecord& r) {
+  if (!enabled_.load(std::memory_order_relaxed)) return;
   Buffer& b = *buffers_[worker];
   bool kick = false;
   {
@@ -136,11 +152,28 @@ void AccessLog::run() {
   std::string out;
   for (;;) {
     bool stopping;
+    bool retarget = false;
+    std::string next_target;
+    int next_fd = -1;
     {
       std::unique_lock lk(mu_);
       cv_.wait_for(lk, std::chrono::milliseconds(100), [this] { return stop_ || kick_; });
       kick_ = false;
       stopping = stop_;
+      if (retarget_) {
+        retarget = true;
+        retarget_ = false;
+        next_target = std::move(next_target_);
+        next_fd = next_fd_;
+        next_fd_ = -1;
+      }
+    }
+    if (retarget) {
+      flush_buffers(out);  // what was logged before the reload, where it was going
+      if (own_fd_ && fd_ >= 0) ::close(fd_);
+      fd_ = next_fd;
+      own_fd_ = fd_ != STDERR_FILENO;
+      target_ = std::move(next_target);
     }
     if (reopen_.exchange(false, std::memory_order_relaxed) && own_fd_) {
       int fd = open_fd(nullptr);
@@ -149,19 +182,23 @@ void AccessLog::run() {
         fd_ = fd;
       }
     }
-    for (auto& b : buffers_) {
-      out.clear();
-      {
-        std::lock_guard lk(b->mu);
-        out.swap(b->data);
-      }
-      if (!out.empty()) write_out(out);
-      out.clear();
-      // Give the (now empty) larger buffer back so steady state allocates nothing.
-      std::lock_guard lk(b->mu);
-      if (b->data.empty()) b->data.swap(out);
-    }
+    flush_buffers(out);
     if (stopping) return;
+  }
+}
+
+void AccessLog::flush_buffers(std::string& out) {
+  for (auto& b : buffers_) {
+    out.clear();
+    {
+      std::lock_guard lk(b->mu);
+      out.swap(b->data);
+    }
+    if (!out.empty()) write_out(out);
+    out.clear();
+    // Give the (now empty) larger buffer back so steady state allocates nothing.
+    std::lock_guard lk(b->mu);
+    if (b->data.empty()) b->data.swap(out);
   }
 }
 

@@ -7,6 +7,8 @@
 // or sooner when one fills up. If the destination stalls, buffers are capped
 // and excess lines are dropped and counted rather than blocking a worker.
 // reopen() (SIGUSR1) makes the writer reopen a file destination (logrotate).
+// A reload may move the log elsewhere (retarget) or turn it off and on
+// (set_enabled): the object itself lives as long as the workers.
 #pragma once
 
 #include <sys/socket.h>
@@ -51,7 +53,16 @@ class AccessLog {
   void write(unsigned worker, const AccessRecord& r);
   void reopen();
   uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
-  const std::string& target() const { return target_; }
+
+  // For a reload, which opens the new destination before it commits: the
+  // descriptor for `target` ("stderr" or a path), or -1 with *err set.
+  static int open_target(const std::string& target, std::string* err);
+  // Writes go to `target` through `fd` (from open_target(); the log owns it
+  // from now on); lines already buffered still go to the old destination.
+  // Any thread but the writer's.
+  void retarget(std::string target, int fd);
+  // Off: records are dropped unformatted (access_log = "off" by reload).
+  void set_enabled(bool on) { enabled_.store(on, std::memory_order_relaxed); }
 
  private:
   static constexpr size_t kFlushAt = 64 * 1024;
@@ -64,18 +75,23 @@ class AccessLog {
   void run();
   int open_fd(std::string* err);
   void write_out(const std::string& data);
+  void flush_buffers(std::string& out);
 
-  const std::string target_;
+  std::string target_;                 // writer thread (after open())
   std::vector<std::unique_ptr<Buffer>> buffers_;
   int fd_ = -1;
   bool own_fd_ = false;
   std::atomic<uint64_t> dropped_{0};
   std::atomic<bool> reopen_{false};
+  std::atomic<bool> enabled_{true};
 
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
   bool kick_ = false;
+  bool retarget_ = false;              // next_target_/next_fd_ wait for the writer
+  std::string next_target_;
+  int next_fd_ = -1;
   std::thread thread_;
 };
 

@@ -1,11 +1,19 @@
 // Backend: one server of a pool, shared by every thread.
 //
-// Identity and configuration are immutable after construction. The live
-// counters are relaxed atomics updated by every worker (least-connections,
-// limits and bounded loads count connections of all workers together); they
-// are read by the admin thread for metrics. A Backend object survives reloads
-// for as long as a backend with the same pool, id and address exists, so its
-// counters and health state carry over.
+// Identity (pool, id, address) is immutable after construction. A Backend
+// object survives reloads for as long as a backend with the same pool, id and
+// address exists: a reload that changes its weight, backup or max_connections
+// updates those settings in place (relaxed atomics, written by the control
+// plane when a reload commits), so its live counters, health and admin state
+// carry over and the sessions it already has keep counting against its limit.
+// A reload that points an id at another address makes a new object (another
+// server: probed before it takes traffic); it continues the old one's
+// cumulative counters (ControlPlane::stage), while `active` counts the
+// connections to the new address only.
+//
+// The live counters are relaxed atomics updated by every worker
+// (least-connections, limits and bounded loads count connections of all
+// workers together); they are read by the admin thread for metrics.
 #pragma once
 
 #include <sys/socket.h>
@@ -32,14 +40,15 @@ struct Backend : std::enable_shared_from_this<Backend> {
   const std::string pool;
   const std::string id;             // stable name: hashing, metrics, admin API
   const conf::Endpoint address;
-  const uint32_t weight;            // configured weight; the table holds the effective one
-  const bool backup;
-  const uint64_t max_connections;   // 0 = unlimited
+  // Settings a reload may change (ControlPlane only writes them).
+  std::atomic<uint32_t> weight;     // configured weight; the table holds the effective one
+  std::atomic<bool> backup;
+  std::atomic<uint64_t> max_connections;  // 0 = unlimited
 
   // True when a new connection must pass this backend over (max_connections).
   bool full() const {
-    return max_connections != 0 &&
-           static_cast<uint64_t>(active.load(std::memory_order_relaxed)) >= max_connections;
+    const uint64_t limit = max_connections.load(std::memory_order_relaxed);
+    return limit != 0 && static_cast<uint64_t>(active.load(std::memory_order_relaxed)) >= limit;
   }
 
   // Live counters, all workers together.

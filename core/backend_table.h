@@ -25,6 +25,10 @@ class LookupTable;  // core/select/selector.h: prebuilt Maglev / ring
 struct Candidate {
   Backend* backend;
   uint32_t weight;  // > 0
+  // The backend's max_connections when the table was built: a reload changes
+  // it in place on the same Backend, and a changed limit must make a new
+  // table so selectors that cache "has a limit" see it.
+  uint64_t max_connections = 0;
 };
 
 // One pool's part of a BackendTable. The control plane builds a new one only

@@ -22,7 +22,8 @@ bool same_selection(const PoolTable& a, const PoolTable& b) {
       a.backends != b.backends || a.candidates.size() != b.candidates.size())
     return false;
   for (size_t i = 0; i < a.candidates.size(); ++i)
-    if (a.candidates[i].backend != b.candidates[i].backend || a.candidates[i].weight != b.candidates[i].weight)
+    if (a.candidates[i].backend != b.candidates[i].backend || a.candidates[i].weight != b.candidates[i].weight ||
+        a.candidates[i].max_connections != b.candidates[i].max_connections)
       return false;
   return true;
 }
@@ -33,8 +34,7 @@ ControlPlane::ControlPlane(Publisher publish, Clock clock)
   if (!clock_) clock_ = [] { return std::chrono::steady_clock::now(); };
 }
 
-std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& cfg) {
-  std::lock_guard lk(mu_);
+std::vector<ControlPlane::PoolState> ControlPlane::stage_locked(const conf::Config& cfg) const {
   std::vector<PoolState> next;
   next.reserve(cfg.pools.size());
   for (const auto& pc : cfg.pools) {
@@ -50,39 +50,114 @@ std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& 
         for (const auto& o : old_pool->backends)
           if (o.backend->id == bc.id) ob = &o;
       BackendState st;
-      if (ob && same_address(ob->backend->address, bc.address) && ob->backend->weight == bc.weight &&
-          ob->backend->backup == bc.backup && ob->backend->max_connections == bc.max_connections) {
-        st = *ob;  // unchanged: same object, counters, health and admin state
+      if (ob && same_address(ob->backend->address, bc.address)) {
+        st = *ob;  // the same backend: object, counters, health and admin state
+        // A weight written anew in the file replaces one set by the admin API.
+        if (ob->cfg.weight != bc.weight) st.weight_override = -1;
       } else {
         st.backend = std::make_shared<Backend>(pc.name, bc);
         st.up = !checked;
         if (ob) {
-          // Same id, new settings: the operator's admin state carries over,
-          // and so does the health verdict if the address did not change.
+          // The id now names another server: it must pass its own first
+          // probe, while the operator's admin state and the counters (a
+          // Prometheus counter never goes back) continue.
           st.drain = ob->drain;
-          if (same_address(ob->backend->address, bc.address)) st.up = ob->up;
+          if (ob->cfg.weight == bc.weight) st.weight_override = ob->weight_override;
+          const Backend& o = *ob->backend;
+          Backend& n = *st.backend;
+          constexpr auto r = std::memory_order_relaxed;
+          n.total.store(o.total.load(r), r);
+          n.connect_failures.store(o.connect_failures.load(r), r);
+          n.bytes_to_backend.store(o.bytes_to_backend.load(r), r);
+          n.bytes_to_client.store(o.bytes_to_client.load(r), r);
+          n.checks_pass.store(o.checks_pass.load(r), r);
+          n.checks_fail.store(o.checks_fail.load(r), r);
         }
       }
+      st.cfg = bc;
       if (!checked) st.up = true;
       st.seen_up = st.seen_up || st.up;
       ps.backends.push_back(std::move(st));
     }
     next.push_back(std::move(ps));
   }
-  pools_ = std::move(next);
-  rebuild_locked();
+  return next;
+}
 
+std::vector<ControlPlane::PoolBackends> ControlPlane::targets_of(const conf::Config& cfg,
+                                                                 const std::vector<PoolState>& pools) {
   std::vector<PoolBackends> out;
-  for (size_t i = 0; i < pools_.size(); ++i) {
+  for (size_t i = 0; i < pools.size(); ++i) {
     PoolBackends pb{&cfg.pools[i], {}};
-    for (auto& b : pools_[i].backends) pb.backends.push_back(b.backend);
+    for (const auto& b : pools[i].backends) pb.backends.push_back(b.backend);
     out.push_back(std::move(pb));
   }
   return out;
 }
 
+std::vector<ControlPlane::PoolBackends> ControlPlane::stage(const conf::Config& cfg) {
+  std::lock_guard lk(mu_);
+  staged_ = stage_locked(cfg);
+  has_staged_ = true;
+  return targets_of(cfg, staged_);
+}
+
+void ControlPlane::commit_staged() {
+  std::lock_guard lk(mu_);
+  commit_locked();
+}
+
+void ControlPlane::drop_staged() {
+  std::lock_guard lk(mu_);
+  staged_.clear();
+  has_staged_ = false;
+}
+
+void ControlPlane::commit_locked() {
+  if (!has_staged_) return;
+  for (auto& p : staged_) {
+    const bool checked = p.cfg.health_check.type != conf::HealthType::None;
+    for (auto& st : p.backends) {
+      // A kept backend's live state may have moved on since stage().
+      for (const auto& op : pools_)
+        for (const auto& o : op.backends)
+          if (o.backend == st.backend) {
+            st.up = checked ? o.up : true;
+            st.drain = o.drain;
+            if (o.cfg.weight == st.cfg.weight) st.weight_override = o.weight_override;
+            st.seen_up = o.seen_up || st.up;
+            st.ramping = o.ramping;
+            st.ramp_start = o.ramp_start;
+          }
+      Backend& b = *st.backend;
+      b.weight.store(st.cfg.weight, std::memory_order_relaxed);
+      b.backup.store(st.cfg.backup, std::memory_order_relaxed);
+      b.max_connections.store(st.cfg.max_connections, std::memory_order_relaxed);
+    }
+  }
+  pools_ = std::move(staged_);
+  staged_.clear();
+  has_staged_ = false;
+  rebuild_locked();
+}
+
+std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& cfg) {
+  std::lock_guard lk(mu_);
+  staged_ = stage_locked(cfg);
+  has_staged_ = true;
+  commit_locked();
+  return targets_of(cfg, pools_);
+}
+
 void ControlPlane::set_health(const Backend& b, bool up) {
   std::lock_guard lk(mu_);
+  // A staged backend new to this reload: its first result, kept for commit.
+  for (auto& p : staged_)
+    for (auto& st : p.backends)
+      if (st.backend.get() == &b) {
+        st.up = up;
+        st.seen_up = st.seen_up || up;
+      }
   for (auto& p : pools_) {
     for (auto& st : p.backends) {
       if (st.backend.get() == &b) {
@@ -126,11 +201,22 @@ ControlPlane::BackendState* ControlPlane::find(const std::string& pool, const st
   return nullptr;
 }
 
+// An admin change during a reload also reaches the staged configuration (for
+// a backend that is a new object there).
+template <class F>
+void ControlPlane::for_staged(const std::string& pool, const std::string& id, F&& f) {
+  for (auto& p : staged_)
+    if (p.cfg.name == pool)
+      for (auto& s : p.backends)
+        if (s.backend->id == id) f(s);
+}
+
 ControlPlane::Status ControlPlane::set_drain(const std::string& pool, const std::string& id, bool drain) {
   std::lock_guard lk(mu_);
   Status st;
   BackendState* b = find(pool, id, &st);
   if (!b) return st;
+  for_staged(pool, id, [&](BackendState& s) { s.drain = drain; });
   if (b->drain != drain) {
     b->drain = drain;
     rebuild_locked();
@@ -144,6 +230,7 @@ ControlPlane::Status ControlPlane::set_weight(const std::string& pool, const std
   BackendState* b = find(pool, id, &st);
   if (!b) return st;
   b->weight_override = static_cast<int>(weight);
+  for_staged(pool, id, [&](BackendState& s) { s.weight_override = static_cast<int>(weight); });
   rebuild_locked();
   return Status::Ok;
 }
@@ -192,11 +279,14 @@ void ControlPlane::rebuild_locked() {
               [](auto* a, auto* b) { return a->backend->id < b->backend->id; });
     for (auto* b : sorted) pt->backends.push_back(b->backend);
     auto usable = [](const BackendState* b) { return b->up && !b->drain && b->weight() > 0; };
+    auto candidate = [&](const BackendState& b) {
+      return Candidate{b.backend.get(), weight[&b], b.backend->max_connections.load(std::memory_order_relaxed)};
+    };
     for (auto* b : sorted)
-      if (!b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), weight[b]});
+      if (!b->backend->backup && usable(b)) pt->candidates.push_back(candidate(*b));
     if (pt->candidates.empty()) {
       for (auto* b : sorted)
-        if (b->backend->backup && usable(b)) pt->candidates.push_back({b->backend.get(), weight[b]});
+        if (b->backend->backup && usable(b)) pt->candidates.push_back(candidate(*b));
       pt->using_backups = !pt->candidates.empty();
     }
 

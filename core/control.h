@@ -38,10 +38,24 @@ class ControlPlane {
     std::vector<BackendPtr> backends;
   };
 
-  // Installs the pools of a new configuration and publishes. A backend with
-  // the same pool, id and address as before keeps its object, counters,
-  // health and admin state; a new one starts down when its pool is health
-  // checked (its first probe decides) and up otherwise.
+  // A reload in two steps, so that nothing changes for traffic until every
+  // part of the reload is ready:
+  //  - stage(): the Backend objects of a new configuration, returned as the
+  //    health targets, but not installed (the current table keeps serving).
+  //    A backend with the same pool, id and address as before is the same
+  //    object (its new weight, backup and max_connections are applied at
+  //    commit); another address is a new object that continues the old one's
+  //    cumulative counters and admin state. A new object starts down when
+  //    its pool is health checked (its first probe decides) and up otherwise;
+  //    set_health() already records its first result while staged.
+  //  - commit_staged(): installs it and publishes; every kept backend takes
+  //    its live state (health, drain, weight override) as it is by then.
+  //  - drop_staged(): forgets it (an aborted reload).
+  // A second stage() replaces the first.
+  std::vector<PoolBackends> stage(const conf::Config& cfg);
+  void commit_staged();
+  void drop_staged();
+  // stage() and commit_staged() at once (start-up).
   std::vector<PoolBackends> apply(const conf::Config& cfg);
 
   // From the health thread: probe state (or passive ejection) changed. A
@@ -91,6 +105,7 @@ class ControlPlane {
  private:
   struct BackendState {
     BackendPtr backend;
+    conf::Backend cfg;         // settings of its generation (written to backend at commit)
     bool up = false;
     bool drain = false;
     int weight_override = -1;  // -1: use the configured weight
@@ -98,7 +113,7 @@ class ControlPlane {
     std::chrono::steady_clock::time_point ramp_start{};  // slow start began
     bool ramping = false;
     uint32_t weight() const {
-      return weight_override >= 0 ? static_cast<uint32_t>(weight_override) : backend->weight;
+      return weight_override >= 0 ? static_cast<uint32_t>(weight_override) : cfg.weight;
     }
   };
   struct PoolState {
@@ -107,12 +122,19 @@ class ControlPlane {
   };
 
   BackendState* find(const std::string& pool, const std::string& id, Status* st);
+  std::vector<PoolState> stage_locked(const conf::Config& cfg) const;
+  static std::vector<PoolBackends> targets_of(const conf::Config& cfg, const std::vector<PoolState>& pools);
+  void commit_locked();
+  template <class F>
+  void for_staged(const std::string& pool, const std::string& id, F&& f);
   void rebuild_locked();
 
   Publisher publish_;
   Clock clock_;
   mutable std::mutex mu_;
   std::vector<PoolState> pools_;
+  std::vector<PoolState> staged_;  // a reload's pools until commit_staged()
+  bool has_staged_ = false;
   BackendTablePtr current_;
   uint64_t version_ = 0;
   BuildStats stats_;

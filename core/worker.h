@@ -52,7 +52,9 @@ using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 struct SharedState {
   std::atomic<int64_t> active_connections{0};          // all listeners, all workers
   std::atomic<uint64_t> max_connections{100000};       // [global] max_connections
-  AccessLog* access_log = nullptr;                     // may be null (off)
+  // Null until the first configuration with an access log; set once, never
+  // reset while workers run (a reload retargets or disables the object).
+  std::atomic<AccessLog*> access_log{nullptr};
   // Passive health: called on a worker thread after a connect failure
   // (success=false) or an established connection (success=true). Must be
   // thread-safe and cheap. May be empty.

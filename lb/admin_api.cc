@@ -244,7 +244,7 @@ HttpResponse status(Server& s) {
                     {"effective_weight", effective_weight_json(b.effective_weight)},
                     {"health", b.up ? "up" : "down"},
                     {"admin_state", b.drain ? "drain" : "active"},
-                    {"backup", b.backend->backup},
+                    {"backup", b.backend->backup.load()},
                     {"active", b.backend->active.load(r)},
                     {"total", b.backend->total.load(r)},
                     {"connect_failures", b.backend->connect_failures.load(r)},

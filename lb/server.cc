@@ -105,20 +105,37 @@ std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
   return out;
 }
 
+void Server::NewSockets::close() {
+  for (auto& [key, list] : fds)
+    for (int fd : list)
+      if (fd >= 0) ::close(fd);
+  fds.clear();
+  bound.clear();
+}
+
+Server::NewSockets& Server::NewSockets::operator=(NewSockets&& o) noexcept {
+  if (this != &o) {
+    close();
+    fds.swap(o.fds);
+    bound.swap(o.bound);
+  }
+  return *this;
+}
+
 // Opens one SO_REUSEPORT socket per worker for every bind that has none yet.
 // Port 0 is resolved by the first socket; the others bind the port it got.
-bool Server::bind_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>* fresh,
-                            std::map<std::string, Bound>* fresh_bound) {
+std::optional<Server::NewSockets> Server::bind_listeners(const conf::Config& cfg) {
+  NewSockets out;  // on any failure, its destructor closes what was opened
   for (const auto& l : cfg.listeners) {
     int type = l.protocol == conf::Protocol::Tcp ? SOCK_STREAM : SOCK_DGRAM;
     for (const auto& e : l.bind) {
       std::string key = bind_key(l, e);
-      if (bound_.count(key) || fresh->count(key)) continue;
+      if (bound_.count(key) || out.fds.count(key)) continue;
       Bound b;
       b.protocol_type = type;
       b.addr = e.addr;
       b.len = e.addr_len;
-      std::vector<int> fds;
+      std::vector<int>& fds = out.fds[key];
       if (auto it = activated_.find(key); it != activated_.end()) {
         // Socket activation: the inherited socket replaces binding. TCP:
         // every worker accepts from its own dup of it. UDP: one worker only,
@@ -131,43 +148,39 @@ bool Server::bind_listeners(const conf::Config& cfg, std::map<std::string, std::
           int fd = (w == 0 || type == SOCK_STREAM) ? systemd::dup_for_worker(*in) : kNotOnWorker;
           if (fd < 0 && fd != kNotOnWorker) {
             log::error("cannot use inherited socket listener={} error=\"{}\"", l.name, strerror(-fd));
-            for (int f : fds)
-              if (f >= 0) ::close(f);
-            return false;
+            return std::nullopt;
           }
           fds.push_back(fd);
         }
         b.actual = core::format_address(reinterpret_cast<sockaddr*>(&b.addr));
-        (*fresh)[key] = std::move(fds);
-        (*fresh_bound)[key] = b;
+        out.bound[key] = b;
         continue;
       }
       for (unsigned w = 0; w < nworkers_; ++w) {
         int fd = core::make_reuseport_socket(reinterpret_cast<sockaddr*>(&b.addr), b.len, type);
         if (fd < 0) {
           log::error("cannot bind listener={} address={} error=\"{}\"", l.name, e.text, strerror(-fd));
-          for (int f : fds) ::close(f);
-          return false;
+          return std::nullopt;
         }
+        fds.push_back(fd);
         if (w == 0) core::local_address(fd, &b.addr, &b.len);
         if (type == SOCK_STREAM && ::listen(fd, 4096) != 0) {
           int err = errno;
           log::error("cannot listen listener={} address={} error=\"{}\"", l.name, e.text, strerror(err));
-          ::close(fd);
-          for (int f : fds) ::close(f);
-          return false;
+          return std::nullopt;
         }
-        fds.push_back(fd);
       }
       b.actual = core::format_address(reinterpret_cast<sockaddr*>(&b.addr));
-      (*fresh)[key] = std::move(fds);
-      (*fresh_bound)[key] = b;
+      out.bound[key] = b;
     }
   }
-  return true;
+  return out;
 }
 
-void Server::post_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>& fresh) {
+// Hands the new sockets to the workers (`fresh` gives them up) with the
+// listener set of `cfg`.
+void Server::post_listeners(const conf::Config& cfg, NewSockets& sockets) {
+  auto& fresh = sockets.fds;
   for (unsigned w = 0; w < nworkers_; ++w) {
     core::WorkerMessage msg{core::WorkerMessage::Kind::Listeners, {}};
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
@@ -188,6 +201,7 @@ void Server::post_listeners(const conf::Config& cfg, std::map<std::string, std::
     }
     workers_[w]->post(std::move(msg));
   }
+  fresh.clear();
 }
 
 void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools) {
@@ -217,6 +231,15 @@ void Server::match_inherited(const conf::Config& cfg) {
   }
 }
 
+// The admin HTTP server, with the API's handlers and the [admin] allow list.
+// The filter reads config_ at every accept, so a reload's list applies at once.
+std::unique_ptr<admin::HttpServer> Server::make_admin_server() {
+  auto server = std::make_unique<admin::HttpServer>(
+      &loop_, [this](const admin::HttpRequest& req) { return handle_admin(*this, req); });
+  server->set_accept_filter([this](const sockaddr* peer) { return admin_peer_allowed(config_.admin, peer); });
+  return server;
+}
+
 bool Server::start() {
   log::set_level(config_.global.log_level);
   if (!notifier_.error().empty()) log::warn("NOTIFY_SOCKET ignored error=\"{}\"", notifier_.error());
@@ -234,8 +257,11 @@ bool Server::start() {
       log::error("cannot open access log path={} error=\"{}\"", config_.global.access_log, err);
       return false;
     }
+    access_log_target_ = config_.global.access_log;
     shared_.access_log = access_log_.get();
   }
+  running_user_ = config_.global.user;
+  resolver_ = std::make_unique<HostResolver>(&loop_);
 
   for (unsigned i = 0; i < nworkers_; ++i) workers_.push_back(std::make_unique<core::Worker>(i, shared_));
   control_ = std::make_unique<core::ControlPlane>([this](core::BackendTablePtr t) {
@@ -247,25 +273,14 @@ bool Server::start() {
 
   // Bind everything first, so a busy port fails fast, and before privileges
   // are dropped.
-  std::map<std::string, std::vector<int>> fresh;
-  std::map<std::string, Bound> fresh_bound;
-  if (!bind_listeners(config_, &fresh, &fresh_bound)) return false;
-  bound_ = std::move(fresh_bound);
-  auto close_fresh = [&] {
-    for (auto& [k, fds] : fresh)
-      for (int fd : fds)
-        if (fd >= 0) ::close(fd);
-  };
+  std::optional<NewSockets> fresh = bind_listeners(config_);
+  if (!fresh) return false;
+  bound_ = fresh->bound;
   if (config_.admin.listen) {
-    admin_ = std::make_unique<admin::HttpServer>(&loop_, [this](const admin::HttpRequest& r) {
-      return handle_admin(*this, r);
-    });
-    // Reads config_ at every accept, so a reload's allow list applies at once.
-    admin_->set_accept_filter([this](const sockaddr* peer) { return admin_peer_allowed(config_.admin, peer); });
+    admin_ = make_admin_server();
     int rc = admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
     if (rc != 0) {
       log::error("cannot bind admin address={} error=\"{}\"", config_.admin.listen->text, uv_strerror(rc));
-      close_fresh();
       return false;
     }
   }
@@ -273,7 +288,6 @@ bool Server::start() {
     std::string err;
     if (!drop_privileges(config_.global.user, &err)) {
       log::error("cannot drop privileges user={} error=\"{}\"", config_.global.user, err);
-      close_fresh();
       return false;
     }
     log::info("dropped privileges user={}", config_.global.user);
@@ -283,7 +297,6 @@ bool Server::start() {
     health_->start();
   } catch (const std::exception& e) {
     log::error("cannot start health checker error=\"{}\"", e.what());
-    close_fresh();
     return false;
   }
   auto pools = control_->apply(config_);
@@ -295,7 +308,7 @@ bool Server::start() {
     log::warn("some backends had no first health result in time; they stay down until probed");
 
   listeners_ = make_runtimes(config_);
-  post_listeners(config_, fresh);
+  post_listeners(config_, *fresh);
   for (auto& w : workers_) w->start();
   generation_ = 1;
 
@@ -379,62 +392,188 @@ void Server::on_signal(uv_signal_t* s, int signum) {
   }
 }
 
+// How long a reload waits for backend host names (the resolver's own
+// retries, five seconds each by default in glibc, may take longer).
+constexpr std::chrono::milliseconds kResolveDeadline{5000};
+
+// What a reload prepared off to the side. Destroying it closes everything it
+// opened: that is the abort.
+struct Server::Reload {
+  conf::Config config;
+  std::optional<NewSockets> sockets;         // new listening sockets
+  bool admin_changes = false;                // [admin] listen added, moved or removed
+  std::unique_ptr<admin::HttpServer> admin;  // listening at the new address
+  std::unique_ptr<core::AccessLog> access_log;  // the first access log of this process
+  int access_log_fd = -1;                    // the running log's new destination
+  uint64_t probe_deadline = 0;               // loop time
+  ~Reload() {
+    if (admin) admin->close();
+    if (access_log_fd >= 0 && access_log_fd != STDERR_FILENO) ::close(access_log_fd);
+  }
+};
+
+// SIGHUP. Step 1, load: read, parse and validate; host names wait.
 void Server::reload() {
   if (draining_) return;
+  if (reload_) {
+    reload_again_ = true;  // the file may have changed again since this one read it
+    log::info("reload already in progress; reloading again once it ends");
+    return;
+  }
   log::info("reloading path={}", config_.path);
   notifier_.reloading();
-  do_reload();
-  // READY=1 whether it worked or not: the old configuration keeps serving.
-  notifier_.ready();
-  notifier_.status(fmt::format("serving, generation {}", generation_));
+  auto res = conf::load_file(config_.path, conf::Resolve::Later);
+  reload_ = std::make_unique<Reload>();
+  if (!res.ok()) {
+    std::vector<std::string> errors;
+    for (const auto& d : res.errors) errors.push_back(d.str());
+    return reload_abort(errors);
+  }
+  reload_->config = std::move(*res.config);
+  reload_resolve();
 }
 
-void Server::do_reload() {
-  auto res = conf::load_file(config_.path);
-  if (!res.ok()) {
-    ++reloads_error_;
-    for (const auto& d : res.errors) log::error("reload failed: {}", d.str());
-    log::error("reload failed, keeping the running configuration generation={}", generation_);
-    return;
-  }
-  conf::Config next = std::move(*res.config);
-  if (next.global.workers && next.global.workers != nworkers_)
-    log::warn("workers changes need a restart running={} configured={}", nworkers_, next.global.workers);
+// Step 2: backend host names, off the loop and bounded.
+void Server::reload_resolve() {
+  std::vector<std::string> hosts;
+  for (const auto& h : reload_->config.unresolved) hosts.push_back(h.host);
+  if (hosts.empty()) return reload_open();
+  resolver_->start(hosts, kResolveDeadline, [this](HostResolver::Answers answers) {
+    auto diags = conf::apply_host_answers(reload_->config, answers);
+    if (!diags.empty()) {
+      std::vector<std::string> errors;
+      for (const auto& d : diags) errors.push_back(d.str());
+      return reload_abort(errors);
+    }
+    reload_open();
+  });
+}
 
+// Step 3: open every socket and file the new configuration needs and the
+// running one does not have.
+void Server::reload_open() {
+  Reload& r = *reload_;
+  const conf::Config& next = r.config;
   match_inherited(next);
-  std::map<std::string, std::vector<int>> fresh;
-  std::map<std::string, Bound> fresh_bound;
-  if (!bind_listeners(next, &fresh, &fresh_bound)) {
-    match_inherited(config_);
-    ++reloads_error_;
-    log::error("reload failed, keeping the running configuration generation={}", generation_);
-    return;
+  r.sockets = bind_listeners(next);
+  match_inherited(config_);  // until the commit
+  if (!r.sockets) return reload_abort({});  // bind_listeners logged why
+
+  const auto& was = config_.admin.listen;
+  const auto& now = next.admin.listen;
+  r.admin_changes = was.has_value() != now.has_value() || (was && now && was->text != now->text);
+  if (r.admin_changes && now) {
+    r.admin = make_admin_server();
+    int rc = r.admin->listen(reinterpret_cast<const sockaddr*>(&now->addr));
+    if (rc != 0) {
+      log::error("cannot bind admin address={} error=\"{}\"", now->text, uv_strerror(rc));
+      return reload_abort({});
+    }
   }
+
+  const std::string& target = next.global.access_log;
+  if (target != "off" && target != access_log_target_) {
+    std::string err;
+    if (!access_log_) {
+      r.access_log = std::make_unique<core::AccessLog>(target, nworkers_);
+      if (!r.access_log->open(&err)) r.access_log.reset();
+    } else {
+      r.access_log_fd = core::AccessLog::open_target(target, &err);
+    }
+    if (!r.access_log && r.access_log_fd < 0) {
+      log::error("cannot open access log path={} error=\"{}\"", target, err);
+      return reload_abort({});
+    }
+  }
+  reload_probe();
+}
+
+// Step 4: the new backends, staged (traffic still uses the running table),
+// each probed once before the listeners that need them accept.
+void Server::reload_probe() {
+  Reload& r = *reload_;
+  health_targets(control_->stage(r.config));
+  conf::Duration longest{0};
+  for (const auto& p : r.config.pools) longest = std::max(longest, p.health_check.timeout);
+  r.probe_deadline = uv_now(&loop_) + static_cast<uint64_t>(longest.count()) + 500;
+  if (!reload_timer_) {
+    reload_timer_ = new uv_timer_t;
+    uv_timer_init(&loop_, reload_timer_);
+    reload_timer_->data = this;
+  }
+  uv_timer_start(
+      reload_timer_,
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Server*>(t->data);
+        if (!self->reload_) return;
+        const bool probed = self->health_->wait_initial(std::chrono::milliseconds(0));
+        if (!probed && uv_now(t->loop) < self->reload_->probe_deadline) return;
+        uv_timer_stop(t);
+        if (!probed) log::warn("some backends had no first health result in time; they stay down until probed");
+        self->reload_commit();
+      },
+      0, 5);
+}
+
+// Settings that only a restart changes: named, never silently ignored.
+void Server::warn_restart_settings(const conf::Config& next) {
+  const unsigned workers = next.global.workers ? next.global.workers : cpu_count();
+  if (workers != nworkers_)
+    log::warn("setting needs a restart to change key=workers running={} configured={}", nworkers_, workers);
+  if (next.global.user != running_user_)
+    log::warn("setting needs a restart to change key=user running=\"{}\" configured=\"{}\"", running_user_,
+              next.global.user);
+}
+
+// Commit: nothing below can fail.
+void Server::reload_commit() {
+  std::unique_ptr<Reload> r = std::move(reload_);
+  conf::Config& next = r->config;
+  warn_restart_settings(next);
   log::set_level(next.global.log_level);
   shared_.max_connections.store(next.global.max_connections);
 
-  auto pools = control_->apply(next);
-  health_targets(pools);
+  control_->commit_staged();
+  match_inherited(next);
   listeners_ = make_runtimes(next);
-  post_listeners(next, fresh);
-
   // Forget binds no listener has any more (the workers close their sockets).
   std::map<std::string, Bound> kept;
   for (const auto& l : next.listeners) {
     for (const auto& e : l.bind) {
       std::string key = bind_key(l, e);
-      auto it = bound_.find(key);
-      if (it != bound_.end()) kept[key] = it->second;
-      auto f = fresh_bound.find(key);
-      if (f != fresh_bound.end()) {
+      if (auto it = bound_.find(key); it != bound_.end()) kept[key] = it->second;
+      if (auto f = r->sockets->bound.find(key); f != r->sockets->bound.end()) {
         kept[key] = f->second;
         log::info("listening listener={} address={}", l.name, f->second.actual);
       }
     }
   }
   bound_ = std::move(kept);
-  if (next.admin.listen && config_.admin.listen && next.admin.listen->text != config_.admin.listen->text)
-    log::warn("admin listen changes need a restart");
+  post_listeners(next, *r->sockets);
+
+  if (r->admin_changes) {
+    if (admin_) admin_->close();
+    admin_ = std::move(r->admin);
+    if (admin_) {
+      conf::Endpoint ep = *next.admin.listen;
+      reinterpret_cast<sockaddr_in*>(&ep.addr)->sin_port = htons(admin_->port());  // sin6_port: same offset
+      log::info("admin listening address={}", core::format_address(reinterpret_cast<sockaddr*>(&ep.addr)));
+    } else {
+      log::info("admin API closed");
+    }
+  }
+
+  const std::string& target = next.global.access_log;
+  if (r->access_log) {
+    access_log_ = std::move(r->access_log);
+    shared_.access_log = access_log_.get();
+  } else if (r->access_log_fd >= 0) {
+    access_log_->retarget(target, r->access_log_fd);
+    r->access_log_fd = -1;
+  }
+  if (target != "off") access_log_target_ = target;
+  if (access_log_) access_log_->set_enabled(target != "off");
+
   // A UDP bind's upstream sockets take their source addresses when it opens.
   auto sources = [](const conf::Listener& l) {
     std::vector<std::string> v;
@@ -449,11 +588,48 @@ void Server::do_reload() {
   ++generation_;
   ++reloads_ok_;
   log::info("reloaded generation={}", generation_);
+  reload_finished();
+}
+
+// Abort: everything prepared is closed (the Reload's destructor), the
+// running configuration carries on untouched.
+void Server::reload_abort(const std::vector<std::string>& errors) {
+  if (reload_timer_) uv_timer_stop(reload_timer_);
+  resolver_->cancel();
+  control_->drop_staged();
+  if (reload_ && !reload_->config.pools.empty() && reload_->probe_deadline != 0) {
+    // Probes had started for the staged backends: back to the running ones.
+    std::vector<core::ControlPlane::PoolBackends> pools;
+    auto snap = control_->snapshot();
+    for (size_t i = 0; i < config_.pools.size() && i < snap.size(); ++i) {
+      core::ControlPlane::PoolBackends pb{&config_.pools[i], {}};
+      for (auto& b : snap[i].backends) pb.backends.push_back(b.backend);
+      pools.push_back(std::move(pb));
+    }
+    health_targets(pools);
+  }
+  reload_.reset();
+  ++reloads_error_;
+  for (const auto& e : errors) log::error("reload failed: {}", e);
+  log::error("reload failed, keeping the running configuration generation={}", generation_);
+  reload_finished();
+}
+
+void Server::reload_finished() {
+  if (draining_) return;
+  // READY=1 whether it worked or not: a configuration serves either way.
+  notifier_.ready();
+  notifier_.status(fmt::format("serving, generation {}", generation_));
+  if (reload_again_) {
+    reload_again_ = false;
+    reload();
+  }
 }
 
 void Server::begin_stop() {
   if (draining_) return;
   draining_ = true;
+  if (reload_) reload_abort({"stopping"});
   notifier_.stopping();
   log::info("stopping drain_delay={}ms shutdown_timeout={}ms", config_.global.drain_delay.count(),
             config_.global.shutdown_timeout.count());
@@ -502,7 +678,9 @@ void Server::finish_stop() {
   for (auto* s : signals_)
     uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
   signals_.clear();
-  for (uv_timer_t** t : {&stop_timer_, &watchdog_timer_, &tick_timer_}) {
+  if (resolver_) resolver_->cancel();
+  reload_.reset();
+  for (uv_timer_t** t : {&stop_timer_, &watchdog_timer_, &tick_timer_, &reload_timer_}) {
     if (!*t) continue;
     uv_close(reinterpret_cast<uv_handle_t*>(*t), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     *t = nullptr;

@@ -2,6 +2,17 @@
 // plane and the admin API together, and owns the process lifecycle (start,
 // reload on SIGHUP, graceful stop on SIGTERM/SIGINT, SIGUSR1).
 //
+// A reload is a transaction of named steps, each started by the previous
+// one's completion on the main loop (nothing in it blocks the loop):
+//   prepare:  load (parse + validate)  ->  resolve backend host names
+//             (HostResolver, bounded)  ->  open (bind every new listening
+//             socket, a moved admin listener, a new access log file)  ->
+//             stage backends and wait for the first probe of every new one
+//             (bounded by the pools' probe timeouts);
+//   commit:   install backends, listeners, admin, access log, settings;
+//   abort:    on any failure before commit, close everything prepared; the
+//             running configuration never saw any of it.
+//
 // Thread: everything here runs on the main thread's loop, except what the
 // ControlPlane, HealthChecker and Workers document as thread-safe.
 #pragma once
@@ -9,6 +20,7 @@
 #include <uv.h>
 
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +30,7 @@
 #include "core/admin/http_server.h"
 #include "core/control.h"
 #include "core/worker.h"
+#include "lb/resolver.h"
 #include "lb/systemd.h"
 
 namespace lb::health {
@@ -59,14 +72,36 @@ class Server {
     socklen_t len = 0;
     bool single_worker = false;   // an inherited UDP socket: worker 0 only
   };
+  // Listening sockets opened for binds that had none. Owns the descriptors
+  // until post_listeners() hands them to the workers; whatever is left is
+  // closed on destruction (a failed start or an aborted reload).
+  struct NewSockets {
+    std::map<std::string, std::vector<int>> fds;  // bind key -> one per worker (or kNotOnWorker)
+    std::map<std::string, Bound> bound;
+    NewSockets() = default;
+    NewSockets(NewSockets&& o) noexcept { *this = std::move(o); }
+    NewSockets& operator=(NewSockets&& o) noexcept;
+    ~NewSockets() { close(); }
+    void close();
+  };
+  struct Reload;  // a reload in progress (server.cc)
 
   bool start();
-  bool bind_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>* fresh,
-                      std::map<std::string, Bound>* fresh_bound);
+  std::unique_ptr<admin::HttpServer> make_admin_server();
+  // Every bind of `cfg` that has no socket yet; nullopt (error logged,
+  // nothing left open) when one cannot be opened.
+  std::optional<NewSockets> bind_listeners(const conf::Config& cfg);
   std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg);
-  void post_listeners(const conf::Config& cfg, std::map<std::string, std::vector<int>>& fresh);
+  void post_listeners(const conf::Config& cfg, NewSockets& fresh);
+  // The reload steps (see the top of this file).
   void reload();
-  void do_reload();
+  void reload_resolve();
+  void reload_open();
+  void reload_probe();
+  void reload_commit();
+  void reload_abort(const std::vector<std::string>& errors);
+  void reload_finished();
+  void warn_restart_settings(const conf::Config& next);
   void match_inherited(const conf::Config& cfg);
   void begin_stop();
   void stop_accepting();
@@ -85,7 +120,8 @@ class Server {
   core::SharedState shared_;
   std::unique_ptr<core::ControlPlane> control_;
   std::vector<std::unique_ptr<core::Worker>> workers_;
-  std::unique_ptr<core::AccessLog> access_log_;
+  std::unique_ptr<core::AccessLog> access_log_;  // lives as long as the workers once made
+  std::string access_log_target_;                // where access_log_ writes (even while off)
   std::unique_ptr<HealthBridge> health_bridge_;
   std::unique_ptr<health::HealthChecker> health_;
   std::unique_ptr<admin::HttpServer> admin_;
@@ -99,6 +135,11 @@ class Server {
   uv_timer_t* watchdog_timer_ = nullptr;
   uv_timer_t* tick_timer_ = nullptr;       // slow-start ramps
   uv_timer_t* stop_timer_ = nullptr;       // drain_delay, then polling for drained workers
+  uv_timer_t* reload_timer_ = nullptr;     // a reload waiting for first probes
+  std::unique_ptr<Reload> reload_;         // the reload in progress
+  bool reload_again_ = false;              // SIGHUP during a reload: another one follows
+  std::unique_ptr<HostResolver> resolver_;
+  std::string running_user_;               // [global] user as applied at start
   uint64_t stop_deadline_ = 0;
   uint64_t generation_ = 0;
   uint64_t reloads_ok_ = 0;

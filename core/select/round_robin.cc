@@ -14,7 +14,7 @@ RoundRobinSelector::RoundRobinSelector(std::span<const Candidate> candidates, ui
     : start_(candidates.empty() ? 0 : static_cast<size_t>(seed % candidates.size())) {
   entries_.reserve(candidates.size());
   for (const Candidate& c : candidates)
-    entries_.push_back({0, c.backend, c.weight, c.backend->max_connections != 0});
+    entries_.push_back({0, c.backend, c.weight, c.max_connections != 0});
   if (previous) take_over(*previous);
 }
 

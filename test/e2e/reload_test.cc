@@ -7,6 +7,12 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <csignal>
+#include <fstream>
+#include <future>
+#include <memory>
+#include <iterator>
+#include <poll.h>
+#include <sys/socket.h>
 #include <fmt/format.h>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -20,6 +26,8 @@
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
+#include "test/support/netns.h"
+#include "test/support/temp_dir.h"
 
 namespace lb::test {
 namespace {
@@ -61,6 +69,13 @@ double metric(uint16_t admin, const std::string& name, const Labels& labels) {
   return m->value(name, labels).value_or(-1);
 }
 
+// metric() from inside a namespace (lb runs there).
+double metric_in(const NetNamespace& ns, uint16_t admin, const std::string& name, const Labels& labels) {
+  double v = -1;
+  ns.run_in([&] { v = metric(admin, name, labels); });
+  return v;
+}
+
 // Connects and reads a Name backend's greeting ("" if none arrived).
 std::string served_by(uint16_t port, Deadline deadline, Socket* keep = nullptr) {
   Socket s = tcp_connect("127.0.0.1", port, deadline);
@@ -78,6 +93,18 @@ bool reload_to(LbProcess& lb, int64_t generation, Deadline deadline) {
   if (!lb.signal(SIGHUP)) return false;
   return lb.wait_for_line(std::regex(fmt::format(R"(^info reloaded generation={}\b)", generation)), deadline, from)
       .has_value();
+}
+
+// Sends SIGHUP and waits for lb to log that the reload failed; returns that line.
+std::optional<std::string> reload_fails(LbProcess& lb, Deadline deadline) {
+  const size_t from = lb.line_count();
+  if (!lb.signal(SIGHUP)) return std::nullopt;
+  return lb.wait_for_line(std::regex(R"(^error reload failed, keeping the running configuration\b.*)"), deadline, from);
+}
+
+// One [[listener]] table.
+std::string listener_block(const std::string& name, const std::string& bind, const std::string& pool) {
+  return fmt::format("\n[[listener]]\nname = \"{}\"\nbind = \"{}\"\npool = \"{}\"\n", name, bind, pool);
 }
 
 // Echoes a fresh payload over one established connection every 50ms until
@@ -451,6 +478,473 @@ rise = 2
   CHECK(metric(admin, "lb_backend_connect_failures_total", {{"pool", "p"}, {"backend", "dead"}}) == 0);
   CHECK(!lb.process().find_line(std::regex("^info backend up pool=p backend=dead "), from));
   CHECK(!lb.process().find_line(std::regex("^info backend down pool=p backend=live "), from));
+  CHECK(lb.terminate() == 0);
+}
+
+// Issue 15: a reload is all or nothing. Before, the first new listener's
+// sockets stayed bound (SO_REUSEPORT) and listening after the second bind
+// failed: the kernel completed handshakes nobody accepted, and after the next
+// good reload about half of the new connections hung.
+TEST_CASE("reload: a failed bind closes every socket the reload opened; the next good reload serves all",
+          "[e2e][reload][transaction]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  Socket busy = tcp_listen("127.0.0.1");  // holds a port, no SO_REUSEPORT: lb cannot bind it
+  REQUIRE(busy);
+  const uint16_t busy_port = local_port(busy);
+  const uint16_t first_port = refused_port();
+  const uint16_t second_port = refused_port();
+  const std::string pool = "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+                           backend_block("one", one.address());
+  const std::string head = global_section(2) + listener_block("web", "127.0.0.1:0", "p");
+  LbProcess lb(head + pool);
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+
+  SECTION("the second bind's port is in use") {
+    REQUIRE(lb.write_config(head + listener_block("a", fmt::format("127.0.0.1:{}", first_port), "p") +
+                            listener_block("b", fmt::format("127.0.0.1:{}", busy_port), "p") + pool));
+  }
+  SECTION("the second bind's address is not on this host") {
+    REQUIRE(lb.write_config(head + listener_block("a", fmt::format("127.0.0.1:{}", first_port), "p") +
+                            listener_block("b", "192.0.2.1:80", "p") + pool));
+  }
+  auto failed = reload_fails(lb, in(seconds(10)));
+  REQUIRE(failed);
+  INFO(lb.output());
+  CHECK(lb.process().find_line(std::regex(R"(^error cannot bind listener=b .*)")));
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 1);
+  CHECK(generation(admin) == 1);
+  // Nothing of the failed reload listens: the first new port refuses.
+  int err = 0;
+  Socket probe = tcp_connect("127.0.0.1", first_port, in(seconds(5)), &err);
+  CHECK(!probe);
+  CHECK(err == ECONNREFUSED);
+  probe.close();
+
+  // The operator fixes the file; every connection to the new listener is served.
+  REQUIRE(lb.write_config(head + listener_block("a", fmt::format("127.0.0.1:{}", first_port), "p") +
+                          listener_block("b", fmt::format("127.0.0.1:{}", second_port), "p") + pool));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  std::vector<Socket> conns;
+  for (int i = 0; i < 200; ++i) {
+    Socket s = tcp_connect("127.0.0.1", first_port, in(seconds(5)));
+    REQUIRE(s);
+    conns.push_back(std::move(s));
+  }
+  // One shared deadline: a connection stuck in an orphaned backlog waits for it once.
+  const Deadline answers = in(seconds(10));
+  int answered = 0;
+  for (auto& s : conns)
+    if (read_until(s, "\n", answers).data == "one\n") ++answered;
+  CHECK(answered == 200);
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "ok"}}) == 1);
+  CHECK(metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 1);
+  conns.clear();
+  CHECK(lb.terminate() == 0);
+}
+
+// Issue 15: a backend is one object for as long as its pool and id exist.
+// Before, a reload that changed weight or max_connections made a new Backend
+// whose active count restarted at 0 while old sessions decremented the old
+// one, so max_connections could be exceeded.
+TEST_CASE("reload: changing a backend's weight and max_connections keeps its live counts and limit",
+          "[e2e][reload][identity]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  auto config = [&](int weight, int max_conn) {
+    return global_section(2) + listener_block("web", "127.0.0.1:0", "p") +
+           fmt::format("retries = 0\n\n[[pool]]\nname = \"p\"\nselector = \"least_connections\"\n"
+                       "[pool.health_check]\ntype = \"none\"\n\n[[pool.backend]]\nid = \"one\"\naddress = \"{}\"\n"
+                       "weight = {}\nmax_connections = {}\n",
+                       one.address(), weight, max_conn);
+  };
+  LbProcess lb(config(1, 2));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t admin = lb.admin_port();
+  const Labels backend{{"pool", "p"}, {"backend", "one"}};
+
+  std::vector<Socket> held(2);
+  for (auto& s : held) REQUIRE(served_by(port, in(seconds(5)), &s) == "one");
+  REQUIRE(metric(admin, "lb_backend_active", backend) == 2);
+
+  REQUIRE(lb.write_config(config(5, 3)));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  // The same backend: its two open connections still count.
+  CHECK(metric(admin, "lb_backend_active", backend) == 2);
+  CHECK(metric(admin, "lb_backend_connections_total", backend) == 2);
+  json st = status(admin);
+  CHECK(st["pools"][0]["backends"][0].value("weight", 0) == 5);
+  CHECK(st["pools"][0]["backends"][0].value("active", -1) == 2);
+
+  // max_connections = 3 with two open: one more is served, the next refused.
+  Socket third;
+  CHECK(served_by(port, in(seconds(5)), &third) == "one");
+  CHECK(served_by(port, in(seconds(5))) == "");
+  CHECK(wait_until([&] { return metric(admin, "lb_listener_rejected_total", {{"listener", "web"}, {"reason", "limit"}}) == 1; },
+                   in(seconds(5))));
+  CHECK(metric(admin, "lb_backend_active", backend) == 3);
+
+  // Closing the connections opened before the reload brings the gauge down to one.
+  held.clear();
+  CHECK(wait_until([&] { return metric(admin, "lb_backend_active", backend) == 1; }, in(seconds(5))));
+  CHECK(metric(admin, "lb_backend_active", backend) == 1);
+  third.close();
+  CHECK(wait_until([&] { return metric(admin, "lb_backend_active", backend) == 0; }, in(seconds(5))));
+  CHECK(lb.terminate() == 0);
+}
+
+// A health endpoint that answers each HTTP request `delay` after it arrived:
+// a backend whose first probe takes a while.
+class SlowHealthEndpoint {
+ public:
+  explicit SlowHealthEndpoint(milliseconds delay) : delay_(delay), listener_(tcp_listen("127.0.0.1")) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~SlowHealthEndpoint() {
+    stop_.store(true);
+    thread_.join();
+  }
+  uint16_t port() const { return local_port(listener_); }
+  int answered() const { return answered_.load(); }
+
+ private:
+  void run() {
+    while (!stop_.load()) {
+      pollfd p{listener_.fd(), POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      Socket c(::accept4(listener_.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+      if (!c) continue;
+      const Deadline answer_at = in(delay_);
+      if (read_until(c, "\r\n\r\n", in(seconds(5))).end != ReadEnd::Complete) continue;
+      // The slowness is this endpoint's behaviour, not a wait of the test.
+      std::this_thread::sleep_until(answer_at);
+      write_all(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", in(seconds(5)));
+      ++answered_;
+    }
+  }
+  milliseconds delay_;
+  Socket listener_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> answered_{0};
+  std::thread thread_;
+};
+
+// Issue 15: a listener added by a reload on a new health-checked pool used to
+// refuse clients (no_backend) until the first probes came back; start probes
+// first, and so must a reload.
+TEST_CASE("reload: a listener added on a new health-checked pool serves its first client",
+          "[e2e][reload][health]") {
+  TestBackend one(TestBackend::named("one\n")), two(TestBackend::named("two\n"));
+  REQUIRE((one.ok() && two.ok()));
+  SlowHealthEndpoint health(milliseconds(500));
+  const uint16_t new_port = refused_port();
+  const std::string base = global_section(1) + listener_block("web", "127.0.0.1:0", "p") +
+                           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+                           backend_block("one", one.address());
+  LbProcess lb(base);
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+  REQUIRE(lb.write_config(base + listener_block("new", fmt::format("127.0.0.1:{}", new_port), "q") +
+                          fmt::format("retries = 0\n\n[[pool]]\nname = \"q\"\n[pool.health_check]\ntype = \"http\"\n"
+                                      "interval = \"30s\"\ntimeout = \"3s\"\nport = {}\n",
+                                      health.port()) +
+                          backend_block("two", two.address())));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  // The first client right after the reload is served, by the probed backend.
+  CHECK(served_by(new_port, in(seconds(5))) == "two");
+  CHECK(health.answered() >= 1);
+  CHECK(metric(admin, "lb_listener_rejected_total", {{"listener", "new"}, {"reason", "no_backend"}}) == 0);
+  CHECK(health_of(admin, "q", "two") == "up");
+  CHECK(lb.terminate() == 0);
+}
+
+// Counts the lines of a file ("" when it cannot be read).
+size_t line_count_of(const std::string& path) {
+  std::ifstream f(path);
+  return static_cast<size_t>(std::count(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>(), '\n'));
+}
+
+// Issue 15: access_log changes used to be ignored on reload.
+TEST_CASE("reload: access_log follows the file: off, a path, another path, off again", "[e2e][reload][access_log]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  TempDir dir;
+  const std::string first = dir.path() + "/first.log", second = dir.path() + "/second.log";
+  auto config = [&](const std::string& access_log) {
+    return fmt::format("[global]\nworkers = 1\naccess_log = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n", access_log) +
+           listener_block("web", "127.0.0.1:0", "p") + "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("one", one.address());
+  };
+  LbProcess lb(config("off"));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  auto one_connection = [&] {
+    Socket s;
+    REQUIRE(served_by(port, in(seconds(5)), &s) == "one");
+  };
+  int gen = 1;
+  auto switch_to = [&](const std::string& target) {
+    REQUIRE(lb.write_config(config(target)));
+    REQUIRE(reload_to(lb, ++gen, in(seconds(10))));
+  };
+
+  switch_to(first);  // off -> a path
+  one_connection();
+  CHECK(wait_until([&] { return line_count_of(first) == 1; }, in(seconds(5))));
+  switch_to(second);  // a path -> another
+  one_connection();
+  CHECK(wait_until([&] { return line_count_of(second) == 1; }, in(seconds(5))));
+  CHECK(line_count_of(first) == 1);
+  switch_to("off");  // a path -> off: this connection is not logged anywhere ...
+  one_connection();
+  switch_to(second);  // ... which the next one, logged, shows
+  one_connection();
+  CHECK(wait_until([&] { return line_count_of(second) >= 2; }, in(seconds(5))));
+  CHECK(line_count_of(second) == 2);
+  CHECK(line_count_of(first) == 1);
+  CHECK(lb.terminate() == 0);
+}
+
+// Issue 15: [admin] listen changes used to be ignored on reload.
+TEST_CASE("reload: the admin listener is moved, removed and added back", "[e2e][reload][admin]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  const uint16_t moved = refused_port();
+  auto config = [&](const std::string& admin) {
+    std::string out = "[global]\nworkers = 1\naccess_log = \"off\"\n";
+    if (!admin.empty()) out += fmt::format("\n[admin]\nlisten = \"{}\"\n", admin);
+    return out + listener_block("web", "127.0.0.1:0", "p") +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+  };
+  LbProcess lb(config("127.0.0.1:0"));
+  REQUIRE(lb.wait_started());
+  const uint16_t first = lb.admin_port();
+  REQUIRE(http_get(first, "/healthz").status == 200);
+  auto refused = [](uint16_t port) {
+    int err = 0;
+    Socket s = tcp_connect("127.0.0.1", port, in(seconds(5)), &err);
+    return !s && err == ECONNREFUSED;
+  };
+
+  const std::string moved_at = fmt::format("127.0.0.1:{}", moved);
+  REQUIRE(lb.write_config(config(moved_at)));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  CHECK(http_get(moved, "/healthz").status == 200);
+  CHECK(refused(first));
+  CHECK(metric(moved, "lb_config_reloads_total", {{"result", "ok"}}) == 1);
+
+  // Removing [admin]: the reload is not seen on the API, so wait for the log.
+  REQUIRE(lb.write_config(config("")));
+  REQUIRE(reload_to(lb, 3, in(seconds(10))));
+  CHECK(refused(moved));
+
+  REQUIRE(lb.write_config(config(moved_at)));
+  REQUIRE(reload_to(lb, 4, in(seconds(10))));
+  CHECK(http_get(moved, "/healthz").status == 200);
+  CHECK(generation(moved) == 4);
+  CHECK(served_by(lb.listener_port("web"), in(seconds(5))) == "one");
+  CHECK(lb.terminate() == 0);
+}
+
+// Issue 15: settings that need a restart are named in a warning, never ignored.
+TEST_CASE("reload: changing user or workers warns by key name and applies the rest", "[e2e][reload]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  auto config = [&](const std::string& extra_global) {
+    return "[global]\nworkers = 1\naccess_log = \"off\"\n" + extra_global + "\n[admin]\nlisten = \"127.0.0.1:0\"\n" +
+           listener_block("web", "127.0.0.1:0", "p") +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+  };
+  LbProcess lb(config(""));
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+  size_t from = lb.line_count();
+  REQUIRE(lb.write_config(config("user = \"nobody\"\n")));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  CHECK(lb.process().find_line(std::regex(R"(^warn .*needs a restart.* key=user\b.*)"), from));
+
+  from = lb.line_count();
+  REQUIRE(lb.write_config("[global]\nworkers = 2\naccess_log = \"off\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n" +
+                          listener_block("web", "127.0.0.1:0", "p") + "idle_timeout = \"1m\"\n" +
+                          "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+                          backend_block("one", one.address())));
+  REQUIRE(reload_to(lb, 3, in(seconds(10))));
+  CHECK(lb.process().find_line(std::regex(R"(^warn .*needs a restart.* key=workers\b.*)"), from));
+  CHECK(!lb.process().find_line(std::regex(R"(^warn .* key=user\b.*)"), from));  // the file is back to the running user
+  CHECK(generation(admin) == 3);
+  CHECK(served_by(lb.listener_port("web"), in(seconds(5))) == "one");
+  CHECK(lb.terminate() == 0);
+}
+
+// A DNS server on 127.0.0.1:53 inside a NetNamespace: silent (it reads every
+// query and never answers) until answer() is called; from then on it answers
+// A queries with 127.0.0.1 and other types with no record.
+class StubDns {
+ public:
+  explicit StubDns(const NetNamespace& ns) {
+    std::promise<bool> bound;
+    auto ready = bound.get_future();
+    thread_ = std::thread([this, &ns, &bound] {
+      Socket s;
+      if (ns.enter()) s = Socket(::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      sockaddr_storage addr{};
+      socklen_t len = 0;
+      bool ok = s && make_sockaddr("127.0.0.1", 53, &addr, &len) &&
+                ::bind(s.fd(), reinterpret_cast<sockaddr*>(&addr), len) == 0;
+      bound.set_value(ok);
+      if (ok) serve(s);
+    });
+    ok_ = ready.get();
+  }
+  ~StubDns() {
+    stop_.store(true);
+    thread_.join();
+  }
+  bool ok() const { return ok_; }
+  void answer() { answering_.store(true); }
+  int queries() const { return queries_.load(); }
+
+ private:
+  void serve(const Socket& s) {
+    while (!stop_.load()) {
+      pollfd p{s.fd(), POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      unsigned char q[512];
+      sockaddr_storage from{};
+      socklen_t from_len = sizeof from;
+      ssize_t n = ::recvfrom(s.fd(), q, sizeof q, 0, reinterpret_cast<sockaddr*>(&from), &from_len);
+      if (n < 12) continue;
+      ++queries_;
+      if (!answering_.load()) continue;
+      // The question: QNAME labels, then QTYPE and QCLASS.
+      size_t end = 12;
+      while (end < static_cast<size_t>(n) && q[end] != 0) end += q[end] + 1u;
+      end += 5;
+      if (end > static_cast<size_t>(n)) continue;
+      const bool type_a = q[end - 4] == 0 && q[end - 3] == 1;
+      std::string r(reinterpret_cast<char*>(q), end);
+      r[2] = static_cast<char>(0x81);  // QR, RD
+      r[3] = static_cast<char>(0x80);  // RA, NOERROR
+      r[4] = 0, r[5] = 1;                // one question
+      r[6] = 0, r[7] = type_a ? 1 : 0;   // answers
+      r[8] = r[9] = r[10] = r[11] = 0;   // no authority or additional records (drops EDNS)
+      if (type_a) r += std::string("\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01", 16);
+      ::sendto(s.fd(), r.data(), r.size(), 0, reinterpret_cast<sockaddr*>(&from), from_len);
+    }
+  }
+  bool ok_ = false;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> answering_{false};
+  std::atomic<int> queries_{0};
+  std::thread thread_;
+};
+
+// /healthz answers are measured against this bound. Sanitizer builds run
+// lb several times slower; there the bound only shows the loop never waited
+// on the resolver (which stalled it for the resolver's whole timeout, 30 s).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr double kHealthzBoundMs = 500;
+#else
+constexpr double kHealthzBoundMs = 100;
+#endif
+
+// Issue 15: backend host names were resolved with a blocking getaddrinfo on
+// the main loop, so a slow resolver stalled /healthz and the watchdog. lb
+// runs in a namespace of the test's own whose resolver (127.0.0.1:53) reads
+// every query and does not answer it.
+TEST_CASE("reload: /healthz keeps answering while a backend host name waits on a resolver that never answers",
+          "[e2e][reload][resolve]") {
+  NetNamespace ns;
+  INFO(ns.error());
+  REQUIRE(ns.ok());
+  REQUIRE(ns.write_resolv_conf("nameserver 127.0.0.1\noptions timeout:30 attempts:1\n"));
+  StubDns dns(ns);
+  REQUIRE(dns.ok());
+  std::unique_ptr<TestBackend> backend;
+  REQUIRE(ns.run_in([&] { backend = std::make_unique<TestBackend>(TestBackend::named("resolved\n")); }));
+  REQUIRE(backend->ok());
+  auto config = [&](const std::string& address) {
+    return global_section(1) + listener_block("web", "127.0.0.1:0", "p") +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("b", address);
+  };
+  LbOptions options;
+  options.prefix = ns.exec_prefix();
+  LbProcess lb(config(backend->address()), options);
+  REQUIRE(lb.wait_started());
+  const uint16_t admin = lb.admin_port();
+  const uint16_t port = lb.listener_port("web");
+  const std::string by_name = fmt::format("backend.lb-reload-test.example:{}", backend->port());
+  REQUIRE(lb.write_config(config(by_name)));
+
+  // Samples /healthz from inside the namespace until told to stop.
+  struct Samples {
+    std::vector<double> ms;
+    int failed = 0;
+    std::string first_failure;
+  };
+  auto sample_healthz = [&](std::atomic<bool>& stop, Samples& out) {
+    return std::thread([&] {
+      if (!ns.enter()) {
+        out.failed = -1;
+        return;
+      }
+      const Deadline hard_stop = in(seconds(60));
+      while (!stop.load() && !expired(hard_stop)) {
+        const auto t0 = Clock::now();
+        HttpResponse r = http_get(admin, "/healthz", in(seconds(5)));
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        if (r.status == 200) {
+          out.ms.push_back(ms);
+        } else if (out.failed++ == 0) {
+          out.first_failure = fmt::format("status {} after {:.1f} ms: {}", r.status, ms, r.error);
+        }
+        std::this_thread::sleep_for(milliseconds(10));  // pacing between samples, not a wait
+      }
+    });
+  };
+
+  // 1. The resolver never answers: the reload fails at lb's deadline, and
+  //    /healthz answers throughout.
+  std::atomic<bool> stop{false};
+  Samples during;
+  size_t from = lb.line_count();
+  REQUIRE(lb.signal(SIGHUP));
+  std::thread sampler = sample_healthz(stop, during);
+  // A second SIGHUP while the first waits runs once the first has ended; by
+  // then the server answers (the first lookup's query was already dropped).
+  CHECK(wait_until([&] { return dns.queries() >= 1; }, in(seconds(10))));
+  REQUIRE(lb.signal(SIGHUP));
+  CHECK(lb.wait_for_line(std::regex("^info reload already in progress"), in(seconds(5)), from));
+  dns.answer();
+  auto failed = lb.wait_for_line(std::regex(R"(^error reload failed: .*cannot resolve host "backend\.lb-reload-test\.example".*)"),
+                                 in(seconds(30)), from);
+  stop.store(true);
+  sampler.join();
+  INFO(lb.output());
+  CHECK(failed);
+  CHECK(dns.queries() >= 1);  // lb really asked the silent server
+  CHECK(during.failed == 0);
+  INFO(during.first_failure);
+  CHECK(during.ms.size() >= 50);
+  const double worst = during.ms.empty() ? 0 : *std::max_element(during.ms.begin(), during.ms.end());
+  WARN("/healthz during a hung lookup: " << during.ms.size() << " answers, worst " << worst << " ms");
+  CHECK(worst < kHealthzBoundMs);
+  CHECK(lb.wait_for_line(std::regex(R"(^error reload failed, keeping the running configuration\b)"), in(seconds(5)), from));
+
+  // 2. The queued reload: the resolver answers, the same file loads, and the
+  //    name's address serves.
+  REQUIRE(lb.wait_for_line(std::regex(R"(^info reloaded generation=2\b)"), in(seconds(20)), from));
+  CHECK(metric_in(ns, admin, "lb_config_reloads_total", {{"result", "error"}}) == 1);
+  std::string greeting;
+  REQUIRE(ns.run_in([&] { greeting = served_by(port, in(seconds(5))); }));
+  CHECK(greeting == "resolved");
+  CHECK(metric_in(ns, admin, "lb_config_reloads_total", {{"result", "ok"}}) == 1);
   CHECK(lb.terminate() == 0);
 }
 

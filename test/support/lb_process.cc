@@ -49,7 +49,8 @@ uint16_t port_of(const std::string& address) {
 
 LbProcess::LbProcess(const std::string& config_toml, LbOptions options) {
   config_path_ = dir_.write_file("lb.toml", config_toml);
-  std::vector<std::string> argv = {lb_binary(), "--config", config_path_};
+  std::vector<std::string> argv = std::move(options.prefix);
+  for (auto a : {lb_binary(), std::string("--config"), config_path_}) argv.push_back(std::move(a));
   for (auto& a : options.extra_args) argv.push_back(std::move(a));
   SpawnOptions spawn;
   spawn.env = std::move(options.env);

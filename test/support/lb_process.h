@@ -41,6 +41,7 @@ inline constexpr auto kStopTimeout = seconds(15);
 struct LbOptions {
   std::vector<std::string> extra_args;  // appended after --config FILE
   std::vector<std::string> env;         // "KEY=VALUE" for the child
+  std::vector<std::string> prefix;      // a command lb runs under (NetNamespace::exec_prefix())
 };
 
 class LbProcess {

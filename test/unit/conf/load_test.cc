@@ -448,6 +448,33 @@ address = "db.internal:5432"
 
 }  // namespace
 
+TEST_CASE("backend host names: Resolve::Later leaves them to the caller", "[conf][load]") {
+  ResolverGuard guard(resolve_nothing);  // would fail the load if it were called
+  LoadResult r = load_string(kHostBackend, "lb.toml", Resolve::Later);
+  REQUIRE(r.ok());
+  Config cfg = *r.config;
+  REQUIRE(cfg.unresolved.size() == 1);
+  CHECK(cfg.unresolved[0].host == "db.internal");
+  CHECK(cfg.pools[0].backends[0].address.addr_len == 0);
+
+  SECTION("an answer fills the address in") {
+    HostAnswer a;
+    CHECK(resolve_to_test_net("db.internal", a.addr, a.len).empty());
+    CHECK(apply_host_answers(cfg, {{"db.internal", a}}).empty());
+    CHECK(cfg.unresolved.empty());
+    CHECK(cfg.pools[0].backends[0].address.to_string() == "[2001:db8::5]:5432");
+  }
+  SECTION("a failed lookup is the error a Resolve::Now load reports") {
+    HostAnswer a;
+    a.error = "no answer within 5000ms";
+    auto errors = apply_host_answers(cfg, {{"db.internal", a}});
+    REQUIRE(errors.size() == 1);
+    CHECK(errors[0].str() ==
+          R"(lb.toml:10:11: error: pool "web" backend "db.internal:5432": address "db.internal:5432": )"
+          R"(cannot resolve host "db.internal": no answer within 5000ms)");
+  }
+}
+
 TEST_CASE("backend host names: resolved at load, failure names the host", "[conf][load]") {
   SECTION("failure") {
     ResolverGuard guard(resolve_nothing);

@@ -165,6 +165,61 @@ TEST_CASE("reload keeps backends, their state and counters by id", "[control]") 
   CHECK(published.back()->find("checked")->candidates.empty());
 }
 
+TEST_CASE("a reload changing weight, backup and max_connections keeps the Backend object", "[control]") {
+  std::vector<BackendTablePtr> published;
+  ControlPlane cp([&](BackendTablePtr t) { published.push_back(t); });
+  auto p1 = cp.apply(load(kTwoPools));
+  auto b = p1[0].backends[0];  // id "b"
+  b->active = 3;
+  std::string changed = kTwoPools;
+  changed.replace(changed.find("id = \"b\"\n"), 8, "id = \"b\"\nweight = 7\nmax_connections = 4\nbackup = true\n");
+  auto p2 = cp.apply(load(changed));
+  CHECK(p2[0].backends[0] == b);
+  CHECK(b->active == 3);
+  CHECK(b->weight == 7);
+  CHECK(b->max_connections == 4);
+  CHECK(b->backup);
+  CHECK_FALSE(b->full());
+  b->active = 4;
+  CHECK(b->full());
+
+  // The id pointed at another address: another server, counters continue.
+  b->total = 11;
+  cp.set_drain("web", "b", true);
+  std::string moved = changed;
+  moved.replace(moved.find("127.0.0.1:9002"), 14, "127.0.0.1:9012");
+  auto p3 = cp.apply(load(moved));
+  CHECK(p3[0].backends[0] != b);
+  CHECK(p3[0].backends[0]->total == 11);
+  CHECK(p3[0].backends[0]->active == 0);
+  CHECK(cp.snapshot()[0].backends[0].drain);
+}
+
+TEST_CASE("a staged reload changes nothing until it commits, and a dropped one nothing at all", "[control]") {
+  std::vector<BackendTablePtr> published;
+  ControlPlane cp([&](BackendTablePtr t) { published.push_back(t); });
+  cp.apply(load(kTwoPools));
+  const size_t tables = published.size();
+  std::string grown = kTwoPools;
+  grown += "[[pool.backend]]\naddress = \"127.0.0.1:9006\"\nid = \"new\"\n";
+  auto staged = cp.stage(load(grown));
+  REQUIRE(staged[1].backends.size() == 2);
+  auto fresh = staged[1].backends[1];
+  CHECK(published.size() == tables);  // nothing published yet
+  cp.set_health(*fresh, true);        // its first probe, while staged
+  CHECK(published.size() == tables);
+  CHECK(cp.snapshot()[1].backends.size() == 1);
+  cp.commit_staged();
+  REQUIRE(published.size() == tables + 1);
+  CHECK(candidate_ids(published.back(), "checked") == std::vector<std::string>{"new"});
+
+  cp.stage(load(kTwoPools));
+  cp.drop_staged();
+  cp.commit_staged();  // nothing staged: no-op
+  CHECK(published.size() == tables + 1);
+  CHECK(cp.snapshot()[1].backends.size() == 2);
+}
+
 TEST_CASE("slow start ramps a recovered backend's weight, never the first result", "[control]") {
   std::vector<BackendTablePtr> published;
   ControlPlane cp([&](BackendTablePtr t) { published.push_back(t); });
