@@ -222,6 +222,9 @@ void Worker::apply_listeners(std::vector<ListenEntry> entries) {
     uv_tcp_init(&loop_, l->handle);
     l->handle->data = l.get();
     int rc = uv_tcp_open(l->handle, e.fd);
+    // Once open, the handle owns the fd (uv_close below closes it); a socket
+    // it refused is still ours to close.
+    if (rc != 0) ::close(e.fd);
     // Accepted sockets inherit TCP_NODELAY from the listening socket (Linux
     // clones the listener's options), so it is set once here rather than
     // once per connection.
