@@ -108,6 +108,7 @@ struct Parsed {
 };
 
 Parsed<Duration> parse_duration_detailed(std::string_view text);
+Parsed<uint64_t> parse_size_detailed(std::string_view text);
 
 enum class PortRule { AllowZero, NonZero };
 enum class HostRule { IpOnly, AllowHostname };

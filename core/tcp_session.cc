@@ -43,6 +43,7 @@ TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* cl
 }
 
 TcpSession::~TcpSession() {
+  worker_.cancel_budget_wait(this);
   delete[] header_buf_;
   if (holds_source_) listener_->stats->sources.release(reinterpret_cast<const sockaddr*>(&client_addr_));
   listener_->stats->close_one();
@@ -276,7 +277,7 @@ std::string TcpSession::proxy_header() {
 void TcpSession::maybe_splice() {
   if (state_ != State::Relaying || !bulk_seen_ || bytes_to_backend_ + bytes_to_client_ < kSpliceAfterBytes)
     return;
-  if (up_.queued || down_.queued || up_.eof || down_.eof || up_.paused || down_.paused) return;
+  if (up_.queued || down_.queued || up_.eof || down_.eof || up_.paused || down_.paused || starved_) return;
   if (!SpliceRelay::supported()) return;
   if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(client_)) != 0 ||
       uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(upstream_)) != 0)
@@ -390,6 +391,17 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   // idle connection holds no buffer at all.
   buf->base = s->worker_.read_buffer();
   buf->len = Worker::kReadBufferSize;
+  if (s->state_ == State::Relaying && s->worker_.shared().buffers.exhausted()) {
+    // At the bound (BufferBudget): a direction whose destination is behind
+    // would buffer what it reads, so it does not read (UV_ENOBUFS, then it
+    // waits); one that keeps up reads in small steps, so that what its
+    // destination might refuse stays small.
+    if (s->dir_from(reinterpret_cast<uv_tcp_t*>(h)).queued > 0) {
+      *buf = uv_buf_init(nullptr, 0);
+      return;
+    }
+    buf->len = BufferBudget::kScarceRead;
+  }
 }
 
 void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
@@ -400,6 +412,10 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
     return;
   }
   if (s->state_ != State::Relaying) return;
+  if (nread == UV_ENOBUFS) {
+    s->starve(src);
+    return;
+  }
   if (nread > 0) {
     s->worker_.timeouts().touch(&s->timeout_);
     s->count_bytes(src == s->client_, static_cast<size_t>(nread));
@@ -449,9 +465,12 @@ void TcpSession::forward(Direction& d, uv_tcp_t* src, uv_tcp_t* dst, const char*
   w->src = src;
   w->len = rest;
   std::memcpy(w->data(), data + written, rest);
+  BufferBudget& budget = worker_.shared().buffers;
+  budget.charge(sizeof(WriteReq) + rest);
   uv_buf_t wb = uv_buf_init(w->data(), static_cast<unsigned>(rest));
   if (uv_write(&w->req, dst_stream, &wb, 1, on_write_cb) != 0) {
     std::free(w);
+    budget.credit(sizeof(WriteReq) + rest);
     finish(Result::Reset, true);
     return;
   }
@@ -465,14 +484,49 @@ void TcpSession::on_write_cb(uv_write_t* req, int status) {
   uv_tcp_t* src = w->src;
   size_t len = w->len;
   std::free(w);
+  Worker& worker = s->worker_;
+  worker.shared().buffers.credit(sizeof(WriteReq) + len);
+  worker.wake_budget_waiters();  // nothing to do unless someone waits
   if (status == UV_ECANCELED || s->state_ != State::Relaying) return;
   if (status < 0) {
     s->finish(Result::Reset, true);
     return;
   }
-  if (d->on_drained(len)) {
-    if (uv_read_start(reinterpret_cast<uv_stream_t*>(src), on_alloc, on_read_cb) != 0)
-      s->finish(Result::Reset, true);
+  bool resume = d->on_drained(len);
+  // A source stopped for budget reads again once its own queue is empty: its
+  // destination keeps up, and it then reads in small steps at the bound, so
+  // no session waits on budget that others hold.
+  if ((s->starved_ & s->starved_bit(src)) && d->queued == 0 && d->wants_read()) resume = true;
+  if (resume) s->resume_read(src);
+}
+
+void TcpSession::starve(uv_tcp_t* src) {
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(src));
+  starved_ |= starved_bit(src);
+  worker_.wait_for_budget(this);
+}
+
+bool TcpSession::resume_read(uv_tcp_t* src) {
+  if (starved_ & starved_bit(src)) {
+    starved_ &= static_cast<uint8_t>(~starved_bit(src));
+    if (!starved_) worker_.cancel_budget_wait(this);
+  }
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(src), on_alloc, on_read_cb) != 0) {
+    finish(Result::Reset, true);
+    return false;
+  }
+  return true;
+}
+
+void TcpSession::budget_returned() {
+  for (uv_tcp_t* src : {client_, upstream_}) {
+    if (state_ != State::Relaying) return;
+    if (!(starved_ & starved_bit(src))) continue;
+    if (dir_from(src).wants_read()) {
+      if (!resume_read(src)) return;
+    } else {
+      starved_ &= static_cast<uint8_t>(~starved_bit(src));  // backpressure or EOF resumes it, if ever
+    }
   }
 }
 
@@ -538,6 +592,8 @@ void TcpSession::finish(Result r, bool reset) {
   state_ = State::Closing;
   result_ = r;
   worker_.timeouts().disarm(&timeout_);
+  worker_.cancel_budget_wait(this);
+  starved_ = 0;
   if (relay_) {
     if (reset) relay_->abort();
     else relay_->close();

@@ -52,6 +52,13 @@ class TcpSession {
   // Worker's intrusive list.
   TcpSession* prev = nullptr;
   TcpSession* next = nullptr;
+  // Worker's list of sessions waiting for buffer budget (see BufferBudget).
+  TcpSession* budget_prev = nullptr;
+  TcpSession* budget_next = nullptr;
+  bool budget_waiting = false;
+  // The worker took this session off its wait list: budget is back, read
+  // again whatever stopped for it.
+  void budget_returned();
 
  private:
   // How long a client of an accept_proxy_protocol listener has to send its
@@ -101,6 +108,12 @@ class TcpSession {
   void log_access();
 
   Direction& dir_from(uv_tcp_t* src) { return src == client_ ? up_ : down_; }
+  uint8_t starved_bit(uv_tcp_t* src) const { return src == client_ ? 1 : 2; }
+  // The shared buffer budget is spent and `src`'s direction has bytes
+  // queued: stop reading it until budget returns (or the queue empties).
+  void starve(uv_tcp_t* src);
+  // Reads `src` again (after backpressure or a budget wait).
+  bool resume_read(uv_tcp_t* src);
   uv_tcp_t* peer_of(uv_tcp_t* h) { return h == client_ ? upstream_ : client_; }
 
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
@@ -145,6 +158,7 @@ class TcpSession {
   bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
   bool bulk_seen_ = false;         // a read of kSpliceReadMin or more happened
   bool holds_source_ = false;       // counted in the listener's per-source table
+  uint8_t starved_ = 0;            // starved_bit()s of sources stopped for budget
   // accept_proxy_protocol: the header as it arrives (proxy::kMaxHeader bytes,
   // only until it is parsed); then the client bytes that came after it, sent
   // on once the backend is connected.

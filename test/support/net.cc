@@ -100,7 +100,7 @@ const char* to_string(ReadEnd e) {
   return "?";
 }
 
-Socket tcp_connect_start(const std::string& host, uint16_t port, int* error) {
+Socket tcp_connect_start(const std::string& host, uint16_t port, int* error, int rcvbuf, int mss) {
   sockaddr_storage ss;
   socklen_t len;
   if (!make_sockaddr(host, port, &ss, &len)) {
@@ -114,6 +114,8 @@ Socket tcp_connect_start(const std::string& host, uint16_t port, int* error) {
   }
   int one = 1;
   setsockopt(s.fd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (rcvbuf > 0) setsockopt(s.fd(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+  if (mss > 0) setsockopt(s.fd(), IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss));
   int rc;
   do {
     rc = ::connect(s.fd(), reinterpret_cast<sockaddr*>(&ss), len);
