@@ -133,6 +133,8 @@ TEST_CASE("a backend that stops reading does not grow lb's memory", "[e2e][backp
   REQUIRE(backend.wait_accepted(1, in(seconds(5))));
   const long rss_before = lb.rss_kb();
   REQUIRE(rss_before > 0);
+  const int pipes_before = lb.process().pipe_count();  // lb's own (stdio, libuv)
+  REQUIRE(pipes_before >= 0);
 
   std::atomic<size_t> sent{0};
   std::atomic<bool> stop{false};
@@ -174,6 +176,10 @@ TEST_CASE("a backend that stops reading does not grow lb's memory", "[e2e][backp
       },
       in(seconds(40)), milliseconds(20));
   const long rss_after = lb.rss_kb();
+  // Which relay held the line: with splice(2) the stalled client->backend
+  // direction keeps its bytes in a pipe; on the copy path (LB_SPLICE=0) lb
+  // never has one.
+  const int pipes = lb.process().pipe_count();
   stop.store(true);
   writer.join();
 
@@ -184,6 +190,12 @@ TEST_CASE("a backend that stops reading does not grow lb's memory", "[e2e][backp
   CHECK(sent.load() < kTotal);  // the client was pushed back
   CHECK(backend.bytes_received() == 64 * 1024);
   CHECK(rss_after - rss_before < kMaxGrowthKb);
+  INFO("lb holds " << pipes << " pipes at the stall, " << pipes_before << " before the transfer");
+  if (lb_splice_enabled()) {
+    CHECK(pipes > pipes_before);
+  } else {
+    CHECK(pipes == pipes_before);
+  }
 
   // lb cannot flush toward a backend that never reads, so the session would
   // only end by a timeout; the backend going away ends it now.

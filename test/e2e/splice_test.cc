@@ -23,27 +23,6 @@
 namespace lb::test {
 namespace {
 
-bool splice_enabled() {
-  const char* v = std::getenv("LB_SPLICE");
-  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
-}
-
-// Pipes among the open files of `pid`.
-int pipes_of(pid_t pid) {
-  std::string dir = fmt::format("/proc/{}/fd", pid);
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return -1;
-  int n = 0;
-  char target[256];
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    ssize_t len = ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
-    if (len > 0 && std::string_view(target, static_cast<size_t>(len)).substr(0, 5) == "pipe:") ++n;
-  }
-  ::closedir(d);
-  return n;
-}
-
 // Samples pipes_of(pid) every millisecond until destroyed; max() is the most seen.
 class PipeWatch {
  public:
@@ -108,7 +87,7 @@ TEST_CASE("a bulk stream moves to splice(2): lb holds pipes while it flows", "[e
     most = watch.max();
   }
   INFO("pipes before " << before << ", most seen during the transfer " << most);
-  if (splice_enabled()) {
+  if (lb_splice_enabled()) {
     CHECK(most > before);
   } else {
     CHECK(most == before);
