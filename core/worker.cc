@@ -56,6 +56,8 @@ void Worker::on_trim(uv_timer_t* t) {
   auto* w = static_cast<Worker*>(t->data);
   if (w->pipe_pool_.acquires() == w->trim_seen_acquires_ && w->pipe_pool_.idle() > 0) w->pipe_pool_.trim();
   w->trim_seen_acquires_ = w->pipe_pool_.acquires();
+  // After a pipe shortage, ask for full-size pipes again.
+  w->pipe_pool_.retry();
 }
 
 void Worker::close_trim_timer() {

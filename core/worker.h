@@ -138,6 +138,8 @@ class Worker {
 
   void run();
   static void on_async(uv_async_t* a);
+  // Every kPipeTrimMs: closes pooled pipes unused for that long, and lets
+  // the pool try for full-size pipes again after a shortage.
   static void on_trim(uv_timer_t* t);
   void close_trim_timer();
   static constexpr uint64_t kPipeTrimMs = 1000;
