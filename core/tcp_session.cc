@@ -1,6 +1,8 @@
 #include "core/tcp_session.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -278,7 +280,9 @@ void TcpSession::maybe_splice() {
   if (state_ != State::Relaying || !bulk_seen_ || bytes_to_backend_ + bytes_to_client_ < kSpliceAfterBytes)
     return;
   if (up_.queued || down_.queued || up_.eof || down_.eof || up_.paused || down_.paused || starved_) return;
-  if (!SpliceRelay::supported()) return;
+  // No useful pipe to be had for now (PipePool): stay on the copy path; the
+  // pool tries again within a second and a later read retries the switch.
+  if (!SpliceRelay::supported() || !worker_.pipe_pool().can_acquire()) return;
   if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(client_)) != 0 ||
       uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(upstream_)) != 0)
     return;
@@ -360,11 +364,14 @@ void TcpSession::on_splice_finished(void* ctx, SpliceResult result, bool backend
     s->backend_->consecutive_failures.fetch_add(1, std::memory_order_relaxed);
     if (auto& report = s->worker_.shared().report_backend) report(s->backend_, false);
   }
-  // Unsupported although the start-up probe passed: rare enough (an exotic
-  // socket) that this connection is reset and later ones copy instead.
-  if (result == SpliceResult::Unsupported) {
-    SpliceRelay::disable();
-    s->relay_->abort();
+  // Unsupported although the start-up probe passed (an exotic socket): this
+  // connection goes back to the copy path, and later ones copy from the
+  // start. NoPipe: only this connection, for now (the pool retries later).
+  // Either way nothing is in flight: the sockets come back in closed().
+  if (result == SpliceResult::Unsupported || result == SpliceResult::NoPipe) {
+    if (result == SpliceResult::Unsupported) SpliceRelay::disable();
+    s->relay_hands_back_ = true;
+    return;
   }
   s->state_ = State::Closing;
   s->result_ = result == SpliceResult::Ok ? Result::Ok : Result::Reset;
@@ -373,9 +380,54 @@ void TcpSession::on_splice_finished(void* ctx, SpliceResult result, bool backend
 
 void TcpSession::on_splice_closed(void* ctx) {
   auto* s = static_cast<TcpSession*>(ctx);
-  delete s->relay_;
+  SpliceRelay* relay = s->relay_;
   s->relay_ = nullptr;
+  if (s->relay_hands_back_ && s->state_ == State::Relaying) s->back_to_copy_path(*relay);
+  delete relay;  // resets any fd it still owns
   s->unref();
+}
+
+void TcpSession::back_to_copy_path(SpliceRelay& relay) {
+  relay_hands_back_ = false;
+  auto* client = new uv_tcp_t;
+  auto* up = new Upstream;
+  uv_tcp_init(worker_.loop(), client);
+  uv_tcp_init(worker_.loop(), &up->tcp);
+  client->data = this;
+  up->tcp.data = this;
+  up->connect.data = this;
+  client_ = client;
+  upstream_ = &up->tcp;
+  refs_ += 2;
+  up_ = relay.flow(true);
+  down_ = relay.flow(false);
+  up_.queued = down_.queued = 0;  // nothing was in flight: the relay's promise
+  up_.paused = down_.paused = false;
+  int fds[2] = {-1, -1};
+  if (!relay.take_fds(&fds[0], &fds[1])) {
+    finish(Result::Reset, true);  // closes the new, empty handles
+    return;
+  }
+  bool ok = true;
+  uv_tcp_t* handles[2] = {client_, upstream_};
+  for (int i = 0; i < 2; ++i) {
+    // The relay's unsent-data limit is for splicing; the copy path queues
+    // in lb what the kernel refuses, so leave the kernel its default (0).
+    int lowat = 0;
+    ::setsockopt(fds[i], IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
+    if (uv_tcp_open(handles[i], fds[i]) != 0) {
+      linger l{1, 0};  // reset, as any failure of a relayed connection
+      ::setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &l, sizeof l);
+      ::close(fds[i]);
+      ok = false;
+    }
+  }
+  if (!ok) {
+    finish(Result::Reset, true);
+    return;
+  }
+  if (up_.wants_read() && !resume_read(client_)) return;
+  if (down_.wants_read()) resume_read(upstream_);
 }
 
 void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {

@@ -127,4 +127,35 @@ TEST_CASE("small request/response traffic stays on the copy path however much it
   CHECK(lb.terminate() == 0);
 }
 
+TEST_CASE("when splice(2) turns out unsupported, the connection goes on on the copy path",
+          "[e2e][splice]") {
+  // A shim makes splice fail with EINVAL on TCP sockets (and only there, so
+  // lb's start-up probe passes): the first bulk stream switches to the
+  // splice relay, which reports Unsupported before moving a byte. That
+  // connection must carry on, byte-exact, on the copy path; later ones never
+  // try splice again.
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
+  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
+  LbProcess lb(echo_config(backend.address()),
+               LbOptions{{}, {std::string("LD_PRELOAD=") + LB_SPLICE_REFUSES_TCP_SHIM, asan}});
+  REQUIRE(lb.wait_started());
+  const std::string payload = random_bytes(8 << 20, 3);
+  for (int round = 0; round < 2; ++round) {
+    INFO("connection " << round);
+    Socket client = tcp_connect("127.0.0.1", lb.listener_port("web"), in(seconds(5)));
+    REQUIRE(client);
+    ReadResult got = exchange(client, payload, payload.size(), in(seconds(60)));
+    INFO("read ended " << static_cast<int>(got.end) << " errno " << got.error);
+    REQUIRE(got.data.size() == payload.size());
+    CHECK(mismatch_offset(got.data, payload) == std::string::npos);
+    // Still open both ways: a half-close goes through, then the backend's EOF.
+    ::shutdown(client.fd(), SHUT_WR);
+    CHECK(read_until_eof(client, in(seconds(10))).end == ReadEnd::Eof);
+  }
+  CHECK(backend.wait_active(0, in(seconds(5))));
+  CHECK(lb.terminate() == 0);
+}
+
 }  // namespace lb::test
