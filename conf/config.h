@@ -63,6 +63,8 @@ inline bool is_hash_selector(SelectorKind k) {
 struct Global {
   unsigned workers = 0;                  // 0 = one per CPU (resolved by lb, not here)
   uint64_t max_connections = 100000;
+  // Bytes lb's own relay buffers may hold, all connections together.
+  uint64_t max_buffer_memory = uint64_t{1} << 30;
   Duration shutdown_timeout = std::chrono::seconds(30);
   Duration drain_delay = Duration(0);
   std::string user;                      // empty = do not drop privileges

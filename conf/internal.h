@@ -111,6 +111,7 @@ struct Parsed {
 };
 
 Parsed<Duration> parse_duration_detailed(std::string_view text);
+Parsed<uint64_t> parse_size_detailed(std::string_view text);
 
 enum class PortRule { AllowZero, NonZero };
 // AllowHostname resolves a host name at once; HostnameLater only checks its

@@ -180,6 +180,28 @@ class Reader {
     return true;
   }
 
+  // A size string ("64KiB"), in bytes, at least `min`.
+  bool read_size(std::string_view key, uint64_t& out, uint64_t min, std::string_view min_text) {
+    const toml::node* n = get(key);
+    if (n == nullptr) return false;
+    const auto* s = n->as_string();
+    if (s == nullptr) {
+      type_error(key, *n, R"(a size string such as "512MiB")");
+      return false;
+    }
+    auto v = parse_size_detailed(s->get());
+    if (!v.value) {
+      value_error(key, *n, v.error);
+      return false;
+    }
+    if (*v.value < min) {
+      value_error(key, *n, fmt::format("must be at least {}", min_text));
+      return false;
+    }
+    out = *v.value;
+    return true;
+  }
+
   bool read_duration(std::string_view key, Duration& out, Zero zero) {
     const toml::node* n = get(key);
     if (n == nullptr) return false;
@@ -280,6 +302,9 @@ void read_global(const toml::table& t, Global& g, ObjectSrc& src, Diags& d) {
   // 0 would leave "unlimited or nothing?" to the reader; the spec has no
   // "0 = unlimited" here, so ask for a real number.
   r.read_uint("max_connections", g.max_connections, 1, kUnbounded);
+  // Below a few connections' backpressure windows (256 KiB each) every
+  // busy connection would crawl in small reads.
+  r.read_size("max_buffer_memory", g.max_buffer_memory, uint64_t{1} << 20, "1MiB");
   r.read_duration("shutdown_timeout", g.shutdown_timeout, Zero::Allowed);
   r.read_duration("drain_delay", g.drain_delay, Zero::Allowed);
   r.read_string("user", g.user, no_space_or_control);

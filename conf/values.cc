@@ -97,6 +97,37 @@ std::optional<Duration> parse_duration(std::string_view text) {
   return parse_duration_detailed(text).value;
 }
 
+// ---- sizes -----------------------------------------------------------------------
+
+Parsed<uint64_t> parse_size_detailed(std::string_view text) {
+  using P = Parsed<uint64_t>;
+  constexpr const char* kExample = R"(expected a size such as "64KiB", "512MiB" or "1GiB")";
+  struct SizeUnit {
+    std::string_view name;
+    int shift;
+  };
+  static constexpr SizeUnit kSizeUnits[] = {{"B", 0}, {"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"TiB", 40}};
+  if (!text.empty() && text[0] == '-') return P::fail("must not be negative");
+  size_t i = 0;
+  while (i < text.size() && is_digit(text[i])) ++i;
+  if (i == 0) return P::fail(kExample);
+  if (i < text.size() && (text[i] == '.' || text[i] == ',')) {
+    return P::fail(R"(fractions are not supported; use a smaller unit, e.g. "1536MiB" for 1.5GiB)");
+  }
+  std::string_view unit = text.substr(i);
+  if (unit.empty()) return P::fail("missing unit (B, KiB, MiB, GiB or TiB)");
+  for (const auto& u : kSizeUnits) {
+    if (u.name != unit) continue;
+    const uint64_t max = std::numeric_limits<uint64_t>::max() >> u.shift;
+    uint64_t n = digits_value(text.substr(0, i), max);
+    if (n > max) return P::fail("too large");
+    return P::ok(n << u.shift);
+  }
+  return P::fail(fmt::format("unknown unit {} (expected B, KiB, MiB, GiB or TiB)", quote(unit)));
+}
+
+std::optional<uint64_t> parse_size(std::string_view text) { return parse_size_detailed(text).value; }
+
 // ---- endpoints -----------------------------------------------------------------
 
 namespace {

@@ -11,9 +11,38 @@
 // Thread: owned by one session on one worker loop.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 
 namespace lb::core {
+
+// [global] max_buffer_memory: what all sessions of all workers together may
+// hold in lb's own buffers (the copy path's queued writes; pipes are kernel
+// memory and bounded by the kernel's pipe quota instead). Charged once per
+// buffer allocation and credited once per free, never per byte: relaxed
+// atomics on a line of their own, read by every worker before a read.
+//
+// The bound is enforced before reading, not by failing allocations (the
+// bytes of a read that the destination refused must be kept): once used()
+// reaches the limit, a direction that already has bytes queued does not read
+// at all (it waits for budget, TcpSession/Worker), and one that has nothing
+// queued (its destination keeps up) reads at most kScarceRead at a time. So
+// lb holds at most limit + kScarceRead per direction + one read per worker.
+struct alignas(64) BufferBudget {
+  static constexpr size_t kScarceRead = 4096;
+
+  std::atomic<int64_t> used{0};
+  std::atomic<int64_t> limit{int64_t{1} << 30};
+
+  void charge(size_t n) { used.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed); }
+  void credit(size_t n) { used.fetch_sub(static_cast<int64_t>(n), std::memory_order_relaxed); }
+  // Bytes that may still be allocated before the bound (<= 0: none).
+  int64_t headroom() const {
+    return limit.load(std::memory_order_relaxed) - used.load(std::memory_order_relaxed);
+  }
+  bool exhausted() const { return headroom() <= 0; }
+};
 
 struct Direction {
   static constexpr size_t kHighWater = 256 * 1024;

@@ -3,12 +3,16 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace lb::core {
 
-PipePool::PipePool(size_t pipe_size, size_t max_idle)
-    : pipe_size_(pipe_size == 0 ? kDefaultPipeSize : pipe_size), max_idle_(max_idle) {
+PipePool::PipePool(size_t pipe_size, size_t max_idle, size_t min_size)
+    : configured_size_(pipe_size == 0 ? kDefaultPipeSize : pipe_size),
+      pipe_size_(configured_size_),
+      min_size_(std::min(min_size, configured_size_)),
+      max_idle_(max_idle) {
   idle_.reserve(max_idle_);
 }
 
@@ -24,8 +28,10 @@ int PipePool::acquire(Pipe* out) {
     ++in_use_;
     return 0;
   }
+  if (failing_) return -ENOBUFS;
   int rc = create(out);
   if (rc == 0) ++in_use_;
+  else failing_ = true;
   return rc;
 }
 
@@ -49,10 +55,10 @@ int PipePool::create(Pipe* out) {
   int fds[2];
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -errno;
   int current = fcntl(fds[1], F_GETPIPE_SZ);
-  // Ask for the configured size; when the kernel refuses (above
-  // fs.pipe-max-size, or over the user's pipe page quota), halve until it
-  // accepts or we are back at its default, and remember what worked so later
-  // pipes do not repeat the refused attempts.
+  // Ask for the current target; when the kernel refuses (above
+  // fs.pipe-max-size, or over the user's pipe page quota), halve down to
+  // min_size_, and remember what worked (until retry()) so later pipes do not
+  // repeat the refused attempts.
   size_t want = pipe_size_;
   while (current > 0 && want != static_cast<size_t>(current)) {
     int got = fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(want));
@@ -60,17 +66,20 @@ int PipePool::create(Pipe* out) {
       current = got;
       break;
     }
-    if (want <= static_cast<size_t>(current)) break;  // even shrinking refused: keep the default
+    if (want / 2 < min_size_) break;
     want /= 2;
-    if (want <= static_cast<size_t>(current)) {
-      pipe_size_ = static_cast<size_t>(current);
-      break;
-    }
     pipe_size_ = want;
+  }
+  if (current <= 0 || static_cast<size_t>(current) < min_size_) {
+    // Only a pipe too small to be worth splicing through (a spent quota
+    // gives 8 KiB ones): none at all, the copy path is faster.
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return -ENOBUFS;
   }
   out->rd = fds[0];
   out->wr = fds[1];
-  out->capacity = current > 0 ? static_cast<size_t>(current) : 4096;
+  out->capacity = static_cast<size_t>(current);
   ++created_;
   return 0;
 }

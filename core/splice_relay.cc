@@ -58,6 +58,7 @@ const char* to_string(SpliceResult r) {
     case SpliceResult::Ok: return "ok";
     case SpliceResult::Reset: return "reset";
     case SpliceResult::Unsupported: return "unsupported";
+    case SpliceResult::NoPipe: return "no_pipe";
   }
   return "?";
 }
@@ -160,6 +161,7 @@ int SpliceRelay::start(std::string_view preface) {
       give_back_pipe(w);
       w.flow = Direction{};
       w.dst_blocked = false;
+      w.no_pipe = false;
     }
     return rc;
   }
@@ -211,8 +213,9 @@ void SpliceRelay::on_events(Side side, int status, int events) {
   if ((events & UV_WRITABLE) && way_into(side).dst_blocked && !drain(way_into(side))) return;
   if (events & UV_READABLE) {
     Way& w = way_from(side);
-    if (w.flow.wants_read() && !pump(w)) return;
+    if (w.flow.wants_read() && !w.no_pipe && !pump(w)) return;
   }
+  if (!hand_back_when_empty()) return;
   int rc = update_interest();
   if (rc != 0) finish(SpliceResult::Reset, true, false, true);
 }
@@ -224,10 +227,12 @@ bool SpliceRelay::pump(Way& w) {
     if (!w.pipe.valid()) {
       int rc = pool_.acquire(&w.pipe);
       if (rc < 0) {
-        // Out of fds: like the copy path running out of memory, reset.
+        // No pipe of a useful size (quota, fds): nothing of this source was
+        // read, so the connection can go on on the copy path once the other
+        // direction has nothing in flight (on_events checks).
         if (!report(w, moved)) return false;
-        finish(SpliceResult::Reset, true, false, true);
-        return false;
+        w.no_pipe = true;
+        return true;
       }
     }
     const size_t limit = std::min(Direction::kHighWater, w.pipe.capacity);
@@ -337,6 +342,13 @@ bool SpliceRelay::pass_eof(Way& w) {
   return true;
 }
 
+bool SpliceRelay::hand_back_when_empty() {
+  if (!ways_[0].no_pipe && !ways_[1].no_pipe) return true;
+  if (ways_[0].flow.queued > 0 || ways_[1].flow.queued > 0) return true;  // wait for the other pipe to drain
+  finish(SpliceResult::NoPipe, false, false, true);
+  return false;
+}
+
 void SpliceRelay::give_back_pipe(Way& w) {
   // A pipe with bytes left is closed by the pool, never reused.
   pool_.release(&w.pipe, w.flow.queued);
@@ -346,7 +358,7 @@ int SpliceRelay::update_interest() {
   for (int s = 0; s < 2; ++s) {
     Side side = static_cast<Side>(s);
     int want = 0;
-    if (way_from(side).flow.wants_read()) want |= UV_READABLE;
+    if (way_from(side).flow.wants_read() && !way_from(side).no_pipe) want |= UV_READABLE;
     if (way_into(side).dst_blocked) want |= UV_WRITABLE;
     if (want == interest_[s]) continue;
     int rc = want ? uv_poll_start(polls_[s], want, on_poll_cb) : uv_poll_stop(polls_[s]);
@@ -380,7 +392,7 @@ void SpliceRelay::finish(SpliceResult r, bool reset, bool backend_failed, bool n
     if (p) uv_close(reinterpret_cast<uv_handle_t*>(p), on_close_cb);
   }
   for (Way& w : ways_) give_back_pipe(w);
-  if (r != SpliceResult::Unsupported) {
+  if (r != SpliceResult::Unsupported && r != SpliceResult::NoPipe) {
     close_fd(kClient, reset);
     close_fd(kBackend, reset);
   }

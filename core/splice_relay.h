@@ -78,6 +78,14 @@
 // leaves the relay in the same "not started, fds still owned" state, without
 // any callback.
 //
+// No pipe. A direction takes a pipe on its first byte; when the PipePool has
+// none of a useful size (the user's pipe quota is spent, or out of fds), the
+// relay does not read that source and, as soon as the other direction's
+// pipe is empty too (no byte in flight either way), ends with
+// finished(NoPipe), fds kept, exactly like Unsupported but possibly after
+// bytes moved: flow() then tells the owner which directions already passed
+// their EOF on, and the owner goes on on the copy path (without disable()).
+//
 // Signals: splice into a socket whose peer is gone raises SIGPIPE like
 // write(2) does; the process must ignore it (lb does at start).
 //
@@ -96,7 +104,9 @@
 
 namespace lb::core {
 
-enum class SpliceResult { Ok, Reset, Unsupported };
+// Unsupported and NoPipe hand the connection back to the owner (see the
+// contract): splice refused these sockets, or no useful pipe could be had.
+enum class SpliceResult { Ok, Reset, Unsupported, NoPipe };
 const char* to_string(SpliceResult r);
 
 class SpliceRelay {
@@ -144,7 +154,10 @@ class SpliceRelay {
   size_t in_flight(bool to_backend) const { return way(to_backend).flow.queued; }
   bool holds_pipe(bool to_backend) const { return way(to_backend).pipe.valid(); }
   // Whether the direction's source is being read (not paused, not ended).
-  bool reading(bool to_backend) const { return way(to_backend).flow.wants_read(); }
+  bool reading(bool to_backend) const { return way(to_backend).flow.wants_read() && !way(to_backend).no_pipe; }
+  // A direction's state: after finished(Unsupported/NoPipe) nothing is
+  // queued either way; eof/finished say what was passed on already.
+  const Direction& flow(bool to_backend) const { return way(to_backend).flow; }
 
   // Whether new sessions should use splice (see the contract above).
   static bool supported();
@@ -165,6 +178,7 @@ class SpliceRelay {
     Direction flow;          // queued == bytes in the pipe
     Pipe pipe;
     bool dst_blocked = false;  // dst said EAGAIN with bytes still queued
+    bool no_pipe = false;      // the pool had no pipe: source not read, handing back
   };
 
   const Way& way(bool to_backend) const { return ways_[to_backend ? 0 : 1]; }
@@ -184,6 +198,9 @@ class SpliceRelay {
   // The pipe is empty and the source ended: pass the EOF on.
   bool pass_eof(Way& w);
   void give_back_pipe(Way& w);
+  // A direction could not get a pipe: hand back once nothing is in flight.
+  // False when the relay ended.
+  bool hand_back_when_empty();
   // Starts/stops each poll handle for what its fd is needed for now.
   int update_interest();
   // Ends the relay: Ok/Reset close the fds (Reset abortively), Unsupported

@@ -1,6 +1,8 @@
 #include "core/tcp_session.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,6 +45,7 @@ TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* cl
 }
 
 TcpSession::~TcpSession() {
+  worker_.cancel_budget_wait(this);
   delete[] header_buf_;
   if (holds_source_) listener_->stats->sources.release(reinterpret_cast<const sockaddr*>(&client_addr_));
   listener_->stats->close_one();
@@ -285,8 +288,10 @@ std::string TcpSession::proxy_header() {
 void TcpSession::maybe_splice() {
   if (state_ != State::Relaying || !bulk_seen_ || bytes_to_backend_ + bytes_to_client_ < kSpliceAfterBytes)
     return;
-  if (up_.queued || down_.queued || up_.eof || down_.eof || up_.paused || down_.paused) return;
-  if (!SpliceRelay::supported()) return;
+  if (up_.queued || down_.queued || up_.eof || down_.eof || up_.paused || down_.paused || starved_) return;
+  // No useful pipe to be had for now (PipePool): stay on the copy path; the
+  // pool tries again within a second and a later read retries the switch.
+  if (!SpliceRelay::supported() || !worker_.pipe_pool().can_acquire()) return;
   if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(client_)) != 0 ||
       uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(upstream_)) != 0)
     return;
@@ -368,11 +373,14 @@ void TcpSession::on_splice_finished(void* ctx, SpliceResult result, bool backend
     s->backend_->consecutive_failures.fetch_add(1, std::memory_order_relaxed);
     if (auto& report = s->worker_.shared().report_backend) report(s->backend_, false);
   }
-  // Unsupported although the start-up probe passed: rare enough (an exotic
-  // socket) that this connection is reset and later ones copy instead.
-  if (result == SpliceResult::Unsupported) {
-    SpliceRelay::disable();
-    s->relay_->abort();
+  // Unsupported although the start-up probe passed (an exotic socket): this
+  // connection goes back to the copy path, and later ones copy from the
+  // start. NoPipe: only this connection, for now (the pool retries later).
+  // Either way nothing is in flight: the sockets come back in closed().
+  if (result == SpliceResult::Unsupported || result == SpliceResult::NoPipe) {
+    if (result == SpliceResult::Unsupported) SpliceRelay::disable();
+    s->relay_hands_back_ = true;
+    return;
   }
   s->state_ = State::Closing;
   s->result_ = result == SpliceResult::Ok ? Result::Ok : Result::Reset;
@@ -381,9 +389,54 @@ void TcpSession::on_splice_finished(void* ctx, SpliceResult result, bool backend
 
 void TcpSession::on_splice_closed(void* ctx) {
   auto* s = static_cast<TcpSession*>(ctx);
-  delete s->relay_;
+  SpliceRelay* relay = s->relay_;
   s->relay_ = nullptr;
+  if (s->relay_hands_back_ && s->state_ == State::Relaying) s->back_to_copy_path(*relay);
+  delete relay;  // resets any fd it still owns
   s->unref();
+}
+
+void TcpSession::back_to_copy_path(SpliceRelay& relay) {
+  relay_hands_back_ = false;
+  auto* client = new uv_tcp_t;
+  auto* up = new Upstream;
+  uv_tcp_init(worker_.loop(), client);
+  uv_tcp_init(worker_.loop(), &up->tcp);
+  client->data = this;
+  up->tcp.data = this;
+  up->connect.data = this;
+  client_ = client;
+  upstream_ = &up->tcp;
+  refs_ += 2;
+  up_ = relay.flow(true);
+  down_ = relay.flow(false);
+  up_.queued = down_.queued = 0;  // nothing was in flight: the relay's promise
+  up_.paused = down_.paused = false;
+  int fds[2] = {-1, -1};
+  if (!relay.take_fds(&fds[0], &fds[1])) {
+    finish(Result::Reset, true);  // closes the new, empty handles
+    return;
+  }
+  bool ok = true;
+  uv_tcp_t* handles[2] = {client_, upstream_};
+  for (int i = 0; i < 2; ++i) {
+    // The relay's unsent-data limit is for splicing; the copy path queues
+    // in lb what the kernel refuses, so leave the kernel its default (0).
+    int lowat = 0;
+    ::setsockopt(fds[i], IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof lowat);
+    if (uv_tcp_open(handles[i], fds[i]) != 0) {
+      linger l{1, 0};  // reset, as any failure of a relayed connection
+      ::setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &l, sizeof l);
+      ::close(fds[i]);
+      ok = false;
+    }
+  }
+  if (!ok) {
+    finish(Result::Reset, true);
+    return;
+  }
+  if (up_.wants_read() && !resume_read(client_)) return;
+  if (down_.wants_read()) resume_read(upstream_);
 }
 
 void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
@@ -399,6 +452,17 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   // idle connection holds no buffer at all.
   buf->base = s->worker_.read_buffer();
   buf->len = Worker::kReadBufferSize;
+  if (s->state_ == State::Relaying && s->worker_.shared().buffers.exhausted()) {
+    // At the bound (BufferBudget): a direction whose destination is behind
+    // would buffer what it reads, so it does not read (UV_ENOBUFS, then it
+    // waits); one that keeps up reads in small steps, so that what its
+    // destination might refuse stays small.
+    if (s->dir_from(reinterpret_cast<uv_tcp_t*>(h)).queued > 0) {
+      *buf = uv_buf_init(nullptr, 0);
+      return;
+    }
+    buf->len = BufferBudget::kScarceRead;
+  }
 }
 
 void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
@@ -409,6 +473,10 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
     return;
   }
   if (s->state_ != State::Relaying) return;
+  if (nread == UV_ENOBUFS) {
+    s->starve(src);
+    return;
+  }
   if (nread > 0) {
     s->worker_.timeouts().touch(&s->timeout_);
     s->count_bytes(src == s->client_, static_cast<size_t>(nread));
@@ -458,9 +526,12 @@ void TcpSession::forward(Direction& d, uv_tcp_t* src, uv_tcp_t* dst, const char*
   w->src = src;
   w->len = rest;
   std::memcpy(w->data(), data + written, rest);
+  BufferBudget& budget = worker_.shared().buffers;
+  budget.charge(sizeof(WriteReq) + rest);
   uv_buf_t wb = uv_buf_init(w->data(), static_cast<unsigned>(rest));
   if (uv_write(&w->req, dst_stream, &wb, 1, on_write_cb) != 0) {
     std::free(w);
+    budget.credit(sizeof(WriteReq) + rest);
     finish(Result::Reset, true);
     return;
   }
@@ -474,14 +545,49 @@ void TcpSession::on_write_cb(uv_write_t* req, int status) {
   uv_tcp_t* src = w->src;
   size_t len = w->len;
   std::free(w);
+  Worker& worker = s->worker_;
+  worker.shared().buffers.credit(sizeof(WriteReq) + len);
+  worker.wake_budget_waiters();  // nothing to do unless someone waits
   if (status == UV_ECANCELED || s->state_ != State::Relaying) return;
   if (status < 0) {
     s->finish(Result::Reset, true);
     return;
   }
-  if (d->on_drained(len)) {
-    if (uv_read_start(reinterpret_cast<uv_stream_t*>(src), on_alloc, on_read_cb) != 0)
-      s->finish(Result::Reset, true);
+  bool resume = d->on_drained(len);
+  // A source stopped for budget reads again once its own queue is empty: its
+  // destination keeps up, and it then reads in small steps at the bound, so
+  // no session waits on budget that others hold.
+  if ((s->starved_ & s->starved_bit(src)) && d->queued == 0 && d->wants_read()) resume = true;
+  if (resume) s->resume_read(src);
+}
+
+void TcpSession::starve(uv_tcp_t* src) {
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(src));
+  starved_ |= starved_bit(src);
+  worker_.wait_for_budget(this);
+}
+
+bool TcpSession::resume_read(uv_tcp_t* src) {
+  if (starved_ & starved_bit(src)) {
+    starved_ &= static_cast<uint8_t>(~starved_bit(src));
+    if (!starved_) worker_.cancel_budget_wait(this);
+  }
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(src), on_alloc, on_read_cb) != 0) {
+    finish(Result::Reset, true);
+    return false;
+  }
+  return true;
+}
+
+void TcpSession::budget_returned() {
+  for (uv_tcp_t* src : {client_, upstream_}) {
+    if (state_ != State::Relaying) return;
+    if (!(starved_ & starved_bit(src))) continue;
+    if (dir_from(src).wants_read()) {
+      if (!resume_read(src)) return;
+    } else {
+      starved_ &= static_cast<uint8_t>(~starved_bit(src));  // backpressure or EOF resumes it, if ever
+    }
   }
 }
 
@@ -547,6 +653,8 @@ void TcpSession::finish(Result r, bool reset) {
   state_ = State::Closing;
   result_ = r;
   worker_.timeouts().disarm(&timeout_);
+  worker_.cancel_budget_wait(this);
+  starved_ = 0;
   if (relay_) {
     if (reset) relay_->abort();
     else relay_->close();

@@ -17,7 +17,8 @@
 // socket inside the kernel, with the same
 // backpressure, half-close and reset semantics as the copy path here, which
 // remains the fallback (uv_try_write, and a copy only of what the kernel
-// refused).
+// refused): a relay that finds splice unsupported, or gets no pipe, hands
+// the sockets back and the session goes on copying (back_to_copy_path).
 //
 // Lifetime: owned by its worker (in the worker's intrusive session list) and
 // destroyed in the close callback of the last of its handles, so no libuv
@@ -52,6 +53,13 @@ class TcpSession {
   // Worker's intrusive list.
   TcpSession* prev = nullptr;
   TcpSession* next = nullptr;
+  // Worker's list of sessions waiting for buffer budget (see BufferBudget).
+  TcpSession* budget_prev = nullptr;
+  TcpSession* budget_next = nullptr;
+  bool budget_waiting = false;
+  // The worker took this session off its wait list: budget is back, read
+  // again whatever stopped for it.
+  void budget_returned();
 
  private:
   // How long a client of an accept_proxy_protocol listener has to send its
@@ -81,6 +89,9 @@ class TcpSession {
   std::string proxy_header();
   bool switch_to_splice(std::string_view preface);
   void maybe_splice();
+  // The relay handed the sockets back (Unsupported, NoPipe): new handles on
+  // them, directions as the relay left them, reading again.
+  void back_to_copy_path(SpliceRelay& relay);
   // Bytes relayed on the copy path before a session moves to splice(2).
   static constexpr uint64_t kSpliceAfterBytes = 64 * 1024;
   // A read at least this large marks a bulk stream (half the worker's read
@@ -101,6 +112,12 @@ class TcpSession {
   void log_access();
 
   Direction& dir_from(uv_tcp_t* src) { return src == client_ ? up_ : down_; }
+  uint8_t starved_bit(uv_tcp_t* src) const { return src == client_ ? 1 : 2; }
+  // The shared buffer budget is spent and `src`'s direction has bytes
+  // queued: stop reading it until budget returns (or the queue empties).
+  void starve(uv_tcp_t* src);
+  // Reads `src` again (after backpressure or a budget wait).
+  bool resume_read(uv_tcp_t* src);
   uv_tcp_t* peer_of(uv_tcp_t* h) { return h == client_ ? upstream_ : client_; }
 
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
@@ -145,6 +162,8 @@ class TcpSession {
   bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
   bool bulk_seen_ = false;         // a read of kSpliceReadMin or more happened
   bool holds_source_ = false;       // counted in the listener's per-source table
+  bool relay_hands_back_ = false;  // the relay ended with the fds kept for the copy path
+  uint8_t starved_ = 0;            // starved_bit()s of sources stopped for budget
   // accept_proxy_protocol: the header as it arrives (proxy::kMaxHeader bytes,
   // only until it is parsed); then the client bytes that came after it, sent
   // on once the backend is connected.

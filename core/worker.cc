@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 
 #include "core/hash/flow_hash.h"
@@ -44,6 +45,9 @@ Worker::Worker(unsigned index, SharedState& shared)
   uv_timer_init(&loop_, trim_timer_);
   trim_timer_->data = this;
   uv_timer_start(trim_timer_, on_trim, kPipeTrimMs, kPipeTrimMs);
+  budget_timer_ = new uv_timer_t;
+  uv_timer_init(&loop_, budget_timer_);
+  budget_timer_->data = this;
 }
 
 // Pipes unused for a whole period go back to the kernel: bursts keep their
@@ -52,13 +56,56 @@ void Worker::on_trim(uv_timer_t* t) {
   auto* w = static_cast<Worker*>(t->data);
   if (w->pipe_pool_.acquires() == w->trim_seen_acquires_ && w->pipe_pool_.idle() > 0) w->pipe_pool_.trim();
   w->trim_seen_acquires_ = w->pipe_pool_.acquires();
+  // After a pipe shortage, ask for full-size pipes again.
+  w->pipe_pool_.retry();
 }
 
 void Worker::close_trim_timer() {
-  if (!trim_timer_) return;
-  uv_close(reinterpret_cast<uv_handle_t*>(trim_timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
-  trim_timer_ = nullptr;
+  for (uv_timer_t** t : {&trim_timer_, &budget_timer_}) {
+    if (!*t) continue;
+    uv_close(reinterpret_cast<uv_handle_t*>(*t), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    *t = nullptr;
+  }
 }
+
+void Worker::wait_for_budget(TcpSession* s) {
+  if (s->budget_waiting) return;
+  s->budget_waiting = true;
+  s->budget_next = nullptr;
+  s->budget_prev = budget_tail_;
+  if (budget_tail_) budget_tail_->budget_next = s;
+  else budget_head_ = s;
+  budget_tail_ = s;
+  if (budget_timer_ && !uv_is_active(reinterpret_cast<uv_handle_t*>(budget_timer_)))
+    uv_timer_start(budget_timer_, on_budget_timer, kBudgetPollMs, kBudgetPollMs);
+}
+
+void Worker::cancel_budget_wait(TcpSession* s) {
+  if (!s->budget_waiting) return;
+  s->budget_waiting = false;
+  if (s->budget_prev) s->budget_prev->budget_next = s->budget_next;
+  else budget_head_ = s->budget_next;
+  if (s->budget_next) s->budget_next->budget_prev = s->budget_prev;
+  else budget_tail_ = s->budget_prev;
+  s->budget_prev = s->budget_next = nullptr;
+  if (!budget_head_ && budget_timer_) uv_timer_stop(budget_timer_);
+}
+
+void Worker::wake_budget_waiters() {
+  if (!budget_head_) return;
+  const int64_t headroom = shared_.buffers.headroom();
+  if (headroom <= 0) return;
+  // A woken session may allocate up to a read buffer per read before it
+  // sees the bound again: wake about as many as the headroom covers.
+  int64_t n = std::max<int64_t>(1, headroom / static_cast<int64_t>(kReadBufferSize));
+  while (n-- > 0 && budget_head_) {
+    TcpSession* s = budget_head_;
+    cancel_budget_wait(s);
+    s->budget_returned();  // may finish (and later free) the session, never now
+  }
+}
+
+void Worker::on_budget_timer(uv_timer_t* t) { static_cast<Worker*>(t->data)->wake_budget_waiters(); }
 
 Worker::~Worker() {
   if (thread_.joinable()) thread_.join();
@@ -200,6 +247,9 @@ void Worker::apply_listeners(std::vector<ListenEntry> entries) {
     uv_tcp_init(&loop_, l->handle);
     l->handle->data = l.get();
     int rc = uv_tcp_open(l->handle, e.fd);
+    // Once open, the handle owns the fd (uv_close below closes it); a socket
+    // it refused is still ours to close.
+    if (rc != 0) ::close(e.fd);
     // Accepted sockets inherit TCP_NODELAY from the listening socket (Linux
     // clones the listener's options), so it is set once here rather than
     // once per connection.

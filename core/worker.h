@@ -26,6 +26,7 @@
 #include "conf/config.h"
 #include "core/acl.h"
 #include "core/backend_table.h"
+#include "core/flow_control.h"
 #include "core/pipe_pool.h"
 #include "core/select/selector.h"
 #include "core/select/selector_set.h"
@@ -52,6 +53,7 @@ using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 struct SharedState {
   std::atomic<int64_t> active_connections{0};          // all listeners, all workers
   std::atomic<uint64_t> max_connections{100000};       // [global] max_connections
+  BufferBudget buffers;                                // [global] max_buffer_memory
   // Null until the first configuration with an access log; set once, never
   // reset while workers run (a reload retargets or disables the object).
   std::atomic<AccessLog*> access_log{nullptr};
@@ -111,6 +113,17 @@ class Worker {
   uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client);
   void session_opened(TcpSession* s);
   void session_closed(TcpSession* s);
+  // Sessions that stopped reading because the shared BufferBudget is spent,
+  // in FIFO order. A session queues itself once (whatever it waits on) and
+  // leaves by cancel or by being woken. Waking happens when this worker frees
+  // buffers and, since other workers free budget too, on a kBudgetPollMs
+  // timer that runs only while someone waits; each wake takes from the head
+  // about as many sessions as the headroom has read buffers for (at least
+  // one), so returning budget neither stampedes every waiter nor skips any.
+  void wait_for_budget(TcpSession* s);
+  void cancel_budget_wait(TcpSession* s);
+  void wake_budget_waiters();
+  static constexpr uint64_t kBudgetPollMs = 10;
   // UDP: the batch receive buffer (recvmmsg slots of 64 KiB each), allocated
   // on first use so TCP-only workers do not carry it.
   static constexpr size_t kUdpBatch = 20;
@@ -128,6 +141,8 @@ class Worker {
 
   void run();
   static void on_async(uv_async_t* a);
+  // Every kPipeTrimMs: closes pooled pipes unused for that long, and lets
+  // the pool try for full-size pipes again after a shortage.
   static void on_trim(uv_timer_t* t);
   void close_trim_timer();
   static constexpr uint64_t kPipeTrimMs = 1000;
@@ -150,6 +165,10 @@ class Worker {
   PipePool pipe_pool_;   // outlives the loop: the destructor runs after run()
   uv_timer_t* trim_timer_ = nullptr;   // gives idle pipes back to the kernel
   uint64_t trim_seen_acquires_ = 0;
+  static void on_budget_timer(uv_timer_t* t);
+  uv_timer_t* budget_timer_ = nullptr;   // runs while budget_head_ is set
+  TcpSession* budget_head_ = nullptr;    // sessions waiting for budget (FIFO)
+  TcpSession* budget_tail_ = nullptr;
   std::thread thread_;
 
   std::mutex inbox_mu_;

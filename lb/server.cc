@@ -249,6 +249,7 @@ bool Server::start() {
   match_inherited(config_);
   raise_nofile(config_.global.max_connections);
   shared_.max_connections.store(config_.global.max_connections);
+  shared_.buffers.limit.store(static_cast<int64_t>(config_.global.max_buffer_memory));
 
   if (config_.global.access_log != "off") {
     access_log_ = std::make_unique<core::AccessLog>(config_.global.access_log, nworkers_);
@@ -532,6 +533,9 @@ void Server::reload_commit() {
   warn_restart_settings(next);
   log::set_level(next.global.log_level);
   shared_.max_connections.store(next.global.max_connections);
+  // Sessions waiting for budget see a raised limit on their worker's next
+  // budget poll; a lowered one stops reads once usage is above it.
+  shared_.buffers.limit.store(static_cast<int64_t>(next.global.max_buffer_memory));
 
   control_->commit_staged();
   match_inherited(next);

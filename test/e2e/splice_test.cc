@@ -23,27 +23,6 @@
 namespace lb::test {
 namespace {
 
-bool splice_enabled() {
-  const char* v = std::getenv("LB_SPLICE");
-  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
-}
-
-// Pipes among the open files of `pid`.
-int pipes_of(pid_t pid) {
-  std::string dir = fmt::format("/proc/{}/fd", pid);
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return -1;
-  int n = 0;
-  char target[256];
-  while (dirent* e = ::readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    ssize_t len = ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
-    if (len > 0 && std::string_view(target, static_cast<size_t>(len)).substr(0, 5) == "pipe:") ++n;
-  }
-  ::closedir(d);
-  return n;
-}
-
 // Samples pipes_of(pid) every millisecond until destroyed; max() is the most seen.
 class PipeWatch {
  public:
@@ -108,7 +87,7 @@ TEST_CASE("a bulk stream moves to splice(2): lb holds pipes while it flows", "[e
     most = watch.max();
   }
   INFO("pipes before " << before << ", most seen during the transfer " << most);
-  if (splice_enabled()) {
+  if (lb_splice_enabled()) {
     CHECK(most > before);
   } else {
     CHECK(most == before);
@@ -144,6 +123,37 @@ TEST_CASE("small request/response traffic stays on the copy path however much it
   INFO("pipes before " << before << ", most seen during the exchanges " << most);
   CHECK(most == before);
   client.close();
+  CHECK(backend.wait_active(0, in(seconds(5))));
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("when splice(2) turns out unsupported, the connection goes on on the copy path",
+          "[e2e][splice]") {
+  // A shim makes splice fail with EINVAL on TCP sockets (and only there, so
+  // lb's start-up probe passes): the first bulk stream switches to the
+  // splice relay, which reports Unsupported before moving a byte. That
+  // connection must carry on, byte-exact, on the copy path; later ones never
+  // try splice again.
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
+  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
+  LbProcess lb(echo_config(backend.address()),
+               LbOptions{{}, {std::string("LD_PRELOAD=") + LB_SPLICE_REFUSES_TCP_SHIM, asan}});
+  REQUIRE(lb.wait_started());
+  const std::string payload = random_bytes(8 << 20, 3);
+  for (int round = 0; round < 2; ++round) {
+    INFO("connection " << round);
+    Socket client = tcp_connect("127.0.0.1", lb.listener_port("web"), in(seconds(5)));
+    REQUIRE(client);
+    ReadResult got = exchange(client, payload, payload.size(), in(seconds(60)));
+    INFO("read ended " << static_cast<int>(got.end) << " errno " << got.error);
+    REQUIRE(got.data.size() == payload.size());
+    CHECK(mismatch_offset(got.data, payload) == std::string::npos);
+    // Still open both ways: a half-close goes through, then the backend's EOF.
+    ::shutdown(client.fd(), SHUT_WR);
+    CHECK(read_until_eof(client, in(seconds(10))).end == ReadEnd::Eof);
+  }
   CHECK(backend.wait_active(0, in(seconds(5))));
   CHECK(lb.terminate() == 0);
 }

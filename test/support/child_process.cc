@@ -360,6 +360,26 @@ int ChildProcess::fd_count() const {
   return count;
 }
 
+int ChildProcess::pipe_count() const {
+  if (pid_ <= 0 || reaped_) return -1;
+  return pipes_of(pid_);
+}
+
+int pipes_of(pid_t pid) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return -1;
+  int n = 0;
+  char target[256];
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    ssize_t len = ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+    if (len > 0 && std::string_view(target, static_cast<size_t>(len)).substr(0, 5) == "pipe:") ++n;
+  }
+  ::closedir(d);
+  return n;
+}
+
 int ChildProcess::settled_fd_count(milliseconds quiet, Deadline deadline) const {
   int last = fd_count();
   auto since = Clock::now();

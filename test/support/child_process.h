@@ -91,6 +91,9 @@ class ChildProcess {
 
   // Open file descriptors of the child (/proc/PID/fd), -1 if unavailable.
   int fd_count() const;
+  // Pipes among them (lb's splice(2) relay holds one per busy direction), -1
+  // if unavailable.
+  int pipe_count() const;
   // fd_count() once it has not changed for `quiet` (or its last value at the
   // deadline): a baseline for leak checks that is not taken while the child
   // is still setting up (e.g. worker threads opening their loops' fds).
@@ -122,5 +125,9 @@ class ChildProcess {
   bool output_closed_ = false;
   std::thread reader_;
 };
+
+// Pipes among the open files of process `pid`, -1 if unavailable. Safe from
+// any thread.
+int pipes_of(pid_t pid);
 
 }  // namespace lb::test

@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <strings.h>
 #include <exception>
 
 namespace lb::test {
@@ -12,6 +14,12 @@ std::string lb_binary() {
 }
 
 std::string test_data_dir() { return LB_TEST_DATA_DIR; }
+
+bool lb_splice_enabled() {
+  const char* v = std::getenv("LB_SPLICE");
+  return !(v && (std::strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0 || strcasecmp(v, "false") == 0 ||
+                 strcasecmp(v, "no") == 0));
+}
 
 std::string global_section(unsigned workers, bool admin) {
   std::string out = "[global]\nworkers = " + std::to_string(workers) + "\naccess_log = \"off\"\n\n";

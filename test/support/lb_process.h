@@ -105,6 +105,10 @@ struct LbRun {
 LbRun run_lb(const std::vector<std::string>& args, Deadline deadline = in(kStartTimeout),
              const std::vector<std::string>& env = {});
 
+// Whether lb started from this process may use splice(2): false when
+// LB_SPLICE in the environment turns it off (ctest's e2e_copy_path run).
+bool lb_splice_enabled();
+
 // The usual head of a test configuration: [global] with `workers`, no access
 // log, and (when `admin`) an [admin] section listening on 127.0.0.1:0.
 std::string global_section(unsigned workers = 1, bool admin = true);

@@ -102,11 +102,12 @@ const char* to_string(ReadEnd e) {
   return "?";
 }
 
-Socket tcp_connect_start(const std::string& host, uint16_t port, int* error) {
-  return tcp_connect_start_from("", host, port, error);
+Socket tcp_connect_start(const std::string& host, uint16_t port, int* error, int rcvbuf, int mss) {
+  return tcp_connect_start_from("", host, port, error, rcvbuf, mss);
 }
 
-Socket tcp_connect_start_from(const std::string& source, const std::string& host, uint16_t port, int* error) {
+Socket tcp_connect_start_from(const std::string& source, const std::string& host, uint16_t port, int* error,
+                              int rcvbuf, int mss) {
   sockaddr_storage ss;
   socklen_t len;
   if (!make_sockaddr(host, port, &ss, &len)) {
@@ -128,6 +129,8 @@ Socket tcp_connect_start_from(const std::string& source, const std::string& host
   }
   int one = 1;
   setsockopt(s.fd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (rcvbuf > 0) setsockopt(s.fd(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+  if (mss > 0) setsockopt(s.fd(), IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss));
   int rc;
   do {
     rc = ::connect(s.fd(), reinterpret_cast<sockaddr*>(&ss), len);

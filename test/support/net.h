@@ -58,11 +58,16 @@ Socket tcp_connect(const std::string& host, uint16_t port, Deadline deadline, in
 Socket tcp_connect_from(const std::string& source, const std::string& host, uint16_t port, Deadline deadline,
                         int* error = nullptr);
 Socket tcp_connect_start_from(const std::string& source, const std::string& host, uint16_t port,
-                              int* error = nullptr);
+                              int* error = nullptr, int rcvbuf = 0, int mss = 0);
 
 // Like tcp_connect, but for tests that open very many connections: returns as
 // soon as the connect is in progress. Use wait_connected() before I/O.
-Socket tcp_connect_start(const std::string& host, uint16_t port, int* error = nullptr);
+// `rcvbuf` > 0 sets SO_RCVBUF and `mss` > 0 TCP_MAXSEG before the connect: a
+// client that takes little before it must read, and whose MSS (an internet
+// client's 1400 rather than loopback's 64 KiB) keeps the kernel from sizing
+// the peer's send buffer in megabytes at once.
+Socket tcp_connect_start(const std::string& host, uint16_t port, int* error = nullptr, int rcvbuf = 0,
+                         int mss = 0);
 // Waits until a tcp_connect_start() socket is connected; 0 or an errno.
 int wait_connected(const Socket& s, Deadline deadline);
 

@@ -134,6 +134,11 @@ TEST_CASE("enum keys name their accepted values", "[conf][errors]") { check_fixt
 
 TEST_CASE("integers out of range", "[conf][errors]") { check_fixture("ranges.toml"); }
 
+TEST_CASE("sizes: bare numbers and sizes below the minimum", "[conf][errors]") {
+  check_fixture("sizes.toml");
+  check_fixture("sizes_small.toml");
+}
+
 TEST_CASE("unknown pools, duplicate names and ids, pools without backends", "[conf][errors]") {
   check_fixture("references.toml");
 }

@@ -45,6 +45,7 @@ TEST_CASE("minimal.toml: every omitted key takes the spec's default", "[conf][lo
 
   CHECK(cfg.global.workers == 0);
   CHECK(cfg.global.max_connections == 100000);
+  CHECK(cfg.global.max_buffer_memory == uint64_t{1} << 30);
   CHECK(cfg.global.shutdown_timeout == seconds(30));
   CHECK(cfg.global.drain_delay == milliseconds(0));
   CHECK(cfg.global.user.empty());
@@ -115,6 +116,7 @@ TEST_CASE("full.toml: every key of the schema is read", "[conf][load]") {
 
   CHECK(cfg.global.workers == 4);
   CHECK(cfg.global.max_connections == 50000);
+  CHECK(cfg.global.max_buffer_memory == uint64_t{512} << 20);
   CHECK(cfg.global.shutdown_timeout == seconds(45));
   CHECK(cfg.global.drain_delay == seconds(5));
   CHECK(cfg.global.user.empty());

@@ -28,6 +28,23 @@ TEST_CASE("parse_duration accepts a number with a unit", "[conf][duration]") {
   CHECK(parse_duration("1h2m3s4ms") == milliseconds(3723004));
 }
 
+TEST_CASE("parse_size: a number with a binary unit", "[conf][size]") {
+  CHECK(parse_size("0B") == 0u);
+  CHECK(parse_size("4096B") == 4096u);
+  CHECK(parse_size("64KiB") == 64u * 1024);
+  CHECK(parse_size("16MiB") == 16u << 20);
+  CHECK(parse_size("1GiB") == uint64_t{1} << 30);
+  CHECK(parse_size("2TiB") == uint64_t{2} << 40);
+  CHECK(parse_size("16777215TiB") == uint64_t{16777215} << 40);
+  for (const char* bad : {"", "1", "GiB", "1.5GiB", "-1MiB", "1 MiB", "1MB", "1gib", "1k", "16777216TiB"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_size(bad).has_value());
+  }
+  CHECK(parse_size_detailed("1.5GiB").error.find("fractions") != std::string::npos);
+  CHECK(parse_size_detailed("1MB").error == R"(unknown unit "MB" (expected B, KiB, MiB, GiB or TiB))");
+  CHECK(parse_size_detailed("512").error == "missing unit (B, KiB, MiB, GiB or TiB)");
+}
+
 TEST_CASE("parse_duration refuses anything else", "[conf][duration]") {
   for (const char* bad : {"",
                           "2",

@@ -196,3 +196,59 @@ TEST_CASE("pipe pool trim closes every idle pipe and counts acquires", "[splice]
   }
   CHECK(open_fds() == before);
 }
+
+TEST_CASE("pipe pool: a spent pipe quota gives no small pipes, and full size again after retry()",
+          "[splice][pipe_pool]") {
+  // fs.pipe-user-pages-soft is per user and binds only unprivileged ones: past
+  // it, new pipes get 8 KiB and cannot grow. Rather than lower the sysctl
+  // (system-wide), a child becomes a fresh user of its own (no other process
+  // has its pipes, and setuid() drops every capability) and spends that
+  // user's quota with the pool itself.
+  long soft = 0;
+  if (FILE* f = std::fopen("/proc/sys/fs/pipe-user-pages-soft", "r")) {
+    if (std::fscanf(f, "%ld", &soft) != 1) soft = 0;
+    std::fclose(f);
+  }
+  if (soft <= 0 || geteuid() != 0) {
+    WARN("needs root (to become a fresh user) and fs.pipe-user-pages-soft > 0: skipped");
+    return;
+  }
+  constexpr size_t kSize = 256 * 1024;
+  const long max_pipes = soft / static_cast<long>(kSize / 4096) + 16;  // then it must have run out
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const uid_t uid = 0x4c420000u + static_cast<uid_t>(getpid() & 0xffff);  // owns nothing
+    if (setresgid(uid, uid, uid) != 0 || setresuid(uid, uid, uid) != 0) _exit(10);
+    PipePool pool(kSize, 8);
+    std::vector<Pipe> held;
+    int rc = 0;
+    while (static_cast<long>(held.size()) < max_pipes) {
+      Pipe p;
+      rc = pool.acquire(&p);
+      if (rc != 0) break;
+      if (p.capacity < PipePool::kDefaultMinSize) _exit(11);  // a pipe too small to be of use
+      held.push_back(p);
+    }
+    if (rc != -ENOBUFS) _exit(12);           // ran out, and said so
+    if (held.empty()) _exit(13);
+    if (pool.pipe_size() < PipePool::kDefaultMinSize) _exit(14);
+    // Failing now costs no syscalls: nothing is created.
+    const size_t created = pool.created();
+    Pipe p;
+    if (pool.acquire(&p) != -ENOBUFS || pool.created() != created || pool.can_acquire()) _exit(15);
+    // The quota comes back; the pool waits for retry() before it asks again.
+    for (Pipe& h : held) pool.release(&h, 1);  // not empty: closed, not pooled
+    if (pool.acquire(&p) != -ENOBUFS) _exit(16);
+    pool.retry();
+    if (!pool.can_acquire()) _exit(17);
+    if (pool.acquire(&p) != 0 || p.capacity != kSize || pool.pipe_size() != kSize) _exit(18);
+    pool.release(&p, 0);
+    _exit(0);
+  }
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+}

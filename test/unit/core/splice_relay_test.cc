@@ -723,6 +723,73 @@ TEST_CASE("splice relay reports Unsupported and hands the fds back untouched", "
   CHECK(open_fds() == fds_before);
 }
 
+// While alive, no new fd can be opened in this process (RLIMIT_NOFILE at the
+// lowest free descriptor): pipe2() fails with EMFILE, as when lb runs out of
+// fds or pipes. Single-threaded tests only.
+struct NoNewFds {
+  rlimit saved{};
+  NoNewFds() {
+    REQUIRE(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+    int lowest = ::dup(0);
+    REQUIRE(lowest >= 0);
+    ::close(lowest);
+    rlimit r = saved;
+    r.rlim_cur = static_cast<rlim_t>(lowest);
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &r) == 0);
+  }
+  ~NoNewFds() { setrlimit(RLIMIT_NOFILE, &saved); }
+};
+
+TEST_CASE("splice relay without a pipe hands the connection back, even after bytes moved", "[splice]") {
+  const int fds_before = open_fds();
+  {
+    Rig rig;
+    rig.connect();
+    REQUIRE(rig.start() == 0);
+    // First a transfer through the relay...
+    const std::string first = payload(300 * 1024, 21);
+    rig.client.send(first);
+    REQUIRE(rig.run_until([&] { return rig.backend.received == first.size(); }));
+    CHECK(rig.backend.in == first);
+    // ...then no pipe can be had (the pooled ones closed, no fds left) when
+    // the client sends again: the relay must not read it, and hands both
+    // sockets back instead of resetting them.
+    REQUIRE(rig.run_until([&] { return rig.pool.in_use() == 0; }));
+    rig.pool.trim();
+    const std::string second = payload(100 * 1024, 22);
+    {
+      NoNewFds limit;
+      rig.client.send(second);
+      REQUIRE(rig.run_until([&] { return rig.closed; }));
+    }
+    CHECK(rig.finished_calls == 1);
+    CHECK(rig.result == SpliceResult::NoPipe);
+    CHECK(rig.pool.in_use() == 0);
+    CHECK_FALSE(rig.relay->flow(true).eof);
+    CHECK_FALSE(rig.relay->flow(false).eof);
+    CHECK(rig.relay->flow(true).queued == 0);
+    int c = -1, b = -1;
+    REQUIRE(rig.relay->take_fds(&c, &b));
+    // The second message is still unread on the relay's client socket, and
+    // the backend connection is open: a copy path can carry on exactly.
+    std::string got;
+    REQUIRE(rig.run_until([&] {
+      char buf[64 * 1024];
+      ssize_t n = ::recv(c, buf, sizeof buf, 0);
+      if (n > 0) got.append(buf, static_cast<size_t>(n));
+      return got.size() >= second.size();
+    }, in(seconds(5))));
+    CHECK(got == second);
+    REQUIRE(::send(b, "more", 4, MSG_NOSIGNAL) == 4);
+    REQUIRE(rig.run_until([&] { return rig.backend.received == first.size() + 4; }));
+    CHECK_FALSE(rig.backend.ended());
+    ::close(c);
+    ::close(b);
+    CHECK(rig.teardown() == 0);
+  }
+  CHECK(open_fds() == fds_before);
+}
+
 TEST_CASE("splice support: LB_SPLICE=0 disables, the probe works on this kernel", "[splice]") {
   CHECK_FALSE(SpliceRelay::detect("0"));
   CHECK_FALSE(SpliceRelay::detect("off"));

@@ -1,0 +1,50 @@
+// Worker on its own thread, driven only through its thread-safe inbox.
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <memory>
+
+#include "core/stats.h"
+#include "core/worker.h"
+
+using lb::core::ListenEntry;
+using lb::core::ListenerRuntime;
+using lb::core::ListenerStats;
+using lb::core::SharedState;
+using lb::core::Worker;
+using lb::core::WorkerMessage;
+
+namespace {
+
+bool fd_open(int fd) { return fcntl(fd, F_GETFD) != -1 || errno != EBADF; }
+
+}  // namespace
+
+TEST_CASE("a listening socket the worker cannot adopt is closed, not leaked", "[worker]") {
+  // The worker owns every fd of a Listeners message. uv_tcp_open refuses an
+  // O_PATH descriptor (libuv's FIONBIO ioctl fails with EBADF on it), a real
+  // failure of the kind a bad or foreign fd causes: the fd must still be
+  // closed.
+  int fd = ::open("/", O_PATH | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  SharedState shared;
+  {
+    Worker w(0, shared);
+    w.start();
+    auto rt = std::make_shared<ListenerRuntime>();
+    rt->cfg.name = "web";
+    rt->stats = std::make_shared<ListenerStats>(1);
+    WorkerMessage m{WorkerMessage::Kind::Listeners, {}};
+    m.listeners.push_back(ListenEntry{"tcp|127.0.0.1:1", fd, rt});
+    w.post(std::move(m));
+    w.post(WorkerMessage{WorkerMessage::Kind::Abort, {}});
+    w.join();
+  }
+  // Nothing else in this process opens files meanwhile, so the number cannot
+  // have been reused.
+  CHECK_FALSE(fd_open(fd));
+  if (fd_open(fd)) ::close(fd);
+}
