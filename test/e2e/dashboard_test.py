@@ -678,19 +678,20 @@ class TokenProxyHandler(http.server.BaseHTTPRequestHandler):
 
 
 def with_new_fields(st):
-    """The status with the fields lb's API gains in issue 21 (engineer ops),
-    filled in where absent: what the page must show once they exist."""
+    """The status with the dashboard fields set to distinctive values (lb
+    reports them too, but with values a short test cannot choose), so the
+    test can check that the page renders each one where it belongs."""
     for i, l in enumerate(st["listeners"]):
-        l.setdefault("rejected", {"acl": 1 + i, "limit": 2, "no_backend": 3, "proxy_protocol": 0, "tls": 1234})
+        l["rejected"] = {"acl": 1 + i, "limit": 2, "no_backend": 3, "proxy_protocol": 0, "tls": 1234}
     for p in st["pools"]:
         for b in p["backends"]:
             up = b["health"] == "up"
-            b.setdefault("effective_weight", b["weight"] // 2)
-            b.setdefault("connect_failures", 0 if up else 4321)
-            b.setdefault("bytes_to_backend", b["total"] * 1000)
-            b.setdefault("bytes_to_client", b["total"] * 3000)
-            b.setdefault("last_check", {"result": "pass" if up else "fail",
-                                        "detail": "" if up else "connection refused", "age_ms": 1500})
+            b["effective_weight"] = b["weight"] // 2
+            b["connect_failures"] = 0 if up else 4321
+            b["bytes_to_backend"] = b["total"] * 1000
+            b["bytes_to_client"] = b["total"] * 3000
+            b["last_check"] = {"result": "pass" if up else "fail",
+                               "detail": "" if up else "connection refused", "age_ms": 1500}
     return st
 
 

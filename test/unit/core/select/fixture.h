@@ -42,7 +42,7 @@ struct TestPool {
   }
   Backend* add(const std::string& id, unsigned weight = 1, uint64_t max_connections = 0) {
     backends.push_back(make_backend(id, weight, max_connections));
-    candidates.push_back({backends.back().get(), weight});
+    candidates.push_back({backends.back().get(), weight, max_connections});
     return backends.back().get();
   }
   size_t index_of(const Backend* b) const {
