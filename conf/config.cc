@@ -18,17 +18,16 @@ namespace lb::conf {
 const EnumName<Protocol> kProtocolNames[2] = {{Protocol::Tcp, "tcp"}, {Protocol::Udp, "udp"}};
 const EnumName<ProxyProtocol> kProxyProtocolNames[3] = {
     {ProxyProtocol::Off, "off"}, {ProxyProtocol::V1, "v1"}, {ProxyProtocol::V2, "v2"}};
-const EnumName<SelectorKind> kSelectorNames[5] = {
-    {SelectorKind::RoundRobin, "round_robin"},
-    {SelectorKind::LeastConnections, "least_connections"},
-    {SelectorKind::RandomTwo, "random_two"},
-    {SelectorKind::RingHash, "ring_hash"},
-    {SelectorKind::Maglev, "maglev"}};
+const EnumName<SelectorKind> kSelectorNames[5] = {{SelectorKind::RoundRobin, "round_robin"},
+                                                  {SelectorKind::LeastConnections, "least_connections"},
+                                                  {SelectorKind::RandomTwo, "random_two"},
+                                                  {SelectorKind::RingHash, "ring_hash"},
+                                                  {SelectorKind::Maglev, "maglev"}};
 const EnumName<HashKey> kHashKeyNames[2] = {{HashKey::SourceIp, "source_ip"},
                                             {HashKey::SourceIpPort, "source_ip_port"}};
-const EnumName<HealthType> kHealthTypeNames[6] = {
-    {HealthType::Tcp, "tcp"}, {HealthType::Http, "http"}, {HealthType::Tls, "tls"},
-    {HealthType::Dns, "dns"}, {HealthType::Udp, "udp"},   {HealthType::None, "none"}};
+const EnumName<HealthType> kHealthTypeNames[6] = {{HealthType::Tcp, "tcp"}, {HealthType::Http, "http"},
+                                                  {HealthType::Tls, "tls"}, {HealthType::Dns, "dns"},
+                                                  {HealthType::Udp, "udp"}, {HealthType::None, "none"}};
 const EnumName<LogLevel> kLogLevelNames[4] = {{LogLevel::Error, "error"},
                                               {LogLevel::Warn, "warn"},
                                               {LogLevel::Info, "info"},
@@ -145,8 +144,7 @@ std::string suggestion(std::string_view word, const std::vector<std::string>& ca
         size_t subst = prev[j - 1] + (lower(a[i - 1]) == lower(b[j - 1]) ? 0 : 1);
         cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, subst});
         // A swap of two neighbours ("wbe" for "web") is one slip, not two.
-        if (i > 1 && j > 1 && lower(a[i - 1]) == lower(b[j - 2]) &&
-            lower(a[i - 2]) == lower(b[j - 1])) {
+        if (i > 1 && j > 1 && lower(a[i - 1]) == lower(b[j - 2]) && lower(a[i - 2]) == lower(b[j - 1])) {
           cur[j] = std::min(cur[j], prev2[j - 2] + 1);
         }
       }

@@ -26,11 +26,11 @@ struct SourcePos {
 
 // "IP:PORT", "[IPv6]:PORT" or (backends only) "HOST:PORT", resolved at load.
 struct Endpoint {
-  std::string text;            // as written in the file
-  std::string host;            // the host name of HOST:PORT (backends), "" for an IP literal
-  sockaddr_storage addr{};     // resolved; port in network order inside
+  std::string text;         // as written in the file
+  std::string host;         // the host name of HOST:PORT (backends), "" for an IP literal
+  sockaddr_storage addr{};  // resolved; port in network order inside
   socklen_t addr_len = 0;
-  uint16_t port() const;       // host order
+  uint16_t port() const;  // host order
   bool is_v6() const { return addr.ss_family == AF_INET6; }
   std::string to_string() const;  // "1.2.3.4:80" / "[::1]:80" from addr
 };
@@ -38,8 +38,8 @@ struct Endpoint {
 // An IPv4 or IPv6 prefix from allow/deny.
 struct Cidr {
   std::string text;
-  int family = AF_INET;        // AF_INET or AF_INET6
-  uint8_t bytes[16]{};         // network order, host bits zeroed
+  int family = AF_INET;  // AF_INET or AF_INET6
+  uint8_t bytes[16]{};   // network order, host bits zeroed
   int prefix_len = 0;
 };
 
@@ -61,21 +61,21 @@ inline bool is_hash_selector(SelectorKind k) {
 }
 
 struct Global {
-  unsigned workers = 0;                  // 0 = one per CPU (resolved by lb, not here)
+  unsigned workers = 0;  // 0 = one per CPU (resolved by lb, not here)
   uint64_t max_connections = 100000;
   // Bytes lb's own relay buffers may hold, all connections together.
   uint64_t max_buffer_memory = uint64_t{1} << 30;
   Duration shutdown_timeout = std::chrono::seconds(30);
   Duration drain_delay = Duration(0);
-  std::string user;                      // empty = do not drop privileges
+  std::string user;  // empty = do not drop privileges
   LogLevel log_level = LogLevel::Info;
-  std::string access_log = "stderr";     // "off" | "stderr" | path
+  std::string access_log = "stderr";  // "off" | "stderr" | path
 };
 
 struct Admin {
-  std::optional<Endpoint> listen;        // absent = no admin server
-  std::vector<Cidr> allow;               // peers that may connect at all; empty = any
-  std::string api_token_file;            // empty = no token required
+  std::optional<Endpoint> listen;  // absent = no admin server
+  std::vector<Cidr> allow;         // peers that may connect at all; empty = any
+  std::string api_token_file;      // empty = no token required
   // The first line of api_token_file, read at every load (so SIGHUP re-reads
   // it). A secret: never log it or put it in a message.
   std::string api_token;
@@ -83,10 +83,10 @@ struct Admin {
 
 struct Listener {
   std::string name;
-  SourcePos pos;                          // of the [[listener]] table
+  SourcePos pos;  // of the [[listener]] table
   Protocol protocol = Protocol::Tcp;
-  std::vector<Endpoint> bind;             // at least one
-  std::string pool;                       // names a Pool (validated)
+  std::vector<Endpoint> bind;  // at least one
+  std::string pool;            // names a Pool (validated)
   Duration connect_timeout = std::chrono::seconds(5);
   Duration idle_timeout = std::chrono::minutes(10);
   unsigned retries = 2;
@@ -95,32 +95,30 @@ struct Listener {
   std::vector<Cidr> proxy_protocol_trusted;  // peers allowed to send a PROXY header; empty = any
   Duration session_timeout = std::chrono::seconds(30);
   unsigned udp_responses = 0;
-  uint64_t max_connections = 0;           // 0 = unlimited
+  uint64_t max_connections = 0;  // 0 = unlimited
   uint64_t max_connections_per_source = 0;
   std::vector<Cidr> allow;
   std::vector<Cidr> deny;
-  std::vector<Cidr> udp_source;           // udp: local addresses to send to backends from (empty: kernel's choice)
+  std::vector<Cidr> udp_source;  // udp: local addresses to send to backends from (empty: kernel's choice)
 };
 
 // expect_status: either an exact code (200) or a class ("2xx" -> class_digit 2).
 struct ExpectStatus {
-  int code = 200;        // exact code when class_digit == 0
-  int class_digit = 0;   // 1..5 for "1xx".."5xx"
-  bool matches(int status) const {
-    return class_digit ? status / 100 == class_digit : status == code;
-  }
+  int code = 200;       // exact code when class_digit == 0
+  int class_digit = 0;  // 1..5 for "1xx".."5xx"
+  bool matches(int status) const { return class_digit ? status / 100 == class_digit : status == code; }
 };
 
 struct HealthCheck {
-  HealthType type = HealthType::None;     // resolved default: tcp for pools of tcp listeners
-  bool type_explicit = false;             // written in the file
+  HealthType type = HealthType::None;  // resolved default: tcp for pools of tcp listeners
+  bool type_explicit = false;          // written in the file
   Duration interval = std::chrono::seconds(2);
   Duration timeout = std::chrono::seconds(1);
   unsigned rise = 2;
   unsigned fall = 3;
-  uint16_t port = 0;                      // 0 = backend's port
+  uint16_t port = 0;  // 0 = backend's port
   std::string http_path = "/";
-  std::string http_host;                  // empty = backend address
+  std::string http_host;  // empty = backend address
   ExpectStatus expect_status;
   std::string tls_sni;
   std::string dns_query = ".";
@@ -129,16 +127,16 @@ struct HealthCheck {
 };
 
 struct Outlier {
-  unsigned consecutive_failures = 0;      // 0 = off
+  unsigned consecutive_failures = 0;  // 0 = off
   Duration ejection_time = std::chrono::seconds(30);
 };
 
 struct Backend {
   Endpoint address;
-  std::string id;                         // defaults to address.text
-  unsigned weight = 1;                    // 0..1000
+  std::string id;       // defaults to address.text
+  unsigned weight = 1;  // 0..1000
   bool backup = false;
-  uint64_t max_connections = 0;           // 0 = unlimited
+  uint64_t max_connections = 0;  // 0 = unlimited
 };
 
 struct Pool {
@@ -146,30 +144,30 @@ struct Pool {
   SourcePos pos;
   SelectorKind selector = SelectorKind::RoundRobin;
   HashKey hash_key = HashKey::SourceIp;
-  unsigned hash_balance_factor = 0;       // 0 = off, else > 100
+  unsigned hash_balance_factor = 0;  // 0 = off, else > 100
   Duration slow_start = Duration(0);
   HealthCheck health_check;
   Outlier outlier;
-  std::vector<Backend> backends;          // at least one, ids unique
+  std::vector<Backend> backends;  // at least one, ids unique
 };
 
 // A backend host name that a load with Resolve::Later left for the caller to
 // resolve (conf/load.h apply_host_answers).
 struct PendingHost {
-  size_t pool = 0;                        // index into Config::pools
-  size_t backend = 0;                     // index into that pool's backends
+  size_t pool = 0;     // index into Config::pools
+  size_t backend = 0;  // index into that pool's backends
   std::string host;
-  SourcePos pos;                          // of the address value, for the error
-  std::string context;                    // `pool "p" backend "x": address "h:80"`
+  SourcePos pos;        // of the address value, for the error
+  std::string context;  // `pool "p" backend "x": address "h:80"`
 };
 
 struct Config {
-  std::string path;                       // file it was loaded from
+  std::string path;  // file it was loaded from
   Global global;
   Admin admin;
-  std::vector<Listener> listeners;        // file order
-  std::vector<Pool> pools;                // file order
-  std::vector<PendingHost> unresolved;    // empty unless loaded with Resolve::Later
+  std::vector<Listener> listeners;      // file order
+  std::vector<Pool> pools;              // file order
+  std::vector<PendingHost> unresolved;  // empty unless loaded with Resolve::Later
 
   const Pool* find_pool(const std::string& name) const;
 };

@@ -94,8 +94,7 @@ bool parse_document(std::string_view text, const std::string& path, Config& cfg,
                     Diags& diags);
 void validate(Config& cfg, const ConfigSrc& src, Diags& diags);
 // Only the [admin] table (for lb ctl); false when anything in it is wrong.
-bool parse_admin_section(std::string_view text, const std::string& path, Admin& admin,
-                         Diags& diags);
+bool parse_admin_section(std::string_view text, const std::string& path, Admin& admin, Diags& diags);
 
 // ---- value parsing with reasons ------------------------------------------------
 //

@@ -171,9 +171,8 @@ class Reader {
       return false;
     }
     if (static_cast<uint64_t>(v) > hi) {
-      value_error(
-          key, *n,
-          unbounded ? std::string("too large") : fmt::format("out of range {}-{}", min, max));
+      value_error(key, *n,
+                  unbounded ? std::string("too large") : fmt::format("out of range {}-{}", min, max));
       return false;
     }
     out = static_cast<T>(v);
@@ -277,10 +276,9 @@ class Reader {
       std::string_view name = k.str();
       if (std::find(known_.begin(), known_.end(), name) != known_.end()) continue;
       std::string hint = suggestion(name, known_);
-      diags_.error(
-          pos_of(k.source()),
-          fmt::format("{}unknown key {}{}", prefix(), quote(name),
-                      hint.empty() ? "" : fmt::format(" (did you mean {}?)", quote(hint))));
+      diags_.error(pos_of(k.source()),
+                   fmt::format("{}unknown key {}{}", prefix(), quote(name),
+                               hint.empty() ? "" : fmt::format(" (did you mean {}?)", quote(hint))));
     }
   }
 
@@ -335,9 +333,8 @@ void read_cidrs(Reader& r, std::string_view key, std::vector<Cidr>& out) {
       r.value_error(key, e, c.error);
     } else if (c.value->host_bits_set) {
       // Almost always a typo for a narrower prefix: do not guess which.
-      r.value_error(
-          key, e,
-          fmt::format("address has bits set beyond the /{} prefix", c.value->cidr.prefix_len));
+      r.value_error(key, e,
+                    fmt::format("address has bits set beyond the /{} prefix", c.value->cidr.prefix_len));
     } else {
       out.push_back(std::move(c.value->cidr));
     }
@@ -375,8 +372,7 @@ std::string read_token_file(const std::string& path, std::string& token) {
   line.erase(0, start);
   if (line.empty()) return fmt::format("{}: the first line (the token) is empty", quote(path));
   for (unsigned char c : line) {
-    if (c < 0x20 || c == 0x7f)
-      return fmt::format("{}: the token contains a control character", quote(path));
+    if (c < 0x20 || c == 0x7f) return fmt::format("{}: the token contains a control character", quote(path));
   }
   token = std::move(line);
   return {};
@@ -391,8 +387,7 @@ void read_admin(const toml::table& t, Admin& a, ObjectSrc& src, Diags& d) {
     if (!n->is_string()) {
       r.type_error("listen", *n, "an address string such as \"127.0.0.1:9900\"");
     } else {
-      auto ep =
-          parse_endpoint_detailed(n->as_string()->get(), PortRule::AllowZero, HostRule::IpOnly);
+      auto ep = parse_endpoint_detailed(n->as_string()->get(), PortRule::AllowZero, HostRule::IpOnly);
       if (ep.value) {
         a.listen = std::move(*ep.value);
       } else {
@@ -438,8 +433,7 @@ void read_listener(const toml::table& t, size_t index, Listener& l, ListenerSrc&
       r.type_error("bind", *n, "an address string or an array of them");
     }
     for (const toml::node* item : items) {
-      auto ep =
-          parse_endpoint_detailed(item->as_string()->get(), PortRule::AllowZero, HostRule::IpOnly);
+      auto ep = parse_endpoint_detailed(item->as_string()->get(), PortRule::AllowZero, HostRule::IpOnly);
       if (!ep.value) {
         r.value_error("bind", *item, ep.error);
         continue;
@@ -535,8 +529,7 @@ void read_health_check(const toml::table& t, HealthCheck& h, ObjectSrc& src, Dia
   r.finish();
 }
 
-void read_outlier(const toml::table& t, Outlier& o, ObjectSrc& src, Diags& d,
-                  const std::string& pool_label) {
+void read_outlier(const toml::table& t, Outlier& o, ObjectSrc& src, Diags& d, const std::string& pool_label) {
   src.pos = pos_of(t.source());
   Reader r(t, src, d, pool_label + " outlier");
   r.read_uint("consecutive_failures", o.consecutive_failures, 0, kUnbounded);
@@ -576,9 +569,8 @@ void read_backend(const toml::table& t, size_t index, Backend& b, ObjectSrc& src
     }
   }
   // "" is the spec's spelling of "default to the address".
-  r.read_string("id", b.id, [](const std::string& s) {
-    return s.empty() ? std::string() : no_space_or_control(s);
-  });
+  r.read_string("id", b.id,
+                [](const std::string& s) { return s.empty() ? std::string() : no_space_or_control(s); });
   if (b.id.empty()) b.id = b.address.text;
   r.read_uint("weight", b.weight, 0, 1000);
   r.read_bool("backup", b.backup);
@@ -638,8 +630,10 @@ bool parse_document(std::string_view text, const std::string& path, Config& cfg,
     // error stays one line and cannot carry terminal escapes (found by fuzz_conf).
     std::string msg;
     for (unsigned char c : e.description()) {
-      if (c < 0x20 || c == 0x7f) msg += fmt::format("\\x{:02x}", c);
-      else msg += static_cast<char>(c);
+      if (c < 0x20 || c == 0x7f)
+        msg += fmt::format("\\x{:02x}", c);
+      else
+        msg += static_cast<char>(c);
     }
     diags.error(pos_of(e.source()), msg);
     return false;
@@ -657,8 +651,7 @@ bool parse_document(std::string_view text, const std::string& path, Config& cfg,
       if (const toml::table* t = e.as_table()) {
         cfg.listeners.emplace_back();
         src.listeners.emplace_back();
-        read_listener(*t, cfg.listeners.size() - 1, cfg.listeners.back(), src.listeners.back(),
-                      diags);
+        read_listener(*t, cfg.listeners.size() - 1, cfg.listeners.back(), src.listeners.back(), diags);
       }
     }
   }
@@ -675,8 +668,7 @@ bool parse_document(std::string_view text, const std::string& path, Config& cfg,
   return true;
 }
 
-bool parse_admin_section(std::string_view text, const std::string& path, Admin& admin,
-                         Diags& diags) {
+bool parse_admin_section(std::string_view text, const std::string& path, Admin& admin, Diags& diags) {
   toml::table root;
   try {
     root = toml::parse(text, path);
@@ -687,8 +679,10 @@ bool parse_admin_section(std::string_view text, const std::string& path, Admin& 
   ObjectSrc src;
   src.label = "admin";
   if (const toml::node* n = root.get("admin")) {
-    if (const toml::table* t = n->as_table()) read_admin(*t, admin, src, diags);
-    else diags.error(pos_of(n->source()), "[admin]: expected a table");
+    if (const toml::table* t = n->as_table())
+      read_admin(*t, admin, src, diags);
+    else
+      diags.error(pos_of(n->source()), "[admin]: expected a table");
   }
   return diags.empty();
 }

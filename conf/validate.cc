@@ -24,9 +24,8 @@ void check_listeners(const Config& cfg, const ConfigSrc& src, Diags& d) {
     if (!o.usable("name")) continue;
     auto [it, inserted] = names.emplace(l.name, i);
     if (!inserted) {
-      d.error(o.value_pos("name"),
-              fmt::format("{}: name {} already used by the listener at line {}", o.label,
-                          quote(l.name), src.listeners[it->second].obj.pos.line));
+      d.error(o.value_pos("name"), fmt::format("{}: name {} already used by the listener at line {}", o.label,
+                                               quote(l.name), src.listeners[it->second].obj.pos.line));
     }
   }
 
@@ -56,9 +55,8 @@ void check_listeners(const Config& cfg, const ConfigSrc& src, Diags& d) {
     if (o.bad.count("protocol")) continue;
     if (l.protocol == Protocol::Udp) {
       if (o.usable("proxy_protocol") && l.proxy_protocol == ProxyProtocol::V1) {
-        d.error(
-            o.value_pos("proxy_protocol"),
-            fmt::format(R"({}: proxy_protocol "v1": udp listeners support only "v2")", o.label));
+        d.error(o.value_pos("proxy_protocol"),
+                fmt::format(R"({}: proxy_protocol "v1": udp listeners support only "v2")", o.label));
       }
       if (o.usable("accept_proxy_protocol") && l.accept_proxy_protocol) {
         d.error(o.value_pos("accept_proxy_protocol"),
@@ -84,7 +82,8 @@ void check_listeners(const Config& cfg, const ConfigSrc& src, Diags& d) {
               fmt::format("{}: udp_responses: only meaningful for udp listeners", o.label));
     }
     if (l.protocol != Protocol::Udp && o.usable("udp_source") && !l.udp_source.empty()) {
-      d.error(o.value_pos("udp_source"), fmt::format("{}: udp_source: only meaningful for udp listeners", o.label));
+      d.error(o.value_pos("udp_source"),
+              fmt::format("{}: udp_source: only meaningful for udp listeners", o.label));
     }
   }
 
@@ -101,18 +100,17 @@ void check_listeners(const Config& cfg, const ConfigSrc& src, Diags& d) {
     for (size_t j = 0; j < l.bind.size(); ++j) {
       const Endpoint& ep = l.bind[j];
       if (ep.port() == 0) continue;
-      auto [it, inserted] = binds.emplace(
-          fmt::format("{} {}", to_string(l.protocol), ep.to_string()), Owner{i, ls.bind_items[j]});
+      auto [it, inserted] = binds.emplace(fmt::format("{} {}", to_string(l.protocol), ep.to_string()),
+                                          Owner{i, ls.bind_items[j]});
       if (inserted) continue;
       const Owner& first = it->second;
       if (first.listener == i) {
-        d.error(ls.bind_items[j], fmt::format("{}: bind {}: listed twice (also at line {})",
-                                              ls.obj.label, quote(ep.text), first.pos.line));
+        d.error(ls.bind_items[j], fmt::format("{}: bind {}: listed twice (also at line {})", ls.obj.label,
+                                              quote(ep.text), first.pos.line));
       } else {
-        d.error(ls.bind_items[j],
-                fmt::format("{}: bind {}: already used by {} listener {} at line {}", ls.obj.label,
-                            quote(ep.text), to_string(l.protocol),
-                            quote(cfg.listeners[first.listener].name), first.pos.line));
+        d.error(ls.bind_items[j], fmt::format("{}: bind {}: already used by {} listener {} at line {}",
+                                              ls.obj.label, quote(ep.text), to_string(l.protocol),
+                                              quote(cfg.listeners[first.listener].name), first.pos.line));
       }
     }
   }
@@ -127,14 +125,13 @@ void check_pools(const Config& cfg, const ConfigSrc& src, Diags& d) {
       auto [it, inserted] = names.emplace(p.name, i);
       if (!inserted) {
         d.error(ps.obj.value_pos("name"),
-                fmt::format("{}: name {} already used by the pool at line {}", ps.obj.label,
-                            quote(p.name), src.pools[it->second].obj.pos.line));
+                fmt::format("{}: name {} already used by the pool at line {}", ps.obj.label, quote(p.name),
+                            src.pools[it->second].obj.pos.line));
       }
     }
 
     if (p.backends.empty() && !ps.obj.bad.count("backend")) {
-      d.error(ps.obj.pos,
-              fmt::format("{}: no backends (add a [[pool.backend]] table)", ps.obj.label));
+      d.error(ps.obj.pos, fmt::format("{}: no backends (add a [[pool.backend]] table)", ps.obj.label));
     }
 
     // Ids name backends in hashing, metrics and the admin API: one per pool.
@@ -150,8 +147,8 @@ void check_pools(const Config& cfg, const ConfigSrc& src, Diags& d) {
       const int first_line = ps.backends[it->second].pos.line;
       // An id written in the file is the culprit; a defaulted one is the address.
       if (id_written) {
-        d.error(bs.value_pos("id"), fmt::format("{}: id {} already used by the backend at line {}",
-                                                bs.label, quote(b.id), first_line));
+        d.error(bs.value_pos("id"), fmt::format("{}: id {} already used by the backend at line {}", bs.label,
+                                                quote(b.id), first_line));
       } else {
         d.error(bs.value_pos("address"),
                 fmt::format("{}: id {} (its address) already used by the backend at line {}; "

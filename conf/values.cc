@@ -38,8 +38,7 @@ uint64_t digits_value(std::string_view s, uint64_t limit) {
   return v;
 }
 
-constexpr const char* kDurationExample =
-    R"(expected a duration such as "250ms", "2s", "5m" or "1h")";
+constexpr const char* kDurationExample = R"(expected a duration such as "250ms", "2s", "5m" or "1h")";
 
 struct Unit {
   std::string_view name;
@@ -93,9 +92,7 @@ Parsed<Duration> parse_duration_detailed(std::string_view text) {
   return P::ok(Duration(total));
 }
 
-std::optional<Duration> parse_duration(std::string_view text) {
-  return parse_duration_detailed(text).value;
-}
+std::optional<Duration> parse_duration(std::string_view text) { return parse_duration_detailed(text).value; }
 
 // ---- sizes -----------------------------------------------------------------------
 
@@ -134,8 +131,7 @@ namespace {
 
 ResolveFn g_resolver = nullptr;
 
-std::string resolve_with_getaddrinfo(const std::string& host, sockaddr_storage& addr,
-                                     socklen_t& len) {
+std::string resolve_with_getaddrinfo(const std::string& host, sockaddr_storage& addr, socklen_t& len) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;  // one entry per address, not one per socket type
@@ -222,8 +218,7 @@ bool valid_hostname(std::string_view h) {
       continue;
     }
     char c = h[i];
-    bool ok =
-        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '-' || c == '_';
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '-' || c == '_';
     if (!ok) return false;
     ++label;
   }
@@ -289,8 +284,8 @@ Parsed<Endpoint> parse_endpoint_detailed(std::string_view text, PortRule ports, 
     // Digits and dots only can never be a host name: it is a mistyped IPv4.
     bool numeric = host.find_first_not_of("0123456789.") == std::string_view::npos;
     if (hosts == HostRule::IpOnly && !numeric && valid_hostname(host)) {
-      return P::fail(fmt::format(
-          "invalid IP address {} (host names are accepted only for backends)", quote(host)));
+      return P::fail(
+          fmt::format("invalid IP address {} (host names are accepted only for backends)", quote(host)));
     }
     if (hosts == HostRule::IpOnly || numeric) {
       return P::fail(fmt::format("invalid IP address {}", quote(host)));

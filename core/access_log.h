@@ -28,11 +28,11 @@ namespace lb::core {
 struct AccessRecord {
   std::string_view listener;
   const sockaddr* client = nullptr;
-  std::string_view backend;          // empty when none was chosen
+  std::string_view backend;  // empty when none was chosen
   uint64_t duration_ms = 0;
   uint64_t bytes_to_backend = 0;
   uint64_t bytes_to_client = 0;
-  const char* result = "ok";         // ok | connect_failed | timeout | reset | refused
+  const char* result = "ok";  // ok | connect_failed | timeout | reset | refused
 };
 
 // Appends the record's JSON line (with '\n') to out.
@@ -77,7 +77,7 @@ class AccessLog {
   void write_out(const std::string& data);
   void flush_buffers(std::string& out);
 
-  std::string target_;                 // writer thread (after open())
+  std::string target_;  // writer thread (after open())
   std::vector<std::unique_ptr<Buffer>> buffers_;
   int fd_ = -1;
   bool own_fd_ = false;
@@ -89,7 +89,7 @@ class AccessLog {
   std::condition_variable cv_;
   bool stop_ = false;
   bool kick_ = false;
-  bool retarget_ = false;              // next_target_/next_fd_ wait for the writer
+  bool retarget_ = false;  // next_target_/next_fd_ wait for the writer
   std::string next_target_;
   int next_fd_ = -1;
   std::thread thread_;

@@ -32,16 +32,20 @@ namespace lb::core {
 
 struct Backend : std::enable_shared_from_this<Backend> {
   Backend(std::string pool_name, const conf::Backend& c)
-      : pool(std::move(pool_name)), id(c.id), address(c.address), weight(c.weight),
-        backup(c.backup), max_connections(c.max_connections) {}
+      : pool(std::move(pool_name)),
+        id(c.id),
+        address(c.address),
+        weight(c.weight),
+        backup(c.backup),
+        max_connections(c.max_connections) {}
   Backend(const Backend&) = delete;
   Backend& operator=(const Backend&) = delete;
 
   const std::string pool;
-  const std::string id;             // stable name: hashing, metrics, admin API
+  const std::string id;  // stable name: hashing, metrics, admin API
   const conf::Endpoint address;
   // Settings a reload may change (ControlPlane only writes them).
-  std::atomic<uint32_t> weight;     // configured weight; the table holds the effective one
+  std::atomic<uint32_t> weight;  // configured weight; the table holds the effective one
   std::atomic<bool> backup;
   std::atomic<uint64_t> max_connections;  // 0 = unlimited
 
@@ -52,12 +56,12 @@ struct Backend : std::enable_shared_from_this<Backend> {
   }
 
   // Live counters, all workers together.
-  std::atomic<int64_t> active{0};               // open connections / live UDP sessions
-  std::atomic<uint64_t> total{0};               // connections / sessions ever sent here
+  std::atomic<int64_t> active{0};  // open connections / live UDP sessions
+  std::atomic<uint64_t> total{0};  // connections / sessions ever sent here
   std::atomic<uint64_t> connect_failures{0};
   std::atomic<uint64_t> bytes_to_backend{0};
   std::atomic<uint64_t> bytes_to_client{0};
-  std::atomic<uint64_t> checks_pass{0};         // health probes
+  std::atomic<uint64_t> checks_pass{0};  // health probes
   std::atomic<uint64_t> checks_fail{0};
   // Connect failures/resets in a row seen by workers (passive health); a
   // success resets it. Lets workers skip reporting successes when it is 0.

@@ -66,8 +66,8 @@ inline bool all_full(const PoolTable& p) {
 }
 
 struct BackendTable {
-  uint64_t version = 0;                // increases with every publish
-  std::vector<PoolTablePtr> pools;     // same order as Config::pools of its generation
+  uint64_t version = 0;             // increases with every publish
+  std::vector<PoolTablePtr> pools;  // same order as Config::pools of its generation
 
   const PoolTable* find(const std::string& name) const { return find_ptr(name).get(); }
   PoolTablePtr find_ptr(const std::string& name) const {

@@ -22,7 +22,8 @@ bool same_selection(const PoolTable& a, const PoolTable& b) {
       a.backends != b.backends || a.candidates.size() != b.candidates.size())
     return false;
   for (size_t i = 0; i < a.candidates.size(); ++i)
-    if (a.candidates[i].backend != b.candidates[i].backend || a.candidates[i].weight != b.candidates[i].weight ||
+    if (a.candidates[i].backend != b.candidates[i].backend ||
+        a.candidates[i].weight != b.candidates[i].weight ||
         a.candidates[i].max_connections != b.candidates[i].max_connections)
       return false;
   return true;
@@ -224,7 +225,8 @@ ControlPlane::Status ControlPlane::set_drain(const std::string& pool, const std:
   return Status::Ok;
 }
 
-ControlPlane::Status ControlPlane::set_weight(const std::string& pool, const std::string& id, unsigned weight) {
+ControlPlane::Status ControlPlane::set_weight(const std::string& pool, const std::string& id,
+                                              unsigned weight) {
   std::lock_guard lk(mu_);
   Status st;
   BackendState* b = find(pool, id, &st);
@@ -275,12 +277,12 @@ void ControlPlane::rebuild_locked() {
     }
     std::vector<const BackendState*> sorted;
     for (auto& b : p.backends) sorted.push_back(&b);
-    std::sort(sorted.begin(), sorted.end(),
-              [](auto* a, auto* b) { return a->backend->id < b->backend->id; });
+    std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->backend->id < b->backend->id; });
     for (auto* b : sorted) pt->backends.push_back(b->backend);
     auto usable = [](const BackendState* b) { return b->up && !b->drain && b->weight() > 0; };
     auto candidate = [&](const BackendState& b) {
-      return Candidate{b.backend.get(), weight[&b], b.backend->max_connections.load(std::memory_order_relaxed)};
+      return Candidate{b.backend.get(), weight[&b],
+                       b.backend->max_connections.load(std::memory_order_relaxed)};
     };
     for (auto* b : sorted)
       if (!b->backend->backup && usable(b)) pt->candidates.push_back(candidate(*b));

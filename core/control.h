@@ -105,11 +105,11 @@ class ControlPlane {
  private:
   struct BackendState {
     BackendPtr backend;
-    conf::Backend cfg;         // settings of its generation (written to backend at commit)
+    conf::Backend cfg;  // settings of its generation (written to backend at commit)
     bool up = false;
     bool drain = false;
-    int weight_override = -1;  // -1: use the configured weight
-    bool seen_up = false;      // has been up before (the first result never ramps)
+    int weight_override = -1;                            // -1: use the configured weight
+    bool seen_up = false;                                // has been up before (the first result never ramps)
     std::chrono::steady_clock::time_point ramp_start{};  // slow start began
     bool ramping = false;
     uint32_t weight() const {

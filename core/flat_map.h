@@ -122,7 +122,7 @@ class FlatMap {
 
   void rehash(size_t capacity) {
     std::vector<Slot> old = std::move(slots_);
-    slots_ = std::vector<Slot>(capacity);   // a fresh vector: a shrink gives the memory back
+    slots_ = std::vector<Slot>(capacity);  // a fresh vector: a shrink gives the memory back
     mask_ = capacity - 1;
     size_ = 0;
     for (Slot& s : old)

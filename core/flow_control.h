@@ -48,11 +48,11 @@ struct Direction {
   static constexpr size_t kHighWater = 256 * 1024;
   static constexpr size_t kLowWater = 64 * 1024;
 
-  size_t queued = 0;       // bytes written but not yet taken by the destination
-  bool paused = false;     // source reading stopped for backpressure
-  bool eof = false;        // source sent FIN
+  size_t queued = 0;           // bytes written but not yet taken by the destination
+  bool paused = false;         // source reading stopped for backpressure
+  bool eof = false;            // source sent FIN
   bool shutdown_sent = false;  // shutdown(SHUT_WR) requested on the destination
-  bool finished = false;   // that shutdown completed: nothing more flows this way
+  bool finished = false;       // that shutdown completed: nothing more flows this way
 
   // After queuing n more bytes on the destination. True when the source must
   // stop reading now.

@@ -12,10 +12,14 @@ std::atomic<int> g_level{static_cast<int>(Level::Info)};
 
 const char* name(Level l) {
   switch (l) {
-    case Level::Error: return "error";
-    case Level::Warn: return "warn";
-    case Level::Info: return "info";
-    case Level::Debug: return "debug";
+    case Level::Error:
+      return "error";
+    case Level::Warn:
+      return "warn";
+    case Level::Info:
+      return "info";
+    case Level::Debug:
+      return "debug";
   }
   return "info";
 }
@@ -33,8 +37,7 @@ bool Throttle::admit(uint64_t* suppressed) {
   // next_ms_ starts at 0, so the first occurrence always passes. Only the
   // thread whose exchange wins logs; a loser counts itself as suppressed,
   // exactly like an event inside the interval.
-  if (now >= next &&
-      next_ms_.compare_exchange_strong(next, now + interval_ms_, std::memory_order_relaxed)) {
+  if (now >= next && next_ms_.compare_exchange_strong(next, now + interval_ms_, std::memory_order_relaxed)) {
     *suppressed = suppressed_.exchange(0, std::memory_order_relaxed);
     return true;
   }
@@ -44,9 +47,7 @@ bool Throttle::admit(uint64_t* suppressed) {
 
 void set_level(Level level) { g_level.store(static_cast<int>(level), std::memory_order_relaxed); }
 
-bool enabled(Level level) {
-  return static_cast<int>(level) <= g_level.load(std::memory_order_relaxed);
-}
+bool enabled(Level level) { return static_cast<int>(level) <= g_level.load(std::memory_order_relaxed); }
 
 void write(Level level, std::string_view text) {
   std::string line;

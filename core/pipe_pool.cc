@@ -30,8 +30,10 @@ int PipePool::acquire(Pipe* out) {
   }
   if (failing_) return -ENOBUFS;
   int rc = create(out);
-  if (rc == 0) ++in_use_;
-  else failing_ = true;
+  if (rc == 0)
+    ++in_use_;
+  else
+    failing_ = true;
   return rc;
 }
 

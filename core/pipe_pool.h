@@ -33,9 +33,9 @@
 namespace lb::core {
 
 struct Pipe {
-  int rd = -1;           // read end
-  int wr = -1;           // write end
-  size_t capacity = 0;   // bytes the pipe holds (F_GETPIPE_SZ)
+  int rd = -1;          // read end
+  int wr = -1;          // write end
+  size_t capacity = 0;  // bytes the pipe holds (F_GETPIPE_SZ)
   bool valid() const { return rd >= 0; }
 };
 
@@ -70,14 +70,14 @@ class PipePool {
   // is closed. *p is reset to invalid. Releasing an invalid Pipe is a no-op.
   void release(Pipe* p, size_t pending);
 
-  size_t in_use() const { return in_use_; }        // handed out, not yet released
-  size_t idle() const { return idle_.size(); }     // pooled, ready for reuse
-  size_t created() const { return created_; }      // pipes ever created
+  size_t in_use() const { return in_use_; }     // handed out, not yet released
+  size_t idle() const { return idle_.size(); }  // pooled, ready for reuse
+  size_t created() const { return created_; }   // pipes ever created
   size_t max_idle() const { return max_idle_; }
   // What the pool asks the kernel for now (may have fallen back below the
   // configured size, never below min_size, until retry()).
   size_t pipe_size() const { return pipe_size_; }
-  uint64_t acquires() const { return acquires_; }   // acquire() calls ever
+  uint64_t acquires() const { return acquires_; }  // acquire() calls ever
 
   // Closes every idle pipe. The worker calls it when the pool went unused
   // for a while, so a quiet lb holds no pipes (and its fd count returns to
@@ -91,9 +91,9 @@ class PipePool {
   const size_t configured_size_;
   size_t pipe_size_;
   const size_t min_size_;
-  bool failing_ = false;   // acquire() fails at once until retry()
+  bool failing_ = false;  // acquire() fails at once until retry()
   const size_t max_idle_;
-  std::vector<Pipe> idle_;   // capacity reserved up front: release never allocates
+  std::vector<Pipe> idle_;  // capacity reserved up front: release never allocates
   size_t in_use_ = 0;
   size_t created_ = 0;
   uint64_t acquires_ = 0;

@@ -13,8 +13,7 @@ namespace {
 
 // v2 signature (spec 2.2): chosen so it cannot appear at the start of any
 // common text protocol, and its first byte ('\r') tells it apart from v1 ('P').
-constexpr uint8_t kV2Sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
-                                0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+constexpr uint8_t kV2Sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
 constexpr char kV1Prefix[] = "PROXY ";
 constexpr size_t kV1PrefixLen = sizeof(kV1Prefix) - 1;
 

@@ -36,7 +36,7 @@ inline constexpr size_t kMaxHeader = 2048;
 inline constexpr size_t kMaxWrittenHeader = 108;
 
 // Spec limits, exposed for callers sizing their receive buffers.
-inline constexpr size_t kV1MaxLine = 107;  // "PROXY UNKNOWN <ipv6> <ipv6> <port> <port>\r\n"
+inline constexpr size_t kV1MaxLine = 107;   // "PROXY UNKNOWN <ipv6> <ipv6> <port> <port>\r\n"
 inline constexpr size_t kV2FixedSize = 16;  // signature + ver/cmd + fam + len
 
 enum class Status { NeedMore, Done, Invalid };
@@ -52,7 +52,7 @@ struct Header {
 
 struct ParseResult {
   Status status = Status::NeedMore;
-  size_t consumed = 0;          // header length when Done
+  size_t consumed = 0;  // header length when Done
   Header header;
   const char* error = nullptr;  // static string when Invalid, e.g. "bad signature", "oversized"
 };

@@ -42,8 +42,7 @@ bool probe() {
     return false;
   }
   char c = 'x';
-  bool ok = ::write(sv[0], &c, 1) == 1 &&
-            splice(sv[1], nullptr, p[1], nullptr, 1, kSpliceFlags) == 1 &&
+  bool ok = ::write(sv[0], &c, 1) == 1 && splice(sv[1], nullptr, p[1], nullptr, 1, kSpliceFlags) == 1 &&
             splice(p[0], nullptr, sv[0], nullptr, 1, kSpliceFlags) == 1;
   c = 0;
   ok = ok && ::read(sv[1], &c, 1) == 1 && c == 'x';
@@ -55,10 +54,14 @@ bool probe() {
 
 const char* to_string(SpliceResult r) {
   switch (r) {
-    case SpliceResult::Ok: return "ok";
-    case SpliceResult::Reset: return "reset";
-    case SpliceResult::Unsupported: return "unsupported";
-    case SpliceResult::NoPipe: return "no_pipe";
+    case SpliceResult::Ok:
+      return "ok";
+    case SpliceResult::Reset:
+      return "reset";
+    case SpliceResult::Unsupported:
+      return "unsupported";
+    case SpliceResult::NoPipe:
+      return "no_pipe";
   }
   return "?";
 }
@@ -108,8 +111,7 @@ int SpliceRelay::start(std::string_view preface) {
     if (rc < 0) return rc;
     ssize_t n;
     do {
-      n = preface.size() <= up.pipe.capacity ? ::write(up.pipe.wr, preface.data(), preface.size())
-                                             : -2;
+      n = preface.size() <= up.pipe.capacity ? ::write(up.pipe.wr, preface.data(), preface.size()) : -2;
     } while (n == -1 && errno == EINTR);
     if (n != static_cast<ssize_t>(preface.size())) {
       int err = n == -1 ? -errno : UV_ENOBUFS;

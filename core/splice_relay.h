@@ -126,8 +126,8 @@ class SpliceRelay {
 
   // Takes ownership of the two connected, non-blocking TCP socket fds.
   // `handler` must outlive the relay (a static table); `pool` too.
-  SpliceRelay(uv_loop_t* loop, PipePool& pool, int client_fd, int backend_fd,
-              const Handler* handler, void* ctx);
+  SpliceRelay(uv_loop_t* loop, PipePool& pool, int client_fd, int backend_fd, const Handler* handler,
+              void* ctx);
   // Resets any fd it still owns. Deleting a running relay (before closed())
   // is a misuse but safe: it resets both sides, detaches its handles and no
   // callback follows.
@@ -154,7 +154,9 @@ class SpliceRelay {
   size_t in_flight(bool to_backend) const { return way(to_backend).flow.queued; }
   bool holds_pipe(bool to_backend) const { return way(to_backend).pipe.valid(); }
   // Whether the direction's source is being read (not paused, not ended).
-  bool reading(bool to_backend) const { return way(to_backend).flow.wants_read() && !way(to_backend).no_pipe; }
+  bool reading(bool to_backend) const {
+    return way(to_backend).flow.wants_read() && !way(to_backend).no_pipe;
+  }
   // A direction's state: after finished(Unsupported/NoPipe) nothing is
   // queued either way; eof/finished say what was passed on already.
   const Direction& flow(bool to_backend) const { return way(to_backend).flow; }
@@ -175,7 +177,7 @@ class SpliceRelay {
   struct Way {
     Side src;
     Side dst;
-    Direction flow;          // queued == bytes in the pipe
+    Direction flow;  // queued == bytes in the pipe
     Pipe pipe;
     bool dst_blocked = false;  // dst said EAGAIN with bytes still queued
     bool no_pipe = false;      // the pool had no pipe: source not read, handing back
@@ -221,11 +223,11 @@ class SpliceRelay {
   void* ctx_;
   int fds_[2];
   uv_poll_t* polls_[2] = {nullptr, nullptr};
-  int interest_[2] = {0, 0};   // events each poll handle is started with
+  int interest_[2] = {0, 0};  // events each poll handle is started with
   int open_polls_ = 0;
-  Way ways_[2];                // [0] client -> backend, [1] backend -> client
+  Way ways_[2];  // [0] client -> backend, [1] backend -> client
   State state_ = State::Idle;
-  bool moved_any_ = false;     // a byte went through splice (either way)
+  bool moved_any_ = false;  // a byte went through splice (either way)
 };
 
 }  // namespace lb::core

@@ -33,8 +33,8 @@ struct ListenerTotals {
   uint64_t rejected_acl = 0;
   uint64_t rejected_limit = 0;
   uint64_t rejected_no_backend = 0;
-  uint64_t rejected_proxy = 0;   // missing, malformed or late PROXY header
-  uint64_t rejected_tls = 0;     // no valid ClientHello in time, failed handshake
+  uint64_t rejected_proxy = 0;  // missing, malformed or late PROXY header
+  uint64_t rejected_tls = 0;    // no valid ClientHello in time, failed handshake
   uint64_t datagrams_in = 0;
   uint64_t datagrams_out = 0;
 };

@@ -157,8 +157,10 @@ void TcpSession::connect_next() {
     if (attempts_ == 0) {
       auto& slot = listener_->stats->slot(worker_.index());
       // Every usable backend at its max_connections is a limit, not an outage.
-      if (pool && all_full(*pool)) bump(slot.rejected_limit);
-      else bump(slot.rejected_no_backend);
+      if (pool && all_full(*pool))
+        bump(slot.rejected_limit);
+      else
+        bump(slot.rejected_no_backend);
       finish(Result::Refused, false);
     } else {
       finish(Result::ConnectFailed, false);
@@ -176,8 +178,8 @@ void TcpSession::connect_next() {
   up->connect.data = this;
   upstream_ = &up->tcp;
   ++refs_;
-  int rc = uv_tcp_connect(&up->connect, &up->tcp,
-                          reinterpret_cast<const sockaddr*>(&b->address.addr), on_connect_cb);
+  int rc = uv_tcp_connect(&up->connect, &up->tcp, reinterpret_cast<const sockaddr*>(&b->address.addr),
+                          on_connect_cb);
   if (rc != 0) {
     // Immediate failure (no route, no ephemeral port): same as a refused connect.
     connect_failed();
@@ -619,8 +621,7 @@ void TcpSession::on_eof(Direction& d, uv_tcp_t* dst) {
   // libuv performs the shutdown once the queued writes are flushed.
   uv_shutdown_t* req = dst == upstream_ ? &shutdown_up_ : &shutdown_down_;
   req->data = this;
-  if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(dst), on_shutdown_cb) != 0)
-    finish(Result::Reset, true);
+  if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(dst), on_shutdown_cb) != 0) finish(Result::Reset, true);
 }
 
 void TcpSession::on_shutdown_cb(uv_shutdown_t* req, int status) {
@@ -656,8 +657,10 @@ void TcpSession::finish(Result r, bool reset) {
   worker_.cancel_budget_wait(this);
   starved_ = 0;
   if (relay_) {
-    if (reset) relay_->abort();
-    else relay_->close();
+    if (reset)
+      relay_->abort();
+    else
+      relay_->close();
     return;
   }
   close_handle(client_, reset);

@@ -75,7 +75,7 @@ class TcpSession {
   // One connect attempt: a fresh socket each time (a failed socket cannot be
   // reused). Freed in the handle's close callback.
   struct Upstream {
-    uv_tcp_t tcp;           // first member: the handle pointer is the Upstream pointer
+    uv_tcp_t tcp;  // first member: the handle pointer is the Upstream pointer
     uv_connect_t connect;
   };
 
@@ -108,7 +108,7 @@ class TcpSession {
   void finish(Result r, bool reset);
   void close_handle(uv_tcp_t* h, bool reset);
   void release_backend();
-  void unref();   // one handle (or the relay) fewer; deletes the session at 0
+  void unref();  // one handle (or the relay) fewer; deletes the session at 0
   void log_access();
 
   Direction& dir_from(uv_tcp_t* src) { return src == client_ ? up_ : down_; }
@@ -143,15 +143,15 @@ class TcpSession {
   uv_shutdown_t shutdown_up_;    // on upstream_, after the client's EOF
   uv_shutdown_t shutdown_down_;  // on client_, after the backend's EOF
   TimeoutNode timeout_;
-  BackendPtr backend_;           // the latest backend chosen
-  bool holds_active_ = false;    // counted in backend_->active
+  BackendPtr backend_;         // the latest backend chosen
+  bool holds_active_ = false;  // counted in backend_->active
   const Backend* tried_[kMaxAttempts];
   unsigned attempts_ = 0;
-  int refs_ = 0;                 // open handles
+  int refs_ = 0;  // open handles
   State state_ = State::Connecting;
   Result result_ = Result::Ok;
-  Direction up_;                 // client -> backend
-  Direction down_;               // backend -> client
+  Direction up_;    // client -> backend
+  Direction down_;  // backend -> client
   uint64_t flow_hash_ = 0;
   uint64_t started_ms_ = 0;
   uint64_t bytes_to_backend_ = 0;
@@ -161,7 +161,7 @@ class TcpSession {
   bool have_local_ = false;
   bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
   bool bulk_seen_ = false;         // a read of kSpliceReadMin or more happened
-  bool holds_source_ = false;       // counted in the listener's per-source table
+  bool holds_source_ = false;      // counted in the listener's per-source table
   bool relay_hands_back_ = false;  // the relay ended with the fds kept for the copy path
   uint8_t starved_ = 0;            // starved_bit()s of sources stopped for budget
   // accept_proxy_protocol: the header as it arrives (proxy::kMaxHeader bytes,

@@ -21,7 +21,7 @@ class TimeoutWheel;
 struct TimeoutNode {
   TimeoutNode* prev = nullptr;
   TimeoutNode* next = nullptr;
-  uint64_t stamp = 0;            // loop time (ms) of last arm/touch
+  uint64_t stamp = 0;  // loop time (ms) of last arm/touch
   struct TimeoutQueue* queue = nullptr;
   void (*fire)(TimeoutNode*) = nullptr;  // called once on expiry (node already unlinked)
   void* owner = nullptr;                 // for fire(): the object the node belongs to

@@ -63,7 +63,8 @@ void Worker::on_trim(uv_timer_t* t) {
 void Worker::close_trim_timer() {
   for (uv_timer_t** t : {&trim_timer_, &budget_timer_}) {
     if (!*t) continue;
-    uv_close(reinterpret_cast<uv_handle_t*>(*t), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    uv_close(reinterpret_cast<uv_handle_t*>(*t),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     *t = nullptr;
   }
 }
@@ -73,8 +74,10 @@ void Worker::wait_for_budget(TcpSession* s) {
   s->budget_waiting = true;
   s->budget_next = nullptr;
   s->budget_prev = budget_tail_;
-  if (budget_tail_) budget_tail_->budget_next = s;
-  else budget_head_ = s;
+  if (budget_tail_)
+    budget_tail_->budget_next = s;
+  else
+    budget_head_ = s;
   budget_tail_ = s;
   if (budget_timer_ && !uv_is_active(reinterpret_cast<uv_handle_t*>(budget_timer_)))
     uv_timer_start(budget_timer_, on_budget_timer, kBudgetPollMs, kBudgetPollMs);
@@ -83,10 +86,14 @@ void Worker::wait_for_budget(TcpSession* s) {
 void Worker::cancel_budget_wait(TcpSession* s) {
   if (!s->budget_waiting) return;
   s->budget_waiting = false;
-  if (s->budget_prev) s->budget_prev->budget_next = s->budget_next;
-  else budget_head_ = s->budget_next;
-  if (s->budget_next) s->budget_next->budget_prev = s->budget_prev;
-  else budget_tail_ = s->budget_prev;
+  if (s->budget_prev)
+    s->budget_prev->budget_next = s->budget_next;
+  else
+    budget_head_ = s->budget_next;
+  if (s->budget_next)
+    s->budget_next->budget_prev = s->budget_prev;
+  else
+    budget_tail_ = s->budget_prev;
   s->budget_prev = s->budget_next = nullptr;
   if (!budget_head_ && budget_timer_) uv_timer_stop(budget_timer_);
 }
@@ -176,7 +183,7 @@ void Worker::drain_inbox() {
   for (auto& m : msgs) {
     switch (m.kind) {
       case WorkerMessage::Kind::Listeners:
-        apply_listeners(std::move(m.listeners));
+        apply_listeners(m.listeners);
         break;
       case WorkerMessage::Kind::Drain:
         drain();
@@ -206,7 +213,7 @@ uint64_t Worker::flow_hash_for(const ListenerRuntime& listener, const sockaddr* 
   return hash::flow_hash(client, e->table->hash_key);
 }
 
-void Worker::apply_listeners(std::vector<ListenEntry> entries) {
+void Worker::apply_listeners(const std::vector<ListenEntry>& entries) {
   std::vector<std::unique_ptr<Listener>> next;
   for (auto& e : entries) {
     std::unique_ptr<Listener> l;
@@ -236,7 +243,8 @@ void Worker::apply_listeners(std::vector<ListenEntry> entries) {
       auto* u = new UdpListener(*this, e.key, e.runtime);
       int rc = u->open(e.fd);  // on failure u has scheduled its own deletion
       if (rc != 0) {
-        log::error("cannot receive listener={} worker={} error={}", e.runtime->cfg.name, index_, uv_strerror(rc));
+        log::error("cannot receive listener={} worker={} error={}", e.runtime->cfg.name, index_,
+                   uv_strerror(rc));
         continue;
       }
       l->udp = u;
@@ -378,7 +386,8 @@ void Worker::accept_one(Listener* l) {
 }
 
 void Worker::close_accepted(uv_tcp_t* client) {
-  uv_close(reinterpret_cast<uv_handle_t*>(client), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  uv_close(reinterpret_cast<uv_handle_t*>(client),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
 }
 
 void Worker::session_opened(TcpSession* s) {
@@ -390,8 +399,10 @@ void Worker::session_opened(TcpSession* s) {
 }
 
 void Worker::session_closed(TcpSession* s) {
-  if (s->prev) s->prev->next = s->next;
-  else if (sessions_ == s) sessions_ = s->next;
+  if (s->prev)
+    s->prev->next = s->next;
+  else if (sessions_ == s)
+    sessions_ = s->next;
   if (s->next) s->next->prev = s->prev;
   s->prev = s->next = nullptr;
   open_sessions_.fetch_sub(1, std::memory_order_relaxed);

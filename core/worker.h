@@ -43,17 +43,17 @@ class UdpListener;
 // keep the one they started with.
 struct ListenerRuntime {
   conf::Listener cfg;
-  std::shared_ptr<ListenerStats> stats;   // by listener name, across reloads
-  Acl acl;                                // cfg.allow / cfg.deny, ready for lookups
-  PrefixSet proxy_trusted;                // cfg.proxy_protocol_trusted; empty = any peer
+  std::shared_ptr<ListenerStats> stats;  // by listener name, across reloads
+  Acl acl;                               // cfg.allow / cfg.deny, ready for lookups
+  PrefixSet proxy_trusted;               // cfg.proxy_protocol_trusted; empty = any peer
 };
 using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 
 // Process-wide state every worker reads.
 struct SharedState {
-  std::atomic<int64_t> active_connections{0};          // all listeners, all workers
-  std::atomic<uint64_t> max_connections{100000};       // [global] max_connections
-  BufferBudget buffers;                                // [global] max_buffer_memory
+  std::atomic<int64_t> active_connections{0};     // all listeners, all workers
+  std::atomic<uint64_t> max_connections{100000};  // [global] max_connections
+  BufferBudget buffers;                           // [global] max_buffer_memory
   // Null until the first configuration with an access log; set once, never
   // reset while workers run (a reload retargets or disables the object).
   std::atomic<AccessLog*> access_log{nullptr};
@@ -65,8 +65,8 @@ struct SharedState {
 
 // One listening socket of a listener, for one worker.
 struct ListenEntry {
-  std::string key;            // "tcp|127.0.0.1:8080": identity across reloads
-  int fd = -1;                // a new socket to adopt, or -1: keep the worker's existing one
+  std::string key;  // "tcp|127.0.0.1:8080": identity across reloads
+  int fd = -1;      // a new socket to adopt, or -1: keep the worker's existing one
   ListenerRuntimePtr runtime;
 };
 
@@ -87,8 +87,8 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  void start();   // spawns the thread
-  void join();    // after an Abort message
+  void start();  // spawns the thread
+  void join();   // after an Abort message
   // After join(): true when the loop still had open handles at its end (a
   // leak; the worker has logged it). lb then exits non-zero.
   bool leaked_handles() const { return leaked_handles_; }
@@ -147,7 +147,7 @@ class Worker {
   void close_trim_timer();
   static constexpr uint64_t kPipeTrimMs = 1000;
   void drain_inbox();
-  void apply_listeners(std::vector<ListenEntry> entries);
+  void apply_listeners(const std::vector<ListenEntry>& entries);
   void close_listeners();
   void drain();
   void abort_all();
@@ -162,12 +162,12 @@ class Worker {
   uv_async_t* async_ = nullptr;
   std::unique_ptr<TimeoutWheel> timeouts_;
   std::unique_ptr<char[]> read_buffer_;
-  PipePool pipe_pool_;   // outlives the loop: the destructor runs after run()
-  uv_timer_t* trim_timer_ = nullptr;   // gives idle pipes back to the kernel
+  PipePool pipe_pool_;                // outlives the loop: the destructor runs after run()
+  uv_timer_t* trim_timer_ = nullptr;  // gives idle pipes back to the kernel
   uint64_t trim_seen_acquires_ = 0;
   static void on_budget_timer(uv_timer_t* t);
-  uv_timer_t* budget_timer_ = nullptr;   // runs while budget_head_ is set
-  TcpSession* budget_head_ = nullptr;    // sessions waiting for budget (FIFO)
+  uv_timer_t* budget_timer_ = nullptr;  // runs while budget_head_ is set
+  TcpSession* budget_head_ = nullptr;   // sessions waiting for budget (FIFO)
   TcpSession* budget_tail_ = nullptr;
   std::thread thread_;
 
@@ -177,9 +177,9 @@ class Worker {
 
   std::vector<std::unique_ptr<Listener>> listeners_;
   BackendTablePtr table_;
-  SelectorSet selectors_;                 // one per pool of table_
-  TcpSession* sessions_ = nullptr;        // intrusive list of open sessions
-  std::vector<UdpListener*> udp_all_;     // live and retired UDP listeners
+  SelectorSet selectors_;              // one per pool of table_
+  TcpSession* sessions_ = nullptr;     // intrusive list of open sessions
+  std::vector<UdpListener*> udp_all_;  // live and retired UDP listeners
   std::unique_ptr<char[]> udp_buffer_;
   std::atomic<int64_t> open_sessions_{0};
   bool aborting_ = false;

@@ -47,8 +47,8 @@ void DatagramProbe::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   *buf = self ? uv_buf_init(self->rbuf_, sizeof self->rbuf_) : uv_buf_init(nullptr, 0);
 }
 
-void DatagramProbe::on_recv(uv_udp_t* h, ssize_t nread, const uv_buf_t* buf,
-                            const sockaddr* from, unsigned flags) {
+void DatagramProbe::on_recv(uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const sockaddr* from,
+                            unsigned flags) {
   auto* self = static_cast<DatagramProbe*>(h->data);
   if (!self) return;
   // nread == 0 without an address: nothing more to read (not an empty datagram).

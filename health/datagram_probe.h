@@ -27,8 +27,7 @@ class DatagramProbe : public Probe {
  private:
   static void on_send(uv_udp_send_t* req, int status);
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
-  static void on_recv(uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const sockaddr* from,
-                      unsigned flags);
+  static void on_recv(uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const sockaddr* from, unsigned flags);
 
   UvPtr<uv_udp_t> udp_;
   char rbuf_[2048];

@@ -23,7 +23,7 @@ bool read_name(const uint8_t* data, size_t len, size_t* pos, std::string* out) {
   size_t p = *pos;
   size_t end_in_place = 0;  // set at the first pointer
   int hops = 0;
-  size_t wire_len = 1;      // the final zero byte
+  size_t wire_len = 1;  // the final zero byte
   out->clear();
   for (;;) {
     if (p >= len) return false;
@@ -135,13 +135,20 @@ std::string normalize_name(std::string_view name) {
 
 const char* rcode_name(uint8_t rcode) {
   switch (rcode) {
-    case 0: return "NOERROR";
-    case 1: return "FORMERR";
-    case 2: return "SERVFAIL";
-    case 3: return "NXDOMAIN";
-    case 4: return "NOTIMP";
-    case 5: return "REFUSED";
-    default: return "RCODE?";
+    case 0:
+      return "NOERROR";
+    case 1:
+      return "FORMERR";
+    case 2:
+      return "SERVFAIL";
+    case 3:
+      return "NXDOMAIN";
+    case 4:
+      return "NOTIMP";
+    case 5:
+      return "REFUSED";
+    default:
+      return "RCODE?";
   }
 }
 
@@ -157,8 +164,7 @@ Judgement judge_reply(const uint8_t* data, size_t len, uint16_t id, std::string_
   // is judged on its RCODE alone, as the contract says (ID + RCODE).
   if (h.qdcount > 0) {
     const Question& q = m->questions.front();
-    if (h.qdcount != 1 || q.name != normalize_name(name) || q.qtype != kTypeA ||
-        q.qclass != kClassIn)
+    if (h.qdcount != 1 || q.name != normalize_name(name) || q.qtype != kTypeA || q.qclass != kClassIn)
       return {Verdict::Ignore, "other question"};
   }
   std::string rc = std::string("dns ") + rcode_name(h.rcode);

@@ -29,7 +29,7 @@ std::optional<std::vector<uint8_t>> build_query(uint16_t id, std::string_view na
 
 struct Header {
   uint16_t id = 0;
-  bool qr = false;      // response
+  bool qr = false;  // response
   uint8_t opcode = 0;
   bool tc = false;
   bool rd = false;
@@ -42,7 +42,7 @@ struct Header {
 };
 
 struct Question {
-  std::string name;     // dotted, lower case, no trailing dot; "" = root
+  std::string name;  // dotted, lower case, no trailing dot; "" = root
   uint16_t qtype = 0;
   uint16_t qclass = 0;
 };

@@ -8,10 +8,10 @@
 
 namespace lb::health {
 
-DnsProbe::DnsProbe(uv_loop_t* loop, ProbeAddress address, const conf::HealthCheck& check,
-                   Callback cb)
+DnsProbe::DnsProbe(uv_loop_t* loop, ProbeAddress address, const conf::HealthCheck& check, Callback cb)
     : DatagramProbe(loop, std::move(address), check.timeout, std::move(cb)),
-      name_(check.dns_query), id_(static_cast<uint16_t>(random_u64())) {}
+      name_(check.dns_query),
+      id_(static_cast<uint16_t>(random_u64())) {}
 
 bool DnsProbe::payload(std::string* out, std::string* error) {
   auto q = dns::build_query(id_, name_);
@@ -29,10 +29,10 @@ void DnsProbe::on_datagram(const char* data, size_t len) {
   finish(j.verdict == dns::Verdict::Pass, std::move(j.reason));
 }
 
-UdpProbe::UdpProbe(uv_loop_t* loop, ProbeAddress address, const conf::HealthCheck& check,
-                   Callback cb)
+UdpProbe::UdpProbe(uv_loop_t* loop, ProbeAddress address, const conf::HealthCheck& check, Callback cb)
     : DatagramProbe(loop, std::move(address), check.timeout, std::move(cb)),
-      send_(check.udp_send), expect_(check.udp_expect) {}
+      send_(check.udp_send),
+      expect_(check.udp_expect) {}
 
 void UdpProbe::on_datagram(const char* data, size_t len) {
   if (expect_.empty()) return finish(true, "udp reply received");

@@ -20,14 +20,14 @@ struct HealthChecker::State {
   ProbeAddress address;
   Hysteresis hysteresis{1, 1};
 
-  std::unique_ptr<Probe> probe;       // running, or finished until the next starts
-  UvPtr<uv_timer_t> probe_timer;      // next probe
+  std::unique_ptr<Probe> probe;   // running, or finished until the next starts
+  UvPtr<uv_timer_t> probe_timer;  // next probe
   UvPtr<uv_timer_t> ejection_timer;
 
-  bool published = false;             // the sink has heard the first result
-  bool published_up = false;          // what the sink last heard
+  bool published = false;     // the sink has heard the first result
+  bool published_up = false;  // what the sink last heard
   bool ejected = false;
-  unsigned failures = 0;              // consecutive passive failures
+  unsigned failures = 0;  // consecutive passive failures
 
   bool active() const { return check.type != conf::HealthType::None; }
   // Without an active check a backend is up unless passive health says no.
@@ -57,8 +57,7 @@ void HealthChecker::start() {
   if (thread_.joinable() || stop_result_) throw std::runtime_error("health checker: started twice");
   auto loop = std::make_unique<uv_loop_t>();
   int err = uv_loop_init(loop.get());
-  if (err != 0)
-    throw std::runtime_error(std::string("health checker: uv_loop_init: ") + uv_strerror(err));
+  if (err != 0) throw std::runtime_error(std::string("health checker: uv_loop_init: ") + uv_strerror(err));
   loop_ = std::move(loop);
   tls_ = make_probe_tls_context();
   wake_owner_ = make_uv<uv_async_t>(loop_.get(), this, &err, uv_async_init, on_wake);
@@ -183,7 +182,7 @@ void HealthChecker::shutdown_loop() {
     running_ = false;  // nobody signals wake_ from now on
     pending_targets_.reset();
   }
-  states_.clear();     // cancels every probe, closes every timer
+  states_.clear();  // cancels every probe, closes every timer
   wake_ = nullptr;
   wake_owner_.reset();
   tls_.reset();
@@ -264,12 +263,12 @@ void HealthChecker::start_probe(State& s) {
   State* sp = &s;
   // Replacing the previous probe here (never from its own callback) is what
   // lets probes be reused safely: it has reported and holds no handle.
-  s.probe = make_probe(env, s.check, s.address, [this, sp](bool pass, std::string reason) {
-    on_probe_result(*sp, pass, std::move(reason));
+  s.probe = make_probe(env, s.check, s.address, [this, sp](bool pass, const std::string& reason) {
+    on_probe_result(*sp, pass, reason);
   });
 }
 
-void HealthChecker::on_probe_result(State& s, bool pass, std::string reason) {
+void HealthChecker::on_probe_result(State& s, bool pass, const std::string& reason) {
   (pass ? s.backend->checks_pass : s.backend->checks_fail).fetch_add(1, std::memory_order_relaxed);
   s.backend->record_check(pass, reason);
   s.hysteresis.observe(pass);
@@ -314,8 +313,7 @@ void HealthChecker::apply_report(const core::BackendPtr& backend, bool success) 
   }
   uv_update_time(loop_.get());
   if (s.ejection_timer)
-    uv_timer_start(s.ejection_timer.get(), on_ejection_timer, to_uv_ms(s.outlier.ejection_time),
-                   0);
+    uv_timer_start(s.ejection_timer.get(), on_ejection_timer, to_uv_ms(s.outlier.ejection_time), 0);
   publish(s, "ejected");
 }
 

@@ -105,7 +105,7 @@ class HealthChecker {
   void apply_targets(std::vector<Target> targets, uint64_t generation);
   void apply_report(const core::BackendPtr& backend, bool success);
   void start_probe(State& s);
-  void on_probe_result(State& s, bool pass, std::string reason);
+  void on_probe_result(State& s, bool pass, const std::string& reason);
   void schedule_probe(State& s, std::chrono::milliseconds delay);
   // Tells the sink when the effective state differs from what it last heard
   // (or was never told).
@@ -128,9 +128,9 @@ class HealthChecker {
   // Cross-thread state, under mu_.
   std::mutex mu_;
   std::condition_variable cv_;
-  bool running_ = false;         // wake_ may be signalled
+  bool running_ = false;  // wake_ may be signalled
   bool stop_requested_ = false;
-  bool stopped_ = false;         // the thread has finished (or never started)
+  bool stopped_ = false;  // the thread has finished (or never started)
   std::optional<bool> stop_result_;
   std::optional<std::vector<Target>> pending_targets_;
   uint64_t requested_generation_ = 0;  // set_targets() calls so far

@@ -19,8 +19,7 @@ bool is_digit(char c) { return c >= '0' && c <= '9'; }
 std::optional<int> parse_status_line(std::string_view line) {
   // "HTTP/" DIGIT "." DIGIT SP 3DIGIT [SP reason]
   if (line.size() < 12 || line.substr(0, 5) != "HTTP/") return std::nullopt;
-  if (!is_digit(line[5]) || line[6] != '.' || !is_digit(line[7]) || line[8] != ' ')
-    return std::nullopt;
+  if (!is_digit(line[5]) || line[6] != '.' || !is_digit(line[7]) || line[8] != ' ') return std::nullopt;
   if (!is_digit(line[9]) || !is_digit(line[10]) || !is_digit(line[11])) return std::nullopt;
   if (line.size() > 12 && line[12] != ' ') return std::nullopt;
   int code = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
@@ -29,8 +28,7 @@ std::optional<int> parse_status_line(std::string_view line) {
 }
 
 std::optional<std::string> build_http_request(std::string_view path, std::string_view host) {
-  if (path.empty() || path[0] != '/' || has_control_char(path) ||
-      path.find(' ') != std::string_view::npos)
+  if (path.empty() || path[0] != '/' || has_control_char(path) || path.find(' ') != std::string_view::npos)
     return std::nullopt;
   if (host.empty() || has_control_char(host)) return std::nullopt;
   std::string r;
@@ -41,10 +39,8 @@ std::optional<std::string> build_http_request(std::string_view path, std::string
   return r;
 }
 
-HttpProbe::HttpProbe(uv_loop_t* loop, ProbeAddress address, const conf::HealthCheck& check,
-                     Callback cb)
-    : StreamProbe(loop, std::move(address), check.timeout, std::move(cb)),
-      expect_(check.expect_status) {
+HttpProbe::HttpProbe(uv_loop_t* loop, ProbeAddress address, const conf::HealthCheck& check, Callback cb)
+    : StreamProbe(loop, std::move(address), check.timeout, std::move(cb)), expect_(check.expect_status) {
   const std::string& host = check.http_host.empty() ? address_.host : check.http_host;
   if (auto r = build_http_request(check.http_path, host)) request_ = std::move(*r);
 }
@@ -65,8 +61,7 @@ void HttpProbe::on_data(const char* data, size_t len) {
   // Tolerate a bare LF as line end, as most HTTP clients do.
   size_t eol = response_.find('\n');
   if (eol == std::string::npos) {
-    if (response_.size() >= kMaxResponse)
-      return finish(false, "http: no status line in the first 16KiB");
+    if (response_.size() >= kMaxResponse) return finish(false, "http: no status line in the first 16KiB");
     return;
   }
   std::string_view line(response_.data(), eol);

@@ -26,8 +26,7 @@ class HttpProbe final : public StreamProbe {
  public:
   static constexpr size_t kMaxResponse = 16 * 1024;
 
-  HttpProbe(uv_loop_t* loop, ProbeAddress address, const conf::HealthCheck& check,
-            Callback cb);
+  HttpProbe(uv_loop_t* loop, ProbeAddress address, const conf::HealthCheck& check, Callback cb);
 
  private:
   void begin() override;

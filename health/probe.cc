@@ -47,19 +47,26 @@ std::string format_sockaddr(const sockaddr* sa) {
 
 std::string uv_reason(int err) {
   switch (err) {
-    case UV_ECONNREFUSED: return "connection refused";
-    case UV_ECONNRESET: return "connection reset";
-    case UV_EOF: return "connection closed";
-    case UV_ETIMEDOUT: return "timed out";
-    case UV_ENETUNREACH: return "network unreachable";
-    case UV_EHOSTUNREACH: return "host unreachable";
-    default: return uv_strerror(err);
+    case UV_ECONNREFUSED:
+      return "connection refused";
+    case UV_ECONNRESET:
+      return "connection reset";
+    case UV_EOF:
+      return "connection closed";
+    case UV_ETIMEDOUT:
+      return "timed out";
+    case UV_ENETUNREACH:
+      return "network unreachable";
+    case UV_EHOSTUNREACH:
+      return "host unreachable";
+    default:
+      return uv_strerror(err);
   }
 }
 
-Probe::Probe(uv_loop_t* loop, ProbeAddress address, std::chrono::milliseconds timeout,
-             Callback cb)
-    : loop_(loop), address_(std::move(address)),
+Probe::Probe(uv_loop_t* loop, ProbeAddress address, std::chrono::milliseconds timeout, Callback cb)
+    : loop_(loop),
+      address_(std::move(address)),
       timeout_(timeout.count() > 0 ? timeout : std::chrono::milliseconds(1)),
       cb_(std::move(cb)) {}
 

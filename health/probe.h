@@ -32,9 +32,9 @@ namespace lb::health {
 
 // Where and how to reach a backend for probing.
 struct ProbeAddress {
-  sockaddr_storage addr{};   // port in network order, already overridden
+  sockaddr_storage addr{};  // port in network order, already overridden
   socklen_t addr_len = 0;
-  std::string host;          // backend address text: default HTTP Host, logs
+  std::string host;  // backend address text: default HTTP Host, logs
 };
 
 // The backend's address with the check's `port` override applied (0 = keep).
@@ -59,8 +59,7 @@ class Probe {
   bool done() const { return state_ == State::Done; }
 
  protected:
-  Probe(uv_loop_t* loop, ProbeAddress address, std::chrono::milliseconds timeout,
-        Callback cb);
+  Probe(uv_loop_t* loop, ProbeAddress address, std::chrono::milliseconds timeout, Callback cb);
 
   // Starts the type-specific I/O. On an immediate error call fail_later().
   virtual void begin() = 0;
@@ -86,7 +85,7 @@ class Probe {
   Callback cb_;
   UvPtr<uv_timer_t> timer_;
   State state_ = State::Idle;
-  bool deferred_ = false;          // fail_later() armed the timer
+  bool deferred_ = false;  // fail_later() armed the timer
   std::string deferred_reason_;
 };
 

@@ -13,8 +13,6 @@ uint64_t random_u64();
 
 // Uniform-enough value in [0, bound]; bound 0 gives 0. The modulo bias is
 // irrelevant for jitter and IDs (bound << 2^64).
-inline uint64_t random_below_or_equal(uint64_t bound) {
-  return bound == 0 ? 0 : random_u64() % (bound + 1);
-}
+inline uint64_t random_below_or_equal(uint64_t bound) { return bound == 0 ? 0 : random_u64() % (bound + 1); }
 
 }  // namespace lb::health

@@ -21,8 +21,7 @@ void StreamProbe::begin() {
   // Probes are tiny; Nagle would only add latency to the request write.
   uv_tcp_nodelay(tcp_.get(), 1);
   auto* req = new uv_connect_t{};
-  err = uv_tcp_connect(req, tcp_.get(), reinterpret_cast<const sockaddr*>(&address_.addr),
-                       on_connect);
+  err = uv_tcp_connect(req, tcp_.get(), reinterpret_cast<const sockaddr*>(&address_.addr), on_connect);
   if (err != 0) {
     delete req;
     fail_later("connect: " + uv_reason(err));
@@ -32,8 +31,7 @@ void StreamProbe::begin() {
 void StreamProbe::close_io() { tcp_.reset(); }
 
 void StreamProbe::on_read_end(int err) {
-  finish(false, err == UV_EOF ? std::string("connection closed by backend")
-                              : "read: " + uv_reason(err));
+  finish(false, err == UV_EOF ? std::string("connection closed by backend") : "read: " + uv_reason(err));
 }
 
 void StreamProbe::write(std::string data) {

@@ -41,8 +41,7 @@ class StreamProbe : public Probe {
 // tcp: the connection is accepted.
 class TcpProbe final : public StreamProbe {
  public:
-  TcpProbe(uv_loop_t* loop, ProbeAddress address, std::chrono::milliseconds timeout,
-           Callback cb)
+  TcpProbe(uv_loop_t* loop, ProbeAddress address, std::chrono::milliseconds timeout, Callback cb)
       : StreamProbe(loop, std::move(address), timeout, std::move(cb)) {}
 
  private:

@@ -36,10 +36,9 @@ SslCtxPtr make_probe_tls_context() {
   return ctx;
 }
 
-TlsProbe::TlsProbe(uv_loop_t* loop, SSL_CTX* ctx, ProbeAddress address,
-                   const conf::HealthCheck& check, Callback cb)
-    : StreamProbe(loop, std::move(address), check.timeout, std::move(cb)), ctx_(ctx),
-      sni_(check.tls_sni) {}
+TlsProbe::TlsProbe(uv_loop_t* loop, SSL_CTX* ctx, ProbeAddress address, const conf::HealthCheck& check,
+                   Callback cb)
+    : StreamProbe(loop, std::move(address), check.timeout, std::move(cb)), ctx_(ctx), sni_(check.tls_sni) {}
 
 TlsProbe::~TlsProbe() { TlsProbe::close_io(); }
 
@@ -108,8 +107,7 @@ void TlsProbe::drive() {
 void TlsProbe::flush() {
   char buf[4096];
   int n;
-  while (ssl_ && (n = BIO_read(out_, buf, sizeof buf)) > 0)
-    write(std::string(buf, static_cast<size_t>(n)));
+  while (ssl_ && (n = BIO_read(out_, buf, sizeof buf)) > 0) write(std::string(buf, static_cast<size_t>(n)));
 }
 
 }  // namespace lb::health

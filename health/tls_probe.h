@@ -29,8 +29,7 @@ SslCtxPtr make_probe_tls_context();
 
 class TlsProbe final : public StreamProbe {
  public:
-  TlsProbe(uv_loop_t* loop, SSL_CTX* ctx, ProbeAddress address, const conf::HealthCheck& check,
-           Callback cb);
+  TlsProbe(uv_loop_t* loop, SSL_CTX* ctx, ProbeAddress address, const conf::HealthCheck& check, Callback cb);
   ~TlsProbe() override;
 
  private:

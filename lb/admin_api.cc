@@ -30,10 +30,14 @@ std::string prom_escape(const std::string& v) {
   std::string out;
   out.reserve(v.size());
   for (char c : v) {
-    if (c == '\\') out += "\\\\";
-    else if (c == '"') out += "\\\"";
-    else if (c == '\n') out += "\\n";
-    else out += c;
+    if (c == '\\')
+      out += "\\\\";
+    else if (c == '"')
+      out += "\\\"";
+    else if (c == '\n')
+      out += "\\n";
+    else
+      out += c;
   }
   return out;
 }
@@ -81,15 +85,19 @@ HttpResponse metrics(Server& s) {
   out.reserve(16384);
   const auto& listeners = s.listeners();
   std::vector<core::ListenerTotals> totals;
+  totals.reserve(listeners.size());
   for (auto& l : listeners) totals.push_back(l->stats->sum());
 
   {
-    Family f(out, "lb_listener_connections_total", "counter", "Accepted TCP connections and new UDP sessions.");
-    for (size_t i = 0; i < listeners.size(); ++i) f.sample(lbl("listener", listeners[i]->cfg.name), totals[i].connections);
+    Family f(out, "lb_listener_connections_total", "counter",
+             "Accepted TCP connections and new UDP sessions.");
+    for (size_t i = 0; i < listeners.size(); ++i)
+      f.sample(lbl("listener", listeners[i]->cfg.name), totals[i].connections);
   }
   {
     Family f(out, "lb_listener_active", "gauge", "Open TCP connections and live UDP sessions.");
-    for (size_t i = 0; i < listeners.size(); ++i) f.sample(lbl("listener", listeners[i]->cfg.name), totals[i].active);
+    for (size_t i = 0; i < listeners.size(); ++i)
+      f.sample(lbl("listener", listeners[i]->cfg.name), totals[i].active);
   }
   {
     Family f(out, "lb_listener_rejected_total", "counter", "Connections or sessions refused, by reason.");
@@ -105,7 +113,8 @@ HttpResponse metrics(Server& s) {
     }
   }
   {
-    Family f(out, "lb_udp_datagrams_total", "counter", "UDP datagrams received from clients (in) and sent to them (out).");
+    Family f(out, "lb_udp_datagrams_total", "counter",
+             "UDP datagrams received from clients (in) and sent to them (out).");
     for (size_t i = 0; i < listeners.size(); ++i) {
       if (listeners[i]->cfg.protocol != conf::Protocol::Udp) continue;
       std::string l = lbl("listener", listeners[i]->cfg.name);
@@ -125,7 +134,8 @@ HttpResponse metrics(Server& s) {
     each_backend([&](auto&, auto& b, const std::string& l) { f.sample(l, b.up ? 1 : 0); });
   }
   {
-    Family f(out, "lb_backend_connections_total", "counter", "Connections and UDP sessions sent to the backend.");
+    Family f(out, "lb_backend_connections_total", "counter",
+             "Connections and UDP sessions sent to the backend.");
     each_backend([&](auto&, auto& b, const std::string& l) { f.sample(l, b.backend->total.load(r)); });
   }
   {
@@ -133,8 +143,10 @@ HttpResponse metrics(Server& s) {
     each_backend([&](auto&, auto& b, const std::string& l) { f.sample(l, b.backend->active.load(r)); });
   }
   {
-    Family f(out, "lb_backend_connect_failures_total", "counter", "Failed connection attempts to the backend.");
-    each_backend([&](auto&, auto& b, const std::string& l) { f.sample(l, b.backend->connect_failures.load(r)); });
+    Family f(out, "lb_backend_connect_failures_total", "counter",
+             "Failed connection attempts to the backend.");
+    each_backend(
+        [&](auto&, auto& b, const std::string& l) { f.sample(l, b.backend->connect_failures.load(r)); });
   }
   {
     Family f(out, "lb_backend_bytes_total", "counter", "Bytes relayed, by direction.");
@@ -168,18 +180,19 @@ HttpResponse metrics(Server& s) {
   if (auto ps = read_process_stats()) {
     // The Prometheus client conventions: unlabelled, as every client library
     // exports them, so stock dashboards and alerts work unchanged.
-    fmt::format_to(std::back_inserter(out),
-                   "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
-                   "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n"
-                   "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
-                   "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n"
-                   "# HELP process_open_fds Number of open file descriptors.\n"
-                   "# TYPE process_open_fds gauge\nprocess_open_fds {}\n"
-                   "# HELP process_max_fds Maximum number of open file descriptors.\n"
-                   "# TYPE process_max_fds gauge\nprocess_max_fds {}\n"
-                   "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
-                   "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {:.2f}\n",
-                   ps->cpu_seconds, ps->resident_bytes, ps->open_fds, ps->max_fds, ps->start_time_seconds);
+    fmt::format_to(
+        std::back_inserter(out),
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}\n"
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+        "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n"
+        "# HELP process_open_fds Number of open file descriptors.\n"
+        "# TYPE process_open_fds gauge\nprocess_open_fds {}\n"
+        "# HELP process_max_fds Maximum number of open file descriptors.\n"
+        "# TYPE process_max_fds gauge\nprocess_max_fds {}\n"
+        "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {:.2f}\n",
+        ps->cpu_seconds, ps->resident_bytes, ps->open_fds, ps->max_fds, ps->start_time_seconds);
   }
   HttpResponse resp;
   resp.content_type = "text/plain; version=0.0.4; charset=utf-8";
@@ -204,9 +217,8 @@ json last_check_json(conf::HealthType type, const core::Backend& b,
   auto c = b.last_check();
   if (!c) return {{"result", nullptr}, {"detail", "not probed yet"}, {"age_ms", nullptr}};
   auto age = std::chrono::duration_cast<std::chrono::milliseconds>(now - c->at).count();
-  return {{"result", c->pass ? "pass" : "fail"},
-          {"detail", c->detail},
-          {"age_ms", std::max<int64_t>(0, age)}};
+  return {
+      {"result", c->pass ? "pass" : "fail"}, {"detail", c->detail}, {"age_ms", std::max<int64_t>(0, age)}};
 }
 
 HttpResponse status(Server& s) {
@@ -261,7 +273,8 @@ HttpResponse status(Server& s) {
   return json_response(200, doc);
 }
 
-HttpResponse backend_post(Server& s, const std::string& pool, const std::string& id, const std::string& body) {
+HttpResponse backend_post(Server& s, const std::string& pool, const std::string& id,
+                          const std::string& body) {
   json j = json::parse(body, nullptr, false);
   if (j.is_discarded() || !j.is_object() || j.empty())
     return json_error(400, "body must be a JSON object: {\"state\":\"drain\"|\"active\"} or {\"weight\":N}");
@@ -270,9 +283,12 @@ HttpResponse backend_post(Server& s, const std::string& pool, const std::string&
   std::optional<unsigned> weight;
   for (auto& [k, v] : j.items()) {
     if (k == "state") {
-      if (v == "drain") drain = true;
-      else if (v == "active") drain = false;
-      else return json_error(400, "state must be \"drain\" or \"active\"");
+      if (v == "drain")
+        drain = true;
+      else if (v == "active")
+        drain = false;
+      else
+        return json_error(400, "state must be \"drain\" or \"active\"");
     } else if (k == "weight") {
       if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > 1000)
         return json_error(400, "weight must be an integer from 0 to 1000");
@@ -324,7 +340,8 @@ sockaddr_storage unmapped(const sockaddr_storage& ss) {
 bool is_loopback(const sockaddr_storage& ss) {
   if (ss.ss_family == AF_INET)
     return (ntohl(reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr.s_addr) >> 24) == 127;
-  if (ss.ss_family == AF_INET6) return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr);
+  if (ss.ss_family == AF_INET6)
+    return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr);
   return false;
 }
 
@@ -359,14 +376,18 @@ bool same_origin(std::string_view origin, const sockaddr_storage& local_addr) {
   }
   unsigned port = 80;
   if (!port_text.empty()) {
-    if (port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string_view::npos) return false;
+    if (port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string_view::npos)
+      return false;
     port = static_cast<unsigned>(std::stoul(std::string(port_text)));
   }
   const sockaddr_storage local = unmapped(local_addr);
   unsigned local_port = 0;
-  if (local.ss_family == AF_INET) local_port = ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port);
-  else if (local.ss_family == AF_INET6) local_port = ntohs(reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
-  else return false;
+  if (local.ss_family == AF_INET)
+    local_port = ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port);
+  else if (local.ss_family == AF_INET6)
+    local_port = ntohs(reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
+  else
+    return false;
   if (port != local_port) return false;
   if (iequals(host, "localhost")) return is_loopback(local);
   if (local.ss_family == AF_INET) {
@@ -419,7 +440,8 @@ std::optional<HttpResponse> refuse(const Server& s, const HttpRequest& req) {
   const std::string& token = s.config().admin.api_token;
   if (!token.empty() && (post || req.path.rfind("/api/", 0) == 0) &&
       !bearer_matches(req.header("authorization"), token)) {
-    HttpResponse r = json_error(401, "missing or wrong bearer token (Authorization: Bearer <api_token_file>)");
+    HttpResponse r =
+        json_error(401, "missing or wrong bearer token (Authorization: Bearer <api_token_file>)");
     r.headers.emplace_back("WWW-Authenticate", "Bearer");
     return r;
   }

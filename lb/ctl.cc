@@ -41,14 +41,15 @@ const char* const kUsage =
     "  weight POOL BACKEND N       set the backend's weight (0..1000)\n"
     "  upgrade                     upgrade in place (POST /api/v1/upgrade) and wait for the new program\n"
     "\n"
-    "  -c, --config PATH     read [admin] listen and api_token_file from this file (default /etc/lb/lb.toml)\n"
+    "  -c, --config PATH     read [admin] listen and api_token_file from this file (default "
+    "/etc/lb/lb.toml)\n"
     "      --admin ADDR      the admin API at IP:PORT instead\n"
     "      --token-file PATH the bearer token (first line) instead of the file's api_token_file\n"
     "\n"
     "exit status: 0 success, 1 the API refused or cannot be reached, 2 bad command line\n";
 
 struct Reply {
-  int status = 0;      // 0: no HTTP answer (error says why)
+  int status = 0;  // 0: no HTTP answer (error says why)
   std::string body;
   std::string error;
 };
@@ -87,8 +88,9 @@ class Client {
       r.error = fmt::format("cannot connect to the admin API at {}: {}", host_, std::strerror(soerr));
       return r;
     }
-    std::string req = fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: lb-ctl/{}\r\n",
-                                  method, target, host_, LB_VERSION);
+    std::string req =
+        fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: lb-ctl/{}\r\n", method,
+                    target, host_, LB_VERSION);
     if (!token_.empty()) req += "Authorization: Bearer " + token_ + "\r\n";
     if (method == "POST")
       req += fmt::format("Content-Type: application/json\r\nContent-Length: {}\r\n", body.size());
@@ -196,8 +198,10 @@ std::string api_error(const Reply& r) {
   if (r.status == 0) return r.error;
   json j = json::parse(r.body, nullptr, false);
   std::string msg;
-  if (j.is_object() && j.contains("error") && j["error"].is_string()) msg = j["error"].get<std::string>();
-  else msg = r.body;
+  if (j.is_object() && j.contains("error") && j["error"].is_string())
+    msg = j["error"].get<std::string>();
+  else
+    msg = r.body;
   while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r')) msg.pop_back();
   return fmt::format("HTTP {}: {}", r.status, msg);
 }
@@ -205,8 +209,10 @@ std::string api_error(const Reply& r) {
 std::string percent_encode(const std::string& s) {
   std::string out;
   for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == ':') out += static_cast<char>(c);
-    else out += fmt::format("%{:02X}", c);
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == ':')
+      out += static_cast<char>(c);
+    else
+      out += fmt::format("%{:02X}", c);
   }
   return out;
 }
@@ -281,7 +287,8 @@ std::string last_check_text(const json& b) {
 // `prev` (an earlier sample, or null) adds the rate columns.
 std::string render_status(const json& doc, const json* prev, double seconds) {
   std::string out;
-  out += fmt::format("lb {}  generation {}\n\n", num(doc.value("version", json())), num(doc.value("generation", json())));
+  out += fmt::format("lb {}  generation {}\n\n", num(doc.value("version", json())),
+                     num(doc.value("generation", json())));
 
   auto find_by = [](const json& arr, const char* key, const json& val) -> const json* {
     if (!arr.is_array()) return nullptr;
@@ -299,10 +306,12 @@ std::string render_status(const json& doc, const json* prev, double seconds) {
     for (const auto& b : l.value("bind", json::array())) binds += (binds.empty() ? "" : ",") + num(b);
     uint64_t rejected = 0;
     if (field(l, "rejected").is_object())
-      for (const auto& [k, v] : field(l, "rejected").items()) rejected += v.is_number_unsigned() ? v.get<uint64_t>() : 0;
-    std::vector<std::string> row = {num(l.value("name", json())), num(l.value("protocol", json())), binds,
-                                    num(l.value("pool", json())), num(l.value("active", json())),
-                                    num(l.value("total", json())), std::to_string(rejected)};
+      for (const auto& [k, v] : field(l, "rejected").items())
+        rejected += v.is_number_unsigned() ? v.get<uint64_t>() : 0;
+    std::vector<std::string> row = {
+        num(l.value("name", json())), num(l.value("protocol", json())), binds,
+        num(l.value("pool", json())), num(l.value("active", json())),   num(l.value("total", json())),
+        std::to_string(rejected)};
     if (prev) {
       const json* pl = find_by(field(*prev, "listeners"), "name", field(l, "name"));
       row.push_back(pl ? rate(u64(*pl, "total"), u64(l, "total"), seconds) : "-");
@@ -330,10 +339,14 @@ std::string render_status(const json& doc, const json* prev, double seconds) {
         weight += " (now " + num(field(b, "effective_weight")) + ")";
       std::string health = num(b.value("health", json()));
       if (b.value("backup", false)) health += " (backup)";
-      std::vector<std::string> row = {num(b.value("id", json())),       num(b.value("address", json())),
-                                      health,                           num(b.value("admin_state", json())),
-                                      weight,                           num(b.value("active", json())),
-                                      num(b.value("total", json())),    num(b.value("connect_failures", json()))};
+      std::vector<std::string> row = {num(b.value("id", json())),
+                                      num(b.value("address", json())),
+                                      health,
+                                      num(b.value("admin_state", json())),
+                                      weight,
+                                      num(b.value("active", json())),
+                                      num(b.value("total", json())),
+                                      num(b.value("connect_failures", json()))};
       if (prev) {
         const json* pb = pp ? find_by(field(*pp, "backends"), "id", field(b, "id")) : nullptr;
         row.push_back(pb ? rate(u64(*pb, "total"), u64(b, "total"), seconds) : "-");
@@ -548,7 +561,8 @@ int run_ctl(const std::vector<std::string>& args, std::FILE* out, std::FILE* err
   } else if (cmd == "weight") {
     if (!want(3)) return usage_error(err, "weight needs POOL BACKEND N");
     const std::string& w = o.words[3];
-    if (w.empty() || w.size() > 4 || w.find_first_not_of("0123456789") != std::string::npos || std::stoul(w) > 1000)
+    if (w.empty() || w.size() > 4 || w.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoul(w) > 1000)
       return usage_error(err, "weight N must be an integer from 0 to 1000, got '" + w + "'");
     body = {{"weight", std::stoul(w)}};
   } else if (cmd == "upgrade") {
@@ -556,10 +570,12 @@ int run_ctl(const std::vector<std::string>& args, std::FILE* out, std::FILE* err
   } else {
     return usage_error(err, "unknown command '" + cmd + "'");
   }
-  if ((o.json_out || o.rates) && cmd != "status") return usage_error(err, "--json and --rates go with status");
+  if ((o.json_out || o.rates) && cmd != "status")
+    return usage_error(err, "--json and --rates go with status");
   if (o.admin) {
     auto ep = conf::parse_ip_endpoint(*o.admin);
-    if (!ep || ep->port() == 0) return usage_error(err, "--admin " + *o.admin + ": expected IP:PORT or [IPv6]:PORT");
+    if (!ep || ep->port() == 0)
+      return usage_error(err, "--admin " + *o.admin + ": expected IP:PORT or [IPv6]:PORT");
   }
 
   std::string why;

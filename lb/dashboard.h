@@ -19,7 +19,7 @@ namespace lb::app {
 inline constexpr const char* kDashboardCsp = "default-src 'self'; frame-ancestors 'none'";
 
 struct DashboardAsset {
-  const char* path;          // "/", "/dashboard.js", ...
+  const char* path;  // "/", "/dashboard.js", ...
   const char* content_type;
   const unsigned char* data;
   size_t size;

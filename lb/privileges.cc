@@ -56,21 +56,19 @@ bool drop_privileges(const std::string& user, std::string* error, bool keep_net_
   // (permitted = effective = CAP_NET_BIND_SERVICE or nothing; inheritable and
   // bounding set cleared, so nothing lb could ever exec regains more).
   capng_get_caps_process();
-  const bool keep_cap =
-      keep_net_bind_service && capng_have_capability(CAPNG_PERMITTED, CAP_NET_BIND_SERVICE);
+  const bool keep_cap = keep_net_bind_service && capng_have_capability(CAPNG_PERMITTED, CAP_NET_BIND_SERVICE);
   capng_clear(CAPNG_SELECT_BOTH);
-  if (keep_cap &&
-      capng_update(CAPNG_ADD, static_cast<capng_type_t>(CAPNG_EFFECTIVE | CAPNG_PERMITTED),
-                   CAP_NET_BIND_SERVICE) != 0) {
+  if (keep_cap && capng_update(CAPNG_ADD, static_cast<capng_type_t>(CAPNG_EFFECTIVE | CAPNG_PERMITTED),
+                               CAP_NET_BIND_SERVICE) != 0) {
     return fail(error, "dropping to " + quoted(user) + ": cannot keep CAP_NET_BIND_SERVICE");
   }
   if (int crc = capng_change_id(static_cast<int>(uid), static_cast<int>(gid),
-                               static_cast<capng_flags_t>(CAPNG_INIT_SUPP_GRP | CAPNG_CLEAR_BOUNDING));
+                                static_cast<capng_flags_t>(CAPNG_INIT_SUPP_GRP | CAPNG_CLEAR_BOUNDING));
       crc != 0) {
     // capng_change_id returns a negative step number; errno says why.
     return fail(error, "dropping to " + quoted(user) + " (uid " + std::to_string(uid) + ", gid " +
-                           std::to_string(gid) + "): capng_change_id step " + std::to_string(-crc) +
-                           ": " + std::strerror(errno));
+                           std::to_string(gid) + "): capng_change_id step " + std::to_string(-crc) + ": " +
+                           std::strerror(errno));
   }
 
   // Verify rather than trust: a silently partial drop is worse than none.

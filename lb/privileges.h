@@ -37,7 +37,6 @@ bool running_as_root();
 // On failure returns false with a one-line message naming the user in
 // *error (if non-null). A failure after setgid/setgroups leaves the process
 // half-dropped: the caller must exit rather than carry on.
-bool drop_privileges(const std::string& user, std::string* error,
-                     bool keep_net_bind_service = true);
+bool drop_privileges(const std::string& user, std::string* error, bool keep_net_bind_service = true);
 
 }  // namespace lb::app

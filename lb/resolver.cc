@@ -12,9 +12,9 @@ namespace lb::app {
 // shared_ptr, so it outlives whichever side finishes last.
 struct HostResolver::Batch {
   std::mutex mu;
-  Answers answers;        // under mu
-  size_t left = 0;        // lookups not answered yet, under mu
-  bool abandoned = false; // under mu: from now on no thread touches `async`
+  Answers answers;         // under mu
+  size_t left = 0;         // lookups not answered yet, under mu
+  bool abandoned = false;  // under mu: from now on no thread touches `async`
   uv_async_t* async = nullptr;
   uv_timer_t* timer = nullptr;
   HostResolver* owner = nullptr;
@@ -32,7 +32,8 @@ void close_and_free(H* h) {
 
 }  // namespace
 
-void HostResolver::start(const std::vector<std::string>& hosts, std::chrono::milliseconds deadline, Done done) {
+void HostResolver::start(const std::vector<std::string>& hosts, std::chrono::milliseconds deadline,
+                         Done done) {
   cancel();
   auto batch = std::make_shared<Batch>();
   batch->owner = this;
@@ -79,7 +80,8 @@ void HostResolver::start(const std::vector<std::string>& hosts, std::chrono::mil
     return;
   }
   uv_timer_start(
-      batch->timer, [](uv_timer_t* t) {
+      batch->timer,
+      [](uv_timer_t* t) {
         if (auto* b = static_cast<Batch*>(t->data)) b->owner->finish();
       },
       static_cast<uint64_t>(std::max<int64_t>(1, deadline.count())), 0);

@@ -265,7 +265,7 @@ bool Server::start() {
   resolver_ = std::make_unique<HostResolver>(&loop_);
 
   for (unsigned i = 0; i < nworkers_; ++i) workers_.push_back(std::make_unique<core::Worker>(i, shared_));
-  control_ = std::make_unique<core::ControlPlane>([this](core::BackendTablePtr t) {
+  control_ = std::make_unique<core::ControlPlane>([this](const core::BackendTablePtr& t) {
     for (auto& w : workers_) w->publish(t);
   });
   health_bridge_ = std::make_unique<HealthBridge>(*control_);
@@ -401,12 +401,12 @@ constexpr std::chrono::milliseconds kResolveDeadline{5000};
 // opened: that is the abort.
 struct Server::Reload {
   conf::Config config;
-  std::optional<NewSockets> sockets;         // new listening sockets
-  bool admin_changes = false;                // [admin] listen added, moved or removed
-  std::unique_ptr<admin::HttpServer> admin;  // listening at the new address
+  std::optional<NewSockets> sockets;            // new listening sockets
+  bool admin_changes = false;                   // [admin] listen added, moved or removed
+  std::unique_ptr<admin::HttpServer> admin;     // listening at the new address
   std::unique_ptr<core::AccessLog> access_log;  // the first access log of this process
-  int access_log_fd = -1;                    // the running log's new destination
-  uint64_t probe_deadline = 0;               // loop time
+  int access_log_fd = -1;                       // the running log's new destination
+  uint64_t probe_deadline = 0;                  // loop time
   ~Reload() {
     if (admin) admin->close();
     if (access_log_fd >= 0 && access_log_fd != STDERR_FILENO) ::close(access_log_fd);
@@ -439,10 +439,11 @@ void Server::reload_resolve() {
   std::vector<std::string> hosts;
   for (const auto& h : reload_->config.unresolved) hosts.push_back(h.host);
   if (hosts.empty()) return reload_open();
-  resolver_->start(hosts, kResolveDeadline, [this](HostResolver::Answers answers) {
+  resolver_->start(hosts, kResolveDeadline, [this](const HostResolver::Answers& answers) {
     auto diags = conf::apply_host_answers(reload_->config, answers);
     if (!diags.empty()) {
       std::vector<std::string> errors;
+      errors.reserve(diags.size());
       for (const auto& d : diags) errors.push_back(d.str());
       return reload_abort(errors);
     }
@@ -457,7 +458,7 @@ void Server::reload_open() {
   const conf::Config& next = r.config;
   match_inherited(next);
   r.sockets = bind_listeners(next);
-  match_inherited(config_);  // until the commit
+  match_inherited(config_);                 // until the commit
   if (!r.sockets) return reload_abort({});  // bind_listeners logged why
 
   const auto& was = config_.admin.listen;
@@ -510,7 +511,8 @@ void Server::reload_probe() {
         const bool probed = self->health_->wait_initial(std::chrono::milliseconds(0));
         if (!probed && uv_now(t->loop) < self->reload_->probe_deadline) return;
         uv_timer_stop(t);
-        if (!probed) log::warn("some backends had no first health result in time; they stay down until probed");
+        if (!probed)
+          log::warn("some backends had no first health result in time; they stay down until probed");
         self->reload_commit();
       },
       0, 5);
@@ -680,13 +682,15 @@ void Server::finish_stop() {
   shared_.report_backend = nullptr;
   if (admin_) admin_->close();
   for (auto* s : signals_)
-    uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
+    uv_close(reinterpret_cast<uv_handle_t*>(s),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
   signals_.clear();
   if (resolver_) resolver_->cancel();
   reload_.reset();
   for (uv_timer_t** t : {&stop_timer_, &watchdog_timer_, &tick_timer_, &reload_timer_}) {
     if (!*t) continue;
-    uv_close(reinterpret_cast<uv_handle_t*>(*t), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    uv_close(reinterpret_cast<uv_handle_t*>(*t),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     *t = nullptr;
   }
   // Flush the access log before exit.

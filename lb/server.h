@@ -20,8 +20,8 @@
 #include <uv.h>
 
 #include <map>
-#include <optional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -66,11 +66,11 @@ class Server {
 
  private:
   struct Bound {
-    int protocol_type;            // SOCK_STREAM / SOCK_DGRAM
-    std::string actual;           // address with the real port
+    int protocol_type;   // SOCK_STREAM / SOCK_DGRAM
+    std::string actual;  // address with the real port
     sockaddr_storage addr{};
     socklen_t len = 0;
-    bool single_worker = false;   // an inherited UDP socket: worker 0 only
+    bool single_worker = false;  // an inherited UDP socket: worker 0 only
   };
   // Listening sockets opened for binds that had none. Owns the descriptors
   // until post_listeners() hands them to the workers; whatever is left is
@@ -125,21 +125,21 @@ class Server {
   std::unique_ptr<HealthBridge> health_bridge_;
   std::unique_ptr<health::HealthChecker> health_;
   std::unique_ptr<admin::HttpServer> admin_;
-  std::map<std::string, Bound> bound_;     // bind key -> socket facts
+  std::map<std::string, Bound> bound_;                                 // bind key -> socket facts
   std::map<std::string, std::shared_ptr<core::ListenerStats>> stats_;  // by listener name
   std::vector<core::ListenerRuntimePtr> listeners_;
   std::vector<uv_signal_t*> signals_;
   systemd::Notifier notifier_;
-  std::vector<systemd::InheritedSocket> inherited_;   // socket activation (LISTEN_FDS)
+  std::vector<systemd::InheritedSocket> inherited_;             // socket activation (LISTEN_FDS)
   std::map<std::string, systemd::InheritedSocket*> activated_;  // bind key -> inherited socket
   uv_timer_t* watchdog_timer_ = nullptr;
-  uv_timer_t* tick_timer_ = nullptr;       // slow-start ramps
-  uv_timer_t* stop_timer_ = nullptr;       // drain_delay, then polling for drained workers
-  uv_timer_t* reload_timer_ = nullptr;     // a reload waiting for first probes
-  std::unique_ptr<Reload> reload_;         // the reload in progress
-  bool reload_again_ = false;              // SIGHUP during a reload: another one follows
+  uv_timer_t* tick_timer_ = nullptr;    // slow-start ramps
+  uv_timer_t* stop_timer_ = nullptr;    // drain_delay, then polling for drained workers
+  uv_timer_t* reload_timer_ = nullptr;  // a reload waiting for first probes
+  std::unique_ptr<Reload> reload_;      // the reload in progress
+  bool reload_again_ = false;           // SIGHUP during a reload: another one follows
   std::unique_ptr<HostResolver> resolver_;
-  std::string running_user_;               // [global] user as applied at start
+  std::string running_user_;  // [global] user as applied at start
   uint64_t stop_deadline_ = 0;
   uint64_t generation_ = 0;
   uint64_t reloads_ok_ = 0;

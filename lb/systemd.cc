@@ -40,8 +40,7 @@ std::string errno_text(int err) { return std::strerror(err); }
 // Writes "RELOADING=1\nMONOTONIC_USEC=N" into buf without allocating, so
 // reloading() can stay noexcept. Returns the length.
 size_t format_reloading(char* buf, size_t size, uint64_t usec) {
-  int n = std::snprintf(buf, size, "RELOADING=1\nMONOTONIC_USEC=%llu",
-                        static_cast<unsigned long long>(usec));
+  int n = std::snprintf(buf, size, "RELOADING=1\nMONOTONIC_USEC=%llu", static_cast<unsigned long long>(usec));
   return n < 0 ? 0 : static_cast<size_t>(n);
 }
 
@@ -50,7 +49,7 @@ size_t format_reloading(char* buf, size_t size, uint64_t usec) {
 struct IpEndpoint {
   int family = AF_UNSPEC;  // AF_INET / AF_INET6, or AF_UNSPEC if not IP
   unsigned char addr[16]{};
-  uint16_t port = 0;       // network byte order
+  uint16_t port = 0;  // network byte order
   uint32_t scope = 0;
 };
 
@@ -79,9 +78,7 @@ IpEndpoint ip_endpoint(const sockaddr* sa, socklen_t len) {
   return e;
 }
 
-bool is_ip(const InheritedSocket& s) {
-  return s.addr.ss_family == AF_INET || s.addr.ss_family == AF_INET6;
-}
+bool is_ip(const InheritedSocket& s) { return s.addr.ss_family == AF_INET || s.addr.ss_family == AF_INET6; }
 
 }  // namespace
 
@@ -94,8 +91,7 @@ Notifier::Notifier() {
                "\": neither an absolute path nor an abstract socket name (@name); "
                "systemd notifications disabled";
     } else if (path->size() > sizeof(addr_.sun_path)) {
-      error_ = "NOTIFY_SOCKET=\"" + *path + "\": longer than " +
-               std::to_string(sizeof(addr_.sun_path)) +
+      error_ = "NOTIFY_SOCKET=\"" + *path + "\": longer than " + std::to_string(sizeof(addr_.sun_path)) +
                " bytes; systemd notifications disabled";
     } else {
       addr_.sun_family = AF_UNIX;
@@ -128,8 +124,8 @@ Notifier::Notifier() {
     if (us && *us > 0 && ours) {
       uint64_t half = *us / 2;
       if (half == 0) half = 1;
-      watchdog_interval_ = std::chrono::microseconds(static_cast<int64_t>(
-          half > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : half));
+      watchdog_interval_ = std::chrono::microseconds(
+          static_cast<int64_t>(half > static_cast<uint64_t>(INT64_MAX) ? INT64_MAX : half));
     }
   }
 }
@@ -250,8 +246,7 @@ std::vector<InheritedSocket> inherited_sockets(std::string* warnings) {
     size_t start = 0;
     for (;;) {
       size_t colon = names_s->find(':', start);
-      names.push_back(names_s->substr(start, colon == std::string::npos ? std::string::npos
-                                                                         : colon - start));
+      names.push_back(names_s->substr(start, colon == std::string::npos ? std::string::npos : colon - start));
       if (colon == std::string::npos) break;
       start = colon + 1;
     }
@@ -305,18 +300,14 @@ bool same_address(const sockaddr* a, socklen_t a_len, const sockaddr* b, socklen
          std::memcmp(x.addr, y.addr, x.family == AF_INET ? 4 : 16) == 0;
 }
 
-InheritedSocket* match(std::vector<InheritedSocket>& sockets, const std::string& listener_name,
-                       int sock_type, const sockaddr* bind_addr, socklen_t bind_len,
-                       MatchBy by) {
+InheritedSocket* match(std::vector<InheritedSocket>& sockets, const std::string& listener_name, int sock_type,
+                       const sockaddr* bind_addr, socklen_t bind_len, MatchBy by) {
   auto eligible = [sock_type](const InheritedSocket& s) {
     return !s.used && s.type == sock_type && is_ip(s);
   };
-  auto by_name = [&](const InheritedSocket& s) {
-    return !listener_name.empty() && s.name == listener_name;
-  };
+  auto by_name = [&](const InheritedSocket& s) { return !listener_name.empty() && s.name == listener_name; };
   auto by_addr = [&](const InheritedSocket& s) {
-    return bind_addr && same_address(reinterpret_cast<const sockaddr*>(&s.addr), s.len,
-                                     bind_addr, bind_len);
+    return bind_addr && same_address(reinterpret_cast<const sockaddr*>(&s.addr), s.len, bind_addr, bind_len);
   };
   auto take = [](InheritedSocket& s) {
     s.used = true;

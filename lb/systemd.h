@@ -96,12 +96,12 @@ uint64_t monotonic_usec() noexcept;
 
 // One socket passed by the service manager (socket activation).
 struct InheritedSocket {
-  int fd = -1;             // >= 3; owned by the vector's owner, see below
-  std::string name;        // its LISTEN_FDNAMES entry; "" when none was given
-  int type = 0;            // SO_TYPE: SOCK_STREAM, SOCK_DGRAM, ...
-  sockaddr_storage addr{}; // getsockname()
+  int fd = -1;              // >= 3; owned by the vector's owner, see below
+  std::string name;         // its LISTEN_FDNAMES entry; "" when none was given
+  int type = 0;             // SO_TYPE: SOCK_STREAM, SOCK_DGRAM, ...
+  sockaddr_storage addr{};  // getsockname()
   socklen_t len = 0;
-  bool used = false;       // set by match()
+  bool used = false;  // set by match()
 };
 
 // Takes over the sockets systemd passed: when LISTEN_PID equals getpid(),
@@ -156,9 +156,8 @@ std::vector<InheritedSocket> inherited_sockets(std::string* warnings = nullptr);
 // names to win across all listeners makes two passes (every listener's binds
 // with NameOnly, then the unmatched ones with AddressOnly).
 enum class MatchBy { NameThenAddress, NameOnly, AddressOnly };
-InheritedSocket* match(std::vector<InheritedSocket>& sockets, const std::string& listener_name,
-                       int sock_type, const sockaddr* bind_addr, socklen_t bind_len,
-                       MatchBy by = MatchBy::NameThenAddress);
+InheritedSocket* match(std::vector<InheritedSocket>& sockets, const std::string& listener_name, int sock_type,
+                       const sockaddr* bind_addr, socklen_t bind_len, MatchBy by = MatchBy::NameThenAddress);
 
 // A close-on-exec duplicate of s.fd for one worker (the worker owns and
 // closes it). Returns the new fd, or -errno. The copy shares the open file

@@ -14,7 +14,7 @@ jobs=$(nproc)
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev
           libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd util-linux
           debhelper dpkg-dev pandoc lintian man-db
-          python3 chromium prometheus)
+          python3 chromium prometheus clang-format clang-tidy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,6 +46,10 @@ run_ctest() {  # run_ctest DIR [ctest args...]
 }
 
 build build -- -DCMAKE_BUILD_TYPE=RelWithDebInfo
+# House style: clang-format and clang-tidy's bug-finding checks (.clang-tidy),
+# on the plain build's compile_commands.json.
+echo "== style"
+bash "$root/test/style/run.sh" "$root/build" || failed=1
 run_ctest build
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then

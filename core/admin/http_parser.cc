@@ -10,8 +10,20 @@ bool is_tchar(unsigned char c) {
   if (c >= '0' && c <= '9') return true;
   if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return true;
   switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
-    case '+': case '-': case '.': case '^': case '_': case '`': case '|':
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
     case '~':
       return true;
     default:
@@ -279,8 +291,7 @@ bool HttpRequestParser::finish_request_line() {
     if (t.front() != '/') {
       size_t scheme_end = t.find("://");
       std::string_view scheme = t.substr(0, scheme_end);
-      if (scheme_end == std::string_view::npos ||
-          !(iequals(scheme, "http") || iequals(scheme, "https"))) {
+      if (scheme_end == std::string_view::npos || !(iequals(scheme, "http") || iequals(scheme, "https"))) {
         return fail(400, "invalid request target");
       }
       t.remove_prefix(scheme_end + 3);
@@ -345,8 +356,8 @@ bool HttpRequestParser::finish_head() {
   }
   if (content_length_ > limits_.max_body_bytes) return fail(413, "request body too large");
 
-  out_.keep_alive = out_.version_minor == 0 ? (connection_keep_alive_ && !connection_close_)
-                                            : !connection_close_;
+  out_.keep_alive =
+      out_.version_minor == 0 ? (connection_keep_alive_ && !connection_close_) : !connection_close_;
   body_remaining_ = content_length_;
   if (body_remaining_ == 0) {
     state_ = State::kComplete;

@@ -42,8 +42,8 @@ namespace lb::admin {
 // One complete request plus what the connection needs to know about it.
 struct ParsedRequest {
   HttpRequest request;
-  int version_minor = 1;    // 0 for HTTP/1.0, 1 for HTTP/1.1 (and 1.2-1.9)
-  bool keep_alive = true;   // from the version and the Connection header
+  int version_minor = 1;   // 0 for HTTP/1.0, 1 for HTTP/1.1 (and 1.2-1.9)
+  bool keep_alive = true;  // from the version and the Connection header
 };
 
 class HttpRequestParser {
@@ -83,8 +83,8 @@ class HttpRequestParser {
 
  private:
   enum class Phase {
-    kStart,          // before the request line: skipping empty lines
-    kStartLF,        // CR seen in kStart
+    kStart,    // before the request line: skipping empty lines
+    kStartLF,  // CR seen in kStart
     kMethod,
     kTarget,
     kVersion,
@@ -92,8 +92,8 @@ class HttpRequestParser {
     kHeaderStart,    // first byte of a header line, or of the blank line
     kHeaderName,
     kHeaderValue,
-    kHeaderLF,       // CR seen in a header value
-    kHeadersEndLF,   // CR seen at the start of a line: end of the head
+    kHeaderLF,      // CR seen in a header value
+    kHeadersEndLF,  // CR seen at the start of a line: end of the head
     kBody,
   };
 

@@ -14,9 +14,9 @@
 namespace lb::admin {
 
 struct ResponseFraming {
-  bool head = false;       // answering HEAD: the headers a GET would get, no body
-  bool close = false;      // last response on this connection: "Connection: close"
-  int version_minor = 1;   // a kept-alive HTTP/1.0 client needs "Connection: keep-alive"
+  bool head = false;      // answering HEAD: the headers a GET would get, no body
+  bool close = false;     // last response on this connection: "Connection: close"
+  int version_minor = 1;  // a kept-alive HTTP/1.0 client needs "Connection: keep-alive"
 };
 
 // Canonical reason phrase for a status ("OK", "Not Found", ...); "" if unknown.

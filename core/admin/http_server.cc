@@ -77,8 +77,8 @@ struct HttpServer::Impl {
   uv_tcp_t* listener = nullptr;  // heap; freed in on_listener_closed
   uint16_t bound_port = 0;
   bool closed = false;
-  bool orphaned = false;  // HttpServer is gone; the last unpin() deletes *this
-  size_t pins = 0;        // listener + connections whose handles are not closed yet
+  bool orphaned = false;            // HttpServer is gone; the last unpin() deletes *this
+  size_t pins = 0;                  // listener + connections whose handles are not closed yet
   Connection* live_head = nullptr;  // connections not yet closing
   size_t live_count = 0;
 };
@@ -133,7 +133,7 @@ struct HttpServer::Impl::Connection {
   std::string pending;  // received, not yet parsed: only while paused
   size_t writes_pending = 0;
 
-  bool closing = false;    // uv_close() called
+  bool closing = false;  // uv_close() called
   bool reading = false;
   bool paused = false;     // reading stopped for backpressure
   bool draining = false;   // last response queued; no more requests
@@ -166,9 +166,8 @@ int HttpServer::Impl::listen(const sockaddr* addr) {
     int len = sizeof(ss);
     rc = uv_tcp_getsockname(h, reinterpret_cast<sockaddr*>(&ss), &len);
     if (rc == 0) {
-      bound_port = ss.ss_family == AF_INET6
-                       ? ntohs(reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port)
-                       : ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
+      bound_port = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_port)
+                                            : ntohs(reinterpret_cast<const sockaddr_in*>(&ss)->sin_port);
     }
   }
   if (rc != 0) close_listener();
@@ -249,8 +248,10 @@ void HttpServer::Impl::Connection::link() {
 
 void HttpServer::Impl::Connection::unlink() {
   if (!linked) return;
-  if (prev != nullptr) prev->next = next;
-  else server->live_head = next;
+  if (prev != nullptr)
+    prev->next = next;
+  else
+    server->live_head = next;
   if (next != nullptr) next->prev = prev;
   prev = next = nullptr;
   linked = false;
@@ -310,8 +311,7 @@ void HttpServer::Impl::Connection::on_timer(uv_timer_t* t) {
   static_cast<Connection*>(t->data)->close();
 }
 
-void HttpServer::Impl::Connection::on_alloc(uv_handle_t* h, size_t /*suggested*/,
-                                            uv_buf_t* buf) {
+void HttpServer::Impl::Connection::on_alloc(uv_handle_t* h, size_t /*suggested*/, uv_buf_t* buf) {
   auto* c = static_cast<Connection*>(h->data);
   *buf = uv_buf_init(c->server->read_buffer.get(), kReadBufferSize);
 }
@@ -401,8 +401,7 @@ void HttpServer::Impl::Connection::respond(ParsedRequest parsed) {
 void HttpServer::Impl::Connection::refuse_request() {
   ResponseFraming framing;
   framing.close = true;
-  if (!send(serialize_response(error_response(parser.error_status(), parser.error_detail()),
-                               framing))) {
+  if (!send(serialize_response(error_response(parser.error_status(), parser.error_detail()), framing))) {
     return;
   }
   begin_drain();

@@ -22,10 +22,10 @@
 namespace lb::admin {
 
 struct HttpRequest {
-  std::string method;       // "GET", "POST", ...
-  std::string target;       // as sent: "/api/v1/status?x=1"
-  std::string path;         // percent-decoded path without the query
-  std::string query;        // raw, without '?'
+  std::string method;                                        // "GET", "POST", ...
+  std::string target;                                        // as sent: "/api/v1/status?x=1"
+  std::string path;                                          // percent-decoded path without the query
+  std::string query;                                         // raw, without '?'
   std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
   std::string body;
   // The connection's addresses (set by the server, not the parser): the
@@ -48,11 +48,11 @@ struct HttpResponse {
 };
 
 struct HttpLimits {
-  size_t max_header_bytes = 8192;     // request line + headers -> 431 beyond
-  size_t max_body_bytes = 65536;      // -> 413 beyond
-  uint64_t idle_timeout_ms = 10000;   // no complete request within this -> close (0: never)
-  size_t max_connections = 256;       // further connections are closed at once
-  size_t max_headers = 100;           // more header lines -> 400
+  size_t max_header_bytes = 8192;    // request line + headers -> 431 beyond
+  size_t max_body_bytes = 65536;     // -> 413 beyond
+  uint64_t idle_timeout_ms = 10000;  // no complete request within this -> close (0: never)
+  size_t max_connections = 256;      // further connections are closed at once
+  size_t max_headers = 100;          // more header lines -> 400
 };
 
 class HttpServer {

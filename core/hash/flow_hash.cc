@@ -8,8 +8,7 @@
 
 namespace lb::hash {
 
-size_t flow_key(const sockaddr* client, bool with_port,
-                unsigned char out[kMaxFlowKeyBytes]) noexcept {
+size_t flow_key(const sockaddr* client, bool with_port, unsigned char out[kMaxFlowKeyBytes]) noexcept {
   if (client == nullptr) return 0;
   const unsigned char* addr;
   size_t addr_len;

@@ -31,8 +31,7 @@ namespace lb::hash {
 inline constexpr size_t kMaxFlowKeyBytes = 18;
 
 // Writes the key bytes described above into `out`; returns how many.
-size_t flow_key(const sockaddr* client, bool with_port,
-                unsigned char out[kMaxFlowKeyBytes]) noexcept;
+size_t flow_key(const sockaddr* client, bool with_port, unsigned char out[kMaxFlowKeyBytes]) noexcept;
 
 // xxh64(flow_key(client, with_port), seed 0).
 uint64_t flow_hash(const sockaddr* client, bool with_port) noexcept;

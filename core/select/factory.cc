@@ -53,8 +53,7 @@ std::shared_ptr<const LookupTable> build_lookup_table(conf::SelectorKind kind,
   return nullptr;
 }
 
-std::unique_ptr<Selector> make_selector(const PoolTable& table, uint64_t seed,
-                                        const Selector* previous) {
+std::unique_ptr<Selector> make_selector(const PoolTable& table, uint64_t seed, const Selector* previous) {
   switch (table.selector) {
     case conf::SelectorKind::RoundRobin:
       return std::make_unique<RoundRobinSelector>(table.candidates, seed,

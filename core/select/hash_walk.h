@@ -77,9 +77,8 @@ class VisitSet {
 
 // owner_at(pos) gives the candidate index at position pos in [0, positions).
 template <class OwnerAt>
-Backend* hash_walk(std::span<const Candidate> candidates, size_t positions, size_t start,
-                   OwnerAt owner_at, const PickContext& ctx, unsigned balance_factor,
-                   uint64_t total_weight, VisitSet& seen) {
+Backend* hash_walk(std::span<const Candidate> candidates, size_t positions, size_t start, OwnerAt owner_at,
+                   const PickContext& ctx, unsigned balance_factor, uint64_t total_weight, VisitSet& seen) {
   if (positions == 0) return nullptr;
   uint32_t owner = owner_at(start);
   const Candidate* c = &candidates[owner];
@@ -87,8 +86,8 @@ Backend* hash_walk(std::span<const Candidate> candidates, size_t positions, size
   bool ok = usable(ctx, c->backend);
   if (ok && !bounded) return c->backend;  // the common case: no walk at all
 
-  const LoadCeiling ceiling = bounded ? LoadCeiling(candidates, balance_factor, total_weight)
-                                      : LoadCeiling({}, 0, 1);
+  const LoadCeiling ceiling =
+      bounded ? LoadCeiling(candidates, balance_factor, total_weight) : LoadCeiling({}, 0, 1);
   if (ok && !ceiling.over(*c)) return c->backend;
   Backend* fallback = ok ? c->backend : nullptr;  // usable but above its ceiling
 

@@ -4,8 +4,7 @@
 
 namespace lb::core {
 
-LeastConnectionsSelector::LeastConnectionsSelector(std::span<const Candidate> candidates,
-                                                   uint64_t seed)
+LeastConnectionsSelector::LeastConnectionsSelector(std::span<const Candidate> candidates, uint64_t seed)
     : candidates_(candidates),
       start_(candidates.empty() ? 0 : static_cast<size_t>(seed % candidates.size())) {}
 

@@ -27,15 +27,14 @@ uint32_t maglev_table_size(size_t backends) {
   return kTableSizes[std::size(kTableSizes) - 1];
 }
 
-std::vector<uint32_t> maglev_populate(std::span<const MaglevPermutation> backends,
-                                      uint32_t table_size) {
+std::vector<uint32_t> maglev_populate(std::span<const MaglevPermutation> backends, uint32_t table_size) {
   const size_t n = backends.size();
   uint32_t max_weight = 0;
   for (const auto& b : backends) max_weight = std::max(max_weight, b.weight);
   if (n == 0 || max_weight == 0 || table_size == 0) return {};
 
   std::vector<uint32_t> table(table_size, kEmpty);
-  std::vector<uint32_t> next(n);   // next slot of each permutation to try
+  std::vector<uint32_t> next(n);  // next slot of each permutation to try
   std::vector<uint32_t> skip(n);
   std::vector<uint64_t> credit(n, 0);
   for (size_t i = 0; i < n; ++i) {
@@ -107,8 +106,8 @@ Backend* MaglevSelector::pick(const PickContext& ctx) {
   const std::span<const uint32_t> slots = table_.slots();
   if (slots.empty()) return nullptr;
   return select_detail::hash_walk(
-      table_.backends(), slots.size(), table_.slot_of(ctx.hash),
-      [slots](size_t s) { return slots[s]; }, ctx, balance_factor_, table_.total_weight(), seen_);
+      table_.backends(), slots.size(), table_.slot_of(ctx.hash), [slots](size_t s) { return slots[s]; }, ctx,
+      balance_factor_, table_.total_weight(), seen_);
 }
 
 }  // namespace lb::core

@@ -53,8 +53,7 @@ struct MaglevPermutation {
 // Fills a table of `table_size` (prime) slots by §3.4's turn-taking, with the
 // weighted turns described above. Slot values index `backends`. Returns an
 // empty vector when no backend has a weight. Exposed for golden tests.
-std::vector<uint32_t> maglev_populate(std::span<const MaglevPermutation> backends,
-                                      uint32_t table_size);
+std::vector<uint32_t> maglev_populate(std::span<const MaglevPermutation> backends, uint32_t table_size);
 
 // 65537 for up to 655 backends, else the smallest listed prime > 100 * n
 // (the largest listed prime, 16777259, beyond that).

@@ -24,9 +24,7 @@ inline bool avoided(const PickContext& ctx, const Backend* b) {
   return false;
 }
 
-inline bool usable(const PickContext& ctx, const Backend* b) {
-  return !b->full() && !avoided(ctx, b);
-}
+inline bool usable(const PickContext& ctx, const Backend* b) { return !b->full() && !avoided(ctx, b); }
 
 // Active connections, clamped at 0: decrements racing increments on other
 // workers may make the counter transiently negative.

@@ -17,8 +17,8 @@ RandomTwoSelector::RandomTwoSelector(std::span<const Candidate> candidates, uint
 }
 
 size_t RandomTwoSelector::index_of(uint64_t point) const {
-  return static_cast<size_t>(
-      std::upper_bound(cumulative_.begin(), cumulative_.end(), point) - cumulative_.begin());
+  return static_cast<size_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), point) -
+                             cumulative_.begin());
 }
 
 Backend* RandomTwoSelector::pick(const PickContext& ctx) {

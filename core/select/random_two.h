@@ -40,7 +40,7 @@ class RandomTwoSelector final : public Selector {
   std::span<const Candidate> candidates_;
   std::vector<uint64_t> cumulative_;  // cumulative_[i] = weights of candidates 0..i
   uint64_t total_weight_ = 0;
-  bool uniform_ = true;               // all weights equal: index draws need no search
+  bool uniform_ = true;  // all weights equal: index draws need no search
   hash::Xoshiro256 rng_;
 };
 

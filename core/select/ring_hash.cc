@@ -118,9 +118,8 @@ Backend* RingHashSelector::pick(const PickContext& ctx) {
   const size_t points = table_.points();
   if (points == 0) return nullptr;
   return select_detail::hash_walk(
-      table_.backends(), points, table_.find(ctx.hash),
-      [this](size_t p) { return table_.owner(p); }, ctx, balance_factor_, table_.total_weight(),
-      seen_);
+      table_.backends(), points, table_.find(ctx.hash), [this](size_t p) { return table_.owner(p); }, ctx,
+      balance_factor_, table_.total_weight(), seen_);
 }
 
 }  // namespace lb::core

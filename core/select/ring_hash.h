@@ -64,8 +64,8 @@ class RingHashTable final : public LookupTable {
   std::vector<Candidate> backends_;
   uint64_t total_weight_ = 0;
   // Struct of arrays: the search touches only hashes_.
-  std::vector<uint64_t> hashes_;   // ascending
-  std::vector<uint32_t> owners_;   // parallel to hashes_: index into backends_
+  std::vector<uint64_t> hashes_;  // ascending
+  std::vector<uint32_t> owners_;  // parallel to hashes_: index into backends_
   // bucket_[k] = first point whose top `bucket_bits_` hash bits are >= k
   // (2^bits + 1 entries). About two points per bucket, so a lookup costs a
   // couple of cache misses instead of a ~20-step binary search over

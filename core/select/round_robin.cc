@@ -13,8 +13,7 @@ RoundRobinSelector::RoundRobinSelector(std::span<const Candidate> candidates, ui
                                        const RoundRobinSelector* previous)
     : start_(candidates.empty() ? 0 : static_cast<size_t>(seed % candidates.size())) {
   entries_.reserve(candidates.size());
-  for (const Candidate& c : candidates)
-    entries_.push_back({0, c.backend, c.weight, c.max_connections != 0});
+  for (const Candidate& c : candidates) entries_.push_back({0, c.backend, c.weight, c.max_connections != 0});
   if (previous) take_over(*previous);
 }
 
@@ -55,8 +54,7 @@ Backend* RoundRobinSelector::pick(const PickContext& ctx) {
   for (size_t k = 0; k < n; ++k, ++i) {
     if (i == n) i = 0;
     Entry& e = entries_[i];
-    if ((e.limited && e.backend->full()) || (avoiding && select_detail::avoided(ctx, e.backend)))
-      continue;
+    if ((e.limited && e.backend->full()) || (avoiding && select_detail::avoided(ctx, e.backend))) continue;
     e.current += e.weight;
     total += e.weight;
     if (best == n || e.current > best_current) {

@@ -19,8 +19,8 @@
 namespace lb::core {
 
 struct PickContext {
-  uint64_t hash = 0;        // flow hash of the client (see core/hash/flow_hash.h)
-  unsigned attempt = 0;     // 0 first try, 1.. retries after connect failures
+  uint64_t hash = 0;     // flow hash of the client (see core/hash/flow_hash.h)
+  unsigned attempt = 0;  // 0 first try, 1.. retries after connect failures
   // Backends already tried for this connection: never returned again.
   std::span<const Backend* const> avoid;
 };

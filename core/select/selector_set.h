@@ -43,9 +43,7 @@ class SelectorSet {
       if (e.table->name == name) return &e;
     return nullptr;
   }
-  const Entry* find(const std::string& name) const {
-    return const_cast<SelectorSet*>(this)->find(name);
-  }
+  const Entry* find(const std::string& name) const { return const_cast<SelectorSet*>(this)->find(name); }
 
  private:
   std::vector<Entry> pools_;  // parallel to the current table's pools

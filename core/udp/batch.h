@@ -34,7 +34,7 @@ constexpr size_t kMaxQueuedBytes = 1024 * 1024;
 struct Pending {
   Pending* next = nullptr;
   sockaddr_storage to;
-  uint32_t source = 0;   // upstream: index of the local source address
+  uint32_t source = 0;  // upstream: index of the local source address
   size_t len = 0;
   char* data() { return reinterpret_cast<char*>(this + 1); }
 };
@@ -51,8 +51,8 @@ class PendingQueue {
   size_t bytes() const { return bytes_; }
   Pending* front() { return head_; }
   // Copies prefix + data; false (dropped) past the bound or out of memory.
-  bool push(const sockaddr_storage& to, uint32_t source, const void* prefix, size_t prefix_len, const void* data,
-            size_t len) {
+  bool push(const sockaddr_storage& to, uint32_t source, const void* prefix, size_t prefix_len,
+            const void* data, size_t len) {
     size_t total = prefix_len + len;
     if (bytes_ + total > kMaxQueuedBytes) return false;
     auto* p = static_cast<Pending*>(std::malloc(sizeof(Pending) + total));
@@ -89,8 +89,8 @@ class PendingQueue {
 // that staged them returns: every path that stages ends in a flush.
 template <size_t N>
 struct ReplyBatch {
-  size_t count = 0;   // staged replies
-  size_t slots = 0;   // slots [0, slots) of the worker's buffer hold received replies
+  size_t count = 0;  // staged replies
+  size_t slots = 0;  // slots [0, slots) of the worker's buffer hold received replies
   sockaddr_storage to[N];
   iovec iov[N];
   mmsghdr msgs[N];
@@ -138,7 +138,8 @@ struct ReplyBatch {
         ++sent;
       }
     }
-    for (; sent < count; ++sent) overflow.push(to[sent], 0, nullptr, 0, iov[sent].iov_base, iov[sent].iov_len);
+    for (; sent < count; ++sent)
+      overflow.push(to[sent], 0, nullptr, 0, iov[sent].iov_base, iov[sent].iov_len);
     clear();
     return !overflow.empty();
   }
@@ -153,7 +154,7 @@ inline bool send_queued(int fd, PendingQueue& q) {
                          addr_len(p->to));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
-    q.pop();   // sent, or failed for good: dropped
+    q.pop();  // sent, or failed for good: dropped
   }
   return true;
 }

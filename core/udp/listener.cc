@@ -29,12 +29,12 @@ struct UdpListener::Session {
   // are given back to these stats even if a reload renamed the listener.
   ListenerRuntimePtr runtime;
   BackendPtr backend;
-  udp::PeerKey client;          // the table key; also the reply address
-  udp::Route route;             // in owner->upstream_, towards backend->address
-  bool holds_source = false;    // counted in the listener's per-source table
+  udp::PeerKey client;        // the table key; also the reply address
+  udp::Route route;           // in owner->upstream_, towards backend->address
+  bool holds_source = false;  // counted in the listener's per-source table
   bool ended = false;
-  uint64_t table_version = 0;   // worker table the backend was last checked against
-  uint64_t outstanding = 0;     // replies still expected (udp_responses > 0)
+  uint64_t table_version = 0;  // worker table the backend was last checked against
+  uint64_t outstanding = 0;    // replies still expected (udp_responses > 0)
   uint64_t started_ms = 0;
   uint64_t bytes_to_backend = 0;
   uint64_t bytes_to_client = 0;
@@ -66,7 +66,7 @@ int UdpListener::open(int fd) {
   // of the shared upstream sockets (readable when any of them is).
   auto watch = [this](uv_poll_t** slot, int watched, uv_poll_cb cb) {
     auto* h = new uv_poll_t;
-    int r = uv_poll_init(worker_.loop(), h, watched);   // also makes it non-blocking
+    int r = uv_poll_init(worker_.loop(), h, watched);  // also makes it non-blocking
     if (r != 0) {
       delete h;
       return r;
@@ -82,7 +82,7 @@ int UdpListener::open(int fd) {
     uv_timer_init(worker_.loop(), trim_timer_);
     trim_timer_->data = this;
     uv_timer_start(trim_timer_, on_trim, kTrimMs, kTrimMs);
-    uv_unref(reinterpret_cast<uv_handle_t*>(trim_timer_));   // never keeps the loop alive
+    uv_unref(reinterpret_cast<uv_handle_t*>(trim_timer_));  // never keeps the loop alive
   }
   if (rc != 0) {
     retired_ = true;
@@ -183,11 +183,12 @@ void UdpListener::forward(Session* s, char* buf, const mmsghdr* in, const unsign
   if (s->runtime->cfg.proxy_protocol == conf::ProxyProtocol::V2) {
     sockaddr_storage client;
     s->client.to_sockaddr(&client);
-    header_len = proxy::write_v2(reinterpret_cast<const sockaddr*>(&client),
-                                 reinterpret_cast<const sockaddr*>(&local_addr_), true, header, sizeof header);
+    header_len =
+        proxy::write_v2(reinterpret_cast<const sockaddr*>(&client),
+                        reinterpret_cast<const sockaddr*>(&local_addr_), true, header, sizeof header);
   }
   iovec data[Worker::kUdpBatch];
-  bool taken[Worker::kUdpBatch];   // sent or queued
+  bool taken[Worker::kUdpBatch];  // sent or queued
   for (unsigned k = 0; k < count; ++k) {
     data[k] = iovec{buf + idx[k] * kSlot, in[idx[k]].msg_len};
     taken[k] = false;
@@ -293,12 +294,14 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp
 }
 
 void UdpListener::warn_refused(const char* reason) {
-  log::warn_throttled(refused_warn_, "udp new sessions refused listener={} reason={}", runtime_->cfg.name, reason);
+  log::warn_throttled(refused_warn_, "udp new sessions refused listener={} reason={}", runtime_->cfg.name,
+                      reason);
 }
 
 void UdpListener::warn_no_route(const Backend& b, int err) {
-  log::warn_throttled(route_warn_, "udp cannot open a route listener={} backend={} error={}", runtime_->cfg.name,
-                      b.id, err == -EADDRNOTAVAIL ? "every route to the backend is taken" : uv_strerror(err));
+  log::warn_throttled(route_warn_, "udp cannot open a route listener={} backend={} error={}",
+                      runtime_->cfg.name, b.id,
+                      err == -EADDRNOTAVAIL ? "every route to the backend is taken" : uv_strerror(err));
 }
 
 void UdpListener::watch_listener(bool writable, bool force) {
@@ -461,8 +464,9 @@ void UdpListener::close_socket() {
   // Replies staged by the session that just ended still go out.
   flush_replies();
   closing_ = true;
-  for (uv_handle_t* h : {reinterpret_cast<uv_handle_t*>(poll_), reinterpret_cast<uv_handle_t*>(upstream_poll_),
-                         reinterpret_cast<uv_handle_t*>(trim_timer_)}) {
+  for (uv_handle_t* h :
+       {reinterpret_cast<uv_handle_t*>(poll_), reinterpret_cast<uv_handle_t*>(upstream_poll_),
+        reinterpret_cast<uv_handle_t*>(trim_timer_)}) {
     if (!h) continue;
     ++open_handles_;
     uv_close(h, on_handle_closed);

@@ -42,11 +42,11 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/log.h"
 #include "core/timeout_wheel.h"
 #include "core/udp/batch.h"
 #include "core/udp/session_table.h"
 #include "core/udp/upstream_set.h"
-#include "core/log.h"
 #include "core/worker.h"
 
 namespace lb::core {
@@ -121,21 +121,21 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   Worker& worker_;
   const std::string key_;
   ListenerRuntimePtr runtime_;
-  int fd_ = -1;                      // the listener socket
-  uv_poll_t* poll_ = nullptr;        // fd_ in the loop
+  int fd_ = -1;                         // the listener socket
+  uv_poll_t* poll_ = nullptr;           // fd_ in the loop
   uv_poll_t* upstream_poll_ = nullptr;  // upstream_'s epoll fd in the loop
   uv_timer_t* trim_timer_ = nullptr;    // closes upstream sockets left unused
-  int open_handles_ = 0;             // uv handles not yet through their close callback
-  bool listener_writable_ = false;   // poll_ also waits for UV_WRITABLE
+  int open_handles_ = 0;                // uv handles not yet through their close callback
+  bool listener_writable_ = false;      // poll_ also waits for UV_WRITABLE
   bool retired_ = false;
   bool closing_ = false;
   size_t live_sessions_ = 0;
-  sockaddr_storage local_addr_{};    // the bound address, for PROXY headers
+  sockaddr_storage local_addr_{};  // the bound address, for PROXY headers
   std::unique_ptr<udp::UpstreamSet> upstream_;
-  udp::PendingQueue client_queue_;   // replies waiting for fd_
-  std::unique_ptr<udp::ReplyBatch<Worker::kUdpBatch>> replies_;   // allocated on the first reply
+  udp::PendingQueue client_queue_;                               // replies waiting for fd_
+  std::unique_ptr<udp::ReplyBatch<Worker::kUdpBatch>> replies_;  // allocated on the first reply
   udp::SessionTable<Session*> sessions_;
-  std::vector<Session*> dead_;       // ended, freed by reap()
+  std::vector<Session*> dead_;  // ended, freed by reap()
   log::Throttle refused_warn_;  // traffic provokes these: at most a line a second
   log::Throttle route_warn_;
 };

@@ -22,7 +22,7 @@ namespace lb::core::udp {
 // An address as a hashable key (family, port, address bytes): 20 bytes.
 struct PeerKey {
   uint16_t family = 0;
-  uint16_t port = 0;   // network order
+  uint16_t port = 0;  // network order
   uint8_t addr[16] = {};
   bool operator==(const PeerKey& o) const;
   static PeerKey from(const sockaddr* sa);

@@ -52,8 +52,10 @@ std::vector<sockaddr_storage> expand_sources(const std::vector<conf::Cidr>& cidr
         add = (add >> 8) + (sum >> 8);
       }
       a.ss_family = static_cast<sa_family_t>(c.family);
-      if (c.family == AF_INET6) std::memcpy(&reinterpret_cast<sockaddr_in6&>(a).sin6_addr, bytes, 16);
-      else std::memcpy(&reinterpret_cast<sockaddr_in&>(a).sin_addr, bytes, 4);
+      if (c.family == AF_INET6)
+        std::memcpy(&reinterpret_cast<sockaddr_in6&>(a).sin6_addr, bytes, 16);
+      else
+        std::memcpy(&reinterpret_cast<sockaddr_in&>(a).sin_addr, bytes, 4);
       out.push_back(a);
     }
   }
@@ -62,10 +64,10 @@ std::vector<sockaddr_storage> expand_sources(const std::vector<conf::Cidr>& cidr
 
 struct UpstreamSet::Sock {
   int fd = -1;
-  uint32_t routes = 0;        // live routes on this socket
-  bool idle = false;          // no route at the last trim
+  uint32_t routes = 0;  // live routes on this socket
+  bool idle = false;    // no route at the last trim
   bool watch_writable = false;
-  std::unique_ptr<PendingQueue> queue;   // allocated on the first EAGAIN
+  std::unique_ptr<PendingQueue> queue;  // allocated on the first EAGAIN
 };
 
 // Routes towards one backend address: slots [0, next) have been handed out,
@@ -122,9 +124,11 @@ int UpstreamSet::open_socket(int f, uint16_t index) {
   } else {
     rc = ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
     if (rc == 0) rc = ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof one);
-    if (rc == 0 && !sources_[f].empty()) rc = ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
+    if (rc == 0 && !sources_[f].empty())
+      rc = ::setsockopt(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
   }
-  if (rc == 0) ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &kUpstreamRcvBuf, sizeof kUpstreamRcvBuf);   // best effort
+  if (rc == 0)
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &kUpstreamRcvBuf, sizeof kUpstreamRcvBuf);  // best effort
   sockaddr_storage any{};
   any.ss_family = static_cast<sa_family_t>(family);
   if (rc == 0) rc = ::bind(fd, reinterpret_cast<sockaddr*>(&any), addr_len(any));
@@ -168,8 +172,10 @@ int UpstreamSet::acquire(const sockaddr_storage& backend, void* owner, Route* ou
       return rc;
     }
   }
-  if (reused) lane.free.pop_back();
-  else ++lane.next;
+  if (reused)
+    lane.free.pop_back();
+  else
+    ++lane.next;
   ++lane.live;
   ++socks_[f][sock].routes;
   socks_[f][sock].idle = false;
@@ -187,11 +193,13 @@ void UpstreamSet::release(const sockaddr_storage& backend, const Route& r) {
   if (it == lanes_.end()) return;
   Lane& lane = it->second;
   if (--lane.live == 0) {
-    lanes_.erase(it);   // the lane's memory goes with its last route
+    lanes_.erase(it);  // the lane's memory goes with its last route
     return;
   }
-  if (r.slot + 1 == lane.next) --lane.next;
-  else lane.free.push_back(r.slot);
+  if (r.slot + 1 == lane.next)
+    --lane.next;
+  else
+    lane.free.push_back(r.slot);
 }
 
 size_t UpstreamSet::source_cmsg(int f, uint32_t source, char* buf) const {
@@ -274,8 +282,8 @@ void UpstreamSet::send(const Route& r, const sockaddr_storage& backend, const vo
       }
       if (sent < 0 && errno == EINTR) continue;
       if (sent == 0 || would_block(errno)) break;
-      if (stale_icmp_error(errno) && stale_retries-- > 0) continue;   // that error is consumed now
-      taken[done++] = false;   // fails for good: this one is dropped
+      if (stale_icmp_error(errno) && stale_retries-- > 0) continue;  // that error is consumed now
+      taken[done++] = false;                                         // fails for good: this one is dropped
     }
   }
   // The socket is full (or already has a queue): keep copies, bounded.
@@ -308,7 +316,7 @@ void UpstreamSet::flush_queue(int f, uint16_t index) {
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && would_block(errno)) return;
     if (r < 0 && stale_icmp_error(errno) && stale_retries-- > 0) continue;
-    s.queue->pop();   // sent, or failed for good: dropped like an unqueued one
+    s.queue->pop();  // sent, or failed for good: dropped like an unqueued one
   }
   s.queue.reset();
   watch(f, index, false);
@@ -331,10 +339,10 @@ void UpstreamSet::trim() {
         continue;
       }
       if (!s.idle) {
-        s.idle = true;   // closed at the next trim if still unused
+        s.idle = true;  // closed at the next trim if still unused
         continue;
       }
-      ::close(s.fd);   // also leaves the epoll set (never duplicated)
+      ::close(s.fd);  // also leaves the epoll set (never duplicated)
       s = Sock();
       --open_;
     }
@@ -392,7 +400,7 @@ void UpstreamSet::read(int f, uint16_t index, Handler& h) {
   h.reply_slots_taken(static_cast<unsigned>(n));
   for (int i = 0; i < n; ++i) {
     const msghdr& m = msgs[i].msg_hdr;
-    if (m.msg_flags & MSG_TRUNC) continue;   // never forward a truncated datagram
+    if (m.msg_flags & MSG_TRUNC) continue;  // never forward a truncated datagram
     int source = source_of(f, m);
     if (source < 0) continue;
     // Looked up per datagram: a session that ended on an earlier reply of
@@ -423,7 +431,8 @@ void UpstreamSet::read_errors(int f, uint16_t index, Handler& h) {
           (c->cmsg_level == IPPROTO_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
         sock_extended_err ee;
         std::memcpy(&ee, CMSG_DATA(c), sizeof ee);
-        if (ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6) err = static_cast<int>(ee.ee_errno);
+        if (ee.ee_origin == SO_EE_ORIGIN_ICMP || ee.ee_origin == SO_EE_ORIGIN_ICMP6)
+          err = static_cast<int>(ee.ee_errno);
       }
     }
     if (err == 0) continue;

@@ -48,9 +48,9 @@ std::vector<sockaddr_storage> expand_sources(const std::vector<conf::Cidr>& cidr
 
 // Where a session's datagrams leave from.
 struct Route {
-  uint32_t slot = 0;     // in the backend's lane: sock * sources + source
-  uint16_t sock = 0;     // index in the family's socket array
-  uint16_t source = 0;   // index in the family's source addresses (0: kernel's choice when none)
+  uint32_t slot = 0;    // in the backend's lane: sock * sources + source
+  uint16_t sock = 0;    // index in the family's socket array
+  uint16_t source = 0;  // index in the family's source addresses (0: kernel's choice when none)
 };
 
 class UpstreamSet {
@@ -74,7 +74,7 @@ class UpstreamSet {
 
   // `sources`: local addresses to send from (either family, may be empty).
   UpstreamSet(size_t max_sockets, size_t slot_size, const std::vector<sockaddr_storage>& sources);
-  ~UpstreamSet();   // closes every socket and the epoll fd
+  ~UpstreamSet();  // closes every socket and the epoll fd
   UpstreamSet(const UpstreamSet&) = delete;
   UpstreamSet& operator=(const UpstreamSet&) = delete;
 
@@ -131,7 +131,7 @@ class UpstreamSet {
 
   const size_t max_sockets_;
   const size_t slot_size_;
-  std::vector<sockaddr_storage> sources_[2];   // by family: IPv4, IPv6
+  std::vector<sockaddr_storage> sources_[2];  // by family: IPv4, IPv6
   std::vector<Sock> socks_[2];
   size_t open_ = 0;
   int epfd_ = -1;

@@ -1,8 +1,8 @@
 // End-to-end: what keeps the admin API from being driven by someone else —
 // the POST rules (Content-Type, Origin), the bearer token of api_token_file
 // and the [admin] allow list — against the real lb binary.
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <csignal>
 #include <memory>
@@ -53,11 +53,13 @@ struct Started {
   }
 };
 
-TEST_CASE("admin security: a cross-origin form POST is refused and changes nothing", "[e2e][admin][security]") {
+TEST_CASE("admin security: a cross-origin form POST is refused and changes nothing",
+          "[e2e][admin][security]") {
   Started t;
   // What an HTML form on another site submits.
-  HttpResponse r = post(t.admin, "state=drain",
-                        {{"Content-Type", "application/x-www-form-urlencoded"}, {"Origin", "http://evil.example"}});
+  HttpResponse r =
+      post(t.admin, "state=drain",
+           {{"Content-Type", "application/x-www-form-urlencoded"}, {"Origin", "http://evil.example"}});
   INFO(r.error << r.body);
   CHECK(r.status == 403);
   // A page that fetch()es with a JSON body from elsewhere: the Origin alone refuses it.
@@ -82,9 +84,10 @@ TEST_CASE("admin security: a POST that is not declared JSON gets 415", "[e2e][ad
   r = post(t.admin, R"({"state":"drain"})", {{"Content-Type", "text/plain;charset=UTF-8"}});
   CHECK(r.status == 415);
   // No Content-Type at all.
-  r = http_raw(t.admin, fmt::format("POST {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 17\r\n\r\n"
-                                    "{{\"state\":\"drain\"}}",
-                                    kBackendPath));
+  r = http_raw(t.admin,
+               fmt::format("POST {} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 17\r\n\r\n"
+                           "{{\"state\":\"drain\"}}",
+                           kBackendPath));
   CHECK(r.status == 415);
   CHECK(admin_state(t.admin) == "active");
   CHECK(t.lb->terminate() == 0);
@@ -167,7 +170,8 @@ TEST_CASE("admin security: a missing or empty api_token_file is a configuration 
   const std::string empty = dir.write_file("empty", "\n");
   const std::string missing = dir.path() + "/missing";
   for (const std::string& file : {empty, missing}) {
-    const std::string conf = dir.write_file("lb.toml", security_config(b, fmt::format("api_token_file = \"{}\"", file)));
+    const std::string conf =
+        dir.write_file("lb.toml", security_config(b, fmt::format("api_token_file = \"{}\"", file)));
     LbRun run = run_lb({"--check", "--config", conf});
     INFO(run.out << run.err);
     CHECK(run.exit_status == 1);

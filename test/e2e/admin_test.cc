@@ -1,8 +1,8 @@
 // End-to-end: the admin API — /healthz, /metrics, /api/v1/status — agrees
 // with the traffic that went through lb, and survives garbage.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -188,8 +188,9 @@ TEST_CASE("admin: /api/v1/status has the contract's fields and counts", "[e2e][a
       [&] {
         status = http_get(t.admin, "/api/v1/status");
         j = json::parse(status.body, nullptr, false);
-        return status.status == 200 && !j.is_discarded() && j.contains("listeners") && j["listeners"].is_array() &&
-               !j["listeners"].empty() && j["listeners"][0].value("total", -1) == AdminScenario::kConnections &&
+        return status.status == 200 && !j.is_discarded() && j.contains("listeners") &&
+               j["listeners"].is_array() && !j["listeners"].empty() &&
+               j["listeners"][0].value("total", -1) == AdminScenario::kConnections &&
                j["listeners"][0].value("active", -1) == 0;
       },
       in(seconds(5)));
@@ -267,8 +268,8 @@ TEST_CASE("admin: malformed requests get 400 and lb keeps serving", "[e2e][admin
 
   // The last one looks like the start of a TLS handshake (binary, with NULs).
   static const char kTls[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n";
-  for (const std::string& garbage : {std::string("GARBAGE\r\n\r\n"), std::string("GET\r\n\r\n"),
-                                     std::string(kTls, sizeof(kTls) - 1)}) {
+  for (const std::string& garbage :
+       {std::string("GARBAGE\r\n\r\n"), std::string("GET\r\n\r\n"), std::string(kTls, sizeof(kTls) - 1)}) {
     HttpResponse r = http_raw(admin, garbage);
     INFO("request " << garbage.size() << " bytes: " << r.error);
     CHECK(r.status == 400);

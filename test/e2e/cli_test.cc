@@ -1,8 +1,8 @@
 // End-to-end: the command line — --check, --version, --help, exit codes, and
 // start-up failures.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <cstdlib>
 #include <fstream>
@@ -167,7 +167,7 @@ type = "none"
 [[pool.backend]]
 address = "127.0.0.1:{}"
 )",
-                                                       port, refused_port()));
+                                                      port, refused_port()));
   auto status = lb.wait_exit(in(kStartTimeout));
   INFO(lb.output());
   CHECK(status == 1);

@@ -1,8 +1,8 @@
 // End-to-end: `lb ctl` against a running lb — every subcommand, how it finds
 // the admin API and its token, and its exit codes (0 ok, 1 API error, 2 bad
 // command line).
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -53,8 +53,8 @@ TEST_CASE("ctl: status prints a table, --json the API's JSON, --rates per-second
   LbRun run = t.ctl({"status"});
   INFO(run.out << run.err);
   CHECK(run.exit_status == 0);
-  for (const char* s : {"LISTENER", "web", "tcp", "BACKEND", "HEALTH", "ADMIN", "WEIGHT", "ACTIVE", "b1", "up",
-                        "active", "LAST CHECK"})
+  for (const char* s : {"LISTENER", "web", "tcp", "BACKEND", "HEALTH", "ADMIN", "WEIGHT", "ACTIVE", "b1",
+                        "up", "active", "LAST CHECK"})
     CHECK(run.out.find(s) != std::string::npos);
   CHECK(run.out.find("CONN/S") == std::string::npos);
 
@@ -132,7 +132,8 @@ TEST_CASE("ctl: a bad command line exits 2 without contacting lb", "[e2e][ctl]")
   }
 }
 
-TEST_CASE("ctl: finds the API and its token in the -c file or in --admin / --token-file", "[e2e][ctl][token]") {
+TEST_CASE("ctl: finds the API and its token in the -c file or in --admin / --token-file",
+          "[e2e][ctl][token]") {
   TempDir dir;
   const std::string token = "ctl-token-abcdef";
   const std::string token_file = dir.write_file("token", token + "\n");
@@ -140,7 +141,8 @@ TEST_CASE("ctl: finds the API and its token in the -c file or in --admin / --tok
 
   // The running lb's file says port 0; an operator's file names the real port.
   const std::string conf = dir.write_file(
-      "lb.toml", fmt::format("[admin]\nlisten = \"{}\"\napi_token_file = \"{}\"\n", t.admin_addr, token_file));
+      "lb.toml",
+      fmt::format("[admin]\nlisten = \"{}\"\napi_token_file = \"{}\"\n", t.admin_addr, token_file));
   LbRun run = run_lb({"ctl", "-c", conf, "drain", "web", "b1"});
   INFO(run.out << run.err);
   CHECK(run.exit_status == 0);

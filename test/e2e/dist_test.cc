@@ -8,9 +8,9 @@
 // below: the rules and dashboard already cover them so operators need not
 // edit them when those land. Once lb exports one, the test says so, and it
 // should leave the list.
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <sys/wait.h>
+#include <catch2/catch.hpp>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -47,8 +47,10 @@ std::string dist(const std::string& rel) { return std::string(LB_SOURCE_DIR) + "
 void collect_exprs(const json& j, std::vector<std::string>& out) {
   if (j.is_object()) {
     for (auto& [k, v] : j.items()) {
-      if (k == "expr" && v.is_string()) out.push_back(v.get<std::string>());
-      else collect_exprs(v, out);
+      if (k == "expr" && v.is_string())
+        out.push_back(v.get<std::string>());
+      else
+        collect_exprs(v, out);
     }
   } else if (j.is_array()) {
     for (const auto& v : j) collect_exprs(v, out);
@@ -113,8 +115,7 @@ address = "{}"
   return names;
 }
 
-TEST_CASE("dist: the alerting rules and the Grafana dashboard use only metrics lb exports",
-          "[e2e][dist]") {
+TEST_CASE("dist: the alerting rules and the Grafana dashboard use only metrics lb exports", "[e2e][dist]") {
   const std::set<std::string> exported = exported_names();
   REQUIRE(exported.count("lb_backend_up") == 1);
   REQUIRE(exported.count("process_open_fds") == 1);
@@ -127,7 +128,8 @@ TEST_CASE("dist: the alerting rules and the Grafana dashboard use only metrics l
   REQUIRE(dash_exprs.size() >= 10);
   REQUIRE(rules.size() >= 7);
 
-  for (const auto& [what, exprs] : {std::pair{"grafana/lb.json", dash_exprs}, std::pair{"prometheus/lb.rules.yml", rules}}) {
+  for (const auto& [what, exprs] :
+       {std::pair{"grafana/lb.json", dash_exprs}, std::pair{"prometheus/lb.rules.yml", rules}}) {
     const std::set<std::string> used = metric_names(exprs);
     CHECK(used.size() >= 5);
     for (const auto& name : used) {

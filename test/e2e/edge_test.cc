@@ -14,9 +14,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <catch2/catch.hpp>
 #include <cstring>
-#include <fmt/format.h>
 #include <map>
 #include <regex>
 #include <set>
@@ -131,7 +131,7 @@ name = "p"
 [pool.health_check]
 type = "none"
 )",
-                                                         bind, listener_extra, pool_extra);
+                                                        bind, listener_extra, pool_extra);
   for (auto& b : backends) c += fmt::format("[[pool.backend]]\naddress = \"{}\"\n", b);
   return c;
 }
@@ -167,8 +167,8 @@ deny = ["127.0.0.3/32"])",
 
   CHECK(served(connect_from("127.0.0.2", "127.0.0.1", port)));
   CHECK(served(connect_from("127.0.0.7", "127.0.0.1", port)));
-  CHECK(refused(connect_from("127.0.0.3", "127.0.0.1", port)));   // allowed, but denied
-  CHECK(refused(connect_from("127.0.0.8", "127.0.0.1", port)));   // outside allow
+  CHECK(refused(connect_from("127.0.0.3", "127.0.0.1", port)));  // allowed, but denied
+  CHECK(refused(connect_from("127.0.0.8", "127.0.0.1", port)));  // outside allow
   CHECK(refused(connect_from("127.0.1.1", "127.0.0.1", port)));
   CHECK(backend.accepted() == 2);  // refused clients never reached a backend
   CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "acl"}}) == 3);
@@ -187,8 +187,7 @@ TEST_CASE("edge: IPv6 deny on an IPv6 listener", "[e2e][edge][acl][ipv6]") {
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("edge: max_connections_per_source counts each client IP over every worker",
-          "[e2e][edge][limits]") {
+TEST_CASE("edge: max_connections_per_source counts each client IP over every worker", "[e2e][edge][limits]") {
   TestBackend backend(TestBackend::named("b\n"));
   REQUIRE(backend.ok());
   // Two workers: the kernel spreads one source's connections over both, so
@@ -208,7 +207,11 @@ TEST_CASE("edge: max_connections_per_source counts each client IP over every wor
   CHECK(served(other));
   // Closing one frees a place for the same source (once lb has seen it go).
   held.pop_back();
-  CHECK(wait_until([&] { return metric(lb, "lb_listener_active", {{"listener", "edge"}}) == 3; }, in(seconds(5))));
+  CHECK(wait_until(
+      [&] {
+        return metric(lb, "lb_listener_active", {{"listener", "edge"}}) == 3;
+      },
+      in(seconds(5))));
   CHECK(served(connect_from("127.0.0.2", "127.0.0.1", port)));
   CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "limit"}}) == 4);
   held.clear();
@@ -259,11 +262,16 @@ TEST_CASE("edge: a listener's max_connections holds across workers", "[e2e][edge
     held.push_back(connect_from(fmt::format("127.0.0.{}", 10 + i), "127.0.0.1", port));
     REQUIRE(served(held.back()));
   }
-  for (int i = 0; i < 5; ++i) CHECK(refused(connect_from(fmt::format("127.0.0.{}", 20 + i), "127.0.0.1", port)));
+  for (int i = 0; i < 5; ++i)
+    CHECK(refused(connect_from(fmt::format("127.0.0.{}", 20 + i), "127.0.0.1", port)));
   CHECK(metric(lb, "lb_listener_rejected_total", {{"listener", "edge"}, {"reason", "limit"}}) == 5);
   CHECK(metric(lb, "lb_listener_active", {{"listener", "edge"}}) == 4);
   held.clear();
-  CHECK(wait_until([&] { return metric(lb, "lb_listener_active", {{"listener", "edge"}}) == 0; }, in(seconds(5))));
+  CHECK(wait_until(
+      [&] {
+        return metric(lb, "lb_listener_active", {{"listener", "edge"}}) == 0;
+      },
+      in(seconds(5))));
   CHECK(served(connect_from("127.0.0.20", "127.0.0.1", port)));
   CHECK(lb.terminate() == 0);
 }
@@ -277,8 +285,8 @@ TEST_CASE("edge: proxy_protocol v1 and v2 give the backend the client and lb add
     for (const char* family : {"127.0.0.1", "::1"}) {
       DYNAMIC_SECTION(version << " over " << family) {
         const std::string bind = std::string(family) == "::1" ? "[::1]:0" : "127.0.0.1:0";
-        LbProcess lb(listener_config(fmt::format("proxy_protocol = \"{}\"", version), "", {backend.address()}, 1,
-                                     bind));
+        LbProcess lb(listener_config(fmt::format("proxy_protocol = \"{}\"", version), "", {backend.address()},
+                                     1, bind));
         REQUIRE(lb.wait_started());
         Socket c = connect_from(family, family, lb.listener_port("edge"));
         REQUIRE(c);
@@ -312,7 +320,8 @@ TEST_CASE("edge: an accepted PROXY header's addresses replace the client's and a
           "[e2e][edge][proxy]") {
   TestBackend backend(TestBackend::read_until_eof_then_reply([](const std::string& got) { return got; }));
   REQUIRE(backend.ok());
-  LbProcess lb(listener_config("accept_proxy_protocol = true\nproxy_protocol = \"v2\"", "", {backend.address()}));
+  LbProcess lb(
+      listener_config("accept_proxy_protocol = true\nproxy_protocol = \"v2\"", "", {backend.address()}));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("edge");
 
@@ -357,7 +366,8 @@ TEST_CASE("edge: an accepted PROXY header's addresses replace the client's and a
 }
 
 TEST_CASE("edge: the accepted PROXY source is the address that is hashed and checked", "[e2e][edge][proxy]") {
-  TestBackend b1(TestBackend::named("one\n")), b2(TestBackend::named("two\n")), b3(TestBackend::named("six\n"));
+  TestBackend b1(TestBackend::named("one\n")), b2(TestBackend::named("two\n")),
+      b3(TestBackend::named("six\n"));
   REQUIRE((b1.ok() && b2.ok() && b3.ok()));
   // Two listeners on one maglev pool: "edge" takes PROXY headers, "direct"
   // sees real sources. Both must place a given source IP on the same backend.
@@ -406,9 +416,10 @@ pool = "p"
 // clients. An untrusted peer that sends a header is refused (it would
 // otherwise pick any client address and pass allow/deny and the per-source
 // limit); a trusted peer's header decides the ACL.
-TEST_CASE("edge: PROXY headers are accepted only from proxy_protocol_trusted peers, whose header source "
-          "is what allow/deny check",
-          "[e2e][edge][proxy][trust]") {
+TEST_CASE(
+    "edge: PROXY headers are accepted only from proxy_protocol_trusted peers, whose header source "
+    "is what allow/deny check",
+    "[e2e][edge][proxy][trust]") {
   TestBackend backend(TestBackend::named("b\n"));
   REQUIRE(backend.ok());
   LbProcess lb(listener_config(R"(accept_proxy_protocol = true
@@ -432,7 +443,7 @@ deny = ["198.51.100.66/32"])",
   CHECK(backend.accepted() == 0);
 
   // The trusted peer: its header's source is the client, for allow and deny.
-  CHECK(served(proxied("127.0.0.2", "198.51.100.7")));   // in allow
+  CHECK(served(proxied("127.0.0.2", "198.51.100.7")));    // in allow
   CHECK(refused(proxied("127.0.0.2", "198.51.100.66")));  // in allow, but denied
   CHECK(refused(proxied("127.0.0.2", "203.0.113.1")));    // outside allow
   // The peer's own address (127.0.0.2) is outside allow: it did not decide.
@@ -442,7 +453,8 @@ deny = ["198.51.100.66/32"])",
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("edge: accept_proxy_protocol without proxy_protocol_trusted warns at start", "[e2e][edge][proxy][trust]") {
+TEST_CASE("edge: accept_proxy_protocol without proxy_protocol_trusted warns at start",
+          "[e2e][edge][proxy][trust]") {
   TestBackend backend(TestBackend::named("b\n"));
   REQUIRE(backend.ok());
   LbProcess lb(listener_config("accept_proxy_protocol = true", "", {backend.address()}));
@@ -460,7 +472,8 @@ TEST_CASE("edge: accept_proxy_protocol without proxy_protocol_trusted warns at s
 // The README: an IPv4-mapped IPv6 source matches IPv4 prefixes. A `[::]` bind
 // is IPv6-only, so such a source reaches allow/deny through a PROXY header
 // (or a dual-stack socket inherited from systemd).
-TEST_CASE("edge: an IPv4-mapped IPv6 header source matches IPv4 allow/deny prefixes", "[e2e][edge][proxy][acl]") {
+TEST_CASE("edge: an IPv4-mapped IPv6 header source matches IPv4 allow/deny prefixes",
+          "[e2e][edge][proxy][acl]") {
   TestBackend backend(TestBackend::named("b\n"));
   REQUIRE(backend.ok());
   LbProcess lb(listener_config(R"(accept_proxy_protocol = true

@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 #include <regex>
 #include <string>
 #include <vector>
@@ -59,7 +59,7 @@ name = "p"
 [[pool.backend]]
 address = "127.0.0.1:{}"
 )",
-                                                   local_port(backend)));
+                                               local_port(backend)));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("dns");
   REQUIRE(port != 0);
@@ -98,7 +98,8 @@ address = "127.0.0.1:{}"
   const double elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
 
   const size_t lines = count_lines(lb, warn_re);
-  const size_t with_count = count_lines(lb, std::regex("^warn udp cannot open a route .* suppressed=[0-9]+$"));
+  const size_t with_count =
+      count_lines(lb, std::regex("^warn udp cannot open a route .* suppressed=[0-9]+$"));
   INFO("warning lines: " << lines << " (" << with_count << " with a suppressed count) over " << elapsed_s
                          << " s for more than 600 failed sessions");
   // First occurrence, then at most one per second (+1 for rounding at both ends).
@@ -205,7 +206,7 @@ type = "none"
 [[pool.backend]]
 address = "{}"
 )",
-                                                   backend.address()));
+                                               backend.address()));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("v6");
   REQUIRE(port != 0);

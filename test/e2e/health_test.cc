@@ -14,10 +14,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cerrno>
-#include <fmt/format.h>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -135,7 +135,8 @@ class MiniServer {
           last_request_line_ = c.in.substr(0, c.in.find("\r\n"));
         }
         ++http_requests_;
-        c.out = fmt::format("HTTP/1.1 {} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status_.load());
+        c.out =
+            fmt::format("HTTP/1.1 {} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status_.load());
         c.close_after_flush = true;
       }
     }
@@ -148,7 +149,8 @@ class MiniServer {
       pfds.clear();
       pfds.push_back({wake_fd_, POLLIN, 0});
       pfds.push_back({listener_.fd(), POLLIN, 0});
-      for (auto& c : conns) pfds.push_back({c->s.fd(), static_cast<short>(POLLIN | (c->out.empty() ? 0 : POLLOUT)), 0});
+      for (auto& c : conns)
+        pfds.push_back({c->s.fd(), static_cast<short>(POLLIN | (c->out.empty() ? 0 : POLLOUT)), 0});
       if (::poll(pfds.data(), pfds.size(), -1) < 0) continue;
       if (pfds[0].revents) return;  // stop(): the connections close with `conns`
       std::vector<std::unique_ptr<Conn>> next;
@@ -208,8 +210,8 @@ struct BackendSpec {
 // "web"; `pool_extra` goes before [pool.health_check], `health` is that
 // table's body (and may end with further pool sub-tables such as [pool.outlier]).
 std::string health_config(const std::vector<BackendSpec>& backends, const std::string& health,
-                          const std::string& pool_extra = "", const std::string& listener_extra = "retries = 0",
-                          unsigned workers = 1) {
+                          const std::string& pool_extra = "",
+                          const std::string& listener_extra = "retries = 0", unsigned workers = 1) {
   std::string out = global_section(workers) + fmt::format(R"(
 [[listener]]
 name = "web"
@@ -254,7 +256,8 @@ std::map<std::string, int> spread(uint16_t port, int n) {
 
 std::string to_text(const std::map<std::string, int>& m) {
   std::string out;
-  for (const auto& [k, v] : m) out += fmt::format("{}{}={}", out.empty() ? "" : " ", k.empty() ? "<none>" : k, v);
+  for (const auto& [k, v] : m)
+    out += fmt::format("{}{}={}", out.empty() ? "" : " ", k.empty() ? "<none>" : k, v);
   return out;
 }
 
@@ -358,8 +361,8 @@ TEST_CASE("health: with every backend down clients are refused at once", "[e2e][
   auto a = std::make_unique<MiniServer>(kName, "a");
   auto b = std::make_unique<MiniServer>(kName, "b");
   REQUIRE((a->ok() && b->ok()));
-  LbProcess lb(health_config({{"a", a->address(), ""}, {"b", b->address(), ""}}, kFastTcpHealth, "",
-                             "retries = 2"));
+  LbProcess lb(
+      health_config({{"a", a->address(), ""}, {"b", b->address(), ""}}, kFastTcpHealth, "", "retries = 2"));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();
@@ -407,7 +410,8 @@ TEST_CASE("health: backup backends serve only while every primary is down", "[e2
   REQUIRE((p1->ok() && p2->ok() && bk.ok()));
   const uint16_t p1_port = p1->port();
   LbProcess lb(health_config(
-      {{"p1", p1->address(), ""}, {"p2", p2->address(), ""}, {"bk", bk.address(), "backup = true"}}, kFastTcpHealth));
+      {{"p1", p1->address(), ""}, {"p2", p2->address(), ""}, {"bk", bk.address(), "backup = true"}},
+      kFastTcpHealth));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();
@@ -467,14 +471,16 @@ expect_status = "2xx")";
   REQUIRE(down);
   INFO(*down);
   CHECK(wait_health(admin, "web", "w", "down", in(seconds(2))));
-  CHECK(metric(admin, "lb_health_checks_total", {{"pool", "web"}, {"backend", "w"}, {"result", "fail"}}) >= 2);
+  CHECK(metric(admin, "lb_health_checks_total", {{"pool", "web"}, {"backend", "w"}, {"result", "fail"}}) >=
+        2);
 
   // Another member of the class passes as well.
   from = lb.line_count();
   web.set_status(204);
   REQUIRE(lb.wait_for_line(line_re("^info backend up pool=web backend=w "), in(seconds(5)), from));
   CHECK(wait_health(admin, "web", "w", "up", in(seconds(2))));
-  CHECK(metric(admin, "lb_health_checks_total", {{"pool", "web"}, {"backend", "w"}, {"result", "pass"}}) >= 3);
+  CHECK(metric(admin, "lb_health_checks_total", {{"pool", "web"}, {"backend", "w"}, {"result", "pass"}}) >=
+        3);
 
   CHECK(lb.terminate() == 0);
 }
@@ -486,7 +492,8 @@ TEST_CASE("health: outlier detection ejects a failing backend for ejection_time"
   // ejection_time 3s: the checks of the ejected phase below must fit in it
   // even on a loaded machine; the test asserts they did (by the order of
   // events), not how long they took.
-  const std::string health = "type = \"none\"\n\n[pool.outlier]\nconsecutive_failures = 2\nejection_time = \"3s\"";
+  const std::string health =
+      "type = \"none\"\n\n[pool.outlier]\nconsecutive_failures = 2\nejection_time = \"3s\"";
   LbProcess lb(health_config({{"dead", dead, ""}, {"live", live.address(), ""}}, health, "", "retries = 1"));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
@@ -546,8 +553,9 @@ TEST_CASE("health: when every backend is at max_connections a client is refused 
           "[e2e][health][limit]") {
   MiniServer a(kName, "a"), b(kName, "b");
   REQUIRE((a.ok() && b.ok()));
-  LbProcess lb(health_config({{"a", a.address(), "max_connections = 1"}, {"b", b.address(), "max_connections = 1"}},
-                             "type = \"none\"", "", "retries = 2"));
+  LbProcess lb(
+      health_config({{"a", a.address(), "max_connections = 1"}, {"b", b.address(), "max_connections = 1"}},
+                    "type = \"none\"", "", "retries = 2"));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();
@@ -573,8 +581,11 @@ TEST_CASE("health: when every backend is at max_connections a client is refused 
   // The held connections still work, and a freed slot is usable again.
   CHECK(exchange(c1, "ping", 4, in(seconds(5))).data == "ping");
   c1.close();
-  CHECK(wait_until([&] { return metric(admin, "lb_backend_active", {{"pool", "web"}, {"backend", n1}}) == 0; },
-                   in(seconds(3))));
+  CHECK(wait_until(
+      [&] {
+        return metric(admin, "lb_backend_active", {{"pool", "web"}, {"backend", n1}}) == 0;
+      },
+      in(seconds(3))));
   CHECK(served_by(port, in(seconds(5))) == n1);
 
   c2.close();  // an open connection would hold up the graceful stop
@@ -718,8 +729,10 @@ pool = "h"
 name = "h"
 selector = "maglev"
 [pool.health_check]
-)" + std::string(kFastTcpHealth) + "\n";
-  for (const auto& b : backends) out += fmt::format("\n[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n", b.id, b.address);
+)" + std::string(kFastTcpHealth) +
+                    "\n";
+  for (const auto& b : backends)
+    out += fmt::format("\n[[pool.backend]]\nid = \"{}\"\naddress = \"{}\"\n", b.id, b.address);
   out += "\n[[pool]]\nname = \"rr\"\n[pool.health_check]\ntype = \"none\"\n[[pool.backend]]\naddress = \"" +
          backends.front().address + "\"\n";
   return out;

@@ -5,10 +5,10 @@
 // count is back at the baseline: surviving the abuse is not enough, it must
 // also leave nothing behind.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -31,7 +31,8 @@ namespace {
 
 // Listener "web" (with extra listener keys) in front of pool "web" with one
 // backend and no active health checks. `global` is the [global]/[admin] head.
-std::string web_config(const std::string& global, const std::string& backend, const std::string& listener_extra = "") {
+std::string web_config(const std::string& global, const std::string& backend,
+                       const std::string& listener_extra = "") {
   return global + fmt::format(R"(
 [[listener]]
 name = "web"
@@ -84,7 +85,8 @@ void check_fds_back(LbProcess& lb, int baseline, Deadline deadline) {
   CHECK(back);
 }
 
-double metric_or(const std::optional<Metrics>& m, const std::string& name, const Labels& labels, double fallback = -1) {
+double metric_or(const std::optional<Metrics>& m, const std::string& name, const Labels& labels,
+                 double fallback = -1) {
   if (!m) return fallback;
   return m->value(name, labels).value_or(fallback);
 }
@@ -177,9 +179,8 @@ class ResettingBackend {
             set_linger_reset(c.sock);
             c.dead = true;
             resets_done_.fetch_add(1);
-          } else if (!c.resetter &&
-                     write_all(c.sock, std::string_view(buf, static_cast<size_t>(n)), in(seconds(5))) !=
-                         static_cast<size_t>(n)) {
+          } else if (!c.resetter && write_all(c.sock, std::string_view(buf, static_cast<size_t>(n)),
+                                              in(seconds(5))) != static_cast<size_t>(n)) {
             c.dead = true;
           }
         } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
@@ -318,13 +319,16 @@ TEST_CASE("hostile: a backend that resets mid-upload resets the client, and lb s
   CHECK(metric_or(m, "lb_backend_connections_total", pool) == kResets + 3);
   CHECK(metric_or(m, "lb_backend_connect_failures_total", pool) == 0);
   CHECK(wait_until(
-      [&] { return metric_or(fetch_metrics(admin), "lb_listener_active", {{"listener", "web"}}) == 0; },
+      [&] {
+        return metric_or(fetch_metrics(admin), "lb_listener_active", {{"listener", "web"}}) == 0;
+      },
       in(seconds(5))));
   check_fds_back(lb, baseline, in(seconds(10)));
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("hostile: a client that resets mid-transfer gets its backend connection closed", "[e2e][hostile][reset]") {
+TEST_CASE("hostile: a client that resets mid-transfer gets its backend connection closed",
+          "[e2e][hostile][reset]") {
   constexpr int kClients = 5;
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
@@ -391,8 +395,8 @@ TEST_CASE("hostile: a client that resets mid-transfer gets its backend connectio
   };
   const double to_backend = bytes("to_backend");
   const double to_client = bytes("to_client");
-  INFO("backend received " << total_received << " (warm-up " << warm_bytes << "); lb to_backend " << to_backend
-                           << ", to_client " << to_client);
+  INFO("backend received " << total_received << " (warm-up " << warm_bytes << "); lb to_backend "
+                           << to_backend << ", to_client " << to_client);
   CHECK(to_backend >= static_cast<double>(total_received));
   CHECK(to_client <= static_cast<double>(total_received));
   CHECK(to_client > 0);
@@ -400,8 +404,9 @@ TEST_CASE("hostile: a client that resets mid-transfer gets its backend connectio
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("hostile: a flood of 10000 silent connections past max_connections is refused, counted and released",
-          "[e2e][hostile][flood]") {
+TEST_CASE(
+    "hostile: a flood of 10000 silent connections past max_connections is refused, counted and released",
+    "[e2e][hostile][flood]") {
   constexpr size_t kFlood = 10000;
   constexpr size_t kBatch = 500;
   constexpr size_t kMax = 4000;  // lb: 2 fds each, well inside the 20000 limit
@@ -413,7 +418,8 @@ TEST_CASE("hostile: a flood of 10000 silent connections past max_connections is 
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
   const std::string global = fmt::format(
-      "[global]\nworkers = 2\naccess_log = \"off\"\nmax_connections = {}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+      "[global]\nworkers = 2\naccess_log = \"off\"\nmax_connections = {}\n\n[admin]\nlisten = "
+      "\"127.0.0.1:0\"\n\n",
       kMax);
   LbProcess lb(web_config(global, backend.address()));
   REQUIRE(lb.wait_started());
@@ -509,7 +515,8 @@ TEST_CASE("hostile: a flood of 10000 silent connections past max_connections is 
 // Counts complete "HTTP/1.1 200 " status lines in `s`.
 size_t count_ok_responses(const std::string& s) {
   size_t n = 0;
-  for (size_t pos = s.find("HTTP/1.1 200 "); pos != std::string::npos; pos = s.find("HTTP/1.1 200 ", pos + 1)) ++n;
+  for (size_t pos = s.find("HTTP/1.1 200 "); pos != std::string::npos; pos = s.find("HTTP/1.1 200 ", pos + 1))
+    ++n;
   return n;
 }
 
@@ -558,7 +565,8 @@ TEST_CASE("hostile: garbage, huge headers, pipelining, slowloris and idle connec
       socks.push_back(tcp_connect("127.0.0.1", admin, in(seconds(5))));
       REQUIRE(socks.back());
       // The server may stop reading after its 400: a short write is fine.
-      write_all(socks.back(), random_bytes(16 * 1024 + static_cast<size_t>(i) * 997, 500 + i), in(seconds(5)));
+      write_all(socks.back(), random_bytes(16 * 1024 + static_cast<size_t>(i) * 997, 500 + i),
+                in(seconds(5)));
     }
     for (int i = 0; i < 20; ++i) {
       ReadResult r = read_until_eof(socks[i], in(seconds(5)));
@@ -687,7 +695,8 @@ TEST_CASE("hostile: garbage, huge headers, pipelining, slowloris and idle connec
     CHECK(closed <= 300 - 256 + 4);
     idle.clear();
     // Once they are gone, the API answers again without waiting for any timeout.
-    CHECK(wait_until([&] { return http_get(admin, "/healthz", in(seconds(1))).status == 200; }, in(seconds(3))));
+    CHECK(wait_until([&] { return http_get(admin, "/healthz", in(seconds(1))).status == 200; },
+                     in(seconds(3))));
     still_serving("idle connections");
   }
 

@@ -1,7 +1,7 @@
 // End-to-end: process lifecycle — start-up log contract and graceful stop.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <cerrno>
 #include <csignal>

@@ -5,12 +5,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
-#include <fmt/format.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -37,8 +37,9 @@ long ms_since(Clock::time_point t0) {
 
 // [global] with one worker plus `global_extra` keys, then [admin] on port 0.
 std::string head(const std::string& global_extra, const std::string& access_log = "off") {
-  return fmt::format("[global]\nworkers = 1\naccess_log = \"{}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
-                     access_log, global_extra);
+  return fmt::format(
+      "[global]\nworkers = 1\naccess_log = \"{}\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n", access_log,
+      global_extra);
 }
 
 // Listener `name` -> pool `name` with one backend and no active checks.
@@ -209,8 +210,8 @@ TEST_CASE("ops: drain_delay keeps accepting with /healthz at 503, then stops acc
     CHECK(healthz(admin) == 503);
     std::this_thread::sleep_for(milliseconds(20));  // pacing, not waiting for a condition
   }
-  INFO("drain_delay 3s: " << served << " connections served after the 503, first not served at " << first_not_ok
-                          << " ms (" << outcome << ")");
+  INFO("drain_delay 3s: " << served << " connections served after the 503, first not served at "
+                          << first_not_ok << " ms (" << outcome << ")");
   CHECK(served >= 1);
   REQUIRE(first_not_ok >= 0);
   CHECK(first_not_ok >= 2950);  // a timer never fires early
@@ -244,7 +245,8 @@ TEST_CASE("ops: the access log writes one JSON object per connection and reopens
   REQUIRE(echo.ok());
   const std::string dead = fmt::format("127.0.0.1:{}", refused_port());
   const uint16_t dead_port = refused_port();
-  LbProcess lb(head("", log_path) + proxy("web", echo.address()) + proxy("dead", dead, "retries = 0", dead_port));
+  LbProcess lb(head("", log_path) + proxy("web", echo.address()) +
+               proxy("dead", dead, "retries = 0", dead_port));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   REQUIRE(lb.listener_port("dead") == dead_port);
@@ -273,8 +275,8 @@ TEST_CASE("ops: the access log writes one JSON object per connection and reopens
     INFO(line);
     json j = json::parse(line, nullptr, false);
     REQUIRE(j.is_object());
-    for (const char* key : {"listener", "client", "backend", "duration_ms", "bytes_to_backend", "bytes_to_client",
-                            "result"})
+    for (const char* key :
+         {"listener", "client", "backend", "duration_ms", "bytes_to_backend", "bytes_to_client", "result"})
       CHECK(j.contains(key));
     CHECK(j["duration_ms"].is_number());
     CHECK(j["duration_ms"].get<double>() >= 0);
@@ -348,7 +350,8 @@ TEST_CASE("ops: user = \"nobody\" drops privileges after binding (as root) or re
     WARN("not running as root: checking that the privilege drop is refused instead");
     LbProcess lb(config);
     CHECK(lb.wait_exit(in(kStartTimeout)) == 1);
-    CHECK(lb.process().find_line(std::regex(R"(^error cannot drop privileges user=nobody .*not running as root)")));
+    CHECK(lb.process().find_line(
+        std::regex(R"(^error cannot drop privileges user=nobody .*not running as root)")));
     return;
   }
   LbProcess lb(config);
@@ -367,8 +370,8 @@ TEST_CASE("ops: a non-root lb asked to switch user exits 1 with a clear message"
   TempDir dir;
   REQUIRE(!dir.path().empty());
   REQUIRE(::chmod(dir.path().c_str(), 0755) == 0);  // readable by nobody
-  const std::string config_path =
-      dir.write_file("lb.toml", head("user = \"daemon\"") + proxy("web", fmt::format("127.0.0.1:{}", refused_port())));
+  const std::string config_path = dir.write_file(
+      "lb.toml", head("user = \"daemon\"") + proxy("web", fmt::format("127.0.0.1:{}", refused_port())));
   REQUIRE(!config_path.empty());
   REQUIRE(::chmod(config_path.c_str(), 0644) == 0);
   // Not root: lb is unprivileged already. Root: become "nobody" first with

@@ -2,8 +2,8 @@
 // backends, what happens when no backend can take a connection, and weighted
 // round robin.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <map>
 #include <string>
@@ -86,7 +86,8 @@ TEST_CASE("retries: every connection succeeds past a refusing backend", "[e2e][p
   auto failures = metrics->value("lb_backend_connect_failures_total", {{"pool", "web"}, {"backend", dead}});
   REQUIRE(failures);
   CHECK(*failures >= 1);
-  CHECK(metrics->value("lb_backend_connect_failures_total", {{"pool", "web"}, {"backend", live.address()}}) == 0);
+  CHECK(metrics->value("lb_backend_connect_failures_total", {{"pool", "web"}, {"backend", live.address()}}) ==
+        0);
 
   CHECK(lb.terminate() == 0);
 }
@@ -108,7 +109,8 @@ TEST_CASE("all backends refuse: the client is closed at once", "[e2e][pool][retr
   CHECK(before->has_family("lb_backend_connect_failures_total"));
   const double rejected_before =
       before->sum("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "no_backend"}}).value_or(0);
-  const double failures_before = before->sum("lb_backend_connect_failures_total", {{"pool", "web"}}).value_or(0);
+  const double failures_before =
+      before->sum("lb_backend_connect_failures_total", {{"pool", "web"}}).value_or(0);
 
   const auto t0 = Clock::now();
   Socket client = tcp_connect("127.0.0.1", port, in(seconds(5)));
@@ -126,7 +128,8 @@ TEST_CASE("all backends refuse: the client is closed at once", "[e2e][pool][retr
       [&] {
         auto m = fetch_metrics(lb.admin_port());
         if (!m) return false;
-        rejected = m->sum("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "no_backend"}}).value_or(0);
+        rejected =
+            m->sum("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "no_backend"}}).value_or(0);
         failures = m->sum("lb_backend_connect_failures_total", {{"pool", "web"}}).value_or(0);
         return rejected > rejected_before || failures > failures_before;
       },
@@ -149,8 +152,8 @@ TEST_CASE("all backends down by health check: rejected with reason no_backend", 
   // down and pick() has nothing to offer.
   const std::string dead1 = fmt::format("127.0.0.1:{}", refused_port());
   const std::string dead2 = fmt::format("127.0.0.1:{}", refused_port());
-  LbProcess lb(pool_config({{dead1}, {dead2}}, 1, 2,
-                           "type = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"", "10s"));
+  LbProcess lb(
+      pool_config({{dead1}, {dead2}}, 1, 2, "type = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"", "10s"));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   REQUIRE(port != 0);
@@ -160,7 +163,8 @@ TEST_CASE("all backends down by health check: rejected with reason no_backend", 
   CHECK(before->value("lb_backend_up", {{"pool", "web"}, {"backend", dead1}}) == 0);
   CHECK(before->value("lb_backend_up", {{"pool", "web"}, {"backend", dead2}}) == 0);
   const double rejected_before =
-      before->value("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "no_backend"}}).value_or(0);
+      before->value("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "no_backend"}})
+          .value_or(0);
 
   const auto t0 = Clock::now();
   Socket client = tcp_connect("127.0.0.1", port, in(seconds(5)));
@@ -174,8 +178,8 @@ TEST_CASE("all backends down by health check: rejected with reason no_backend", 
       [&] {
         auto m = fetch_metrics(lb.admin_port());
         if (!m) return false;
-        rejected =
-            m->value("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "no_backend"}}).value_or(0);
+        rejected = m->value("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "no_backend"}})
+                       .value_or(0);
         return rejected == rejected_before + 1;
       },
       in(seconds(5))));
@@ -216,7 +220,8 @@ TEST_CASE("weighted round robin splits 600 connections exactly 100/200/300", "[e
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("weighted round robin stays exact while another pool's backend flaps", "[e2e][pool][weights][publish]") {
+TEST_CASE("weighted round robin stays exact while another pool's backend flaps",
+          "[e2e][pool][weights][publish]") {
   // Every drain or activate in pool "other" publishes a new backend table.
   // Pool "web" did not change, so its worker selector must keep its place in
   // the smooth round robin cycle: 1,000 connections at weights 5,3,2 are
@@ -225,8 +230,8 @@ TEST_CASE("weighted round robin stays exact while another pool's backend flaps",
   TestBackend b(TestBackend::named("b\n"));
   TestBackend c(TestBackend::named("c\n"));
   REQUIRE((a.ok() && b.ok() && c.ok()));
-  const std::string cfg = pool_config({{a.address(), 5}, {b.address(), 3}, {c.address(), 2}}, 1, 2) +
-                          fmt::format(R"(
+  const std::string cfg =
+      pool_config({{a.address(), 5}, {b.address(), 3}, {c.address(), 2}}, 1, 2) + fmt::format(R"(
 [[pool]]
 name = "other"
 [pool.health_check]
@@ -238,7 +243,7 @@ id = "x"
 address = "{0}"
 id = "y"
 )",
-                                      a.address());
+                                                                                              a.address());
   LbProcess lb(cfg);
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");

@@ -2,6 +2,9 @@
 // and removed while connections keep flowing, invalid files rejected without
 // disturbing service, and backend health carried across.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
+#include <fmt/format.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -9,12 +12,9 @@
 #include <csignal>
 #include <fstream>
 #include <future>
-#include <memory>
 #include <iterator>
-#include <poll.h>
-#include <sys/socket.h>
-#include <fmt/format.h>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <string>
@@ -91,7 +91,8 @@ std::string served_by(uint16_t port, Deadline deadline, Socket* keep = nullptr) 
 bool reload_to(LbProcess& lb, int64_t generation, Deadline deadline) {
   const size_t from = lb.line_count();
   if (!lb.signal(SIGHUP)) return false;
-  return lb.wait_for_line(std::regex(fmt::format(R"(^info reloaded generation={}\b)", generation)), deadline, from)
+  return lb
+      .wait_for_line(std::regex(fmt::format(R"(^info reloaded generation={}\b)", generation)), deadline, from)
       .has_value();
 }
 
@@ -99,7 +100,8 @@ bool reload_to(LbProcess& lb, int64_t generation, Deadline deadline) {
 std::optional<std::string> reload_fails(LbProcess& lb, Deadline deadline) {
   const size_t from = lb.line_count();
   if (!lb.signal(SIGHUP)) return std::nullopt;
-  return lb.wait_for_line(std::regex(R"(^error reload failed, keeping the running configuration\b.*)"), deadline, from);
+  return lb.wait_for_line(std::regex(R"(^error reload failed, keeping the running configuration\b.*)"),
+                          deadline, from);
 }
 
 // One [[listener]] table.
@@ -118,8 +120,9 @@ class EchoLoop {
         std::string payload = random_bytes(200, seed++);
         ReadResult r = exchange(s_, payload, payload.size(), in(seconds(5)));
         if (r.data != payload) {
-          error_ = fmt::format("echo {} failed: {} after {} of {} bytes (first difference at {})", seed - 1,
-                               to_string(r.end), r.data.size(), payload.size(), mismatch_offset(r.data, payload));
+          error_ =
+              fmt::format("echo {} failed: {} after {} of {} bytes (first difference at {})", seed - 1,
+                          to_string(r.end), r.data.size(), payload.size(), mismatch_offset(r.data, payload));
           failed_.store(true);
           return;
         }
@@ -162,8 +165,11 @@ name = "web"
 bind = "127.0.0.1:0"
 pool = "p"
 )";
-    if (grown) out += fmt::format("\n[[listener]]\nname = \"web2\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", web2_port);
-    out += "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+    if (grown)
+      out +=
+          fmt::format("\n[[listener]]\nname = \"web2\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", web2_port);
+    out += "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("one", one.address());
     if (grown) out += backend_block("two", two.address());
     return out;
   };
@@ -207,7 +213,8 @@ pool = "p"
 // "A listener bind with port 0 takes a free port" (README) — per listener.
 // The reload tests elsewhere in this file give added listeners explicit
 // ports so they test reloading, not this.
-TEST_CASE("listeners: two listeners on 127.0.0.1:0 each get a port of their own", "[e2e][reload][listeners]") {
+TEST_CASE("listeners: two listeners on 127.0.0.1:0 each get a port of their own",
+          "[e2e][reload][listeners]") {
   TestBackend one(TestBackend::named("one\n")), two(TestBackend::named("two\n"));
   REQUIRE((one.ok() && two.ok()));
   const std::string config = global_section(1) +
@@ -234,10 +241,13 @@ TEST_CASE("reload: a listener added on port 0 gets a port of its own", "[e2e][re
   TestBackend one(TestBackend::named("one\n")), two(TestBackend::named("two\n"));
   REQUIRE((one.ok() && two.ok()));
   auto config = [&](bool grown) {
-    std::string out = global_section(1) + "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
+    std::string out =
+        global_section(1) + "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
     if (grown) out += "\n[[listener]]\nname = \"other\"\nbind = \"127.0.0.1:0\"\npool = \"q\"\n";
-    out += "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
-    out += "\n[[pool]]\nname = \"q\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("two", two.address());
+    out += "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("one", one.address());
+    out += "\n[[pool]]\nname = \"q\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("two", two.address());
     return out;
   };
   LbProcess lb(config(false));
@@ -294,7 +304,8 @@ type = "none"
       if (s) r = exchange(s, payload, payload.size(), in(seconds(5)));
       if (!s || r.data != payload) {
         if (failed.fetch_add(1) == 0)
-          first_failure = fmt::format("connection {}: connect errno {}, read {} '{}'", i, err, to_string(r.end), r.data);
+          first_failure =
+              fmt::format("connection {}: connect errno {}, read {} '{}'", i, err, to_string(r.end), r.data);
       }
       ++done;
       if (failed.load() > 0) break;  // one failure is enough; do not spin
@@ -312,10 +323,13 @@ type = "none"
     CHECK(reloads_ok);
   }
   const int at_last_reload = done.load();
-  CHECK(wait_until([&] { return done.load() >= at_last_reload + 100 || failed.load() > 0; }, in(seconds(10))));
+  CHECK(
+      wait_until([&] { return done.load() >= at_last_reload + 100 || failed.load() > 0; }, in(seconds(10))));
   stop.store(true);
   client.join();
-  WARN("reload under load: " << done.load() << " connections in " << std::chrono::duration_cast<milliseconds>(Clock::now() - t0).count() << " ms" << ", 5 reloads");
+  WARN("reload under load: " << done.load() << " connections in "
+                             << std::chrono::duration_cast<milliseconds>(Clock::now() - t0).count() << " ms"
+                             << ", 5 reloads");
   INFO(first_failure);
   CHECK(failed.load() == 0);
   CHECK(reloads_ok);
@@ -324,7 +338,8 @@ type = "none"
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("reload: an invalid file is rejected and the running configuration keeps serving", "[e2e][reload]") {
+TEST_CASE("reload: an invalid file is rejected and the running configuration keeps serving",
+          "[e2e][reload]") {
   TestBackend one(TestBackend::named("one\n"));
   REQUIRE(one.ok());
   const std::string good = global_section(1) + R"([[listener]]
@@ -358,8 +373,11 @@ type = "none"
   CHECK(std::stoi(m[3].str()) >= 1);
   CHECK(served_by(port, in(seconds(5))) == "one");
   CHECK(generation(admin) == 1);
-  CHECK(wait_until([&] { return metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 1; },
-                   in(seconds(3))));
+  CHECK(wait_until(
+      [&] {
+        return metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 1;
+      },
+      in(seconds(3))));
 
   // 2. An unknown key (line 2, column 1).
   std::string unknown = good;
@@ -377,8 +395,11 @@ type = "none"
   CHECK(m[4].str().find("bogus_key") != std::string::npos);
   CHECK(served_by(port, in(seconds(5))) == "one");
   CHECK(generation(admin) == 1);
-  CHECK(wait_until([&] { return metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 2; },
-                   in(seconds(3))));
+  CHECK(wait_until(
+      [&] {
+        return metric(admin, "lb_config_reloads_total", {{"result", "error"}}) == 2;
+      },
+      in(seconds(3))));
   CHECK(metric(admin, "lb_config_reloads_total", {{"result", "ok"}}) == 0);
 
   // 3. A good file afterwards is taken as usual.
@@ -394,9 +415,13 @@ TEST_CASE("reload: a removed listener stops accepting while its connections fini
   REQUIRE(one.ok());
   const uint16_t gone_port = refused_port();
   auto config = [&](bool with_gone) {
-    std::string out = global_section(1) + "[[listener]]\nname = \"keep\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
-    if (with_gone) out += fmt::format("\n[[listener]]\nname = \"gone\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", gone_port);
-    return out + "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+    std::string out =
+        global_section(1) + "[[listener]]\nname = \"keep\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
+    if (with_gone)
+      out +=
+          fmt::format("\n[[listener]]\nname = \"gone\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", gone_port);
+    return out + "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("one", one.address());
   };
   LbProcess lb(config(true));
   REQUIRE(lb.wait_started());
@@ -442,7 +467,8 @@ TEST_CASE("reload: backend health is kept across a reload", "[e2e][reload][healt
   // the states seen are the ones carried over (a reset would show "dead" as
   // up until 3 fresh failures, or "live" as down until probed).
   auto config = [&](const std::string& idle) {
-    return global_section(1) + fmt::format(R"([[listener]]
+    return global_section(1) +
+           fmt::format(R"([[listener]]
 name = "web"
 bind = "127.0.0.1:0"
 pool = "p"
@@ -458,7 +484,7 @@ timeout = "200ms"
 fall = 3
 rise = 2
 )",
-                                           idle) +
+                       idle) +
            backend_block("dead", dead) + backend_block("live", live.address());
   };
   LbProcess lb(config("10m"));
@@ -554,10 +580,11 @@ TEST_CASE("reload: changing a backend's weight and max_connections keeps its liv
   REQUIRE(one.ok());
   auto config = [&](int weight, int max_conn) {
     return global_section(2) + listener_block("web", "127.0.0.1:0", "p") +
-           fmt::format("retries = 0\n\n[[pool]]\nname = \"p\"\nselector = \"least_connections\"\n"
-                       "[pool.health_check]\ntype = \"none\"\n\n[[pool.backend]]\nid = \"one\"\naddress = \"{}\"\n"
-                       "weight = {}\nmax_connections = {}\n",
-                       one.address(), weight, max_conn);
+           fmt::format(
+               "retries = 0\n\n[[pool]]\nname = \"p\"\nselector = \"least_connections\"\n"
+               "[pool.health_check]\ntype = \"none\"\n\n[[pool.backend]]\nid = \"one\"\naddress = \"{}\"\n"
+               "weight = {}\nmax_connections = {}\n",
+               one.address(), weight, max_conn);
   };
   LbProcess lb(config(1, 2));
   REQUIRE(lb.wait_started());
@@ -583,8 +610,11 @@ TEST_CASE("reload: changing a backend's weight and max_connections keeps its liv
   Socket third;
   CHECK(served_by(port, in(seconds(5)), &third) == "one");
   CHECK(served_by(port, in(seconds(5))) == "");
-  CHECK(wait_until([&] { return metric(admin, "lb_listener_rejected_total", {{"listener", "web"}, {"reason", "limit"}}) == 1; },
-                   in(seconds(5))));
+  CHECK(wait_until(
+      [&] {
+        return metric(admin, "lb_listener_rejected_total", {{"listener", "web"}, {"reason", "limit"}}) == 1;
+      },
+      in(seconds(5))));
   CHECK(metric(admin, "lb_backend_active", backend) == 3);
 
   // Closing the connections opened before the reload brings the gauge down to one.
@@ -647,11 +677,12 @@ TEST_CASE("reload: a listener added on a new health-checked pool serves its firs
   LbProcess lb(base);
   REQUIRE(lb.wait_started());
   const uint16_t admin = lb.admin_port();
-  REQUIRE(lb.write_config(base + listener_block("new", fmt::format("127.0.0.1:{}", new_port), "q") +
-                          fmt::format("retries = 0\n\n[[pool]]\nname = \"q\"\n[pool.health_check]\ntype = \"http\"\n"
-                                      "interval = \"30s\"\ntimeout = \"3s\"\nport = {}\n",
-                                      health.port()) +
-                          backend_block("two", two.address())));
+  REQUIRE(lb.write_config(
+      base + listener_block("new", fmt::format("127.0.0.1:{}", new_port), "q") +
+      fmt::format("retries = 0\n\n[[pool]]\nname = \"q\"\n[pool.health_check]\ntype = \"http\"\n"
+                  "interval = \"30s\"\ntimeout = \"3s\"\nport = {}\n",
+                  health.port()) +
+      backend_block("two", two.address())));
   REQUIRE(reload_to(lb, 2, in(seconds(10))));
   INFO(lb.output());
   // The first client right after the reload is served, by the probed backend.
@@ -665,18 +696,22 @@ TEST_CASE("reload: a listener added on a new health-checked pool serves its firs
 // Counts the lines of a file ("" when it cannot be read).
 size_t line_count_of(const std::string& path) {
   std::ifstream f(path);
-  return static_cast<size_t>(std::count(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>(), '\n'));
+  return static_cast<size_t>(
+      std::count(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>(), '\n'));
 }
 
 // Issue 15: access_log changes used to be ignored on reload.
-TEST_CASE("reload: access_log follows the file: off, a path, another path, off again", "[e2e][reload][access_log]") {
+TEST_CASE("reload: access_log follows the file: off, a path, another path, off again",
+          "[e2e][reload][access_log]") {
   TestBackend one(TestBackend::named("one\n"));
   REQUIRE(one.ok());
   TempDir dir;
   const std::string first = dir.path() + "/first.log", second = dir.path() + "/second.log";
   auto config = [&](const std::string& access_log) {
-    return fmt::format("[global]\nworkers = 1\naccess_log = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n", access_log) +
-           listener_block("web", "127.0.0.1:0", "p") + "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+    return fmt::format("[global]\nworkers = 1\naccess_log = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+                       access_log) +
+           listener_block("web", "127.0.0.1:0", "p") +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
            backend_block("one", one.address());
   };
   LbProcess lb(config("off"));
@@ -718,7 +753,8 @@ TEST_CASE("reload: the admin listener is moved, removed and added back", "[e2e][
     std::string out = "[global]\nworkers = 1\naccess_log = \"off\"\n";
     if (!admin.empty()) out += fmt::format("\n[admin]\nlisten = \"{}\"\n", admin);
     return out + listener_block("web", "127.0.0.1:0", "p") +
-           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("one", one.address());
   };
   LbProcess lb(config("127.0.0.1:0"));
   REQUIRE(lb.wait_started());
@@ -756,9 +792,10 @@ TEST_CASE("reload: changing user or workers warns by key name and applies the re
   TestBackend one(TestBackend::named("one\n"));
   REQUIRE(one.ok());
   auto config = [&](const std::string& extra_global) {
-    return "[global]\nworkers = 1\naccess_log = \"off\"\n" + extra_global + "\n[admin]\nlisten = \"127.0.0.1:0\"\n" +
-           listener_block("web", "127.0.0.1:0", "p") +
-           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" + backend_block("one", one.address());
+    return "[global]\nworkers = 1\naccess_log = \"off\"\n" + extra_global +
+           "\n[admin]\nlisten = \"127.0.0.1:0\"\n" + listener_block("web", "127.0.0.1:0", "p") +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("one", one.address());
   };
   LbProcess lb(config(""));
   REQUIRE(lb.wait_started());
@@ -770,13 +807,15 @@ TEST_CASE("reload: changing user or workers warns by key name and applies the re
   CHECK(lb.process().find_line(std::regex(R"(^warn .*needs a restart.* key=user\b.*)"), from));
 
   from = lb.line_count();
-  REQUIRE(lb.write_config("[global]\nworkers = 2\naccess_log = \"off\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n" +
-                          listener_block("web", "127.0.0.1:0", "p") + "idle_timeout = \"1m\"\n" +
-                          "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
-                          backend_block("one", one.address())));
+  REQUIRE(
+      lb.write_config("[global]\nworkers = 2\naccess_log = \"off\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n" +
+                      listener_block("web", "127.0.0.1:0", "p") + "idle_timeout = \"1m\"\n" +
+                      "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+                      backend_block("one", one.address())));
   REQUIRE(reload_to(lb, 3, in(seconds(10))));
   CHECK(lb.process().find_line(std::regex(R"(^warn .*needs a restart.* key=workers\b.*)"), from));
-  CHECK(!lb.process().find_line(std::regex(R"(^warn .* key=user\b.*)"), from));  // the file is back to the running user
+  CHECK(!lb.process().find_line(std::regex(R"(^warn .* key=user\b.*)"),
+                                from));  // the file is back to the running user
   CHECK(generation(admin) == 3);
   CHECK(served_by(lb.listener_port("web"), in(seconds(5))) == "one");
   CHECK(lb.terminate() == 0);
@@ -829,11 +868,11 @@ class StubDns {
       if (end > static_cast<size_t>(n)) continue;
       const bool type_a = q[end - 4] == 0 && q[end - 3] == 1;
       std::string r(reinterpret_cast<char*>(q), end);
-      r[2] = static_cast<char>(0x81);  // QR, RD
-      r[3] = static_cast<char>(0x80);  // RA, NOERROR
-      r[4] = 0, r[5] = 1;                // one question
-      r[6] = 0, r[7] = type_a ? 1 : 0;   // answers
-      r[8] = r[9] = r[10] = r[11] = 0;   // no authority or additional records (drops EDNS)
+      r[2] = static_cast<char>(0x81);   // QR, RD
+      r[3] = static_cast<char>(0x80);   // RA, NOERROR
+      r[4] = 0, r[5] = 1;               // one question
+      r[6] = 0, r[7] = type_a ? 1 : 0;  // answers
+      r[8] = r[9] = r[10] = r[11] = 0;  // no authority or additional records (drops EDNS)
       if (type_a) r += std::string("\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01", 16);
       ::sendto(s.fd(), r.data(), r.size(), 0, reinterpret_cast<sockaddr*>(&from), from_len);
     }
@@ -922,8 +961,9 @@ TEST_CASE("reload: /healthz keeps answering while a backend host name waits on a
   REQUIRE(lb.signal(SIGHUP));
   CHECK(lb.wait_for_line(std::regex("^info reload already in progress"), in(seconds(5)), from));
   dns.answer();
-  auto failed = lb.wait_for_line(std::regex(R"(^error reload failed: .*cannot resolve host "backend\.lb-reload-test\.example".*)"),
-                                 in(seconds(30)), from);
+  auto failed = lb.wait_for_line(
+      std::regex(R"(^error reload failed: .*cannot resolve host "backend\.lb-reload-test\.example".*)"),
+      in(seconds(30)), from);
   stop.store(true);
   sampler.join();
   INFO(lb.output());
@@ -935,7 +975,8 @@ TEST_CASE("reload: /healthz keeps answering while a backend host name waits on a
   const double worst = during.ms.empty() ? 0 : *std::max_element(during.ms.begin(), during.ms.end());
   WARN("/healthz during a hung lookup: " << during.ms.size() << " answers, worst " << worst << " ms");
   CHECK(worst < kHealthzBoundMs);
-  CHECK(lb.wait_for_line(std::regex(R"(^error reload failed, keeping the running configuration\b)"), in(seconds(5)), from));
+  CHECK(lb.wait_for_line(std::regex(R"(^error reload failed, keeping the running configuration\b)"),
+                         in(seconds(5)), from));
 
   // 2. The queued reload: the resolver answers, the same file loads, and the
   //    name's address serves.

@@ -1,10 +1,10 @@
 // End-to-end: many concurrent connections without leaking descriptors, and
 // backpressure that keeps lb's memory bounded when a backend stops reading.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <atomic>

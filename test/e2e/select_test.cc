@@ -7,8 +7,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include <map>
@@ -91,7 +91,8 @@ std::string digest_of(const LbProcess& lb) {
 
 }  // namespace
 
-TEST_CASE("consistent hashing: sticky per client, spread over all, agreed by two processes", "[e2e][select]") {
+TEST_CASE("consistent hashing: sticky per client, spread over all, agreed by two processes",
+          "[e2e][select]") {
   for (std::string selector : {"maglev", "ring_hash"}) {
     DYNAMIC_SECTION(selector) {
       std::vector<std::unique_ptr<TestBackend>> owned;

@@ -13,8 +13,8 @@
 #include <string>
 #include <thread>
 
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include "test/support/backend_server.h"
 #include "test/support/lb_process.h"
@@ -97,8 +97,7 @@ TEST_CASE("a bulk stream moves to splice(2): lb holds pipes while it flows", "[e
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("small request/response traffic stays on the copy path however much it relays",
-          "[e2e][splice]") {
+TEST_CASE("small request/response traffic stays on the copy path however much it relays", "[e2e][splice]") {
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
   LbProcess lb(echo_config(backend.address()));
@@ -127,8 +126,7 @@ TEST_CASE("small request/response traffic stays on the copy path however much it
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("when splice(2) turns out unsupported, the connection goes on on the copy path",
-          "[e2e][splice]") {
+TEST_CASE("when splice(2) turns out unsupported, the connection goes on on the copy path", "[e2e][splice]") {
   // A shim makes splice fail with EINVAL on TCP sockets (and only there, so
   // lb's start-up probe passes): the first bulk stream switches to the
   // splice relay, which reports Unsupported before moving a byte. That

@@ -2,8 +2,8 @@
 // example — per backend effective_weight, connect_failures, bytes_to_backend,
 // bytes_to_client and last_check; per listener the rejected counts — each
 // present and meaning what it says after real traffic.
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <chrono>
 #include <memory>
@@ -114,9 +114,10 @@ TEST_CASE("status: per-backend and per-listener fields for a dashboard", "[e2e][
     const json* okb = find((*web)["backends"], "id", "ok");
     const json* deadb = find((*web)["backends"], "id", "dead");
     const json* refusing = find((*bad)["backends"], "id", "refusing");
-    return okb && deadb && refusing && (*okb)["bytes_to_client"] == 1000 && (*okb)["bytes_to_backend"] == 1000 &&
-           (*refusing)["connect_failures"] >= 1 && (*closed)["rejected"]["acl"] == 1 &&
-           (*okb)["last_check"]["result"] == "pass" && (*deadb)["last_check"]["result"] == "fail";
+    return okb && deadb && refusing && (*okb)["bytes_to_client"] == 1000 &&
+           (*okb)["bytes_to_backend"] == 1000 && (*refusing)["connect_failures"] >= 1 &&
+           (*closed)["rejected"]["acl"] == 1 && (*okb)["last_check"]["result"] == "pass" &&
+           (*deadb)["last_check"]["result"] == "fail";
   };
   CHECK(wait_until(settled, in(seconds(10))));
   INFO(doc.dump(2));
@@ -156,7 +157,8 @@ TEST_CASE("status: per-backend and per-listener fields for a dashboard", "[e2e][
 
   for (const auto& l : doc["listeners"]) {
     REQUIRE(l.contains("rejected"));
-    for (const char* k : {"acl", "limit", "no_backend", "proxy_protocol", "tls"}) CHECK(l["rejected"][k].is_number());
+    for (const char* k : {"acl", "limit", "no_backend", "proxy_protocol", "tls"})
+      CHECK(l["rejected"][k].is_number());
   }
   const json& closed = *find(doc["listeners"], "name", "closed");
   CHECK(closed["rejected"]["acl"] == 1);
@@ -181,7 +183,8 @@ TEST_CASE("metrics: process_* describe the lb process", "[e2e][admin][metrics][p
   auto m = fetch_metrics(lb.admin_port());
   REQUIRE(m);
   CHECK(m->errors().empty());
-  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   auto start = m->value("process_start_time_seconds");
   REQUIRE(start);
   CHECK(*start <= now + 1);

@@ -9,12 +9,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
-#include <fmt/format.h>
 #include <optional>
 #include <regex>
 #include <string>
@@ -115,7 +115,8 @@ class NotifySocket {
 };
 
 std::string echo_config(const std::string& binds_and_names, const std::string& backend) {
-  return global_section(1) + binds_and_names + fmt::format(R"(
+  return global_section(1) + binds_and_names +
+         fmt::format(R"(
 [[pool]]
 name = "p"
 [pool.health_check]
@@ -123,7 +124,7 @@ type = "none"
 [[pool.backend]]
 address = "{}"
 )",
-                                                           backend);
+                     backend);
 }
 
 bool echoes(uint16_t port, const std::string& payload) {
@@ -132,7 +133,8 @@ bool echoes(uint16_t port, const std::string& payload) {
   return exchange(s, payload, payload.size(), in(seconds(5))).data == payload;
 }
 
-TEST_CASE("systemd: notify protocol — READY, WATCHDOG, RELOADING, STOPPING in order", "[e2e][systemd][notify]") {
+TEST_CASE("systemd: notify protocol — READY, WATCHDOG, RELOADING, STOPPING in order",
+          "[e2e][systemd][notify]") {
   NotifySocket notify;
   REQUIRE(notify.ok());
   TestBackend echo(TestBackend::echo());
@@ -140,9 +142,10 @@ TEST_CASE("systemd: notify protocol — READY, WATCHDOG, RELOADING, STOPPING in 
   const uint16_t port = refused_port();
   LbOptions options;
   options.env = {"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=200000"};
-  LbProcess lb(echo_config(fmt::format("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", port),
-                           echo.address()),
-               options);
+  LbProcess lb(
+      echo_config(fmt::format("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", port),
+                  echo.address()),
+      options);
 
   // READY=1 means serving: the listener takes connections the moment it arrives.
   auto ready = notify.wait_for("READY=1", in(kStartTimeout));
@@ -190,7 +193,8 @@ TEST_CASE("systemd: notify protocol — READY, WATCHDOG, RELOADING, STOPPING in 
   for (const auto& msg : notify.messages()) {
     transcript += "[" + msg.text + "] ";
     for (const auto& line : split_lines(msg.text)) {
-      if (line.rfind("STATUS=", 0) == 0 || line == "WATCHDOG=1" || line.rfind("MONOTONIC_USEC=", 0) == 0) continue;
+      if (line.rfind("STATUS=", 0) == 0 || line == "WATCHDOG=1" || line.rfind("MONOTONIC_USEC=", 0) == 0)
+        continue;
       sequence.push_back(line);
     }
   }
@@ -206,7 +210,8 @@ struct ActivatedLb {
   TempDir dir;
   std::unique_ptr<ChildProcess> proc;
 
-  ActivatedLb(const std::string& listen, const std::vector<std::string>& extra_args, const std::string& config) {
+  ActivatedLb(const std::string& listen, const std::vector<std::string>& extra_args,
+              const std::string& config) {
     const std::string path = dir.write_file("lb.toml", config);
     std::vector<std::string> argv = {kSocketActivate, "-l", listen};
     // systemd-socket-activate passes lb only the variables named with -E:
@@ -227,23 +232,26 @@ bool have_socket_activate() {
   return false;
 }
 
-TEST_CASE("systemd: socket activation matches an inherited socket by listener name", "[e2e][systemd][activation]") {
+TEST_CASE("systemd: socket activation matches an inherited socket by listener name",
+          "[e2e][systemd][activation]") {
   if (!have_socket_activate()) return;
   TestBackend echo(TestBackend::echo());
   REQUIRE(echo.ok());
   const uint16_t port = refused_port();
   // The file says port 1; the inherited socket named "web" replaces that bind.
-  ActivatedLb lb(fmt::format("127.0.0.1:{}", port), {"--fdname=web"},
-                 echo_config("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n", echo.address()));
+  ActivatedLb lb(
+      fmt::format("127.0.0.1:{}", port), {"--fdname=web"},
+      echo_config("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n", echo.address()));
   REQUIRE(lb.proc->started());
   INFO(lb.proc->output());
-  REQUIRE(lb.proc->wait_for_line(std::regex(fmt::format(R"(Listening on 127\.0\.0\.1:{})", port)), in(seconds(5))));
+  REQUIRE(lb.proc->wait_for_line(std::regex(fmt::format(R"(Listening on 127\.0\.0\.1:{})", port)),
+                                 in(seconds(5))));
 
   // The first connection starts lb; it waits in the socket's backlog meanwhile.
   CHECK(echoes(port, "first connection starts lb"));
   REQUIRE(lb.proc->wait_for_line(std::regex(R"(^info started\b)"), in(kStartTimeout)));
-  CHECK(lb.proc->find_line(
-      std::regex(fmt::format(R"(^info listening listener=web address=127\.0\.0\.1:{} inherited=true$)", port))));
+  CHECK(lb.proc->find_line(std::regex(
+      fmt::format(R"(^info listening listener=web address=127\.0\.0\.1:{} inherited=true$)", port))));
   CHECK(!lb.proc->find_line(std::regex(R"(inherited socket matches no listener)")));
   for (int i = 0; i < 5; ++i) CHECK(echoes(port, fmt::format("through the inherited socket {}", i)));
   // lb did not bind the address in the file.
@@ -256,7 +264,8 @@ TEST_CASE("systemd: socket activation matches an inherited socket by listener na
   CHECK(lb.proc->wait_exit(in(kStopTimeout)) == 0);
 }
 
-TEST_CASE("systemd: socket activation matches an unnamed inherited socket by address", "[e2e][systemd][activation]") {
+TEST_CASE("systemd: socket activation matches an unnamed inherited socket by address",
+          "[e2e][systemd][activation]") {
   if (!have_socket_activate()) return;
   TestBackend echo(TestBackend::echo());
   REQUIRE(echo.ok());
@@ -269,14 +278,16 @@ TEST_CASE("systemd: socket activation matches an unnamed inherited socket by add
   ActivatedLb lb(fmt::format("127.0.0.1:{}", port), {}, echo_config(listeners, echo.address()));
   REQUIRE(lb.proc->started());
   INFO(lb.proc->output());
-  REQUIRE(lb.proc->wait_for_line(std::regex(fmt::format(R"(Listening on 127\.0\.0\.1:{})", port)), in(seconds(5))));
+  REQUIRE(lb.proc->wait_for_line(std::regex(fmt::format(R"(Listening on 127\.0\.0\.1:{})", port)),
+                                 in(seconds(5))));
 
   CHECK(echoes(port, "first connection starts lb"));
   REQUIRE(lb.proc->wait_for_line(std::regex(R"(^info started\b)"), in(kStartTimeout)));
-  CHECK(lb.proc->find_line(
-      std::regex(fmt::format(R"(^info listening listener=front address=127\.0\.0\.1:{} inherited=true$)", port))));
+  CHECK(lb.proc->find_line(std::regex(
+      fmt::format(R"(^info listening listener=front address=127\.0\.0\.1:{} inherited=true$)", port))));
   // The other listener binds as usual.
-  CHECK(lb.proc->find_line(std::regex(fmt::format(R"(^info listening listener=plain address=127\.0\.0\.1:{}$)", plain))));
+  CHECK(lb.proc->find_line(
+      std::regex(fmt::format(R"(^info listening listener=plain address=127\.0\.0\.1:{}$)", plain))));
   CHECK(echoes(port, "inherited"));
   CHECK(echoes(plain, "bound"));
 

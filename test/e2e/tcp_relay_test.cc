@@ -1,8 +1,8 @@
 // End-to-end: lb relays TCP streams byte-exact, with half-close in both
 // directions and server-speaks-first backends, over IPv4 and IPv6.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include "test/support/backend_server.h"
 #include "test/support/lb_process.h"
@@ -86,7 +86,8 @@ TEST_CASE("client half-close: the backend answers after the client's EOF", "[e2e
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("backend speaks first and closes: the client gets the greeting, then EOF", "[e2e][tcp][half-close]") {
+TEST_CASE("backend speaks first and closes: the client gets the greeting, then EOF",
+          "[e2e][tcp][half-close]") {
   // The client sends nothing at all: lb must connect the backend as soon as
   // it accepts, relay what the backend says, then propagate its close.
   const std::string greeting = "220 hello from the backend\r\n";

@@ -1,7 +1,7 @@
 // End-to-end: idle_timeout closes connections without traffic, and only those.
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <thread>
 
@@ -62,7 +62,8 @@ TEST_CASE("idle_timeout closes an idle connection and spares an active one", "[e
       std::this_thread::sleep_until(next);
       const std::string msg = fmt::format("tick {}\n", round);
       ReadResult r = exchange(client, msg, msg.size(), in(seconds(2)));
-      INFO("round " << round << " after " << std::chrono::duration_cast<milliseconds>(Clock::now() - start).count()
+      INFO("round " << round << " after "
+                    << std::chrono::duration_cast<milliseconds>(Clock::now() - start).count()
                     << " ms: " << to_string(r.end));
       REQUIRE(r.data == msg);
     }

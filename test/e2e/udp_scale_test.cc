@@ -94,7 +94,8 @@ TEST_CASE("20,000 UDP sessions share few upstream sockets: all answered, spread 
     swarm.send(i, port, "again");
   }
   for (auto& r : swarm.receive(asked, in(seconds(10))))
-    if (r.data.substr(0, r.data.find(':')) == first[r.endpoint].substr(0, first[r.endpoint].find(':'))) ++same;
+    if (r.data.substr(0, r.data.find(':')) == first[r.endpoint].substr(0, first[r.endpoint].find(':')))
+      ++same;
   CHECK(same == asked);
   // Probes still pass (more of them after the sessions than before).
   for (auto& a : addresses) {
@@ -179,12 +180,15 @@ TEST_CASE("a backend killed under 400 sessions: its sessions move, every other k
   size_t moved = 0, kept = 0;
   for (size_t i = 0; i < kSessions; ++i) {
     REQUIRE_FALSE(after[i].empty());
-    if (name(before[i]) == "b0") moved += name(after[i]) != "b0";
-    else kept += name(after[i]) == name(before[i]);
+    if (name(before[i]) == "b0")
+      moved += name(after[i]) != "b0";
+    else
+      kept += name(after[i]) == name(before[i]);
   }
   CHECK(moved == kSessions / 4);
   CHECK(kept == kSessions - kSessions / 4);
-  auto failures = metric(lb.admin_port(), "lb_backend_connect_failures_total{pool=\"p\",backend=\"" + addresses[0] + "\"}");
+  auto failures = metric(lb.admin_port(),
+                         "lb_backend_connect_failures_total{pool=\"p\",backend=\"" + addresses[0] + "\"}");
   REQUIRE(failures);
   CHECK(*failures >= 1.0);
   CHECK(lb.terminate() == 0);
@@ -200,8 +204,8 @@ TEST_CASE("a reload that changes udp_source says that open binds keep theirs unt
   REQUIRE(swarm.ok());
   REQUIRE(ask_all(swarm, port, 0, 1)[0] == "e:0");
   // The bind must stay the same (the port lb chose) for the socket to be kept.
-  std::string next = udp_config("udp_source = [\"127.0.6.2\"]", "", {e.address()}, 1,
-                                "127.0.0.1:" + std::to_string(port));
+  std::string next =
+      udp_config("udp_source = [\"127.0.6.2\"]", "", {e.address()}, 1, "127.0.0.1:" + std::to_string(port));
   REQUIRE(lb.write_config(next));
   REQUIRE(lb.signal(SIGHUP));
   CHECK(lb.wait_for_line(std::regex("udp_source changes need a restart.*listener=udp"), in(seconds(10))));

@@ -7,9 +7,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cstring>
 #include <fstream>
-#include <catch2/catch.hpp>
 #include <map>
 #include <memory>
 #include <regex>
@@ -47,7 +47,8 @@ std::string dns_query(uint16_t id, const std::string& name) {
 }
 
 uint16_t dns_id(const std::string& r) {
-  return r.size() >= 2 ? static_cast<uint16_t>((static_cast<uint8_t>(r[0]) << 8) | static_cast<uint8_t>(r[1])) : 0;
+  return r.size() >= 2 ? static_cast<uint16_t>((static_cast<uint8_t>(r[0]) << 8) | static_cast<uint8_t>(r[1]))
+                       : 0;
 }
 
 // The first A record's address in a reply (the question is echoed first).
@@ -165,8 +166,7 @@ TEST_CASE("DNS through lb: correct answers, every backend used, no session left"
   CHECK(lb.terminate() == 0);
 }
 
-TEST_CASE("a resolver with several queries in flight keeps one session until the last answer",
-          "[udp][dns]") {
+TEST_CASE("a resolver with several queries in flight keeps one session until the last answer", "[udp][dns]") {
   // The backend answers only once all five queries are in, so they are truly in flight together:
   // with a prompt backend, a slow client (or a sanitizer build) may see the first answer before it
   // sends the second query, and then a second session is correct.
@@ -174,7 +174,8 @@ TEST_CASE("a resolver with several queries in flight keeps one session until the
   LbProcess lb(udp_config("udp_responses = 1", "", {a.address()}));
   REQUIRE(lb.wait_started());
   int fd = udp_socket();
-  for (uint16_t id = 1; id <= 5; ++id) REQUIRE(send_to(fd, lb.listener_port("udp"), dns_query(id, "example.test")));
+  for (uint16_t id = 1; id <= 5; ++id)
+    REQUIRE(send_to(fd, lb.listener_port("udp"), dns_query(id, "example.test")));
   std::set<uint16_t> ids;
   for (int i = 0; i < 5; ++i) {
     auto r = recv_within(fd, in(seconds(5)));
@@ -283,7 +284,7 @@ TEST_CASE("a burst of replies to several clients arrives intact, each reply once
       got.insert(*r);
     }
     CHECK(got == want);
-    CHECK_FALSE(recv_within(fds[c], in(milliseconds(50))));   // nothing more, no duplicate
+    CHECK_FALSE(recv_within(fds[c], in(milliseconds(50))));  // nothing more, no duplicate
     ::close(fds[c]);
   }
   CHECK(metric(lb.admin_port(), "lb_udp_datagrams_total{listener=\"udp\",direction=\"out\"}") ==
@@ -324,7 +325,8 @@ TEST_CASE("a backend that fails moves its live client to another backend", "[udp
   ::close(fd);
   CHECK(moved);
   // The ICMP error counted against the dead backend.
-  auto failures = metric(lb.admin_port(), "lb_backend_connect_failures_total{pool=\"p\",backend=\"" + dead + "\"}");
+  auto failures =
+      metric(lb.admin_port(), "lb_backend_connect_failures_total{pool=\"p\",backend=\"" + dead + "\"}");
   REQUIRE(failures);
   CHECK(*failures >= 1.0);
   CHECK(lb.terminate() == 0);
@@ -360,7 +362,8 @@ TEST_CASE("past max_connections new UDP clients are dropped and counted, live se
           "[udp][limits]") {
   UdpEcho e("e");
   // [global] max_connections counts live UDP sessions.
-  LbProcess lb(udp_config("session_timeout = \"30s\"", "", {e.address()}, 1, "127.0.0.1:0", "max_connections = 2"));
+  LbProcess lb(
+      udp_config("session_timeout = \"30s\"", "", {e.address()}, 1, "127.0.0.1:0", "max_connections = 2"));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("udp");
   int a = udp_socket(), b = udp_socket(), c = udp_socket();
@@ -372,7 +375,10 @@ TEST_CASE("past max_connections new UDP clients are dropped and counted, live se
   const uint64_t before = e.received();
   for (int i = 0; i < 3; ++i) REQUIRE(send_to(c, port, "c"));
   CHECK(wait_until(
-      [&] { return metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"limit\"}") == 3.0; },
+      [&] {
+        return metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"limit\"}") ==
+               3.0;
+      },
       in(seconds(5))));
   CHECK_FALSE(recv_within(c, in(milliseconds(200))));
   CHECK(e.received() == before);
@@ -393,8 +399,8 @@ TEST_CASE("past max_connections new UDP clients are dropped and counted, live se
 TEST_CASE("a listener's own max_connections and max_connections_per_source bound UDP sessions",
           "[udp][limits]") {
   UdpEcho e("e");
-  LbProcess lb(udp_config("session_timeout = \"30s\"\nmax_connections = 3\nmax_connections_per_source = 2", "",
-                          {e.address()}));
+  LbProcess lb(udp_config("session_timeout = \"30s\"\nmax_connections = 3\nmax_connections_per_source = 2",
+                          "", {e.address()}));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("udp");
   // Per source: 127.0.0.2 gets two sessions (two ports), not a third.
@@ -421,13 +427,16 @@ TEST_CASE("UDP allow/deny is checked before a session exists", "[udp][acl]") {
   LbProcess lb(udp_config("allow = [\"127.0.0.0/24\"]\ndeny = [\"127.0.0.3\"]", "", {e.address()}));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("udp");
-  int ok = udp_socket(0, "127.0.0.2"), denied = udp_socket(0, "127.0.0.3"), outside = udp_socket(0, "127.0.1.2");
+  int ok = udp_socket(0, "127.0.0.2"), denied = udp_socket(0, "127.0.0.3"),
+      outside = udp_socket(0, "127.0.1.2");
   REQUIRE(send_to(denied, port, "x"));
   REQUIRE(send_to(outside, port, "x"));
   REQUIRE(send_to(ok, port, "y"));
   CHECK(recv_within(ok, in(seconds(5))) == std::optional<std::string>("e:y"));
   CHECK(wait_until(
-      [&] { return metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"acl\"}") == 2.0; },
+      [&] {
+        return metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"acl\"}") == 2.0;
+      },
       in(seconds(5))));
   CHECK_FALSE(recv_within(denied, in(milliseconds(200))));
   CHECK_FALSE(recv_within(outside, in(milliseconds(10))));

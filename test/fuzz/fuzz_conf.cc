@@ -37,13 +37,12 @@
 
 namespace {
 
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "fuzz_conf: invariant failed at %s:%d: %s\n", __FILE__, \
-                   __LINE__, #cond);                                                  \
-      std::abort();                                                                   \
-    }                                                                                 \
+#define FUZZ_CHECK(cond)                                                                             \
+  do {                                                                                               \
+    if (!(cond)) {                                                                                   \
+      std::fprintf(stderr, "fuzz_conf: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                                  \
+    }                                                                                                \
   } while (0)
 
 std::string fake_resolve(const std::string& host, sockaddr_storage& addr, socklen_t& len) {

@@ -23,13 +23,12 @@
 
 namespace {
 
-#define FUZZ_CHECK(cond)                                                             \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "fuzz_dns: invariant failed at %s:%d: %s\n", __FILE__, \
-                   __LINE__, #cond);                                                 \
-      std::abort();                                                                  \
-    }                                                                                \
+#define FUZZ_CHECK(cond)                                                                            \
+  do {                                                                                              \
+    if (!(cond)) {                                                                                  \
+      std::fprintf(stderr, "fuzz_dns: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                                 \
+    }                                                                                               \
   } while (0)
 
 namespace dns = lb::health::dns;
@@ -39,7 +38,7 @@ void check_echo(uint16_t id, const std::string& name, uint8_t rcode) {
   auto query = dns::build_query(id, name);
   if (!query) return;  // a name the probe config would refuse
   std::vector<uint8_t> reply = *query;
-  reply[2] |= 0x80;                                     // QR
+  reply[2] |= 0x80;                                       // QR
   reply[3] = static_cast<uint8_t>(0x80 | (rcode & 0xf));  // RA, RCODE
   const dns::Judgement j = dns::judge_reply(reply.data(), reply.size(), id, name);
   const bool passing = (rcode & 0xf) == dns::kRcodeNoError || (rcode & 0xf) == dns::kRcodeNxDomain;
@@ -47,8 +46,7 @@ void check_echo(uint16_t id, const std::string& name, uint8_t rcode) {
   FUZZ_CHECK(!j.reason.empty());
   // The same reply under another ID is somebody else's.
   const uint16_t other = static_cast<uint16_t>(id + 1);
-  FUZZ_CHECK(dns::judge_reply(reply.data(), reply.size(), other, name).verdict ==
-             dns::Verdict::Ignore);
+  FUZZ_CHECK(dns::judge_reply(reply.data(), reply.size(), other, name).verdict == dns::Verdict::Ignore);
 }
 
 }  // namespace

@@ -38,13 +38,12 @@
 
 namespace {
 
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "fuzz_http: invariant failed at %s:%d: %s\n", __FILE__, \
-                   __LINE__, #cond);                                                  \
-      std::abort();                                                                   \
-    }                                                                                 \
+#define FUZZ_CHECK(cond)                                                                             \
+  do {                                                                                               \
+    if (!(cond)) {                                                                                   \
+      std::fprintf(stderr, "fuzz_http: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                                  \
+    }                                                                                                \
   } while (0)
 
 using lb::admin::HttpLimits;
@@ -159,8 +158,7 @@ void check_response(const std::string& out, bool head) {
 
 // One connection, as HttpServer's read path handles it. Returns the events;
 // stops where the server would stop reading (error or non-keep-alive answer).
-std::vector<Event> run(std::string_view stream, const std::vector<size_t>& chunks,
-                       const HttpLimits& limits) {
+std::vector<Event> run(std::string_view stream, const std::vector<size_t>& chunks, const HttpLimits& limits) {
   std::vector<Event> events;
   HttpRequestParser parser(limits);
   size_t next_chunk = 0;
@@ -199,8 +197,7 @@ std::vector<Event> run(std::string_view stream, const std::vector<size_t>& chunk
         framing.head = e.req.request.method == "HEAD";
         framing.close = !e.req.keep_alive;
         framing.version_minor = e.req.version_minor;
-        check_response(lb::admin::serialize_response(handle(e.req.request), framing),
-                       framing.head);
+        check_response(lb::admin::serialize_response(handle(e.req.request), framing), framing.head);
         done = framing.close;
         events.push_back(std::move(e));
         request_bytes = 0;
@@ -210,9 +207,9 @@ std::vector<Event> run(std::string_view stream, const std::vector<size_t>& chunk
         FUZZ_CHECK(!parser.error_detail().empty());
         ResponseFraming framing;
         framing.close = true;
-        check_response(lb::admin::serialize_response(
-                           lb::admin::error_response(status, parser.error_detail()), framing),
-                       false);
+        check_response(
+            lb::admin::serialize_response(lb::admin::error_response(status, parser.error_detail()), framing),
+            false);
         Event e;
         e.error = true;
         e.status = status;
@@ -233,8 +230,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (nchunks > size - 1) nchunks = size - 1;
   std::vector<size_t> chunks;
   for (size_t i = 0; i < nchunks; ++i) chunks.push_back(static_cast<size_t>(data[1 + i]) + 1);
-  const std::string_view stream(reinterpret_cast<const char*>(data + 1 + nchunks),
-                                size - 1 - nchunks);
+  const std::string_view stream(reinterpret_cast<const char*>(data + 1 + nchunks), size - 1 - nchunks);
 
   HttpLimits limits;  // the server's defaults
   if (control & 8) {

@@ -35,13 +35,12 @@
 
 namespace {
 
-#define FUZZ_CHECK(cond)                                                               \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
-      std::fprintf(stderr, "fuzz_proxy: invariant failed at %s:%d: %s\n", __FILE__, \
-                   __LINE__, #cond);                                                   \
-      std::abort();                                                                    \
-    }                                                                                  \
+#define FUZZ_CHECK(cond)                                                                              \
+  do {                                                                                                \
+    if (!(cond)) {                                                                                    \
+      std::fprintf(stderr, "fuzz_proxy: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                                   \
+    }                                                                                                 \
   } while (0)
 
 namespace proxy = lb::core::proxy;
@@ -59,8 +58,7 @@ bool same_addr(const sockaddr_storage& a, const sockaddr_storage& b) {
   if (a.ss_family == AF_INET6) {
     const auto& x = reinterpret_cast<const sockaddr_in6&>(a);
     const auto& y = reinterpret_cast<const sockaddr_in6&>(b);
-    return x.sin6_port == y.sin6_port &&
-           std::memcmp(&x.sin6_addr, &y.sin6_addr, sizeof x.sin6_addr) == 0;
+    return x.sin6_port == y.sin6_port && std::memcmp(&x.sin6_addr, &y.sin6_addr, sizeof x.sin6_addr) == 0;
   }
   return false;
 }

@@ -238,15 +238,19 @@ enum class Pattern { Full, HalfClose, Reset };
 
 const char* name_of(Pattern p) {
   switch (p) {
-    case Pattern::Full: return "full";
-    case Pattern::HalfClose: return "half-close";
-    case Pattern::Reset: return "reset";
+    case Pattern::Full:
+      return "full";
+    case Pattern::HalfClose:
+      return "half-close";
+    case Pattern::Reset:
+      return "reset";
   }
   return "?";
 }
 
 bool is_prefix(std::string_view got, std::string_view expected) {
-  return got.size() <= expected.size() && mismatch_offset(got, expected.substr(0, got.size())) == std::string::npos;
+  return got.size() <= expected.size() &&
+         mismatch_offset(got, expected.substr(0, got.size())) == std::string::npos;
 }
 
 // One transfer; every outcome is counted in `sh.totals`.
@@ -307,7 +311,8 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
   }
   backend = greeting.data[0] - '0';
   if (backend < 0 || backend >= kBackends) {
-    sh.violations.add(t, fmt::format("client {}: bad greeting byte {}", client, static_cast<int>(greeting.data[0])));
+    sh.violations.add(
+        t, fmt::format("client {}: bad greeting byte {}", client, static_cast<int>(greeting.data[0])));
     return;
   }
   const Deadline deadline = in(seconds(60));
@@ -322,8 +327,9 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
       }
       t.completed.fetch_add(1);
       if (mismatch_offset(r.data, payload) != std::string::npos) {
-        sh.violations.add(t, fmt::format("corrupted: client {} full transfer of {} bytes differs at offset {}", client,
-                                         size, mismatch_offset(r.data, payload)));
+        sh.violations.add(
+            t, fmt::format("corrupted: client {} full transfer of {} bytes differs at offset {}", client,
+                           size, mismatch_offset(r.data, payload)));
         return;
       }
       t.byte_exact.fetch_add(1);
@@ -340,8 +346,9 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
       // The backend's FIN follows the echo of the client's FIN.
       ReadResult tail = read_until_eof(s, in(seconds(10)));
       if (!tail.data.empty()) {
-        sh.violations.add(t, fmt::format("corrupted: client {} half-close transfer got {} bytes past the echo", client,
-                                         tail.data.size()));
+        sh.violations.add(
+            t, fmt::format("corrupted: client {} half-close transfer got {} bytes past the echo", client,
+                           tail.data.size()));
         return;
       }
       if (tail.end != ReadEnd::Eof) {
@@ -350,8 +357,9 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
       }
       t.completed.fetch_add(1);
       if (mismatch_offset(r.data, payload) != std::string::npos) {
-        sh.violations.add(t, fmt::format("corrupted: client {} half-close transfer of {} bytes differs at offset {}",
-                                         client, size, mismatch_offset(r.data, payload)));
+        sh.violations.add(
+            t, fmt::format("corrupted: client {} half-close transfer of {} bytes differs at offset {}",
+                           client, size, mismatch_offset(r.data, payload)));
         return;
       }
       t.byte_exact.fetch_add(1);
@@ -380,8 +388,8 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
   }
 }
 
-std::string config_for(const std::array<uint16_t, kBackends>& ports, const std::array<int, kBackends>& weights,
-                       const std::string& selector) {
+std::string config_for(const std::array<uint16_t, kBackends>& ports,
+                       const std::array<int, kBackends>& weights, const std::string& selector) {
   std::string out = global_section(2, true);
   out += fmt::format(R"(
 [[listener]]
@@ -405,8 +413,8 @@ fall = 1
 )",
                      selector, selector == "maglev" ? "hash_key = \"source_ip_port\"" : "");
   for (int i = 0; i < kBackends; ++i) {
-    out += fmt::format("\n[[pool.backend]]\naddress = \"127.0.0.1:{}\"\nid = \"b{}\"\nweight = {}\n", ports[i], i,
-                       weights[i]);
+    out += fmt::format("\n[[pool.backend]]\naddress = \"127.0.0.1:{}\"\nid = \"b{}\"\nweight = {}\n",
+                       ports[i], i, weights[i]);
   }
   return out;
 }
@@ -418,7 +426,8 @@ std::string self_exe() {
   return std::string(buf, static_cast<size_t>(n));
 }
 
-std::unique_ptr<ChildProcess> spawn_backend(const std::string& exe, uint16_t port, int index, uint16_t* bound) {
+std::unique_ptr<ChildProcess> spawn_backend(const std::string& exe, uint16_t port, int index,
+                                            uint16_t* bound) {
   SpawnOptions opts;
   opts.echo_prefix = fmt::format("[b{}] ", index);
   auto p = std::make_unique<ChildProcess>(
@@ -460,7 +469,8 @@ int run_soak(const Settings& cfg) {
   }
   std::array<int, kBackends> weights{};
   weights.fill(1);
-  static const std::array<const char*, 4> kSelectors = {"round_robin", "least_connections", "random_two", "maglev"};
+  static const std::array<const char*, 4> kSelectors = {"round_robin", "least_connections", "random_two",
+                                                        "maglev"};
   size_t selector = 0;
 
   // ASan's quarantine would make RSS measure the allocator, not lb.
@@ -504,7 +514,9 @@ int run_soak(const Settings& cfg) {
     });
   }
 
-  auto uniform_ms = [&](int lo, int hi) { return milliseconds(lo + static_cast<int>(rng() % (hi - lo + 1))); };
+  auto uniform_ms = [&](int lo, int hi) {
+    return milliseconds(lo + static_cast<int>(rng() % (hi - lo + 1)));
+  };
   uint64_t kills = 0, restarts = 0, reloads = 0;
   int down = -1;
   Clock::time_point restart_at{};
@@ -517,7 +529,8 @@ int run_soak(const Settings& cfg) {
     uint16_t bound = 0;
     backends[down] = spawn_backend(exe, ports[down], down, &bound);
     if (!backends[down] || bound != ports[down]) {
-      sh.violations.add(sh.totals, fmt::format("backend {} could not be restarted on port {}", down, ports[down]));
+      sh.violations.add(sh.totals,
+                        fmt::format("backend {} could not be restarted on port {}", down, ports[down]));
     } else {
       ++restarts;
     }
@@ -558,7 +571,8 @@ int run_soak(const Settings& cfg) {
       auto line = lb.wait_for_line(std::regex(R"(^(info reloaded generation=|error reload failed))"),
                                    in(seconds(10)), from);
       if (!line || line->rfind("info reloaded", 0) != 0) {
-        sh.violations.add(sh.totals, fmt::format("reload {} failed: {}", reloads + 1, line.value_or("no answer")));
+        sh.violations.add(sh.totals,
+                          fmt::format("reload {} failed: {}", reloads + 1, line.value_or("no answer")));
       }
       ++reloads;
       next_reload += uniform_ms(1800, 2200);
@@ -571,23 +585,26 @@ int run_soak(const Settings& cfg) {
 
   // ---- after the load ------------------------------------------------------
   const Labels soak{{"listener", "soak"}};
-  if (!wait_until([&] { return metric(admin, "lb_listener_active", soak) == 0; }, in(seconds(20)), milliseconds(50))) {
+  if (!wait_until([&] { return metric(admin, "lb_listener_active", soak) == 0; }, in(seconds(20)),
+                  milliseconds(50))) {
     sh.violations.add(sh.totals, fmt::format("lb still reports {} active connections after the load",
                                              metric(admin, "lb_listener_active", soak)));
   }
   auto m = fetch_metrics(admin);
   auto rejected = [&](const char* reason) {
-    return m ? m->value("lb_listener_rejected_total", {{"listener", "soak"}, {"reason", reason}}).value_or(0) : -1;
+    return m ? m->value("lb_listener_rejected_total", {{"listener", "soak"}, {"reason", reason}}).value_or(0)
+             : -1;
   };
   const double rejected_no_backend = rejected("no_backend");
   const double rejected_limit = rejected("limit");
   const double reloads_ok = m ? m->value("lb_config_reloads_total", {{"result", "ok"}}).value_or(0) : -1;
   if (rejected_no_backend != 0 || rejected_limit != 0) {
-    sh.violations.add(sh.totals, fmt::format("lb rejected connections: no_backend {} limit {}", rejected_no_backend,
-                                             rejected_limit));
+    sh.violations.add(sh.totals, fmt::format("lb rejected connections: no_backend {} limit {}",
+                                             rejected_no_backend, rejected_limit));
   }
   if (reloads_ok != static_cast<double>(reloads)) {
-    sh.violations.add(sh.totals, fmt::format("lb counts {} successful reloads, {} were sent", reloads_ok, reloads));
+    sh.violations.add(sh.totals,
+                      fmt::format("lb counts {} successful reloads, {} were sent", reloads_ok, reloads));
   }
 
   int fds_after = -1;
@@ -597,19 +614,20 @@ int run_soak(const Settings& cfg) {
             return fds_after <= fds_before + kFdTolerance;
           },
           in(seconds(20)), milliseconds(50))) {
-    sh.violations.add(sh.totals, fmt::format("lb holds {} descriptors after the load, {} before:\n{}", fds_after,
-                                             fds_before, lb.process().describe_fds()));
+    sh.violations.add(sh.totals, fmt::format("lb holds {} descriptors after the load, {} before:\n{}",
+                                             fds_after, fds_before, lb.process().describe_fds()));
   }
   const long rss_after = lb.rss_kb();
   if (rss_before <= 0 || rss_after <= 0 || rss_after - rss_before > kMaxRssGrowthKb) {
-    sh.violations.add(sh.totals, fmt::format("lb RSS grew from {} kB to {} kB (bound +{} kB)", rss_before, rss_after,
-                                             kMaxRssGrowthKb));
+    sh.violations.add(sh.totals, fmt::format("lb RSS grew from {} kB to {} kB (bound +{} kB)", rss_before,
+                                             rss_after, kMaxRssGrowthKb));
   }
 
   Totals& t = sh.totals;
   const uint64_t attempted = t.attempted.load();
   if (t.completed.load() < 100) {
-    sh.violations.add(t, fmt::format("only {} transfers completed: the soak did not really run", t.completed.load()));
+    sh.violations.add(
+        t, fmt::format("only {} transfers completed: the soak did not really run", t.completed.load()));
   }
   // Kills may cost transfers, but only a minority of them.
   if (t.killed_failures.load() * 2 >= attempted) {
@@ -626,14 +644,18 @@ int run_soak(const Settings& cfg) {
 
   std::printf(
       "soak: %.1f s, %d clients: %llu transfers attempted, %llu completed (%llu byte-exact: %llu full, %llu "
-      "half-close), %llu client resets injected, %llu failed by backend kills, %llu refused, %llu other connect "
-      "errors; %.1f MB moved; %llu backend kills (%llu restarts), %llu reloads (lb counted %.0f ok); lb fds %d -> %d, "
+      "half-close), %llu client resets injected, %llu failed by backend kills, %llu refused, %llu other "
+      "connect "
+      "errors; %.1f MB moved; %llu backend kills (%llu restarts), %llu reloads (lb counted %.0f ok); lb fds "
+      "%d -> %d, "
       "RSS %.1f MB -> %.1f MB; %llu violations.\n",
       seconds_run, cfg.clients, static_cast<unsigned long long>(attempted),
-      static_cast<unsigned long long>(t.completed.load()), static_cast<unsigned long long>(t.byte_exact.load()),
-      static_cast<unsigned long long>(t.full.load()), static_cast<unsigned long long>(t.half_close.load()),
+      static_cast<unsigned long long>(t.completed.load()),
+      static_cast<unsigned long long>(t.byte_exact.load()), static_cast<unsigned long long>(t.full.load()),
+      static_cast<unsigned long long>(t.half_close.load()),
       static_cast<unsigned long long>(t.resets_injected.load()),
-      static_cast<unsigned long long>(t.killed_failures.load()), static_cast<unsigned long long>(t.refused.load()),
+      static_cast<unsigned long long>(t.killed_failures.load()),
+      static_cast<unsigned long long>(t.refused.load()),
       static_cast<unsigned long long>(t.connect_errors.load()), static_cast<double>(t.bytes.load()) / 1e6,
       static_cast<unsigned long long>(kills), static_cast<unsigned long long>(restarts),
       static_cast<unsigned long long>(reloads), reloads_ok, fds_before, fds_after, rss_before / 1024.0,
@@ -656,7 +678,8 @@ int main(int argc, char** argv) {
     return run_echo_backend(static_cast<uint16_t>(std::atoi(argv[2])), std::atoi(argv[3]));
   }
   if (argc != 1) {
-    std::fprintf(stderr, "usage: soak   (LB_SOAK_SECONDS, LB_SOAK_CLIENTS, LB_SOAK_SEED in the environment)\n");
+    std::fprintf(stderr,
+                 "usage: soak   (LB_SOAK_SECONDS, LB_SOAK_CLIENTS, LB_SOAK_SEED in the environment)\n");
     return 2;
   }
   std::signal(SIGPIPE, SIG_IGN);

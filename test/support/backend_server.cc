@@ -20,9 +20,9 @@ constexpr size_t kEchoHighWater = 1 << 20;
 
 struct TestBackend::Conn {
   Socket sock;
-  std::string in;        // ReadUntilEofThenReply: everything received so far
-  std::string out;       // bytes still to write
-  size_t out_off = 0;    // written prefix of `out`
+  std::string in;      // ReadUntilEofThenReply: everything received so far
+  std::string out;     // bytes still to write
+  size_t out_off = 0;  // written prefix of `out`
   size_t read_total = 0;
   bool peer_eof = false;
   bool close_after_flush = false;
@@ -47,8 +47,8 @@ BackendOptions TestBackend::named(std::string name, std::string host) {
   return o;
 }
 
-BackendOptions TestBackend::read_until_eof_then_reply(
-    std::function<std::string(const std::string&)> reply, std::string host) {
+BackendOptions TestBackend::read_until_eof_then_reply(std::function<std::string(const std::string&)> reply,
+                                                      std::string host) {
   BackendOptions o;
   o.mode = BackendMode::ReadUntilEofThenReply;
   o.reply = std::move(reply);

@@ -53,7 +53,7 @@ struct BackendOptions {
   // ReadUntilEofThenReply; default answers "received <n> bytes\n".
   std::function<std::string(const std::string& received)> reply;
   size_t slow_read_limit = 64 * 1024;  // SlowReader
-  int recv_buffer = 0;  // SO_RCVBUF for accepted sockets (set on the listener); 0 = default
+  int recv_buffer = 0;                 // SO_RCVBUF for accepted sockets (set on the listener); 0 = default
 };
 
 class TestBackend {
@@ -66,8 +66,8 @@ class TestBackend {
   // Shorthands for the common cases.
   static BackendOptions echo(std::string host = "127.0.0.1");
   static BackendOptions named(std::string name, std::string host = "127.0.0.1");
-  static BackendOptions read_until_eof_then_reply(
-      std::function<std::string(const std::string&)> reply = {}, std::string host = "127.0.0.1");
+  static BackendOptions read_until_eof_then_reply(std::function<std::string(const std::string&)> reply = {},
+                                                  std::string host = "127.0.0.1");
   static BackendOptions send_then_close(std::string greeting, std::string host = "127.0.0.1");
   static BackendOptions send_then_half_close(std::string greeting, std::string host = "127.0.0.1");
   static BackendOptions slow_reader(size_t read_limit = 64 * 1024, int recv_buffer = 4096,

@@ -286,8 +286,8 @@ void ChildProcess::kill() {
   wait_exit(in(seconds(30)));
 }
 
-std::optional<std::string> ChildProcess::wait_for_line(const std::regex& re, Deadline deadline,
-                                                       size_t from, size_t* index) {
+std::optional<std::string> ChildProcess::wait_for_line(const std::regex& re, Deadline deadline, size_t from,
+                                                       size_t* index) {
   std::unique_lock<std::mutex> lock(mu_);
   size_t next = from;
   for (;;) {
@@ -408,14 +408,16 @@ std::string proc_net_address(const std::string& hex) {
     // Four bytes in host (little-endian) order.
     unsigned long v = std::strtoul(ip.c_str(), nullptr, 16);
     return std::to_string(v & 0xff) + "." + std::to_string((v >> 8) & 0xff) + "." +
-           std::to_string((v >> 16) & 0xff) + "." + std::to_string((v >> 24) & 0xff) + ":" + std::to_string(port);
+           std::to_string((v >> 16) & 0xff) + "." + std::to_string((v >> 24) & 0xff) + ":" +
+           std::to_string(port);
   }
   return "[" + ip + "]:" + std::to_string(port);
 }
 
 const char* tcp_state_name(unsigned st) {
-  static const char* const names[] = {"?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
-                                      "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING"};
+  static const char* const names[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
+                                      "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
+                                      "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
   return st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
 }
 
@@ -434,8 +436,9 @@ std::string ChildProcess::describe_fds() const {
       std::istringstream in(line);
       std::string slot, local, remote, state, queues, timer, retr, uid, timeout, inode;
       in >> slot >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
-      sockets.emplace_back(inode, proc_net_address(local) + " -> " + proc_net_address(remote) + " " +
-                                      tcp_state_name(static_cast<unsigned>(std::strtoul(state.c_str(), nullptr, 16))));
+      sockets.emplace_back(
+          inode, proc_net_address(local) + " -> " + proc_net_address(remote) + " " +
+                     tcp_state_name(static_cast<unsigned>(std::strtoul(state.c_str(), nullptr, 16))));
     }
   }
   std::string out;
@@ -446,9 +449,8 @@ std::string ChildProcess::describe_fds() const {
     if (e->d_name[0] != '.') names.emplace_back(e->d_name);
   }
   ::closedir(dir);
-  std::sort(names.begin(), names.end(), [](const std::string& a, const std::string& b) {
-    return std::stoi(a) < std::stoi(b);
-  });
+  std::sort(names.begin(), names.end(),
+            [](const std::string& a, const std::string& b) { return std::stoi(a) < std::stoi(b); });
   for (const auto& name : names) {
     char target[256];
     ssize_t n = ::readlink((proc + "/fd/" + name).c_str(), target, sizeof(target) - 1);

@@ -113,8 +113,8 @@ class ChildProcess {
 
   SpawnOptions options_;
   pid_t pid_ = -1;
-  int pidfd_ = -1;     // becomes readable when the child exits
-  int wake_fd_ = -1;   // eventfd that stops the reader thread early
+  int pidfd_ = -1;    // becomes readable when the child exits
+  int wake_fd_ = -1;  // eventfd that stops the reader thread early
   int spawn_error_ = 0;
   bool reaped_ = false;
   std::optional<int> exit_status_;

@@ -89,7 +89,8 @@ HttpResponse exchange_http(const std::string& host, uint16_t port, const std::st
   Reader in(s, deadline);
   size_t header_end = in.find("\r\n\r\n");
   if (header_end == std::string::npos) {
-    r.error = in.eof() ? "connection closed before a complete response head" : "timeout reading response head";
+    r.error =
+        in.eof() ? "connection closed before a complete response head" : "timeout reading response head";
     return r;
   }
   std::string head = in.buf().substr(0, header_end);
@@ -175,8 +176,9 @@ HttpResponse http_request(const std::string& host, uint16_t port, const std::str
                           const std::string& path, const std::string& body, Deadline deadline,
                           const HttpHeaders& extra) {
   std::string host_header = host.find(':') != std::string::npos ? fmt::format("[{}]:{}", host, port)
-                                                                 : fmt::format("{}:{}", host, port);
-  std::string request = fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", method, path, host_header);
+                                                                : fmt::format("{}:{}", host, port);
+  std::string request =
+      fmt::format("{} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", method, path, host_header);
   bool content_type = false;
   for (const auto& [name, value] : extra) {
     request += fmt::format("{}: {}\r\n", name, value);

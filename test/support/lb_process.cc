@@ -1,9 +1,9 @@
 #include "test/support/lb_process.h"
 
+#include <strings.h>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <strings.h>
 #include <exception>
 
 namespace lb::test {

@@ -98,8 +98,8 @@ class LbProcess {
 // (exit_status is then std::nullopt).
 struct LbRun {
   std::optional<int> exit_status;
-  std::string out;  // stdout
-  std::string err;  // stderr
+  std::string out;                // stdout
+  std::string err;                // stderr
   std::vector<OutputLine> lines;  // both, in arrival order
 };
 LbRun run_lb(const std::vector<std::string>& args, Deadline deadline = in(kStartTimeout),

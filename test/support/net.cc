@@ -94,10 +94,14 @@ ssize_t recv_some(int fd, std::string& out, int* err) {
 
 const char* to_string(ReadEnd e) {
   switch (e) {
-    case ReadEnd::Complete: return "complete";
-    case ReadEnd::Eof: return "eof";
-    case ReadEnd::Reset: return "reset";
-    case ReadEnd::Timeout: return "timeout";
+    case ReadEnd::Complete:
+      return "complete";
+    case ReadEnd::Eof:
+      return "eof";
+    case ReadEnd::Reset:
+      return "reset";
+    case ReadEnd::Timeout:
+      return "timeout";
   }
   return "?";
 }
@@ -122,7 +126,8 @@ Socket tcp_connect_start_from(const std::string& source, const std::string& host
   if (!source.empty()) {
     sockaddr_storage src;
     socklen_t src_len;
-    if (!make_sockaddr(source, 0, &src, &src_len) || ::bind(s.fd(), reinterpret_cast<sockaddr*>(&src), src_len) != 0) {
+    if (!make_sockaddr(source, 0, &src, &src_len) ||
+        ::bind(s.fd(), reinterpret_cast<sockaddr*>(&src), src_len) != 0) {
       if (error) *error = errno ? errno : EINVAL;
       return {};
     }

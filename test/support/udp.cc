@@ -85,7 +85,8 @@ std::vector<UdpSwarm::Reply> UdpSwarm::receive(size_t want, Deadline deadline) {
           in_pktinfo pi;
           std::memcpy(&pi, CMSG_DATA(c), sizeof pi);
           uint32_t off = ntohl(pi.ipi_addr.s_addr) - first_;
-          if (off < per_socket_) out.push_back(Reply{k * per_socket_ + off, buf.substr(0, static_cast<size_t>(n))});
+          if (off < per_socket_)
+            out.push_back(Reply{k * per_socket_ + off, buf.substr(0, static_cast<size_t>(n))});
         }
       }
     }

@@ -127,7 +127,6 @@ class UdpEcho {
   std::thread thread_;
 };
 
-
 // Value of the sample `series` (name{labels}) in a /metrics body.
 inline std::optional<double> metric(uint16_t admin_port, const std::string& series) {
   auto r = http_get(admin_port, "/metrics");
@@ -141,8 +140,8 @@ inline std::optional<double> metric(uint16_t admin_port, const std::string& seri
 }
 
 inline std::string udp_config(const std::string& listener_extra, const std::string& pool_extra,
-                       const std::vector<std::string>& backends, unsigned workers = 1,
-                       const std::string& bind = "127.0.0.1:0", const std::string& global_extra = "") {
+                              const std::vector<std::string>& backends, unsigned workers = 1,
+                              const std::string& bind = "127.0.0.1:0", const std::string& global_extra = "") {
   // global_extra goes into [global]; it may set access_log itself.
   std::string g = global_section(workers);
   if (!global_extra.empty()) {
@@ -151,12 +150,11 @@ inline std::string udp_config(const std::string& listener_extra, const std::stri
     if (global_extra.find("access_log") == std::string::npos) repl += off;
     g.replace(g.find(off), off.size(), repl);
   }
-  std::string c = g + "[[listener]]\nname = \"udp\"\nprotocol = \"udp\"\nbind = \"" + bind + "\"\npool = \"p\"\n" +
-                  listener_extra + "\n[[pool]]\nname = \"p\"\n" + pool_extra + "\n";
+  std::string c = g + "[[listener]]\nname = \"udp\"\nprotocol = \"udp\"\nbind = \"" + bind +
+                  "\"\npool = \"p\"\n" + listener_extra + "\n[[pool]]\nname = \"p\"\n" + pool_extra + "\n";
   for (auto& b : backends) c += "[[pool.backend]]\naddress = \"" + b + "\"\n";
   return c;
 }
-
 
 // Many UDP client endpoints (source address, port) on few sockets: socket k
 // is bound to 0.0.0.0:P_k and sends from any of `sources` (loopback
@@ -186,7 +184,7 @@ class UdpSwarm {
  private:
   size_t endpoints_;
   size_t per_socket_;
-  uint32_t first_;   // host order
+  uint32_t first_;  // host order
   std::vector<int> fds_;
   bool ok_ = true;
 };

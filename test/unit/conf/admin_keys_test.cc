@@ -93,7 +93,8 @@ TEST_CASE("[admin] api_token_file: missing, empty or blank first line is an erro
   TokenFile empty("");
   TokenFile blank("   \nsecond\n");
   TokenFile control("to\x01k\n");
-  for (const std::string& path : {empty.path, blank.path, control.path, std::string("/nonexistent/lb-token")}) {
+  for (const std::string& path :
+       {empty.path, blank.path, control.path, std::string("/nonexistent/lb-token")}) {
     auto r = load_admin("api_token_file = \"" + path + "\"");
     INFO(path << "\n" << errors(r));
     CHECK_FALSE(r.ok());

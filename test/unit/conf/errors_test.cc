@@ -28,9 +28,7 @@ struct Expected {
   std::string message;
 
   bool operator<(const Expected& o) const {
-    auto key = [](const Expected& e) {
-      return std::tuple(e.line > 0 ? e.line : INT_MAX, e.col, e.message);
-    };
+    auto key = [](const Expected& e) { return std::tuple(e.line > 0 ? e.line : INT_MAX, e.col, e.message); };
     return key(*this) < key(o);
   }
 };
@@ -88,10 +86,8 @@ void check_fixture(const std::string& name) {
   // Report the difference, not two long lists.
   std::vector<Expected> missing;
   std::vector<Expected> unexpected;
-  std::set_difference(want.begin(), want.end(), got.begin(), got.end(),
-                      std::back_inserter(missing));
-  std::set_difference(got.begin(), got.end(), want.begin(), want.end(),
-                      std::back_inserter(unexpected));
+  std::set_difference(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(missing));
+  std::set_difference(got.begin(), got.end(), want.begin(), want.end(), std::back_inserter(unexpected));
   INFO("fixture: " << path);
   for (const auto& e : missing) {
     UNSCOPED_INFO("expected but not reported: " << render(e));
@@ -120,13 +116,9 @@ TEST_CASE("durations: bare numbers, bad syntax, zero where it cannot work", "[co
   check_fixture("durations.toml");
 }
 
-TEST_CASE("ports out of range; port 0 only where lb binds", "[conf][errors]") {
-  check_fixture("ports.toml");
-}
+TEST_CASE("ports out of range; port 0 only where lb binds", "[conf][errors]") { check_fixture("ports.toml"); }
 
-TEST_CASE("malformed IP addresses and host names", "[conf][errors]") {
-  check_fixture("addresses.toml");
-}
+TEST_CASE("malformed IP addresses and host names", "[conf][errors]") { check_fixture("addresses.toml"); }
 
 TEST_CASE("malformed CIDRs in allow and deny", "[conf][errors]") { check_fixture("cidrs.toml"); }
 
@@ -153,12 +145,8 @@ TEST_CASE("one bind address for two listeners of one protocol", "[conf][errors]"
   check_fixture("binds.toml");
 }
 
-TEST_CASE("missing required keys point at their table", "[conf][errors]") {
-  check_fixture("required.toml");
-}
+TEST_CASE("missing required keys point at their table", "[conf][errors]") { check_fixture("required.toml"); }
 
-TEST_CASE("sections written with the wrong brackets", "[conf][errors]") {
-  check_fixture("structure.toml");
-}
+TEST_CASE("sections written with the wrong brackets", "[conf][errors]") { check_fixture("structure.toml"); }
 
 TEST_CASE("strings with a required shape", "[conf][errors]") { check_fixture("strings.toml"); }

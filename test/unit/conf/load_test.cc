@@ -20,9 +20,7 @@ using std::chrono::seconds;
 
 namespace {
 
-std::string data_path(const std::string& name) {
-  return std::string(LB_TEST_DATA_DIR) + "/conf/" + name;
-}
+std::string data_path(const std::string& name) { return std::string(LB_TEST_DATA_DIR) + "/conf/" + name; }
 
 std::string errors_text(const LoadResult& r) {
   std::string out;
@@ -482,10 +480,9 @@ TEST_CASE("backend host names: resolved at load, failure names the host", "[conf
     ResolverGuard guard(resolve_nothing);
     LoadResult r = load_string(kHostBackend, "lb.toml");
     REQUIRE(r.errors.size() == 1);
-    CHECK(
-        r.errors[0].str() ==
-        R"(lb.toml:10:11: error: pool "web" backend "db.internal:5432": address "db.internal:5432": )"
-        R"(cannot resolve host "db.internal": Name or service not known)");
+    CHECK(r.errors[0].str() ==
+          R"(lb.toml:10:11: error: pool "web" backend "db.internal:5432": address "db.internal:5432": )"
+          R"(cannot resolve host "db.internal": Name or service not known)");
   }
   SECTION("success") {
     ResolverGuard guard(resolve_to_test_net);

@@ -81,8 +81,7 @@ TEST_CASE("parse_duration_detailed says why", "[conf][duration]") {
   CHECK(parse_duration_detailed("-2s").error == "must not be negative");
   CHECK(parse_duration_detailed("1.5s").error ==
         R"(fractions are not supported; use a smaller unit, e.g. "1500ms" for 1.5s)");
-  CHECK(parse_duration_detailed("x").error ==
-        R"(expected a duration such as "250ms", "2s", "5m" or "1h")");
+  CHECK(parse_duration_detailed("x").error == R"(expected a duration such as "250ms", "2s", "5m" or "1h")");
   CHECK(parse_duration_detailed("2562047788015216h").error == "too large");
   CHECK(parse_duration_detailed("2s").error.empty());
 }
@@ -210,24 +209,21 @@ TEST_CASE("host names resolve for backends only", "[conf][endpoint]") {
   CHECK(ok.value->to_string() == "192.0.2.7:5432");
   CHECK(ok.value->port() == 5432);
 
-  auto missing =
-      parse_endpoint_detailed("nosuch.internal:5432", PortRule::NonZero, HostRule::AllowHostname);
+  auto missing = parse_endpoint_detailed("nosuch.internal:5432", PortRule::NonZero, HostRule::AllowHostname);
   CHECK_FALSE(missing.value);
   CHECK(missing.error == R"(cannot resolve host "nosuch.internal": Name or service not known)");
 
   auto ip_only = parse_endpoint_detailed("db.internal:5432", PortRule::NonZero, HostRule::IpOnly);
   CHECK_FALSE(ip_only.value);
-  CHECK(ip_only.error ==
-        R"(invalid IP address "db.internal" (host names are accepted only for backends))");
+  CHECK(ip_only.error == R"(invalid IP address "db.internal" (host names are accepted only for backends))");
 
   // Digits and dots are a mistyped IPv4 address, never looked up.
-  CHECK(
-      parse_endpoint_detailed("10.0.0.256:80", PortRule::NonZero, HostRule::AllowHostname).error ==
-      R"(invalid IP address "10.0.0.256")");
+  CHECK(parse_endpoint_detailed("10.0.0.256:80", PortRule::NonZero, HostRule::AllowHostname).error ==
+        R"(invalid IP address "10.0.0.256")");
   CHECK(parse_endpoint_detailed("-db:80", PortRule::NonZero, HostRule::AllowHostname).error ==
         R"(invalid host name "-db")");
-  CHECK(parse_endpoint_detailed("db..internal:80", PortRule::NonZero, HostRule::AllowHostname)
-            .error == R"(invalid host name "db..internal")");
+  CHECK(parse_endpoint_detailed("db..internal:80", PortRule::NonZero, HostRule::AllowHostname).error ==
+        R"(invalid host name "db..internal")");
 }
 
 TEST_CASE("localhost resolves through the real resolver", "[conf][endpoint]") {
@@ -297,8 +293,8 @@ TEST_CASE("parse_cidr zeroes host bits; the file refuses them", "[conf][cidr]") 
 
 TEST_CASE("parse_cidr refuses malformed prefixes", "[conf][cidr]") {
   for (const char* bad :
-       {"", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/8/8", "10.0.0.0/x",
-        "10.0.0/8", "::/129", "[::1]/128", "example.com/32", "10.0.0.0 /8", "10.0.0.0/ 8"}) {
+       {"", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/8/8", "10.0.0.0/x", "10.0.0/8",
+        "::/129", "[::1]/128", "example.com/32", "10.0.0.0 /8", "10.0.0.0/ 8"}) {
     INFO("input: \"" << bad << "\"");
     CHECK_FALSE(parse_cidr(bad).has_value());
   }
@@ -334,8 +330,7 @@ TEST_CASE("quote escapes what would break a message line", "[conf][diagnostic]")
 }
 
 TEST_CASE("suggestion finds near misses only", "[conf][diagnostic]") {
-  const std::vector<std::string> keys = {"idle_timeout", "connect_timeout", "name", "pool",
-                                         "weight"};
+  const std::vector<std::string> keys = {"idle_timeout", "connect_timeout", "name", "pool", "weight"};
   CHECK(suggestion("idle_timout", keys) == "idle_timeout");
   CHECK(suggestion("wieght", keys) == "weight");  // a swap counts as one edit
   CHECK(suggestion("Name", keys) == "name");

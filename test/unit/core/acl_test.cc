@@ -164,8 +164,7 @@ TEST_CASE("PrefixSet agrees with a brute-force reference", "[acl]") {
   for (int round = 0; round < 40; ++round) {
     std::vector<Cidr> cidrs;
     size_t n = 1 + rng.below(60);
-    for (size_t i = 0; i < n; ++i)
-      cidrs.push_back(random_cidr(rng, rng.below(2) ? AF_INET : AF_INET6));
+    for (size_t i = 0; i < n; ++i) cidrs.push_back(random_cidr(rng, rng.below(2) ? AF_INET : AF_INET6));
     PrefixSet set(cidrs);
     REQUIRE(set.range_count() <= cidrs.size());
     REQUIRE_FALSE(set.empty());
@@ -224,20 +223,16 @@ TEST_CASE("PrefixSet agrees with a brute-force reference", "[acl]") {
 TEST_CASE("PrefixSet merges overlapping and adjacent prefixes", "[acl]") {
   CHECK(PrefixSet({cidr("10.0.0.0/9"), cidr("10.128.0.0/9")}).range_count() == 1);
   CHECK(PrefixSet({cidr("10.128.0.0/9"), cidr("10.0.0.0/9")}).range_count() == 1);
-  CHECK(PrefixSet({cidr("10.0.0.0/8"), cidr("10.1.0.0/16"), cidr("10.1.2.3/32")}).range_count() ==
-        1);
+  CHECK(PrefixSet({cidr("10.0.0.0/8"), cidr("10.1.0.0/16"), cidr("10.1.2.3/32")}).range_count() == 1);
   CHECK(PrefixSet({cidr("10.1.0.0/16"), cidr("10.0.0.0/8")}).range_count() == 1);
   CHECK(PrefixSet({cidr("10.0.0.0/24"), cidr("10.0.2.0/24")}).range_count() == 2);
-  CHECK(PrefixSet({cidr("10.0.0.0/24"), cidr("10.0.2.0/24"), cidr("10.0.1.0/24")}).range_count() ==
-        1);
+  CHECK(PrefixSet({cidr("10.0.0.0/24"), cidr("10.0.2.0/24"), cidr("10.0.1.0/24")}).range_count() == 1);
   CHECK(PrefixSet({cidr("192.0.2.1/32"), cidr("192.0.2.1/32")}).range_count() == 1);
   // The top of the space: last + 1 would wrap.
   CHECK(PrefixSet({cidr("255.255.255.254/32"), cidr("255.255.255.255/32")}).range_count() == 1);
-  CHECK(PrefixSet({cidr("0.0.0.0/0"), cidr("255.255.255.255/32"), cidr("1.2.3.0/24")})
-            .range_count() == 1);
+  CHECK(PrefixSet({cidr("0.0.0.0/0"), cidr("255.255.255.255/32"), cidr("1.2.3.0/24")}).range_count() == 1);
   CHECK(PrefixSet({cidr("2001:db8::/33"), cidr("2001:db8:8000::/33")}).range_count() == 1);
-  CHECK(PrefixSet({cidr("::/0"), cidr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")})
-            .range_count() == 1);
+  CHECK(PrefixSet({cidr("::/0"), cidr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")}).range_count() == 1);
   CHECK(PrefixSet({cidr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/128"),
                    cidr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")})
             .range_count() == 1);

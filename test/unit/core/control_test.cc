@@ -172,7 +172,8 @@ TEST_CASE("a reload changing weight, backup and max_connections keeps the Backen
   auto b = p1[0].backends[0];  // id "b"
   b->active = 3;
   std::string changed = kTwoPools;
-  changed.replace(changed.find("id = \"b\"\n"), 8, "id = \"b\"\nweight = 7\nmax_connections = 4\nbackup = true\n");
+  changed.replace(changed.find("id = \"b\"\n"), 8,
+                  "id = \"b\"\nweight = 7\nmax_connections = 4\nbackup = true\n");
   auto p2 = cp.apply(load(changed));
   CHECK(p2[0].backends[0] == b);
   CHECK(b->active == 3);
@@ -258,8 +259,8 @@ weight = 3
   cp.set_health(b, false);
   cp.set_health(b, true);
   auto w0 = weights();
-  CHECK(w0["a"] == 300);      // everyone scaled while a ramp runs
-  CHECK(w0["b"] < 300 / 4);   // just recovered
+  CHECK(w0["a"] == 300);     // everyone scaled while a ramp runs
+  CHECK(w0["b"] < 300 / 4);  // just recovered
   CHECK(w0["b"] >= 1);
   // b's share relative to a only grows.
   auto share = [&] {
@@ -422,7 +423,8 @@ TEST_CASE("slow start rebuilds only the ramping pool", "[control][publish][slow_
   CHECK(cp.current() == end);
 }
 
-TEST_CASE("round robin follows a slow-start ramp at one connection per tick", "[control][publish][slow_start]") {
+TEST_CASE("round robin follows a slow-start ramp at one connection per tick",
+          "[control][publish][slow_start]") {
   // Weights 1 and 1; "b" recovers and ramps over 30s. At one connection per
   // 250 ms tick, b's share must follow its ramping weight: the expected
   // count is the sum over ticks of w_b / (w_a + w_b). Restarting the cycle

@@ -2,9 +2,9 @@
 // with a well-mixed hash and with a deliberately terrible one (long probe
 // runs that wrap around the end of the array: the hard case for
 // backward-shift deletion).
-#include <catch2/catch.hpp>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <catch2/catch.hpp>
 
 #include <cstdint>
 #include <random>

@@ -40,7 +40,8 @@ size_t pipe_max_size() {
 
 }  // namespace
 
-TEST_CASE("pipe pool hands out non-blocking close-on-exec pipes of the configured size", "[splice][pipe_pool]") {
+TEST_CASE("pipe pool hands out non-blocking close-on-exec pipes of the configured size",
+          "[splice][pipe_pool]") {
   const int before = open_fds();
   {
     PipePool pool;  // 256 KiB default
@@ -158,8 +159,8 @@ TEST_CASE("pipe pool falls back silently when the kernel refuses the size", "[sp
     PipePool pool(max * 4);
     Pipe a, b;
     if (pool.acquire(&a) != 0) _exit(12);
-    if (a.capacity == 0 || a.capacity > max) _exit(13);       // fell back to what is allowed
-    if (pool.pipe_size() > max) _exit(14);                    // and remembers it
+    if (a.capacity == 0 || a.capacity > max) _exit(13);  // fell back to what is allowed
+    if (pool.pipe_size() > max) _exit(14);               // and remembers it
     if (pool.acquire(&b) != 0 || b.capacity != a.capacity) _exit(15);
     if (static_cast<size_t>(fcntl(a.wr, F_GETPIPE_SZ)) != a.capacity) _exit(16);
     pool.release(&a, 0);
@@ -231,7 +232,7 @@ TEST_CASE("pipe pool: a spent pipe quota gives no small pipes, and full size aga
       if (p.capacity < PipePool::kDefaultMinSize) _exit(11);  // a pipe too small to be of use
       held.push_back(p);
     }
-    if (rc != -ENOBUFS) _exit(12);           // ran out, and said so
+    if (rc != -ENOBUFS) _exit(12);  // ran out, and said so
     if (held.empty()) _exit(13);
     if (pool.pipe_size() < PipePool::kDefaultMinSize) _exit(14);
     // Failing now costs no syscalls: nothing is created.

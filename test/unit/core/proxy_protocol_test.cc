@@ -260,7 +260,8 @@ TEST_CASE("proxy v2 LOCAL and unknown-origin headers", "[proxy]") {
     sockaddr_un un{};
     un.sun_family = AF_UNIX;
     auto d = sa("198.51.100.2", 443);
-    for (const sockaddr* src : {static_cast<const sockaddr*>(nullptr), reinterpret_cast<const sockaddr*>(&un)}) {
+    for (const sockaddr* src :
+         {static_cast<const sockaddr*>(nullptr), reinterpret_cast<const sockaddr*>(&un)}) {
       size_t n = pp::write_v2(src, sp(d), false, buf, sizeof(buf));
       REQUIRE(n == 16);
       CHECK(to_hex(buf, n) == std::string(kSigHex) + "21000000");
@@ -303,11 +304,10 @@ TEST_CASE("proxy mixed families are written as v4-mapped IPv6", "[proxy]") {
   CHECK(v1_bytes(v4, v6) == from_str("PROXY TCP6 ::ffff:192.0.2.1 2001:db8::2 5000 443\r\n"));
   CHECK(v1_bytes(v6, v4) == from_str("PROXY TCP6 2001:db8::2 ::ffff:192.0.2.1 443 5000\r\n"));
   CHECK(to_hex(v2_bytes(v4, v6, false)) ==
-        to_hex(from_hex(std::string(kSigHex) +
-                        "21 21 0024"
-                        " 00000000000000000000ffffc0000201"
-                        " 20010db8000000000000000000000002"
-                        " 1388 01bb")));
+        to_hex(from_hex(std::string(kSigHex) + "21 21 0024"
+                                               " 00000000000000000000ffffc0000201"
+                                               " 20010db8000000000000000000000002"
+                                               " 1388 01bb")));
 
   // The receiver leaves the mapped address as it is.
   for (const Bytes& b : {v1_bytes(v4, v6), v2_bytes(v4, v6, false)}) {
@@ -338,9 +338,12 @@ TEST_CASE("proxy writers respect cap and kMaxWrittenHeader suffices", "[proxy]")
   auto v4a = sa("255.255.255.255", 65535);
   auto v4b = sa("255.255.255.254", 65534);
   const std::vector<Case> cases = {
-      {"v1 tcp6", n1, [&](uint8_t* o, size_t c) { return pp::write_v1(sp(s), sp(d), reinterpret_cast<char*>(o), c); }},
-      {"v1 tcp4", 56, [&](uint8_t* o, size_t c) { return pp::write_v1(sp(v4a), sp(v4b), reinterpret_cast<char*>(o), c); }},
-      {"v1 unknown", 15, [&](uint8_t* o, size_t c) { return pp::write_v1(nullptr, nullptr, reinterpret_cast<char*>(o), c); }},
+      {"v1 tcp6", n1,
+       [&](uint8_t* o, size_t c) { return pp::write_v1(sp(s), sp(d), reinterpret_cast<char*>(o), c); }},
+      {"v1 tcp4", 56,
+       [&](uint8_t* o, size_t c) { return pp::write_v1(sp(v4a), sp(v4b), reinterpret_cast<char*>(o), c); }},
+      {"v1 unknown", 15,
+       [&](uint8_t* o, size_t c) { return pp::write_v1(nullptr, nullptr, reinterpret_cast<char*>(o), c); }},
       {"v2 ipv4", 28, [&](uint8_t* o, size_t c) { return pp::write_v2(sp(v4a), sp(v4b), false, o, c); }},
       {"v2 ipv6", 52, [&](uint8_t* o, size_t c) { return pp::write_v2(sp(s), sp(d), true, o, c); }},
       {"v2 unspec", 16, [&](uint8_t* o, size_t c) { return pp::write_v2(nullptr, sp(d), true, o, c); }},
@@ -575,8 +578,8 @@ TEST_CASE("proxy malformed headers are Invalid with a precise reason", "[proxy]"
       {"IPv6 zone id", from_str("PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n"), "bad v1 address"},
       {"IPv6 bracketed", from_str("PROXY TCP6 [::1] ::1 1 2\r\n"), "bad v1 address"},
       {"IPv6 two ::", from_str("PROXY TCP6 1::2::3 ::1 1 2\r\n"), "bad v1 address"},
-      {"IPv6 token over 45 chars", from_str("PROXY TCP6 1111:2222:3333:4444:5555:6666:7777:8888:9999:0 ::1 1 2\r\n"),
-       "bad v1 address"},
+      {"IPv6 token over 45 chars",
+       from_str("PROXY TCP6 1111:2222:3333:4444:5555:6666:7777:8888:9999:0 ::1 1 2\r\n"), "bad v1 address"},
       {"port 65536", from_str("PROXY TCP4 1.2.3.4 5.6.7.8 65536 443\r\n"), "bad v1 port"},
       {"port 99999", from_str("PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n"), "bad v1 port"},
       {"port six digits", from_str("PROXY TCP4 1.2.3.4 5.6.7.8 100000 2\r\n"), "bad v1 port"},
@@ -695,7 +698,9 @@ TEST_CASE("proxy v1 accepts the spec's edge values", "[proxy]") {
     CHECK(describe(r.header.dst) == c.dst);
   }
   // The longest legal v1 line (107 bytes) is accepted.
-  std::string longest = "PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
+  std::string longest =
+      "PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 "
+      "65535\r\n";
   REQUIRE(longest.size() == 107);
   auto r = parse(from_str(longest));
   REQUIRE(r.status == pp::Status::Done);
@@ -731,7 +736,8 @@ TEST_CASE("proxy parser survives 100000 random and mutated buffers", "[proxy]") 
       }
       case 1: {  // a valid header with a few bytes flipped, maybe truncated or extended
         b = seeds[rng.below(static_cast<uint32_t>(seeds.size()))];
-        for (uint32_t k = rng.below(4); k > 0; --k) b[rng.below(static_cast<uint32_t>(b.size()))] = rng.byte();
+        for (uint32_t k = rng.below(4); k > 0; --k)
+          b[rng.below(static_cast<uint32_t>(b.size()))] = rng.byte();
         if (rng.below(3) == 0) b.resize(rng.below(static_cast<uint32_t>(b.size()) + 1));
         for (uint32_t k = rng.below(3) == 0 ? rng.below(40) : 0; k > 0; --k) b.push_back(rng.byte());
         break;
@@ -749,7 +755,8 @@ TEST_CASE("proxy parser survives 100000 random and mutated buffers", "[proxy]") 
       }
       case 3: {  // v1-shaped text
         b = from_str(rng.below(2) ? "PROXY TCP4 " : rng.below(2) ? "PROXY TCP6 " : "PROXY ");
-        for (uint32_t k = rng.below(110); k > 0; --k) b.push_back(static_cast<uint8_t>(kV1Alphabet[rng.below(sizeof(kV1Alphabet) - 1)]));
+        for (uint32_t k = rng.below(110); k > 0; --k)
+          b.push_back(static_cast<uint8_t>(kV1Alphabet[rng.below(sizeof(kV1Alphabet) - 1)]));
         if (rng.below(2)) b.insert(b.end(), {'\r', '\n'});
         break;
       }
@@ -811,7 +818,8 @@ TEST_CASE("proxy parser survives 100000 random and mutated buffers", "[proxy]") 
         REQUIRE(same_endpoint(exact.header.dst, r.header.dst));
         // Whatever we accepted, we can write back and read again.
         const bool v1 = b[0] == 'P';
-        Bytes out = v1 ? v1_bytes(r.header.src, r.header.dst) : v2_bytes(r.header.src, r.header.dst, r.header.dgram);
+        Bytes out =
+            v1 ? v1_bytes(r.header.src, r.header.dst) : v2_bytes(r.header.src, r.header.dst, r.header.dgram);
         auto back = parse(out);
         REQUIRE(back.status == pp::Status::Done);
         REQUIRE(same_endpoint(back.header.src, r.header.src));
@@ -830,7 +838,8 @@ TEST_CASE("proxy parser survives 100000 random and mutated buffers", "[proxy]") 
     }
   }
   // The generator must reach every outcome often, or the test proves little.
-  INFO("NeedMore " << counts[0] << " Done " << counts[1] << " Invalid " << counts[2] << " with addresses " << remote);
+  INFO("NeedMore " << counts[0] << " Done " << counts[1] << " Invalid " << counts[2] << " with addresses "
+                   << remote);
   CHECK(counts[0] > 2000);
   CHECK(counts[1] > 2000);
   CHECK(counts[2] > 20000);

@@ -38,7 +38,7 @@ int accepted_nodelay(bool listener_nodelay) {
   REQUIRE(c >= 0);
   REQUIRE(::connect(c, reinterpret_cast<sockaddr*>(&bound), blen) == 0);
   int s = -1;
-  for (int i = 0; i < 1000 && s < 0; ++i) {   // the listener is non-blocking
+  for (int i = 0; i < 1000 && s < 0; ++i) {  // the listener is non-blocking
     s = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC);
     if (s < 0) REQUIRE(errno == EAGAIN);
     if (s < 0) ::usleep(1000);

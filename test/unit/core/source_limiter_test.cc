@@ -119,8 +119,7 @@ TEST_CASE("SourceLimiter keys on the IPv4 address or the IPv6 /64 only", "[sourc
     CHECK(lim.tracked_sources() == 0);
   }
   SECTION("same IP on different ports is counted together") {
-    Addr p1 = ip("198.51.100.7", 1111), p2 = ip("198.51.100.7", 2222),
-         p3 = ip("198.51.100.7", 3333);
+    Addr p1 = ip("198.51.100.7", 1111), p2 = ip("198.51.100.7", 2222), p3 = ip("198.51.100.7", 3333);
     REQUIRE(lim.try_acquire(p1.sa(), 2));
     REQUIRE(lim.try_acquire(p2.sa(), 2));
     CHECK_FALSE(lim.try_acquire(p3.sa(), 2));

@@ -256,7 +256,8 @@ struct Rig {
     REQUIRE(uv_loop_init(&loop) == 0);
     tick = new uv_timer_t;
     uv_timer_init(&loop, tick);
-    uv_timer_start(tick, [](uv_timer_t*) {}, 5, 5);
+    uv_timer_start(
+        tick, [](uv_timer_t*) {}, 5, 5);
   }
   ~Rig() {
     if (!loop_closed) teardown();
@@ -509,11 +510,10 @@ TEST_CASE("splice relay backpressure: a destination that does not read stops the
     // What can sit between the sender and a non-reading receiver: the four
     // socket buffers on the path (as the kernel reports them, already
     // doubled) plus the relay's pipe (high-water mark).
-    const size_t buffers =
-        static_cast<size_t>(sockopt_int(rig.client.fd, SO_SNDBUF)) +
-        static_cast<size_t>(sockopt_int(rig.relay_client_fd, SO_RCVBUF)) +
-        static_cast<size_t>(sockopt_int(rig.relay_backend_fd, SO_SNDBUF)) +
-        static_cast<size_t>(sockopt_int(rig.backend.fd, SO_RCVBUF));
+    const size_t buffers = static_cast<size_t>(sockopt_int(rig.client.fd, SO_SNDBUF)) +
+                           static_cast<size_t>(sockopt_int(rig.relay_client_fd, SO_RCVBUF)) +
+                           static_cast<size_t>(sockopt_int(rig.relay_backend_fd, SO_SNDBUF)) +
+                           static_cast<size_t>(sockopt_int(rig.backend.fd, SO_RCVBUF));
     const size_t bound = buffers + lb::core::Direction::kHighWater;
     const std::string data = payload(16 << 20, 7);
     REQUIRE(data.size() > 4 * bound);
@@ -590,9 +590,8 @@ TEST_CASE("splice relays on one pool share its pipes", "[splice]") {
     c2.open(&rig.loop, c_outer);
     b2.open(&rig.loop, b_outer);
     bool closed2 = false;
-    static const SpliceRelay::Handler h2 = {
-        [](void*, bool, size_t) {}, [](void*, SpliceResult, bool) {},
-        [](void* ctx) { *static_cast<bool*>(ctx) = true; }};
+    static const SpliceRelay::Handler h2 = {[](void*, bool, size_t) {}, [](void*, SpliceResult, bool) {},
+                                            [](void* ctx) { *static_cast<bool*>(ctx) = true; }};
     auto* relay2 = new SpliceRelay(&rig.loop, rig.pool, c_inner, b_inner, &h2, &closed2);
     REQUIRE(relay2->start() == 0);
     const std::string a = payload(1 << 20, 8), b = payload(1 << 20, 9);
@@ -708,12 +707,14 @@ TEST_CASE("splice relay reports Unsupported and hands the fds back untouched", "
     REQUIRE(rig.run_until([&] { return rig.backend.received == 10; }));
     CHECK(rig.backend.in == "to backend");
     std::string got;
-    REQUIRE(rig.run_until([&] {
-      char buf[64];
-      ssize_t n = ::recv(b, buf, sizeof buf, 0);
-      if (n > 0) got.append(buf, static_cast<size_t>(n));
-      return got.size() >= 12;
-    }, in(seconds(5))));
+    REQUIRE(rig.run_until(
+        [&] {
+          char buf[64];
+          ssize_t n = ::recv(b, buf, sizeof buf, 0);
+          if (n > 0) got.append(buf, static_cast<size_t>(n));
+          return got.size() >= 12;
+        },
+        in(seconds(5))));
     CHECK(got == "from backend");
     CHECK_FALSE(rig.backend.ended());
     ::close(c);
@@ -773,12 +774,14 @@ TEST_CASE("splice relay without a pipe hands the connection back, even after byt
     // The second message is still unread on the relay's client socket, and
     // the backend connection is open: a copy path can carry on exactly.
     std::string got;
-    REQUIRE(rig.run_until([&] {
-      char buf[64 * 1024];
-      ssize_t n = ::recv(c, buf, sizeof buf, 0);
-      if (n > 0) got.append(buf, static_cast<size_t>(n));
-      return got.size() >= second.size();
-    }, in(seconds(5))));
+    REQUIRE(rig.run_until(
+        [&] {
+          char buf[64 * 1024];
+          ssize_t n = ::recv(c, buf, sizeof buf, 0);
+          if (n > 0) got.append(buf, static_cast<size_t>(n));
+          return got.size() >= second.size();
+        },
+        in(seconds(5))));
     CHECK(got == second);
     REQUIRE(::send(b, "more", 4, MSG_NOSIGNAL) == 4);
     REQUIRE(rig.run_until([&] { return rig.backend.received == first.size() + 4; }));
@@ -857,7 +860,8 @@ struct CopyRelay {
   }
   void close() {
     for (uv_poll_t* p : {psrc, pdst})
-      uv_close(reinterpret_cast<uv_handle_t*>(p), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+      uv_close(reinterpret_cast<uv_handle_t*>(p),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
     ::close(src);
     ::close(dst);
   }
@@ -915,7 +919,8 @@ Figures measure(bool use_splice, size_t total) {
   // must come back to look even when it has no more events.
   auto* tick = new uv_timer_t;
   uv_timer_init(&loop, tick);
-  uv_timer_start(tick, [](uv_timer_t*) {}, 1, 1);
+  uv_timer_start(
+      tick, [](uv_timer_t*) {}, 1, 1);
   auto t0 = std::chrono::steady_clock::now();
   const double cpu0 = thread_cpu_seconds();
   SpliceRelay* relay = nullptr;
@@ -940,7 +945,8 @@ Figures measure(bool use_splice, size_t total) {
   } else {
     copy.close();
   }
-  uv_close(reinterpret_cast<uv_handle_t*>(tick), [](uv_handle_t* t) { delete reinterpret_cast<uv_timer_t*>(t); });
+  uv_close(reinterpret_cast<uv_handle_t*>(tick),
+           [](uv_handle_t* t) { delete reinterpret_cast<uv_timer_t*>(t); });
   sender.join();
   ::shutdown(b_outer, SHUT_RDWR);
   receiver.join();
@@ -958,10 +964,11 @@ TEST_CASE("splice vs copy throughput (200 MB, one direction)", "[.][splice-bench
   const size_t total = 200u << 20;
   const Figures copy = measure(false, total);
   const Figures splice = measure(true, total);
-  std::printf("relay 200 MB over loopback: copy loop %.0f MB/s (relay CPU %.2f s), "
-              "splice %.0f MB/s (relay CPU %.2f s): x%.2f throughput\n",
-              copy.bytes_per_s / 1e6, copy.relay_cpu_s, splice.bytes_per_s / 1e6,
-              splice.relay_cpu_s, copy.bytes_per_s > 0 ? splice.bytes_per_s / copy.bytes_per_s : 0.0);
+  std::printf(
+      "relay 200 MB over loopback: copy loop %.0f MB/s (relay CPU %.2f s), "
+      "splice %.0f MB/s (relay CPU %.2f s): x%.2f throughput\n",
+      copy.bytes_per_s / 1e6, copy.relay_cpu_s, splice.bytes_per_s / 1e6, splice.relay_cpu_s,
+      copy.bytes_per_s > 0 ? splice.bytes_per_s / copy.bytes_per_s : 0.0);
   CHECK(copy.bytes_per_s > 0);
   CHECK(splice.bytes_per_s > 0);
 }

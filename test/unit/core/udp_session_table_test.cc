@@ -36,12 +36,14 @@ TEST_CASE("PeerKey round-trips IPv4 and IPv6 socket addresses", "[udp][session_t
   CHECK(addr_len(back) == sizeof(sockaddr_in));
 }
 
-TEST_CASE("each session table has its own random seed, so slots differ between processes", "[udp][session_table]") {
+TEST_CASE("each session table has its own random seed, so slots differ between processes",
+          "[udp][session_table]") {
   SessionTable<int> t1, t2;
   CHECK(t1.seed() != t2.seed());
   SeededHash h1{t1.seed()}, h2{t2.seed()};
   int same = 0;
-  for (uint16_t p = 0; p < 64; ++p) same += (h1(key(0x7f000001, p)) & 1023) == (h2(key(0x7f000001, p)) & 1023);
+  for (uint16_t p = 0; p < 64; ++p)
+    same += (h1(key(0x7f000001, p)) & 1023) == (h2(key(0x7f000001, p)) & 1023);
   CHECK(same < 8);
 }
 
@@ -75,4 +77,3 @@ TEST_CASE("PendingQueue keeps order and destination, bounded in bytes", "[udp][b
   CHECK(q.bytes() == 0);
   CHECK(q.push(to, 0, nullptr, 0, "a", 1));
 }
-

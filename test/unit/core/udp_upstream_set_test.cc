@@ -76,7 +76,9 @@ struct Recorder final : UpstreamSet::Handler {
     return buf.data();
   }
   void reply_slots_taken(unsigned n) override { used = n; }
-  void upstream_reply(void* owner, char* data, size_t len) override { replies[owner].emplace_back(data, len); }
+  void upstream_reply(void* owner, char* data, size_t len) override {
+    replies[owner].emplace_back(data, len);
+  }
   void upstream_error(void* owner, int err) override { errors[owner] = err; }
 };
 
@@ -102,7 +104,8 @@ void send_one(UpstreamSet& set, const Route& r, const sockaddr_storage& to, cons
 
 }  // namespace
 
-TEST_CASE("UpstreamSet: a route is unique per backend address, bounded by sockets x sources", "[udp][upstream]") {
+TEST_CASE("UpstreamSet: a route is unique per backend address, bounded by sockets x sources",
+          "[udp][upstream]") {
   UpstreamSet set(2, 2048, {v4("127.0.5.1"), v4("127.0.5.2")});
   REQUIRE(set.init() == 0);
   Backend a, b;
@@ -114,7 +117,7 @@ TEST_CASE("UpstreamSet: a route is unique per backend address, bounded by socket
     REQUIRE(set.acquire(a.addr, &owners[i], &r[i]) == 0);
     pairs.insert({r[i].sock, r[i].source});
   }
-  CHECK(pairs.size() == 4);   // four distinct (socket, source) towards a
+  CHECK(pairs.size() == 4);  // four distinct (socket, source) towards a
   Route extra;
   CHECK(set.acquire(a.addr, &owners[4], &extra) == -EADDRNOTAVAIL);
   // Another backend reuses the same sockets: no new fd.
@@ -133,7 +136,8 @@ TEST_CASE("UpstreamSet: a route is unique per backend address, bounded by socket
   CHECK(sources.size() == 4);
   CHECK(sources.count("127.0.5.1:" + sources.begin()->substr(sources.begin()->find(':') + 1)) == 1);
   REQUIRE(pump(set, rec, [&] { return rec.replies.size() == 4; }));
-  for (int i = 0; i < 4; ++i) CHECK(rec.replies[&owners[i]] == std::vector<std::string>{"re:" + std::to_string(i)});
+  for (int i = 0; i < 4; ++i)
+    CHECK(rec.replies[&owners[i]] == std::vector<std::string>{"re:" + std::to_string(i)});
 
   // A released route is free at once, and a late reply for it is dropped.
   set.release(a.addr, r[2]);
@@ -164,7 +168,7 @@ TEST_CASE("UpstreamSet: a route is unique per backend address, bounded by socket
   set.trim();
   CHECK(set.open_sockets() == 2);
   set.trim();
-  CHECK(set.open_sockets() == 1);   // r[0]'s socket
+  CHECK(set.open_sockets() == 1);  // r[0]'s socket
   set.release(a.addr, r[0]);
   CHECK(set.routes_in_use() == 0);
   set.trim();
@@ -196,7 +200,8 @@ TEST_CASE("UpstreamSet without source addresses: one route per socket and backen
     CHECK(a.echo_one().rfind("127.0.0.1:", 0) == 0);
   }
   REQUIRE(pump(set, rec, [&] { return rec.replies.size() == 3; }));
-  for (int i = 0; i < 3; ++i) CHECK(rec.replies[&o[i]] == std::vector<std::string>{"re:" + std::to_string(i)});
+  for (int i = 0; i < 3; ++i)
+    CHECK(rec.replies[&o[i]] == std::vector<std::string>{"re:" + std::to_string(i)});
 }
 
 TEST_CASE("udp_source CIDRs expand to their addresses, bounded", "[udp][upstream]") {

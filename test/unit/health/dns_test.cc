@@ -51,8 +51,8 @@ TEST_CASE("dns: names encode to wire labels", "[health][dns]") {
 TEST_CASE("dns: a query has the ID, RD and one A/IN question", "[health][dns]") {
   auto q = build_query(0xbeef, "Example.COM");
   REQUIRE(q);
-  const Bytes expected = {0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 7,   'E', 'x', 'a',
-                          'm',  'p',  'l',  'e',  3, 'C', 'O', 'M', 0, 0, 1, 0, 1};
+  const Bytes expected = {0xbe, 0xef, 0x01, 0x00, 0,   1, 0,   0,   0,   0, 0, 0, 7, 'E', 'x',
+                          'a',  'm',  'p',  'l',  'e', 3, 'C', 'O', 'M', 0, 0, 1, 0, 1};
   CHECK(*q == expected);
 
   auto m = parse_message(q->data(), q->size());
@@ -111,9 +111,8 @@ TEST_CASE("dns: the root query and its reply", "[health][dns]") {
 
 TEST_CASE("dns: compressed names are followed, pointer loops refused", "[health][dns]") {
   // Two questions; the second is "www" + pointer to the first name at 12.
-  Bytes m = {0, 1, 0x81, 0x80, 0, 2, 0, 0, 0, 0, 0, 0,
-             3, 'f', 'o', 'o', 0, 0, 1, 0, 1,
-             3, 'w', 'w', 'w', 0xc0, 12, 0, 1, 0, 1};
+  Bytes m = {0, 1, 0x81, 0x80, 0, 2, 0,   0,   0,   0,    0,  0, 3, 'f', 'o', 'o',
+             0, 0, 1,    0,    1, 3, 'w', 'w', 'w', 0xc0, 12, 0, 1, 0,   1};
   auto p = parse_message(m.data(), m.size());
   REQUIRE(p);
   REQUIRE(p->questions.size() == 2);
@@ -147,8 +146,7 @@ TEST_CASE("dns: every truncation and random mutation parses safely", "[health][d
   for (int i = 0; i < 20000; ++i) {
     Bytes b = reply;
     int flips = 1 + static_cast<int>(rng.next() % 4);
-    for (int f = 0; f < flips; ++f)
-      b[rng.next() % b.size()] ^= static_cast<uint8_t>(1 + rng.next() % 255);
+    for (int f = 0; f < flips; ++f) b[rng.next() % b.size()] ^= static_cast<uint8_t>(1 + rng.next() % 255);
     if (rng.next() % 4 == 0) b.resize(rng.next() % (b.size() + 1));
     if (parse_message(b.data(), b.size())) ++parsed;
     judge(b, 0x4242, "a.b.example");

@@ -34,8 +34,8 @@ class RecordingSink : public HealthSink {
  public:
   void on_health(const core::Backend& b, bool up, const std::string& reason) override {
     std::lock_guard lk(mu_);
-    events_.push_back(Event{b.id, up, reason, b.checks_pass.load(), b.checks_fail.load(),
-                            steady_clock::now()});
+    events_.push_back(
+        Event{b.id, up, reason, b.checks_pass.load(), b.checks_fail.load(), steady_clock::now()});
     cv_.notify_all();
   }
 
@@ -80,8 +80,7 @@ conf::HealthCheck fast(conf::HealthType type, unsigned rise = 2, unsigned fall =
   return c;
 }
 
-HealthChecker::Target target(const core::BackendPtr& b, conf::HealthCheck c,
-                             conf::Outlier o = {}) {
+HealthChecker::Target target(const core::BackendPtr& b, conf::HealthCheck c, conf::Outlier o = {}) {
   return HealthChecker::Target{b, std::move(c), o};
 }
 
@@ -107,8 +106,7 @@ TEST_CASE("health checker: start and stop without targets", "[health][checker]")
   CHECK_FALSE(hc2.wait_initial(10ms));
 }
 
-TEST_CASE("health checker: the first result of every target is published",
-          "[health][checker]") {
+TEST_CASE("health checker: the first result of every target is published", "[health][checker]") {
   testing::TcpServer tcp([](int fd) { close(fd); });
   testing::HttpServer http;
   auto up_tcp = backend("tcp-up", tcp.port());
@@ -119,10 +117,8 @@ TEST_CASE("health checker: the first result of every target is published",
   RecordingSink sink;
   HealthChecker hc(sink);
   // Targets handed over before start() are picked up by the thread.
-  hc.set_targets({target(up_tcp, fast(conf::HealthType::Tcp)),
-                  target(down_tcp, fast(conf::HealthType::Tcp)),
-                  target(up_http, fast(conf::HealthType::Http)),
-                  target(none, fast(conf::HealthType::None))});
+  hc.set_targets({target(up_tcp, fast(conf::HealthType::Tcp)), target(down_tcp, fast(conf::HealthType::Tcp)),
+                  target(up_http, fast(conf::HealthType::Http)), target(none, fast(conf::HealthType::None))});
   hc.start();
   REQUIRE(hc.wait_initial(5s));
 
@@ -187,8 +183,7 @@ TEST_CASE("health checker: fall failures bring a backend down, rise passes bring
   CHECK(sink.of("web").size() == 3);
 }
 
-TEST_CASE("health checker: a closed then reopened listener goes down then up",
-          "[health][checker]") {
+TEST_CASE("health checker: a closed then reopened listener goes down then up", "[health][checker]") {
   testing::TcpServer tcp([](int fd) { close(fd); });
   auto b = backend("tcp", tcp.port());
   RecordingSink sink;
@@ -255,8 +250,8 @@ TEST_CASE("health checker: set_targets keeps the state of kept backends", "[heal
   REQUIRE(hc.wait_initial(5s));
   CHECK_FALSE(sink.of("kept").at(0).up);
 
-  hc.set_targets({target(kept, fast(conf::HealthType::Http, 3, 2)),
-                  target(added, fast(conf::HealthType::Http))});
+  hc.set_targets(
+      {target(kept, fast(conf::HealthType::Http, 3, 2)), target(added, fast(conf::HealthType::Http))});
   REQUIRE(hc.wait_initial(5s));
   CHECK(sink.of("added").size() == 1);
   const uint64_t removed_checks = removed->checks_pass.load() + removed->checks_fail.load();
@@ -309,8 +304,8 @@ TEST_CASE("health checker: passive ejection and reinstatement", "[health][checke
   hc.start();
   conf::Outlier three{3, 300ms};
   conf::Outlier one{1, 60000ms};
-  hc.set_targets({target(a, fast(conf::HealthType::None), three),
-                  target(marker, fast(conf::HealthType::None), one)});
+  hc.set_targets(
+      {target(a, fast(conf::HealthType::None), three), target(marker, fast(conf::HealthType::None), one)});
   REQUIRE(hc.wait_initial(5s));
 
   // Two failures, a success (resets), two failures: not ejected. Reports are
@@ -338,8 +333,7 @@ TEST_CASE("health checker: passive ejection and reinstatement", "[health][checke
   CHECK(hc.stop());
 }
 
-TEST_CASE("health checker: ejection ends only if the active check says up",
-          "[health][checker][outlier]") {
+TEST_CASE("health checker: ejection ends only if the active check says up", "[health][checker][outlier]") {
   testing::HttpServer http;
   auto b = backend("b", http.port());
   RecordingSink sink;
@@ -358,8 +352,7 @@ TEST_CASE("health checker: ejection ends only if the active check says up",
   const auto ejected_at = sink.of("b")[1].at;
   const uint64_t fails = b->checks_fail.load();
   REQUIRE(eventually([&] {
-    return b->checks_fail.load() >= fails + 2 &&
-           steady_clock::now() - ejected_at > ejection + 200ms;
+    return b->checks_fail.load() >= fails + 2 && steady_clock::now() - ejected_at > ejection + 200ms;
   }));
   // The ejection has ended, but the probe says down: nothing announced.
   CHECK(sink.of("b").size() == 2);

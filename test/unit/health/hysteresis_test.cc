@@ -54,8 +54,7 @@ std::string show(const std::vector<bool>& r, size_t upto) {
   return s;
 }
 
-TEST_CASE("hysteresis: unknown until the first result, which decides at once",
-          "[health][hysteresis]") {
+TEST_CASE("hysteresis: unknown until the first result, which decides at once", "[health][hysteresis]") {
   for (bool first : {true, false}) {
     Hysteresis h(3, 3);
     CHECK_FALSE(h.known());
@@ -84,8 +83,7 @@ TEST_CASE("hysteresis: rise and fall on a hand-written sequence", "[health][hyst
   CHECK(h.up());
 }
 
-TEST_CASE("hysteresis: every sequence up to length 12 matches the reference",
-          "[health][hysteresis]") {
+TEST_CASE("hysteresis: every sequence up to length 12 matches the reference", "[health][hysteresis]") {
   // Every sequence of length L is checked at each step, so all shorter
   // sequences are covered as prefixes.
   constexpr size_t kLen = 12;

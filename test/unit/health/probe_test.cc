@@ -59,8 +59,7 @@ Outcome run_probe(const conf::HealthCheck& check, uint16_t backend_port) {
                             ++out.calls;
                             out.pass = pass;
                             out.reason = std::move(reason);
-                            out.elapsed = std::chrono::duration_cast<milliseconds>(
-                                steady_clock::now() - t0);
+                            out.elapsed = std::chrono::duration_cast<milliseconds>(steady_clock::now() - t0);
                           });
   REQUIRE(probe);
   CHECK(out.calls == 0);  // never from inside start()
@@ -102,8 +101,7 @@ TEST_CASE("probe: type none makes no probe", "[health][probe]") {
   REQUIRE(uv_loop_init(&loop) == 0);
   bool called = false;
   auto p = make_probe(ProbeEnv{&loop, nullptr}, check_of(conf::HealthType::None),
-                      probe_address(loopback_endpoint(1), 0),
-                      [&](bool, std::string) { called = true; });
+                      probe_address(loopback_endpoint(1), 0), [&](bool, std::string) { called = true; });
   CHECK_FALSE(p);
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK_FALSE(called);
@@ -142,8 +140,7 @@ TEST_CASE("http probe: request line, headers and status", "[health][probe][http]
   CHECK(ok.reason == "http status 200");
   const std::string req = server.last_request();
   CHECK(req.rfind("GET /healthz?full=1 HTTP/1.1\r\n", 0) == 0);
-  CHECK(req.find("\r\nHost: 127.0.0.1:" + std::to_string(server.port()) + "\r\n") !=
-        std::string::npos);
+  CHECK(req.find("\r\nHost: 127.0.0.1:" + std::to_string(server.port()) + "\r\n") != std::string::npos);
   CHECK(req.find("\r\nConnection: close\r\n") != std::string::npos);
   CHECK(req.find("\r\nUser-Agent: lb-health\r\n") != std::string::npos);
   CHECK(req.size() >= 4);
@@ -179,8 +176,7 @@ TEST_CASE("http probe: exact and class expectations", "[health][probe][http]") {
   CHECK_FALSE(run_probe(c, server.port()).pass);
 }
 
-TEST_CASE("http probe: malformed, truncated and oversized answers fail",
-          "[health][probe][http]") {
+TEST_CASE("http probe: malformed, truncated and oversized answers fail", "[health][probe][http]") {
   testing::HttpServer server;
   auto c = check_of(conf::HealthType::Http);
 
@@ -210,8 +206,7 @@ TEST_CASE("http probe: malformed, truncated and oversized answers fail",
   CHECK(refused.reason == "connect: connection refused");
 }
 
-TEST_CASE("http probe: a server that never answers fails at the timeout",
-          "[health][probe][http][timeout]") {
+TEST_CASE("http probe: a server that never answers fails at the timeout", "[health][probe][http][timeout]") {
   testing::SilentServer server;
   auto r = run_probe(check_of(conf::HealthType::Http, 300ms), server.port());
   CHECK_FALSE(r.pass);
@@ -221,8 +216,7 @@ TEST_CASE("http probe: a server that never answers fails at the timeout",
   CHECK(server.accepted() == 1);
 }
 
-TEST_CASE("http probe: a path or host that would break the request fails",
-          "[health][probe][http]") {
+TEST_CASE("http probe: a path or host that would break the request fails", "[health][probe][http]") {
   testing::HttpServer server;
   auto c = check_of(conf::HealthType::Http);
   c.http_path = "/a b";
@@ -243,15 +237,13 @@ TEST_CASE("http: status line parser", "[health][http]") {
   CHECK_FALSE(parse_status_line("HTTPS/1.1 200 OK"));
   CHECK_FALSE(parse_status_line("HTTP/1.1  200 OK"));
   CHECK_FALSE(parse_status_line(""));
-  CHECK(build_http_request("/", "h") ==
-        std::string("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
-                    "User-Agent: lb-health\r\nAccept: */*\r\n\r\n"));
+  CHECK(build_http_request("/", "h") == std::string("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                                    "User-Agent: lb-health\r\nAccept: */*\r\n\r\n"));
   CHECK_FALSE(build_http_request("nope", "h"));
   CHECK_FALSE(build_http_request("/", ""));
 }
 
-TEST_CASE("tls probe: handshake with a self-signed server passes, SNI is sent",
-          "[health][probe][tls]") {
+TEST_CASE("tls probe: handshake with a self-signed server passes, SNI is sent", "[health][probe][tls]") {
   testing::TlsServer server;
   auto c = check_of(conf::HealthType::Tls);
   auto plain = run_probe(c, server.port());
@@ -323,8 +315,7 @@ TEST_CASE("dns probe: query IDs are random", "[health][probe][dns]") {
     REQUIRE(run_probe(c, server.port()).pass);
     const std::string q = server.last_query();
     REQUIRE(q.size() >= 12);
-    ids.push_back(
-        static_cast<uint16_t>(static_cast<uint8_t>(q[0]) << 8 | static_cast<uint8_t>(q[1])));
+    ids.push_back(static_cast<uint16_t>(static_cast<uint8_t>(q[0]) << 8 | static_cast<uint8_t>(q[1])));
   }
   // All three equal by chance: 1 in 2^32.
   CHECK_FALSE((ids[0] == ids[1] && ids[1] == ids[2]));
@@ -345,8 +336,7 @@ TEST_CASE("dns probe: wrong IDs and silence wait for the timeout; closed port fa
   CHECK_FALSE(silent.pass);
   CHECK(silent.reason == "timeout after 300ms");
 
-  auto closed =
-      run_probe(check_of(conf::HealthType::Dns, 3000ms), testing::closed_port(SOCK_DGRAM));
+  auto closed = run_probe(check_of(conf::HealthType::Dns, 3000ms), testing::closed_port(SOCK_DGRAM));
   CHECK_FALSE(closed.pass);
   CHECK(closed.reason == "recv: connection refused");
   CHECK(closed.elapsed < 1000ms);
@@ -389,8 +379,7 @@ void check_cancel(conf::HealthCheck check, uint16_t port, Ready ready, bool dest
   REQUIRE(uv_loop_init(&loop) == 0);
   SslCtxPtr tls = make_probe_tls_context();
   int calls = 0;
-  auto probe = make_probe(ProbeEnv{&loop, tls.get()}, check,
-                          probe_address(loopback_endpoint(port), 0),
+  auto probe = make_probe(ProbeEnv{&loop, tls.get()}, check, probe_address(loopback_endpoint(port), 0),
                           [&](bool, std::string) { ++calls; });
   REQUIRE(probe);
   const auto deadline = steady_clock::now() + 3s;
@@ -417,10 +406,10 @@ TEST_CASE("probes: cancel or destroy before a result, nothing fires, nothing lea
       // While connecting.
       check_cancel(check_of(conf::HealthType::Tcp), s1.port(), always, destroy);
       // Connected, waiting for the HTTP status line / the TLS server hello.
-      check_cancel(check_of(conf::HealthType::Http), s2.port(),
-                   [&] { return s2.accepted() >= 1; }, destroy);
-      check_cancel(check_of(conf::HealthType::Tls), s3.port(),
-                   [&] { return s3.accepted() >= 1; }, destroy);
+      check_cancel(
+          check_of(conf::HealthType::Http), s2.port(), [&] { return s2.accepted() >= 1; }, destroy);
+      check_cancel(
+          check_of(conf::HealthType::Tls), s3.port(), [&] { return s3.accepted() >= 1; }, destroy);
       // Query sent, waiting for a reply.
       auto d = check_of(conf::HealthType::Dns);
       check_cancel(d, dns.port(), always, destroy);

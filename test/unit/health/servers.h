@@ -21,8 +21,8 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <csignal>
 #include <condition_variable>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -114,7 +114,9 @@ class PollThread {
   virtual ~PollThread() { close(wake_); }
 
   // Subclass constructors call this last; subclass destructors call join().
-  void launch() { thread_ = std::thread([this] { loop(); }); }
+  void launch() {
+    thread_ = std::thread([this] { loop(); });
+  }
   void join() {
     if (!thread_.joinable()) return;
     {
@@ -129,9 +131,9 @@ class PollThread {
     (void)!write(wake_, &one, sizeof one);
   }
 
-  virtual int fd() = 0;                 // -1: nothing to poll but the wake fd
-  virtual void on_ready() = 0;          // fd() is readable
-  virtual void on_command() {}          // under mu_, after a signal()
+  virtual int fd() = 0;         // -1: nothing to poll but the wake fd
+  virtual void on_ready() = 0;  // fd() is readable
+  virtual void on_command() {}  // under mu_, after a signal()
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -268,8 +270,7 @@ class UdpServer : public PollThread {
     char buf[4096];
     sockaddr_storage from{};
     socklen_t len = sizeof from;
-    ssize_t n = recvfrom(fd_, buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from),
-                         &len);
+    ssize_t n = recvfrom(fd_, buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &len);
     if (n < 0) return;
     ++received_;
     for (const std::string& r : handler_(std::string_view(buf, static_cast<size_t>(n))))
@@ -381,8 +382,8 @@ class SelfSignedTlsServerContext {
     X509_set_issuer_name(cert, name);
     if (X509_sign(cert, key, EVP_sha256()) <= 0) throw std::runtime_error("openssl: X509_sign");
     ctx_ = SSL_CTX_new(TLS_server_method());
-    if (!ctx_ || SSL_CTX_use_certificate(ctx_, cert) != 1 ||
-        SSL_CTX_use_PrivateKey(ctx_, key) != 1 || SSL_CTX_check_private_key(ctx_) != 1)
+    if (!ctx_ || SSL_CTX_use_certificate(ctx_, cert) != 1 || SSL_CTX_use_PrivateKey(ctx_, key) != 1 ||
+        SSL_CTX_check_private_key(ctx_) != 1)
       throw std::runtime_error("openssl: server context");
     X509_free(cert);
     EVP_PKEY_free(key);
@@ -458,9 +459,11 @@ class PlainTextServer {
 };
 
 enum class DnsMode {
-  NoError, NxDomain, ServFail,
-  WrongId,            // only a reply with another ID
-  WrongIdThenNoError, // a stray reply first, then the real one
+  NoError,
+  NxDomain,
+  ServFail,
+  WrongId,             // only a reply with another ID
+  WrongIdThenNoError,  // a stray reply first, then the real one
   Silent,
 };
 
@@ -490,12 +493,18 @@ class DnsServer {
       return r;
     };
     switch (mode_.load()) {
-      case DnsMode::NoError: return {reply(0, false)};
-      case DnsMode::NxDomain: return {reply(3, false)};
-      case DnsMode::ServFail: return {reply(2, false)};
-      case DnsMode::WrongId: return {reply(0, true)};
-      case DnsMode::WrongIdThenNoError: return {reply(0, true), reply(0, false)};
-      case DnsMode::Silent: return {};
+      case DnsMode::NoError:
+        return {reply(0, false)};
+      case DnsMode::NxDomain:
+        return {reply(3, false)};
+      case DnsMode::ServFail:
+        return {reply(2, false)};
+      case DnsMode::WrongId:
+        return {reply(0, true)};
+      case DnsMode::WrongIdThenNoError:
+        return {reply(0, true), reply(0, false)};
+      case DnsMode::Silent:
+        return {};
     }
     return {};
   }
@@ -510,9 +519,7 @@ class DnsServer {
 class UdpEchoServer {
  public:
   UdpEchoServer()
-      : server_([](std::string_view q) {
-          return std::vector<std::string>{"echo:" + std::string(q)};
-        }) {}
+      : server_([](std::string_view q) { return std::vector<std::string>{"echo:" + std::string(q)}; }) {}
   uint16_t port() const { return server_.port(); }
   int received() const { return server_.received(); }
 

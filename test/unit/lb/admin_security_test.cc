@@ -44,7 +44,7 @@ TEST_CASE("same_origin: the admin address as the client reached it, nothing else
   CHECK_FALSE(same_origin("http://evil.example", local));
   CHECK_FALSE(same_origin("http://evil.example:9900", local));  // DNS rebinding keeps its name
   CHECK_FALSE(same_origin("http://127.0.0.1:9901", local));
-  CHECK_FALSE(same_origin("http://127.0.0.1", local));            // port 80
+  CHECK_FALSE(same_origin("http://127.0.0.1", local));  // port 80
   CHECK_FALSE(same_origin("https://127.0.0.1:9900", local));
   CHECK_FALSE(same_origin("http://127.0.0.2:9900", local));
   CHECK_FALSE(same_origin("null", local));

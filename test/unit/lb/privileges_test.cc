@@ -79,8 +79,10 @@ Report run_in_child(const std::function<void(Report&)>& body) {
     if (::poll(&pf, 1, poll_timeout_ms(deadline)) <= 0) continue;
     char buf[4096];
     ssize_t n = ::read(p[0], buf, sizeof buf);
-    if (n > 0) text.append(buf, static_cast<size_t>(n));
-    else if (n == 0 || errno != EINTR) eof = true;
+    if (n > 0)
+      text.append(buf, static_cast<size_t>(n));
+    else if (n == 0 || errno != EINTR)
+      eof = true;
   }
   ::close(p[0]);
   if (!eof) ::kill(pid, SIGKILL);  // our own child, stuck
@@ -197,8 +199,8 @@ int bind_low_port() {
 // What a thread's kernel credentials say, bypassing glibc's process-wide
 // view: syscall(SYS_getuid) reads the calling thread's own cred.
 std::string thread_ids() {
-  return std::to_string(::syscall(SYS_getuid)) + "/" + std::to_string(::syscall(SYS_geteuid)) +
-         "/" + std::to_string(::syscall(SYS_getgid));
+  return std::to_string(::syscall(SYS_getuid)) + "/" + std::to_string(::syscall(SYS_geteuid)) + "/" +
+         std::to_string(::syscall(SYS_getgid));
 }
 
 constexpr const char* kNoUser = "lb-test-no-such-user";
@@ -312,8 +314,8 @@ TEST_CASE("drop_privileges from root to nobody", "[privileges]") {
     });
     INFO("error: " << r["err"]);
     REQUIRE(r["ok"] == "1");
-    std::string ids = std::to_string(nobody->uid) + "/" + std::to_string(nobody->uid) + "/" +
-                      std::to_string(nobody->gid);
+    std::string ids =
+        std::to_string(nobody->uid) + "/" + std::to_string(nobody->uid) + "/" + std::to_string(nobody->gid);
     CHECK(r["main_ids"] == ids);
     CHECK(r["thread_ids"] == ids);
     CHECK(r["cap_eff"] == kOnlyNetBind);
@@ -336,8 +338,7 @@ TEST_CASE("drop_privileges from root to nobody", "[privileges]") {
   }
 }
 
-TEST_CASE("drop_privileges without root: same user is a no-op, another is refused",
-          "[privileges]") {
+TEST_CASE("drop_privileges without root: same user is a no-op, another is refused", "[privileges]") {
   // As root, become nobody first so the non-root paths run for real; as
   // another user, run them as that user.
   Report r = run_in_child([](Report& out) {
@@ -359,8 +360,7 @@ TEST_CASE("drop_privileges without root: same user is a no-op, another is refuse
     std::string err = "untouched";
     out["same.ok"] = drop_privileges(me->name, &err) ? "1" : "0";
     out["same.err"] = err;
-    out["same.unchanged"] =
-        (::getuid() == uid_before && current_groups() == groups_before) ? "1" : "0";
+    out["same.unchanged"] = (::getuid() == uid_before && current_groups() == groups_before) ? "1" : "0";
 
     err.clear();
     out["root.ok"] = drop_privileges("root", &err) ? "1" : "0";

@@ -14,7 +14,8 @@ using lb::app::read_process_stats;
 TEST_CASE("process stats: sane values that follow the process", "[process]") {
   auto before = read_process_stats();
   REQUIRE(before);
-  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   // Started in the past, not long ago (a test binary lives minutes at most;
   // a day is generous for a loaded machine and a wrong epoch is years off).
   CHECK(before->start_time_seconds <= now + 1);

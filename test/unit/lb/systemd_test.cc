@@ -44,8 +44,10 @@ class EnvGuard {
   }
   ~EnvGuard() {
     for (auto& [n, v] : saved_) {
-      if (v) ::setenv(n.c_str(), v->c_str(), 1);
-      else ::unsetenv(n.c_str());
+      if (v)
+        ::setenv(n.c_str(), v->c_str(), 1);
+      else
+        ::unsetenv(n.c_str());
     }
   }
   void set(const char* name, const std::string& value) { ::setenv(name, value.c_str(), 1); }
@@ -55,8 +57,7 @@ class EnvGuard {
   std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
 
-const std::initializer_list<const char*> kNotifyVars = {"NOTIFY_SOCKET", "WATCHDOG_USEC",
-                                                        "WATCHDOG_PID"};
+const std::initializer_list<const char*> kNotifyVars = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"};
 
 // The service manager's end: an AF_UNIX datagram socket bound to a path or
 // to an abstract name ("@name").
@@ -156,8 +157,10 @@ Report run_in_child(const std::function<void(Report&)>& body) {
     if (::poll(&pf, 1, poll_timeout_ms(deadline)) <= 0) continue;
     char buf[4096];
     ssize_t n = ::read(p[0], buf, sizeof buf);
-    if (n > 0) text.append(buf, static_cast<size_t>(n));
-    else if (n == 0 || errno != EINTR) eof = true;
+    if (n > 0)
+      text.append(buf, static_cast<size_t>(n));
+    else if (n == 0 || errno != EINTR)
+      eof = true;
   }
   ::close(p[0]);
   if (!eof) ::kill(pid, SIGKILL);  // our own child, stuck
@@ -315,8 +318,7 @@ TEST_CASE("Notifier sends each state as one datagram, in order", "[systemd]") {
 
 TEST_CASE("Notifier reaches an abstract-namespace socket", "[systemd]") {
   static int counter = 0;
-  const std::string name =
-      "@lb-test-notify-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
+  const std::string name = "@lb-test-notify-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
   FakeManager manager(name);
   REQUIRE(manager.bound());
 
@@ -396,8 +398,10 @@ TEST_CASE("Notifier never blocks on a full receive queue", "[systemd]") {
   bool refused = false;
   auto start = lb::test::Clock::now();
   for (int i = 0; i < 100000 && !refused; ++i) {
-    if (n.watchdog()) ++accepted;
-    else refused = true;
+    if (n.watchdog())
+      ++accepted;
+    else
+      refused = true;
   }
   CHECK(refused);
   CHECK(lb::test::Clock::now() - start < seconds(5));
@@ -439,8 +443,7 @@ TEST_CASE("Notifier moves its socket", "[systemd]") {
 
 TEST_CASE("reloading_message formats MONOTONIC_USEC", "[systemd]") {
   CHECK(sd::reloading_message(0) == "RELOADING=1\nMONOTONIC_USEC=0");
-  CHECK(sd::reloading_message(18446744073709551615ull) ==
-        "RELOADING=1\nMONOTONIC_USEC=18446744073709551615");
+  CHECK(sd::reloading_message(18446744073709551615ull) == "RELOADING=1\nMONOTONIC_USEC=18446744073709551615");
   uint64_t before = monotonic_now_usec();
   uint64_t mid = sd::monotonic_usec();
   uint64_t after = monotonic_now_usec();
@@ -448,18 +451,21 @@ TEST_CASE("reloading_message formats MONOTONIC_USEC", "[systemd]") {
   CHECK(mid <= after);
 }
 
-TEST_CASE("watchdog_interval is half of WATCHDOG_USEC when meant for this process",
-          "[systemd]") {
+TEST_CASE("watchdog_interval is half of WATCHDOG_USEC when meant for this process", "[systemd]") {
   using std::chrono::microseconds;
   EnvGuard env(kNotifyVars);
   env.unset("NOTIFY_SOCKET");
   const std::string self = std::to_string(::getpid());
 
   auto interval = [&](std::optional<std::string> usec, std::optional<std::string> pid) {
-    if (usec) env.set("WATCHDOG_USEC", *usec);
-    else env.unset("WATCHDOG_USEC");
-    if (pid) env.set("WATCHDOG_PID", *pid);
-    else env.unset("WATCHDOG_PID");
+    if (usec)
+      env.set("WATCHDOG_USEC", *usec);
+    else
+      env.unset("WATCHDOG_USEC");
+    if (pid)
+      env.set("WATCHDOG_PID", *pid);
+    else
+      env.unset("WATCHDOG_PID");
     return sd::Notifier().watchdog_interval();
   };
 
@@ -487,8 +493,7 @@ TEST_CASE("watchdog_interval is half of WATCHDOG_USEC when meant for this proces
 
 // --------------------------------------------------------- socket activation
 
-TEST_CASE("inherited_sockets takes over named sockets and match prefers names",
-          "[systemd]") {
+TEST_CASE("inherited_sockets takes over named sockets and match prefers names", "[systemd]") {
   Report r = run_in_child([](Report& out) {
     int web = loopback_socket(SOCK_STREAM);
     int dns = loopback_socket(SOCK_DGRAM);
@@ -497,8 +502,7 @@ TEST_CASE("inherited_sockets takes over named sockets and match prefers names",
     if (!place_at_listen_fds({web, dns, web2})) return;
     out["placed"] = "1";
     out["before.cloexec3"] = cloexec(3) ? "1" : "0";
-    const std::string a3 = local_address_text(3), a4 = local_address_text(4),
-                      a5 = local_address_text(5);
+    const std::string a3 = local_address_text(3), a4 = local_address_text(4), a5 = local_address_text(5);
 
     ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
     ::setenv("LISTEN_FDS", "3", 1);
@@ -633,8 +637,7 @@ TEST_CASE("inherited_sockets ignores sockets meant for another process", "[syste
     out["count"] = std::to_string(socks.size());
     out["warnings"] = warnings;
     out["cloexec3"] = cloexec(3) ? "1" : "0";  // not ours: untouched
-    out["env"] = (std::getenv("LISTEN_PID") || std::getenv("LISTEN_FDS") ||
-                  std::getenv("LISTEN_FDNAMES"))
+    out["env"] = (std::getenv("LISTEN_PID") || std::getenv("LISTEN_FDS") || std::getenv("LISTEN_FDNAMES"))
                      ? "set"
                      : "unset";
   });
@@ -732,13 +735,12 @@ TEST_CASE("match honours type, family, used and the MatchBy mode", "[systemd]") 
     // fd 3 is named for "api" but sits on web's address.
     std::vector<sd::InheritedSocket> socks{fake(3, "api", SOCK_STREAM, web_addr),
                                            fake(4, "web", SOCK_STREAM, api_addr)};
-    CHECK(sd::match(socks, "nope", SOCK_STREAM, sa(web_addr), sizeof web_addr,
-                    sd::MatchBy::NameOnly) == nullptr);
+    CHECK(sd::match(socks, "nope", SOCK_STREAM, sa(web_addr), sizeof web_addr, sd::MatchBy::NameOnly) ==
+          nullptr);
     sockaddr_in nowhere = v4("10.0.0.1", 82);
     CHECK(sd::match(socks, "web", SOCK_STREAM, sa(nowhere), sizeof nowhere,
                     sd::MatchBy::AddressOnly) == nullptr);  // fd 4 is named web, but AddressOnly
-    auto* s = sd::match(socks, "web", SOCK_STREAM, sa(web_addr), sizeof web_addr,
-                        sd::MatchBy::NameOnly);
+    auto* s = sd::match(socks, "web", SOCK_STREAM, sa(web_addr), sizeof web_addr, sd::MatchBy::NameOnly);
     REQUIRE(s != nullptr);
     CHECK(s->fd == 4);
     s = sd::match(socks, "x", SOCK_STREAM, sa(web_addr), sizeof web_addr, sd::MatchBy::AddressOnly);
@@ -767,9 +769,7 @@ TEST_CASE("match honours type, family, used and the MatchBy mode", "[systemd]") 
 }
 
 TEST_CASE("same_address compares IP endpoints", "[systemd]") {
-  auto eq = [](const auto& a, const auto& b) {
-    return sd::same_address(sa(a), sizeof a, sa(b), sizeof b);
-  };
+  auto eq = [](const auto& a, const auto& b) { return sd::same_address(sa(a), sizeof a, sa(b), sizeof b); };
   CHECK(eq(v4("127.0.0.1", 80), v4("127.0.0.1", 80)));
   CHECK(!eq(v4("127.0.0.1", 80), v4("127.0.0.1", 81)));
   CHECK(!eq(v4("127.0.0.1", 80), v4("127.0.0.2", 80)));

@@ -132,8 +132,7 @@ TEST_CASE("parser: header names lower-cased, values trimmed, lookup", "[http_par
 }
 
 TEST_CASE("parser: percent-decoded path", "[http_parser]") {
-  ParsedRequest r =
-      parse_one("GET /api/v1/pools/web/backends/10.0.0.1%3A80%2Fx%20y+z? HTTP/1.1\r\n\r\n");
+  ParsedRequest r = parse_one("GET /api/v1/pools/web/backends/10.0.0.1%3A80%2Fx%20y+z? HTTP/1.1\r\n\r\n");
   CHECK(r.request.path == "/api/v1/pools/web/backends/10.0.0.1:80/x y+z");
   CHECK(r.request.query.empty());
   CHECK(r.request.target == "/api/v1/pools/web/backends/10.0.0.1%3A80%2Fx%20y+z?");
@@ -161,9 +160,9 @@ TEST_CASE("parser: absolute-form and OPTIONS *", "[http_parser]") {
 
 TEST_CASE("parser: POST body by Content-Length", "[http_parser]") {
   std::string body = "{\"state\":\"drain\"}";
-  std::string req = "POST /api/v1/pools/web/backends/a HTTP/1.1\r\nContent-Length: " +
-                    std::to_string(body.size()) + "\r\nContent-Type: application/json\r\n\r\n" +
-                    body;
+  std::string req =
+      "POST /api/v1/pools/web/backends/a HTTP/1.1\r\nContent-Length: " + std::to_string(body.size()) +
+      "\r\nContent-Type: application/json\r\n\r\n" + body;
   ParsedRequest r = parse_one(req);
   CHECK(r.request.method == "POST");
   CHECK(r.request.body == body);
@@ -190,8 +189,7 @@ TEST_CASE("parser: keep-alive by version and Connection header", "[http_parser]"
   CHECK(parse_one("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").keep_alive);
   CHECK_FALSE(parse_one("GET / HTTP/1.0\r\n\r\n").keep_alive);
   CHECK(parse_one("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
-  CHECK_FALSE(
-      parse_one("GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n").keep_alive);
+  CHECK_FALSE(parse_one("GET / HTTP/1.0\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n").keep_alive);
   // Later minor versions are treated as 1.1.
   ParsedRequest r = parse_one("GET / HTTP/1.7\r\n\r\n");
   CHECK(r.version_minor == 7);
@@ -300,21 +298,21 @@ TEST_CASE("parser: malformed requests are 400", "[http_parser]") {
   const char* bad[] = {
       // request line
       "GET\r\n\r\n",
-      "GET /\r\n\r\n",                       // HTTP/0.9 form
-      "GET  / HTTP/1.1\r\n\r\n",             // double space
-      "GET / HTTP/1.1 \r\n\r\n",             // trailing space
-      " GET / HTTP/1.1\r\n\r\n",             // leading space
-      "G(T / HTTP/1.1\r\n\r\n",              // non-token method
-      "GET /a b HTTP/1.1\r\n\r\n",           // space in target
-      "GET /\x7f HTTP/1.1\r\n\r\n",          // DEL in target
-      "GET /\xc3\xa9 HTTP/1.1\r\n\r\n",      // raw UTF-8 in target
-      "GET /\t HTTP/1.1\r\n\r\n",            // control in target
-      "GET x HTTP/1.1\r\n\r\n",              // not origin-form
-      "GET ftp://h/ HTTP/1.1\r\n\r\n",       // unknown scheme
-      "GET http:///x HTTP/1.1\r\n\r\n",      // absolute-form without host
-      "CONNECT h:443 HTTP/1.1\r\n\r\n",      // authority-form
-      "GET * HTTP/1.1\r\n\r\n",              // asterisk-form outside OPTIONS
-      "GET /#frag HTTP/1.1\r\n\r\n",         // fragment
+      "GET /\r\n\r\n",                   // HTTP/0.9 form
+      "GET  / HTTP/1.1\r\n\r\n",         // double space
+      "GET / HTTP/1.1 \r\n\r\n",         // trailing space
+      " GET / HTTP/1.1\r\n\r\n",         // leading space
+      "G(T / HTTP/1.1\r\n\r\n",          // non-token method
+      "GET /a b HTTP/1.1\r\n\r\n",       // space in target
+      "GET /\x7f HTTP/1.1\r\n\r\n",      // DEL in target
+      "GET /\xc3\xa9 HTTP/1.1\r\n\r\n",  // raw UTF-8 in target
+      "GET /\t HTTP/1.1\r\n\r\n",        // control in target
+      "GET x HTTP/1.1\r\n\r\n",          // not origin-form
+      "GET ftp://h/ HTTP/1.1\r\n\r\n",   // unknown scheme
+      "GET http:///x HTTP/1.1\r\n\r\n",  // absolute-form without host
+      "CONNECT h:443 HTTP/1.1\r\n\r\n",  // authority-form
+      "GET * HTTP/1.1\r\n\r\n",          // asterisk-form outside OPTIONS
+      "GET /#frag HTTP/1.1\r\n\r\n",     // fragment
       // version
       "GET / HTTP/2.0\r\n\r\n",
       "GET / HTTP/1.10\r\n\r\n",
@@ -332,11 +330,11 @@ TEST_CASE("parser: malformed requests are 400", "[http_parser]") {
       // header lines
       "GET / HTTP/1.1\r\nNoColon\r\n\r\n",
       "GET / HTTP/1.1\r\n: value\r\n\r\n",
-      "GET / HTTP/1.1\r\nName : value\r\n\r\n",        // space before colon
+      "GET / HTTP/1.1\r\nName : value\r\n\r\n",  // space before colon
       "GET / HTTP/1.1\r\nNa me: value\r\n\r\n",
-      "GET / HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n",     // obs-fold
+      "GET / HTTP/1.1\r\nA: 1\r\n folded\r\n\r\n",  // obs-fold
       "GET / HTTP/1.1\r\n\tA: 1\r\n\r\n",
-      "GET / HTTP/1.1\r\nA: b\x01\r\n\r\n",            // control char
+      "GET / HTTP/1.1\r\nA: b\x01\r\n\r\n",  // control char
       "GET / HTTP/1.1\r\nA: b\x7f\r\n\r\n",
       "GET / HTTP/1.1\r\n(A): b\r\n\r\n",
       // Content-Length
@@ -394,7 +392,7 @@ TEST_CASE("parser: too many header lines are 400", "[http_parser]") {
 TEST_CASE("parser: head larger than max_header_bytes is 431", "[http_parser]") {
   HttpLimits limits;
   limits.max_header_bytes = 64;
-  std::string line = "GET / HTTP/1.1\r\n";                 // 16 bytes
+  std::string line = "GET / HTTP/1.1\r\n";                               // 16 bytes
   std::string pad = "X: " + std::string(64 - 16 - 2 - 5, 'a') + "\r\n";  // to 62
   std::string exact = line + pad + "\r\n";
   REQUIRE(exact.size() == 64);
@@ -435,8 +433,7 @@ TEST_CASE("parser: body larger than max_body_bytes is 413 before any body byte",
 }
 
 TEST_CASE("parser: Transfer-Encoding is 501", "[http_parser]") {
-  CHECK(error_of("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n") ==
-        501);
+  CHECK(error_of("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n") == 501);
   CHECK(error_of("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n") == 501);
 }
 
@@ -475,8 +472,7 @@ TEST_CASE("response: framing", "[http_response]") {
   // Handler mistakes cannot break the framing.
   HttpResponse bad_status;
   bad_status.status = 101;
-  CHECK(serialize_response(bad_status, {}).rfind("HTTP/1.1 500 Internal Server Error\r\n", 0) ==
-        0);
+  CHECK(serialize_response(bad_status, {}).rfind("HTTP/1.1 500 Internal Server Error\r\n", 0) == 0);
   HttpResponse injected;
   injected.content_type = "text/plain\r\nSet-Cookie: x=y";
   std::string inj = serialize_response(injected, {});
@@ -539,10 +535,18 @@ TEST_CASE("parser fuzz: random and mutated input never hangs or misbehaves", "[h
       for (size_t m = 0; m < mutations && !input.empty(); ++m) {
         size_t at = rng.below(input.size());
         switch (rng.below(4)) {
-          case 0: input[at] = static_cast<char>(rng.below(256)); break;
-          case 1: input.insert(at, 1, alphabet[rng.below(sizeof(alphabet) - 1)]); break;
-          case 2: input.erase(at, 1 + rng.below(8)); break;
-          case 3: input.insert(at, input.substr(at, rng.below(40))); break;
+          case 0:
+            input[at] = static_cast<char>(rng.below(256));
+            break;
+          case 1:
+            input.insert(at, 1, alphabet[rng.below(sizeof(alphabet) - 1)]);
+            break;
+          case 2:
+            input.erase(at, 1 + rng.below(8));
+            break;
+          case 3:
+            input.insert(at, input.substr(at, rng.below(40)));
+            break;
         }
       }
     }
@@ -556,8 +560,8 @@ TEST_CASE("parser fuzz: random and mutated input never hangs or misbehaves", "[h
     REQUIRE(pieces.requests.size() == whole.requests.size());
     if (whole.final_state == State::kError) {
       ++errored;
-      REQUIRE((whole.error_status == 400 || whole.error_status == 413 ||
-               whole.error_status == 431 || whole.error_status == 501));
+      REQUIRE((whole.error_status == 400 || whole.error_status == 413 || whole.error_status == 431 ||
+               whole.error_status == 501));
     }
     for (size_t i = 0; i < whole.requests.size(); ++i) {
       const HttpRequest& a = whole.requests[i].request;

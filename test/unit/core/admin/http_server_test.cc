@@ -4,9 +4,9 @@
 // only records what it saw; the test thread asserts after join().
 #include "core/admin/http_server.h"
 
-#include <catch2/catch.hpp>
 #include <netinet/in.h>
 #include <signal.h>
+#include <catch2/catch.hpp>
 
 #include <atomic>
 #include <cctype>
@@ -307,8 +307,8 @@ TEST_CASE("server: keep-alive, pipelining in order, Connection: close", "[http_s
     after_close_data = rest.data;
   }));
   REQUIRE(replies.size() == 6);
-  const char* bodies[] = {"GET /one ? []", "GET /two ? []",  "GET /p1 ? []",
-                          "POST /p2 ? [abc]", "GET /p3 ? []", "GET /bye ? []"};
+  const char* bodies[] = {"GET /one ? []",    "GET /two ? []", "GET /p1 ? []",
+                          "POST /p2 ? [abc]", "GET /p3 ? []",  "GET /bye ? []"};
   for (size_t i = 0; i < replies.size(); ++i) {
     INFO(i << ": " << replies[i].error);
     CHECK(replies[i].error.empty());
@@ -323,8 +323,7 @@ TEST_CASE("server: keep-alive, pipelining in order, Connection: close", "[http_s
   h.finish();
 }
 
-TEST_CASE("server: POST body reaches the handler, with and without 100-continue",
-          "[http_server]") {
+TEST_CASE("server: POST body reaches the handler, with and without 100-continue", "[http_server]") {
   Seen seen;
   Harness h([&](const HttpRequest& r) { return echo(&seen, r); });
   std::string body = "{\"state\":\"drain\",\"pad\":\"" + std::string(3000, 'x') + "\"}";
@@ -336,11 +335,11 @@ TEST_CASE("server: POST body reaches the handler, with and without 100-continue"
     Socket s = connect_to(h.port(), d);
     send_str(s,
              "POST /api/v1/pools/web/backends/b1 HTTP/1.1\r\nContent-Type: application/json\r\n"
-             "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body,
+             "Content-Length: " +
+                 std::to_string(body.size()) + "\r\n\r\n" + body,
              d);
     plain = read_reply(s, d);
-    send_str(s,
-             "POST /c HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", d);
+    send_str(s, "POST /c HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", d);
     interim = lb::test::read_until(s, "\r\n\r\n", d).data;
     send_str(s, "hello", d);
     continued = read_reply(s, d);
@@ -364,8 +363,7 @@ TEST_CASE("server: garbage gets 400 and the server keeps serving", "[http_server
   Exchange nul;
   Exchange good;
   REQUIRE(h.run_client([&] {
-    bad = one_shot(h.port(), std::string("\x16\x03\x01\x02\x00 garbage\r\n\r\n", 17),
-                   in(seconds(5)));
+    bad = one_shot(h.port(), std::string("\x16\x03\x01\x02\x00 garbage\r\n\r\n", 17), in(seconds(5)));
     nul = one_shot(h.port(), std::string("GET /\0 HTTP/1.1\r\n\r\n", 19), in(seconds(5)));
     good = one_shot(h.port(), "GET /after HTTP/1.1\r\nConnection: close\r\n\r\n", in(seconds(5)));
   }));
@@ -389,9 +387,7 @@ TEST_CASE("server: oversized head gets 431", "[http_server]") {
   Harness h([&](const HttpRequest& r) { return echo(&seen, r); }, limits);
   Exchange x;
   REQUIRE(h.run_client([&] {
-    x = one_shot(h.port(),
-                 "GET / HTTP/1.1\r\nX-Big: " + std::string(4000, 'a') + "\r\n\r\n",
-                 in(seconds(5)));
+    x = one_shot(h.port(), "GET / HTTP/1.1\r\nX-Big: " + std::string(4000, 'a') + "\r\n\r\n", in(seconds(5)));
   }));
   INFO(x.raw);
   CHECK(x.reply.status_line == "HTTP/1.1 431 Request Header Fields Too Large");
@@ -401,8 +397,7 @@ TEST_CASE("server: oversized head gets 431", "[http_server]") {
   h.finish();
 }
 
-TEST_CASE("server: oversized body gets 413, even while the client keeps uploading",
-          "[http_server]") {
+TEST_CASE("server: oversized body gets 413, even while the client keeps uploading", "[http_server]") {
   Seen seen;
   HttpLimits limits;
   limits.max_body_bytes = 1000;
@@ -412,8 +407,7 @@ TEST_CASE("server: oversized body gets 413, even while the client keeps uploadin
     // The whole upload is sent before reading: the server must answer and
     // then drain, not reset the connection under the client's feet.
     x = one_shot(h.port(),
-                 "POST /upload HTTP/1.1\r\nContent-Length: 200000\r\n\r\n" +
-                     std::string(200000, 'b'),
+                 "POST /upload HTTP/1.1\r\nContent-Length: 200000\r\n\r\n" + std::string(200000, 'b'),
                  in(seconds(5)));
   }));
   INFO(x.raw.substr(0, 200));
@@ -429,8 +423,7 @@ TEST_CASE("server: Transfer-Encoding gets 501", "[http_server]") {
   Harness h([&](const HttpRequest& r) { return echo(&seen, r); });
   Exchange x;
   REQUIRE(h.run_client([&] {
-    x = one_shot(h.port(),
-                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    x = one_shot(h.port(), "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
                  in(seconds(5)));
   }));
   CHECK(x.reply.status == 501);
@@ -504,8 +497,7 @@ TEST_CASE("server: a half-closed client still gets its answer", "[http_server]")
   h.finish();
 }
 
-TEST_CASE("server: handler exceptions become 500 and the connection lives on",
-          "[http_server]") {
+TEST_CASE("server: handler exceptions become 500 and the connection lives on", "[http_server]") {
   int calls = 0;
   Harness h([&](const HttpRequest& r) -> HttpResponse {
     ++calls;
@@ -534,8 +526,7 @@ TEST_CASE("server: handler exceptions become 500 and the connection lives on",
   h.finish();
 }
 
-TEST_CASE("server: idle and slow connections are closed after idle_timeout_ms",
-          "[http_server]") {
+TEST_CASE("server: idle and slow connections are closed after idle_timeout_ms", "[http_server]") {
   Seen seen;
   HttpLimits limits;
   limits.idle_timeout_ms = 200;
@@ -555,8 +546,7 @@ TEST_CASE("server: idle and slow connections are closed after idle_timeout_ms",
     send_str(kept, "GET /k HTTP/1.1\r\n\r\n", d);
     first = read_reply(kept, d);
     silent = lb::test::wait_closed(quiet, d);
-    silent_ms = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start)
-                    .count();
+    silent_ms = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start).count();
     partial = lb::test::wait_closed(slow, d);
     after_request = lb::test::wait_closed(kept, d);
   }));
@@ -599,8 +589,7 @@ TEST_CASE("server: connections beyond max_connections are closed at once", "[htt
     b.close();
     later_ok = lb::test::wait_until(
         [&] {
-          Exchange x = one_shot(h.port(), "GET /late HTTP/1.1\r\nConnection: close\r\n\r\n",
-                                in(seconds(1)));
+          Exchange x = one_shot(h.port(), "GET /late HTTP/1.1\r\nConnection: close\r\n\r\n", in(seconds(1)));
           return x.reply.status == 200;
         },
         d);
@@ -613,8 +602,7 @@ TEST_CASE("server: connections beyond max_connections are closed at once", "[htt
   h.finish();
 }
 
-TEST_CASE("server: a client pipelining without reading gets every answer in order",
-          "[http_server]") {
+TEST_CASE("server: a client pipelining without reading gets every answer in order", "[http_server]") {
   // 300 responses of 32 KiB (9.6 MB) cannot all sit in socket buffers (the
   // client's receive buffer is pinned small, the server's send buffer tops
   // out at a few MB): the server must stop reading and parsing, and resume as
@@ -694,8 +682,7 @@ TEST_CASE("server: close() with open connections leaves a clean loop", "[http_se
   h.finish();  // asserts uv_loop_close() == 0
 }
 
-TEST_CASE("server: destroying the server while connections are still closing is safe",
-          "[http_server]") {
+TEST_CASE("server: destroying the server while connections are still closing is safe", "[http_server]") {
   Seen seen;
   Harness h([&](const HttpRequest& r) { return echo(&seen, r); });
   Socket a;
@@ -809,8 +796,7 @@ Reply get_root(Harness& h) {
   return reply;
 }
 
-TEST_CASE("server: the handler sees the peer and local addresses; extra headers are sent",
-          "[http_server]") {
+TEST_CASE("server: the handler sees the peer and local addresses; extra headers are sent", "[http_server]") {
   Seen seen;
   Harness h([&](const HttpRequest& r) {
     HttpResponse resp = echo(&seen, r);

@@ -13,8 +13,7 @@
 
 namespace lb::core::test {
 
-inline BackendPtr make_backend(const std::string& id, unsigned weight = 1,
-                               uint64_t max_connections = 0) {
+inline BackendPtr make_backend(const std::string& id, unsigned weight = 1, uint64_t max_connections = 0) {
   conf::Backend c;
   c.id = id;
   c.weight = weight;

@@ -57,8 +57,7 @@ TEST_CASE("flow key of an IPv4 client", "[flow_hash]") {
 
 TEST_CASE("flow key of an IPv6 client", "[flow_hash]") {
   const auto a = v6("2001:db8::1", 8080);  // 8080 = 0x1f90
-  const std::vector<unsigned char> addr = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0,
-                                           0,    0,    0,    0,    0, 0, 0, 1};
+  const std::vector<unsigned char> addr = {0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
   CHECK(key_of(sa(&a), false) == addr);
   auto with_port = addr;
   with_port.push_back(0x1f);
@@ -78,8 +77,7 @@ TEST_CASE("IPv4-mapped IPv6 hashes like the IPv4 address", "[flow_hash]") {
   const auto a4 = v4("192.0.2.7", 5000);
   const auto a6 = v6("::ffff:192.0.2.7", 5000);
   CHECK(key_of(sa(&a6), true) == key_of(sa(&a4), true));
-  CHECK(flow_hash(sa(&a6), lb::conf::HashKey::SourceIp) ==
-        flow_hash(sa(&a4), lb::conf::HashKey::SourceIp));
+  CHECK(flow_hash(sa(&a6), lb::conf::HashKey::SourceIp) == flow_hash(sa(&a4), lb::conf::HashKey::SourceIp));
   CHECK(flow_hash(sa(&a6), lb::conf::HashKey::SourceIpPort) ==
         flow_hash(sa(&a4), lb::conf::HashKey::SourceIpPort));
   // Only the ::ffff:0:0/96 prefix is mapped: IPv4-compatible ::a.b.c.d is not.
@@ -91,12 +89,10 @@ TEST_CASE("the key separates what it should", "[flow_hash]") {
   const auto a = v4("10.0.0.1", 1000);
   const auto b = v4("10.0.0.1", 1001);
   const auto c = v4("10.0.0.2", 1000);
-  CHECK(flow_hash(sa(&a), lb::conf::HashKey::SourceIp) ==
-        flow_hash(sa(&b), lb::conf::HashKey::SourceIp));
+  CHECK(flow_hash(sa(&a), lb::conf::HashKey::SourceIp) == flow_hash(sa(&b), lb::conf::HashKey::SourceIp));
   CHECK(flow_hash(sa(&a), lb::conf::HashKey::SourceIpPort) !=
         flow_hash(sa(&b), lb::conf::HashKey::SourceIpPort));
-  CHECK(flow_hash(sa(&a), lb::conf::HashKey::SourceIp) !=
-        flow_hash(sa(&c), lb::conf::HashKey::SourceIp));
+  CHECK(flow_hash(sa(&a), lb::conf::HashKey::SourceIp) != flow_hash(sa(&c), lb::conf::HashKey::SourceIp));
 }
 
 TEST_CASE("other families and null give the empty key", "[flow_hash]") {

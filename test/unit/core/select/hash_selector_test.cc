@@ -11,8 +11,8 @@
 
 using namespace lb::core;
 using lb::conf::SelectorKind;
-using lb::core::test::TestPool;
 using lb::core::test::test_key;
+using lb::core::test::TestPool;
 
 namespace {
 
@@ -126,8 +126,8 @@ TEST_CASE("bounded loads: no backend ever exceeds its ceiling", "[hash_select][b
       const uint64_t w = pool.candidates[i].weight;
       const uint64_t den = 100 * total_weight;
       const uint64_t ceiling = (factor * placed * w + den - 1) / den;
-      INFO("kind " << static_cast<int>(kind) << " factor " << factor << " hot " << hot
-                   << " pick " << k << " backend " << i);
+      INFO("kind " << static_cast<int>(kind) << " factor " << factor << " hot " << hot << " pick " << k
+                   << " backend " << i);
       REQUIRE(static_cast<uint64_t>(pool.backends[i]->active.load()) <= ceiling);
     }
   }

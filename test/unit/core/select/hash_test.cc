@@ -37,18 +37,18 @@ constexpr uint64_t kPrime32 = 2654435761U;
 // (1-byte, 4-byte and 8-byte steps), exactly one stripe (32) and many
 // stripes plus every tail step (222 = 6 * 32 + 8 + 8 + 8 + 4 + 1 + 1).
 constexpr Vector64 kVectors[] = {
-    {0, 0, 0xEF46DB3751D8E999ULL},        {0, kPrime32, 0xAC75FDA2929B17EFULL},
-    {1, 0, 0xE934A84ADB052768ULL},        {1, kPrime32, 0x5014607643A9B4C3ULL},
-    {3, 0, 0xFF7E1959CB50794AULL},        {3, kPrime32, 0xAA8584E83660F7D1ULL},
-    {4, 0, 0x9136A0DCA57457EEULL},        {4, kPrime32, 0xCAAB286BD8E9FDB5ULL},
-    {8, 0, 0xCDBCF538E71D1348ULL},        {8, kPrime32, 0xFE0C047A5353CDACULL},
-    {14, 0, 0x8282DCC4994E35C8ULL},       {14, kPrime32, 0xC3BD6BF63DEB6DF0ULL},
-    {16, 0, 0x98C90B57FDFCB55CULL},       {16, kPrime32, 0xC900AD2D536B607EULL},
-    {17, 0, 0x0D39A2D051A30C2CULL},       {17, kPrime32, 0x495CD68A647C7A22ULL},
-    {24, 0, 0xF75A6DEA42DC5BF4ULL},       {24, kPrime32, 0x8B7C67EB59778E22ULL},
-    {32, 0, 0x18B216492BB44B70ULL},       {32, kPrime32, 0xB3F33BDF93ADE409ULL},
-    {222, 0, 0xB641AE8CB691C174ULL},      {222, kPrime32, 0x20CB8AB7AE10C14AULL},
-    {2367, 0, 0xA82418DDEC0EA581ULL},     {2367, kPrime32, 0xA36A93C18052673AULL},
+    {0, 0, 0xEF46DB3751D8E999ULL},    {0, kPrime32, 0xAC75FDA2929B17EFULL},
+    {1, 0, 0xE934A84ADB052768ULL},    {1, kPrime32, 0x5014607643A9B4C3ULL},
+    {3, 0, 0xFF7E1959CB50794AULL},    {3, kPrime32, 0xAA8584E83660F7D1ULL},
+    {4, 0, 0x9136A0DCA57457EEULL},    {4, kPrime32, 0xCAAB286BD8E9FDB5ULL},
+    {8, 0, 0xCDBCF538E71D1348ULL},    {8, kPrime32, 0xFE0C047A5353CDACULL},
+    {14, 0, 0x8282DCC4994E35C8ULL},   {14, kPrime32, 0xC3BD6BF63DEB6DF0ULL},
+    {16, 0, 0x98C90B57FDFCB55CULL},   {16, kPrime32, 0xC900AD2D536B607EULL},
+    {17, 0, 0x0D39A2D051A30C2CULL},   {17, kPrime32, 0x495CD68A647C7A22ULL},
+    {24, 0, 0xF75A6DEA42DC5BF4ULL},   {24, kPrime32, 0x8B7C67EB59778E22ULL},
+    {32, 0, 0x18B216492BB44B70ULL},   {32, kPrime32, 0xB3F33BDF93ADE409ULL},
+    {222, 0, 0xB641AE8CB691C174ULL},  {222, kPrime32, 0x20CB8AB7AE10C14AULL},
+    {2367, 0, 0xA82418DDEC0EA581ULL}, {2367, kPrime32, 0xA36A93C18052673AULL},
 };
 
 }  // namespace
@@ -75,11 +75,10 @@ TEST_CASE("xxh64 reads unaligned input", "[hash]") {
 TEST_CASE("streaming xxh64 equals one-shot for any split", "[hash]") {
   const auto buf = sanity_buffer(2367);
   for (const auto& v : kVectors) {
-    for (size_t chunk : {size_t{1}, size_t{3}, size_t{7}, size_t{31}, size_t{32}, size_t{33},
-                         size_t{100}, size_t{4096}}) {
+    for (size_t chunk :
+         {size_t{1}, size_t{3}, size_t{7}, size_t{31}, size_t{32}, size_t{33}, size_t{100}, size_t{4096}}) {
       lb::hash::Xxh64 h(v.seed);
-      for (size_t at = 0; at < v.len; at += chunk)
-        h.update(buf.data() + at, std::min(chunk, v.len - at));
+      for (size_t at = 0; at < v.len; at += chunk) h.update(buf.data() + at, std::min(chunk, v.len - at));
       INFO("len " << v.len << " seed " << v.seed << " chunk " << chunk);
       CHECK(h.digest() == v.want);
     }

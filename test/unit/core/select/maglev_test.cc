@@ -11,8 +11,8 @@
 #include "fixture.h"
 
 using namespace lb::core;
-using lb::core::test::TestPool;
 using lb::core::test::test_key;
+using lb::core::test::TestPool;
 
 namespace {
 
@@ -67,8 +67,7 @@ TEST_CASE("maglev populate: weighted turns, by hand", "[maglev]") {
   // R7: B0 (9 taken) 1. Full.
   // Slots 0..12: B0 B0 B0 B1 B0 B0 B1 B2 B1 B2 B0 B2 B0 (7 : 3 : 3).
   const MaglevPermutation perms[] = {{0, 5, 2}, {0, 3, 1}, {7, 2, 1}};
-  CHECK(maglev_populate(perms, 13) ==
-        std::vector<uint32_t>{0, 0, 0, 1, 0, 0, 1, 2, 1, 2, 0, 2, 0});
+  CHECK(maglev_populate(perms, 13) == std::vector<uint32_t>{0, 0, 0, 1, 0, 0, 1, 2, 1, 2, 0, 2, 0});
 }
 
 TEST_CASE("maglev populate edge cases", "[maglev]") {
@@ -98,8 +97,7 @@ TEST_CASE("maglev build follows the documented permutation", "[maglev]") {
     const std::string& id = c.backend->id;
     const uint64_t h1 = lb::hash::xxh64(id, MaglevTable::kOffsetSeed);
     const uint64_t h2 = lb::hash::xxh64(id, MaglevTable::kSkipSeed);
-    perms.push_back({static_cast<uint32_t>(h1 % m), static_cast<uint32_t>(h2 % (m - 1) + 1),
-                     c.weight});
+    perms.push_back({static_cast<uint32_t>(h1 % m), static_cast<uint32_t>(h2 % (m - 1) + 1), c.weight});
   }
   const auto want = maglev_populate(perms, m);
   CHECK(std::vector<uint32_t>(t->slots().begin(), t->slots().end()) == want);
@@ -112,9 +110,9 @@ TEST_CASE("maglev build follows the documented permutation", "[maglev]") {
   // R1: w1 11. R2: w1 0; w2 6; w3 (0) 10. R3: w1 2. R4: w1 4; w2 12; w3 7.
   // R5: w1 (6) 8. R6: w1 (10, 12) 1; w2 5; w3 (4, 1, 11, 8, 5, 2, 12) 9.
   // R7: w1 3. Full.
-  CHECK(slot_ids(*t) == std::vector<std::string>{
-                            "web-1", "web-1", "web-1", "web-1", "web-1", "web-2", "web-2",
-                            "web-3", "web-1", "web-3", "web-3", "web-1", "web-2"});
+  CHECK(slot_ids(*t) == std::vector<std::string>{"web-1", "web-1", "web-1", "web-1", "web-1", "web-2",
+                                                 "web-2", "web-3", "web-1", "web-3", "web-3", "web-1",
+                                                 "web-2"});
 }
 
 TEST_CASE("maglev table sizes are primes from the documented list", "[maglev]") {
@@ -251,7 +249,7 @@ TEST_CASE("maglev disruption when a backend leaves or joins", "[maglev]") {
   // the survivors): Maglev trades a little disruption for its balance.
   INFO("moved " << moved << " of which not from b03: " << moved_elsewhere);
   CHECK(moved >= keys / n - keys / 50);
-  CHECK(moved <= keys / n + keys / 50);            // <= 1/N + 2%
+  CHECK(moved <= keys / n + keys / 50);  // <= 1/N + 2%
   CHECK(moved_elsewhere <= keys / 50);
 
   // Joining: the new backend takes about 1/(N+1); few keys shuffle elsewhere

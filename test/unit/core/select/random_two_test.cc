@@ -94,8 +94,7 @@ TEST_CASE("random_two skips avoided and full backends", "[random_two]") {
   // Only c remains, whatever the draws.
   for (int i = 0; i < 1000; ++i) CHECK(r2.pick(retry) == pool.backends[2].get());
 
-  const Backend* all[] = {pool.backends[1].get(), pool.backends[2].get(),
-                          pool.backends[3].get()};
+  const Backend* all[] = {pool.backends[1].get(), pool.backends[2].get(), pool.backends[3].get()};
   retry.avoid = all;
   CHECK(r2.pick(retry) == nullptr);
 

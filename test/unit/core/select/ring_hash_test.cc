@@ -12,8 +12,8 @@
 #include "fixture.h"
 
 using namespace lb::core;
-using lb::core::test::TestPool;
 using lb::core::test::test_key;
+using lb::core::test::TestPool;
 
 namespace {
 

@@ -120,7 +120,8 @@ TEST_CASE("make_selector builds round robin for the kind", "[round_robin][factor
   CHECK(sequence(*s, 7, pool) == "aabacaa");
 }
 
-TEST_CASE("a new table of the pool continues the cycle instead of restarting it", "[round_robin][take_over]") {
+TEST_CASE("a new table of the pool continues the cycle instead of restarting it",
+          "[round_robin][take_over]") {
   TestPool pool({5, 1, 1});
   RoundRobinSelector first(pool.candidates, 0);
   CHECK(sequence(first, 3, pool) == "aab");
@@ -142,7 +143,8 @@ TEST_CASE("a new table of the pool continues the cycle instead of restarting it"
   CHECK(sequence(after, 4, two) == "baba");
 }
 
-TEST_CASE("take over matches backends by id: new ones start level, gone ones drop out", "[round_robin][take_over]") {
+TEST_CASE("take over matches backends by id: new ones start level, gone ones drop out",
+          "[round_robin][take_over]") {
   TestPool pool({1, 1, 1});
   RoundRobinSelector rr(pool.candidates, 0);
   CHECK(sequence(rr, 2, pool) == "ab");  // c is owed a pick
