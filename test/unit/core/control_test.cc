@@ -1,3 +1,4 @@
+#include <fmt/format.h>
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -21,6 +22,31 @@ lb::conf::Config load(const std::string& text) {
   INFO((r.errors.empty() ? std::string() : r.errors[0].str()));
   REQUIRE(r.ok());
   return *r.config;
+}
+
+// One tcp-checked pool "web" of backends "a" and "b" with the given weight
+// and slow_start: the slow-start tests' common configuration.
+lb::conf::Config slow_start_pool(const std::string& ramp, unsigned weight) {
+  return load(fmt::format(R"(
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+pool = "web"
+[[pool]]
+name = "web"
+slow_start = "{0}"
+[pool.health_check]
+type = "tcp"
+[[pool.backend]]
+address = "127.0.0.1:9001"
+id = "a"
+weight = {1}
+[[pool.backend]]
+address = "127.0.0.1:9002"
+id = "b"
+weight = {1}
+)",
+                          ramp, weight));
 }
 
 const char* kTwoPools = R"(
@@ -224,25 +250,7 @@ TEST_CASE("a staged reload changes nothing until it commits, and a dropped one n
 TEST_CASE("slow start ramps a recovered backend's weight, never the first result", "[control]") {
   std::vector<BackendTablePtr> published;
   ControlPlane cp([&](BackendTablePtr t) { published.push_back(t); });
-  auto pools = cp.apply(load(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-[[pool]]
-name = "web"
-slow_start = "400ms"
-[pool.health_check]
-type = "tcp"
-[[pool.backend]]
-address = "127.0.0.1:9001"
-id = "a"
-weight = 3
-[[pool.backend]]
-address = "127.0.0.1:9002"
-id = "b"
-weight = 3
-)"));
+  auto pools = cp.apply(slow_start_pool("400ms", 3));
   auto& a = *pools[0].backends[0];
   auto& b = *pools[0].backends[1];
   auto weights = [&] {
@@ -431,23 +439,7 @@ TEST_CASE("round robin follows a slow-start ramp at one connection per tick",
   // at every tick would send every connection to the heavier "a".
   FakeClock clock;
   ControlPlane cp({}, clock.fn());
-  auto pools = cp.apply(load(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-[[pool]]
-name = "web"
-slow_start = "30s"
-[pool.health_check]
-type = "tcp"
-[[pool.backend]]
-address = "127.0.0.1:9001"
-id = "a"
-[[pool.backend]]
-address = "127.0.0.1:9002"
-id = "b"
-)"));
+  auto pools = cp.apply(slow_start_pool("30s", 1));
   auto& a = *pools[0].backends[0];
   auto& b = *pools[0].backends[1];
   cp.set_health(a, true);
@@ -478,25 +470,7 @@ id = "b"
 
 TEST_CASE("snapshot: effective_weight follows slow start, not drain or health", "[control]") {
   ControlPlane cp([](BackendTablePtr) {});
-  auto pools = cp.apply(load(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-[[pool]]
-name = "web"
-slow_start = "1h"
-[pool.health_check]
-type = "tcp"
-[[pool.backend]]
-address = "127.0.0.1:9001"
-id = "a"
-weight = 3
-[[pool.backend]]
-address = "127.0.0.1:9002"
-id = "b"
-weight = 3
-)"));
+  auto pools = cp.apply(slow_start_pool("1h", 3));
   auto& a = *pools[0].backends[0];
   auto& b = *pools[0].backends[1];
   auto eff = [&](const std::string& id) {
