@@ -341,7 +341,8 @@ bool SpliceRelay::pass_eof(Way& w) {
     finish(SpliceResult::Ok, false, false, true);
     return false;
   }
-  return true;
+  if (handler_->eof_passed) handler_->eof_passed(ctx_, to_backend(w));
+  return state_ == State::Running;  // the owner may have ended us
 }
 
 bool SpliceRelay::hand_back_when_empty() {

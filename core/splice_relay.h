@@ -115,6 +115,9 @@ class SpliceRelay {
     void (*activity)(void* ctx, bool to_backend, size_t bytes);
     void (*finished)(void* ctx, SpliceResult result, bool backend_failed);
     void (*closed)(void* ctx);
+    // Optional: a direction passed its EOF on (shutdown of its destination
+    // done) while the other may still flow.
+    void (*eof_passed)(void* ctx, bool to_backend) = nullptr;
   };
 
   // Bytes one direction moves per poll callback before yielding (fairness).

@@ -133,14 +133,14 @@ Worker::~Worker() {
 }
 
 void Worker::start() {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] { run_until_stopped(); });
 }
 
 void Worker::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Worker::run() {
+int Worker::run_until_stopped() {
   // Runs until Abort has closed every handle and their callbacks have run.
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
@@ -149,6 +149,7 @@ void Worker::run() {
     leaked_handles_ = true;
   }
   loop_closed_ = true;
+  return rc;
 }
 
 // The wake-up is sent under the inbox lock: abort_all() closes the async
@@ -200,15 +201,15 @@ void Worker::swap_table(BackendTablePtr table) {
   table_ = std::move(table);
 }
 
-Backend* Worker::pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool) {
-  SelectorSet::Entry* e = selectors_.find(listener.cfg.pool);
+Backend* Worker::pick(const std::string& pool, const PickContext& ctx, const PoolTable** table) {
+  SelectorSet::Entry* e = selectors_.find(pool);
   if (!e) return nullptr;
-  *pool = e->table.get();
+  *table = e->table.get();
   return e->selector->pick(ctx);
 }
 
-uint64_t Worker::flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
-  const SelectorSet::Entry* e = selectors_.find(listener.cfg.pool);
+uint64_t Worker::flow_hash_for(const std::string& pool, const sockaddr* client) {
+  const SelectorSet::Entry* e = selectors_.find(pool);
   if (!e || !conf::is_hash_selector(e->table->selector)) return 0;
   return hash::flow_hash(client, e->table->hash_key);
 }
