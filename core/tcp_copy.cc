@@ -236,4 +236,22 @@ void TcpSession::on_shutdown_done(Way& w, int status) {
   if (relay_finished(up_.flow, down_.flow)) finish(Result::Ok, false);
 }
 
+std::string TcpSession::unwritten(const Way& w, uv_tcp_t* dst) const {
+  // libuv counts the bytes of its write queue that are not written yet; only
+  // the oldest write can be partly written, so they are the last `left`
+  // bytes of the queued writes together.
+  size_t left = uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(dst));
+  size_t total = 0;
+  for (WriteReq* r = w.queue_head; r; r = r->next) total += r->len;
+  size_t skip = total > left ? total - left : 0;
+  std::string out;
+  out.reserve(total - skip);
+  for (WriteReq* r = w.queue_head; r; r = r->next) {
+    size_t from = skip < r->len ? skip : r->len;
+    skip -= from;
+    out.append(r->data() + from, r->len - from);
+  }
+  return out;
+}
+
 }  // namespace lb::core

@@ -1,5 +1,5 @@
 // TcpSession: from accept to connected, and the end (Closing, deletion).
-// The relay itself: tcp_copy.cc, tcp_splice.cc.
+// The relay itself: tcp_copy.cc, tcp_splice.cc; freezing: tcp_freeze.cc.
 #include "core/tcp_session.h"
 
 #include <cstring>
@@ -17,8 +17,9 @@ void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* cl
 
 TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client)
     : worker_(worker), listener_(std::move(listener)), client_(client) {
-  client_->data = this;
-  refs_ = 1;
+  // resume() creates its handles later.
+  if (client_) client_->data = this;
+  refs_ = client_ ? 1 : 0;
   timeout_.fire = &TcpSession::on_timeout;
   timeout_.owner = this;
   started_ms_ = uv_now(worker_.loop());
@@ -314,7 +315,7 @@ void TcpSession::on_timeout(TimeoutNode* n) {
 void TcpSession::abort() { finish(Result::Reset, true); }
 
 void TcpSession::finish(Result r, bool reset) {
-  if (state_ == State::Closing) return;
+  if (state_ == State::Closing || state_ == State::Frozen) return;
   state_ = State::Closing;
   result_ = r;
   worker_.timeouts().disarm(&timeout_);
@@ -350,7 +351,8 @@ void TcpSession::on_close_cb(uv_handle_t* h) {
 
 void TcpSession::unref() {
   if (--refs_ > 0) return;
-  log_access();
+  // A frozen session goes on elsewhere: its line is written where it ends.
+  if (state_ != State::Frozen) log_access();
   release_backend();
   delete this;
 }

@@ -5,6 +5,7 @@
 //       |           |          |  ^          |  |          |             |
 //       |           |          |  +----------+  |          |             |
 //       +-----------+----------+----------------+----------+-------------+--> Closing
+//                                                Relaying, HalfClosed ------> Frozen
 //
 //  Accepting   the worker accepted and counted it (global and listener
 //              max_connections, core/admission.h); the peer address is read.
@@ -27,6 +28,8 @@
 //  HalfClosed  one way has passed its EOF on; the other still flows.
 //  Closing     both sockets closing; counters and the access-log line once
 //              the last handle is closed, then the object is deleted.
+//  Frozen      freeze() took the sockets out into a FrozenSession; the handles
+//              are closing, and the object goes without an access-log line.
 //
 // Every libuv callback is a static function that only dispatches on state_
 // into one of the transition functions below. Buffers, each with one meaning:
@@ -43,6 +46,11 @@
 // backpressure, half-close and reset semantics; a relay that finds splice
 // unsupported, or gets no pipe, hands the sockets back (back_to_copy_path).
 //
+// Freezing (upgrade in place): a session in Relaying or HalfClosed, on either
+// path, can be frozen into a FrozenSession (core/frozen_session.h) and
+// resumed from it on another worker or in another process; see freeze() and
+// resume().
+//
 // Lifetime: owned by its worker (in the worker's intrusive session list) and
 // destroyed in the close callback of the last of its handles, so no libuv
 // callback can ever see a freed session. Pending writes and connects complete
@@ -58,6 +66,7 @@
 
 #include "core/backend.h"
 #include "core/flow_control.h"
+#include "core/frozen_session.h"
 #include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
 #include "core/worker.h"
@@ -69,6 +78,19 @@ class TcpSession {
   // Takes ownership of `client`, an initialised and accepted uv_tcp_t whose
   // connection the worker has already counted (shared and listener `open`).
   static void start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client);
+
+  // Takes a relaying session out of this worker: fills `out` (which then owns
+  // both sockets, see FrozenSession) and closes the session's handles; the
+  // session ends without an access-log line, the record carries it on.
+  // False, with nothing changed, unless the session is Relaying or
+  // HalfClosed and not between the copy and splice paths.
+  bool freeze(FrozenSession* out);
+  // Continues a frozen session on `worker` (call on its thread). `listener`
+  // and `backend` are what the record names (the caller looks them up). The
+  // connection counts again against the global, listener and per-source
+  // limits, without being refused by them: it was admitted already. Takes
+  // the record's fds whatever happens; on failure both are reset.
+  static void resume(Worker& worker, ListenerRuntimePtr listener, BackendPtr backend, FrozenSession&& f);
 
   // Resets both sides now (worker abort at the end of a graceful stop).
   void abort();
@@ -98,7 +120,16 @@ class TcpSession {
   // two syscalls without the switch (dups, closes, epoll changes) or pipes.
   static constexpr size_t kSpliceReadMin = 32 * 1024;
 
-  enum class State : uint8_t { Accepting, Header, Routing, Connecting, Relaying, HalfClosed, Closing };
+  enum class State : uint8_t {
+    Accepting,
+    Header,
+    Routing,
+    Connecting,
+    Relaying,
+    HalfClosed,
+    Closing,
+    Frozen
+  };
   enum class Path : uint8_t { Copy, Splice, Unsplicing };
   enum class Result : uint8_t { Ok, ConnectFailed, Timeout, Reset, Refused };
 
@@ -110,7 +141,7 @@ class TcpSession {
     uv_connect_t connect;
   };
   // One direction of the copy path: its flow state and the writes queued on
-  // its destination (oldest first).
+  // its destination (oldest first; freeze() needs their bytes).
   struct Way {
     Direction flow;
     WriteReq* queue_head = nullptr;
@@ -138,6 +169,7 @@ class TcpSession {
   void on_connected();                  // Connecting -> Relaying
   void on_connect_failed();             // Connecting -> choose_backend()
   void finish(Result r, bool reset);    // any -> Closing
+  void enter_frozen();                  // Relaying | HalfClosed -> Frozen
   bool relaying() const { return state_ == State::Relaying || state_ == State::HalfClosed; }
   std::string proxy_header();
   void release_backend();
@@ -161,6 +193,8 @@ class TcpSession {
   void starve(uv_tcp_t* src);
   // Reads `src` again (after backpressure or a budget wait).
   bool resume_read(uv_tcp_t* src);
+  // The bytes queued on `w`'s destination that it has not taken yet.
+  std::string unwritten(const Way& w, uv_tcp_t* dst) const;
 
   // --- splice path (tcp_splice.cc) ---
   void maybe_splice();
@@ -171,6 +205,9 @@ class TcpSession {
   // New uv_tcp_t handles for client_ and upstream_ on two connected fds,
   // for the copy path (takes the fds; false: reset and finished).
   bool adopt_fds(int client_fd, int backend_fd);
+
+  // --- freeze and resume (tcp_freeze.cc) ---
+  void restore(BackendPtr backend, FrozenSession& f);
 
   // --- libuv callbacks: dispatch only ---
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);

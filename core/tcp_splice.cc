@@ -27,7 +27,7 @@ void TcpSession::maybe_splice() {
   if (up.queued || down.queued || up.eof || down.eof || up.paused || down.paused || starved_) return;
   // No useful pipe to be had for now (PipePool): stay on the copy path; the
   // pool tries again within a second and a later read retries the switch.
-  if (!SpliceRelay::supported() || !worker_.pipe_pool().can_acquire()) return;
+  if (!worker_.splice_allowed() || !SpliceRelay::supported() || !worker_.pipe_pool().can_acquire()) return;
   if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(client_)) != 0 ||
       uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(upstream_)) != 0)
     return;

@@ -152,6 +152,16 @@ int Worker::run_until_stopped() {
   return rc;
 }
 
+std::vector<FrozenSession> Worker::freeze_sessions() {
+  std::vector<FrozenSession> out;
+  // A frozen session leaves the list only when its handles have closed.
+  for (TcpSession* s = sessions_; s; s = s->next) {
+    FrozenSession f;
+    if (s->freeze(&f)) out.push_back(std::move(f));
+  }
+  return out;
+}
+
 // The wake-up is sent under the inbox lock: abort_all() closes the async
 // handle under the same lock, so no thread can signal a closed handle.
 void Worker::post(WorkerMessage msg) {

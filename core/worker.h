@@ -27,6 +27,7 @@
 #include "core/acl.h"
 #include "core/backend_table.h"
 #include "core/flow_control.h"
+#include "core/frozen_session.h"
 #include "core/pipe_pool.h"
 #include "core/select/selector.h"
 #include "core/select/selector_set.h"
@@ -93,6 +94,9 @@ class Worker {
   // (0, or UV_EBUSY for a leak, which it logs). Tests that drive the loop
   // themselves call it on their own thread instead of start().
   int run_until_stopped();
+  // Takes every session that can be frozen out of this worker (see
+  // TcpSession::freeze); the others carry on. On this worker's thread.
+  std::vector<FrozenSession> freeze_sessions();
   void join();  // after an Abort message
   // After join(): true when the loop still had open handles at its end (a
   // leak; the worker has logged it). lb then exits non-zero.
@@ -112,6 +116,10 @@ class Worker {
   char* read_buffer() { return read_buffer_.get(); }
   // Pipes for the splice(2) relay of this worker's TCP sessions.
   PipePool& pipe_pool() { return pipe_pool_; }
+  // Whether this worker's sessions may move to splice(2) at all (on top of
+  // SpliceRelay::supported()). Tests turn it off to pin the copy path.
+  bool splice_allowed() const { return splice_allowed_; }
+  void set_splice_allowed(bool on) { splice_allowed_ = on; }
   static constexpr size_t kReadBufferSize = 64 * 1024;
   // Picks a backend of pool `pool` (of `listener`'s pool) for a new
   // connection; null when none. *table: the pool's current table, if any.
@@ -195,6 +203,7 @@ class Worker {
   std::unique_ptr<char[]> udp_buffer_;
   std::atomic<int64_t> open_sessions_{0};
   bool aborting_ = false;
+  bool splice_allowed_ = true;
   bool loop_closed_ = false;
   bool leaked_handles_ = false;  // written by the worker thread before join()
 };
