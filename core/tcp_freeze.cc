@@ -97,10 +97,6 @@ void TcpSession::enter_frozen() {
 }
 
 void TcpSession::resume(Worker& worker, ListenerRuntimePtr listener, BackendPtr backend, FrozenSession&& f) {
-  // Counted as at accept, but never refused: the connection was admitted.
-  // The destructor gives these back as for any session.
-  worker.shared().active_connections.fetch_add(1, std::memory_order_relaxed);
-  listener->stats->try_open(0);
   auto* s = new TcpSession(worker, std::move(listener), nullptr);
   s->restore(std::move(backend), f);
 }
@@ -113,10 +109,9 @@ void TcpSession::restore(BackendPtr backend, FrozenSession& f) {
     local_addr_ = f.local;
     have_local_ = true;
   }
-  if (listener_->cfg.max_connections_per_source) {
-    holds_source_ =
-        listener_->stats->sources.try_acquire(reinterpret_cast<const sockaddr*>(&client_addr_), UINT64_MAX);
-  }
+  // Counted as at accept, but never refused: the connection was admitted.
+  // The destructor gives it back as for any session.
+  admission_.readmit(worker_.shared(), *listener_, reinterpret_cast<const sockaddr*>(&client_addr_));
   flow_hash_ = f.flow_hash;
   started_ms_ = f.started_ms;
   bytes_to_backend_ = f.bytes_to_backend;

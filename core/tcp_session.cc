@@ -10,8 +10,9 @@
 
 namespace lb::core {
 
-void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client) {
+void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client, Admission admission) {
   auto* s = new TcpSession(worker, std::move(listener), client);
+  s->admission_ = admission;
   s->on_accepted();
 }
 
@@ -30,8 +31,7 @@ TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* cl
 TcpSession::~TcpSession() {
   worker_.cancel_budget_wait(this);
   delete[] header_.data;
-  if (holds_source_) listener_->stats->sources.release(reinterpret_cast<const sockaddr*>(&client_addr_));
-  listener_->stats->close_one();
+  admission_.release(worker_.shared(), *listener_->stats, reinterpret_cast<const sockaddr*>(&client_addr_));
   bump<int64_t>(listener_->stats->slot(worker_.index()).active, -1);
   worker_.session_closed(this);
 }
@@ -57,8 +57,7 @@ void TcpSession::enter_header() {
   // the per-source limit, hashing) believes it: only a trusted peer (the
   // balancer in front) may send one. The peer itself is checked, never the
   // address it claims.
-  if (!listener_->proxy_trusted.empty() &&
-      !listener_->proxy_trusted.contains(reinterpret_cast<const sockaddr*>(&client_addr_))) {
+  if (!Admission::proxy_peer_trusted(*listener_, reinterpret_cast<const sockaddr*>(&client_addr_))) {
     refuse_header("untrusted peer");
     return;
   }
@@ -103,7 +102,7 @@ void TcpSession::on_header_bytes(ssize_t nread) {
 
 void TcpSession::refuse_header(const char* why) {
   log::debug("proxy header refused listener={} reason=\"{}\"", listener_->cfg.name, why);
-  bump(listener_->stats->slot(worker_.index()).rejected_proxy);
+  count_refusal(listener_->stats->slot(worker_.index()), Refusal::ProxyProtocol);
   finish(Result::Refused, false);
 }
 
@@ -111,19 +110,12 @@ void TcpSession::refuse_header(const char* why) {
 // (after a PROXY header).
 void TcpSession::admit_client() {
   auto& slot = listener_->stats->slot(worker_.index());
-  auto* client = reinterpret_cast<const sockaddr*>(&client_addr_);
-  if (listener_->acl.enabled() && !listener_->acl.permits(client)) {
-    bump(slot.rejected_acl);
+  Refusal r =
+      admission_.admit_client(worker_.shared(), *listener_, reinterpret_cast<const sockaddr*>(&client_addr_));
+  if (r != Refusal::None) {
+    count_refusal(slot, r);
     finish(Result::Refused, false);
     return;
-  }
-  if (uint64_t limit = listener_->cfg.max_connections_per_source) {
-    if (!listener_->stats->sources.try_acquire(client, limit)) {
-      bump(slot.rejected_limit);
-      finish(Result::Refused, false);
-      return;
-    }
-    holds_source_ = true;
   }
   bump(slot.connections);
   enter_routing();

@@ -8,7 +8,8 @@
 //                                                Relaying, HalfClosed ------> Frozen
 //
 //  Accepting   the worker accepted and counted it (global and listener
-//              max_connections, core/admission.h); the peer address is read.
+//              max_connections: core/admission.h, step 1); the peer address
+//              is read.
 //  Header      accept_proxy_protocol: the client's PROXY header is read into
 //              header_ within kProxyHeaderTimeoutMs; its addresses then stand
 //              for the client's. Bytes behind it go to early_.
@@ -64,6 +65,7 @@
 #include <string>
 #include <string_view>
 
+#include "core/admission.h"
 #include "core/backend.h"
 #include "core/flow_control.h"
 #include "core/frozen_session.h"
@@ -76,8 +78,8 @@ namespace lb::core {
 class TcpSession {
  public:
   // Takes ownership of `client`, an initialised and accepted uv_tcp_t whose
-  // connection the worker has already counted (shared and listener `open`).
-  static void start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client);
+  // connection the worker has already counted (`admission`, step 1 done).
+  static void start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client, Admission admission);
 
   // Takes a relaying session out of this worker: fills `out` (which then owns
   // both sockets, see FrozenSession) and closes the session's handles; the
@@ -162,7 +164,7 @@ class TcpSession {
   void enter_header();                  // Accepting -> Header
   void on_header_bytes(ssize_t nread);  // Header -> Routing (header complete)
   void refuse_header(const char* why);  // Header -> Closing
-  void admit_client();                  // -> Routing | Closing (ACL, per-source limit)
+  void admit_client();                  // -> Routing | Closing (admission steps 3 and 4)
   void enter_routing();                 // -> Routing; the pool is chosen here
   void choose_backend();                // Routing -> Connecting | Closing
   void connect_to(Backend* b);          // -> Connecting
@@ -253,8 +255,8 @@ class TcpSession {
   bool have_local_ = false;
   bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
   bool bulk_seen_ = false;         // a read of kSpliceReadMin or more happened
-  bool holds_source_ = false;      // counted in the listener's per-source table
   uint8_t starved_ = 0;            // starved_bit()s of sources stopped for budget
+  Admission admission_;            // what the connection counts against the limits
   HeaderBuffer header_;            // State::Header only
   // Client bytes read before the backend was connected (behind a PROXY
   // header today); sent on right after our own PROXY header.

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cassert>
 
+#include "core/admission.h"
 #include "core/hash/flow_hash.h"
 #include "core/log.h"
 #include "core/tcp_session.h"
@@ -375,25 +376,16 @@ void Worker::accept_one(Listener* l) {
     close_accepted(client);
     return;
   }
-  auto& slot = l->runtime->stats->slot(index_);
-  // The address-independent limits are checked here, before any work: [global]
-  // max_connections (every listener of every worker) and the listener's own.
-  // The ACL and the per-source limit are the session's first step, because
-  // with accept_proxy_protocol the client address is known only later.
-  if (shared_.active_connections.fetch_add(1, std::memory_order_relaxed) >=
-      static_cast<int64_t>(shared_.max_connections.load(std::memory_order_relaxed))) {
-    shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    bump(slot.rejected_limit);
+  // The address-independent limits (admission step 1) are checked here,
+  // before any work. The rest of admission is the session's, because with
+  // accept_proxy_protocol the client address is known only later.
+  Admission admission;
+  if (Refusal r = admission.open(shared_, *l->runtime); r != Refusal::None) {
+    count_refusal(l->runtime->stats->slot(index_), r);
     close_accepted(client);
     return;
   }
-  if (!l->runtime->stats->try_open(l->runtime->cfg.max_connections)) {
-    shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    bump(slot.rejected_limit);
-    close_accepted(client);
-    return;
-  }
-  TcpSession::start(*this, l->runtime, client);
+  TcpSession::start(*this, l->runtime, client, admission);
 }
 
 void Worker::close_accepted(uv_tcp_t* client) {
@@ -417,7 +409,6 @@ void Worker::session_closed(TcpSession* s) {
   if (s->next) s->next->prev = s->prev;
   s->prev = s->next = nullptr;
   open_sessions_.fetch_sub(1, std::memory_order_relaxed);
-  shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
 }
 
 }  // namespace lb::core
