@@ -33,6 +33,7 @@
 #include "core/select/selector_set.h"
 #include "core/stats.h"
 #include "core/timeout_wheel.h"
+#include "core/uv_ptr.h"
 
 namespace lb::core {
 
@@ -64,8 +65,9 @@ struct SharedState {
   std::function<void(const BackendPtr&, bool success)> report_backend;
 };
 
-// One listening socket of a listener, for one worker.
-struct ListenEntry {
+// One bind of a listener as handed to one worker: its listening socket and
+// the listener it serves.
+struct WorkerBind {
   std::string key;  // "tcp|127.0.0.1:8080": identity across reloads
   int fd = -1;      // a new socket to adopt, or -1: keep the worker's existing one
   ListenerRuntimePtr runtime;
@@ -73,12 +75,12 @@ struct ListenEntry {
 
 struct WorkerMessage {
   enum class Kind {
-    Listeners,  // replace the listener set (entries not listed are closed)
+    Listeners,  // replace the listener set (binds not listed are closed)
     Drain,      // stop accepting; sessions continue
     Abort,      // close every session and handle; the loop ends
   };
   Kind kind;
-  std::vector<ListenEntry> listeners;
+  std::vector<WorkerBind> binds;  // Listeners: the whole new set
 };
 
 class Worker {
@@ -158,36 +160,35 @@ class Worker {
   void udp_listener_removed(UdpListener* l);
 
  private:
-  struct Listener;
+  struct BindSocket;
 
   static void on_async(uv_async_t* a);
   // Every kPipeTrimMs: closes pooled pipes unused for that long, and lets
   // the pool try for full-size pipes again after a shortage.
   static void on_trim(uv_timer_t* t);
-  void close_trim_timer();
+  void close_timers();
   static constexpr uint64_t kPipeTrimMs = 1000;
   void drain_inbox();
-  void apply_listeners(const std::vector<ListenEntry>& entries);
-  void close_listeners();
+  void apply_binds(const std::vector<WorkerBind>& binds);
+  void close_binds();
   void drain();
   void abort_all();
   void swap_table(BackendTablePtr table);
   static void on_connection(uv_stream_t* server, int status);
-  void accept_one(Listener* l);
-  void close_accepted(uv_tcp_t* client);
+  void accept_one(BindSocket* l);
 
   const unsigned index_;
   SharedState& shared_;
   uv_loop_t loop_;
-  uv_async_t* async_ = nullptr;
+  UvPtr<uv_async_t> async_;  // null once the worker stopped (under inbox_mu_)
   std::unique_ptr<TimeoutWheel> timeouts_;
   std::unique_ptr<char[]> read_buffer_;
-  PipePool pipe_pool_;                // outlives the loop: the destructor runs after run_until_stopped()
-  uv_timer_t* trim_timer_ = nullptr;  // gives idle pipes back to the kernel
+  PipePool pipe_pool_;            // outlives the loop: the destructor runs after run_until_stopped()
+  UvPtr<uv_timer_t> trim_timer_;  // gives idle pipes back to the kernel
   uint64_t trim_seen_acquires_ = 0;
   static void on_budget_timer(uv_timer_t* t);
-  uv_timer_t* budget_timer_ = nullptr;  // runs while budget_head_ is set
-  TcpSession* budget_head_ = nullptr;   // sessions waiting for budget (FIFO)
+  UvPtr<uv_timer_t> budget_timer_;     // runs while budget_head_ is set
+  TcpSession* budget_head_ = nullptr;  // sessions waiting for budget (FIFO)
   TcpSession* budget_tail_ = nullptr;
   std::thread thread_;
 
@@ -195,7 +196,7 @@ class Worker {
   std::vector<WorkerMessage> inbox_;
   BackendTablePtr pending_table_;
 
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<BindSocket>> binds_;
   BackendTablePtr table_;
   SelectorSet selectors_;              // one per pool of table_
   TcpSession* sessions_ = nullptr;     // intrusive list of open sessions

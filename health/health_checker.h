@@ -43,10 +43,10 @@
 
 #include "conf/config.h"
 #include "core/backend.h"
+#include "core/uv_ptr.h"
 #include "health/hysteresis.h"
 #include "health/probe.h"
 #include "health/tls_probe.h"
-#include "health/uv_ptr.h"
 
 namespace lb::health {
 

@@ -26,7 +26,7 @@
 #include <string>
 
 #include "conf/config.h"
-#include "health/uv_ptr.h"
+#include "core/uv_ptr.h"
 
 namespace lb::health {
 

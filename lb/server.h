@@ -1,9 +1,17 @@
 // Server: wires configuration, workers, the health checker, the control
 // plane and the admin API together, and owns the process lifecycle (start,
-// reload on SIGHUP, graceful stop on SIGTERM/SIGINT, SIGUSR1).
+// reload on SIGHUP, graceful stop on SIGTERM/SIGINT, SIGUSR1). It only wires:
+// sockets are opened by lb/listen_sockets.h, the admin API answers through
+// AdminControl (lb/admin_api.h), everything else lives in core/ and health/.
 //
-// A reload is a transaction of named steps, each started by the previous
-// one's completion on the main loop (nothing in it blocks the loop):
+// Start (server.cc) is a list of named steps, each returning whether the
+// process can go on: process limits, access log, threads and control plane,
+// listening sockets, admin listener, privilege drop, health checker and first
+// probes, workers, signals and timers.
+//
+// A reload (server_reload.cc) is a transaction of named steps, each started
+// by the previous one's completion on the main loop (nothing in it blocks the
+// loop):
 //   prepare:  load (parse + validate)  ->  resolve backend host names
 //             (HostResolver, bounded)  ->  open (bind every new listening
 //             socket, a moved admin listener, a new access log file)  ->
@@ -29,7 +37,10 @@
 #include "core/access_log.h"
 #include "core/admin/http_server.h"
 #include "core/control.h"
+#include "core/uv_ptr.h"
 #include "core/worker.h"
+#include "lb/admin_control.h"
+#include "lb/listen_sockets.h"
 #include "lb/resolver.h"
 #include "lb/systemd.h"
 
@@ -41,10 +52,10 @@ namespace lb::app {
 
 class HealthBridge;
 
-class Server {
+class Server final : public AdminControl {
  public:
   explicit Server(conf::Config config);
-  ~Server();
+  ~Server() override;
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
@@ -52,67 +63,68 @@ class Server {
   // exit code (0 after a graceful stop, 1 on a start-up error).
   int run();
 
-  // --- for the admin API (main thread) ---
-  const conf::Config& config() const { return config_; }
-  uint64_t generation() const { return generation_; }
-  bool draining() const { return draining_; }
-  uint64_t reloads_ok() const { return reloads_ok_; }
-  uint64_t reloads_error() const { return reloads_error_; }
-  const std::vector<core::ListenerRuntimePtr>& listeners() const { return listeners_; }
-  core::ControlPlane& control() { return *control_; }
-  // Access-log lines dropped because the writer fell behind (0 when off).
+  // --- AdminControl (main thread) ---
+  const conf::Config& config() const override { return config_; }
+  uint64_t generation() const override { return generation_; }
+  bool draining() const override { return draining_; }
+  uint64_t reloads_ok() const override { return reloads_ok_; }
+  uint64_t reloads_error() const override { return reloads_error_; }
+  const std::vector<core::ListenerRuntimePtr>& listeners() const override { return listeners_; }
+  core::ControlPlane& control() override { return *control_; }
   // Main loop only (the access log is replaced there).
-  uint64_t access_log_dropped() const { return access_log_ ? access_log_->dropped() : 0; }
+  uint64_t access_log_dropped() const override { return access_log_ ? access_log_->dropped() : 0; }
 
  private:
-  struct Bound {
-    int protocol_type;   // SOCK_STREAM / SOCK_DGRAM
-    std::string actual;  // address with the real port
-    sockaddr_storage addr{};
-    socklen_t len = 0;
-    bool single_worker = false;  // an inherited UDP socket: worker 0 only
-  };
-  // Listening sockets opened for binds that had none. Owns the descriptors
-  // until post_listeners() hands them to the workers; whatever is left is
-  // closed on destruction (a failed start or an aborted reload).
-  struct NewSockets {
-    std::map<std::string, std::vector<int>> fds;  // bind key -> one per worker (or kNotOnWorker)
-    std::map<std::string, Bound> bound;
-    NewSockets() = default;
-    NewSockets(NewSockets&& o) noexcept { *this = std::move(o); }
-    NewSockets& operator=(NewSockets&& o) noexcept;
-    ~NewSockets() { close(); }
-    void close();
-  };
-  struct Reload;  // a reload in progress (server.cc)
+  struct Reload;  // a reload in progress (server_reload.cc)
 
+  // --- start steps (server.cc) ---
   bool start();
+  void apply_process_limits();
+  bool open_access_log();
+  void make_threads();
+  bool open_admin();
+  bool drop_user();
+  bool start_health();
+  void start_workers(OpenedSockets& fresh);
+  void install_signals();
+  void start_timers();
+  void log_started() const;
+
+  // --- shared by start and reload ---
   std::unique_ptr<admin::HttpServer> make_admin_server();
-  // Every bind of `cfg` that has no socket yet; nullopt (error logged,
-  // nothing left open) when one cannot be opened.
-  std::optional<NewSockets> bind_listeners(const conf::Config& cfg);
   std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg);
-  void post_listeners(const conf::Config& cfg, NewSockets& fresh);
-  // The reload steps (see the top of this file).
+  // Hands the new sockets to the workers (`fresh` gives them up) with the
+  // listener set of `cfg`.
+  void post_listeners(const conf::Config& cfg, OpenedSockets& fresh);
+  void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools);
+  conf::Duration longest_probe_timeout(const conf::Config& cfg) const;
+
+  // --- reload steps (server_reload.cc; see the top of this file) ---
   void reload();
   void reload_resolve();
   void reload_open();
+  bool reload_open_admin();
+  bool reload_open_access_log();
   void reload_probe();
   void reload_commit();
+  void commit_listeners(const conf::Config& next, OpenedSockets& fresh);
+  void commit_admin(const conf::Config& next);
+  void commit_access_log(const conf::Config& next);
   void reload_abort(const std::vector<std::string>& errors);
   void reload_finished();
-  void warn_restart_settings(const conf::Config& next);
-  void match_inherited(const conf::Config& cfg);
+  void warn_restart_settings(const conf::Config& next) const;
+
+  // --- stop steps (server.cc) ---
   void begin_stop();
   void stop_accepting();
   void check_drained();
   void finish_stop();
-  void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools);
-  void start_watchdog();
-  systemd::InheritedSocket* inherited_for(const conf::Listener& l, const conf::Endpoint& e);
 
-  static std::string bind_key(const conf::Listener& l, const conf::Endpoint& e);
   static void on_signal(uv_signal_t* s, int signum);
+  // [global] workers, or one per CPU this process may run on.
+  static unsigned configured_workers(const conf::Config& cfg);
+  // The admin address as bound: the configured one with the real port.
+  static std::string admin_address(const conf::Endpoint& configured, uint16_t port);
 
   conf::Config config_;
   uv_loop_t loop_;
@@ -125,19 +137,18 @@ class Server {
   std::unique_ptr<HealthBridge> health_bridge_;
   std::unique_ptr<health::HealthChecker> health_;
   std::unique_ptr<admin::HttpServer> admin_;
-  std::map<std::string, Bound> bound_;                                 // bind key -> socket facts
+  BoundSockets bound_;                                                 // the workers' binds
   std::map<std::string, std::shared_ptr<core::ListenerStats>> stats_;  // by listener name
   std::vector<core::ListenerRuntimePtr> listeners_;
-  std::vector<uv_signal_t*> signals_;
+  std::vector<UvPtr<uv_signal_t>> signals_;
   systemd::Notifier notifier_;
-  std::vector<systemd::InheritedSocket> inherited_;             // socket activation (LISTEN_FDS)
-  std::map<std::string, systemd::InheritedSocket*> activated_;  // bind key -> inherited socket
-  uv_timer_t* watchdog_timer_ = nullptr;
-  uv_timer_t* tick_timer_ = nullptr;    // slow-start ramps
-  uv_timer_t* stop_timer_ = nullptr;    // drain_delay, then polling for drained workers
-  uv_timer_t* reload_timer_ = nullptr;  // a reload waiting for first probes
-  std::unique_ptr<Reload> reload_;      // the reload in progress
-  bool reload_again_ = false;           // SIGHUP during a reload: another one follows
+  SocketActivation activation_;
+  UvPtr<uv_timer_t> watchdog_timer_;
+  UvPtr<uv_timer_t> tick_timer_;    // slow-start ramps
+  UvPtr<uv_timer_t> stop_timer_;    // drain_delay, then polling for drained workers
+  UvPtr<uv_timer_t> reload_timer_;  // a reload waiting for first probes
+  std::unique_ptr<Reload> reload_;  // the reload in progress
+  bool reload_again_ = false;       // SIGHUP during a reload: another one follows
   std::unique_ptr<HostResolver> resolver_;
   std::string running_user_;  // [global] user as applied at start
   uint64_t stop_deadline_ = 0;
@@ -151,6 +162,19 @@ class Server {
   // test that stops lb and checks its exit status catches the leak.
   bool leaked_handles_ = false;
   bool loop_closed_ = false;
+};
+
+// What a reload prepared off to the side. Destroying it closes everything it
+// opened: that is the abort.
+struct Server::Reload {
+  conf::Config config;
+  std::optional<OpenedSockets> sockets;         // new listening sockets
+  bool admin_changes = false;                   // [admin] listen added, moved or removed
+  std::unique_ptr<admin::HttpServer> admin;     // listening at the new address
+  std::unique_ptr<core::AccessLog> access_log;  // the first access log of this process
+  int access_log_fd = -1;                       // the running log's new destination, when it moves
+  uint64_t probe_deadline = 0;                  // loop time
+  ~Reload();
 };
 
 }  // namespace lb::app

@@ -65,25 +65,17 @@ int UdpListener::open(int fd) {
   }
   // Two handles for the loop: the listener socket itself, and the epoll set
   // of the shared upstream sockets (readable when any of them is).
-  auto watch = [this](uv_poll_t** slot, int watched, uv_poll_cb cb) {
-    auto* h = new uv_poll_t;
-    int r = uv_poll_init(worker_.loop(), h, watched);  // also makes it non-blocking
-    if (r != 0) {
-      delete h;
-      return r;
-    }
-    h->data = this;
-    *slot = h;
-    return uv_poll_start(h, UV_READABLE, cb);
+  auto watch = [this](UvPtr<uv_poll_t>& slot, int watched, uv_poll_cb cb) {
+    int r = 0;
+    slot = make_uv<uv_poll_t>(worker_.loop(), this, &r, uv_poll_init, watched);  // also makes it non-blocking
+    return r != 0 ? r : uv_poll_start(slot.get(), UV_READABLE, cb);
   };
-  if (rc == 0) rc = watch(&poll_, fd_, on_listener_io);
-  if (rc == 0) rc = watch(&upstream_poll_, upstream_->epoll_fd(), on_upstream_io);
+  if (rc == 0) rc = watch(poll_, fd_, on_listener_io);
+  if (rc == 0) rc = watch(upstream_poll_, upstream_->epoll_fd(), on_upstream_io);
   if (rc == 0) {
-    trim_timer_ = new uv_timer_t;
-    uv_timer_init(worker_.loop(), trim_timer_);
-    trim_timer_->data = this;
-    uv_timer_start(trim_timer_, on_trim, kTrimMs, kTrimMs);
-    uv_unref(reinterpret_cast<uv_handle_t*>(trim_timer_));  // never keeps the loop alive
+    trim_timer_ = make_uv<uv_timer_t>(worker_.loop(), this, nullptr, uv_timer_init);
+    uv_timer_start(trim_timer_.get(), on_trim, kTrimMs, kTrimMs);
+    uv_unref(reinterpret_cast<uv_handle_t*>(trim_timer_.get()));  // never keeps the loop alive
   }
   if (rc != 0) {
     retired_ = true;
@@ -288,7 +280,7 @@ void UdpListener::watch_listener(bool writable, bool force) {
   // uv_poll_start re-registers the fd (two epoll_ctl calls): only on change.
   if (closing_ || !poll_ || (writable == listener_writable_ && !force)) return;
   listener_writable_ = writable;
-  uv_poll_start(poll_, UV_READABLE | (writable ? UV_WRITABLE : 0), on_listener_io);
+  uv_poll_start(poll_.get(), UV_READABLE | (writable ? UV_WRITABLE : 0), on_listener_io);
 }
 
 void UdpListener::on_trim(uv_timer_t* t) { static_cast<UdpListener*>(t->data)->upstream_->trim(); }
@@ -440,26 +432,15 @@ void UdpListener::close_socket() {
   // Replies staged by the session that just ended still go out.
   flush_replies();
   closing_ = true;
-  for (uv_handle_t* h :
-       {reinterpret_cast<uv_handle_t*>(poll_), reinterpret_cast<uv_handle_t*>(upstream_poll_),
-        reinterpret_cast<uv_handle_t*>(trim_timer_)}) {
-    if (!h) continue;
-    ++open_handles_;
-    uv_close(h, on_handle_closed);
-  }
+  for (bool closing :
+       {close_then(poll_, on_handle_closed, this), close_then(upstream_poll_, on_handle_closed, this),
+        close_then(trim_timer_, on_handle_closed, this)})
+    if (closing) ++open_handles_;
   if (open_handles_ == 0) destroy();
 }
 
-void UdpListener::on_handle_closed(uv_handle_t* h) {
-  auto* self = static_cast<UdpListener*>(h->data);
-  if (h == reinterpret_cast<uv_handle_t*>(self->poll_)) self->poll_ = nullptr;
-  if (h == reinterpret_cast<uv_handle_t*>(self->upstream_poll_)) self->upstream_poll_ = nullptr;
-  if (h == reinterpret_cast<uv_handle_t*>(self->trim_timer_)) {
-    self->trim_timer_ = nullptr;
-    delete reinterpret_cast<uv_timer_t*>(h);
-  } else {
-    delete reinterpret_cast<uv_poll_t*>(h);
-  }
+void UdpListener::on_handle_closed(void* owner) {
+  auto* self = static_cast<UdpListener*>(owner);
   if (--self->open_handles_ == 0) self->destroy();
 }
 
