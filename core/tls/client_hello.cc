@@ -278,7 +278,7 @@ ParseResult parse(const uint8_t* data, size_t len, ClientHello* out) {
     if (why) return invalid(why);
     ParseResult r;
     r.status = Status::Complete;
-    r.consumed = body + rlen;
+    r.consumed = body + rest;
     return r;
   }
 }

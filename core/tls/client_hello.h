@@ -81,8 +81,9 @@ struct ClientHello {
 
 struct ParseResult {
   Status status = Status::NeedMore;
-  // Complete: bytes from the start of the input to the end of the record
-  // holding the hello's last byte (records are never split by lb).
+  // Complete: bytes from the start of the input up to and including the
+  // hello's last byte (its record may go on; a passthrough session never
+  // consumes anything, so this is for tests and logs).
   size_t consumed = 0;
   const char* error = nullptr;  // static string when Invalid, e.g. "not a TLS handshake", "too large"
 };

@@ -223,6 +223,22 @@ TEST_CASE("oversize: more than 16 KiB before the hello ends", "[tls][client_hell
   }
 }
 
+TEST_CASE("a hello that ends inside a record still arriving is complete", "[tls][client_hello]") {
+  // Found by fuzz_client_hello: the record goes on past the message, and
+  // only part of it is here; consumed must stay within what was received.
+  const std::string msg = th::message(th::typical("rec.example"));
+  const std::string bytes = th::records(msg + std::string(100, 'x'));
+  const size_t hello_end = 5 + msg.size();
+  for (size_t n : {hello_end, hello_end + 1, bytes.size()}) {
+    tls::ClientHello h;
+    const auto r = parse(bytes.substr(0, n), &h);
+    REQUIRE(r.status == tls::Status::Complete);
+    CHECK(r.consumed == hello_end);
+    CHECK(h.sni == "rec.example");
+  }
+  CHECK(parse(bytes.substr(0, hello_end - 1)).status == tls::Status::NeedMore);
+}
+
 TEST_CASE("truncated hellos need more, whatever the cut", "[tls][client_hello]") {
   require_every_prefix_needs_more(th::records(th::message(th::typical("t.example"))));
   require_every_prefix_needs_more(th::records(th::message(th::typical("t.example")), 3));
