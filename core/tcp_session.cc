@@ -34,7 +34,7 @@ void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* cl
 }
 
 TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client)
-    : worker_(worker), listener_(std::move(listener)), client_(client) {
+    : worker_(worker), listener_(std::move(listener)), client_(client), pool_(&listener_->cfg.pool) {
   client_->data = this;
   refs_ = 1;
   timeout_.fire = &TcpSession::on_timeout;
@@ -138,7 +138,11 @@ void TcpSession::admit() {
     holds_source_ = true;
   }
   bump(slot.connections);
-  flow_hash_ = worker_.flow_hash_for(*listener_, client);
+  if (listener_->cfg.tls == conf::TlsMode::Passthrough) {
+    start_hello();
+    return;
+  }
+  flow_hash_ = worker_.flow_hash_for(*pool_, client);
   connect_next();
 }
 
@@ -151,7 +155,7 @@ void TcpSession::connect_next() {
     ctx.hash = flow_hash_;
     ctx.attempt = attempts_;
     ctx.avoid = std::span<const Backend* const>(tried_, attempts_);
-    b = worker_.pick(*listener_, ctx, &pool);
+    b = worker_.pick(*pool_, ctx, &pool);
   }
   if (!b) {
     if (attempts_ == 0) {
@@ -252,6 +256,12 @@ void TcpSession::connected() {
     header_buf_ = nullptr;
     header_len_ = 0;
   }
+  if (tls_ && tls_->buf) {
+    // The ClientHello (and whatever came with it), exactly as read.
+    count_bytes(true, tls_->len);
+    preface.append(reinterpret_cast<const char*>(tls_->buf.get()), tls_->len);
+    tls_->buf.reset();
+  }
   if (!preface.empty()) {
     forward(up_, client_, upstream_, preface.data(), preface.size());
     if (state_ != State::Relaying) return;
@@ -273,10 +283,15 @@ std::string TcpSession::proxy_header() {
   }
   auto* src = reinterpret_cast<const sockaddr*>(&client_addr_);
   auto* dst = reinterpret_cast<const sockaddr*>(&local_addr_);
-  char hdr[proxy::kMaxWrittenHeader];
+  // Room for the v2 PP2_TYPE_AUTHORITY TLV: a server name is at most 255 bytes.
+  char hdr[proxy::kMaxWrittenHeader + 3 + 255];
   size_t n = listener_->cfg.proxy_protocol == conf::ProxyProtocol::V1
                  ? proxy::write_v1(src, dst, hdr, sizeof hdr)
                  : proxy::write_v2(src, dst, false, reinterpret_cast<uint8_t*>(hdr), sizeof hdr);
+  if (n > 0 && tls_ && !tls_->sni.empty() && listener_->cfg.proxy_protocol == conf::ProxyProtocol::V2) {
+    n = proxy::append_v2_tlv(reinterpret_cast<uint8_t*>(hdr), n, sizeof hdr, proxy::kTlvAuthority,
+                             tls_->sni.data(), tls_->sni.size());
+  }
   return std::string(hdr, n);
 }
 
@@ -450,6 +465,13 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     buf->len = proxy::kMaxHeader - s->header_len_;
     return;
   }
+  if (s->state_ == State::Hello) {
+    // The same for a ClientHello: at most kMaxClientHello bytes, kept until
+    // the backend is connected (the parser decides before the buffer fills).
+    buf->base = reinterpret_cast<char*>(s->tls_->buf.get() + s->tls_->len);
+    buf->len = tls::kMaxClientHello - s->tls_->len;
+    return;
+  }
   // Every read lands in the worker's buffer and is written on at once, so an
   // idle connection holds no buffer at all.
   buf->base = s->worker_.read_buffer();
@@ -472,6 +494,10 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
   auto* src = reinterpret_cast<uv_tcp_t*>(stream);
   if (s->state_ == State::Header) {
     if (nread != 0) s->header_bytes(nread);
+    return;
+  }
+  if (s->state_ == State::Hello) {
+    if (nread != 0) s->hello_bytes(nread);
     return;
   }
   if (s->state_ != State::Relaying) return;
@@ -640,6 +666,8 @@ void TcpSession::on_timeout(TimeoutNode* n) {
   auto* s = static_cast<TcpSession*>(n->owner);
   if (s->state_ == State::Header) {
     s->reject_header("timeout");
+  } else if (s->state_ == State::Hello) {
+    s->reject_tls("timeout");
   } else if (s->state_ == State::Connecting) {
     s->connect_failed();
   } else if (s->state_ == State::Relaying) {
@@ -703,6 +731,15 @@ void TcpSession::log_access() {
   rec.bytes_to_backend = bytes_to_backend_;
   rec.bytes_to_client = bytes_to_client_;
   rec.result = kResults[static_cast<int>(result_)];
+  if (listener_->cfg.tls != conf::TlsMode::Off) {
+    rec.tls = true;
+    if (tls_) {
+      rec.sni = tls_->sni;
+      rec.tls_version = tls_->tls_version;
+      rec.alpn = tls_->alpn;
+      rec.ja4 = tls_->ja4;
+    }
+  }
   log->write(worker_.index(), rec);
 }
 

@@ -3,8 +3,10 @@
 // Path: accepted (the worker has counted it against the global and the
 // listener max_connections) -> with accept_proxy_protocol, read the client's
 // PROXY header within kProxyHeaderTimeout (its addresses then stand for the
-// client's) -> admission: allow/deny, max_connections_per_source -> pick a
-// backend -> connect (connect_timeout; on failure up to `retries` more picks
+// client's) -> admission: allow/deny, max_connections_per_source -> on a
+// `tls = "passthrough"` listener, read the ClientHello within
+// tls_handshake_timeout and choose the pool by its server name
+// (tcp_session_tls.cc) -> pick a backend -> connect (connect_timeout; on failure up to `retries` more picks
 // avoiding every backend already tried) -> our own PROXY header to the
 // backend, if configured, before any client byte -> relay both ways with
 // backpressure and half-close -> both sides closed -> counters and the
@@ -37,6 +39,7 @@
 #include "core/flow_control.h"
 #include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
+#include "core/tls/passthrough.h"
 #include "core/worker.h"
 
 namespace lb::core {
@@ -67,7 +70,7 @@ class TcpSession {
   // but the header comes from another balancer right after the handshake).
   static constexpr uint64_t kProxyHeaderTimeoutMs = 3000;
 
-  enum class State { Header, Connecting, Relaying, Closing };
+  enum class State { Header, Hello, Connecting, Relaying, Closing };
   enum class Result { Ok, ConnectFailed, Timeout, Reset, Refused };
   static constexpr unsigned kMaxAttempts = 11;  // retries <= 10 (conf validation)
 
@@ -86,6 +89,11 @@ class TcpSession {
   void header_bytes(ssize_t nread);
   void reject_header(const char* why);
   void admit();
+  // Passthrough (tcp_session_tls.cc): wait for the ClientHello, then route.
+  void start_hello();
+  void hello_bytes(ssize_t nread);
+  void reject_tls(const char* why);
+  void choose_pool();
   std::string proxy_header();
   bool switch_to_splice(std::string_view preface);
   void maybe_splice();
@@ -169,6 +177,10 @@ class TcpSession {
   // on once the backend is connected.
   uint8_t* header_buf_ = nullptr;
   size_t header_len_ = 0;
+  // The pool backends are picked from: the listener's, or a TLS route's.
+  const std::string* pool_;
+  // Passthrough listeners only: the ClientHello's bytes and what it said.
+  std::unique_ptr<tls::Passthrough> tls_;
 };
 
 }  // namespace lb::core

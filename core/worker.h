@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -108,9 +109,13 @@ class Worker {
   // Pipes for the splice(2) relay of this worker's TCP sessions.
   PipePool& pipe_pool() { return pipe_pool_; }
   static constexpr size_t kReadBufferSize = 64 * 1024;
-  // Picks a backend for a new connection of `listener`; null when none.
-  Backend* pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool);
-  uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client);
+  // Picks a backend of pool `pool` (the listener's, or a TLS route's) for a
+  // new connection; null when none.
+  Backend* pick(const std::string& pool, const PickContext& ctx, const PoolTable** table);
+  // The flow hash for pool `pool`'s selector: 0 unless it hashes. With
+  // hash_key = "sni", `sni` (lower-cased, no trailing dot) when not empty,
+  // else the client's address.
+  uint64_t flow_hash_for(const std::string& pool, const sockaddr* client, std::string_view sni = {});
   void session_opened(TcpSession* s);
   void session_closed(TcpSession* s);
   // Sessions that stopped reading because the shared BufferBudget is spent,

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <regex>
 
 #include "test/support/child_process.h"
 #include "test/support/net.h"
@@ -75,6 +76,35 @@ std::string capture_first_bytes(const std::function<std::vector<std::string>(uin
   conn.close();  // the client sees the handshake fail and exits
   if (!client.wait_exit(deadline)) client.kill();
   return got;
+}
+
+bool make_certificate(const std::string& dir, const std::string& name) {
+  ChildProcess p({"/usr/bin/openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                  "-nodes", "-days", "2", "-subj", "/CN=" + name, "-addext", "subjectAltName=DNS:" + name,
+                  "-keyout", dir + "/" + name + ".key", "-out", dir + "/" + name + ".pem"});
+  return p.started() && p.wait_exit(in(seconds(30))) == 0;
+}
+
+OpensslServer::OpensslServer(const std::string& dir, const std::string& name) {
+  server_ = std::make_unique<ChildProcess>(
+      std::vector<std::string>{"/usr/bin/openssl", "s_server", "-www", "-accept", "127.0.0.1:0", "-cert",
+                               dir + "/" + name + ".pem", "-key", dir + "/" + name + ".key"});
+  if (!server_->started()) return;
+  // "ACCEPT 127.0.0.1:PORT" once it listens.
+  static const std::regex accept_line(R"(^ACCEPT 127\.0\.0\.1:(\d+))");
+  auto line = server_->wait_for_line(accept_line, in(seconds(20)));
+  std::smatch m;
+  if (line && std::regex_search(*line, m, accept_line)) port_ = static_cast<uint16_t>(std::stoi(m[1]));
+}
+
+std::string run_openssl_client(uint16_t port, const std::string& sni, Deadline deadline) {
+  std::vector<std::string> argv = openssl_client_argv(port, sni);
+  argv.erase(argv.begin() + 4, argv.begin() + 6);  // "-alpn h2,http/1.1" becomes "-alpn h2"
+  argv.push_back("-alpn");
+  argv.push_back("h2");
+  ChildProcess client(argv);
+  if (!client.started() || !client.wait_exit(deadline)) return {};
+  return client.output();
 }
 
 }  // namespace lb::test

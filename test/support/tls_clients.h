@@ -10,9 +10,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "test/support/child_process.h"
 #include "test/support/deadline.h"
 
 namespace lb::test {
@@ -31,5 +33,29 @@ std::vector<std::string> curl_client_argv(uint16_t port, const std::string& sni)
 // client. Returns the bytes (empty when the client never connected).
 std::string capture_first_bytes(const std::function<std::vector<std::string>(uint16_t)>& make_argv,
                                 const std::function<bool(const std::string&)>& complete, Deadline deadline);
+
+// A self-signed ECDSA P-256 certificate for CN=`name` (also its DNS
+// subjectAltName), made by the openssl CLI as DIR/NAME.pem and DIR/NAME.key.
+bool make_certificate(const std::string& dir, const std::string& name);
+
+// `openssl s_server -www` on 127.0.0.1 (an ephemeral port) with the
+// certificate make_certificate(dir, name) wrote: a real TLS backend whose
+// certificate says which one a client reached.
+class OpensslServer {
+ public:
+  OpensslServer(const std::string& dir, const std::string& name);
+  bool ok() const { return port_ != 0; }
+  uint16_t port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  std::unique_ptr<ChildProcess> server_;
+  uint16_t port_ = 0;
+};
+
+// Runs `openssl s_client` against 127.0.0.1:`port` naming `sni` (none when
+// empty), offering ALPN h2; with stdin at EOF it ends after the handshake.
+// Returns its stdout and stderr ("" when it did not finish in time).
+std::string run_openssl_client(uint16_t port, const std::string& sni, Deadline deadline);
 
 }  // namespace lb::test
