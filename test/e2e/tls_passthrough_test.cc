@@ -173,7 +173,9 @@ TEST_CASE("passthrough: fragmented and bad hellos", "[tls][passthrough][hostile]
       ReadResult r = send_hello(port, bytes, chunk, 1);
       return r.data.empty() && r.end != ReadEnd::Timeout;
     };
-    CHECK(closed_unanswered(std::string("\x16\x03\x01\x00\x05garbage-after-a-record", 29), 29));
+    // A handshake record whose message type is not ClientHello ('g').
+    const std::string not_hello = std::string("\x16\x03\x01\x00\x05", 5) + "garbage-after-a-record";
+    CHECK(closed_unanswered(not_hello, not_hello.size()));
     CHECK(closed_unanswered("GET / HTTP/1.1\r\nHost: a.example\r\n\r\n", 64));
     CHECK(closed_unanswered(random_bytes(300, 7), 300));
     // Stops after half its hello: closed by tls_handshake_timeout.
