@@ -426,6 +426,19 @@ size_t write_v2(const sockaddr* src, const sockaddr* dst, bool dgram, uint8_t* o
   return total;
 }
 
+size_t append_v2_tlv(uint8_t* hdr, size_t len, size_t cap, uint8_t type, const void* value, size_t vlen) {
+  if (len < kV2FixedSize || vlen > 0xFFFF || cap < len || cap - len < kTlvHeader + vlen) return 0;
+  const size_t body = static_cast<size_t>(hdr[14] << 8 | hdr[15]) + kTlvHeader + vlen;
+  if (body > 0xFFFF) return 0;
+  hdr[len] = type;
+  hdr[len + 1] = static_cast<uint8_t>(vlen >> 8);
+  hdr[len + 2] = static_cast<uint8_t>(vlen & 0xFF);
+  if (vlen > 0) memcpy(hdr + len + kTlvHeader, value, vlen);
+  hdr[14] = static_cast<uint8_t>(body >> 8);
+  hdr[15] = static_cast<uint8_t>(body & 0xFF);
+  return len + kTlvHeader + vlen;
+}
+
 size_t write_v2_local(uint8_t* out, size_t cap) {
   if (cap < kV2FixedSize) return 0;
   put_v2_fixed(out, static_cast<uint8_t>(0x20 | kCmdLocal), kFamUnspec << 4, 0);

@@ -48,7 +48,7 @@ class ListenerStats {
     std::atomic<uint64_t> rejected_limit{0};
     std::atomic<uint64_t> rejected_no_backend{0};
     std::atomic<uint64_t> rejected_proxy{0};
-    std::atomic<uint64_t> rejected_tls{0};  // bumped by TLS listeners (not built yet)
+    std::atomic<uint64_t> rejected_tls{0};  // TLS listeners: no valid ClientHello in time
     std::atomic<uint64_t> datagrams_in{0};
     std::atomic<uint64_t> datagrams_out{0};
   };

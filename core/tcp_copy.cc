@@ -33,6 +33,13 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     buf->len = proxy::kMaxHeader - s->header_.len;
     return;
   }
+  if (s->state_ == State::Hello) {
+    // The same for a ClientHello: at most kMaxClientHello bytes (the parser
+    // decides before the buffer is full).
+    buf->base = reinterpret_cast<char*>(s->tls_->buf.get() + s->tls_->len);
+    buf->len = tls::kMaxClientHello - s->tls_->len;
+    return;
+  }
   // Every read lands in the worker's buffer and is written on at once, so an
   // idle connection holds no buffer at all.
   buf->base = s->worker_.read_buffer();
@@ -55,6 +62,8 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
   if (nread == 0) return;
   if (s->state_ == State::Header)
     s->on_header_bytes(nread);
+  else if (s->state_ == State::Hello)
+    s->on_hello_bytes(nread);
   else if (s->relaying())
     s->on_relay_read(reinterpret_cast<uv_tcp_t*>(stream), nread, buf->base);
 }

@@ -127,6 +127,10 @@ void TcpSession::admit_client() {
 void TcpSession::enter_routing() {
   state_ = State::Routing;
   pool_ = &listener_->cfg.pool;
+  if (listener_->cfg.tls == conf::TlsMode::Passthrough && !tls_) {
+    enter_hello();
+    return;
+  }
   flow_hash_ = worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_));
   choose_backend();
 }
@@ -269,10 +273,15 @@ std::string TcpSession::proxy_header() {
   }
   auto* src = reinterpret_cast<const sockaddr*>(&client_addr_);
   auto* dst = reinterpret_cast<const sockaddr*>(&local_addr_);
-  char hdr[proxy::kMaxWrittenHeader];
+  // Room for the v2 PP2_TYPE_AUTHORITY TLV: a server name is at most 255 bytes.
+  char hdr[proxy::kMaxWrittenHeader + 3 + 255];
   size_t n = listener_->cfg.proxy_protocol == conf::ProxyProtocol::V1
                  ? proxy::write_v1(src, dst, hdr, sizeof hdr)
                  : proxy::write_v2(src, dst, false, reinterpret_cast<uint8_t*>(hdr), sizeof hdr);
+  if (n > 0 && tls_ && !tls_->sni.empty() && listener_->cfg.proxy_protocol == conf::ProxyProtocol::V2) {
+    n = proxy::append_v2_tlv(reinterpret_cast<uint8_t*>(hdr), n, sizeof hdr, proxy::kTlvAuthority,
+                             tls_->sni.data(), tls_->sni.size());
+  }
   return std::string(hdr, n);
 }
 
@@ -291,6 +300,9 @@ void TcpSession::on_timeout(TimeoutNode* n) {
   switch (s->state_) {
     case State::Header:
       s->refuse_header("timeout");
+      break;
+    case State::Hello:
+      s->refuse_tls("timeout");
       break;
     case State::Connecting:
       s->on_connect_failed();
@@ -361,6 +373,15 @@ void TcpSession::log_access() {
   rec.bytes_to_backend = bytes_to_backend_;
   rec.bytes_to_client = bytes_to_client_;
   rec.result = kResults[static_cast<int>(result_)];
+  if (listener_->cfg.tls != conf::TlsMode::Off) {
+    rec.tls = true;
+    if (tls_) {
+      rec.sni = tls_->sni;
+      rec.tls_version = tls_->tls_version;
+      rec.alpn = tls_->alpn;
+      rec.ja4 = tls_->ja4;
+    }
+  }
   log->write(worker_.index(), rec);
 }
 

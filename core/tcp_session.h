@@ -1,6 +1,9 @@
 // TcpSession: one client connection relayed to one backend, as an explicit
 // state machine.
 //
+//                                 Hello
+//                                 ^   |
+//                                 |   v
 //   Accepting --> Header --> Routing --> Connecting --> Relaying --> HalfClosed
 //       |           |          |  ^          |  |          |             |
 //       |           |          |  +----------+  |          |             |
@@ -19,6 +22,11 @@
 //              for more client bytes first (a TLS ClientHello for SNI
 //              routing reads into early_, staying in Routing, and calls
 //              choose_backend() when it has what it needs).
+//  Hello       tls = "passthrough": the ClientHello is read into tls_ within
+//              tls_handshake_timeout (tcp_session_tls.cc); its server name
+//              chooses pool_ (a route's, or the listener's), then
+//              choose_backend(). Its bytes go to early_, unchanged. Not TLS,
+//              too large, closed or late: Closing, counted as reason "tls".
 //  Connecting  one connect attempt (connect_timeout); a failure goes back
 //              to choose_backend(), avoiding every backend already tried, up
 //              to `retries` more times.
@@ -62,6 +70,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -71,6 +80,7 @@
 #include "core/frozen_session.h"
 #include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
+#include "core/tls/passthrough.h"
 #include "core/worker.h"
 
 namespace lb::core {
@@ -126,6 +136,7 @@ class TcpSession {
     Accepting,
     Header,
     Routing,
+    Hello,
     Connecting,
     Relaying,
     HalfClosed,
@@ -167,11 +178,17 @@ class TcpSession {
   void admit_client();                  // -> Routing | Closing (admission steps 3 and 4)
   void enter_routing();                 // -> Routing; the pool is chosen here
   void choose_backend();                // Routing -> Connecting | Closing
-  void connect_to(Backend* b);          // -> Connecting
-  void on_connected();                  // Connecting -> Relaying
-  void on_connect_failed();             // Connecting -> choose_backend()
-  void finish(Result r, bool reset);    // any -> Closing
-  void enter_frozen();                  // Relaying | HalfClosed -> Frozen
+
+  // --- passthrough (tcp_session_tls.cc) ---
+  void enter_hello();                  // Routing -> Hello
+  void on_hello_bytes(ssize_t nread);  // Hello -> Routing, pool chosen (hello complete)
+  void refuse_tls(const char* why);    // Hello -> Closing
+
+  void connect_to(Backend* b);        // -> Connecting
+  void on_connected();                // Connecting -> Relaying
+  void on_connect_failed();           // Connecting -> choose_backend()
+  void finish(Result r, bool reset);  // any -> Closing
+  void enter_frozen();                // Relaying | HalfClosed -> Frozen
   bool relaying() const { return state_ == State::Relaying || state_ == State::HalfClosed; }
   std::string proxy_header();
   void release_backend();
@@ -261,6 +278,9 @@ class TcpSession {
   // Client bytes read before the backend was connected (behind a PROXY
   // header today); sent on right after our own PROXY header.
   std::string early_;
+  // Passthrough listeners only: the ClientHello's bytes (until they move to
+  // early_) and what it said, for routing and the access log.
+  std::unique_ptr<tls::Passthrough> tls_;
 };
 
 }  // namespace lb::core

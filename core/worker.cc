@@ -6,6 +6,7 @@
 #include <cassert>
 
 #include "core/admission.h"
+#include "core/hash/hash.h"
 #include "core/log.h"
 #include "core/select/flow_hash.h"
 #include "core/tcp_session.h"
@@ -201,9 +202,12 @@ Backend* Worker::pick(const std::string& pool, const PickContext& ctx, const Poo
   return e->selector->pick(ctx);
 }
 
-uint64_t Worker::flow_hash_for(const std::string& pool, const sockaddr* client) {
+uint64_t Worker::flow_hash_for(const std::string& pool, const sockaddr* client, std::string_view sni) {
   const SelectorSet::Entry* e = selectors_.find(pool);
   if (!e || !conf::is_hash_selector(e->table->selector)) return 0;
+  // The same name lands on the same backend from every worker and every lb
+  // instance: XXH64 of its bytes (already lower-cased by the caller).
+  if (e->table->hash_key == conf::HashKey::Sni && !sni.empty()) return hash::xxh64(sni);
   return hash::flow_hash(client, e->table->hash_key);
 }
 

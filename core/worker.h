@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -129,8 +130,10 @@ class Worker {
   Backend* pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** table) {
     return pick(listener.cfg.pool, ctx, table);
   }
-  // The flow hash of `client` for pool `pool`'s selector (0 unless it hashes).
-  uint64_t flow_hash_for(const std::string& pool, const sockaddr* client);
+  // The flow hash of `client` for pool `pool`'s selector (0 unless it
+  // hashes). With hash_key = "sni", `sni` (lower-cased, no trailing dot)
+  // when not empty, else the client's address.
+  uint64_t flow_hash_for(const std::string& pool, const sockaddr* client, std::string_view sni = {});
   uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
     return flow_hash_for(listener.cfg.pool, client);
   }

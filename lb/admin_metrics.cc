@@ -85,6 +85,9 @@ HttpResponse metrics_response(AdminControl& s) {
       // an untrusted peer (accept_proxy_protocol listeners only).
       if (listeners[i]->cfg.accept_proxy_protocol)
         f.sample(l + ",reason=\"proxy_protocol\"", totals[i].rejected_proxy);
+      // No valid ClientHello in time, or a failed handshake (TLS listeners).
+      if (listeners[i]->cfg.tls != conf::TlsMode::Off)
+        f.sample(l + ",reason=\"tls\"", totals[i].rejected_tls);
     }
   }
   {

@@ -225,9 +225,9 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp
   // Gives back what admission took, for the failures below.
   auto unadmit = [&] { admission.release(shared, *runtime_->stats, client); };
   PickContext ctx;
-  ctx.hash = worker_.flow_hash_for(*runtime_, client);
+  ctx.hash = worker_.flow_hash_for(runtime_->cfg.pool, client);
   const PoolTable* pool = nullptr;
-  Backend* b = worker_.pick(*runtime_, ctx, &pool);
+  Backend* b = worker_.pick(runtime_->cfg.pool, ctx, &pool);
   if (!b) {
     unadmit();
     if (pool && all_full(*pool)) return refuse_limit();
