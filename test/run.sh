@@ -14,7 +14,7 @@ jobs=$(nproc)
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev
           libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd util-linux
           debhelper dpkg-dev pandoc lintian man-db
-          python3 chromium prometheus clang-format clang-tidy)
+          python3 chromium prometheus clang-format clang-tidy curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -58,6 +58,14 @@ if [ -z "${LB_TEST_QUICK:-}" ]; then
   # network namespaces this test creates and removes (needs root; 25-40 s).
   echo "== test fleet"
   LB_BINARY="$root/build/lb/lb" bash "$root/test/fleet/run.sh" || failed=1
+fi
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
+  # lb over impaired links (test/netem/lb-netem between network namespaces):
+  # verified transfers, DNS loss, a SYN-dropping and a vanishing backend
+  # (needs root; about a minute). `--full` is the long version (README).
+  echo "== test badnet"
+  LB_BINARY="$root/build/lb/lb" bash "$root/test/badnet/run.sh" || failed=1
 fi
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
