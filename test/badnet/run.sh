@@ -18,6 +18,10 @@
 #      queries sent directly, over the same impaired links);
 #   3. a backend that silently drops SYNs costs the clients connect_timeout,
 #      never a failure (retries), and [pool.outlier] ejects it;
+#   4. a backend that vanishes after the handshake (every packet dropped, no
+#      reset) ends its clients' connections by TCP keepalive on the backend
+#      socket, well before idle_timeout, while idle connections to the other
+#      backends stay open.
 #
 #   bash test/badnet/run.sh            CI size: 40 transfers of 1-4 MB
 #   bash test/badnet/run.sh --full     200 transfers of 1-20 MB
@@ -261,5 +265,30 @@ failures=$(api /metrics | grep 'lb_backend_connect_failures_total{pool="app",bac
 say "every client served by b2/b3; b1 ejected after $failures connect timeouts"
 set_rules back "$back_pid"
 
+# --- 4. a backend that vanishes after the handshake -------------------------------------
+say "4. idle connections, then b2 vanishes (all its packets dropped, no reset); idle_timeout ${idle_timeout_s}s"
+ip netns exec "$ns_c" $traffic hold 10.241.1.1:8080 6 $((idle_timeout_s + 15)) >"$tmp/hold.json" 2>"$tmp/hold.log" &
+hold_pid=$!
+pids+=("$hold_pid")
+wait_until 30 "6 held connections" eval '(( $(grep -c ^open "$tmp/hold.log") == 6 ))'
+grep -q "open b2" "$tmp/hold.log" || fail "no held connection reached b2"
+t0=$(now_ms)
+set_rules back "$back_pid" "drop_all 10.241.2.12"
+wait "$hold_pid" || fail "hold client failed"
+"$py" -c '
+import json, sys
+r, idle = json.load(open(sys.argv[1])), float(sys.argv[2])
+b2 = [c for c in r if c["backend"] == "b2"]
+others = [c for c in r if c["backend"] != "b2"]
+closed = [c["closed_after_s"] for c in b2]
+ends = [(c["ended"], c["closed_after_s"]) for c in others]
+print(f"   b2 connections closed after {closed} s (idle_timeout {idle:.0f} s); the others: {ends}")
+ok = all(c["ended"] and c["closed_after_s"] < idle * 0.75 for c in b2)
+# The others are idle too, and must outlive the keepalive horizon: they end
+# only by idle_timeout (within the hold window), never before it.
+ok = ok and all(c["ended"] is None or c["closed_after_s"] >= idle - 1 for c in others)
+sys.exit(0 if ok else 1)' "$tmp/hold.json" "$idle_timeout_s" \
+  || fail "connections to the vanished backend did not end well before idle_timeout: $(cat "$tmp/hold.json")"
+set_rules back "$back_pid"
 kill -0 "$lb_pid" || fail "lb died"
 say "bad-network test passed"
