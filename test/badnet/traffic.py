@@ -216,6 +216,15 @@ async def hold(target, n, timeout):
         t0 = time.monotonic()
         try:
             reader, writer = await asyncio.open_connection(host, port)
+            # Keepalive here too: lb may end a connection with a reset, and a
+            # lost reset is not sent again; an idle client learns of it from
+            # the reset that answers its next probe. Probes are no data: they
+            # do not keep lb's idle_timeout from running.
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 3)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 20)
             writer.write(b"hold 0 0\n")
             name = (await asyncio.wait_for(reader.readline(), 30)).decode().strip()
         except (OSError, asyncio.TimeoutError) as e:
