@@ -306,4 +306,9 @@ sys.exit(0 if ok else 1)' "$tmp/hold.json" "$idle_timeout_s" \
   || fail "connections to the vanished backend did not end well before idle_timeout: $(cat "$tmp/hold.json")"
 set_rules back "$back_pid"
 kill -0 "$lb_pid" || fail "lb died"
+# A clean stop: exit status 0 (under sanitizers: no report at exit either).
+kill -TERM "$lb_pid"
+rc=0
+wait "$lb_pid" || rc=$?
+(( rc == 0 )) || fail "lb exited with status $rc on SIGTERM"
 say "bad-network test passed"
