@@ -236,6 +236,9 @@ void TcpSession::on_connected() {
     if (auto& report = worker_.shared().report_backend) report(backend_, true);
   }
   uv_tcp_nodelay(upstream_, 1);
+  uv_os_fd_t fd;
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_), &fd) == 0)
+    set_keepalive(fd, backend_keepalive(listener_->cfg.idle_timeout));
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.idle_timeout.count()));
   // What the backend gets before the client's stream: our PROXY header, then
   // whatever the client sent before the backend was connected.

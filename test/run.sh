@@ -61,6 +61,22 @@ if [ -z "${LB_TEST_QUICK:-}" ]; then
 fi
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
+  # lb over impaired links (test/netem/lb-netem between network namespaces):
+  # verified transfers, DNS loss, a SYN-dropping and a vanishing backend
+  # (needs root; about a minute). `--full` is the long version (README).
+  echo "== test badnet"
+  LB_BINARY="$root/build/lb/lb" bash "$root/test/badnet/run.sh" || failed=1
+fi
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
+  # lb at scale, CI size (test/scale/run.sh without --ci: 9,500 connections,
+  # a 20,000-connect storm): 2,000 concurrent connections and a reload with
+  # them open, a 4,000-connect storm, 100 reloads under load (about 20 s).
+  echo "== test scale"
+  LB_BINARY="$root/build/lb/lb" bash "$root/test/scale/run.sh" --ci || failed=1
+fi
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
   # The Debian package: dpkg-buildpackage, lintian, install, use, remove.
   echo "== test package"
   bash "$root/test/package/run.sh" || failed=1
