@@ -477,6 +477,9 @@ def profile_game(a):
         if client_cpu:
             cpu["client"] = {"user_s": round(client_cpu[0], 2), "sys_s": round(client_cpu[1], 2)}
         res["cpu_seconds"] = cpu
+        if "lb" in cpu and res["received"]:
+            # lb's CPU per datagram answered (in, to the backend, back, out)
+            res["lb_cpu_us_per_datagram"] = round((cpu["lb"]["user_s"] + cpu["lb"]["sys_s"]) / res["received"] * 1e6, 2)
         res["machine_busy_pct"] = round(100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 1)
         res["kernel_drops_lb_sockets"] = udp_drops(lb.proc.pid) - drops0
         if top is not None:
@@ -488,7 +491,14 @@ def profile_game(a):
         through = run([lb.port], kill_at=a.seconds / 2, perf=a.perf)
         m = lb.metrics()
         through["lb_listener_rejected"] = lb.metric_sum('lb_listener_rejected_total{listener="u"')
-        through["lb_backend_up"] = {k: v for k, v in m.items() if k.startswith("lb_backend_up{")}
+        names = {f'backend="{addr}"': f"b{b}" for b, addr in enumerate(addrs)}
+
+        def by_backend(prefix, also=""):
+            """{b0: value, ...} of the series starting with `prefix` (and containing `also`)."""
+            return {name: v for k, v in m.items() if k.startswith(prefix) and also in k
+                    for lbl, name in names.items() if lbl in k}
+        through["lb_backend_up"] = by_backend("lb_backend_up{")
+        through["probe_failures"] = by_backend("lb_health_checks_total{", 'result="fail"')
         bk = through.get("backends", {})
         through["only_dead_backends_sessions_moved"] = (
             bk.get("b0", {}).get("moved") == bk.get("b0", {}).get("sessions")

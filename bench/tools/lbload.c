@@ -333,6 +333,7 @@ static int run_dns(double rate, double secs) {
 
 #define GAME_PER_SOCK 250
 #define GAME_BATCH 64
+#define GAME_BURST 16
 #define GAME_MAX_PORTS 16
 #define GAME_MAX_NAMES 16
 #define GAME_DRAIN_NS 1000000000LL
@@ -465,8 +466,10 @@ static int run_game(const char *ports_arg, double pps, double secs, long nsess, 
     struct epoll_event evs[64];
     for (;;) {
         int64_t t = now_ns();
-        /* everything due now, in batches of consecutive sessions on one socket */
-        while (j < total) {
+        /* what is due now, in batches of consecutive sessions on one socket;
+           at most GAME_BURST batches before the replies are read, so that a
+           sender running late does not overflow its own receive buffers */
+        for (int burst = 0; burst < GAME_BURST && j < total; burst++) {
             int64_t due = start + (int64_t)((double)j * 1e9 / total_rate);
             if (due > t) break;
             size_t sock = (size_t)(j % (uint64_t)nsess) / GAME_PER_SOCK;
