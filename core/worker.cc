@@ -12,6 +12,16 @@
 
 namespace lb::core {
 
+namespace {
+
+// An accepted client that no TcpSession took (see Worker::accept_one).
+void close_accepted(uv_tcp_t* client) {
+  uv_close(reinterpret_cast<uv_handle_t*>(client),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+}
+
+}  // namespace
+
 // A bind's listening socket adopted by this worker's loop.
 struct Worker::BindSocket {
   Worker* worker = nullptr;
@@ -334,10 +344,16 @@ void Worker::on_connection(uv_stream_t* server, int status) {
 }
 
 void Worker::accept_one(BindSocket* l) {
-  UvPtr<uv_tcp_t> client = make_uv<uv_tcp_t>(&loop_, nullptr, nullptr, uv_tcp_init);
-  if (uv_accept(reinterpret_cast<uv_stream_t*>(l->handle.get()),
-                reinterpret_cast<uv_stream_t*>(client.get())) != 0)
-    return;  // client closes on the way out, as it does below
+  // The hand-off to TcpSession is a plain heap uv_tcp_t, which the session
+  // frees in its own close callback (core/tcp_session.*); a UvPtr's
+  // allocation must not go there. A refused client is closed the same way.
+  auto* client = new uv_tcp_t;
+  uv_tcp_init(&loop_, client);
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(l->handle.get()), reinterpret_cast<uv_stream_t*>(client)) !=
+      0) {
+    close_accepted(client);
+    return;
+  }
   auto& slot = l->runtime->stats->slot(index_);
   // The address-independent limits are checked here, before any work: [global]
   // max_connections (every listener of every worker) and the listener's own.
@@ -347,14 +363,16 @@ void Worker::accept_one(BindSocket* l) {
       static_cast<int64_t>(shared_.max_connections.load(std::memory_order_relaxed))) {
     shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
     bump(slot.rejected_limit);
+    close_accepted(client);
     return;
   }
   if (!l->runtime->stats->try_open(l->runtime->cfg.max_connections)) {
     shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
     bump(slot.rejected_limit);
+    close_accepted(client);
     return;
   }
-  TcpSession::start(*this, l->runtime, client.release());  // the session closes it
+  TcpSession::start(*this, l->runtime, client);
 }
 
 void Worker::session_opened(TcpSession* s) {
