@@ -7,6 +7,7 @@
 #include "core/access_log.h"
 #include "core/log.h"
 #include "core/proxy_protocol.h"
+#include "core/socket.h"
 
 namespace lb::core {
 
