@@ -117,6 +117,14 @@ std::string TlsStream::take_output() {
   return s;
 }
 
+std::string_view TlsStream::peek_output() const {
+  char* p = nullptr;
+  long n = BIO_get_mem_data(out_, &p);
+  return n > 0 ? std::string_view(p, static_cast<size_t>(n)) : std::string_view();
+}
+
+void TlsStream::discard_output() { (void)BIO_reset(out_); }
+
 TlsStream::Status TlsStream::fail(int ssl_err) {
   switch (ssl_err) {
     case SSL_ERROR_WANT_READ:

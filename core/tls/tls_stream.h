@@ -79,6 +79,11 @@ class TlsStream {
   // Moves up to cap bytes of TLS records for the peer into buf.
   size_t take_output(char* buf, size_t cap);
   std::string take_output();
+  // The pending records in place (valid until the next call), and dropping
+  // them once the caller has copied or written them: no copy for the bytes
+  // the socket takes at once.
+  std::string_view peek_output() const;
+  void discard_output();
   void set_output_limit(size_t bytes) { output_limit_ = bytes; }
 
   // Facts about the session (after the handshake).
