@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <csignal>
+#include <ctime>
 #include <stdexcept>
 
 #include "conf/load.h"
 #include "core/log.h"
 #include "core/socket.h"
+#include "core/tls/settings.h"
 #include "health/health_checker.h"
 #include "lb/admin_api.h"
 #include "lb/privileges.h"
@@ -83,7 +85,18 @@ std::string Server::bind_key(const conf::Listener& l, const conf::Endpoint& e) {
   return key;
 }
 
-std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
+std::shared_ptr<const tls::Contexts> Server::load_tls(const conf::Config& cfg,
+                                                      std::vector<std::string>* errors) {
+  if (!ticket_keys_) ticket_keys_ = std::make_shared<tls::TicketKeyStore>();
+  auto contexts = std::make_shared<tls::Contexts>();
+  if (!tls::load_contexts(cfg, ticket_keys_, contexts.get(), errors)) return nullptr;
+  for (const auto& f : tls::check_contexts(cfg, *contexts, static_cast<int64_t>(std::time(nullptr))))
+    log::warn("tls {}", f.message);
+  return contexts;
+}
+
+std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg,
+                                                      std::shared_ptr<const tls::Contexts> tls) {
   std::vector<ListenerRuntimePtr> out;
   std::map<std::string, std::shared_ptr<core::ListenerStats>> stats;
   for (const auto& l : cfg.listeners) {
@@ -91,6 +104,8 @@ std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
     rt->cfg = l;
     rt->acl = core::Acl(l.allow, l.deny);
     rt->proxy_trusted = core::PrefixSet(l.proxy_protocol_trusted);
+    rt->tls = tls;
+    rt->tls_server = tls ? tls->listener(l.name) : nullptr;
     if (l.accept_proxy_protocol && l.proxy_protocol_trusted.empty()) {
       // Whoever can connect can then claim any client address, and with it
       // pass allow/deny and the per-source limit.
@@ -204,10 +219,34 @@ void Server::post_listeners(const conf::Config& cfg, NewSockets& sockets) {
   fresh.clear();
 }
 
-void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools) {
+namespace {
+
+// The name a [pool.tls] connection to `b` sends and verifies: the pool's sni
+// ("$client" has no client here), else the backend's host name, else its IP.
+std::string backend_tls_name(const conf::PoolTls& t, const core::Backend& b) {
+  if (!t.sni.empty() && t.sni != "$client") return t.sni;
+  if (!b.address.host.empty()) return b.address.host;
+  std::string text = core::format_address(reinterpret_cast<const sockaddr*>(&b.address.addr));
+  size_t colon = text.rfind(':');
+  if (colon != std::string::npos) text.resize(colon);
+  if (text.size() > 1 && text.front() == '[') text = text.substr(1, text.size() - 2);
+  return text;
+}
+
+}  // namespace
+
+void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools,
+                            const std::shared_ptr<const tls::Contexts>& tls) {
   std::vector<health::HealthChecker::Target> targets;
   for (const auto& p : pools) {
-    for (const auto& b : p.backends) targets.push_back({b, p.pool->health_check, p.pool->outlier});
+    std::shared_ptr<const tls::ClientContext> client;
+    if (tls)
+      if (auto it = tls->pools.find(p.pool->name); it != tls->pools.end()) client = it->second;
+    for (const auto& b : p.backends) {
+      health::HealthChecker::Target t{b, p.pool->health_check, p.pool->outlier, client, {}};
+      if (client) t.tls_name = backend_tls_name(p.pool->tls, *b);
+      targets.push_back(std::move(t));
+    }
   }
   health_->set_targets(std::move(targets));
 }
@@ -272,6 +311,15 @@ bool Server::start() {
   health_ = std::make_unique<health::HealthChecker>(*health_bridge_);
   shared_.report_backend = [h = health_.get()](const core::BackendPtr& b, bool ok) { h->report(b, ok); };
 
+  // Key files are often readable by root only: read them before privileges
+  // are dropped.
+  std::vector<std::string> tls_errors;
+  std::shared_ptr<const tls::Contexts> tls = load_tls(config_, &tls_errors);
+  if (!tls) {
+    for (const auto& e : tls_errors) log::error("tls {}", e);
+    return false;
+  }
+
   // Bind everything first, so a busy port fails fast, and before privileges
   // are dropped.
   std::optional<NewSockets> fresh = bind_listeners(config_);
@@ -301,14 +349,15 @@ bool Server::start() {
     return false;
   }
   auto pools = control_->apply(config_);
-  health_targets(pools);
+  tls_ = tls;
+  health_targets(pools, tls_);
   // Every backend gets its first probe before traffic is accepted for it.
   conf::Duration longest{0};
   for (const auto& p : config_.pools) longest = std::max(longest, p.health_check.timeout);
   if (!health_->wait_initial(longest + std::chrono::milliseconds(500)))
     log::warn("some backends had no first health result in time; they stay down until probed");
 
-  listeners_ = make_runtimes(config_);
+  listeners_ = make_runtimes(config_, tls);
   post_listeners(config_, *fresh);
   for (auto& w : workers_) w->start();
   generation_ = 1;
@@ -407,6 +456,7 @@ struct Server::Reload {
   std::unique_ptr<core::AccessLog> access_log;  // the first access log of this process
   int access_log_fd = -1;                       // the running log's new destination
   uint64_t probe_deadline = 0;                  // loop time
+  std::shared_ptr<const tls::Contexts> tls;     // every certificate, key and CA file, read again
   ~Reload() {
     if (admin) admin->close();
     if (access_log_fd >= 0 && access_log_fd != STDERR_FILENO) ::close(access_log_fd);
@@ -460,6 +510,14 @@ void Server::reload_open() {
   r.sockets = bind_listeners(next);
   match_inherited(config_);                 // until the commit
   if (!r.sockets) return reload_abort({});  // bind_listeners logged why
+  {
+    std::vector<std::string> errors;
+    r.tls = load_tls(next, &errors);
+    if (!r.tls) {
+      for (auto& e : errors) e = "tls " + e;
+      return reload_abort(errors);
+    }
+  }
 
   const auto& was = config_.admin.listen;
   const auto& now = next.admin.listen;
@@ -494,7 +552,7 @@ void Server::reload_open() {
 // each probed once before the listeners that need them accept.
 void Server::reload_probe() {
   Reload& r = *reload_;
-  health_targets(control_->stage(r.config));
+  health_targets(control_->stage(r.config), r.tls);
   conf::Duration longest{0};
   for (const auto& p : r.config.pools) longest = std::max(longest, p.health_check.timeout);
   r.probe_deadline = uv_now(&loop_) + static_cast<uint64_t>(longest.count()) + 500;
@@ -541,7 +599,8 @@ void Server::reload_commit() {
 
   control_->commit_staged();
   match_inherited(next);
-  listeners_ = make_runtimes(next);
+  tls_ = r->tls;
+  listeners_ = make_runtimes(next, tls_);
   // Forget binds no listener has any more (the workers close their sockets).
   std::map<std::string, Bound> kept;
   for (const auto& l : next.listeners) {
@@ -612,7 +671,7 @@ void Server::reload_abort(const std::vector<std::string>& errors) {
       for (auto& b : snap[i].backends) pb.backends.push_back(b.backend);
       pools.push_back(std::move(pb));
     }
-    health_targets(pools);
+    health_targets(pools, tls_);
   }
   reload_.reset();
   ++reloads_error_;

@@ -29,6 +29,7 @@
 #include "core/access_log.h"
 #include "core/admin/http_server.h"
 #include "core/control.h"
+#include "core/tls/ticket_keys.h"
 #include "core/worker.h"
 #include "lb/resolver.h"
 #include "lb/systemd.h"
@@ -91,7 +92,11 @@ class Server {
   // Every bind of `cfg` that has no socket yet; nullopt (error logged,
   // nothing left open) when one cannot be opened.
   std::optional<NewSockets> bind_listeners(const conf::Config& cfg);
-  std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg);
+  std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg,
+                                                      std::shared_ptr<const tls::Contexts> tls);
+  // Every certificate, key and CA file of `cfg`; null (errors logged or in
+  // `errors`) when one fails.
+  std::shared_ptr<const tls::Contexts> load_tls(const conf::Config& cfg, std::vector<std::string>* errors);
   void post_listeners(const conf::Config& cfg, NewSockets& fresh);
   // The reload steps (see the top of this file).
   void reload();
@@ -107,7 +112,8 @@ class Server {
   void stop_accepting();
   void check_drained();
   void finish_stop();
-  void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools);
+  void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools,
+                      const std::shared_ptr<const tls::Contexts>& tls);
   void start_watchdog();
   systemd::InheritedSocket* inherited_for(const conf::Listener& l, const conf::Endpoint& e);
 
@@ -128,6 +134,10 @@ class Server {
   std::map<std::string, Bound> bound_;                                 // bind key -> socket facts
   std::map<std::string, std::shared_ptr<core::ListenerStats>> stats_;  // by listener name
   std::vector<core::ListenerRuntimePtr> listeners_;
+  // Session-ticket keys of every terminate listener and worker, for the
+  // process's life (a reload keeps tickets valid).
+  std::shared_ptr<tls::TicketKeyStore> ticket_keys_;
+  std::shared_ptr<const tls::Contexts> tls_;  // the running generation's
   std::vector<uv_signal_t*> signals_;
   systemd::Notifier notifier_;
   std::vector<systemd::InheritedSocket> inherited_;             // socket activation (LISTEN_FDS)

@@ -23,6 +23,24 @@ constexpr size_t kRecord = 16 * 1024;
 
 }  // namespace
 
+bool set_server_name(SSL* ssl, const std::string& name, bool verify, std::string* error) {
+  if (name.empty()) return true;
+  bool ip = is_ip_literal(name);
+  if (!ip && SSL_set_tlsext_host_name(ssl, name.c_str()) != 1) {
+    *error = "invalid server name \"" + name + "\": " + openssl_errors();
+    return false;
+  }
+  if (verify) {
+    int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str())
+                : SSL_set1_host(ssl, name.c_str());
+    if (ok != 1) {
+      *error = "cannot verify against \"" + name + "\": " + openssl_errors();
+      return false;
+    }
+  }
+  return true;
+}
+
 TlsStream::TlsStream(SSL* ssl) : ssl_(ssl), in_(nullptr), out_(nullptr) {}
 
 TlsStream::~TlsStream() { SSL_free(ssl_); }  // frees both BIOs
@@ -69,22 +87,7 @@ std::unique_ptr<TlsStream> TlsStream::client(SSL_CTX* ctx, const std::string& se
   s->in_ = in;
   s->out_ = out;
   SSL_set_connect_state(ssl);
-  if (!server_name.empty()) {
-    bool ip = is_ip_literal(server_name);
-    // SNI carries host names only (RFC 6066 §3).
-    if (!ip && SSL_set_tlsext_host_name(ssl, server_name.c_str()) != 1) {
-      *error = "invalid server name \"" + server_name + "\": " + openssl_errors();
-      return nullptr;
-    }
-    if (verify_name) {
-      int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), server_name.c_str())
-                  : SSL_set1_host(ssl, server_name.c_str());
-      if (ok != 1) {
-        *error = "cannot verify against \"" + server_name + "\": " + openssl_errors();
-        return nullptr;
-      }
-    }
-  }
+  if (!set_server_name(ssl, server_name, verify_name, error)) return nullptr;
   return s;
 }
 

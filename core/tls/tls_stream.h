@@ -31,6 +31,12 @@
 
 namespace lb::tls {
 
+// The client side's server name on `ssl`: sent as SNI when it is a host name
+// (RFC 6066 allows no IP literal there) and, with `verify`, the name (or IP)
+// the peer's certificate must be valid for. False with `*error` when OpenSSL
+// refuses it.
+bool set_server_name(SSL* ssl, const std::string& name, bool verify, std::string* error);
+
 class TlsStream {
  public:
   enum class Status {
