@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cassert>
 
+#include "core/admission.h"
 #include "core/hash/flow_hash.h"
 #include "core/log.h"
 #include "core/tcp_session.h"
@@ -133,14 +134,14 @@ Worker::~Worker() {
 }
 
 void Worker::start() {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] { run_until_stopped(); });
 }
 
 void Worker::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Worker::run() {
+int Worker::run_until_stopped() {
   // Runs until Abort has closed every handle and their callbacks have run.
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
@@ -149,6 +150,17 @@ void Worker::run() {
     leaked_handles_ = true;
   }
   loop_closed_ = true;
+  return rc;
+}
+
+std::vector<FrozenSession> Worker::freeze_sessions() {
+  std::vector<FrozenSession> out;
+  // A frozen session leaves the list only when its handles have closed.
+  for (TcpSession* s = sessions_; s; s = s->next) {
+    FrozenSession f;
+    if (s->freeze(&f)) out.push_back(std::move(f));
+  }
+  return out;
 }
 
 // The wake-up is sent under the inbox lock: abort_all() closes the async
@@ -200,15 +212,15 @@ void Worker::swap_table(BackendTablePtr table) {
   table_ = std::move(table);
 }
 
-Backend* Worker::pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool) {
-  SelectorSet::Entry* e = selectors_.find(listener.cfg.pool);
+Backend* Worker::pick(const std::string& pool, const PickContext& ctx, const PoolTable** table) {
+  SelectorSet::Entry* e = selectors_.find(pool);
   if (!e) return nullptr;
-  *pool = e->table.get();
+  *table = e->table.get();
   return e->selector->pick(ctx);
 }
 
-uint64_t Worker::flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
-  const SelectorSet::Entry* e = selectors_.find(listener.cfg.pool);
+uint64_t Worker::flow_hash_for(const std::string& pool, const sockaddr* client) {
+  const SelectorSet::Entry* e = selectors_.find(pool);
   if (!e || !conf::is_hash_selector(e->table->selector)) return 0;
   return hash::flow_hash(client, e->table->hash_key);
 }
@@ -364,25 +376,16 @@ void Worker::accept_one(Listener* l) {
     close_accepted(client);
     return;
   }
-  auto& slot = l->runtime->stats->slot(index_);
-  // The address-independent limits are checked here, before any work: [global]
-  // max_connections (every listener of every worker) and the listener's own.
-  // The ACL and the per-source limit are the session's first step, because
-  // with accept_proxy_protocol the client address is known only later.
-  if (shared_.active_connections.fetch_add(1, std::memory_order_relaxed) >=
-      static_cast<int64_t>(shared_.max_connections.load(std::memory_order_relaxed))) {
-    shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    bump(slot.rejected_limit);
+  // The address-independent limits (admission step 1) are checked here,
+  // before any work. The rest of admission is the session's, because with
+  // accept_proxy_protocol the client address is known only later.
+  Admission admission;
+  if (Refusal r = admission.open(shared_, *l->runtime); r != Refusal::None) {
+    count_refusal(l->runtime->stats->slot(index_), r);
     close_accepted(client);
     return;
   }
-  if (!l->runtime->stats->try_open(l->runtime->cfg.max_connections)) {
-    shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    bump(slot.rejected_limit);
-    close_accepted(client);
-    return;
-  }
-  TcpSession::start(*this, l->runtime, client);
+  TcpSession::start(*this, l->runtime, client, admission);
 }
 
 void Worker::close_accepted(uv_tcp_t* client) {
@@ -406,7 +409,6 @@ void Worker::session_closed(TcpSession* s) {
   if (s->next) s->next->prev = s->prev;
   s->prev = s->next = nullptr;
   open_sessions_.fetch_sub(1, std::memory_order_relaxed);
-  shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
 }
 
 }  // namespace lb::core

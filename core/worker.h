@@ -27,6 +27,7 @@
 #include "core/acl.h"
 #include "core/backend_table.h"
 #include "core/flow_control.h"
+#include "core/frozen_session.h"
 #include "core/pipe_pool.h"
 #include "core/select/selector.h"
 #include "core/select/selector_set.h"
@@ -99,7 +100,15 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   void start();  // spawns the thread
-  void join();   // after an Abort message
+  // What start()'s thread runs: the loop, until an Abort message has closed
+  // every handle; then closes the loop and returns uv_loop_close()'s result
+  // (0, or UV_EBUSY for a leak, which it logs). Tests that drive the loop
+  // themselves call it on their own thread instead of start().
+  int run_until_stopped();
+  // Takes every session that can be frozen out of this worker (see
+  // TcpSession::freeze); the others carry on. On this worker's thread.
+  std::vector<FrozenSession> freeze_sessions();
+  void join();  // after an Abort message
   // After join(): true when the loop still had open handles at its end (a
   // leak; the worker has logged it). lb then exits non-zero.
   bool leaked_handles() const { return leaked_handles_; }
@@ -118,10 +127,22 @@ class Worker {
   char* read_buffer() { return read_buffer_.get(); }
   // Pipes for the splice(2) relay of this worker's TCP sessions.
   PipePool& pipe_pool() { return pipe_pool_; }
+  // Whether this worker's sessions may move to splice(2) at all (on top of
+  // SpliceRelay::supported()). Tests turn it off to pin the copy path.
+  bool splice_allowed() const { return splice_allowed_; }
+  void set_splice_allowed(bool on) { splice_allowed_ = on; }
   static constexpr size_t kReadBufferSize = 64 * 1024;
-  // Picks a backend for a new connection of `listener`; null when none.
-  Backend* pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool);
-  uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client);
+  // Picks a backend of pool `pool` (of `listener`'s pool) for a new
+  // connection; null when none. *table: the pool's current table, if any.
+  Backend* pick(const std::string& pool, const PickContext& ctx, const PoolTable** table);
+  Backend* pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** table) {
+    return pick(listener.cfg.pool, ctx, table);
+  }
+  // The flow hash of `client` for pool `pool`'s selector (0 unless it hashes).
+  uint64_t flow_hash_for(const std::string& pool, const sockaddr* client);
+  uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
+    return flow_hash_for(listener.cfg.pool, client);
+  }
   void session_opened(TcpSession* s);
   void session_closed(TcpSession* s);
   // Sessions that stopped reading because the shared BufferBudget is spent,
@@ -150,7 +171,6 @@ class Worker {
  private:
   struct Listener;
 
-  void run();
   static void on_async(uv_async_t* a);
   // Every kPipeTrimMs: closes pooled pipes unused for that long, and lets
   // the pool try for full-size pipes again after a shortage.
@@ -173,7 +193,7 @@ class Worker {
   uv_async_t* async_ = nullptr;
   std::unique_ptr<TimeoutWheel> timeouts_;
   std::unique_ptr<char[]> read_buffer_;
-  PipePool pipe_pool_;                // outlives the loop: the destructor runs after run()
+  PipePool pipe_pool_;                // outlives the loop: the destructor runs after run_until_stopped()
   uv_timer_t* trim_timer_ = nullptr;  // gives idle pipes back to the kernel
   uint64_t trim_seen_acquires_ = 0;
   static void on_budget_timer(uv_timer_t* t);
@@ -194,6 +214,7 @@ class Worker {
   std::unique_ptr<char[]> udp_buffer_;
   std::atomic<int64_t> open_sessions_{0};
   bool aborting_ = false;
+  bool splice_allowed_ = true;
   bool loop_closed_ = false;
   bool leaked_handles_ = false;  // written by the worker thread before join()
 };

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/access_log.h"
+#include "core/admission.h"
 #include "core/log.h"
 #include "core/proxy_protocol.h"
 
@@ -29,9 +30,9 @@ struct UdpListener::Session {
   // are given back to these stats even if a reload renamed the listener.
   ListenerRuntimePtr runtime;
   BackendPtr backend;
-  udp::PeerKey client;        // the table key; also the reply address
-  udp::Route route;           // in owner->upstream_, towards backend->address
-  bool holds_source = false;  // counted in the listener's per-source table
+  udp::PeerKey client;  // the table key; also the reply address
+  udp::Route route;     // in owner->upstream_, towards backend->address
+  Admission admission;  // what the session counts against the limits
   bool ended = false;
   uint64_t table_version = 0;  // worker table the backend was last checked against
   uint64_t outstanding = 0;    // replies still expected (udp_responses > 0)
@@ -217,41 +218,20 @@ bool UdpListener::still_valid(Session* s) {
 UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp::PeerKey& key) {
   auto& slot = runtime_->stats->slot(worker_.index());
   SharedState& shared = worker_.shared();
-  ListenerStats& lstats = *runtime_->stats;
   const conf::Listener& cfg = runtime_->cfg;
-  if (runtime_->acl.enabled() && !runtime_->acl.permits(client)) {
-    bump(slot.rejected_acl);
-    return nullptr;
-  }
   auto refuse_limit = [&] {
     bump(slot.rejected_limit);
     warn_refused("limit");
     return nullptr;
   };
-  if (shared.active_connections.fetch_add(1, std::memory_order_relaxed) >=
-      static_cast<int64_t>(shared.max_connections.load(std::memory_order_relaxed))) {
-    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    return refuse_limit();
-  }
-  if (!lstats.try_open(cfg.max_connections)) {
-    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    return refuse_limit();
-  }
-  bool holds_source = false;
-  if (cfg.max_connections_per_source) {
-    if (!lstats.sources.try_acquire(client, cfg.max_connections_per_source)) {
-      lstats.close_one();
-      shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
-      return refuse_limit();
-    }
-    holds_source = true;
+  Admission admission;
+  if (Refusal r = admission.admit(shared, *runtime_, client); r != Refusal::None) {
+    if (r == Refusal::Limit) return refuse_limit();
+    count_refusal(slot, r);
+    return nullptr;
   }
   // Gives back what admission took, for the failures below.
-  auto unadmit = [&] {
-    if (holds_source) lstats.sources.release(client);
-    lstats.close_one();
-    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
-  };
+  auto unadmit = [&] { admission.release(shared, *runtime_->stats, client); };
   PickContext ctx;
   ctx.hash = worker_.flow_hash_for(*runtime_, client);
   const PoolTable* pool = nullptr;
@@ -276,7 +256,7 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp
   s->owner = this;
   s->client = key;
   s->runtime = runtime_;
-  s->holds_source = holds_source;
+  s->admission = admission;
   s->backend = b->shared_from_this();
   s->backend->active.fetch_add(1, std::memory_order_relaxed);
   s->backend->total.fetch_add(1, std::memory_order_relaxed);
@@ -406,14 +386,10 @@ void UdpListener::end_session(Session* s, const char* result) {
   }
   s->backend->active.fetch_sub(1, std::memory_order_relaxed);
   ListenerStats& stats = *s->runtime->stats;
-  if (s->holds_source) {
-    sockaddr_storage client;
-    s->client.to_sockaddr(&client);
-    stats.sources.release(reinterpret_cast<const sockaddr*>(&client));
-  }
-  stats.close_one();
+  sockaddr_storage client{};
+  if (s->admission.holds_source()) s->client.to_sockaddr(&client);
+  s->admission.release(w.shared(), stats, reinterpret_cast<const sockaddr*>(&client));
   bump<int64_t>(stats.slot(w.index()).active, -1);
-  w.shared().active_connections.fetch_sub(1, std::memory_order_relaxed);
   w.count_session(-1);
   dead_.push_back(s);
   session_gone();

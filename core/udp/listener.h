@@ -11,8 +11,9 @@
 // backend address) and leave from the listener socket, staged for one
 // sendmmsg per loop iteration.
 //
-// Admission of a new client: allow/deny, then [global], listener and
-// per-source max_connections (a session counts as a connection); a refused
+// Admission of a new client (core/admission.h, the same rules and order as
+// TCP): [global] and listener max_connections, allow/deny, then
+// max_connections_per_source (a session counts as a connection); a refused
 // client's datagrams are dropped and counted, with at most one warning line
 // a second; existing sessions carry on. With proxy_protocol = "v2" every
 // datagram to the backend starts with a PROXY v2 header (DGRAM, client ->

@@ -446,6 +446,31 @@ TEST_CASE("UDP allow/deny is checked before a session exists", "[udp][acl]") {
   CHECK(lb.terminate() == 0);
 }
 
+TEST_CASE("a denied UDP client past max_connections is refused as a limit, in the documented order",
+          "[udp][acl][limits]") {
+  // docs/configuration.md: the limits come first, then allow/deny, for a new
+  // UDP client as for a TCP connection.
+  UdpEcho e("e");
+  LbProcess lb(udp_config("session_timeout = \"30s\"\nmax_connections = 1\ndeny = [\"127.0.0.3\"]", "",
+                          {e.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  int ok = udp_socket(0, "127.0.0.2"), denied = udp_socket(0, "127.0.0.3");
+  REQUIRE(send_to(ok, port, "y"));
+  CHECK(recv_within(ok, in(seconds(5))) == std::optional<std::string>("e:y"));
+  REQUIRE(send_to(denied, port, "x"));
+  CHECK(wait_until(
+      [&] {
+        return metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"limit\"}") ==
+               1.0;
+      },
+      in(seconds(5))));
+  CHECK(metric(lb.admin_port(), "lb_listener_rejected_total{listener=\"udp\",reason=\"acl\"}") == 0.0);
+  CHECK(e.received() == 1);
+  for (int fd : {ok, denied}) ::close(fd);
+  CHECK(lb.terminate() == 0);
+}
+
 TEST_CASE("proxy_protocol v2 on UDP: every datagram to the backend carries the client's address",
           "[udp][proxy]") {
   UdpEcho e("e");  // answers "e:" + the whole datagram it got, header included
