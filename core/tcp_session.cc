@@ -128,6 +128,10 @@ void TcpSession::enter_routing() {
   state_ = State::Routing;
   pool_ = &listener_->cfg.pool;
   flow_hash_ = worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_));
+  if (listener_->tls_server) {
+    enter_tls();
+    return;
+  }
   choose_backend();
 }
 
@@ -252,6 +256,18 @@ void TcpSession::on_connected() {
     forward(up_, client_, upstream_, preface.data(), preface.size());
     if (state_ != State::Relaying) return;
   }
+  if (tls_) {
+    // The client is read already (ciphertext waits in the relay): decrypt
+    // what waits, then read on unless the backend is already behind.
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+    tls_->deliver(true);
+    if (!relaying()) return;
+    if ((!up_.flow.paused && !up_.flow.eof && !resume_read(client_)) ||
+        (!upstream_reading_ &&
+         uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0))
+      finish(Result::Reset, true);
+    return;
+  }
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0 ||
       (!upstream_reading_ &&
        uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0)) {
@@ -292,6 +308,9 @@ void TcpSession::on_timeout(TimeoutNode* n) {
     case State::Header:
       s->refuse_header("timeout");
       break;
+    case State::Routing:
+      if (s->tls_) s->on_tls_timeout();
+      break;
     case State::Connecting:
       s->on_connect_failed();
       break;
@@ -313,6 +332,7 @@ void TcpSession::finish(Result r, bool reset) {
   worker_.timeouts().disarm(&timeout_);
   worker_.cancel_budget_wait(this);
   starved_ = 0;
+  if (tls_) tls_->stop();
   if (relay_) {
     if (reset)
       relay_->abort();

@@ -62,6 +62,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -71,6 +72,7 @@
 #include "core/frozen_session.h"
 #include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
+#include "core/tls/tls_relay.h"
 #include "core/worker.h"
 
 namespace lb::core {
@@ -208,6 +210,33 @@ class TcpSession {
   // for the copy path (takes the fds; false: reset and finished).
   bool adopt_fds(int client_fd, int backend_fd);
 
+  // --- TLS termination (tcp_tls.cc): tls = "terminate" listeners ---
+  // The client leg is a TlsRelay: Routing waits for the handshake (bounded by
+  // tls_handshake_timeout) before choose_backend(); the relay then turns
+  // client ciphertext into plaintext for the copy path's up_ way, and the
+  // backend's bytes into records for the client. Never spliced, never frozen.
+  struct TlsEvents final : tls::TlsRelay::Events {
+    TcpSession* s;
+    explicit TlsEvents(TcpSession* session) : s(session) {}
+    void tls_established() override { s->on_tls_established(); }
+    void tls_plaintext(const char* data, size_t n) override { s->on_tls_plaintext(data, n); }
+    void tls_peer_done(bool clean) override { s->on_tls_peer_done(clean); }
+    void tls_failed(bool during_handshake, const std::string& why) override {
+      s->on_tls_failed(during_handshake, why);
+    }
+    void tls_drained() override { s->on_tls_drained(); }
+    void tls_shutdown_done() override { s->on_shutdown_done(s->down_, 0); }
+  };
+  void enter_tls();  // Routing: handshake first
+  void on_tls_read(ssize_t nread, const char* data);
+  void on_tls_established();  // Routing -> choose_backend()
+  void on_tls_plaintext(const char* data, size_t n);
+  void on_tls_peer_done(bool clean);
+  void on_tls_failed(bool during_handshake, const std::string& why);
+  void on_tls_drained();
+  void on_tls_timeout();
+  void tls_from_backend(const char* data, size_t n);
+
   // --- freeze and resume (tcp_freeze.cc) ---
   void restore(BackendPtr backend, FrozenSession& f);
 
@@ -261,6 +290,8 @@ class TcpSession {
   // Client bytes read before the backend was connected (behind a PROXY
   // header today); sent on right after our own PROXY header.
   std::string early_;
+  std::unique_ptr<tls::TlsRelay> tls_;  // tls = "terminate": the client leg
+  TlsEvents tls_events_{this};
 };
 
 }  // namespace lb::core
