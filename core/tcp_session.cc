@@ -7,6 +7,7 @@
 #include "core/access_log.h"
 #include "core/log.h"
 #include "core/proxy_protocol.h"
+#include "core/tls/proxy_tlv.h"
 
 namespace lb::core {
 
@@ -289,7 +290,28 @@ std::string TcpSession::proxy_header() {
   size_t n = listener_->cfg.proxy_protocol == conf::ProxyProtocol::V1
                  ? proxy::write_v1(src, dst, hdr, sizeof hdr)
                  : proxy::write_v2(src, dst, false, reinterpret_cast<uint8_t*>(hdr), sizeof hdr);
-  return std::string(hdr, n);
+  std::string out(hdr, n);
+  if (tls_ && n >= proxy::kV2FixedSize && listener_->cfg.proxy_protocol == conf::ProxyProtocol::V2)
+    append_tls_tlvs(&out);
+  return out;
+}
+
+// A terminated connection's PP2_TYPE_ALPN and PP2_TYPE_SSL after the
+// addresses; the header's length field grows by their size.
+void TcpSession::append_tls_tlvs(std::string* header) {
+  const tls::TlsStream& st = tls_->stream();
+  tls::TlsFacts facts;
+  facts.version = st.version();
+  facts.alpn = st.alpn();
+  facts.cert_presented = SSL_get0_peer_certificate(st.ssl()) != nullptr;
+  facts.cert_verified = st.peer_certificate_verified();
+  facts.resumed = st.session_reused();
+  std::string tlvs = tls::proxy_v2_tls_tlvs(facts);
+  size_t len = (static_cast<uint8_t>((*header)[14]) << 8 | static_cast<uint8_t>((*header)[15])) + tlvs.size();
+  if (len > 0xffff) return;
+  (*header)[14] = static_cast<char>(len >> 8);
+  (*header)[15] = static_cast<char>(len & 0xff);
+  *header += tlvs;
 }
 
 void TcpSession::count_bytes(bool to_backend, size_t n) {

@@ -176,6 +176,7 @@ class TcpSession {
   void enter_frozen();                  // Relaying | HalfClosed -> Frozen
   bool relaying() const { return state_ == State::Relaying || state_ == State::HalfClosed; }
   std::string proxy_header();
+  void append_tls_tlvs(std::string* header);
   void release_backend();
   void close_handle(uv_tcp_t* h, bool reset);
   void unref();  // one handle (or the relay) fewer; deletes the session at 0

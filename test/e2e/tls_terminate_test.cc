@@ -46,6 +46,29 @@ s.unwrap()  # our close_notify, then lb's (after the backend closed)
 print(version, alpn, cert['notAfter'].replace(' ', '_'), len(der))
 )";
 
+// Sends "ping" through a terminate listener with proxy_protocol = "v2" in
+// front of an echo backend: what comes back is lb's PROXY header, then the
+// ping. Prints the hex of the header's TLVs (after the IPv4 addresses).
+const char* kPythonProxyEcho = R"(import socket, ssl, sys
+port, sni, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+c = ssl.create_default_context(cafile=ca)
+c.set_alpn_protocols(['http/1.1', 'h2'])
+s = c.wrap_socket(socket.create_connection(('127.0.0.1', port), timeout=20), server_hostname=sni)
+s.sendall(b'ping')
+got = b''
+def need(n):
+    global got
+    while len(got) < n:
+        chunk = s.recv(65536)
+        assert chunk, 'closed after %d bytes' % len(got)
+        got += chunk
+need(16)
+total = 16 + (got[14] << 8 | got[15])
+need(total + 4)
+assert got[total:total + 4] == b'ping', got
+print(got[16 + 12:total].hex())
+)";
+
 struct Site {
   TempDir dir;
   TestCa ca;
@@ -207,6 +230,23 @@ TEST_CASE("tls terminate: failed and late handshakes are counted, nothing reache
   ClientRun ok = python_echo(port, "ec.example.com", site.ca_path, 100);
   INFO(ok.out);
   CHECK(ok.status == 0);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("tls terminate: PROXY v2 to the backend carries PP2_TYPE_ALPN and PP2_TYPE_SSL",
+          "[e2e][tls][proxy]") {
+  Site site;
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  LbProcess lb(site.config(backend.port(), "proxy_protocol = \"v2\""));
+  REQUIRE(lb.wait_started());
+  ClientRun r = run({"/usr/bin/python3", "-c", kPythonProxyEcho, std::to_string(lb.listener_port("tls")),
+                     "ec.example.com", site.ca_path});
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  // ALPN "h2"; SSL: client = SSL, verify = 1 (no client certificate), version TLSv1.3.
+  CHECK(r.out.find("01000268322000"
+                   "0f0100000001210007544c5376312e33") != std::string::npos);
   CHECK(lb.terminate() == 0);
 }
 
