@@ -33,6 +33,10 @@ struct AccessRecord {
   uint64_t bytes_to_backend = 0;
   uint64_t bytes_to_client = 0;
   const char* result = "ok";  // ok | connect_failed | timeout | reset | refused
+  // TLS listeners: the fields below are written (null when empty).
+  bool tls = false;
+  std::string_view tls_version;  // "TLSv1.3"; empty before a finished handshake
+  std::string_view alpn;         // negotiated protocol; empty when none
 };
 
 // Appends the record's JSON line (with '\n') to out.

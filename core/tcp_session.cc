@@ -403,6 +403,13 @@ void TcpSession::log_access() {
   rec.bytes_to_backend = bytes_to_backend_;
   rec.bytes_to_client = bytes_to_client_;
   rec.result = kResults[static_cast<int>(result_)];
+  if (listener_->cfg.tls != conf::TlsMode::Off) {
+    rec.tls = true;
+    if (tls_ && tls_->established()) {
+      rec.tls_version = tls_->stream().version();
+      rec.alpn = tls_->stream().alpn();
+    }
+  }
   log->write(worker_.index(), rec);
 }
 

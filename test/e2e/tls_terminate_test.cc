@@ -6,6 +6,8 @@
 #include <catch2/catch.hpp>
 
 #include <csignal>
+#include <fstream>
+#include <iterator>
 #include <regex>
 #include <string>
 #include <vector>
@@ -84,10 +86,11 @@ struct Site {
     ec_key = dir.write_file("ec.key", ec.key);
   }
 
-  std::string config(uint16_t backend_port, const std::string& extra = "") const {
+  std::string config(uint16_t backend_port, const std::string& extra = "",
+                     const std::string& access_log = "off") const {
     return fmt::format(R"([global]
 workers = 2
-access_log = "off"
+access_log = "{}"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -113,7 +116,7 @@ type = "none"
 [[pool.backend]]
 address = "127.0.0.1:{}"
 )",
-                       extra, rsa_cert, rsa_key, ec_cert, ec_key, backend_port);
+                       access_log, extra, rsa_cert, rsa_key, ec_cert, ec_key, backend_port);
   }
 };
 
@@ -147,7 +150,8 @@ TEST_CASE("tls terminate: real clients, certificate by SNI, ALPN, echo, close_no
   Site site;
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  LbProcess lb(site.config(backend.port()));
+  const std::string access_log = site.dir.path() + "/access.log";
+  LbProcess lb(site.config(backend.port(), "", access_log));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("tls"), admin = lb.admin_port();
 
@@ -188,6 +192,12 @@ TEST_CASE("tls terminate: real clients, certificate by SNI, ALPN, echo, close_no
   CHECK(backend.bytes_received() == 200 * 1024 + 1000);
   CHECK(lb.terminate() == 0);
   CHECK(lb2.terminate() == 0);
+  // The access log names the version and the protocol of each connection.
+  std::ifstream f(access_log);
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  INFO(text);
+  CHECK(text.find("\"bytes_to_backend\":204800,\"bytes_to_client\":204800,\"result\":\"ok\","
+                  "\"tls_version\":\"TLSv1.3\",\"alpn\":\"h2\"}") != std::string::npos);
 }
 
 TEST_CASE("tls terminate: failed and late handshakes are counted, nothing reaches the backend",
