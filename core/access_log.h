@@ -35,7 +35,8 @@ struct AccessRecord {
   const char* result = "ok";  // ok | connect_failed | timeout | reset | refused
   // TLS listeners only (tls set): each field is null in the line when empty.
   // Passthrough logs what the ClientHello offered: the highest version and
-  // the ALPN protocols, comma separated.
+  // the ALPN protocols, comma separated; terminate logs what was negotiated
+  // ("TLSv1.3", the chosen protocol), empty before a finished handshake.
   bool tls = false;
   std::string_view sni;
   std::string_view tls_version;

@@ -36,8 +36,8 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
   if (s->state_ == State::Hello) {
     // The same for a ClientHello: at most kMaxClientHello bytes (the parser
     // decides before the buffer is full).
-    buf->base = reinterpret_cast<char*>(s->tls_->buf.get() + s->tls_->len);
-    buf->len = tls::kMaxClientHello - s->tls_->len;
+    buf->base = reinterpret_cast<char*>(s->hello_->buf.get() + s->hello_->len);
+    buf->len = tls::kMaxClientHello - s->hello_->len;
     return;
   }
   // Every read lands in the worker's buffer and is written on at once, so an
@@ -60,7 +60,9 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   auto* s = static_cast<TcpSession*>(stream->data);
   if (nread == 0) return;
-  if (s->state_ == State::Header)
+  if (s->tls_ && stream == reinterpret_cast<uv_stream_t*>(s->client_) && s->state_ != State::Closing)
+    s->on_tls_read(nread, buf->base);
+  else if (s->state_ == State::Header)
     s->on_header_bytes(nread);
   else if (s->state_ == State::Hello)
     s->on_hello_bytes(nread);
@@ -71,8 +73,9 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
 void TcpSession::on_relay_read(uv_tcp_t* src, ssize_t nread, const char* data) {
   if (nread > 0) {
     worker_.timeouts().touch(&timeout_);
-    count_bytes(src == client_, static_cast<size_t>(nread));
+    if (!tls_) count_bytes(src == client_, static_cast<size_t>(nread));
     if (static_cast<size_t>(nread) >= kSpliceReadMin) bulk_seen_ = true;
+    if (tls_) return tls_from_backend(data, static_cast<size_t>(nread));  // client bytes: on_tls_read
     forward(way_from(src), src, peer_of(src), data, static_cast<size_t>(nread));
     maybe_splice();
     return;
@@ -202,6 +205,12 @@ void TcpSession::budget_returned() {
 void TcpSession::on_eof(Way& w, uv_tcp_t* dst) {
   if (!w.flow.on_eof()) return;
   state_ = State::HalfClosed;
+  if (tls_ && dst == client_) {
+    // close_notify, then FIN, once the records before it are written; the
+    // relay reports shutdown_done.
+    tls_->shutdown();
+    return;
+  }
   auto* dst_stream = reinterpret_cast<uv_stream_t*>(dst);
   if (w.flow.queued == 0 && uv_stream_get_write_queue_size(dst_stream) == 0) {
     // Nothing left to flush. If the other way is done too, the session ends

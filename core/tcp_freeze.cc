@@ -45,7 +45,8 @@ void discard(FrozenSession& f) {
 }
 
 bool TcpSession::freeze(FrozenSession* out) {
-  if (!relaying()) return false;
+  // OpenSSL's state cannot move: a terminated session ends where it is.
+  if (!relaying() || tls_) return false;
   FrozenSession f;
   if (path_ == Path::Copy) {
     // The handles keep their fds until they close: take duplicates. What

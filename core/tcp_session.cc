@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "core/proxy_protocol.h"
 #include "core/socket.h"
+#include "core/tls/proxy_tlv.h"
 
 namespace lb::core {
 
@@ -128,11 +129,15 @@ void TcpSession::admit_client() {
 void TcpSession::enter_routing() {
   state_ = State::Routing;
   pool_ = &listener_->cfg.pool;
-  if (listener_->cfg.tls == conf::TlsMode::Passthrough && !tls_) {
+  if (listener_->cfg.tls == conf::TlsMode::Passthrough && !hello_) {
     enter_hello();
     return;
   }
   flow_hash_ = worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_));
+  if (listener_->tls_server) {
+    enter_tls();
+    return;
+  }
   choose_backend();
 }
 
@@ -260,6 +265,18 @@ void TcpSession::on_connected() {
     forward(up_, client_, upstream_, preface.data(), preface.size());
     if (state_ != State::Relaying) return;
   }
+  if (tls_) {
+    // The client is read already (ciphertext waits in the relay): decrypt
+    // what waits, then read on unless the backend is already behind.
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+    tls_->deliver(true);
+    if (!relaying()) return;
+    if ((!up_.flow.paused && !up_.flow.eof && !resume_read(client_)) ||
+        (!upstream_reading_ &&
+         uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0))
+      finish(Result::Reset, true);
+    return;
+  }
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0 ||
       (!upstream_reading_ &&
        uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0)) {
@@ -282,11 +299,32 @@ std::string TcpSession::proxy_header() {
   size_t n = listener_->cfg.proxy_protocol == conf::ProxyProtocol::V1
                  ? proxy::write_v1(src, dst, hdr, sizeof hdr)
                  : proxy::write_v2(src, dst, false, reinterpret_cast<uint8_t*>(hdr), sizeof hdr);
-  if (n > 0 && tls_ && !tls_->sni.empty() && listener_->cfg.proxy_protocol == conf::ProxyProtocol::V2) {
+  if (n > 0 && hello_ && !hello_->sni.empty() && listener_->cfg.proxy_protocol == conf::ProxyProtocol::V2) {
     n = proxy::append_v2_tlv(reinterpret_cast<uint8_t*>(hdr), n, sizeof hdr, proxy::kTlvAuthority,
-                             tls_->sni.data(), tls_->sni.size());
+                             hello_->sni.data(), hello_->sni.size());
   }
-  return std::string(hdr, n);
+  std::string out(hdr, n);
+  if (tls_ && n >= proxy::kV2FixedSize && listener_->cfg.proxy_protocol == conf::ProxyProtocol::V2)
+    append_tls_tlvs(&out);
+  return out;
+}
+
+// A terminated connection's PP2_TYPE_ALPN and PP2_TYPE_SSL after the
+// addresses; the header's length field grows by their size.
+void TcpSession::append_tls_tlvs(std::string* header) {
+  const tls::TlsStream& st = tls_->stream();
+  tls::TlsFacts facts;
+  facts.version = st.version();
+  facts.alpn = st.alpn();
+  facts.cert_presented = SSL_get0_peer_certificate(st.ssl()) != nullptr;
+  facts.cert_verified = st.peer_certificate_verified();
+  facts.resumed = st.session_reused();
+  std::string tlvs = tls::proxy_v2_tls_tlvs(facts);
+  size_t len = (static_cast<uint8_t>((*header)[14]) << 8 | static_cast<uint8_t>((*header)[15])) + tlvs.size();
+  if (len > 0xffff) return;
+  (*header)[14] = static_cast<char>(len >> 8);
+  (*header)[15] = static_cast<char>(len & 0xff);
+  *header += tlvs;
 }
 
 void TcpSession::count_bytes(bool to_backend, size_t n) {
@@ -307,6 +345,9 @@ void TcpSession::on_timeout(TimeoutNode* n) {
       break;
     case State::Hello:
       s->refuse_tls("timeout");
+      break;
+    case State::Routing:
+      if (s->tls_) s->on_tls_timeout();
       break;
     case State::Connecting:
       s->on_connect_failed();
@@ -329,6 +370,7 @@ void TcpSession::finish(Result r, bool reset) {
   worker_.timeouts().disarm(&timeout_);
   worker_.cancel_budget_wait(this);
   starved_ = 0;
+  if (tls_) tls_->stop();
   if (relay_) {
     if (reset)
       relay_->abort();
@@ -379,11 +421,14 @@ void TcpSession::log_access() {
   rec.result = kResults[static_cast<int>(result_)];
   if (listener_->cfg.tls != conf::TlsMode::Off) {
     rec.tls = true;
-    if (tls_) {
-      rec.sni = tls_->sni;
-      rec.tls_version = tls_->tls_version;
-      rec.alpn = tls_->alpn;
-      rec.ja4 = tls_->ja4;
+    if (hello_) {  // passthrough: what the ClientHello offered
+      rec.sni = hello_->sni;
+      rec.tls_version = hello_->tls_version;
+      rec.alpn = hello_->alpn;
+      rec.ja4 = hello_->ja4;
+    } else if (tls_ && tls_->established()) {  // terminate: what was negotiated
+      rec.tls_version = tls_->stream().version();
+      rec.alpn = tls_->stream().alpn();
     }
   }
   log->write(worker_.index(), rec);

@@ -22,7 +22,7 @@
 //              for more client bytes first (a TLS ClientHello for SNI
 //              routing reads into early_, staying in Routing, and calls
 //              choose_backend() when it has what it needs).
-//  Hello       tls = "passthrough": the ClientHello is read into tls_ within
+//  Hello       tls = "passthrough": the ClientHello is read into hello_ within
 //              tls_handshake_timeout (tcp_session_tls.cc); its server name
 //              chooses pool_ (a route's, or the listener's), then
 //              choose_backend(). Its bytes go to early_, unchanged. Not TLS,
@@ -81,6 +81,7 @@
 #include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
 #include "core/tls/passthrough.h"
+#include "core/tls/tls_relay.h"
 #include "core/worker.h"
 
 namespace lb::core {
@@ -191,6 +192,7 @@ class TcpSession {
   void enter_frozen();                // Relaying | HalfClosed -> Frozen
   bool relaying() const { return state_ == State::Relaying || state_ == State::HalfClosed; }
   std::string proxy_header();
+  void append_tls_tlvs(std::string* header);
   void release_backend();
   void close_handle(uv_tcp_t* h, bool reset);
   void unref();  // one handle (or the relay) fewer; deletes the session at 0
@@ -224,6 +226,33 @@ class TcpSession {
   // New uv_tcp_t handles for client_ and upstream_ on two connected fds,
   // for the copy path (takes the fds; false: reset and finished).
   bool adopt_fds(int client_fd, int backend_fd);
+
+  // --- TLS termination (tcp_tls.cc): tls = "terminate" listeners ---
+  // The client leg is a TlsRelay: Routing waits for the handshake (bounded by
+  // tls_handshake_timeout) before choose_backend(); the relay then turns
+  // client ciphertext into plaintext for the copy path's up_ way, and the
+  // backend's bytes into records for the client. Never spliced, never frozen.
+  struct TlsEvents final : tls::TlsRelay::Events {
+    TcpSession* s;
+    explicit TlsEvents(TcpSession* session) : s(session) {}
+    void tls_established() override { s->on_tls_established(); }
+    void tls_plaintext(const char* data, size_t n) override { s->on_tls_plaintext(data, n); }
+    void tls_peer_done(bool clean) override { s->on_tls_peer_done(clean); }
+    void tls_failed(bool during_handshake, const std::string& why) override {
+      s->on_tls_failed(during_handshake, why);
+    }
+    void tls_drained() override { s->on_tls_drained(); }
+    void tls_shutdown_done() override { s->on_shutdown_done(s->down_, 0); }
+  };
+  void enter_tls();  // Routing: handshake first
+  void on_tls_read(ssize_t nread, const char* data);
+  void on_tls_established();  // Routing -> choose_backend()
+  void on_tls_plaintext(const char* data, size_t n);
+  void on_tls_peer_done(bool clean);
+  void on_tls_failed(bool during_handshake, const std::string& why);
+  void on_tls_drained();
+  void on_tls_timeout();
+  void tls_from_backend(const char* data, size_t n);
 
   // --- freeze and resume (tcp_freeze.cc) ---
   void restore(BackendPtr backend, FrozenSession& f);
@@ -280,7 +309,9 @@ class TcpSession {
   std::string early_;
   // Passthrough listeners only: the ClientHello's bytes (until they move to
   // early_) and what it said, for routing and the access log.
-  std::unique_ptr<tls::Passthrough> tls_;
+  std::unique_ptr<tls::Passthrough> hello_;
+  std::unique_ptr<tls::TlsRelay> tls_;  // tls = "terminate": the client leg
+  TlsEvents tls_events_{this};
 };
 
 }  // namespace lb::core

@@ -3,7 +3,7 @@
 // any session does (tcp_session.h has the whole state machine).
 //
 // Nothing reaches a backend before the hello is whole and valid: its bytes
-// stay in tls_->buf, then move to early_, which on_connected() sends first,
+// stay in hello_->buf, then move to early_, which on_connected() sends first,
 // unchanged. Not TLS, too large, closed or not complete within
 // tls_handshake_timeout: the session is refused and counted as
 // lb_listener_rejected_total{reason="tls"}.
@@ -14,13 +14,13 @@ namespace lb::core {
 
 void TcpSession::enter_hello() {
   state_ = State::Hello;
-  tls_ = std::make_unique<tls::Passthrough>();
+  hello_ = std::make_unique<tls::Passthrough>();
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count()));
   // accept_proxy_protocol: the client's bytes after its PROXY header are
   // the start of the hello (fewer than proxy::kMaxHeader of them).
   if (!early_.empty()) {
-    early_.copy(reinterpret_cast<char*>(tls_->buf.get()), early_.size());
-    tls_->len = early_.size();
+    early_.copy(reinterpret_cast<char*>(hello_->buf.get()), early_.size());
+    hello_->len = early_.size();
     std::string().swap(early_);
     on_hello_bytes(0);
     if (state_ != State::Hello) return;
@@ -28,33 +28,33 @@ void TcpSession::enter_hello() {
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0) refuse_tls("read");
 }
 
-// `nread` more bytes of the hello arrived in tls_->buf (or the client
+// `nread` more bytes of the hello arrived in hello_->buf (or the client
 // closed, nread < 0).
 void TcpSession::on_hello_bytes(ssize_t nread) {
   if (nread < 0) {
     refuse_tls(nread == UV_EOF ? "closed before the ClientHello" : "reset before the ClientHello");
     return;
   }
-  tls_->len += static_cast<size_t>(nread);
+  hello_->len += static_cast<size_t>(nread);
   tls::ClientHello hello;
-  const tls::ParseResult r = tls::parse(tls_->buf.get(), tls_->len, &hello);
+  const tls::ParseResult r = tls::parse(hello_->buf.get(), hello_->len, &hello);
   if (r.status == tls::Status::Invalid) {
     refuse_tls(r.error);
     return;
   }
   if (r.status == tls::Status::NeedMore) {
     // The parser answers before 16 KiB; this only guards the buffer.
-    if (tls_->len >= tls::kMaxClientHello) refuse_tls("too large");
+    if (hello_->len >= tls::kMaxClientHello) refuse_tls("too large");
     return;
   }
   uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
   worker_.timeouts().disarm(&timeout_);
-  tls_->learn(hello);
-  early_.assign(reinterpret_cast<const char*>(tls_->buf.get()), tls_->len);
-  tls_->buf.reset();
+  hello_->learn(hello);
+  early_.assign(reinterpret_cast<const char*>(hello_->buf.get()), hello_->len);
+  hello_->buf.reset();
   state_ = State::Routing;
-  pool_ = tls::route_pool(listener_->cfg, tls_->sni_key);
-  flow_hash_ = worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_), tls_->sni_key);
+  pool_ = tls::route_pool(listener_->cfg, hello_->sni_key);
+  flow_hash_ = worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_), hello_->sni_key);
   choose_backend();
 }
 

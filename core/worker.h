@@ -36,6 +36,11 @@
 #include "core/timeout_wheel.h"
 #include "core/uv_ptr.h"
 
+namespace lb::tls {
+struct Contexts;
+class ServerContext;
+}  // namespace lb::tls
+
 namespace lb::core {
 
 class AccessLog;
@@ -49,6 +54,12 @@ struct ListenerRuntime {
   std::shared_ptr<ListenerStats> stats;  // by listener name, across reloads
   Acl acl;                               // cfg.allow / cfg.deny, ready for lookups
   PrefixSet proxy_trusted;               // cfg.proxy_protocol_trusted; empty = any peer
+  // This generation's TLS contexts (every listener of a generation shares
+  // them; null when nothing uses TLS), and this listener's own when
+  // tls = "terminate". Certificates come from the files as they were when
+  // the generation was loaded (start, SIGHUP).
+  std::shared_ptr<const tls::Contexts> tls;
+  const tls::ServerContext* tls_server = nullptr;
 };
 using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/tls/server_context.h"
 #include "lb/process_stats.h"
 
 namespace lb::app {
@@ -88,6 +89,25 @@ HttpResponse metrics_response(AdminControl& s) {
       // No valid ClientHello in time, or a failed handshake (TLS listeners).
       if (listeners[i]->cfg.tls != conf::TlsMode::Off)
         f.sample(l + ",reason=\"tls\"", totals[i].rejected_tls);
+    }
+  }
+  {
+    Family f(out, "lb_tls_handshakes_total", "counter", "TLS handshakes of terminate listeners, by result.");
+    for (size_t i = 0; i < listeners.size(); ++i) {
+      if (listeners[i]->cfg.tls != conf::TlsMode::Terminate) continue;
+      std::string l = lbl("listener", listeners[i]->cfg.name);
+      f.sample(l + ",result=\"ok\"", totals[i].tls_ok);
+      f.sample(l + ",result=\"failed\"", totals[i].tls_failed);
+      f.sample(l + ",result=\"timeout\"", totals[i].tls_timeout);
+    }
+  }
+  {
+    Family f(out, "lb_tls_certificate_expiry_timestamp_seconds", "gauge",
+             "notAfter of each certificate of terminate listeners, as a Unix time.");
+    for (const auto& rt : listeners) {
+      if (!rt->tls_server) continue;
+      for (const auto& c : rt->tls_server->certificates())
+        f.sample(lbl("listener", rt->cfg.name) + "," + lbl("certificate", c.first_name), c.not_after);
     }
   }
   {

@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <csignal>
+#include <ctime>
 #include <stdexcept>
 
 #include "core/log.h"
 #include "core/socket.h"
+#include "core/tls/settings.h"
 #include "health/health_checker.h"
 #include "lb/admin_api.h"
 #include "lb/privileges.h"
@@ -109,6 +111,9 @@ bool Server::start() {
   std::optional<OpenedSockets> fresh = open_listen_sockets(config_, nworkers_, bound_, activation_);
   if (!fresh) return false;
   for (const auto& [key, b] : fresh->binds) bound_[key] = b.socket;
+  // Key files are often readable by root only: read them before privileges
+  // are dropped.
+  if (!load_start_tls()) return false;
   if (!open_admin() || !drop_user() || !start_health()) return false;
   start_workers(*fresh);
   install_signals();
@@ -194,6 +199,13 @@ conf::Duration Server::longest_probe_timeout(const conf::Config& cfg) const {
   return longest;
 }
 
+bool Server::load_start_tls() {
+  std::vector<std::string> errors;
+  tls_ = load_tls(config_, &errors);
+  for (const auto& e : errors) log::error("tls {}", e);
+  return tls_ != nullptr;
+}
+
 // Every backend gets its first probe before traffic is accepted for it.
 bool Server::start_health() {
   try {
@@ -202,14 +214,14 @@ bool Server::start_health() {
     log::error("cannot start health checker error=\"{}\"", e.what());
     return false;
   }
-  health_targets(control_->apply(config_));
+  health_targets(control_->apply(config_), tls_);
   if (!health_->wait_initial(longest_probe_timeout(config_) + std::chrono::milliseconds(500)))
     log::warn("some backends had no first health result in time; they stay down until probed");
   return true;
 }
 
 void Server::start_workers(OpenedSockets& fresh) {
-  listeners_ = make_runtimes(config_);
+  listeners_ = make_runtimes(config_, tls_);
   post_listeners(config_, fresh);
   for (auto& w : workers_) w->start();
   generation_ = 1;
@@ -253,7 +265,18 @@ void Server::start_timers() {
 
 // ---- shared by start and reload ---------------------------------------------
 
-std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
+std::shared_ptr<const tls::Contexts> Server::load_tls(const conf::Config& cfg,
+                                                      std::vector<std::string>* errors) {
+  if (!ticket_keys_) ticket_keys_ = std::make_shared<tls::TicketKeyStore>();
+  auto contexts = std::make_shared<tls::Contexts>();
+  if (!tls::load_contexts(cfg, ticket_keys_, contexts.get(), errors)) return nullptr;
+  for (const auto& f : tls::check_contexts(cfg, *contexts, static_cast<int64_t>(std::time(nullptr))))
+    log::warn("tls {}", f.message);
+  return contexts;
+}
+
+std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg,
+                                                      std::shared_ptr<const tls::Contexts> tls) {
   std::vector<ListenerRuntimePtr> out;
   std::map<std::string, std::shared_ptr<core::ListenerStats>> stats;
   for (const auto& l : cfg.listeners) {
@@ -261,6 +284,8 @@ std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg) {
     rt->cfg = l;
     rt->acl = core::Acl(l.allow, l.deny);
     rt->proxy_trusted = core::PrefixSet(l.proxy_protocol_trusted);
+    rt->tls = tls;
+    rt->tls_server = tls ? tls->listener(l.name) : nullptr;
     if (l.accept_proxy_protocol && l.proxy_protocol_trusted.empty()) {
       // Whoever can connect can then claim any client address, and with it
       // pass allow/deny and the per-source limit.
@@ -295,10 +320,34 @@ void Server::post_listeners(const conf::Config& cfg, OpenedSockets& fresh) {
   fresh.binds.clear();
 }
 
-void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools) {
+namespace {
+
+// The name a [pool.tls] connection to `b` sends and verifies: the pool's sni
+// ("$client" has no client here), else the backend's host name, else its IP.
+std::string backend_tls_name(const conf::PoolTls& t, const core::Backend& b) {
+  if (!t.sni.empty() && t.sni != "$client") return t.sni;
+  if (!b.address.host.empty()) return b.address.host;
+  std::string text = core::format_address(reinterpret_cast<const sockaddr*>(&b.address.addr));
+  size_t colon = text.rfind(':');
+  if (colon != std::string::npos) text.resize(colon);
+  if (text.size() > 1 && text.front() == '[') text = text.substr(1, text.size() - 2);
+  return text;
+}
+
+}  // namespace
+
+void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools,
+                            const std::shared_ptr<const tls::Contexts>& tls) {
   std::vector<health::HealthChecker::Target> targets;
   for (const auto& p : pools) {
-    for (const auto& b : p.backends) targets.push_back({b, p.pool->health_check, p.pool->outlier});
+    std::shared_ptr<const tls::ClientContext> client;
+    if (tls)
+      if (auto it = tls->pools.find(p.pool->name); it != tls->pools.end()) client = it->second;
+    for (const auto& b : p.backends) {
+      health::HealthChecker::Target t{b, p.pool->health_check, p.pool->outlier, client, {}};
+      if (client) t.tls_name = backend_tls_name(p.pool->tls, *b);
+      targets.push_back(std::move(t));
+    }
   }
   health_->set_targets(std::move(targets));
 }

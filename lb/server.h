@@ -37,6 +37,7 @@
 #include "core/access_log.h"
 #include "core/admin/http_server.h"
 #include "core/control.h"
+#include "core/tls/ticket_keys.h"
 #include "core/uv_ptr.h"
 #include "core/worker.h"
 #include "lb/admin_control.h"
@@ -84,6 +85,7 @@ class Server final : public AdminControl {
   void make_threads();
   bool open_admin();
   bool drop_user();
+  bool load_start_tls();
   bool start_health();
   void start_workers(OpenedSockets& fresh);
   void install_signals();
@@ -92,11 +94,16 @@ class Server final : public AdminControl {
 
   // --- shared by start and reload ---
   std::unique_ptr<admin::HttpServer> make_admin_server();
-  std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg);
+  std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg,
+                                                      std::shared_ptr<const tls::Contexts> tls);
+  // Every certificate, key and CA file of `cfg`; null (errors in `errors`)
+  // when one fails.
+  std::shared_ptr<const tls::Contexts> load_tls(const conf::Config& cfg, std::vector<std::string>* errors);
   // Hands the new sockets to the workers (`fresh` gives them up) with the
   // listener set of `cfg`.
   void post_listeners(const conf::Config& cfg, OpenedSockets& fresh);
-  void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools);
+  void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools,
+                      const std::shared_ptr<const tls::Contexts>& tls);
   conf::Duration longest_probe_timeout(const conf::Config& cfg) const;
 
   // --- reload steps (server_reload.cc; see the top of this file) ---
@@ -140,6 +147,10 @@ class Server final : public AdminControl {
   BoundSockets bound_;                                                 // the workers' binds
   std::map<std::string, std::shared_ptr<core::ListenerStats>> stats_;  // by listener name
   std::vector<core::ListenerRuntimePtr> listeners_;
+  // Session-ticket keys of every terminate listener and worker, for the
+  // process's life (a reload keeps tickets valid).
+  std::shared_ptr<tls::TicketKeyStore> ticket_keys_;
+  std::shared_ptr<const tls::Contexts> tls_;  // the running generation's
   std::vector<UvPtr<uv_signal_t>> signals_;
   systemd::Notifier notifier_;
   SocketActivation activation_;
@@ -174,6 +185,7 @@ struct Server::Reload {
   std::unique_ptr<core::AccessLog> access_log;  // the first access log of this process
   int access_log_fd = -1;                       // the running log's new destination, when it moves
   uint64_t probe_deadline = 0;                  // loop time
+  std::shared_ptr<const tls::Contexts> tls;     // every certificate, key and CA file, read again
   ~Reload();
 };
 

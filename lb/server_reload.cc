@@ -67,6 +67,14 @@ void Server::reload_open() {
   activation_.match(config_);  // until the commit
   // open_listen_sockets, reload_open_admin and reload_open_access_log log why.
   if (!r.sockets || !reload_open_admin() || !reload_open_access_log()) return reload_abort({});
+  // SIGHUP re-reads every certificate, key and CA file, even when the text
+  // of the configuration is unchanged.
+  std::vector<std::string> errors;
+  r.tls = load_tls(r.config, &errors);
+  if (!r.tls) {
+    for (auto& e : errors) e = "tls " + e;
+    return reload_abort(errors);
+  }
   reload_probe();
 }
 
@@ -110,7 +118,7 @@ bool Server::reload_open_access_log() {
 // each probed once before the listeners that need them accept.
 void Server::reload_probe() {
   Reload& r = *reload_;
-  health_targets(control_->stage(r.config));
+  health_targets(control_->stage(r.config), r.tls);
   r.probe_deadline = uv_now(&loop_) + static_cast<uint64_t>(longest_probe_timeout(r.config).count()) + 500;
   if (!reload_timer_) reload_timer_ = make_uv<uv_timer_t>(&loop_, this, nullptr, uv_timer_init);
   uv_timer_start(
@@ -160,6 +168,7 @@ void Server::reload_commit() {
   shared_.buffers.limit.store(static_cast<int64_t>(next.global.max_buffer_memory));
 
   control_->commit_staged();
+  tls_ = r->tls;
   commit_listeners(next, *r->sockets);
   if (r->admin_changes) {
     if (admin_) admin_->close();
@@ -185,7 +194,7 @@ void Server::reload_commit() {
 // The new listener set, with the sockets opened for it, to every worker.
 void Server::commit_listeners(const conf::Config& next, OpenedSockets& fresh) {
   activation_.match(next);
-  listeners_ = make_runtimes(next);
+  listeners_ = make_runtimes(next, tls_);
   // Forget binds no listener has any more (the workers close their sockets).
   BoundSockets kept;
   for (const auto& l : next.listeners) {
@@ -230,7 +239,7 @@ void Server::reload_abort(const std::vector<std::string>& errors) {
       for (auto& b : snap[i].backends) pb.backends.push_back(b.backend);
       pools.push_back(std::move(pb));
     }
-    health_targets(pools);
+    health_targets(pools, tls_);
   }
   reload_.reset();
   ++reloads_error_;

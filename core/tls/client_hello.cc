@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
-namespace lb::core::tls {
+namespace lb::tls {
 
 namespace {
 
@@ -325,4 +325,4 @@ bool sni_matches(const std::string& name_in, const std::string& pattern) {
   return n == pattern.size() && iequal(name, pattern.data(), n);
 }
 
-}  // namespace lb::core::tls
+}  // namespace lb::tls

@@ -34,7 +34,7 @@
 #include <string>
 #include <vector>
 
-namespace lb::core::tls {
+namespace lb::tls {
 
 // Most bytes lb reads from a client before it must have a whole ClientHello
 // (record headers included). Past it: Invalid ("too large").
@@ -104,4 +104,4 @@ const char* version_name(uint16_t version);
 // "a.b.example.net"). A trailing dot on the name is ignored.
 bool sni_matches(const std::string& name, const std::string& pattern);
 
-}  // namespace lb::core::tls
+}  // namespace lb::tls

@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <vector>
 
-namespace lb::core::tls {
+namespace lb::tls {
 
 namespace {
 
@@ -151,4 +151,4 @@ std::string ja4(const ClientHello& h, Ja4Form form) {
   return out;
 }
 
-}  // namespace lb::core::tls
+}  // namespace lb::tls

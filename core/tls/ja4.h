@@ -20,7 +20,7 @@
 
 #include "core/tls/client_hello.h"
 
-namespace lb::core::tls {
+namespace lb::tls {
 
 enum class Ja4Form {
   Hashed,       // ja4: the fingerprint above
@@ -31,4 +31,4 @@ enum class Ja4Form {
 
 std::string ja4(const ClientHello& hello, Ja4Form form = Ja4Form::Hashed);
 
-}  // namespace lb::core::tls
+}  // namespace lb::tls

@@ -2,7 +2,7 @@
 
 #include "core/tls/ja4.h"
 
-namespace lb::core::tls {
+namespace lb::tls {
 
 void Passthrough::learn(const ClientHello& hello) {
   if (hello.has_sni) {
@@ -32,4 +32,4 @@ const std::string* route_pool(const conf::Listener& listener, const std::string&
   return &listener.pool;
 }
 
-}  // namespace lb::core::tls
+}  // namespace lb::tls

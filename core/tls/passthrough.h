@@ -17,7 +17,7 @@
 #include "conf/config.h"
 #include "core/tls/client_hello.h"
 
-namespace lb::core::tls {
+namespace lb::tls {
 
 struct Passthrough {
   // The client's first bytes, at most kMaxClientHello; released once they
@@ -40,4 +40,4 @@ struct Passthrough {
 // pattern, else the listener's pool. Never null.
 const std::string* route_pool(const conf::Listener& listener, const std::string& sni_key);
 
-}  // namespace lb::core::tls
+}  // namespace lb::tls

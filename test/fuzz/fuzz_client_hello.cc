@@ -41,7 +41,7 @@ namespace {
     }                                                                                                        \
   } while (0)
 
-namespace tls = lb::core::tls;
+namespace tls = lb::tls;
 
 bool same_hello(const tls::ClientHello& a, const tls::ClientHello& b) {
   return a.legacy_version == b.legacy_version && a.supported_versions == b.supported_versions &&

@@ -11,7 +11,7 @@
 #include "test/support/tls_clients.h"
 #include "test/support/tls_hello.h"
 
-namespace tls = lb::core::tls;
+namespace tls = lb::tls;
 namespace th = lb::test::tls_hello;
 using lb::test::in;
 using lb::test::seconds;

@@ -12,7 +12,7 @@
 #include "core/tls/ja4.h"
 #include "test/support/tls_hello.h"
 
-namespace tls = lb::core::tls;
+namespace tls = lb::tls;
 namespace th = lb::test::tls_hello;
 
 namespace {
