@@ -42,7 +42,7 @@ TlsProbe::TlsProbe(uv_loop_t* loop, SSL_CTX* ctx, ProbeAddress address, const co
                    Callback cb, std::string name, bool verify_name)
     : StreamProbe(loop, std::move(address), check.timeout, std::move(cb)),
       ctx_(ctx),
-      sni_(check.tls_sni.empty() ? std::move(name) : check.tls_sni),
+      sni_(check.tls_sni.empty() ? std::move(name) : std::string(check.tls_sni)),
       verify_name_(verify_name) {}
 
 TlsProbe::~TlsProbe() { TlsProbe::close_io(); }

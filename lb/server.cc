@@ -276,7 +276,7 @@ std::shared_ptr<const tls::Contexts> Server::load_tls(const conf::Config& cfg,
 }
 
 std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg,
-                                                      std::shared_ptr<const tls::Contexts> tls) {
+                                                      const std::shared_ptr<const tls::Contexts>& tls) {
   std::vector<ListenerRuntimePtr> out;
   std::map<std::string, std::shared_ptr<core::ListenerStats>> stats;
   for (const auto& l : cfg.listeners) {

@@ -95,7 +95,7 @@ class Server final : public AdminControl {
   // --- shared by start and reload ---
   std::unique_ptr<admin::HttpServer> make_admin_server();
   std::vector<core::ListenerRuntimePtr> make_runtimes(const conf::Config& cfg,
-                                                      std::shared_ptr<const tls::Contexts> tls);
+                                                      const std::shared_ptr<const tls::Contexts>& tls);
   // Every certificate, key and CA file of `cfg`; null (errors in `errors`)
   // when one fails.
   std::shared_ptr<const tls::Contexts> load_tls(const conf::Config& cfg, std::vector<std::string>* errors);
