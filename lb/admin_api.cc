@@ -168,6 +168,12 @@ HttpResponse metrics(Server& s) {
     f.sample("result=\"error\"", s.reloads_error());
   }
   {
+    Family f(out, "lb_upgrades_total", "counter",
+             "Upgrades in place, by result (ok: counted by the program that took over).");
+    f.sample("result=\"ok\"", s.upgrades_ok());
+    f.sample("result=\"refused\"", s.upgrades_refused());
+  }
+  {
     Family f(out, "lb_access_log_dropped_total", "counter",
              "Access log lines dropped because the writer fell behind.");
     f.sample("", s.access_log_dropped());
@@ -473,6 +479,12 @@ HttpResponse handle_admin(Server& s, const HttpRequest& req) {
   }
   if (p == "/metrics") return get ? metrics(s) : method_not_allowed();
   if (p == "/api/v1/status") return get ? status(s) : method_not_allowed();
+  if (p == "/api/v1/upgrade") {
+    if (req.method != "POST") return method_not_allowed();
+    std::string refused = s.upgrade();
+    if (!refused.empty()) return json_error(409, refused);
+    return json_response(202, json{{"status", "upgrading"}, {"generation", s.generation()}});
+  }
   static const std::string kPools = "/api/v1/pools/";
   if (p.rfind(kPools, 0) == 0) {
     // {pool}/backends/{id}; the path is already percent-decoded, and an id

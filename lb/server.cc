@@ -1,5 +1,6 @@
 #include "lb/server.h"
 
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -9,11 +10,13 @@
 #include <stdexcept>
 
 #include "conf/load.h"
+#include "core/handover/channel.h"
 #include "core/log.h"
 #include "core/socket.h"
 #include "health/health_checker.h"
 #include "lb/admin_api.h"
 #include "lb/privileges.h"
+#include "lb/upgrade.h"
 
 namespace lb::app {
 
@@ -67,6 +70,7 @@ void raise_nofile(uint64_t max_connections) {
 
 Server::Server(conf::Config config) : config_(std::move(config)) {
   uv_loop_init(&loop_);
+  exe_path_ = upgrade::own_executable();
   nworkers_ = config_.global.workers ? config_.global.workers : cpu_count();
 }
 
@@ -137,15 +141,26 @@ std::optional<Server::NewSockets> Server::bind_listeners(const conf::Config& cfg
       b.len = e.addr_len;
       std::vector<int>& fds = out.fds[key];
       if (auto it = activated_.find(key); it != activated_.end()) {
-        // Socket activation: the inherited socket replaces binding. TCP:
-        // every worker accepts from its own dup of it. UDP: one worker only,
-        // so a client's datagrams are never split over workers.
-        systemd::InheritedSocket* in = it->second;
+        // Socket activation: the inherited sockets replace binding. One per
+        // worker (a previous lb's SO_REUSEPORT group, from the descriptor
+        // store or an upgrade): each worker gets its own, so the connections
+        // already queued on each are all accepted. Otherwise the one socket
+        // systemd bound: TCP, every worker accepts from its own dup of it;
+        // UDP, one worker only, so a client's datagrams are never split.
+        const std::vector<systemd::InheritedSocket*>& socks = it->second;
+        const bool per_worker = socks.size() == nworkers_;
+        if (!per_worker && socks.size() > 1)
+          log::warn(
+              "inherited sockets for one bind differ from the worker count listener={} sockets={} workers={}",
+              l.name, socks.size(), nworkers_);
+        systemd::InheritedSocket* in = socks[0];
         b.addr = in->addr;
         b.len = in->len;
-        b.single_worker = type == SOCK_DGRAM;
+        b.single_worker = type == SOCK_DGRAM && !per_worker;
         for (unsigned w = 0; w < nworkers_; ++w) {
-          int fd = (w == 0 || type == SOCK_STREAM) ? systemd::dup_for_worker(*in) : kNotOnWorker;
+          int fd = per_worker                        ? systemd::dup_for_worker(*socks[w])
+                   : (w == 0 || type == SOCK_STREAM) ? systemd::dup_for_worker(*in)
+                                                     : kNotOnWorker;
           if (fd < 0 && fd != kNotOnWorker) {
             log::error("cannot use inherited socket listener={} error=\"{}\"", l.name, strerror(-fd));
             return std::nullopt;
@@ -181,6 +196,14 @@ std::optional<Server::NewSockets> Server::bind_listeners(const conf::Config& cfg
 // listener set of `cfg`.
 void Server::post_listeners(const conf::Config& cfg, NewSockets& sockets) {
   auto& fresh = sockets.fds;
+  // Keep a copy of each for an upgrade (the workers own theirs).
+  for (const auto& [key, list] : fresh) {
+    std::vector<int>& held = held_[key];
+    for (int fd : held)
+      if (fd >= 0) ::close(fd);
+    held.clear();
+    for (int fd : list) held.push_back(fd >= 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1);
+  }
   for (unsigned w = 0; w < nworkers_; ++w) {
     core::WorkerMessage msg{core::WorkerMessage::Kind::Listeners, {}};
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
@@ -223,9 +246,19 @@ void Server::match_inherited(const conf::Config& cfg) {
       for (const auto& e : l.bind) {
         std::string key = bind_key(l, e);
         if (activated_.count(key)) continue;
-        if (auto* in = systemd::match(inherited_, l.name, type, reinterpret_cast<const sockaddr*>(&e.addr),
-                                      e.addr_len, by))
-          activated_[key] = in;
+        auto* in = systemd::match(inherited_, l.name, type, reinterpret_cast<const sockaddr*>(&e.addr),
+                                  e.addr_len, by);
+        if (!in) continue;
+        // The rest of its group: same name, type and address.
+        std::vector<systemd::InheritedSocket*>& group = activated_[key];
+        group.push_back(in);
+        for (auto& other : inherited_)
+          if (!other.used && other.type == in->type && other.name == in->name &&
+              systemd::same_address(reinterpret_cast<const sockaddr*>(&other.addr), other.len,
+                                    reinterpret_cast<const sockaddr*>(&in->addr), in->len)) {
+            other.used = true;
+            group.push_back(&other);
+          }
       }
     }
   }
@@ -246,6 +279,7 @@ bool Server::start() {
   std::string warnings;
   inherited_ = systemd::inherited_sockets(&warnings);
   if (!warnings.empty()) log::warn("socket activation: {}", warnings);
+  if (handover_fd_ >= 0 && !take_over()) return false;
   match_inherited(config_);
   raise_nofile(config_.global.max_connections);
   shared_.max_connections.store(config_.global.max_connections);
@@ -277,9 +311,17 @@ bool Server::start() {
   std::optional<NewSockets> fresh = bind_listeners(config_);
   if (!fresh) return false;
   bound_ = fresh->bound;
+  store_listener_fds(config_, *fresh);
   if (config_.admin.listen) {
     admin_ = make_admin_server();
-    int rc = admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
+    int rc;
+    if (handover_ && handover_->admin_fd) {
+      // The previous program's admin socket: its port stays, and no request
+      // is refused while both programs accept on it.
+      rc = admin_->listen_fd(std::exchange(handover_fds_[*handover_->admin_fd], -1));
+    } else {
+      rc = admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
+    }
     if (rc != 0) {
       log::error("cannot bind admin address={} error=\"{}\"", config_.admin.listen->text, uv_strerror(rc));
       return false;
@@ -301,6 +343,7 @@ bool Server::start() {
     return false;
   }
   auto pools = control_->apply(config_);
+  if (handover_) control_->restore(handover_->backends);
   health_targets(pools);
   // Every backend gets its first probe before traffic is accepted for it.
   conf::Duration longest{0};
@@ -309,11 +352,31 @@ bool Server::start() {
     log::warn("some backends had no first health result in time; they stay down until probed");
 
   listeners_ = make_runtimes(config_);
+  generation_ = 1;
+  if (handover_) {
+    for (const auto& c : handover_->listener_counters) {
+      auto it = stats_.find(c.listener);
+      if (it == stats_.end()) continue;
+      core::ListenerTotals& b = it->second->base;
+      b.connections = c.connections;
+      b.rejected_acl = c.rejected_acl;
+      b.rejected_limit = c.rejected_limit;
+      b.rejected_no_backend = c.rejected_no_backend;
+      b.rejected_proxy = c.rejected_proxy;
+      b.rejected_tls = c.rejected_tls;
+      b.datagrams_in = c.datagrams_in;
+      b.datagrams_out = c.datagrams_out;
+    }
+    generation_ = handover_->generation + 1;
+    reloads_ok_ = handover_->reloads_ok;
+    reloads_error_ = handover_->reloads_error;
+    upgrades_ok_ = handover_->upgrades_ok + 1;
+    upgrades_refused_ = handover_->upgrades_refused;
+  }
   post_listeners(config_, *fresh);
   for (auto& w : workers_) w->start();
-  generation_ = 1;
 
-  for (int sig : {SIGHUP, SIGTERM, SIGINT, SIGUSR1}) {
+  for (int sig : {SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2}) {
     auto* sh = new uv_signal_t;
     uv_signal_init(&loop_, sh);
     sh->data = this;
@@ -330,6 +393,14 @@ bool Server::start() {
     }
   for (const auto& in : inherited_)
     if (!in.used) log::warn("inherited socket matches no listener name={} fd={}", in.name, in.fd);
+  if (handover_) {
+    // The handed-over sockets live on in the workers and held_; the copies
+    // received are not kept (unlike systemd's, which a later reload may
+    // claim again), so the descriptor count is what it was before.
+    for (size_t i = handover_first_; i < inherited_.size(); ++i) ::close(inherited_[i].fd);
+    inherited_.resize(handover_first_);
+    match_inherited(config_);
+  }
   if (admin_) {
     conf::Endpoint ep = *config_.admin.listen;
     auto* sa = reinterpret_cast<sockaddr_in*>(&ep.addr);
@@ -337,7 +408,10 @@ bool Server::start() {
     log::info("admin listening address={}", core::format_address(reinterpret_cast<sockaddr*>(&ep.addr)));
   }
   log::info("started version={} workers={}", LB_VERSION, nworkers_);
-  notifier_.ready();
+  if (handover_)
+    took_over();
+  else
+    notifier_.ready();
   notifier_.status(fmt::format("serving, generation {}", generation_));
   start_watchdog();
   tick_timer_ = new uv_timer_t;
@@ -346,6 +420,30 @@ bool Server::start() {
   uv_timer_start(
       tick_timer_, [](uv_timer_t* t) { static_cast<Server*>(t->data)->control_->tick(); }, 250, 250);
   return true;
+}
+
+void Server::store_listener_fds(const conf::Config& cfg, const NewSockets& fresh) {
+  if (!notifier_.enabled()) return;
+  for (const auto& l : cfg.listeners) {
+    std::vector<int> fds;
+    for (const auto& e : l.bind) {
+      std::string key = bind_key(l, e);
+      // Inherited sockets are systemd's already (stored, or its socket unit's).
+      if (activated_.count(key)) continue;
+      if (auto it = fresh.fds.find(key); it != fresh.fds.end())
+        for (int fd : it->second)
+          if (fd >= 0) fds.push_back(fd);
+    }
+    if (fds.empty()) continue;
+    if (!systemd::valid_fdname(l.name)) {
+      log::warn(
+          "listener name is not a valid FDNAME; its sockets stay out of the descriptor store listener={}",
+          l.name);
+      continue;
+    }
+    if (!notifier_.store_fds(l.name, fds))
+      log::warn("cannot store listening sockets with systemd listener={} count={}", l.name, fds.size());
+  }
 }
 
 void Server::start_watchdog() {
@@ -387,6 +485,9 @@ void Server::on_signal(uv_signal_t* s, int signum) {
     case SIGUSR1:
       if (self->access_log_) self->access_log_->reopen();
       log::info("reopening access log");
+      break;
+    case SIGUSR2:
+      self->upgrade();
       break;
     default:
       self->begin_stop();
@@ -555,6 +656,22 @@ void Server::reload_commit() {
     }
   }
   bound_ = std::move(kept);
+  for (auto it = held_.begin(); it != held_.end();) {
+    if (bound_.count(it->first) || r->sockets->fds.count(it->first)) {
+      ++it;
+      continue;
+    }
+    for (int fd : it->second)
+      if (fd >= 0) ::close(fd);  // the workers close theirs: the socket goes
+    it = held_.erase(it);
+  }
+  store_listener_fds(next, *r->sockets);
+  if (notifier_.enabled())
+    for (const auto& old : config_.listeners) {
+      bool kept_name = std::any_of(next.listeners.begin(), next.listeners.end(),
+                                   [&](const conf::Listener& l) { return l.name == old.name; });
+      if (!kept_name && systemd::valid_fdname(old.name)) notifier_.remove_stored_fds(old.name);
+    }
   post_listeners(next, *r->sockets);
 
   if (r->admin_changes) {
@@ -635,6 +752,7 @@ void Server::reload_finished() {
 void Server::begin_stop() {
   if (draining_) return;
   draining_ = true;
+  if (upgrade_) upgrade_refused("stopping");
   if (reload_) reload_abort({"stopping"});
   notifier_.stopping();
   log::info("stopping drain_delay={}ms shutdown_timeout={}ms", config_.global.drain_delay.count(),
@@ -650,6 +768,7 @@ void Server::begin_stop() {
 
 void Server::stop_accepting() {
   accepting_stopped_ = true;
+  close_held();
   for (auto& w : workers_) w->post({core::WorkerMessage::Kind::Drain, {}});
   stop_deadline_ = uv_now(&loop_) + static_cast<uint64_t>(config_.global.shutdown_timeout.count());
   uv_timer_start(
@@ -670,6 +789,8 @@ void Server::check_drained() {
 }
 
 void Server::finish_stop() {
+  end_upgrade();
+  close_held();
   for (auto& w : workers_) w->post({core::WorkerMessage::Kind::Abort, {}});
   for (auto& w : workers_) {
     w->join();
@@ -697,6 +818,275 @@ void Server::finish_stop() {
   access_log_.reset();
   shared_.access_log = nullptr;
   log::info("stopped");
+}
+
+// ------------------------------------------------------------------ upgrade
+
+// How long the old program waits for the new one to serve: its start-up
+// waits for every backend's first probe.
+constexpr std::chrono::milliseconds kUpgradeCheckTimeout{10000};
+constexpr std::chrono::milliseconds kHandoverIoTimeout{10000};
+
+struct Server::Upgrade {
+  uv_process_t* process = nullptr;  // freed in its close callback
+  uv_poll_t* poll = nullptr;        // readable: the new program's reply
+  uv_timer_t* timer = nullptr;      // no reply in time
+  int sock = -1;                    // our end of the hand-over channel
+};
+
+void Server::close_held() {
+  for (auto& [key, list] : held_)
+    for (int fd : list)
+      if (fd >= 0) ::close(fd);
+  held_.clear();
+}
+
+std::string Server::upgrade() {
+  std::string why;
+  if (draining_)
+    why = "lb is stopping";
+  else if (upgrade_)
+    why = "an upgrade is already in progress";
+  else if (reload_)
+    why = "a reload is in progress";
+  if (why.empty()) why = upgrade::check_program(exe_path_, config_.path, kUpgradeCheckTimeout);
+  if (!why.empty()) {
+    ++upgrades_refused_;
+    log::error("upgrade refused reason=\"{}\"", why);
+    return why;
+  }
+
+  // The state, with every descriptor it names.
+  core::handover::HandoverState st;
+  std::vector<int> fds;
+  st.generation = generation_;
+  st.reloads_ok = reloads_ok_;
+  st.reloads_error = reloads_error_;
+  st.upgrades_ok = upgrades_ok_;
+  st.upgrades_refused = upgrades_refused_;
+  st.access_log_dropped = access_log_dropped();
+  for (const auto& l : config_.listeners)
+    for (const auto& e : l.bind) {
+      auto it = held_.find(bind_key(l, e));
+      if (it == held_.end()) continue;
+      core::handover::ListenerSocket ls;
+      ls.listener = l.name;
+      ls.key = it->first;
+      ls.kind = l.protocol == conf::Protocol::Tcp ? 1 : 2;
+      for (int fd : it->second) {
+        if (fd < 0) continue;
+        ls.fds.push_back(static_cast<uint32_t>(fds.size()));
+        fds.push_back(fd);
+      }
+      st.listeners.push_back(std::move(ls));
+    }
+  if (admin_ && admin_->listener_fd() >= 0) {
+    st.admin_fd = static_cast<uint32_t>(fds.size());
+    fds.push_back(admin_->listener_fd());
+  }
+  for (const auto& rt : listeners_) {
+    core::ListenerTotals t = rt->stats->sum();
+    st.listener_counters.push_back({rt->cfg.name, t.connections, t.rejected_acl, t.rejected_limit,
+                                    t.rejected_no_backend, t.rejected_proxy, t.rejected_tls, t.datagrams_in,
+                                    t.datagrams_out});
+  }
+  st.backends = control_->save();
+  const std::vector<uint8_t> bytes = core::handover::encode(st, static_cast<uint32_t>(fds.size()));
+
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+    upgrade_refused(std::string("socketpair: ") + strerror(errno));
+    return "socketpair failed";
+  }
+  auto up = std::make_unique<Upgrade>();
+  up->sock = sv[0];
+  upgrade_ = std::move(up);
+  notifier_.reloading();
+
+  // The new program: the same configuration file, the channel on fd 3.
+  std::vector<std::string> args = {exe_path_, "--config", config_.path, "--handover-fd", "3"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> env = upgrade::child_environment();
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  uv_stdio_container_t stdio[4];
+  stdio[0].flags = UV_IGNORE;
+  stdio[1].flags = UV_INHERIT_FD;
+  stdio[1].data.fd = 1;
+  stdio[2].flags = UV_INHERIT_FD;
+  stdio[2].data.fd = 2;
+  stdio[3].flags = UV_INHERIT_FD;
+  stdio[3].data.fd = sv[1];
+  uv_process_options_t opt{};
+  opt.file = exe_path_.c_str();
+  opt.args = argv.data();
+  opt.env = envp.data();
+  opt.stdio_count = 4;
+  opt.stdio = stdio;
+  opt.exit_cb = [](uv_process_t* p, int64_t status, int sig) {
+    auto* self = static_cast<Server*>(p->data);
+    uv_close(reinterpret_cast<uv_handle_t*>(p),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_process_t*>(h); });
+    if (self->upgrade_ && self->upgrade_->process == p) {
+      self->upgrade_->process = nullptr;
+      self->upgrade_refused(
+          sig ? fmt::format("the new program was killed by signal {} before it served", sig)
+              : fmt::format("the new program exited with status {} before it served", status));
+    }
+  };
+  auto* proc = new uv_process_t;
+  proc->data = this;
+  int rc = uv_spawn(&loop_, proc, &opt);
+  ::close(sv[1]);
+  if (rc != 0) {
+    // uv_spawn's failure still initialised the handle: close it.
+    uv_close(reinterpret_cast<uv_handle_t*>(proc),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_process_t*>(h); });
+    upgrade_refused(std::string("cannot start the new program: ") + uv_strerror(rc));
+    return "cannot start the new program";
+  }
+  upgrade_->process = proc;
+  log::info("upgrade started program={} pid={} generation={}", exe_path_, proc->pid, generation_);
+
+  std::string err;
+  if (!core::handover::send_state(upgrade_->sock, bytes, fds, kHandoverIoTimeout, &err)) {
+    upgrade_refused("cannot send the hand-over: " + err);
+    return "cannot send the hand-over";
+  }
+  upgrade_->poll = new uv_poll_t;
+  uv_poll_init(&loop_, upgrade_->poll, upgrade_->sock);
+  upgrade_->poll->data = this;
+  uv_poll_start(upgrade_->poll, UV_READABLE,
+                [](uv_poll_t* p, int, int) { static_cast<Server*>(p->data)->upgrade_reply(); });
+  conf::Duration longest{0};
+  for (const auto& p : config_.pools) longest = std::max(longest, p.health_check.timeout);
+  upgrade_->timer = new uv_timer_t;
+  uv_timer_init(&loop_, upgrade_->timer);
+  upgrade_->timer->data = this;
+  uv_timer_start(
+      upgrade_->timer,
+      [](uv_timer_t* t) {
+        static_cast<Server*>(t->data)->upgrade_refused("the new program did not serve in time");
+      },
+      static_cast<uint64_t>(longest.count()) + 30000, 0);
+  return {};
+}
+
+void Server::upgrade_reply() {
+  if (!upgrade_) return;
+  auto line = core::handover::receive_line(upgrade_->sock, std::chrono::milliseconds(100));
+  if (!line) return upgrade_refused("the new program closed the hand-over channel before it served");
+  if (line->rfind("SERVING ", 0) == 0) return handed_over(*line);
+  if (line->rfind("FAILED ", 0) == 0) return upgrade_refused("the new program failed: " + line->substr(7));
+  upgrade_refused("unexpected reply from the new program: " + line->substr(0, 100));
+}
+
+// Closes the channel; kills the new program if it still runs (a refusal).
+void Server::end_upgrade() {
+  if (!upgrade_) return;
+  std::unique_ptr<Upgrade> up = std::move(upgrade_);
+  if (up->poll)
+    uv_close(reinterpret_cast<uv_handle_t*>(up->poll),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+  if (up->timer)
+    uv_close(reinterpret_cast<uv_handle_t*>(up->timer),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  if (up->sock >= 0) ::close(up->sock);
+  if (up->process) {
+    if (!handed_over_) uv_process_kill(up->process, SIGKILL);
+    // Not reaped here once it serves: it outlives this process.
+    uv_close(reinterpret_cast<uv_handle_t*>(up->process),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_process_t*>(h); });
+  }
+}
+
+void Server::upgrade_refused(const std::string& reason) {
+  if (!upgrade_) return;
+  end_upgrade();
+  ++upgrades_refused_;
+  log::error("upgrade refused reason=\"{}\"", reason);
+  if (!draining_) {
+    notifier_.ready();  // after RELOADING=1: this program serves on
+    notifier_.status(fmt::format("serving, generation {}", generation_));
+  }
+}
+
+// The new program serves: this one stops accepting (the listening sockets
+// stay open in the new one), lets its connections finish within
+// shutdown_timeout, and leaves. It tells systemd nothing more: the new
+// program is the main process now.
+void Server::handed_over(const std::string& reply) {
+  handed_over_ = true;
+  log::info("upgrade handed over to pid={} generation={}", reply.substr(8), generation_ + 1);
+  end_upgrade();
+  if (watchdog_timer_) uv_timer_stop(watchdog_timer_);
+  if (admin_) admin_->close();
+  if (reload_) reload_abort({"upgraded"});
+  draining_ = true;
+  stop_timer_ = new uv_timer_t;
+  uv_timer_init(&loop_, stop_timer_);
+  stop_timer_->data = this;
+  stop_accepting();
+}
+
+// The new program's side, before anything is bound.
+bool Server::take_over() {
+  const int fd = std::exchange(handover_fd_, -1);
+  auto fail = [&](const std::string& why) {
+    log::error("cannot take over from the running lb error=\"{}\"", why);
+    core::handover::send_line(fd, "FAILED " + why, kHandoverIoTimeout);
+    ::close(fd);
+    return false;
+  };
+  std::string err;
+  auto rec = core::handover::receive_state(fd, kHandoverIoTimeout, &err);
+  if (!rec) return fail("cannot receive the hand-over: " + err);
+  auto st = core::handover::decode(rec->bytes, static_cast<uint32_t>(rec->fds.size()), &err);
+  if (!st) {
+    for (int f : rec->fds) ::close(f);
+    return fail("cannot read the hand-over: " + err);
+  }
+  // The listening sockets become inherited sockets named after their
+  // listeners: socket activation's matching (by name, then address) and its
+  // per-worker groups do the rest.
+  handover_first_ = inherited_.size();
+  for (const auto& l : st->listeners)
+    for (uint32_t i : l.fds) {
+      systemd::InheritedSocket in;
+      in.fd = rec->fds[i];
+      in.name = l.listener;
+      socklen_t tlen = sizeof in.type;
+      in.len = sizeof in.addr;
+      if (::getsockopt(in.fd, SOL_SOCKET, SO_TYPE, &in.type, &tlen) != 0 ||
+          ::getsockname(in.fd, reinterpret_cast<sockaddr*>(&in.addr), &in.len) != 0) {
+        log::warn("hand-over: listener socket unusable listener={}", l.listener);
+        continue;
+      }
+      inherited_.push_back(in);
+    }
+  handover_fds_ = std::move(rec->fds);
+  if (st->admin_fd && !config_.admin.listen) {
+    ::close(handover_fds_[*st->admin_fd]);
+    handover_fds_[*st->admin_fd] = -1;
+  }
+  handover_fd_ = fd;  // for the reply once serving
+  log::info("taking over from the running lb generation={} handover_version={}", st->generation, st->version);
+  handover_ = std::move(*st);
+  return true;
+}
+
+void Server::took_over() {
+  const int fd = std::exchange(handover_fd_, -1);
+  if (handover_->admin_fd && handover_fds_[*handover_->admin_fd] >= 0)
+    ::close(handover_fds_[*handover_->admin_fd]);
+  handover_fds_.clear();
+  core::handover::send_line(fd, "SERVING " + std::to_string(::getpid()), kHandoverIoTimeout);
+  ::close(fd);
+  notifier_.main_pid_ready();
+  log::info("upgraded generation={}", generation_);
 }
 
 }  // namespace lb::app

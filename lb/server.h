@@ -29,6 +29,7 @@
 #include "core/access_log.h"
 #include "core/admin/http_server.h"
 #include "core/control.h"
+#include "core/handover/state.h"
 #include "core/worker.h"
 #include "lb/resolver.h"
 #include "lb/systemd.h"
@@ -63,6 +64,19 @@ class Server {
   // Access-log lines dropped because the writer fell behind (0 when off).
   // Main loop only (the access log is replaced there).
   uint64_t access_log_dropped() const { return access_log_ ? access_log_->dropped() : 0; }
+  uint64_t upgrades_ok() const { return upgrades_ok_; }
+  uint64_t upgrades_refused() const { return upgrades_refused_; }
+
+  // Upgrade in place (SIGUSR2, POST /api/v1/upgrade; docs/upgrade.md):
+  // checks the program now at the path lb was started from, then starts it
+  // with the hand-over. "" when it started (the outcome follows
+  // asynchronously: the new program serves and this one leaves, or the
+  // refusal is logged and counted); otherwise why it was refused (logged
+  // and counted too), and nothing changed.
+  std::string upgrade();
+  // This process takes over from a running lb: the hand-over arrives on
+  // `fd` (lb --handover-fd). Call before run().
+  void set_handover_fd(int fd) { handover_fd_ = fd; }
 
  private:
   struct Bound {
@@ -84,7 +98,8 @@ class Server {
     ~NewSockets() { close(); }
     void close();
   };
-  struct Reload;  // a reload in progress (server.cc)
+  struct Reload;   // a reload in progress (server.cc)
+  struct Upgrade;  // an upgrade in progress: the new program and its channel
 
   bool start();
   std::unique_ptr<admin::HttpServer> make_admin_server();
@@ -109,6 +124,19 @@ class Server {
   void finish_stop();
   void health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools);
   void start_watchdog();
+  // The new program's side: receive and apply the hand-over (false, with
+  // the reason sent back, when it cannot), then report that it serves.
+  bool take_over();
+  void took_over();
+  // The old program's side.
+  void upgrade_refused(const std::string& reason);
+  void upgrade_reply();
+  void handed_over(const std::string& reply);
+  void end_upgrade();
+  void close_held();
+  // File descriptor store: every socket of `fresh` that lb bound itself
+  // goes to systemd, named after its listener.
+  void store_listener_fds(const conf::Config& cfg, const NewSockets& fresh);
   systemd::InheritedSocket* inherited_for(const conf::Listener& l, const conf::Endpoint& e);
 
   static std::string bind_key(const conf::Listener& l, const conf::Endpoint& e);
@@ -130,8 +158,22 @@ class Server {
   std::vector<core::ListenerRuntimePtr> listeners_;
   std::vector<uv_signal_t*> signals_;
   systemd::Notifier notifier_;
-  std::vector<systemd::InheritedSocket> inherited_;             // socket activation (LISTEN_FDS)
-  std::map<std::string, systemd::InheritedSocket*> activated_;  // bind key -> inherited socket
+  std::vector<systemd::InheritedSocket> inherited_;  // socket activation (LISTEN_FDS)
+  // bind key -> its inherited sockets: one per worker when a previous lb
+  // stored (or handed over) its SO_REUSEPORT group, else the one systemd bound
+  std::map<std::string, std::vector<systemd::InheritedSocket*>> activated_;
+  // A copy of every listening socket the workers have (bind key -> one per
+  // worker, -1 where a worker has none), for an upgrade to hand over.
+  std::map<std::string, std::vector<int>> held_;
+  std::string exe_path_;  // the program lb was started from (upgrade target)
+  int handover_fd_ = -1;  // new program: the channel from the old one
+  std::unique_ptr<Upgrade> upgrade_;
+  std::optional<core::handover::HandoverState> handover_;  // new program: what it took over
+  std::vector<int> handover_fds_;                          // ... and the descriptors it came with
+  size_t handover_first_ = 0;                              // inherited_ from here on: handed over
+  uint64_t upgrades_ok_ = 0;
+  uint64_t upgrades_refused_ = 0;
+  bool handed_over_ = false;  // old program: the new one serves, this one drains and leaves
   uv_timer_t* watchdog_timer_ = nullptr;
   uv_timer_t* tick_timer_ = nullptr;    // slow-start ramps
   uv_timer_t* stop_timer_ = nullptr;    // drain_delay, then polling for drained workers

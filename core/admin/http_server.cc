@@ -1,6 +1,7 @@
 #include "core/admin/http_server.h"
 
 #include <netinet/in.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -59,7 +60,7 @@ struct HttpServer::Impl {
   Impl(uv_loop_t* l, Handler h, HttpLimits lim)
       : loop(l), handler(std::move(h)), limits(lim), read_buffer(new char[kReadBufferSize]) {}
 
-  int listen(const sockaddr* addr);
+  int listen(const sockaddr* addr, int fd = -1);
   void close();
   void close_listener();
   void unpin() {
@@ -143,10 +144,10 @@ struct HttpServer::Impl::Connection {
 
 // ---- HttpServer::Impl --------------------------------------------------------
 
-int HttpServer::Impl::listen(const sockaddr* addr) {
+int HttpServer::Impl::listen(const sockaddr* addr, int fd) {
   if (closed) return UV_EINVAL;
   if (listener != nullptr) return UV_EALREADY;
-  if (addr == nullptr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6)) {
+  if (fd < 0 && (addr == nullptr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))) {
     return UV_EAFNOSUPPORT;
   }
   auto* h = new uv_tcp_t;
@@ -158,7 +159,8 @@ int HttpServer::Impl::listen(const sockaddr* addr) {
   h->data = this;
   listener = h;
   ++pins;
-  rc = uv_tcp_bind(h, addr, 0);
+  rc = fd >= 0 ? uv_tcp_open(h, fd) : uv_tcp_bind(h, addr, 0);
+  if (rc != 0 && fd >= 0) ::close(fd);  // not the handle's: uv_tcp_open failed
   // libuv may defer a bind error (EADDRINUSE) to uv_listen().
   if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(h), kListenBacklog, on_connection);
   if (rc == 0) {
@@ -506,6 +508,15 @@ HttpServer::~HttpServer() {
 }
 
 int HttpServer::listen(const sockaddr* addr) { return impl_->listen(addr); }
+
+int HttpServer::listen_fd(int fd) { return impl_->listen(nullptr, fd); }
+
+int HttpServer::listener_fd() const {
+  uv_os_fd_t fd = -1;
+  if (impl_->listener == nullptr || uv_fileno(reinterpret_cast<uv_handle_t*>(impl_->listener), &fd) != 0)
+    return -1;
+  return fd;
+}
 
 uint16_t HttpServer::port() const { return impl_->bound_port; }
 
