@@ -1083,10 +1083,11 @@ void Server::took_over() {
   if (handover_->admin_fd && handover_fds_[*handover_->admin_fd] >= 0)
     ::close(handover_fds_[*handover_->admin_fd]);
   handover_fds_.clear();
+  // Logged first: the old program's "handed over" line then always follows it.
+  log::info("upgraded generation={}", generation_);
+  notifier_.main_pid_ready();
   core::handover::send_line(fd, "SERVING " + std::to_string(::getpid()), kHandoverIoTimeout);
   ::close(fd);
-  notifier_.main_pid_ready();
-  log::info("upgraded generation={}", generation_);
 }
 
 }  // namespace lb::app

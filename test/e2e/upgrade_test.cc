@@ -242,7 +242,8 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
     adopted.back()->pid = static_cast<pid_t>(std::stoi(handed->substr(handed->find("pid=") + 4)));
     CHECK(adopted.back()->pid != serving);
     serving = adopted.back()->pid;
-    CHECK(lb.process().find_line(std::regex(fmt::format(R"(^info upgraded generation={}$)", k + 1)), from));
+    CHECK(lb.wait_for_line(std::regex(fmt::format(R"(^info upgraded generation={}$)", k + 1)), in(seconds(5)),
+                           from));
     for (int i = 0; i < 3; ++i) CHECK(ping());
     CHECK(status_generation(admin) == static_cast<uint64_t>(k + 1));
     CHECK(metric(admin, "lb_upgrades_total", {{"result", "ok"}}) == k);
@@ -330,6 +331,35 @@ TEST_CASE("upgrade: refused for a missing program, a rejected configuration, an 
   CHECK(echoes(port, "after the signal"));
   REQUIRE(lb.signal(SIGTERM));
   CHECK(lb.wait_exit(in(kStopTimeout)) == 0);
+}
+
+TEST_CASE("upgrade: lb ctl upgrade waits for the new program; a refusal exits 1", "[e2e][upgrade][ctl]") {
+  UpgradableLb u;
+  const std::vector<std::string> ctl = {"ctl", "--admin", fmt::format("127.0.0.1:{}", u.admin), "upgrade"};
+
+  REQUIRE(::unlink(u.program.c_str()) == 0);
+  LbRun run = run_lb(ctl, in(seconds(30)));
+  INFO(run.out << run.err);
+  CHECK(run.exit_status == 1);
+  CHECK(run.err.find("409") != std::string::npos);
+  CHECK(run.err.find("no program to upgrade to") != std::string::npos);
+  CHECK(status_generation(u.admin) == 1);
+
+  REQUIRE(install_program(lb_alt_binary(), u.program));
+  const size_t from = u.lb->line_count();
+  run = run_lb(ctl, in(seconds(90)));
+  INFO(run.out << run.err);
+  CHECK(run.exit_status == 0);
+  CHECK(run.out.find("upgraded: generation 2 serves") != std::string::npos);
+  auto handed =
+      u.lb->wait_for_line(std::regex(R"(^info upgrade handed over to pid=([0-9]+))"), in(seconds(10)), from);
+  REQUIRE(handed);
+  AdoptedLb next;
+  next.pid = static_cast<pid_t>(std::stoi(handed->substr(handed->find("pid=") + 4)));
+  CHECK(echoes(u.port, "served by the new program"));
+  CHECK(wait_gone(u.lb->pid(), in(seconds(30))));
+  REQUIRE(::kill(next.pid, SIGTERM) == 0);
+  CHECK(wait_gone(next.pid, in(kStopTimeout)));
 }
 
 }  // namespace
