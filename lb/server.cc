@@ -3,9 +3,11 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <stdexcept>
 
@@ -202,7 +204,14 @@ void Server::post_listeners(const conf::Config& cfg, NewSockets& sockets) {
     for (int fd : held)
       if (fd >= 0) ::close(fd);
     held.clear();
-    for (int fd : list) held.push_back(fd >= 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1);
+    // dup(), not fcntl(F_DUPFD_CLOEXEC): ThreadSanitizer sees dup() create
+    // the copy, so closing it later is no race with a worker that once had
+    // the number. Close-on-exec before anything can spawn (main thread only).
+    for (int fd : list) {
+      int copy = fd >= 0 ? ::dup(fd) : -1;
+      if (copy >= 0) ::fcntl(copy, F_SETFD, FD_CLOEXEC);
+      held.push_back(copy);
+    }
   }
   for (unsigned w = 0; w < nworkers_; ++w) {
     core::WorkerMessage msg{core::WorkerMessage::Kind::Listeners, {}};
@@ -828,10 +837,10 @@ constexpr std::chrono::milliseconds kUpgradeCheckTimeout{10000};
 constexpr std::chrono::milliseconds kHandoverIoTimeout{10000};
 
 struct Server::Upgrade {
-  uv_process_t* process = nullptr;  // freed in its close callback
-  uv_poll_t* poll = nullptr;        // readable: the new program's reply
-  uv_timer_t* timer = nullptr;      // no reply in time
-  int sock = -1;                    // our end of the hand-over channel
+  pid_t pid = -1;               // the new program
+  uv_poll_t* poll = nullptr;    // readable: the new program's reply
+  uv_timer_t* timer = nullptr;  // no reply in time
+  int sock = -1;                // our end of the hand-over channel
 };
 
 void Server::close_held() {
@@ -904,52 +913,16 @@ std::string Server::upgrade() {
   notifier_.reloading();
 
   // The new program: the same configuration file, the channel on fd 3.
-  std::vector<std::string> args = {exe_path_, "--config", config_.path, "--handover-fd", "3"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env = upgrade::child_environment();
-  std::vector<char*> envp;
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  uv_stdio_container_t stdio[4];
-  stdio[0].flags = UV_IGNORE;
-  stdio[1].flags = UV_INHERIT_FD;
-  stdio[1].data.fd = 1;
-  stdio[2].flags = UV_INHERIT_FD;
-  stdio[2].data.fd = 2;
-  stdio[3].flags = UV_INHERIT_FD;
-  stdio[3].data.fd = sv[1];
-  uv_process_options_t opt{};
-  opt.file = exe_path_.c_str();
-  opt.args = argv.data();
-  opt.env = envp.data();
-  opt.stdio_count = 4;
-  opt.stdio = stdio;
-  opt.exit_cb = [](uv_process_t* p, int64_t status, int sig) {
-    auto* self = static_cast<Server*>(p->data);
-    uv_close(reinterpret_cast<uv_handle_t*>(p),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_process_t*>(h); });
-    if (self->upgrade_ && self->upgrade_->process == p) {
-      self->upgrade_->process = nullptr;
-      self->upgrade_refused(
-          sig ? fmt::format("the new program was killed by signal {} before it served", sig)
-              : fmt::format("the new program exited with status {} before it served", status));
-    }
-  };
-  auto* proc = new uv_process_t;
-  proc->data = this;
-  int rc = uv_spawn(&loop_, proc, &opt);
+  std::string spawn_error;
+  const pid_t pid = upgrade::spawn_with_fd3({exe_path_, "--config", config_.path, "--handover-fd", "3"},
+                                            upgrade::child_environment(), sv[1], &spawn_error);
   ::close(sv[1]);
-  if (rc != 0) {
-    // uv_spawn's failure still initialised the handle: close it.
-    uv_close(reinterpret_cast<uv_handle_t*>(proc),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_process_t*>(h); });
-    upgrade_refused(std::string("cannot start the new program: ") + uv_strerror(rc));
-    return "cannot start the new program";
+  if (pid < 0) {
+    upgrade_refused("cannot start the new program: " + spawn_error);
+    return "cannot start the new program: " + spawn_error;
   }
-  upgrade_->process = proc;
-  log::info("upgrade started program={} pid={} generation={}", exe_path_, proc->pid, generation_);
+  upgrade_->pid = pid;
+  log::info("upgrade started program={} pid={} generation={}", exe_path_, pid, generation_);
 
   std::string err;
   if (!core::handover::send_state(upgrade_->sock, bytes, fds, kHandoverIoTimeout, &err)) {
@@ -978,7 +951,7 @@ std::string Server::upgrade() {
 void Server::upgrade_reply() {
   if (!upgrade_) return;
   auto line = core::handover::receive_line(upgrade_->sock, std::chrono::milliseconds(100));
-  if (!line) return upgrade_refused("the new program closed the hand-over channel before it served");
+  if (!line) return upgrade_refused("the new program ended (closed the hand-over channel) before it served");
   if (line->rfind("SERVING ", 0) == 0) return handed_over(*line);
   if (line->rfind("FAILED ", 0) == 0) return upgrade_refused("the new program failed: " + line->substr(7));
   upgrade_refused("unexpected reply from the new program: " + line->substr(0, 100));
@@ -995,11 +968,13 @@ void Server::end_upgrade() {
     uv_close(reinterpret_cast<uv_handle_t*>(up->timer),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
   if (up->sock >= 0) ::close(up->sock);
-  if (up->process) {
-    if (!handed_over_) uv_process_kill(up->process, SIGKILL);
-    // Not reaped here once it serves: it outlives this process.
-    uv_close(reinterpret_cast<uv_handle_t*>(up->process),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_process_t*>(h); });
+  if (up->pid > 0 && !handed_over_) {
+    // Refused: the new program must not serve. Its exit (or the closed
+    // channel) is what brought us here, or it is killed now; either way it
+    // is reaped at once. Once it serves it outlives this process instead.
+    ::kill(up->pid, SIGKILL);
+    while (::waitpid(up->pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
   }
 }
 

@@ -151,6 +151,46 @@ std::string check_program(const std::string& exe, const std::string& config,
   return {};
 }
 
+pid_t spawn_with_fd3(const std::vector<std::string>& argv, const std::vector<std::string>& env, int fd,
+                     std::string* error) {
+  // dup2 onto itself would leave close-on-exec set: move off 3 first. With
+  // dup(), not fcntl(F_DUPFD): ThreadSanitizer follows dup(), and an fd it
+  // did not see created looks like a race with whichever worker last used
+  // the number (libuv closes with a raw syscall it cannot see either).
+  int high = fd == 3 ? ::dup(fd) : fd;
+  if (high < 0) {
+    *error = std::string("dup: ") + std::strerror(errno);
+    return -1;
+  }
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&fa, high, 3);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  std::vector<char*> args, envp;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = ::posix_spawn(&pid, args[0], &fa, &attr, args.data(), envp.data());
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (high != fd) ::close(high);
+  if (rc != 0) {
+    *error = std::string("cannot start it: ") + std::strerror(rc);
+    return -1;
+  }
+  return pid;
+}
+
 std::vector<std::string> child_environment() {
   std::vector<std::string> env;
   for (char** e = environ; *e; ++e)

@@ -7,6 +7,8 @@
 // lives on the worker threads.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <optional>
 #include <string>
@@ -34,6 +36,16 @@ ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::millis
 // (`--handover-version`).
 std::string check_program(const std::string& exe, const std::string& config,
                           std::chrono::milliseconds timeout);
+
+// Starts argv (argv[0] a path) with environment `env`, stdin from
+// /dev/null, stdout and stderr shared with this process, and `fd` as its
+// descriptor 3 (not close-on-exec there). posix_spawn, not uv_spawn: no
+// helper pipe whose descriptor number a worker thread could reuse at once
+// (ThreadSanitizer reports that reuse), and no SIGCHLD handler needed: the
+// hand-over channel tells when the program ends. Returns its pid, or -1
+// with *error set.
+pid_t spawn_with_fd3(const std::vector<std::string>& argv, const std::vector<std::string>& env, int fd,
+                     std::string* error);
 
 // The environment for the new program: this one's, without WATCHDOG_PID
 // (systemd set it to this process's pid; the new program has another and
