@@ -10,8 +10,10 @@ Profiles (each starts its own lb and backends on loopback and stops them):
              (address, port), at --rate queries/s for --seconds: lost queries, fds
              and RSS sampled every second.
   game       S sessions x R datagrams/s for --seconds, one of 4 backends killed at
-             half time: loss, p50/p99 latency through lb and direct, sessions that
-             moved / kept their backend.
+             half time: loss (per session and per second), p50/p99/p99.9 latency
+             through lb and direct, sessions that moved / kept their backend, CPU
+             of lb, client and backends. Client and backends are bench/tools/lbload
+             (C, sendmmsg/recvmmsg), built with cc unless --lbload is given.
 
 Client endpoints: a few sockets bound to 0.0.0.0, each sending from many loopback
 addresses with IP_PKTINFO, so 100,000 endpoints need only a few hundred fds.
@@ -385,61 +387,134 @@ def profile_resolver(a):
         dns.terminate()
 
 
+def lbload_tool(a):
+    """bench/tools/lbload (the C load tool), built once into a temp dir unless --lbload names one."""
+    if a.lbload:
+        return a.lbload
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+    from lbbench import env
+    path, err = env.build_lbload(tempfile.mkdtemp(prefix="udp_scale.lbload."))
+    if err:
+        raise SystemExit("cannot build lbload: " + err)
+    return path
+
+
+def start_c_echo(tool, name, lifetime):
+    """`lbload echo` (batched, C) on 127.0.0.1: (Popen, port)."""
+    p = subprocess.Popen([tool, "echo", "0", name, str(lifetime)], stdout=subprocess.PIPE, text=True)
+    return p, json.loads(p.stdout.readline())["port"]
+
+
+def cpu_split(pid):
+    """(user, system) CPU seconds of a process so far."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / tck, int(f[12]) / tck
+
+
+def machine_busy():
+    """(busy, total) jiffies of the whole machine, all CPUs."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    idle = f[3] + f[4]
+    return sum(f) - idle, sum(f)
+
+
+def perf_top(pid, seconds, out_dir):
+    """lb's top symbols by CPU over `seconds` (perf record -e cpu-clock), or an error string."""
+    data = os.path.join(out_dir, "perf.data")
+    r = subprocess.run(["perf", "record", "-e", "cpu-clock", "-F", "499", "-g", "-p", str(pid), "-o", data,
+                        "--", "sleep", str(seconds)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return "perf record failed: " + r.stderr[-300:]
+    rep = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "sym", "-g", "none",
+                          "--percent-limit", "1.5"], capture_output=True, text=True).stdout
+    return [line.strip() for line in rep.splitlines() if line.strip() and not line.startswith("#")][:20]
+
+
 def profile_game(a):
-    procs, addrs = [], []
-    for b in range(4):
-        p, port = start_echo(f"b{b}")
-        procs.append((p, port))
-        addrs.append(f"127.0.0.1:{port}")
+    """The client and the 4 echo backends are bench/tools/lbload (C, batched):
+    the Python client topped out at some 20,000 datagrams/s."""
+    tool = lbload_tool(a)
+    lifetime = 2 * a.seconds + 120
+    backends = [start_c_echo(tool, f"b{b}", lifetime) for b in range(4)]
+    addrs = [f"127.0.0.1:{port}" for _, port in backends]
     lb = Lb(a.lb, "session_timeout = \"60s\"\n", addrs, a.workers,
             "[pool.health_check]\ntype = \"udp\"\nudp_send = \"ping\"\nudp_expect = \"ping\"\ninterval = \"500ms\"\n"
             "timeout = \"500ms\"\nfall = 2\n")
 
-    def run(dest, seconds, kill_at=None):
-        swarm = Swarm(a.sessions, "127.66.0.1", 250)
-        first_backend, last_backend, lat = {}, {}, []
-        sent = got = 0
-        start = time.time()
-        tick = 1.0 / a.pps
-        nxt = start
-        killed = False
-        while time.time() - start < seconds:
-            if kill_at is not None and not killed and time.time() - start >= kill_at:
-                procs[0][0].kill()
-                killed = True
-            now = time.time()
-            if now >= nxt:
-                stamp = struct.pack("!d", now)
-                for i in range(a.sessions):
-                    swarm.send(i, dest, stamp + str(i).encode())
-                sent += a.sessions
-                nxt += tick
-            for i, d in swarm.receive(0):
-                got += 1
-                name, _, rest = d.partition(b":")
-                lat.append(time.time() - struct.unpack("!d", rest[:8])[0])
-                first_backend.setdefault(i, name)
-                last_backend[i] = name
-        for i, d in swarm.receive(0.5):
-            got += 1
-        lat.sort()
-        pct = lambda q: round(lat[int(q * (len(lat) - 1))] * 1e6) if lat else None
-        moved = sum(1 for i in last_backend if first_backend[i] != last_backend[i])
-        on_killed = sum(1 for i in first_backend if first_backend[i] == b"b0")
-        kept = sum(1 for i in last_backend if first_backend[i] == last_backend[i] and first_backend[i] != b"b0")
-        return {"sent": sent, "received": got, "loss": round(1 - got / max(1, sent), 5), "p50_us": pct(0.5),
-                "p99_us": pct(0.99), "moved": moved, "first_on_killed": on_killed, "others_kept": kept}
+    def run(ports, kill_at=None, perf=False):
+        pids = {"lb": lb.proc.pid, **{f"b{b}": p.pid for b, (p, _) in enumerate(backends) if p.poll() is None}}
+        before = {k: cpu_split(v) for k, v in pids.items()}
+        busy0 = machine_busy()
+        drops0 = udp_drops(lb.proc.pid)
+        client = subprocess.Popen([tool, "game", ",".join(map(str, ports)), str(a.pps), str(a.seconds),
+                                   str(a.sessions), str(a.size)], stdout=subprocess.PIPE, text=True)
+        t0 = time.time()
+        top = None
+        if perf:
+            time.sleep(min(2.0, a.seconds / 4))
+            top = perf_top(lb.proc.pid, max(1, int(a.seconds / 4)), lb.dir)
+        if kill_at is not None:
+            time.sleep(max(0.0, t0 + kill_at - time.time()))
+            backends[0][0].kill()
+            backends[0][0].wait()
+        client_cpu = None
+        while client.poll() is None:
+            try:
+                client_cpu = cpu_split(client.pid)
+            except OSError:
+                pass
+            time.sleep(0.2)
+        busy1 = machine_busy()
+        res = json.loads(client.stdout.read())
+        cpu = {}
+        for k, v in pids.items():
+            try:
+                u1, s1 = cpu_split(v)
+            except OSError:   # the killed backend
+                continue
+            cpu[k] = {"user_s": round(u1 - before[k][0], 2), "sys_s": round(s1 - before[k][1], 2)}
+        if client_cpu:
+            cpu["client"] = {"user_s": round(client_cpu[0], 2), "sys_s": round(client_cpu[1], 2)}
+        res["cpu_seconds"] = cpu
+        if "lb" in cpu and res["received"]:
+            # lb's CPU per datagram answered (in, to the backend, back, out)
+            res["lb_cpu_us_per_datagram"] = round((cpu["lb"]["user_s"] + cpu["lb"]["sys_s"]) / res["received"] * 1e6, 2)
+        res["machine_busy_pct"] = round(100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 1)
+        res["kernel_drops_lb_sockets"] = udp_drops(lb.proc.pid) - drops0
+        if top is not None:
+            res["lb_perf_top"] = top
+        return res
 
     try:
         time.sleep(1.0)
-        through = run(("127.0.0.1", lb.port), a.seconds, kill_at=a.seconds / 2)
-        direct = run(("127.0.0.1", procs[1][1]), min(a.seconds, 10))
-        return {"profile": "game", "sessions": a.sessions, "pps": a.pps, "seconds": a.seconds,
-                "through_lb": through, "direct_one_backend": direct}
+        through = run([lb.port], kill_at=a.seconds / 2, perf=a.perf)
+        m = lb.metrics()
+        through["lb_listener_rejected"] = lb.metric_sum('lb_listener_rejected_total{listener="u"')
+        names = {f'backend="{addr}"': f"b{b}" for b, addr in enumerate(addrs)}
+
+        def by_backend(prefix, also=""):
+            """{b0: value, ...} of the series starting with `prefix` (and containing `also`)."""
+            return {name: v for k, v in m.items() if k.startswith(prefix) and also in k
+                    for lbl, name in names.items() if lbl in k}
+        through["lb_backend_up"] = by_backend("lb_backend_up{")
+        through["probe_failures"] = by_backend("lb_health_checks_total{", 'result="fail"')
+        bk = through.get("backends", {})
+        through["only_dead_backends_sessions_moved"] = (
+            bk.get("b0", {}).get("moved") == bk.get("b0", {}).get("sessions")
+            and all(v["moved"] == 0 for k, v in bk.items() if k != "b0"))
+        # Direct: a fresh b0, the same sessions spread over the 4 backends by
+        # the client itself (session i -> backend i mod 4), no kill.
+        backends[0] = start_c_echo(tool, "b0", lifetime)
+        direct = run([port for _, port in backends])
+        return {"profile": "game", "sessions": a.sessions, "pps": a.pps, "seconds": a.seconds, "size": a.size,
+                "workers": a.workers, "through_lb": through, "direct": direct}
     finally:
         lb.stop()
-        for p, _ in procs:
-            p.terminate()
+        for p, _ in backends:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
 
 
 def start_dnsmasq():
@@ -503,6 +578,9 @@ def main():
     g.add_argument("--sessions", type=int, default=10000)
     g.add_argument("--pps", type=int, default=30, help="datagrams per second per session")
     g.add_argument("--seconds", type=int, default=60)
+    g.add_argument("--size", type=int, default=64, help="datagram bytes")
+    g.add_argument("--lbload", default="", help="a built bench/tools/lbload (default: build one)")
+    g.add_argument("--perf", action="store_true", help="lb's top symbols (perf record) for a quarter of the run")
     c = sub.add_parser("cost")
     c.add_argument("--queries", type=int, default=100000)
     c.add_argument("--clients", type=int, default=4, help="dnsperf sockets")

@@ -23,8 +23,11 @@ const EnumName<SelectorKind> kSelectorNames[5] = {{SelectorKind::RoundRobin, "ro
                                                   {SelectorKind::RandomTwo, "random_two"},
                                                   {SelectorKind::RingHash, "ring_hash"},
                                                   {SelectorKind::Maglev, "maglev"}};
-const EnumName<HashKey> kHashKeyNames[2] = {{HashKey::SourceIp, "source_ip"},
-                                            {HashKey::SourceIpPort, "source_ip_port"}};
+const EnumName<HashKey> kHashKeyNames[3] = {
+    {HashKey::SourceIp, "source_ip"}, {HashKey::SourceIpPort, "source_ip_port"}, {HashKey::Sni, "sni"}};
+const EnumName<TlsMode> kTlsModeNames[3] = {
+    {TlsMode::Off, "off"}, {TlsMode::Passthrough, "passthrough"}, {TlsMode::Terminate, "terminate"}};
+const EnumName<TlsVersion> kTlsVersionNames[2] = {{TlsVersion::V1_2, "1.2"}, {TlsVersion::V1_3, "1.3"}};
 const EnumName<HealthType> kHealthTypeNames[6] = {{HealthType::Tcp, "tcp"}, {HealthType::Http, "http"},
                                                   {HealthType::Tls, "tls"}, {HealthType::Dns, "dns"},
                                                   {HealthType::Udp, "udp"}, {HealthType::None, "none"}};
@@ -47,6 +50,8 @@ const char* to_string(Protocol v) { return name_of(kProtocolNames, v); }
 const char* to_string(ProxyProtocol v) { return name_of(kProxyProtocolNames, v); }
 const char* to_string(SelectorKind v) { return name_of(kSelectorNames, v); }
 const char* to_string(HashKey v) { return name_of(kHashKeyNames, v); }
+const char* to_string(TlsMode v) { return name_of(kTlsModeNames, v); }
+const char* to_string(TlsVersion v) { return name_of(kTlsVersionNames, v); }
 const char* to_string(HealthType v) { return name_of(kHealthTypeNames, v); }
 const char* to_string(LogLevel v) { return name_of(kLogLevelNames, v); }
 

@@ -46,7 +46,13 @@ struct Cidr {
 enum class Protocol { Tcp, Udp };
 enum class ProxyProtocol { Off, V1, V2 };
 enum class SelectorKind { RoundRobin, LeastConnections, RandomTwo, RingHash, Maglev };
-enum class HashKey { SourceIp, SourceIpPort };
+// Sni: by the client's TLS server name (pools of TLS listeners only); clients
+// without one are placed by source_ip.
+enum class HashKey { SourceIp, SourceIpPort, Sni };
+// tls on a tcp listener: off, passthrough (route by the ClientHello's server
+// name and relay it untouched), terminate (complete TLS in lb).
+enum class TlsMode { Off, Passthrough, Terminate };
+enum class TlsVersion { V1_2, V1_3 };
 enum class HealthType { Tcp, Http, Tls, Dns, Udp, None };
 enum class LogLevel { Error, Warn, Info, Debug };
 
@@ -54,6 +60,8 @@ const char* to_string(Protocol);
 const char* to_string(ProxyProtocol);
 const char* to_string(SelectorKind);
 const char* to_string(HashKey);
+const char* to_string(TlsMode);
+const char* to_string(TlsVersion);
 const char* to_string(HealthType);
 const char* to_string(LogLevel);
 inline bool is_hash_selector(SelectorKind k) {
@@ -81,6 +89,24 @@ struct Admin {
   std::string api_token;
 };
 
+// [[listener.route]]: clients whose server name matches one of `sni` go to
+// `pool` (first matching route wins; the listener's pool is the default).
+struct SniRoute {
+  // Exact names or "*." + suffix (exactly one more label), lower-cased at
+  // load; matched without regard to case.
+  std::vector<std::string> sni;
+  std::string pool;  // names a Pool (validated)
+  SourcePos pos;     // of the [[listener.route]] table
+};
+
+// [[listener.certificate]]: a PEM certificate chain (leaf first) and its key.
+// The files are read by the TLS layer, not by conf.
+struct Certificate {
+  std::string cert;
+  std::string key;
+  SourcePos pos;
+};
+
 struct Listener {
   std::string name;
   SourcePos pos;  // of the [[listener]] table
@@ -100,6 +126,17 @@ struct Listener {
   std::vector<Cidr> allow;
   std::vector<Cidr> deny;
   std::vector<Cidr> udp_source;  // udp: local addresses to send to backends from (empty: kernel's choice)
+
+  // TLS (tcp only). Keys marked "terminate" are refused on other modes.
+  TlsMode tls = TlsMode::Off;
+  Duration tls_handshake_timeout = std::chrono::seconds(5);  // passthrough: ClientHello; terminate: handshake
+  TlsVersion tls_min_version = TlsVersion::V1_2;             // terminate
+  std::string tls_ciphers;                // terminate: TLS 1.2 list, OpenSSL syntax; "" = default
+  std::vector<std::string> alpn;          // terminate: in order of preference
+  std::string client_ca;                  // terminate: PEM bundle path; "" = no client certs
+  bool session_tickets = true;            // terminate
+  std::vector<SniRoute> routes;           // passthrough | terminate
+  std::vector<Certificate> certificates;  // terminate: at least one; the first is the default
 };
 
 // expect_status: either an exact code (200) or a class ("2xx" -> class_digit 2).
@@ -139,6 +176,18 @@ struct Backend {
   uint64_t max_connections = 0;  // 0 = unlimited
 };
 
+// [pool.tls]: TLS from lb to the backends (re-encryption).
+struct PoolTls {
+  bool enabled = false;
+  // Server name sent: "" = the backend's host (its address's host name, none
+  // for an IP literal), "$client" = the client's SNI, else this name.
+  std::string sni;
+  bool verify = true;  // chain against ca_file, name against sni
+  std::string ca_file = "/etc/ssl/certs/ca-certificates.crt";
+  std::string cert;  // optional client certificate (with key)
+  std::string key;
+};
+
 struct Pool {
   std::string name;
   SourcePos pos;
@@ -148,6 +197,7 @@ struct Pool {
   Duration slow_start = Duration(0);
   HealthCheck health_check;
   Outlier outlier;
+  PoolTls tls;
   std::vector<Backend> backends;  // at least one, ids unique
 };
 

@@ -66,13 +66,18 @@ struct ObjectSrc {
 
 struct ListenerSrc {
   ObjectSrc obj;
-  std::vector<SourcePos> bind_items;  // parallel to Listener::bind
+  std::vector<SourcePos> bind_items;    // parallel to Listener::bind
+  std::vector<ObjectSrc> routes;        // parallel to Listener::routes
+  std::vector<ObjectSrc> certificates;  // parallel to Listener::certificates
+  // [[listener.route]] sni entries: positions parallel to SniRoute::sni.
+  std::vector<std::vector<SourcePos>> route_sni_items;
 };
 
 struct PoolSrc {
   ObjectSrc obj;
   ObjectSrc health_check;
   ObjectSrc outlier;
+  ObjectSrc tls;
   std::vector<ObjectSrc> backends;  // parallel to Pool::backends
 };
 
@@ -144,7 +149,9 @@ struct EnumName {
 extern const EnumName<Protocol> kProtocolNames[2];
 extern const EnumName<ProxyProtocol> kProxyProtocolNames[3];
 extern const EnumName<SelectorKind> kSelectorNames[5];
-extern const EnumName<HashKey> kHashKeyNames[2];
+extern const EnumName<HashKey> kHashKeyNames[3];
+extern const EnumName<TlsMode> kTlsModeNames[3];
+extern const EnumName<TlsVersion> kTlsVersionNames[2];
 extern const EnumName<HealthType> kHealthTypeNames[6];
 extern const EnumName<LogLevel> kLogLevelNames[4];
 

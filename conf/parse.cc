@@ -7,6 +7,8 @@
 // Every key the schema does not read is reported as unknown.
 
 #include <fmt/format.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <toml++/toml.h>
 
 #include <algorithm>
@@ -57,6 +59,13 @@ std::string describe(const toml::node& n) {
 std::string no_space_or_control(const std::string& s) {
   for (unsigned char c : s) {
     if (c <= 0x20 || c == 0x7f) return "must not contain spaces or control characters";
+  }
+  return {};
+}
+
+std::string no_control(const std::string& s) {
+  for (unsigned char c : s) {
+    if (c < 0x20 || c == 0x7f) return "must not contain control characters";
   }
   return {};
 }
@@ -406,6 +415,129 @@ void read_admin(const toml::table& t, Admin& a, ObjectSrc& src, Diags& d) {
   r.finish();
 }
 
+// A route's server name: an exact host name or "*." + one (RFC 1123) name,
+// ASCII letters, digits, '-', '_' and '.', no empty label, at most 253
+// characters. Returned lower-cased in `out`; the reason otherwise.
+std::string check_route_name(const std::string& s, std::string& out) {
+  std::string_view name = s;
+  if (name.size() >= 2 && name.substr(0, 2) == "*.") name.remove_prefix(2);
+  if (name.empty()) return "must be a host name or \"*.\" followed by one";
+  if (name.size() > 253) return "longer than 253 characters";
+  size_t label = 0;
+  for (size_t i = 0; i <= name.size(); ++i) {
+    if (i == name.size() || name[i] == '.') {
+      if (label == 0) return "has an empty label";
+      if (label > 63) return "has a label longer than 63 characters";
+      label = 0;
+      continue;
+    }
+    const char c = name[i];
+    if (c == '*') return "\"*\" is only allowed as the whole first label (\"*.example.com\")";
+    const bool ok =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_';
+    if (!ok) return "may contain only letters, digits, '-', '_' and '.'";
+    ++label;
+  }
+  out = s;
+  for (char& c : out) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  }
+  return {};
+}
+
+void read_route(const toml::table& t, const std::string& listener_label, size_t index, SniRoute& route,
+                ObjectSrc& src, std::vector<SourcePos>& items, Diags& d) {
+  src.pos = pos_of(t.source());
+  route.pos = src.pos;
+  Reader r(t, src, d, fmt::format("{} route #{}", listener_label, index + 1));
+  r.require("sni");
+  if (const toml::node* n = r.get("sni")) {
+    std::vector<const toml::node*> names;
+    if (n->is_string()) {
+      names.push_back(n);
+    } else if (const auto* a = n->as_array()) {
+      if (a->empty()) r.key_error("sni", *n, "needs at least one server name");
+      for (const auto& e : *a) {
+        if (e.is_string()) {
+          names.push_back(&e);
+        } else {
+          r.type_error("sni", e, R"(a server name string such as "api.example.com" or "*.example.net")");
+        }
+      }
+    } else {
+      r.type_error("sni", *n, R"(an array of server names such as ["api.example.com", "*.example.net"])");
+    }
+    for (const toml::node* e : names) {
+      std::string lowered;
+      if (std::string why = check_route_name(e->as_string()->get(), lowered); !why.empty()) {
+        r.value_error("sni", *e, why);
+        continue;
+      }
+      route.sni.push_back(std::move(lowered));
+      items.push_back(pos_of(e->source()));
+    }
+  }
+  r.require("pool");
+  r.read_string("pool", route.pool, non_empty_name);
+  r.finish();
+}
+
+std::string non_empty_path(const std::string& s) {
+  if (s.empty()) return "must not be empty";
+  return {};
+}
+
+void read_certificate(const toml::table& t, const std::string& listener_label, size_t index, Certificate& c,
+                      ObjectSrc& src, Diags& d) {
+  src.pos = pos_of(t.source());
+  c.pos = src.pos;
+  Reader r(t, src, d, fmt::format("{} certificate #{}", listener_label, index + 1));
+  r.require("cert");
+  r.read_string("cert", c.cert, non_empty_path);
+  r.require("key");
+  r.read_string("key", c.key, non_empty_path);
+  r.finish();
+}
+
+// An OpenSSL cipher string is only really known to OpenSSL: ask it. It
+// ignores names it does not know and fails only when nothing is left, which
+// is the mistake worth stopping a load for.
+std::string check_cipher_list(const std::string& s) {
+  if (std::string why = no_control(s); !why.empty()) return why;
+  if (s.empty()) return {};  // OpenSSL's defaults narrowed by the TLS layer
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) return {};  // cannot judge; the TLS layer reports it when it builds its context
+  const bool ok = SSL_CTX_set_cipher_list(ctx, s.c_str()) == 1;
+  SSL_CTX_free(ctx);
+  ERR_clear_error();
+  return ok ? std::string() : "selects no TLS 1.2 cipher (see `openssl ciphers -v LIST`)";
+}
+
+// RFC 7301 §3.1: protocol names of 1..255 bytes, no duplicates.
+void read_alpn(Reader& r, std::vector<std::string>& out) {
+  const toml::node* n = r.get("alpn");
+  if (n == nullptr) return;
+  const auto* a = n->as_array();
+  if (a == nullptr) {
+    r.type_error("alpn", *n, R"(an array of protocol names such as ["h2", "http/1.1"])");
+    return;
+  }
+  for (const auto& e : *a) {
+    if (!e.is_string()) {
+      r.type_error("alpn", e, R"(a protocol name string such as "h2")");
+      continue;
+    }
+    const std::string& v = e.as_string()->get();
+    if (v.empty() || v.size() > 255) {
+      r.value_error("alpn", e, "must be 1 to 255 bytes long");
+    } else if (std::find(out.begin(), out.end(), v) != out.end()) {
+      r.value_error("alpn", e, "listed twice");
+    } else {
+      out.push_back(v);
+    }
+  }
+}
+
 void read_listener(const toml::table& t, size_t index, Listener& l, ListenerSrc& ls, Diags& d) {
   ls.obj.pos = pos_of(t.source());
   l.pos = ls.obj.pos;
@@ -458,6 +590,35 @@ void read_listener(const toml::table& t, size_t index, Listener& l, ListenerSrc&
   read_cidrs(r, "allow", l.allow);
   read_cidrs(r, "deny", l.deny);
   read_cidrs(r, "udp_source", l.udp_source);
+
+  r.read_enum("tls", l.tls, kTlsModeNames);
+  r.read_duration("tls_handshake_timeout", l.tls_handshake_timeout, Zero::Refused);
+  r.read_enum("tls_min_version", l.tls_min_version, kTlsVersionNames);
+  r.read_string("tls_ciphers", l.tls_ciphers, check_cipher_list);
+  read_alpn(r, l.alpn);
+  r.read_string("client_ca", l.client_ca);
+  r.read_bool("session_tickets", l.session_tickets);
+  if (const toml::array* routes = r.read_table_array("route", "[[listener.route]]")) {
+    for (const auto& e : *routes) {
+      if (const toml::table* rt = e.as_table()) {
+        l.routes.emplace_back();
+        ls.routes.emplace_back();
+        ls.route_sni_items.emplace_back();
+        read_route(*rt, r.label(), l.routes.size() - 1, l.routes.back(), ls.routes.back(),
+                   ls.route_sni_items.back(), d);
+      }
+    }
+  }
+  if (const toml::array* certs = r.read_table_array("certificate", "[[listener.certificate]]")) {
+    for (const auto& e : *certs) {
+      if (const toml::table* ct = e.as_table()) {
+        l.certificates.emplace_back();
+        ls.certificates.emplace_back();
+        read_certificate(*ct, r.label(), l.certificates.size() - 1, l.certificates.back(),
+                         ls.certificates.back(), d);
+      }
+    }
+  }
   r.finish();
 }
 
@@ -578,17 +739,31 @@ void read_backend(const toml::table& t, size_t index, Backend& b, ObjectSrc& src
   r.finish();
 }
 
+void read_pool_tls(const toml::table& t, PoolTls& tls, ObjectSrc& src, Diags& d,
+                   const std::string& pool_label) {
+  src.pos = pos_of(t.source());
+  Reader r(t, src, d, pool_label + " tls");
+  r.read_bool("enabled", tls.enabled);
+  r.read_string("sni", tls.sni, no_space_or_control);
+  r.read_bool("verify", tls.verify);
+  r.read_string("ca_file", tls.ca_file);
+  r.read_string("cert", tls.cert);
+  r.read_string("key", tls.key);
+  r.finish();
+}
+
 void read_pool(const toml::table& t, size_t index, Pool& p, PoolSrc& ps, Diags& d) {
   ps.obj.pos = pos_of(t.source());
   p.pos = ps.obj.pos;
   // Sub-tables not written point at the pool itself.
-  ps.health_check.pos = ps.outlier.pos = ps.obj.pos;
+  ps.health_check.pos = ps.outlier.pos = ps.tls.pos = ps.obj.pos;
   Reader r(t, ps.obj, d, fmt::format("pool #{}", index + 1));
   if (r.read_string("name", p.name, non_empty_name)) r.relabel("pool " + quote(p.name));
   r.require("name");
   const std::string label = r.label();
   ps.health_check.label = label + " health_check";
   ps.outlier.label = label + " outlier";
+  ps.tls.label = label + " tls";
 
   r.read_enum("selector", p.selector, kSelectorNames);
   r.read_enum("hash_key", p.hash_key, kHashKeyNames);
@@ -606,6 +781,7 @@ void read_pool(const toml::table& t, size_t index, Pool& p, PoolSrc& ps, Diags& 
   if (const toml::table* o = r.read_table("outlier", "[pool.outlier]")) {
     read_outlier(*o, p.outlier, ps.outlier, d, label);
   }
+  if (const toml::table* tt = r.read_table("tls", "[pool.tls]")) read_pool_tls(*tt, p.tls, ps.tls, d, label);
   if (const toml::array* backends = r.read_table_array("backend", "[[pool.backend]]")) {
     for (const auto& e : *backends) {
       if (const toml::table* bt = e.as_table()) {

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 
 #include "conf/internal.h"
@@ -11,6 +12,30 @@
 namespace lb::conf {
 
 namespace {
+
+// `OBJ: pool "x": no such pool`, for a listener's and a route's pool key. A
+// reference can only be judged when every pool's name is known.
+class PoolRefs {
+ public:
+  PoolRefs(const Config& cfg, const ConfigSrc& src) : cfg_(cfg), known_(!src.root.bad.count("pool")) {
+    for (size_t i = 0; i < cfg.pools.size(); ++i) {
+      names_.push_back(cfg.pools[i].name);
+      if (src.pools[i].obj.bad.count("name")) known_ = false;
+    }
+  }
+  void check(const ObjectSrc& o, const std::string& pool, Diags& d) const {
+    if (!known_ || !o.usable("pool") || cfg_.find_pool(pool) != nullptr) return;
+    std::string hint = suggestion(pool, names_);
+    d.error(o.value_pos("pool"),
+            fmt::format("{}: pool {}: no such pool{}", o.label, quote(pool),
+                        hint.empty() ? "" : fmt::format(" (did you mean {}?)", quote(hint))));
+  }
+
+ private:
+  const Config& cfg_;
+  bool known_;
+  std::vector<std::string> names_;
+};
 
 void check_listeners(const Config& cfg, const ConfigSrc& src, Diags& d) {
   // A malformed `listener` key was reported already; "none configured" would
@@ -29,22 +54,9 @@ void check_listeners(const Config& cfg, const ConfigSrc& src, Diags& d) {
     }
   }
 
-  // A reference can only be judged when every pool's name is known.
-  bool pool_names_known = !src.root.bad.count("pool");
-  std::vector<std::string> pool_names;
-  for (size_t i = 0; i < cfg.pools.size(); ++i) {
-    pool_names.push_back(cfg.pools[i].name);
-    if (src.pools[i].obj.bad.count("name")) pool_names_known = false;
-  }
-  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
-    const Listener& l = cfg.listeners[i];
-    const ObjectSrc& o = src.listeners[i].obj;
-    if (!pool_names_known || !o.usable("pool") || cfg.find_pool(l.pool) != nullptr) continue;
-    std::string hint = suggestion(l.pool, pool_names);
-    d.error(o.value_pos("pool"),
-            fmt::format("{}: pool {}: no such pool{}", o.label, quote(l.pool),
-                        hint.empty() ? "" : fmt::format(" (did you mean {}?)", quote(hint))));
-  }
+  const PoolRefs refs(cfg, src);
+  for (size_t i = 0; i < cfg.listeners.size(); ++i)
+    refs.check(src.listeners[i].obj, cfg.listeners[i].pool, d);
 
   // Keys that only make sense for one protocol. Only the combinations that
   // cannot work are refused; a harmless leftover (connect_timeout on a udp
@@ -159,6 +171,139 @@ void check_pools(const Config& cfg, const ConfigSrc& src, Diags& d) {
   }
 }
 
+// Pool references of listeners' routes, and the keys that only mean
+// something for one TLS mode. A key written for another mode is refused: a
+// certificate on a passthrough listener or ALPN on a plain one would be
+// silently ignored, and the operator believes something that is not true.
+void check_listener_tls(const Config& cfg, const ConfigSrc& src, Diags& d) {
+  const PoolRefs refs(cfg, src);
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const Listener& l = cfg.listeners[i];
+    const ListenerSrc& ls = src.listeners[i];
+    const ObjectSrc& o = ls.obj;
+
+    for (size_t r = 0; r < l.routes.size(); ++r) {
+      const ObjectSrc& rs = ls.routes[r];
+      const SniRoute& route = l.routes[r];
+      refs.check(rs, route.pool, d);
+      // First match wins: a name routed already can never reach this route.
+      for (size_t k = 0; k < route.sni.size(); ++k) {
+        for (size_t e = 0; e <= r; ++e) {
+          const auto& earlier = l.routes[e].sni;
+          const size_t end = e == r ? k : earlier.size();
+          if (std::find(earlier.begin(), earlier.begin() + static_cast<long>(end), route.sni[k]) ==
+              earlier.begin() + static_cast<long>(end)) {
+            continue;
+          }
+          d.error(ls.route_sni_items[r][k],
+                  fmt::format("{}: sni {}: already routed by route #{} (the first match wins)", rs.label,
+                              quote(route.sni[k]), e + 1));
+          break;
+        }
+      }
+    }
+
+    if (o.bad.count("tls") || o.bad.count("protocol")) continue;
+    if (l.protocol == Protocol::Udp) {
+      if (l.tls != TlsMode::Off) {
+        d.error(o.value_pos("tls"),
+                fmt::format("{}: tls {}: only for tcp listeners", o.label, quote(to_string(l.tls))));
+      }
+      continue;
+    }
+    const std::string mode = quote(to_string(l.tls));
+    for (const char* key : {"tls_min_version", "tls_ciphers", "alpn", "client_ca", "session_tickets"}) {
+      if (l.tls != TlsMode::Terminate && o.usable(key)) {
+        d.error(o.key_pos(key),
+                fmt::format(R"({}: {}: only meaningful with tls = "terminate" (this listener has tls = {}))",
+                            o.label, key, mode));
+      }
+    }
+    if (l.tls == TlsMode::Off && o.usable("tls_handshake_timeout")) {
+      d.error(
+          o.key_pos("tls_handshake_timeout"),
+          fmt::format(R"({}: tls_handshake_timeout: only meaningful with tls = "passthrough" or "terminate")",
+                      o.label));
+    }
+    if (l.tls == TlsMode::Off && !l.routes.empty()) {
+      d.error(
+          ls.routes[0].pos,
+          fmt::format(R"({}: [[listener.route]] needs tls = "passthrough" or "terminate" (no server name )"
+                      "is read on a plain listener)",
+                      o.label));
+    }
+    if (l.tls != TlsMode::Terminate && !l.certificates.empty()) {
+      d.error(
+          ls.certificates[0].pos,
+          fmt::format(R"({}: [[listener.certificate]] needs tls = "terminate" (this listener has tls = {}))",
+                      o.label, mode));
+    }
+    if (l.tls == TlsMode::Terminate && l.certificates.empty() && !o.bad.count("certificate")) {
+      d.error(o.value_pos("tls"),
+              fmt::format(R"({}: tls = "terminate" needs at least one [[listener.certificate]] (cert, key))",
+                          o.label));
+    }
+  }
+}
+
+// hash_key = "sni" and [pool.tls] depend on the listeners that reach the
+// pool, as their default pool or through a route.
+void check_pool_tls(const Config& cfg, const ConfigSrc& src, Diags& d) {
+  for (size_t i = 0; i < cfg.pools.size(); ++i) {
+    const Pool& p = cfg.pools[i];
+    const PoolSrc& ps = src.pools[i];
+    const Listener* plain = nullptr;        // a tcp listener without TLS
+    const Listener* passthrough = nullptr;  // a passthrough listener
+    const Listener* udp = nullptr;
+    for (size_t li = 0; li < cfg.listeners.size(); ++li) {
+      const Listener& l = cfg.listeners[li];
+      // A listener whose tls key was refused has no mode to judge by.
+      if (src.listeners[li].obj.bad.count("tls")) continue;
+      bool uses = l.pool == p.name;
+      for (const SniRoute& r : l.routes) uses = uses || r.pool == p.name;
+      if (!uses) continue;
+      if (l.protocol == Protocol::Udp) {
+        udp = udp ? udp : &l;
+      } else if (l.tls == TlsMode::Off) {
+        plain = plain ? plain : &l;
+      } else if (l.tls == TlsMode::Passthrough) {
+        passthrough = passthrough ? passthrough : &l;
+      }
+    }
+    const Listener* non_tls = plain ? plain : udp;
+    if (ps.obj.usable("hash_key") && p.hash_key == HashKey::Sni && non_tls != nullptr) {
+      d.error(ps.obj.value_pos("hash_key"),
+              fmt::format(R"({}: hash_key "sni": only for pools of TLS listeners (listener {} has no TLS))",
+                          ps.obj.label, quote(non_tls->name)));
+    }
+    const ObjectSrc& ts = ps.tls;
+    if (p.tls.enabled && passthrough != nullptr) {
+      d.error(ts.value_pos("enabled"),
+              fmt::format("{}: enabled: listener {} passes the client's own TLS through; it cannot be "
+                          "encrypted again (use tls = \"terminate\" there)",
+                          ts.label, quote(passthrough->name)));
+    }
+    if (p.tls.enabled && udp != nullptr) {
+      d.error(ts.value_pos("enabled"),
+              fmt::format("{}: enabled: not available for pools of udp listeners (listener {})", ts.label,
+                          quote(udp->name)));
+    }
+    if (p.tls.sni == "$client" && ts.usable("sni") && plain != nullptr) {
+      d.error(ts.value_pos("sni"),
+              fmt::format(R"({}: sni "$client": listener {} has no TLS, so no client server name)", ts.label,
+                          quote(plain->name)));
+    }
+    if (ts.usable("cert") != ts.usable("key") || p.tls.cert.empty() != p.tls.key.empty()) {
+      const char* missing = p.tls.cert.empty() ? "cert" : "key";
+      if (!ts.bad.count("cert") && !ts.bad.count("key")) {
+        d.error(ts.key_pos(p.tls.cert.empty() ? "key" : "cert"),
+                fmt::format("{}: {} is needed too (a client certificate and its key go together)", ts.label,
+                            missing));
+      }
+    }
+  }
+}
+
 // "tcp if any tcp listener uses the pool, else none": a pool only reached by
 // udp listeners has no generic probe that is right for it.
 void resolve_health_defaults(Config& cfg) {
@@ -166,7 +311,9 @@ void resolve_health_defaults(Config& cfg) {
     if (p.health_check.type_explicit) continue;
     bool tcp_user = false;
     for (const Listener& l : cfg.listeners) {
-      if (l.pool == p.name && l.protocol == Protocol::Tcp) tcp_user = true;
+      if (l.protocol != Protocol::Tcp) continue;
+      if (l.pool == p.name) tcp_user = true;
+      for (const SniRoute& r : l.routes) tcp_user = tcp_user || r.pool == p.name;
     }
     p.health_check.type = tcp_user ? HealthType::Tcp : HealthType::None;
   }
@@ -177,6 +324,8 @@ void resolve_health_defaults(Config& cfg) {
 void validate(Config& cfg, const ConfigSrc& src, Diags& d) {
   check_listeners(cfg, src, d);
   check_pools(cfg, src, d);
+  check_listener_tls(cfg, src, d);
+  check_pool_tls(cfg, src, d);
   resolve_health_defaults(cfg);
 }
 

@@ -64,7 +64,26 @@ void format_access_record(const AccessRecord& r, std::string& out) {
   out += std::to_string(r.bytes_to_client);
   out += ",\"result\":\"";
   out += r.result;
-  out += "\"}\n";
+  out += '"';
+  if (r.tls) {
+    const auto field = [&out](const char* key, std::string_view v) {
+      out += ",\"";
+      out += key;
+      out += "\":";
+      if (v.empty()) {
+        out += "null";
+        return;
+      }
+      out += '"';
+      json_escape(v, out);
+      out += '"';
+    };
+    field("sni", r.sni);
+    field("tls_version", r.tls_version);
+    field("alpn", r.alpn);
+    field("ja4", r.ja4);
+  }
+  out += "}\n";
 }
 
 AccessLog::AccessLog(std::string target, unsigned workers) : target_(std::move(target)) {

@@ -33,6 +33,15 @@ struct AccessRecord {
   uint64_t bytes_to_backend = 0;
   uint64_t bytes_to_client = 0;
   const char* result = "ok";  // ok | connect_failed | timeout | reset | refused
+  // TLS listeners only (tls set): each field is null in the line when empty.
+  // Passthrough logs what the ClientHello offered: the highest version and
+  // the ALPN protocols, comma separated; terminate logs what was negotiated
+  // ("TLSv1.3", the chosen protocol), empty before a finished handshake.
+  bool tls = false;
+  std::string_view sni;
+  std::string_view tls_version;
+  std::string_view alpn;
+  std::string_view ja4;
 };
 
 // Appends the record's JSON line (with '\n') to out.

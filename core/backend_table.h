@@ -15,10 +15,9 @@
 
 #include "conf/config.h"
 #include "core/backend.h"
+#include "core/select/lookup_table.h"
 
 namespace lb::core {
-
-class LookupTable;  // core/select/selector.h: prebuilt Maglev / ring
 
 // One backend as a selector sees it: usable now, with its effective weight
 // (configured weight, or the admin API's, scaled down during slow start).

@@ -409,26 +409,34 @@ size_t write_v2(const sockaddr* src, const sockaddr* dst, bool dgram, uint8_t* o
     put_v2_fixed(out, ver_cmd, kFamUnspec << 4, 0);
     return kV2FixedSize;
   }
-  if (s.family == AF_INET) {
-    const size_t total = kV2FixedSize + kBlockInet;
-    if (cap < total) return 0;
-    put_v2_fixed(out, ver_cmd, static_cast<uint8_t>(kFamInet << 4 | trans), kBlockInet);
-    uint8_t* a = out + kV2FixedSize;
-    memcpy(a, s.addr, 4);
-    memcpy(a + 4, d.addr, 4);
-    memcpy(a + 8, &s.port_be, 2);
-    memcpy(a + 10, &d.port_be, 2);
-    return total;
-  }
-  const size_t total = kV2FixedSize + kBlockInet6;
+  // The address block: source address, destination address (4 or 16 bytes
+  // each), source port, destination port.
+  const bool v4 = s.family == AF_INET;
+  const size_t alen = v4 ? 4 : 16;
+  const size_t block = v4 ? kBlockInet : kBlockInet6;
+  const size_t total = kV2FixedSize + block;
   if (cap < total) return 0;
-  put_v2_fixed(out, ver_cmd, static_cast<uint8_t>(kFamInet6 << 4 | trans), kBlockInet6);
+  put_v2_fixed(out, ver_cmd, static_cast<uint8_t>((v4 ? kFamInet : kFamInet6) << 4 | trans),
+               static_cast<uint16_t>(block));
   uint8_t* a = out + kV2FixedSize;
-  memcpy(a, s.addr, 16);
-  memcpy(a + 16, d.addr, 16);
-  memcpy(a + 32, &s.port_be, 2);
-  memcpy(a + 34, &d.port_be, 2);
+  memcpy(a, s.addr, alen);
+  memcpy(a + alen, d.addr, alen);
+  memcpy(a + 2 * alen, &s.port_be, 2);
+  memcpy(a + 2 * alen + 2, &d.port_be, 2);
   return total;
+}
+
+size_t append_v2_tlv(uint8_t* hdr, size_t len, size_t cap, uint8_t type, const void* value, size_t vlen) {
+  if (len < kV2FixedSize || vlen > 0xFFFF || cap < len || cap - len < kTlvHeader + vlen) return 0;
+  const size_t body = static_cast<size_t>(hdr[14] << 8 | hdr[15]) + kTlvHeader + vlen;
+  if (body > 0xFFFF) return 0;
+  hdr[len] = type;
+  hdr[len + 1] = static_cast<uint8_t>(vlen >> 8);
+  hdr[len + 2] = static_cast<uint8_t>(vlen & 0xFF);
+  if (vlen > 0) memcpy(hdr + len + kTlvHeader, value, vlen);
+  hdr[14] = static_cast<uint8_t>(body >> 8);
+  hdr[15] = static_cast<uint8_t>(body & 0xFF);
+  return len + kTlvHeader + vlen;
 }
 
 size_t write_v2_local(uint8_t* out, size_t cap) {

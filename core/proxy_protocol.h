@@ -76,6 +76,14 @@ ParseResult parse(const uint8_t* data, size_t len);
 // connection, as HAProxy does.
 size_t write_v1(const sockaddr* src, const sockaddr* dst, char* out, size_t cap);
 size_t write_v2(const sockaddr* src, const sockaddr* dst, bool dgram, uint8_t* out, size_t cap);
+// Appends one TLV (type, 16-bit length, value) to the v2 header of `len`
+// bytes at `hdr` (written by write_v2) and raises its length field. Returns
+// the new length, or 0 (nothing changed) when `cap` is too small or the
+// value is longer than 65535 bytes.
+size_t append_v2_tlv(uint8_t* hdr, size_t len, size_t cap, uint8_t type, const void* value, size_t vlen);
+// PP2_TYPE_AUTHORITY: the host name the client asked for (TLS SNI).
+inline constexpr uint8_t kTlvAuthority = 0x02;
+
 // v2 LOCAL header (health checks): 16 bytes.
 size_t write_v2_local(uint8_t* out, size_t cap);
 

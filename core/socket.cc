@@ -3,12 +3,28 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 namespace lb::core {
+
+KeepaliveParams backend_keepalive(conf::Duration idle_timeout) {
+  const auto secs = std::chrono::duration_cast<std::chrono::seconds>(idle_timeout).count();
+  const int idle = static_cast<int>(std::clamp<long long>(secs / 10, 1, 60));
+  return {idle, std::clamp(idle / 3, 1, 20), 3};
+}
+
+bool set_keepalive(int fd, const KeepaliveParams& p) {
+  int one = 1;
+  return ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) == 0 &&
+         ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &p.idle_s, sizeof p.idle_s) == 0 &&
+         ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &p.interval_s, sizeof p.interval_s) == 0 &&
+         ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &p.count, sizeof p.count) == 0;
+}
 
 int make_reuseport_socket(const sockaddr* addr, socklen_t len, int type) {
   int fd = ::socket(addr->sa_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -341,6 +341,41 @@ bool SpliceRelay::pass_eof(Way& w) {
     finish(SpliceResult::Ok, false, false, true);
     return false;
   }
+  if (handler_->eof_passed) handler_->eof_passed(ctx_, to_backend(w));
+  return state_ == State::Running;  // the owner may have ended us
+}
+
+bool SpliceRelay::freeze(std::string* to_backend, std::string* to_client, int* client_fd, int* backend_fd) {
+  if (state_ != State::Running) return false;
+  if (!drain_pipe(ways_[0], to_backend) || !drain_pipe(ways_[1], to_client)) {
+    // Bytes were taken out of a pipe and cannot all be had: the stream is
+    // broken, reset it.
+    finish(SpliceResult::Reset, true, false, true);
+    return false;
+  }
+  stop();
+  *client_fd = fds_[kClient];
+  *backend_fd = fds_[kBackend];
+  fds_[kClient] = fds_[kBackend] = -1;
+  return true;
+}
+
+bool SpliceRelay::drain_pipe(Way& w, std::string* out) {
+  out->clear();
+  if (w.flow.queued == 0) return true;
+  out->resize(w.flow.queued);
+  size_t got = 0;
+  while (got < out->size()) {
+    ssize_t n = ::read(w.pipe.rd, out->data() + got, out->size() - got);
+    if (n > 0) {
+      got += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return false;  // EOF or EAGAIN with bytes counted as queued: cannot happen
+  }
+  w.flow.on_drained(got);
+  w.flow.paused = false;
   return true;
 }
 
@@ -385,8 +420,7 @@ void SpliceRelay::fail(Side side, bool reading, int err) {
   finish(SpliceResult::Reset, true, side == kBackend && reading, true);
 }
 
-void SpliceRelay::finish(SpliceResult r, bool reset, bool backend_failed, bool notify) {
-  if (state_ != State::Running) return;
+void SpliceRelay::stop() {
   state_ = State::Closing;
   // uv_close stops polling synchronously (the fd leaves the epoll set), so
   // the fds may be closed right after.
@@ -394,6 +428,11 @@ void SpliceRelay::finish(SpliceResult r, bool reset, bool backend_failed, bool n
     if (p) uv_close(reinterpret_cast<uv_handle_t*>(p), on_close_cb);
   }
   for (Way& w : ways_) give_back_pipe(w);
+}
+
+void SpliceRelay::finish(SpliceResult r, bool reset, bool backend_failed, bool notify) {
+  if (state_ != State::Running) return;
+  stop();
   if (r != SpliceResult::Unsupported && r != SpliceResult::NoPipe) {
     close_fd(kClient, reset);
     close_fd(kBackend, reset);

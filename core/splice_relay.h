@@ -97,6 +97,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "core/flow_control.h"
@@ -115,6 +116,9 @@ class SpliceRelay {
     void (*activity)(void* ctx, bool to_backend, size_t bytes);
     void (*finished)(void* ctx, SpliceResult result, bool backend_failed);
     void (*closed)(void* ctx);
+    // Optional: a direction passed its EOF on (shutdown of its destination
+    // done) while the other may still flow.
+    void (*eof_passed)(void* ctx, bool to_backend) = nullptr;
   };
 
   // Bytes one direction moves per poll callback before yielding (fairness).
@@ -144,6 +148,15 @@ class SpliceRelay {
   void abort();
   // Closes both sides without reset (timeout): pending bytes are dropped.
   void close();
+  // Stops a running relay without ending the connection (freezing a session
+  // to move it): the bytes waiting in each direction's pipe are read out
+  // into `to_backend` / `to_client`, the pipes go back to the pool, polling
+  // stops, and both fds are handed to the caller (like take_fds()); flow()
+  // keeps each direction's half-close state. No finished() follows; closed()
+  // does, as always. False when the relay is not running (nothing changed),
+  // or when a pipe could not be read (the relay then ended with
+  // finished(Reset)).
+  bool freeze(std::string* to_backend, std::string* to_client, int* client_fd, int* backend_fd);
   // After finished(Unsupported) or a failed start(): hands the fds back to
   // the caller (who then owns them). False when the relay no longer has them.
   bool take_fds(int* client_fd, int* backend_fd);
@@ -208,6 +221,10 @@ class SpliceRelay {
   // Ends the relay: Ok/Reset close the fds (Reset abortively), Unsupported
   // keeps them. `notify` reports finished() to the owner.
   void finish(SpliceResult r, bool reset, bool backend_failed, bool notify);
+  // Stops polling (the handles close) and gives the pipes back; the fds stay.
+  void stop();
+  // Reads the bytes queued in `w`'s pipe into `out`. False on a read error.
+  bool drain_pipe(Way& w, std::string* out);
   // An error `err` (-errno or a libuv code) on `side` while reading from it
   // or writing to it.
   void fail(Side side, bool reading, int err);

@@ -35,6 +35,9 @@ struct ListenerTotals {
   uint64_t rejected_no_backend = 0;
   uint64_t rejected_proxy = 0;  // missing, malformed or late PROXY header
   uint64_t rejected_tls = 0;    // no valid ClientHello in time, failed handshake
+  uint64_t tls_ok = 0;          // terminate: handshakes finished
+  uint64_t tls_failed = 0;      // terminate: handshakes failed
+  uint64_t tls_timeout = 0;     // terminate: not finished within tls_handshake_timeout
   uint64_t datagrams_in = 0;
   uint64_t datagrams_out = 0;
 };
@@ -48,7 +51,10 @@ class ListenerStats {
     std::atomic<uint64_t> rejected_limit{0};
     std::atomic<uint64_t> rejected_no_backend{0};
     std::atomic<uint64_t> rejected_proxy{0};
-    std::atomic<uint64_t> rejected_tls{0};  // bumped by TLS listeners (not built yet)
+    std::atomic<uint64_t> rejected_tls{0};  // TLS listeners: no valid ClientHello in time, failed handshake
+    std::atomic<uint64_t> tls_ok{0};
+    std::atomic<uint64_t> tls_failed{0};
+    std::atomic<uint64_t> tls_timeout{0};
     std::atomic<uint64_t> datagrams_in{0};
     std::atomic<uint64_t> datagrams_out{0};
   };
@@ -85,6 +91,9 @@ class ListenerStats {
       t.rejected_no_backend += s.rejected_no_backend.load(r);
       t.rejected_proxy += s.rejected_proxy.load(r);
       t.rejected_tls += s.rejected_tls.load(r);
+      t.tls_ok += s.tls_ok.load(r);
+      t.tls_failed += s.tls_failed.load(r);
+      t.tls_timeout += s.tls_timeout.load(r);
       t.datagrams_in += s.datagrams_in.load(r);
       t.datagrams_out += s.datagrams_out.load(r);
     }

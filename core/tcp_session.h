@@ -1,24 +1,64 @@
-// TcpSession: one client connection relayed to one backend.
+// TcpSession: one client connection relayed to one backend, as an explicit
+// state machine.
 //
-// Path: accepted (the worker has counted it against the global and the
-// listener max_connections) -> with accept_proxy_protocol, read the client's
-// PROXY header within kProxyHeaderTimeout (its addresses then stand for the
-// client's) -> admission: allow/deny, max_connections_per_source -> pick a
-// backend -> connect (connect_timeout; on failure up to `retries` more picks
-// avoiding every backend already tried) -> our own PROXY header to the
-// backend, if configured, before any client byte -> relay both ways with
-// backpressure and half-close -> both sides closed -> counters and the
-// access-log line.
+//                                 Hello
+//                                 ^   |
+//                                 |   v
+//   Accepting --> Header --> Routing --> Connecting --> Relaying --> HalfClosed
+//       |           |          |  ^          |  |          |             |
+//       |           |          |  +----------+  |          |             |
+//       +-----------+----------+----------------+----------+-------------+--> Closing
+//                                                Relaying, HalfClosed ------> Frozen
 //
-// Relaying: a session starts on the copy path; where splice(2) works (Linux;
-// LB_SPLICE=0 turns it off) a session that has relayed kSpliceAfterBytes,
-// and shown itself a bulk stream by one read of kSpliceReadMin or more,
-// hands both sockets to a SpliceRelay: bytes then move socket -> pipe ->
-// socket inside the kernel, with the same
-// backpressure, half-close and reset semantics as the copy path here, which
-// remains the fallback (uv_try_write, and a copy only of what the kernel
-// refused): a relay that finds splice unsupported, or gets no pipe, hands
-// the sockets back and the session goes on copying (back_to_copy_path).
+//  Accepting   the worker accepted and counted it (global and listener
+//              max_connections: core/admission.h, step 1); the peer address
+//              is read.
+//  Header      accept_proxy_protocol: the client's PROXY header is read into
+//              header_ within kProxyHeaderTimeoutMs; its addresses then stand
+//              for the client's. Bytes behind it go to early_.
+//  Routing     admitted (allow/deny, max_connections_per_source on the final
+//              client address). The pool and backend are chosen here, by
+//              choose_backend(): the one point where a later step may wait
+//              for more client bytes first (a TLS ClientHello for SNI
+//              routing reads into early_, staying in Routing, and calls
+//              choose_backend() when it has what it needs).
+//  Hello       tls = "passthrough": the ClientHello is read into hello_ within
+//              tls_handshake_timeout (tcp_session_tls.cc); its server name
+//              chooses pool_ (a route's, or the listener's), then
+//              choose_backend(). Its bytes go to early_, unchanged. Not TLS,
+//              too large, closed or late: Closing, counted as reason "tls".
+//  Connecting  one connect attempt (connect_timeout); a failure goes back
+//              to choose_backend(), avoiding every backend already tried, up
+//              to `retries` more times.
+//  Relaying    both ways flow: our PROXY header and early_ first, then the
+//              client's stream. Sub-state path_: Copy (tcp_copy.cc), Splice
+//              (a SpliceRelay owns the sockets, tcp_splice.cc) or Unsplicing
+//              (the relay is handing the sockets back to the copy path).
+//  HalfClosed  one way has passed its EOF on; the other still flows.
+//  Closing     both sockets closing; counters and the access-log line once
+//              the last handle is closed, then the object is deleted.
+//  Frozen      freeze() took the sockets out into a FrozenSession; the handles
+//              are closing, and the object goes without an access-log line.
+//
+// Every libuv callback is a static function that only dispatches on state_
+// into one of the transition functions below. Buffers, each with one meaning:
+// header_ (the client's PROXY header, Header only), early_ (client bytes read
+// before the backend is connected), the copy path's queued writes (per Way),
+// and the relay's pipes.
+//
+// Relaying: a session starts on the copy path (read into the worker's buffer,
+// uv_try_write, queue only what the kernel refused, stop reading at the
+// high-water mark or when max_buffer_memory is spent). Where splice(2) works
+// (Linux; LB_SPLICE=0 turns it off) a session that has relayed
+// kSpliceAfterBytes, and shown itself a bulk stream by one read of
+// kSpliceReadMin or more, hands both sockets to a SpliceRelay with the same
+// backpressure, half-close and reset semantics; a relay that finds splice
+// unsupported, or gets no pipe, hands the sockets back (back_to_copy_path).
+//
+// Freezing (upgrade in place): a session in Relaying or HalfClosed, on either
+// path, can be frozen into a FrozenSession (core/frozen_session.h) and
+// resumed from it on another worker or in another process; see freeze() and
+// resume().
 //
 // Lifetime: owned by its worker (in the worker's intrusive session list) and
 // destroyed in the close callback of the last of its handles, so no libuv
@@ -30,13 +70,18 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
+#include "core/admission.h"
 #include "core/backend.h"
 #include "core/flow_control.h"
+#include "core/frozen_session.h"
 #include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
+#include "core/tls/passthrough.h"
+#include "core/tls/tls_relay.h"
 #include "core/worker.h"
 
 namespace lb::core {
@@ -44,8 +89,21 @@ namespace lb::core {
 class TcpSession {
  public:
   // Takes ownership of `client`, an initialised and accepted uv_tcp_t whose
-  // connection the worker has already counted (shared and listener `open`).
-  static void start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client);
+  // connection the worker has already counted (`admission`, step 1 done).
+  static void start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client, Admission admission);
+
+  // Takes a relaying session out of this worker: fills `out` (which then owns
+  // both sockets, see FrozenSession) and closes the session's handles; the
+  // session ends without an access-log line, the record carries it on.
+  // False, with nothing changed, unless the session is Relaying or
+  // HalfClosed and not between the copy and splice paths.
+  bool freeze(FrozenSession* out);
+  // Continues a frozen session on `worker` (call on its thread). `listener`
+  // and `backend` are what the record names (the caller looks them up). The
+  // connection counts again against the global, listener and per-source
+  // limits, without being refused by them: it was admitted already. Takes
+  // the record's fds whatever happens; on failure both are reset.
+  static void resume(Worker& worker, ListenerRuntimePtr listener, BackendPtr backend, FrozenSession&& f);
 
   // Resets both sides now (worker abort at the end of a graceful stop).
   void abort();
@@ -66,10 +124,28 @@ class TcpSession {
   // whole PROXY header (HAProxy's default "timeout client" is much longer,
   // but the header comes from another balancer right after the handshake).
   static constexpr uint64_t kProxyHeaderTimeoutMs = 3000;
-
-  enum class State { Header, Connecting, Relaying, Closing };
-  enum class Result { Ok, ConnectFailed, Timeout, Reset, Refused };
   static constexpr unsigned kMaxAttempts = 11;  // retries <= 10 (conf validation)
+  // Bytes relayed on the copy path before a session moves to splice(2).
+  static constexpr uint64_t kSpliceAfterBytes = 64 * 1024;
+  // A read at least this large marks a bulk stream (half the worker's read
+  // buffer). Request/response traffic of small messages never reads that
+  // much at once and stays on the copy path, where a message costs the same
+  // two syscalls without the switch (dups, closes, epoll changes) or pipes.
+  static constexpr size_t kSpliceReadMin = 32 * 1024;
+
+  enum class State : uint8_t {
+    Accepting,
+    Header,
+    Routing,
+    Hello,
+    Connecting,
+    Relaying,
+    HalfClosed,
+    Closing,
+    Frozen
+  };
+  enum class Path : uint8_t { Copy, Splice, Unsplicing };
+  enum class Result : uint8_t { Ok, ConnectFailed, Timeout, Reset, Refused };
 
   struct WriteReq;
   // One connect attempt: a fresh socket each time (a failed socket cannot be
@@ -78,48 +154,110 @@ class TcpSession {
     uv_tcp_t tcp;  // first member: the handle pointer is the Upstream pointer
     uv_connect_t connect;
   };
+  // One direction of the copy path: its flow state and the writes queued on
+  // its destination (oldest first; freeze() needs their bytes).
+  struct Way {
+    Direction flow;
+    WriteReq* queue_head = nullptr;
+    WriteReq* queue_tail = nullptr;
+    uv_shutdown_t shutdown;  // on the destination, after the source's EOF
+  };
+  // The client's PROXY header as it arrives (Header state only).
+  struct HeaderBuffer {
+    uint8_t* data = nullptr;  // proxy::kMaxHeader bytes
+    size_t len = 0;
+  };
 
   TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client);
   ~TcpSession();
 
-  void begin();
-  void header_bytes(ssize_t nread);
-  void reject_header(const char* why);
-  void admit();
+  // --- transitions (tcp_session.cc) ---
+  void on_accepted();                   // Accepting -> Header | Routing
+  void enter_header();                  // Accepting -> Header
+  void on_header_bytes(ssize_t nread);  // Header -> Routing (header complete)
+  void refuse_header(const char* why);  // Header -> Closing
+  void admit_client();                  // -> Routing | Closing (admission steps 3 and 4)
+  void enter_routing();                 // -> Routing; the pool is chosen here
+  void choose_backend();                // Routing -> Connecting | Closing
+
+  // --- passthrough (tcp_session_tls.cc) ---
+  void enter_hello();                  // Routing -> Hello
+  void on_hello_bytes(ssize_t nread);  // Hello -> Routing, pool chosen (hello complete)
+  void refuse_tls(const char* why);    // Hello -> Closing
+
+  void connect_to(Backend* b);        // -> Connecting
+  void on_connected();                // Connecting -> Relaying
+  void on_connect_failed();           // Connecting -> choose_backend()
+  void finish(Result r, bool reset);  // any -> Closing
+  void enter_frozen();                // Relaying | HalfClosed -> Frozen
+  bool relaying() const { return state_ == State::Relaying || state_ == State::HalfClosed; }
   std::string proxy_header();
-  bool switch_to_splice(std::string_view preface);
-  void maybe_splice();
-  // The relay handed the sockets back (Unsupported, NoPipe): new handles on
-  // them, directions as the relay left them, reading again.
-  void back_to_copy_path(SpliceRelay& relay);
-  // Bytes relayed on the copy path before a session moves to splice(2).
-  static constexpr uint64_t kSpliceAfterBytes = 64 * 1024;
-  // A read at least this large marks a bulk stream (half the worker's read
-  // buffer). Request/response traffic of small messages never reads that
-  // much at once and stays on the copy path, where a message costs the same
-  // two syscalls without the switch (dups, closes, epoll changes) or pipes.
-  static constexpr size_t kSpliceReadMin = 32 * 1024;
-  void connect_next();
-  void connected();
-  void connect_failed();
-  void forward(Direction& d, uv_tcp_t* src, uv_tcp_t* dst, const char* data, size_t n);
-  void on_read(uv_tcp_t* src, ssize_t nread);
-  void on_eof(Direction& d, uv_tcp_t* dst);
-  void finish(Result r, bool reset);
-  void close_handle(uv_tcp_t* h, bool reset);
+  void append_tls_tlvs(std::string* header);
   void release_backend();
+  void close_handle(uv_tcp_t* h, bool reset);
   void unref();  // one handle (or the relay) fewer; deletes the session at 0
   void log_access();
+  void count_bytes(bool to_backend, size_t n);
+  void report_backend_failure();
 
-  Direction& dir_from(uv_tcp_t* src) { return src == client_ ? up_ : down_; }
+  // --- copy path (tcp_copy.cc) ---
+  void on_relay_read(uv_tcp_t* src, ssize_t nread, const char* data);
+  void forward(Way& w, uv_tcp_t* src, uv_tcp_t* dst, const char* data, size_t n);
+  void on_write_done(WriteReq* w, int status);
+  void on_eof(Way& w, uv_tcp_t* dst);  // Relaying -> HalfClosed | Closing
+  void on_shutdown_done(Way& w, int status);
+  Way& way_from(uv_tcp_t* src) { return src == client_ ? up_ : down_; }
+  uv_tcp_t* peer_of(uv_tcp_t* h) { return h == client_ ? upstream_ : client_; }
   uint8_t starved_bit(uv_tcp_t* src) const { return src == client_ ? 1 : 2; }
   // The shared buffer budget is spent and `src`'s direction has bytes
   // queued: stop reading it until budget returns (or the queue empties).
   void starve(uv_tcp_t* src);
   // Reads `src` again (after backpressure or a budget wait).
   bool resume_read(uv_tcp_t* src);
-  uv_tcp_t* peer_of(uv_tcp_t* h) { return h == client_ ? upstream_ : client_; }
+  // The bytes queued on `w`'s destination that it has not taken yet.
+  std::string unwritten(const Way& w, uv_tcp_t* dst) const;
 
+  // --- splice path (tcp_splice.cc) ---
+  void maybe_splice();
+  bool switch_to_splice();  // Path Copy -> Splice; false: stays on Copy
+  // The relay handed the sockets back (Unsupported, NoPipe): new handles on
+  // them, directions as the relay left them, reading again.
+  void back_to_copy_path(SpliceRelay& relay);  // Path Unsplicing -> Copy
+  // New uv_tcp_t handles for client_ and upstream_ on two connected fds,
+  // for the copy path (takes the fds; false: reset and finished).
+  bool adopt_fds(int client_fd, int backend_fd);
+
+  // --- TLS termination (tcp_tls.cc): tls = "terminate" listeners ---
+  // The client leg is a TlsRelay: Routing waits for the handshake (bounded by
+  // tls_handshake_timeout) before choose_backend(); the relay then turns
+  // client ciphertext into plaintext for the copy path's up_ way, and the
+  // backend's bytes into records for the client. Never spliced, never frozen.
+  struct TlsEvents final : tls::TlsRelay::Events {
+    TcpSession* s;
+    explicit TlsEvents(TcpSession* session) : s(session) {}
+    void tls_established() override { s->on_tls_established(); }
+    void tls_plaintext(const char* data, size_t n) override { s->on_tls_plaintext(data, n); }
+    void tls_peer_done(bool clean) override { s->on_tls_peer_done(clean); }
+    void tls_failed(bool during_handshake, const std::string& why) override {
+      s->on_tls_failed(during_handshake, why);
+    }
+    void tls_drained() override { s->on_tls_drained(); }
+    void tls_shutdown_done() override { s->on_shutdown_done(s->down_, 0); }
+  };
+  void enter_tls();  // Routing: handshake first
+  void on_tls_read(ssize_t nread, const char* data);
+  void on_tls_established();  // Routing -> choose_backend()
+  void on_tls_plaintext(const char* data, size_t n);
+  void on_tls_peer_done(bool clean);
+  void on_tls_failed(bool during_handshake, const std::string& why);
+  void on_tls_drained();
+  void on_tls_timeout();
+  void tls_from_backend(const char* data, size_t n);
+
+  // --- freeze and resume (tcp_freeze.cc) ---
+  void restore(BackendPtr backend, FrozenSession& f);
+
+  // --- libuv callbacks: dispatch only ---
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
   static void on_read_cb(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf);
   static void on_write_cb(uv_write_t* req, int status);
@@ -128,30 +266,32 @@ class TcpSession {
   static void on_close_cb(uv_handle_t* h);
   static void on_timeout(TimeoutNode* n);
   static void on_splice_activity(void* ctx, bool to_backend, size_t bytes);
+  static void on_splice_eof_passed(void* ctx, bool to_backend);
   static void on_splice_finished(void* ctx, SpliceResult result, bool backend_failed);
   static void on_splice_closed(void* ctx);
   static const SpliceRelay::Handler kSpliceHandler;
-  void count_bytes(bool to_backend, size_t n);
 
   Worker& worker_;
   ListenerRuntimePtr listener_;
+  State state_ = State::Accepting;
+  Path path_ = Path::Copy;
+  Result result_ = Result::Ok;
   uv_tcp_t* client_;
   uv_tcp_t* upstream_ = nullptr;
-  // Set once the sockets moved to splice: client_ and upstream_ are closing
-  // (or gone) from then on and must not be touched.
+  // Path Splice/Unsplicing: the relay owns the sockets; client_ and upstream_
+  // are closing (or gone) and must not be touched.
   SpliceRelay* relay_ = nullptr;
-  uv_shutdown_t shutdown_up_;    // on upstream_, after the client's EOF
-  uv_shutdown_t shutdown_down_;  // on client_, after the backend's EOF
   TimeoutNode timeout_;
+  // The pool being routed to: points into listener_'s configuration, or at
+  // backend_->pool; both outlive the session's use of it.
+  const std::string* pool_ = nullptr;
   BackendPtr backend_;         // the latest backend chosen
   bool holds_active_ = false;  // counted in backend_->active
   const Backend* tried_[kMaxAttempts];
   unsigned attempts_ = 0;
-  int refs_ = 0;  // open handles
-  State state_ = State::Connecting;
-  Result result_ = Result::Ok;
-  Direction up_;    // client -> backend
-  Direction down_;  // backend -> client
+  int refs_ = 0;  // open handles (and the relay)
+  Way up_;        // client -> backend
+  Way down_;      // backend -> client
   uint64_t flow_hash_ = 0;
   uint64_t started_ms_ = 0;
   uint64_t bytes_to_backend_ = 0;
@@ -161,14 +301,17 @@ class TcpSession {
   bool have_local_ = false;
   bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
   bool bulk_seen_ = false;         // a read of kSpliceReadMin or more happened
-  bool holds_source_ = false;      // counted in the listener's per-source table
-  bool relay_hands_back_ = false;  // the relay ended with the fds kept for the copy path
   uint8_t starved_ = 0;            // starved_bit()s of sources stopped for budget
-  // accept_proxy_protocol: the header as it arrives (proxy::kMaxHeader bytes,
-  // only until it is parsed); then the client bytes that came after it, sent
-  // on once the backend is connected.
-  uint8_t* header_buf_ = nullptr;
-  size_t header_len_ = 0;
+  Admission admission_;            // what the connection counts against the limits
+  HeaderBuffer header_;            // State::Header only
+  // Client bytes read before the backend was connected (behind a PROXY
+  // header today); sent on right after our own PROXY header.
+  std::string early_;
+  // Passthrough listeners only: the ClientHello's bytes (until they move to
+  // early_) and what it said, for routing and the access log.
+  std::unique_ptr<tls::Passthrough> hello_;
+  std::unique_ptr<tls::TlsRelay> tls_;  // tls = "terminate": the client leg
+  TlsEvents tls_events_{this};
 };
 
 }  // namespace lb::core

@@ -10,22 +10,13 @@ namespace {
 constexpr uint64_t kSlackMs = 10;
 }  // namespace
 
-TimeoutWheel::TimeoutWheel(uv_loop_t* loop) : loop_(loop), timer_(new uv_timer_t) {
-  uv_timer_init(loop_, timer_);
-  timer_->data = this;
-}
+TimeoutWheel::TimeoutWheel(uv_loop_t* loop)
+    : loop_(loop), timer_(make_uv<uv_timer_t>(loop, this, nullptr, uv_timer_init)) {}
 
-TimeoutWheel::~TimeoutWheel() {
-  // close() hands the timer's memory to its close callback.
-  if (timer_) close();
-}
+// The UvPtr hands the timer's memory to its close callback.
+TimeoutWheel::~TimeoutWheel() = default;
 
-void TimeoutWheel::close() {
-  if (!timer_) return;
-  uv_close(reinterpret_cast<uv_handle_t*>(timer_),
-           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
-  timer_ = nullptr;
-}
+void TimeoutWheel::close() { timer_.reset(); }
 
 void TimeoutWheel::arm(TimeoutNode* n, uint64_t duration_ms) {
   if (n->queue) unlink(n);
@@ -50,7 +41,7 @@ void TimeoutWheel::schedule(uint64_t deadline) {
   if (deadline >= armed_for_) return;
   armed_for_ = deadline;
   uint64_t now = uv_now(loop_);
-  uv_timer_start(timer_, on_timer, deadline > now ? deadline - now : 0, 0);
+  uv_timer_start(timer_.get(), on_timer, deadline > now ? deadline - now : 0, 0);
 }
 
 void TimeoutWheel::on_timer(uv_timer_t* t) { static_cast<TimeoutWheel*>(t->data)->run(); }

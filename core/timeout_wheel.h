@@ -14,6 +14,8 @@
 #include <map>
 #include <memory>
 
+#include "core/uv_ptr.h"
+
 namespace lb::core {
 
 class TimeoutWheel;
@@ -73,7 +75,7 @@ class TimeoutWheel {
   static void on_timer(uv_timer_t* t);
 
   uv_loop_t* loop_;
-  uv_timer_t* timer_;
+  UvPtr<uv_timer_t> timer_;          // null after close()
   uint64_t armed_for_ = UINT64_MAX;  // deadline the timer is set for
   std::map<uint64_t, std::unique_ptr<TimeoutQueue>> queues_;
 };

@@ -5,28 +5,36 @@
 #include <algorithm>
 #include <cassert>
 
-#include "core/hash/flow_hash.h"
+#include "core/admission.h"
+#include "core/hash/hash.h"
 #include "core/log.h"
+#include "core/select/flow_hash.h"
 #include "core/tcp_session.h"
 #include "core/udp/listener.h"
 
 namespace lb::core {
 
-// A listening socket adopted by this worker's loop.
-struct Worker::Listener {
+namespace {
+
+// An accepted client that no TcpSession took (see Worker::accept_one).
+void close_accepted(uv_tcp_t* client) {
+  uv_close(reinterpret_cast<uv_handle_t*>(client),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+}
+
+}  // namespace
+
+// A bind's listening socket adopted by this worker's loop.
+struct Worker::BindSocket {
   Worker* worker = nullptr;
   std::string key;
   ListenerRuntimePtr runtime;
-  uv_tcp_t* handle = nullptr;  // TCP: freed in its close callback
+  UvPtr<uv_tcp_t> handle;      // TCP
   UdpListener* udp = nullptr;  // UDP: deletes itself once retired and idle
 
   // Stops taking new connections or sessions.
   void close() {
-    if (handle) {
-      uv_close(reinterpret_cast<uv_handle_t*>(handle),
-               [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-      handle = nullptr;
-    }
+    handle.reset();
     if (udp) {
       udp->retire();
       udp = nullptr;
@@ -37,17 +45,11 @@ struct Worker::Listener {
 Worker::Worker(unsigned index, SharedState& shared)
     : index_(index), shared_(shared), read_buffer_(new char[kReadBufferSize]) {
   uv_loop_init(&loop_);
-  async_ = new uv_async_t;
-  uv_async_init(&loop_, async_, on_async);
-  async_->data = this;
+  async_ = make_uv<uv_async_t>(&loop_, this, nullptr, uv_async_init, on_async);
   timeouts_ = std::make_unique<TimeoutWheel>(&loop_);
-  trim_timer_ = new uv_timer_t;
-  uv_timer_init(&loop_, trim_timer_);
-  trim_timer_->data = this;
-  uv_timer_start(trim_timer_, on_trim, kPipeTrimMs, kPipeTrimMs);
-  budget_timer_ = new uv_timer_t;
-  uv_timer_init(&loop_, budget_timer_);
-  budget_timer_->data = this;
+  trim_timer_ = make_uv<uv_timer_t>(&loop_, this, nullptr, uv_timer_init);
+  uv_timer_start(trim_timer_.get(), on_trim, kPipeTrimMs, kPipeTrimMs);
+  budget_timer_ = make_uv<uv_timer_t>(&loop_, this, nullptr, uv_timer_init);
 }
 
 // Pipes unused for a whole period go back to the kernel: bursts keep their
@@ -60,13 +62,9 @@ void Worker::on_trim(uv_timer_t* t) {
   w->pipe_pool_.retry();
 }
 
-void Worker::close_trim_timer() {
-  for (uv_timer_t** t : {&trim_timer_, &budget_timer_}) {
-    if (!*t) continue;
-    uv_close(reinterpret_cast<uv_handle_t*>(*t),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
-    *t = nullptr;
-  }
+void Worker::close_timers() {
+  trim_timer_.reset();
+  budget_timer_.reset();
 }
 
 void Worker::wait_for_budget(TcpSession* s) {
@@ -79,8 +77,8 @@ void Worker::wait_for_budget(TcpSession* s) {
   else
     budget_head_ = s;
   budget_tail_ = s;
-  if (budget_timer_ && !uv_is_active(reinterpret_cast<uv_handle_t*>(budget_timer_)))
-    uv_timer_start(budget_timer_, on_budget_timer, kBudgetPollMs, kBudgetPollMs);
+  if (budget_timer_ && !uv_is_active(reinterpret_cast<uv_handle_t*>(budget_timer_.get())))
+    uv_timer_start(budget_timer_.get(), on_budget_timer, kBudgetPollMs, kBudgetPollMs);
 }
 
 void Worker::cancel_budget_wait(TcpSession* s) {
@@ -95,7 +93,7 @@ void Worker::cancel_budget_wait(TcpSession* s) {
   else
     budget_tail_ = s->budget_prev;
   s->budget_prev = s->budget_next = nullptr;
-  if (!budget_head_ && budget_timer_) uv_timer_stop(budget_timer_);
+  if (!budget_head_ && budget_timer_) uv_timer_stop(budget_timer_.get());
 }
 
 void Worker::wake_budget_waiters() {
@@ -120,27 +118,23 @@ Worker::~Worker() {
   // The thread never ran (start-up failed): close what the constructor opened.
   {
     std::lock_guard lk(inbox_mu_);
-    if (async_) {
-      uv_close(reinterpret_cast<uv_handle_t*>(async_),
-               [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
-      async_ = nullptr;
-    }
+    async_.reset();
   }
   timeouts_->close();
-  close_trim_timer();
+  close_timers();
   uv_run(&loop_, UV_RUN_DEFAULT);
   uv_loop_close(&loop_);
 }
 
 void Worker::start() {
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] { run_until_stopped(); });
 }
 
 void Worker::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Worker::run() {
+int Worker::run_until_stopped() {
   // Runs until Abort has closed every handle and their callbacks have run.
   uv_run(&loop_, UV_RUN_DEFAULT);
   int rc = uv_loop_close(&loop_);
@@ -149,6 +143,17 @@ void Worker::run() {
     leaked_handles_ = true;
   }
   loop_closed_ = true;
+  return rc;
+}
+
+std::vector<FrozenSession> Worker::freeze_sessions() {
+  std::vector<FrozenSession> out;
+  // A frozen session leaves the list only when its handles have closed.
+  for (TcpSession* s = sessions_; s; s = s->next) {
+    FrozenSession f;
+    if (s->freeze(&f)) out.push_back(std::move(f));
+  }
+  return out;
 }
 
 // The wake-up is sent under the inbox lock: abort_all() closes the async
@@ -157,14 +162,14 @@ void Worker::post(WorkerMessage msg) {
   std::lock_guard lk(inbox_mu_);
   if (!async_) return;  // the worker has stopped
   inbox_.push_back(std::move(msg));
-  uv_async_send(async_);
+  uv_async_send(async_.get());
 }
 
 void Worker::publish(BackendTablePtr table) {
   std::lock_guard lk(inbox_mu_);
   if (!async_) return;
   pending_table_ = std::move(table);
-  uv_async_send(async_);
+  uv_async_send(async_.get());
 }
 
 void Worker::on_async(uv_async_t* a) { static_cast<Worker*>(a->data)->drain_inbox(); }
@@ -183,7 +188,7 @@ void Worker::drain_inbox() {
   for (auto& m : msgs) {
     switch (m.kind) {
       case WorkerMessage::Kind::Listeners:
-        apply_listeners(m.listeners);
+        apply_binds(m.binds);
         break;
       case WorkerMessage::Kind::Drain:
         drain();
@@ -200,24 +205,27 @@ void Worker::swap_table(BackendTablePtr table) {
   table_ = std::move(table);
 }
 
-Backend* Worker::pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool) {
-  SelectorSet::Entry* e = selectors_.find(listener.cfg.pool);
+Backend* Worker::pick(const std::string& pool, const PickContext& ctx, const PoolTable** table) {
+  SelectorSet::Entry* e = selectors_.find(pool);
   if (!e) return nullptr;
-  *pool = e->table.get();
+  *table = e->table.get();
   return e->selector->pick(ctx);
 }
 
-uint64_t Worker::flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
-  const SelectorSet::Entry* e = selectors_.find(listener.cfg.pool);
+uint64_t Worker::flow_hash_for(const std::string& pool, const sockaddr* client, std::string_view sni) {
+  const SelectorSet::Entry* e = selectors_.find(pool);
   if (!e || !conf::is_hash_selector(e->table->selector)) return 0;
+  // The same name lands on the same backend from every worker and every lb
+  // instance: XXH64 of its bytes (already lower-cased by the caller).
+  if (e->table->hash_key == conf::HashKey::Sni && !sni.empty()) return hash::xxh64(sni);
   return hash::flow_hash(client, e->table->hash_key);
 }
 
-void Worker::apply_listeners(const std::vector<ListenEntry>& entries) {
-  std::vector<std::unique_ptr<Listener>> next;
-  for (auto& e : entries) {
-    std::unique_ptr<Listener> l;
-    for (auto& old : listeners_) {
+void Worker::apply_binds(const std::vector<WorkerBind>& binds) {
+  std::vector<std::unique_ptr<BindSocket>> next;
+  for (auto& e : binds) {
+    std::unique_ptr<BindSocket> l;
+    for (auto& old : binds_) {
       if (old && old->key == e.key) {
         l = std::move(old);
         break;
@@ -235,7 +243,7 @@ void Worker::apply_listeners(const std::vector<ListenEntry>& entries) {
       log::error("worker has no socket for listener={} worker={}", e.runtime->cfg.name, index_);
       continue;
     }
-    l = std::make_unique<Listener>();
+    l = std::make_unique<BindSocket>();
     l->worker = this;
     l->key = e.key;
     l->runtime = e.runtime;
@@ -251,41 +259,37 @@ void Worker::apply_listeners(const std::vector<ListenEntry>& entries) {
       next.push_back(std::move(l));
       continue;
     }
-    l->handle = new uv_tcp_t;
-    uv_tcp_init(&loop_, l->handle);
-    l->handle->data = l.get();
-    int rc = uv_tcp_open(l->handle, e.fd);
-    // Once open, the handle owns the fd (uv_close below closes it); a socket
+    l->handle = make_uv<uv_tcp_t>(&loop_, l.get(), nullptr, uv_tcp_init);
+    int rc = uv_tcp_open(l->handle.get(), e.fd);
+    // Once open, the handle owns the fd (closing the handle closes it); a socket
     // it refused is still ours to close.
     if (rc != 0) ::close(e.fd);
     // Accepted sockets inherit TCP_NODELAY from the listening socket (Linux
     // clones the listener's options), so it is set once here rather than
     // once per connection.
-    if (rc == 0) rc = uv_tcp_nodelay(l->handle, 1);
-    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l->handle), 4096, on_connection);
+    if (rc == 0) rc = uv_tcp_nodelay(l->handle.get(), 1);
+    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(l->handle.get()), 4096, on_connection);
     if (rc != 0) {
       log::error("cannot listen listener={} worker={} error={}", e.runtime->cfg.name, index_,
                  uv_strerror(rc));
-      uv_close(reinterpret_cast<uv_handle_t*>(l->handle),
-               [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-      continue;
+      continue;  // l->handle closes with l
     }
     next.push_back(std::move(l));
   }
   // Whatever is left was removed from the configuration: stop accepting at
   // once; its established sessions carry on.
-  for (auto& old : listeners_)
+  for (auto& old : binds_)
     if (old) old->close();
-  listeners_ = std::move(next);
+  binds_ = std::move(next);
 }
 
-void Worker::close_listeners() {
-  for (auto& l : listeners_) l->close();
-  listeners_.clear();
+void Worker::close_binds() {
+  for (auto& l : binds_) l->close();
+  binds_.clear();
 }
 
 void Worker::drain() {
-  close_listeners();
+  close_binds();
   std::vector<UdpListener*> udp = udp_all_;
   for (UdpListener* u : udp) u->drain();
 }
@@ -315,7 +319,7 @@ void Worker::udp_listener_removed(UdpListener* l) {
 
 void Worker::abort_all() {
   aborting_ = true;
-  close_listeners();
+  close_binds();
   // Copy: an idle UDP listener deletes itself (and leaves udp_all_) at once.
   std::vector<UdpListener*> udp = udp_all_;
   for (UdpListener* u : udp) u->abort();
@@ -331,12 +335,10 @@ void Worker::abort_all() {
     }
   }
   timeouts_->close();
-  close_trim_timer();
+  close_timers();
   {
     std::lock_guard lk(inbox_mu_);
-    uv_close(reinterpret_cast<uv_handle_t*>(async_),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
-    async_ = nullptr;
+    async_.reset();
     pending_table_.reset();
     inbox_.clear();
   }
@@ -345,7 +347,7 @@ void Worker::abort_all() {
 }
 
 void Worker::on_connection(uv_stream_t* server, int status) {
-  auto* l = static_cast<Listener*>(server->data);
+  auto* l = static_cast<BindSocket*>(server->data);
   if (status < 0) {
     // Out of descriptors, every new connection fails here: rate-limited, so
     // a connection flood does not turn into a log flood on this worker.
@@ -357,37 +359,27 @@ void Worker::on_connection(uv_stream_t* server, int status) {
   l->worker->accept_one(l);
 }
 
-void Worker::accept_one(Listener* l) {
+void Worker::accept_one(BindSocket* l) {
+  // The hand-off to TcpSession is a plain heap uv_tcp_t, which the session
+  // frees in its own close callback (core/tcp_session.*); a UvPtr's
+  // allocation must not go there. A refused client is closed the same way.
   auto* client = new uv_tcp_t;
   uv_tcp_init(&loop_, client);
-  if (uv_accept(reinterpret_cast<uv_stream_t*>(l->handle), reinterpret_cast<uv_stream_t*>(client)) != 0) {
+  if (uv_accept(reinterpret_cast<uv_stream_t*>(l->handle.get()), reinterpret_cast<uv_stream_t*>(client)) !=
+      0) {
     close_accepted(client);
     return;
   }
-  auto& slot = l->runtime->stats->slot(index_);
-  // The address-independent limits are checked here, before any work: [global]
-  // max_connections (every listener of every worker) and the listener's own.
-  // The ACL and the per-source limit are the session's first step, because
-  // with accept_proxy_protocol the client address is known only later.
-  if (shared_.active_connections.fetch_add(1, std::memory_order_relaxed) >=
-      static_cast<int64_t>(shared_.max_connections.load(std::memory_order_relaxed))) {
-    shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    bump(slot.rejected_limit);
+  // The address-independent limits (admission step 1) are checked here,
+  // before any work. The rest of admission is the session's, because with
+  // accept_proxy_protocol the client address is known only later.
+  Admission admission;
+  if (Refusal r = admission.open(shared_, *l->runtime); r != Refusal::None) {
+    count_refusal(l->runtime->stats->slot(index_), r);
     close_accepted(client);
     return;
   }
-  if (!l->runtime->stats->try_open(l->runtime->cfg.max_connections)) {
-    shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    bump(slot.rejected_limit);
-    close_accepted(client);
-    return;
-  }
-  TcpSession::start(*this, l->runtime, client);
-}
-
-void Worker::close_accepted(uv_tcp_t* client) {
-  uv_close(reinterpret_cast<uv_handle_t*>(client),
-           [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  TcpSession::start(*this, l->runtime, client, admission);
 }
 
 void Worker::session_opened(TcpSession* s) {
@@ -406,7 +398,6 @@ void Worker::session_closed(TcpSession* s) {
   if (s->next) s->next->prev = s->prev;
   s->prev = s->next = nullptr;
   open_sessions_.fetch_sub(1, std::memory_order_relaxed);
-  shared_.active_connections.fetch_sub(1, std::memory_order_relaxed);
 }
 
 }  // namespace lb::core

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -27,11 +28,18 @@
 #include "core/acl.h"
 #include "core/backend_table.h"
 #include "core/flow_control.h"
+#include "core/frozen_session.h"
 #include "core/pipe_pool.h"
 #include "core/select/selector.h"
 #include "core/select/selector_set.h"
 #include "core/stats.h"
 #include "core/timeout_wheel.h"
+#include "core/uv_ptr.h"
+
+namespace lb::tls {
+struct Contexts;
+class ServerContext;
+}  // namespace lb::tls
 
 namespace lb::core {
 
@@ -46,6 +54,12 @@ struct ListenerRuntime {
   std::shared_ptr<ListenerStats> stats;  // by listener name, across reloads
   Acl acl;                               // cfg.allow / cfg.deny, ready for lookups
   PrefixSet proxy_trusted;               // cfg.proxy_protocol_trusted; empty = any peer
+  // This generation's TLS contexts (every listener of a generation shares
+  // them; null when nothing uses TLS), and this listener's own when
+  // tls = "terminate". Certificates come from the files as they were when
+  // the generation was loaded (start, SIGHUP).
+  std::shared_ptr<const tls::Contexts> tls;
+  const tls::ServerContext* tls_server = nullptr;
 };
 using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 
@@ -63,8 +77,9 @@ struct SharedState {
   std::function<void(const BackendPtr&, bool success)> report_backend;
 };
 
-// One listening socket of a listener, for one worker.
-struct ListenEntry {
+// One bind of a listener as handed to one worker: its listening socket and
+// the listener it serves.
+struct WorkerBind {
   std::string key;  // "tcp|127.0.0.1:8080": identity across reloads
   int fd = -1;      // a new socket to adopt, or -1: keep the worker's existing one
   ListenerRuntimePtr runtime;
@@ -72,12 +87,12 @@ struct ListenEntry {
 
 struct WorkerMessage {
   enum class Kind {
-    Listeners,  // replace the listener set (entries not listed are closed)
+    Listeners,  // replace the listener set (binds not listed are closed)
     Drain,      // stop accepting; sessions continue
     Abort,      // close every session and handle; the loop ends
   };
   Kind kind;
-  std::vector<ListenEntry> listeners;
+  std::vector<WorkerBind> binds;  // Listeners: the whole new set
 };
 
 class Worker {
@@ -88,7 +103,15 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   void start();  // spawns the thread
-  void join();   // after an Abort message
+  // What start()'s thread runs: the loop, until an Abort message has closed
+  // every handle; then closes the loop and returns uv_loop_close()'s result
+  // (0, or UV_EBUSY for a leak, which it logs). Tests that drive the loop
+  // themselves call it on their own thread instead of start().
+  int run_until_stopped();
+  // Takes every session that can be frozen out of this worker (see
+  // TcpSession::freeze); the others carry on. On this worker's thread.
+  std::vector<FrozenSession> freeze_sessions();
+  void join();  // after an Abort message
   // After join(): true when the loop still had open handles at its end (a
   // leak; the worker has logged it). lb then exits non-zero.
   bool leaked_handles() const { return leaked_handles_; }
@@ -107,10 +130,24 @@ class Worker {
   char* read_buffer() { return read_buffer_.get(); }
   // Pipes for the splice(2) relay of this worker's TCP sessions.
   PipePool& pipe_pool() { return pipe_pool_; }
+  // Whether this worker's sessions may move to splice(2) at all (on top of
+  // SpliceRelay::supported()). Tests turn it off to pin the copy path.
+  bool splice_allowed() const { return splice_allowed_; }
+  void set_splice_allowed(bool on) { splice_allowed_ = on; }
   static constexpr size_t kReadBufferSize = 64 * 1024;
-  // Picks a backend for a new connection of `listener`; null when none.
-  Backend* pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** pool);
-  uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client);
+  // Picks a backend of pool `pool` (of `listener`'s pool) for a new
+  // connection; null when none. *table: the pool's current table, if any.
+  Backend* pick(const std::string& pool, const PickContext& ctx, const PoolTable** table);
+  Backend* pick(const ListenerRuntime& listener, const PickContext& ctx, const PoolTable** table) {
+    return pick(listener.cfg.pool, ctx, table);
+  }
+  // The flow hash of `client` for pool `pool`'s selector (0 unless it
+  // hashes). With hash_key = "sni", `sni` (lower-cased, no trailing dot)
+  // when not empty, else the client's address.
+  uint64_t flow_hash_for(const std::string& pool, const sockaddr* client, std::string_view sni = {});
+  uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
+    return flow_hash_for(listener.cfg.pool, client);
+  }
   void session_opened(TcpSession* s);
   void session_closed(TcpSession* s);
   // Sessions that stopped reading because the shared BufferBudget is spent,
@@ -137,37 +174,35 @@ class Worker {
   void udp_listener_removed(UdpListener* l);
 
  private:
-  struct Listener;
+  struct BindSocket;
 
-  void run();
   static void on_async(uv_async_t* a);
   // Every kPipeTrimMs: closes pooled pipes unused for that long, and lets
   // the pool try for full-size pipes again after a shortage.
   static void on_trim(uv_timer_t* t);
-  void close_trim_timer();
+  void close_timers();
   static constexpr uint64_t kPipeTrimMs = 1000;
   void drain_inbox();
-  void apply_listeners(const std::vector<ListenEntry>& entries);
-  void close_listeners();
+  void apply_binds(const std::vector<WorkerBind>& binds);
+  void close_binds();
   void drain();
   void abort_all();
   void swap_table(BackendTablePtr table);
   static void on_connection(uv_stream_t* server, int status);
-  void accept_one(Listener* l);
-  void close_accepted(uv_tcp_t* client);
+  void accept_one(BindSocket* l);
 
   const unsigned index_;
   SharedState& shared_;
   uv_loop_t loop_;
-  uv_async_t* async_ = nullptr;
+  UvPtr<uv_async_t> async_;  // null once the worker stopped (under inbox_mu_)
   std::unique_ptr<TimeoutWheel> timeouts_;
   std::unique_ptr<char[]> read_buffer_;
-  PipePool pipe_pool_;                // outlives the loop: the destructor runs after run()
-  uv_timer_t* trim_timer_ = nullptr;  // gives idle pipes back to the kernel
+  PipePool pipe_pool_;            // outlives the loop: the destructor runs after run_until_stopped()
+  UvPtr<uv_timer_t> trim_timer_;  // gives idle pipes back to the kernel
   uint64_t trim_seen_acquires_ = 0;
   static void on_budget_timer(uv_timer_t* t);
-  uv_timer_t* budget_timer_ = nullptr;  // runs while budget_head_ is set
-  TcpSession* budget_head_ = nullptr;   // sessions waiting for budget (FIFO)
+  UvPtr<uv_timer_t> budget_timer_;     // runs while budget_head_ is set
+  TcpSession* budget_head_ = nullptr;  // sessions waiting for budget (FIFO)
   TcpSession* budget_tail_ = nullptr;
   std::thread thread_;
 
@@ -175,7 +210,7 @@ class Worker {
   std::vector<WorkerMessage> inbox_;
   BackendTablePtr pending_table_;
 
-  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<std::unique_ptr<BindSocket>> binds_;
   BackendTablePtr table_;
   SelectorSet selectors_;              // one per pool of table_
   TcpSession* sessions_ = nullptr;     // intrusive list of open sessions
@@ -183,6 +218,7 @@ class Worker {
   std::unique_ptr<char[]> udp_buffer_;
   std::atomic<int64_t> open_sessions_{0};
   bool aborting_ = false;
+  bool splice_allowed_ = true;
   bool loop_closed_ = false;
   bool leaked_handles_ = false;  // written by the worker thread before join()
 };

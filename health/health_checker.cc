@@ -18,6 +18,8 @@ struct HealthChecker::State {
   conf::HealthCheck check;
   conf::Outlier outlier;
   ProbeAddress address;
+  std::shared_ptr<const tls::ClientContext> tls;  // see Target
+  std::string tls_name;
   Hysteresis hysteresis{1, 1};
 
   std::unique_ptr<Probe> probe;   // running, or finished until the next starts
@@ -206,6 +208,8 @@ void HealthChecker::apply_targets(std::vector<Target> targets, uint64_t generati
       s->backend = std::move(t.backend);
       s->check = std::move(t.check);
       s->outlier = t.outlier;
+      s->tls = std::move(t.tls);
+      s->tls_name = std::move(t.tls_name);
       s->address = probe_address(s->backend->address, s->check.port);
       s->hysteresis.set_thresholds(s->check.rise, s->check.fall);
       if (s->active())
@@ -223,6 +227,8 @@ void HealthChecker::apply_targets(std::vector<Target> targets, uint64_t generati
     const milliseconds old_interval = s->check.interval;
     s->check = std::move(t.check);
     s->outlier = t.outlier;
+    s->tls = std::move(t.tls);
+    s->tls_name = std::move(t.tls_name);
     s->address = probe_address(s->backend->address, s->check.port);
     s->hysteresis.set_thresholds(s->check.rise, s->check.fall);
     if (s->outlier.consecutive_failures == 0) s->failures = 0;
@@ -260,6 +266,11 @@ void HealthChecker::apply_targets(std::vector<Target> targets, uint64_t generati
 
 void HealthChecker::start_probe(State& s) {
   ProbeEnv env{loop_.get(), tls_.get()};
+  if (s.tls) {
+    env.tls = s.tls->ctx();
+    env.tls_name = &s.tls_name;
+    env.tls_verify = s.tls->verify();
+  }
   State* sp = &s;
   // Replacing the previous probe here (never from its own callback) is what
   // lets probes be reused safely: it has reported and holds no handle.

@@ -43,10 +43,11 @@
 
 #include "conf/config.h"
 #include "core/backend.h"
+#include "core/uv_ptr.h"
+#include "core/tls/client_context.h"
 #include "health/hysteresis.h"
 #include "health/probe.h"
 #include "health/tls_probe.h"
-#include "health/uv_ptr.h"
 
 namespace lb::health {
 
@@ -65,6 +66,11 @@ class HealthChecker {
     core::BackendPtr backend;
     conf::HealthCheck check;
     conf::Outlier outlier;
+    // tls probes of a pool with [pool.tls]: its client context (verification,
+    // client certificate) and the server name to send and verify. Null: the
+    // checker's own context, no verification, check.tls_sni.
+    std::shared_ptr<const tls::ClientContext> tls;
+    std::string tls_name;
   };
 
   // The sink must outlive the checker (or at least stop()).

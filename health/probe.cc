@@ -138,7 +138,8 @@ std::unique_ptr<Probe> make_probe(const ProbeEnv& env, const conf::HealthCheck& 
       p = std::make_unique<HttpProbe>(env.loop, address, check, std::move(cb));
       break;
     case conf::HealthType::Tls:
-      p = std::make_unique<TlsProbe>(env.loop, env.tls, address, check, std::move(cb));
+      p = std::make_unique<TlsProbe>(env.loop, env.tls, address, check, std::move(cb),
+                                     env.tls_name ? *env.tls_name : std::string(), env.tls_verify);
       break;
     case conf::HealthType::Dns:
       p = std::make_unique<DnsProbe>(env.loop, address, check, std::move(cb));

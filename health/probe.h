@@ -26,7 +26,7 @@
 #include <string>
 
 #include "conf/config.h"
-#include "health/uv_ptr.h"
+#include "core/uv_ptr.h"
 
 namespace lb::health {
 
@@ -93,6 +93,10 @@ class Probe {
 struct ProbeEnv {
   uv_loop_t* loop = nullptr;
   SSL_CTX* tls = nullptr;  // client context for tls probes (see tls_probe.h)
+  // [pool.tls]: the name sent (when check.tls_sni is empty) and, with
+  // tls_verify, verified.
+  const std::string* tls_name = nullptr;
+  bool tls_verify = false;
 };
 
 // A started probe for `check.type`, or null for HealthType::None.

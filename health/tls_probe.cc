@@ -4,6 +4,8 @@
 
 #include <utility>
 
+#include "core/tls/tls_stream.h"
+
 namespace lb::health {
 
 namespace {
@@ -37,8 +39,11 @@ SslCtxPtr make_probe_tls_context() {
 }
 
 TlsProbe::TlsProbe(uv_loop_t* loop, SSL_CTX* ctx, ProbeAddress address, const conf::HealthCheck& check,
-                   Callback cb)
-    : StreamProbe(loop, std::move(address), check.timeout, std::move(cb)), ctx_(ctx), sni_(check.tls_sni) {}
+                   Callback cb, std::string name, bool verify_name)
+    : StreamProbe(loop, std::move(address), check.timeout, std::move(cb)),
+      ctx_(ctx),
+      sni_(check.tls_sni.empty() ? std::move(name) : check.tls_sni),
+      verify_name_(verify_name) {}
 
 TlsProbe::~TlsProbe() { TlsProbe::close_io(); }
 
@@ -67,8 +72,8 @@ void TlsProbe::begin() {
   }
   SSL_set_bio(ssl_, in_, out_);
   SSL_set_connect_state(ssl_);
-  if (!sni_.empty() && SSL_set_tlsext_host_name(ssl_, sni_.c_str()) != 1)
-    return fail_later("tls: invalid tls_sni: " + ssl_error_text(0));
+  std::string why;
+  if (!tls::set_server_name(ssl_, sni_, verify_name_, &why)) return fail_later("tls: " + why);
   StreamProbe::begin();
 }
 

@@ -3,7 +3,9 @@
 // OpenSSL never touches the socket: it works on two memory BIOs that the
 // probe feeds from libuv reads and drains into libuv writes, so the handshake
 // runs on the loop like any other I/O. The peer certificate is not verified
-// (a health check asks "does it speak TLS", not "do we trust it").
+// (a health check asks "does it speak TLS", not "do we trust it"), unless the
+// pool has [pool.tls]: its context then verifies the chain, and `verify_name`
+// the name, as the pool's traffic would be.
 //
 // Thread rules: as Probe (loop thread only). The SSL_CTX may be shared by
 // every probe of the loop; each SSL takes its own reference to it.
@@ -29,7 +31,9 @@ SslCtxPtr make_probe_tls_context();
 
 class TlsProbe final : public StreamProbe {
  public:
-  TlsProbe(uv_loop_t* loop, SSL_CTX* ctx, ProbeAddress address, const conf::HealthCheck& check, Callback cb);
+  // `name`: sent (and verified with `verify_name`) when check.tls_sni is empty.
+  TlsProbe(uv_loop_t* loop, SSL_CTX* ctx, ProbeAddress address, const conf::HealthCheck& check, Callback cb,
+           std::string name = {}, bool verify_name = false);
   ~TlsProbe() override;
 
  private:
@@ -46,6 +50,7 @@ class TlsProbe final : public StreamProbe {
 
   SSL_CTX* ctx_;
   std::string sni_;
+  bool verify_name_;
   SSL* ssl_ = nullptr;
   BIO* in_ = nullptr;   // owned by ssl_: bytes from the backend
   BIO* out_ = nullptr;  // owned by ssl_: bytes for the backend

@@ -20,12 +20,12 @@
 #include "conf/config.h"
 
 #include "core/admin/http_server.h"
+#include "lb/admin_control.h"
 
 namespace lb::app {
 
-class Server;
-
-admin::HttpResponse handle_admin(Server& server, const admin::HttpRequest& req);
+// Answers one request (routing and the checks above) against `server`.
+admin::HttpResponse handle_admin(AdminControl& server, const admin::HttpRequest& req);
 
 // Whether `origin` (an Origin header) is the admin address the connection
 // reached (`local`): http, that IP literally or "localhost" on loopback, that port.
@@ -34,10 +34,5 @@ bool same_origin(std::string_view origin, const sockaddr_storage& local);
 bool bearer_matches(const std::string* authorization, const std::string& token);
 // [admin] allow: may this peer connect at all (empty list: anyone).
 bool admin_peer_allowed(const conf::Admin& admin, const sockaddr* peer);
-
-// Prometheus label value escaping (\\, \", \n).
-std::string prom_escape(const std::string& v);
-// 16 lower-case hex digits.
-std::string hex_digest(uint64_t d);
 
 }  // namespace lb::app

@@ -4,12 +4,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "conf/load.h"
 #include "core/handover/state.h"
 #include "core/log.h"
+#include "core/tls/settings.h"
 #include "lb/ctl.h"
 #include "lb/server.h"
 
@@ -92,6 +95,21 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (check) {
+    // Certificates, keys and CA files are read as a reload would read them.
+    lb::tls::Contexts contexts;
+    std::vector<std::string> errors;
+    if (!lb::tls::load_contexts(*res.config, std::make_shared<lb::tls::TicketKeyStore>(), &contexts,
+                                &errors)) {
+      for (const auto& e : errors) std::fprintf(stderr, "%s: error: %s\n", path.c_str(), e.c_str());
+      return 1;
+    }
+    bool failed = false;
+    for (const auto& f :
+         lb::tls::check_contexts(*res.config, contexts, static_cast<int64_t>(std::time(nullptr)))) {
+      std::fprintf(stderr, "%s: %s: %s\n", path.c_str(), f.error ? "error" : "warning", f.message.c_str());
+      failed = failed || f.error;
+    }
+    if (failed) return 1;
     std::printf("%s: configuration OK\n", path.c_str());
     return 0;
   }

@@ -6,6 +6,8 @@
 #include <system_error>
 #include <thread>
 
+#include "core/uv_ptr.h"
+
 namespace lb::app {
 
 // Shared by the loop and the lookup threads; the threads hold it by
@@ -15,22 +17,14 @@ struct HostResolver::Batch {
   Answers answers;         // under mu
   size_t left = 0;         // lookups not answered yet, under mu
   bool abandoned = false;  // under mu: from now on no thread touches `async`
-  uv_async_t* async = nullptr;
-  uv_timer_t* timer = nullptr;
+  // Reset on the loop (finish or cancel) before the last reference can go
+  // to a lookup thread, so they are never closed off the loop.
+  UvPtr<uv_async_t> async;
+  UvPtr<uv_timer_t> timer;
   HostResolver* owner = nullptr;
   Done done;
   std::chrono::milliseconds deadline{0};
 };
-
-namespace {
-
-template <class H>
-void close_and_free(H* h) {
-  h->data = nullptr;
-  uv_close(reinterpret_cast<uv_handle_t*>(h), [](uv_handle_t* x) { delete reinterpret_cast<H*>(x); });
-}
-
-}  // namespace
 
 void HostResolver::start(const std::vector<std::string>& hosts, std::chrono::milliseconds deadline,
                          Done done) {
@@ -39,14 +33,10 @@ void HostResolver::start(const std::vector<std::string>& hosts, std::chrono::mil
   batch->owner = this;
   batch->done = std::move(done);
   batch->deadline = deadline;
-  batch->async = new uv_async_t;
-  uv_async_init(loop_, batch->async, [](uv_async_t* a) {
+  batch->async = make_uv<uv_async_t>(loop_, batch.get(), nullptr, uv_async_init, [](uv_async_t* a) {
     if (auto* b = static_cast<Batch*>(a->data)) b->owner->finish();
   });
-  batch->async->data = batch.get();
-  batch->timer = new uv_timer_t;
-  uv_timer_init(loop_, batch->timer);
-  batch->timer->data = batch.get();
+  batch->timer = make_uv<uv_timer_t>(loop_, batch.get(), nullptr, uv_timer_init);
   batch_ = batch;
 
   {
@@ -62,7 +52,7 @@ void HostResolver::start(const std::vector<std::string>& hosts, std::chrono::mil
         std::lock_guard lk(batch->mu);
         if (batch->abandoned) return;
         batch->answers[host] = std::move(a);
-        if (--batch->left == 0) uv_async_send(batch->async);
+        if (--batch->left == 0) uv_async_send(batch->async.get());
       }).detach();
     } catch (const std::system_error& e) {
       std::lock_guard lk(batch->mu);
@@ -76,11 +66,11 @@ void HostResolver::start(const std::vector<std::string>& hosts, std::chrono::mil
     all_done = batch->left == 0;
   }
   if (all_done) {
-    uv_async_send(batch->async);  // answer on the loop, never from inside start()
+    uv_async_send(batch->async.get());  // answer on the loop, never from inside start()
     return;
   }
   uv_timer_start(
-      batch->timer,
+      batch->timer.get(),
       [](uv_timer_t* t) {
         if (auto* b = static_cast<Batch*>(t->data)) b->owner->finish();
       },
@@ -99,8 +89,8 @@ void HostResolver::finish() {
         a.error = fmt::format("no answer within {}ms", batch->deadline.count());
     answers = std::move(batch->answers);
   }
-  close_and_free(batch->async);
-  close_and_free(batch->timer);
+  batch->async.reset();
+  batch->timer.reset();
   Done done = std::move(batch->done);
   done(std::move(answers));
 }
@@ -112,8 +102,8 @@ void HostResolver::cancel() {
     std::lock_guard lk(batch->mu);
     batch->abandoned = true;
   }
-  close_and_free(batch->async);
-  close_and_free(batch->timer);
+  batch->async.reset();
+  batch->timer.reset();
 }
 
 }  // namespace lb::app

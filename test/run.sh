@@ -14,7 +14,7 @@ jobs=$(nproc)
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev libsystemd-dev
           libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd util-linux
           debhelper dpkg-dev pandoc lintian man-db
-          python3 chromium prometheus clang-format clang-tidy)
+          python3 curl chromium prometheus clang-format clang-tidy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -58,6 +58,22 @@ if [ -z "${LB_TEST_QUICK:-}" ]; then
   # network namespaces this test creates and removes (needs root; 25-40 s).
   echo "== test fleet"
   LB_BINARY="$root/build/lb/lb" bash "$root/test/fleet/run.sh" || failed=1
+fi
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
+  # lb over impaired links (test/netem/lb-netem between network namespaces):
+  # verified transfers, DNS loss, a SYN-dropping and a vanishing backend
+  # (needs root; about a minute). `--full` is the long version (README).
+  echo "== test badnet"
+  LB_BINARY="$root/build/lb/lb" bash "$root/test/badnet/run.sh" || failed=1
+fi
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
+  # lb at scale, CI size (test/scale/run.sh without --ci: 9,500 connections,
+  # a 20,000-connect storm): 2,000 concurrent connections and a reload with
+  # them open, a 4,000-connect storm, 100 reloads under load (about 20 s).
+  echo "== test scale"
+  LB_BINARY="$root/build/lb/lb" bash "$root/test/scale/run.sh" --ci || failed=1
 fi
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then

@@ -22,10 +22,6 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace lb::conf {
-enum class HashKey;  // conf/config.h; declared here so lb_hash needs no conf headers
-}
-
 namespace lb::hash {
 
 inline constexpr size_t kMaxFlowKeyBytes = 18;
@@ -35,10 +31,5 @@ size_t flow_key(const sockaddr* client, bool with_port, unsigned char out[kMaxFl
 
 // xxh64(flow_key(client, with_port), seed 0).
 uint64_t flow_hash(const sockaddr* client, bool with_port) noexcept;
-
-// The pool's hash_key applied: source_ip -> without port, source_ip_port ->
-// with port. Defined in lb_select (core/select/flow_hash.cc), which knows
-// conf::HashKey; lb_hash itself depends on nothing.
-uint64_t flow_hash(const sockaddr* client, conf::HashKey key) noexcept;
 
 }  // namespace lb::hash

@@ -1,8 +1,4 @@
-// The conf::HashKey overload of flow_hash (declared in core/hash/flow_hash.h).
-// It lives here because lb_select may depend on conf and lb_hash may not.
-#include "core/hash/flow_hash.h"
-
-#include "conf/config.h"
+#include "core/select/flow_hash.h"
 
 namespace lb::hash {
 

@@ -112,3 +112,32 @@ Backend* hash_walk(std::span<const Candidate> candidates, size_t positions, size
 }
 
 }  // namespace lb::core::select_detail
+
+namespace lb::core {
+
+// The selector of a hash lookup table (MaglevTable, RingHashTable): the
+// table's position for the flow hash, then hash_walk() from there. A Table
+// provides backends(), total_weight(), positions() (0 when empty),
+// position_of(hash) and owner_at(position) (an index into backends()).
+template <class Table>
+class HashTableSelector final : public Selector {
+ public:
+  // `balance_factor` > 100 enables bounded loads (see hash_walk above).
+  HashTableSelector(const Table& table, unsigned balance_factor)
+      : table_(table), balance_factor_(balance_factor), seen_(table.backends().size()) {}
+
+  Backend* pick(const PickContext& ctx) override {
+    const size_t positions = table_.positions();
+    if (positions == 0) return nullptr;
+    return select_detail::hash_walk(
+        table_.backends(), positions, table_.position_of(ctx.hash),
+        [this](size_t p) { return table_.owner_at(p); }, ctx, balance_factor_, table_.total_weight(), seen_);
+  }
+
+ private:
+  const Table& table_;
+  unsigned balance_factor_;
+  select_detail::VisitSet seen_;
+};
+
+}  // namespace lb::core

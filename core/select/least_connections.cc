@@ -11,24 +11,10 @@ LeastConnectionsSelector::LeastConnectionsSelector(std::span<const Candidate> ca
 Backend* LeastConnectionsSelector::pick(const PickContext& ctx) {
   const size_t n = candidates_.size();
   if (n == 0) return nullptr;
-  size_t i = start_;
+  const size_t from = start_;
   if (++start_ == n) start_ = 0;
-
-  Backend* best = nullptr;
-  uint64_t best_load = 0;
-  uint32_t best_weight = 1;
-  for (size_t k = 0; k < n; ++k, ++i) {
-    if (i == n) i = 0;
-    const Candidate& c = candidates_[i];
-    if (!select_detail::usable(ctx, c.backend)) continue;
-    const uint64_t load = select_detail::active_of(c.backend) + 1;
-    if (best == nullptr || select_detail::less_loaded(load, c.weight, best_load, best_weight)) {
-      best = c.backend;
-      best_load = load;
-      best_weight = c.weight;
-    }
-  }
-  return best;
+  // +1 counts the connection being placed, so idle backends rank by weight.
+  return select_detail::least_loaded_from(candidates_, from, ctx, 1);
 }
 
 }  // namespace lb::core

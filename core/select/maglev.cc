@@ -99,15 +99,4 @@ size_t MaglevTable::slot_of(uint64_t hash) const {
   return static_cast<size_t>(hash::reduce(hash, slots_.size()));
 }
 
-MaglevSelector::MaglevSelector(const MaglevTable& table, unsigned balance_factor)
-    : table_(table), balance_factor_(balance_factor), seen_(table.backends().size()) {}
-
-Backend* MaglevSelector::pick(const PickContext& ctx) {
-  const std::span<const uint32_t> slots = table_.slots();
-  if (slots.empty()) return nullptr;
-  return select_detail::hash_walk(
-      table_.backends(), slots.size(), table_.slot_of(ctx.hash), [slots](size_t s) { return slots[s]; }, ctx,
-      balance_factor_, table_.total_weight(), seen_);
-}
-
 }  // namespace lb::core

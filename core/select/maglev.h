@@ -77,6 +77,10 @@ class MaglevTable final : public LookupTable {
   uint64_t total_weight() const { return total_weight_; }
   std::span<const uint32_t> slots() const { return slots_; }
   size_t slot_of(uint64_t hash) const;
+  // For HashTableSelector: positions are slots.
+  size_t positions() const { return slots_.size(); }
+  size_t position_of(uint64_t hash) const { return slot_of(hash); }
+  uint32_t owner_at(size_t slot) const { return slots_[slot]; }
 
  private:
   MaglevTable() = default;
@@ -87,16 +91,6 @@ class MaglevTable final : public LookupTable {
   uint64_t digest_ = 0;
 };
 
-class MaglevSelector final : public Selector {
- public:
-  // `balance_factor` > 100 enables bounded loads (hash_walk.h).
-  MaglevSelector(const MaglevTable& table, unsigned balance_factor);
-  Backend* pick(const PickContext& ctx) override;
-
- private:
-  const MaglevTable& table_;
-  unsigned balance_factor_;
-  select_detail::VisitSet seen_;
-};
+using MaglevSelector = HashTableSelector<MaglevTable>;
 
 }  // namespace lb::core

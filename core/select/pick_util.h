@@ -39,6 +39,29 @@ inline bool less_loaded(uint64_t a_load, uint32_t a_weight, uint64_t b_load, uin
   return a_load * b_weight < b_load * a_weight;
 }
 
+// The usable candidate with the lowest (active + load_bias) / weight, scanning
+// from index `start` and wrapping, so ties go to the first after `start`;
+// null when none is usable.
+inline Backend* least_loaded_from(std::span<const Candidate> candidates, size_t start, const PickContext& ctx,
+                                  uint64_t load_bias) {
+  const size_t n = candidates.size();
+  Backend* best = nullptr;
+  uint64_t best_load = 0;
+  uint32_t best_weight = 1;
+  for (size_t k = 0, i = start; k < n; ++k, ++i) {
+    if (i == n) i = 0;
+    const Candidate& c = candidates[i];
+    if (!usable(ctx, c.backend)) continue;
+    const uint64_t load = active_of(c.backend) + load_bias;
+    if (best == nullptr || less_loaded(load, c.weight, best_load, best_weight)) {
+      best = c.backend;
+      best_load = load;
+      best_weight = c.weight;
+    }
+  }
+  return best;
+}
+
 // The input of a hash table build: candidates sorted by id, weight-0 entries
 // dropped. PoolTable already sorts by id; sorting a copy again costs
 // microseconds and makes placement independent of any caller's order, which

@@ -62,23 +62,8 @@ Backend* RandomTwoSelector::pick(const PickContext& ctx) {
 }
 
 Backend* RandomTwoSelector::scan(const PickContext& ctx) {
-  const size_t n = candidates_.size();
-  size_t i = static_cast<size_t>(rng_.below(n));
-  Backend* best = nullptr;
-  uint64_t best_load = 0;
-  uint32_t best_weight = 1;
-  for (size_t k = 0; k < n; ++k, ++i) {
-    if (i == n) i = 0;
-    const Candidate& c = candidates_[i];
-    if (!select_detail::usable(ctx, c.backend)) continue;
-    const uint64_t load = select_detail::active_of(c.backend);
-    if (best == nullptr || select_detail::less_loaded(load, c.weight, best_load, best_weight)) {
-      best = c.backend;
-      best_load = load;
-      best_weight = c.weight;
-    }
-  }
-  return best;
+  const auto from = static_cast<size_t>(rng_.below(candidates_.size()));
+  return select_detail::least_loaded_from(candidates_, from, ctx, 0);
 }
 
 }  // namespace lb::core

@@ -111,15 +111,4 @@ size_t RingHashTable::find(uint64_t hash) const {
   return it == hashes_.end() ? 0 : static_cast<size_t>(it - hashes_.begin());
 }
 
-RingHashSelector::RingHashSelector(const RingHashTable& table, unsigned balance_factor)
-    : table_(table), balance_factor_(balance_factor), seen_(table.backends().size()) {}
-
-Backend* RingHashSelector::pick(const PickContext& ctx) {
-  const size_t points = table_.points();
-  if (points == 0) return nullptr;
-  return select_detail::hash_walk(
-      table_.backends(), points, table_.find(ctx.hash), [this](size_t p) { return table_.owner(p); }, ctx,
-      balance_factor_, table_.total_weight(), seen_);
-}
-
 }  // namespace lb::core

@@ -57,6 +57,10 @@ class RingHashTable final : public LookupTable {
   uint32_t owner(size_t point) const { return owners_[point]; }
   // First point whose hash is >= `hash`, wrapping to point 0. points() > 0.
   size_t find(uint64_t hash) const;
+  // For HashTableSelector: positions are points.
+  size_t positions() const { return points(); }
+  size_t position_of(uint64_t hash) const { return find(hash); }
+  uint32_t owner_at(size_t point) const { return owner(point); }
 
  private:
   RingHashTable() = default;
@@ -75,16 +79,6 @@ class RingHashTable final : public LookupTable {
   uint64_t digest_ = 0;
 };
 
-class RingHashSelector final : public Selector {
- public:
-  // `balance_factor` > 100 enables bounded loads (hash_walk.h).
-  RingHashSelector(const RingHashTable& table, unsigned balance_factor);
-  Backend* pick(const PickContext& ctx) override;
-
- private:
-  const RingHashTable& table_;
-  unsigned balance_factor_;
-  select_detail::VisitSet seen_;
-};
+using RingHashSelector = HashTableSelector<RingHashTable>;
 
 }  // namespace lb::core

@@ -15,6 +15,7 @@
 #include <span>
 
 #include "core/backend_table.h"
+#include "core/select/lookup_table.h"
 
 namespace lb::core {
 
@@ -31,14 +32,6 @@ class Selector {
   // A candidate that is not full (Backend::full()) and not in ctx.avoid, or
   // nullptr when there is none. Never throws.
   virtual Backend* pick(const PickContext& ctx) = 0;
-};
-
-// Immutable, shared lookup structure of a hash selector.
-class LookupTable {
- public:
-  virtual ~LookupTable() = default;
-  // Short digest of the table's contents: equal digests mean equal placement.
-  virtual uint64_t digest() const = 0;
 };
 
 // Null for selectors that have no shared table. `candidates` sorted by id.

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/access_log.h"
+#include "core/admission.h"
 #include "core/log.h"
 #include "core/proxy_protocol.h"
 
@@ -29,9 +30,9 @@ struct UdpListener::Session {
   // are given back to these stats even if a reload renamed the listener.
   ListenerRuntimePtr runtime;
   BackendPtr backend;
-  udp::PeerKey client;        // the table key; also the reply address
-  udp::Route route;           // in owner->upstream_, towards backend->address
-  bool holds_source = false;  // counted in the listener's per-source table
+  udp::PeerKey client;  // the table key; also the reply address
+  udp::Route route;     // in owner->upstream_, towards backend->address
+  Admission admission;  // what the session counts against the limits
   bool ended = false;
   uint64_t table_version = 0;  // worker table the backend was last checked against
   uint64_t outstanding = 0;    // replies still expected (udp_responses > 0)
@@ -64,25 +65,17 @@ int UdpListener::open(int fd) {
   }
   // Two handles for the loop: the listener socket itself, and the epoll set
   // of the shared upstream sockets (readable when any of them is).
-  auto watch = [this](uv_poll_t** slot, int watched, uv_poll_cb cb) {
-    auto* h = new uv_poll_t;
-    int r = uv_poll_init(worker_.loop(), h, watched);  // also makes it non-blocking
-    if (r != 0) {
-      delete h;
-      return r;
-    }
-    h->data = this;
-    *slot = h;
-    return uv_poll_start(h, UV_READABLE, cb);
+  auto watch = [this](UvPtr<uv_poll_t>& slot, int watched, uv_poll_cb cb) {
+    int r = 0;
+    slot = make_uv<uv_poll_t>(worker_.loop(), this, &r, uv_poll_init, watched);  // also makes it non-blocking
+    return r != 0 ? r : uv_poll_start(slot.get(), UV_READABLE, cb);
   };
-  if (rc == 0) rc = watch(&poll_, fd_, on_listener_io);
-  if (rc == 0) rc = watch(&upstream_poll_, upstream_->epoll_fd(), on_upstream_io);
+  if (rc == 0) rc = watch(poll_, fd_, on_listener_io);
+  if (rc == 0) rc = watch(upstream_poll_, upstream_->epoll_fd(), on_upstream_io);
   if (rc == 0) {
-    trim_timer_ = new uv_timer_t;
-    uv_timer_init(worker_.loop(), trim_timer_);
-    trim_timer_->data = this;
-    uv_timer_start(trim_timer_, on_trim, kTrimMs, kTrimMs);
-    uv_unref(reinterpret_cast<uv_handle_t*>(trim_timer_));  // never keeps the loop alive
+    trim_timer_ = make_uv<uv_timer_t>(worker_.loop(), this, nullptr, uv_timer_init);
+    uv_timer_start(trim_timer_.get(), on_trim, kTrimMs, kTrimMs);
+    uv_unref(reinterpret_cast<uv_handle_t*>(trim_timer_.get()));  // never keeps the loop alive
   }
   if (rc != 0) {
     retired_ = true;
@@ -217,45 +210,24 @@ bool UdpListener::still_valid(Session* s) {
 UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp::PeerKey& key) {
   auto& slot = runtime_->stats->slot(worker_.index());
   SharedState& shared = worker_.shared();
-  ListenerStats& lstats = *runtime_->stats;
   const conf::Listener& cfg = runtime_->cfg;
-  if (runtime_->acl.enabled() && !runtime_->acl.permits(client)) {
-    bump(slot.rejected_acl);
-    return nullptr;
-  }
   auto refuse_limit = [&] {
     bump(slot.rejected_limit);
     warn_refused("limit");
     return nullptr;
   };
-  if (shared.active_connections.fetch_add(1, std::memory_order_relaxed) >=
-      static_cast<int64_t>(shared.max_connections.load(std::memory_order_relaxed))) {
-    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    return refuse_limit();
-  }
-  if (!lstats.try_open(cfg.max_connections)) {
-    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
-    return refuse_limit();
-  }
-  bool holds_source = false;
-  if (cfg.max_connections_per_source) {
-    if (!lstats.sources.try_acquire(client, cfg.max_connections_per_source)) {
-      lstats.close_one();
-      shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
-      return refuse_limit();
-    }
-    holds_source = true;
+  Admission admission;
+  if (Refusal r = admission.admit(shared, *runtime_, client); r != Refusal::None) {
+    if (r == Refusal::Limit) return refuse_limit();
+    count_refusal(slot, r);
+    return nullptr;
   }
   // Gives back what admission took, for the failures below.
-  auto unadmit = [&] {
-    if (holds_source) lstats.sources.release(client);
-    lstats.close_one();
-    shared.active_connections.fetch_sub(1, std::memory_order_relaxed);
-  };
+  auto unadmit = [&] { admission.release(shared, *runtime_->stats, client); };
   PickContext ctx;
-  ctx.hash = worker_.flow_hash_for(*runtime_, client);
+  ctx.hash = worker_.flow_hash_for(runtime_->cfg.pool, client);
   const PoolTable* pool = nullptr;
-  Backend* b = worker_.pick(*runtime_, ctx, &pool);
+  Backend* b = worker_.pick(runtime_->cfg.pool, ctx, &pool);
   if (!b) {
     unadmit();
     if (pool && all_full(*pool)) return refuse_limit();
@@ -276,7 +248,7 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp
   s->owner = this;
   s->client = key;
   s->runtime = runtime_;
-  s->holds_source = holds_source;
+  s->admission = admission;
   s->backend = b->shared_from_this();
   s->backend->active.fetch_add(1, std::memory_order_relaxed);
   s->backend->total.fetch_add(1, std::memory_order_relaxed);
@@ -308,7 +280,7 @@ void UdpListener::watch_listener(bool writable, bool force) {
   // uv_poll_start re-registers the fd (two epoll_ctl calls): only on change.
   if (closing_ || !poll_ || (writable == listener_writable_ && !force)) return;
   listener_writable_ = writable;
-  uv_poll_start(poll_, UV_READABLE | (writable ? UV_WRITABLE : 0), on_listener_io);
+  uv_poll_start(poll_.get(), UV_READABLE | (writable ? UV_WRITABLE : 0), on_listener_io);
 }
 
 void UdpListener::on_trim(uv_timer_t* t) { static_cast<UdpListener*>(t->data)->upstream_->trim(); }
@@ -406,14 +378,10 @@ void UdpListener::end_session(Session* s, const char* result) {
   }
   s->backend->active.fetch_sub(1, std::memory_order_relaxed);
   ListenerStats& stats = *s->runtime->stats;
-  if (s->holds_source) {
-    sockaddr_storage client;
-    s->client.to_sockaddr(&client);
-    stats.sources.release(reinterpret_cast<const sockaddr*>(&client));
-  }
-  stats.close_one();
+  sockaddr_storage client{};
+  if (s->admission.holds_source()) s->client.to_sockaddr(&client);
+  s->admission.release(w.shared(), stats, reinterpret_cast<const sockaddr*>(&client));
   bump<int64_t>(stats.slot(w.index()).active, -1);
-  w.shared().active_connections.fetch_sub(1, std::memory_order_relaxed);
   w.count_session(-1);
   dead_.push_back(s);
   session_gone();
@@ -464,26 +432,15 @@ void UdpListener::close_socket() {
   // Replies staged by the session that just ended still go out.
   flush_replies();
   closing_ = true;
-  for (uv_handle_t* h :
-       {reinterpret_cast<uv_handle_t*>(poll_), reinterpret_cast<uv_handle_t*>(upstream_poll_),
-        reinterpret_cast<uv_handle_t*>(trim_timer_)}) {
-    if (!h) continue;
-    ++open_handles_;
-    uv_close(h, on_handle_closed);
-  }
+  for (bool closing :
+       {close_then(poll_, on_handle_closed, this), close_then(upstream_poll_, on_handle_closed, this),
+        close_then(trim_timer_, on_handle_closed, this)})
+    if (closing) ++open_handles_;
   if (open_handles_ == 0) destroy();
 }
 
-void UdpListener::on_handle_closed(uv_handle_t* h) {
-  auto* self = static_cast<UdpListener*>(h->data);
-  if (h == reinterpret_cast<uv_handle_t*>(self->poll_)) self->poll_ = nullptr;
-  if (h == reinterpret_cast<uv_handle_t*>(self->upstream_poll_)) self->upstream_poll_ = nullptr;
-  if (h == reinterpret_cast<uv_handle_t*>(self->trim_timer_)) {
-    self->trim_timer_ = nullptr;
-    delete reinterpret_cast<uv_timer_t*>(h);
-  } else {
-    delete reinterpret_cast<uv_poll_t*>(h);
-  }
+void UdpListener::on_handle_closed(void* owner) {
+  auto* self = static_cast<UdpListener*>(owner);
   if (--self->open_handles_ == 0) self->destroy();
 }
 

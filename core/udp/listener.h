@@ -11,8 +11,9 @@
 // backend address) and leave from the listener socket, staged for one
 // sendmmsg per loop iteration.
 //
-// Admission of a new client: allow/deny, then [global], listener and
-// per-source max_connections (a session counts as a connection); a refused
+// Admission of a new client (core/admission.h, the same rules and order as
+// TCP): [global] and listener max_connections, allow/deny, then
+// max_connections_per_source (a session counts as a connection); a refused
 // client's datagrams are dropped and counted, with at most one warning line
 // a second; existing sessions carry on. With proxy_protocol = "v2" every
 // datagram to the backend starts with a PROXY v2 header (DGRAM, client ->
@@ -47,6 +48,7 @@
 #include "core/udp/batch.h"
 #include "core/udp/session_table.h"
 #include "core/udp/upstream_set.h"
+#include "core/uv_ptr.h"
 #include "core/worker.h"
 
 namespace lb::core {
@@ -86,7 +88,7 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   static void on_listener_io(uv_poll_t* h, int status, int events);
   static void on_upstream_io(uv_poll_t* h, int status, int events);
   static void on_session_timeout(TimeoutNode* n);
-  static void on_handle_closed(uv_handle_t* h);
+  static void on_handle_closed(void* owner);  // close_then(): one handle fewer
   static void on_trim(uv_timer_t* t);
   // Unused upstream sockets are closed after one to two of these.
   static constexpr uint64_t kTrimMs = 5000;
@@ -121,12 +123,12 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   Worker& worker_;
   const std::string key_;
   ListenerRuntimePtr runtime_;
-  int fd_ = -1;                         // the listener socket
-  uv_poll_t* poll_ = nullptr;           // fd_ in the loop
-  uv_poll_t* upstream_poll_ = nullptr;  // upstream_'s epoll fd in the loop
-  uv_timer_t* trim_timer_ = nullptr;    // closes upstream sockets left unused
-  int open_handles_ = 0;                // uv handles not yet through their close callback
-  bool listener_writable_ = false;      // poll_ also waits for UV_WRITABLE
+  int fd_ = -1;                     // the listener socket
+  UvPtr<uv_poll_t> poll_;           // fd_ in the loop
+  UvPtr<uv_poll_t> upstream_poll_;  // upstream_'s epoll fd in the loop
+  UvPtr<uv_timer_t> trim_timer_;    // closes upstream sockets left unused
+  int open_handles_ = 0;            // uv handles not yet through their close callback
+  bool listener_writable_ = false;  // poll_ also waits for UV_WRITABLE
   bool retired_ = false;
   bool closing_ = false;
   size_t live_sessions_ = 0;

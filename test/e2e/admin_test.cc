@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
@@ -21,39 +22,15 @@ using nlohmann::json;
 // Listener "web" -> round-robin pool "web" (backend b1 by address, b2 with
 // id "b2", weight 2); listener "hash" -> maglev pool "hash".
 std::string admin_config(const TestBackend& b1, const TestBackend& b2, const TestBackend& h1) {
-  return global_section(1, true) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-
-[[listener]]
-name = "hash"
-bind = "127.0.0.1:0"
-pool = "hash"
-
-[[pool]]
-name = "web"
-selector = "round_robin"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-[[pool.backend]]
-address = "{}"
-id = "b2"
-weight = 2
-
-[[pool]]
-name = "hash"
-selector = "maglev"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-id = "h1"
-)",
-                                               b1.address(), b2.address(), h1.address());
+  return ConfigBuilder()
+      .global(1, true)
+      .listener("web", "web")
+      .listener("hash", "hash")
+      .pool("web", "none", R"(selector = "round_robin")")
+      .backend(b1.address())
+      .backend(b2.address(), "b2", "weight = 2")
+      .pool("hash", "none", R"(selector = "maglev")")
+      .backend(h1.address(), "h1");
 }
 
 std::string trim(std::string s) {

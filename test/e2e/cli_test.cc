@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
 
@@ -154,20 +155,11 @@ TEST_CASE("lb exits 1 when a listener cannot bind", "[e2e][cli][startup]") {
   Socket busy = tcp_listen("127.0.0.1");
   REQUIRE(busy);
   const uint16_t port = local_port(busy);
-  LbProcess lb(global_section(1, false) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{}"
-pool = "web"
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "127.0.0.1:{}"
-)",
-                                                      port, refused_port()));
+  LbProcess lb(ConfigBuilder()
+                   .global()
+                   .listener("web", "web", "", fmt::format("127.0.0.1:{}", port))
+                   .pool("web")
+                   .backend(fmt::format("127.0.0.1:{}", refused_port())));
   auto status = lb.wait_exit(in(kStartTimeout));
   INFO(lb.output());
   CHECK(status == 1);

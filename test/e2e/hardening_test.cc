@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
@@ -46,20 +47,11 @@ TEST_CASE("hardening: a flood of UDP sessions that cannot open logs a handful of
   // The backend only has to exist: it never answers, sessions stay open.
   Socket backend = udp_bind();
   REQUIRE(backend);
-  LbProcess lb(global_section(1) + fmt::format(R"(
-[[listener]]
-name = "dns"
-protocol = "udp"
-bind = "127.0.0.1:0"
-pool = "p"
-session_timeout = "10m"
-
-[[pool]]
-name = "p"
-[[pool.backend]]
-address = "127.0.0.1:{}"
-)",
-                                               local_port(backend)));
+  LbProcess lb(ConfigBuilder()
+                   .global(1, true)
+                   .listener("dns", "p", "protocol = \"udp\"\nsession_timeout = \"10m\"")
+                   .pool("p", "")
+                   .backend(fmt::format("127.0.0.1:{}", local_port(backend))));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("dns");
   REQUIRE(port != 0);
@@ -193,20 +185,8 @@ TEST_CASE("hardening: a [::] bind is IPv6-only and coexists with 0.0.0.0 on the 
           "[e2e][hardening][ipv6]") {
   TestBackend backend(TestBackend::named("b\n"));
   REQUIRE(backend.ok());
-  LbProcess lb(global_section(1) + fmt::format(R"(
-[[listener]]
-name = "v6"
-bind = "[::]:0"
-pool = "p"
-
-[[pool]]
-name = "p"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-)",
-                                               backend.address()));
+  LbProcess lb(
+      ConfigBuilder().global(1, true).listener("v6", "p", "", "[::]:0").pool("p").backend(backend.address()));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("v6");
   REQUIRE(port != 0);

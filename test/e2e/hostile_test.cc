@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
@@ -29,26 +30,10 @@
 namespace lb::test {
 namespace {
 
-// Listener "web" (with extra listener keys) in front of pool "web" with one
-// backend and no active health checks. `global` is the [global]/[admin] head.
-std::string web_config(const std::string& global, const std::string& backend,
-                       const std::string& listener_extra = "") {
-  return global + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-connect_timeout = "2s"
-{}
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-)",
-                              listener_extra, backend);
+// Listener "web" (connect_timeout 2s, and `listener_extra` keys) in front of
+// pool "web" with one backend and no active health checks.
+ConfigBuilder hostile_config(const std::string& backend, bool admin, const std::string& listener_extra = "") {
+  return web_config(backend, 1, admin, "connect_timeout = \"2s\"\n" + listener_extra);
 }
 
 // A fresh client's echo round trip through lb, byte-exact.
@@ -215,7 +200,7 @@ TEST_CASE("hostile: silent clients are cut by idle_timeout while an active clien
   constexpr size_t kSilent = 40;
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  LbProcess lb(web_config(global_section(1, false), backend.address(), R"(idle_timeout = "300ms")"));
+  LbProcess lb(hostile_config(backend.address(), false, R"(idle_timeout = "300ms")"));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   REQUIRE(port != 0);
@@ -283,7 +268,7 @@ TEST_CASE("hostile: a backend that resets mid-upload resets the client, and lb s
   constexpr size_t kResetAfter = 256 * 1024;
   ResettingBackend backend(kResetAfter, kResets);
   REQUIRE(backend.ok());
-  LbProcess lb(web_config(global_section(1, true), backend.address()));
+  LbProcess lb(hostile_config(backend.address(), true));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();
@@ -332,7 +317,7 @@ TEST_CASE("hostile: a client that resets mid-transfer gets its backend connectio
   constexpr int kClients = 5;
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  LbProcess lb(web_config(global_section(1, true), backend.address()));
+  LbProcess lb(hostile_config(backend.address(), true));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();
@@ -417,11 +402,8 @@ TEST_CASE(
 
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  const std::string global = fmt::format(
-      "[global]\nworkers = 2\naccess_log = \"off\"\nmax_connections = {}\n\n[admin]\nlisten = "
-      "\"127.0.0.1:0\"\n\n",
-      kMax);
-  LbProcess lb(web_config(global, backend.address()));
+  LbProcess lb(
+      hostile_config(backend.address(), true).global(2, true, "", fmt::format("max_connections = {}", kMax)));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();
@@ -539,7 +521,7 @@ TEST_CASE("hostile: garbage, huge headers, pipelining, slowloris and idle connec
           "[e2e][hostile][admin]") {
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  LbProcess lb(web_config(global_section(1, true), backend.address()));
+  LbProcess lb(hostile_config(backend.address(), true));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   const uint16_t admin = lb.admin_port();

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <regex>
 
+#include "test/support/config_builder.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
@@ -15,20 +16,7 @@ namespace lb::test {
 namespace {
 
 std::string minimal_config(unsigned workers) {
-  return global_section(workers, true) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "127.0.0.1:{}"
-)",
-                                                     refused_port());
+  return web_config(fmt::format("127.0.0.1:{}", refused_port()), workers, true);
 }
 
 TEST_CASE("start-up logs every bind, the admin address and 'started'", "[e2e][lifecycle]") {

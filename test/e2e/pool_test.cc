@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
@@ -27,24 +28,11 @@ struct BackendSpec {
 std::string pool_config(const std::vector<BackendSpec>& backends, unsigned workers, unsigned retries,
                         const std::string& health_check = "type = \"none\"",
                         const std::string& connect_timeout = "5s") {
-  std::string out = global_section(workers) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-retries = {}
-connect_timeout = "{}"
-
-[[pool]]
-name = "web"
-selector = "round_robin"
-[pool.health_check]
-{}
-)",
-                                                          retries, connect_timeout, health_check);
-  for (const auto& b : backends) {
-    out += fmt::format("\n[[pool.backend]]\naddress = \"{}\"\nweight = {}\n", b.address, b.weight);
-  }
+  ConfigBuilder out;
+  out.global(workers, true)
+      .listener("web", "web", fmt::format("retries = {}\nconnect_timeout = \"{}\"", retries, connect_timeout))
+      .pool("web", "", "selector = \"round_robin\"\n[pool.health_check]\n" + health_check);
+  for (const auto& b : backends) out.backend(b.address, "", fmt::format("weight = {}", b.weight));
   return out;
 }
 

@@ -14,28 +14,12 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
 
 namespace lb::test {
 namespace {
-
-std::string echo_config(const std::string& backend, unsigned workers) {
-  return global_section(workers, false) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-)",
-                                                      backend);
-}
 
 TEST_CASE("1200 concurrent connections echo correctly and release every fd", "[e2e][scale]") {
   constexpr size_t kConnections = 1200;
@@ -46,7 +30,7 @@ TEST_CASE("1200 concurrent connections echo correctly and release every fd", "[e
 
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  LbProcess lb(echo_config(backend.address(), 2));
+  LbProcess lb(web_config(backend.address(), 2));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("web");
   REQUIRE(port != 0);
@@ -125,7 +109,7 @@ TEST_CASE("a backend that stops reading does not grow lb's memory", "[e2e][backp
   // make RSS measure the allocator rather than lb's buffering.
   std::string asan = "ASAN_OPTIONS=quarantine_size_mb=1";
   if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
-  LbProcess lb(echo_config(backend.address(), 1), LbOptions{{}, {asan}});
+  LbProcess lb(web_config(backend.address(), 1), LbOptions{{}, {asan}});
   REQUIRE(lb.wait_started());
 
   Socket client = tcp_connect("127.0.0.1", lb.listener_port("web"), in(seconds(5)));
@@ -241,7 +225,7 @@ TEST_CASE("2000 clients that never read: lb's buffers stay within max_buffer_mem
   REQUIRE(backend.ok());
   std::string asan = "ASAN_OPTIONS=quarantine_size_mb=1";  // see the test above
   if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
-  std::string config = echo_config(backend.address(), 2);
+  std::string config = web_config(backend.address(), 2);
   config.replace(config.find("[global]\n"), 9, "[global]\nmax_buffer_memory = \"16MiB\"\n");
   LbProcess lb(config, LbOptions{{}, {asan}});
   REQUIRE(lb.wait_started());

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
@@ -142,27 +143,12 @@ TEST_CASE("least_connections sends new connections to the emptier backend", "[e2
   TestBackend idle(TestBackend::named("idle\n"));
   REQUIRE(busy.ok());
   REQUIRE(idle.ok());
-  std::string cfg = global_section(2) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-
-[[pool]]
-name = "web"
-selector = "least_connections"
-[pool.health_check]
-type = "none"
-
-[[pool.backend]]
-address = "{}"
-id = "busy"
-
-[[pool.backend]]
-address = "{}"
-id = "idle"
-)",
-                                                    busy.address(), idle.address());
+  std::string cfg = ConfigBuilder()
+                        .global(2, true)
+                        .listener("web", "web")
+                        .pool("web", "none", R"(selector = "least_connections")")
+                        .backend(busy.address(), "busy")
+                        .backend(idle.address(), "idle");
   LbProcess lb(cfg);
   REQUIRE(lb.wait_started());
   uint16_t port = lb.listener_port("web");

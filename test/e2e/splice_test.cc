@@ -17,6 +17,7 @@
 #include <catch2/catch.hpp>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
 
@@ -49,29 +50,12 @@ class PipeWatch {
   std::thread thread_;
 };
 
-std::string echo_config(const std::string& backend) {
-  return global_section(1, false) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-)",
-                                                backend);
-}
-
 }  // namespace
 
 TEST_CASE("a bulk stream moves to splice(2): lb holds pipes while it flows", "[e2e][splice]") {
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  LbProcess lb(echo_config(backend.address()));
+  LbProcess lb(web_config(backend.address()));
   REQUIRE(lb.wait_started());
   const int before = pipes_of(lb.pid());
   REQUIRE(before >= 0);
@@ -100,7 +84,7 @@ TEST_CASE("a bulk stream moves to splice(2): lb holds pipes while it flows", "[e
 TEST_CASE("small request/response traffic stays on the copy path however much it relays", "[e2e][splice]") {
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  LbProcess lb(echo_config(backend.address()));
+  LbProcess lb(web_config(backend.address()));
   REQUIRE(lb.wait_started());
   const int before = pipes_of(lb.pid());
   REQUIRE(before >= 0);
@@ -136,7 +120,7 @@ TEST_CASE("when splice(2) turns out unsupported, the connection goes on on the c
   REQUIRE(backend.ok());
   std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
   if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
-  LbProcess lb(echo_config(backend.address()),
+  LbProcess lb(web_config(backend.address()),
                LbOptions{{}, {std::string("LD_PRELOAD=") + LB_SPLICE_REFUSES_TCP_SHIM, asan}});
   REQUIRE(lb.wait_started());
   const std::string payload = random_bytes(8 << 20, 3);

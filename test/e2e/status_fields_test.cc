@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
@@ -24,48 +25,17 @@ using nlohmann::json;
 // one "dead"; "bad": unchecked pool whose only backend refuses; "closed": a
 // listener that denies every loopback client.
 std::string status_config(const TestBackend& ok, uint16_t dead_port) {
-  return global_section(1, true) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-
-[[listener]]
-name = "bad"
-bind = "127.0.0.1:0"
-pool = "bad"
-retries = 0
-
-[[listener]]
-name = "closed"
-bind = "127.0.0.1:0"
-pool = "web"
-deny = ["127.0.0.0/8"]
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "tcp"
-interval = "200ms"
-rise = 1
-fall = 1
-[[pool.backend]]
-address = "{}"
-id = "ok"
-weight = 3
-[[pool.backend]]
-address = "127.0.0.1:{}"
-id = "dead"
-
-[[pool]]
-name = "bad"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "127.0.0.1:{}"
-id = "refusing"
-)",
-                                               ok.address(), dead_port, dead_port);
+  const std::string dead = fmt::format("127.0.0.1:{}", dead_port);
+  return ConfigBuilder()
+      .global(1, true)
+      .listener("web", "web")
+      .listener("bad", "bad", "retries = 0")
+      .listener("closed", "web", R"(deny = ["127.0.0.0/8"])")
+      .pool("web", "tcp", "", "interval = \"200ms\"\nrise = 1\nfall = 1")
+      .backend(ok.address(), "ok", "weight = 3")
+      .backend(dead, "dead")
+      .pool("bad")
+      .backend(dead, "refusing");
 }
 
 const json* find(const json& arr, const std::string& key, const std::string& value) {

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
 
@@ -13,21 +14,11 @@ namespace {
 
 // One listener "web" on `bind` in front of pool "web" with one backend.
 std::string single_backend_config(const std::string& backend, const std::string& bind = "127.0.0.1:0") {
-  return global_section(1, false) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "{}"
-pool = "web"
-connect_timeout = "2s"
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-)",
-                                                bind, backend);
+  return ConfigBuilder()
+      .global()
+      .listener("web", "web", R"(connect_timeout = "2s")", bind)
+      .pool("web")
+      .backend(backend);
 }
 
 TEST_CASE("10 MB of random bytes are echoed byte-exact through lb", "[e2e][tcp]") {

@@ -6,28 +6,16 @@
 #include <thread>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
 
 namespace lb::test {
 namespace {
 
+// Listener "web" with a short idle_timeout, one backend.
 std::string idle_config(const std::string& backend) {
-  return global_section(1, false) + fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-idle_timeout = "300ms"
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-)",
-                                                backend);
+  return web_config(backend, 1, false, R"(idle_timeout = "300ms")");
 }
 
 TEST_CASE("idle_timeout closes an idle connection and spares an active one", "[e2e][timeout]") {

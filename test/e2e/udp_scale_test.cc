@@ -2,6 +2,9 @@
 // addresses and ports on few sockets) through the real lb binary. The long
 // versions (100,000 sessions, resolver and game profiles) are in
 // bench/udp_scale.py; these are sized for CI.
+#include <unistd.h>
+
+#include <algorithm>
 #include <csignal>
 
 #include <catch2/catch.hpp>
@@ -12,6 +15,7 @@
 #include <vector>
 
 #include "test/support/deadline.h"
+#include "test/support/dns.h"
 #include "test/support/lb_process.h"
 #include "test/support/udp.h"
 
@@ -65,6 +69,15 @@ TEST_CASE("20,000 UDP sessions share few upstream sockets: all answered, spread 
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("udp");
   const int fds_before = lb.fd_count();
+  auto probe_series = [](const std::string& address, const std::string& result) {
+    return series("lb_health_checks_total",
+                  "pool=\"p\",backend=\"" + address + "\",result=\"" + result + "\"");
+  };
+  for (auto& a : addresses)
+    REQUIRE(
+        wait_until([&] { return metric(lb.admin_port(), probe_series(a, "pass")) >= 1.0; }, in(seconds(10))));
+  std::map<std::string, double> fails_before;
+  for (auto& a : addresses) fails_before[a] = metric(lb.admin_port(), probe_series(a, "fail")).value_or(0);
   UdpSwarm swarm(kSessions, "127.3.0.1", 250);
   REQUIRE(swarm.ok());
   auto got = ask_all(swarm, port, 0, kSessions);
@@ -97,19 +110,96 @@ TEST_CASE("20,000 UDP sessions share few upstream sockets: all answered, spread 
     if (r.data.substr(0, r.data.find(':')) == first[r.endpoint].substr(0, first[r.endpoint].find(':')))
       ++same;
   CHECK(same == asked);
-  // Probes still pass (more of them after the sessions than before).
+  // Probes still pass with the sessions open (more of them now), and none
+  // failed while the sessions opened.
   for (auto& a : addresses) {
-    const std::string labels = "pool=\"p\",backend=\"" + a + "\"";
-    auto before = metric(lb.admin_port(), series("lb_health_checks_total", labels + ",result=\"pass\""));
+    auto before = metric(lb.admin_port(), probe_series(a, "pass"));
     REQUIRE(before);
-    CHECK(wait_until(
-        [&] {
-          return metric(lb.admin_port(), series("lb_health_checks_total", labels + ",result=\"pass\"")) >=
-                 *before + 2;
-        },
-        in(seconds(10))));
-    CHECK(metric(lb.admin_port(), series("lb_backend_up", labels)) == 1.0);
+    CHECK(wait_until([&] { return metric(lb.admin_port(), probe_series(a, "pass")) >= *before + 2; },
+                     in(seconds(10))));
+    CHECK(metric(lb.admin_port(), probe_series(a, "fail")).value_or(0) == fails_before[a]);
+    CHECK(metric(lb.admin_port(), series("lb_backend_up", "pool=\"p\",backend=\"" + a + "\"")) == 1.0);
   }
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("resolver-style DNS: 20,000 queries, each from a new address and port, through lb to dnsmasq",
+          "[udp][scale][dns]") {
+  Dnsmasq dns("192.0.2.1");
+  REQUIRE(dns.start(in(seconds(30))));
+  // No udp_source: the kernel picks the source, one route per query in
+  // flight. A DNS health check on the pool must keep passing under the load.
+  LbProcess lb(udp_config("udp_responses = 1\nsession_timeout = \"30s\"",
+                          "[pool.health_check]\ntype = \"dns\"\ndns_query = \"example.test\"\n"
+                          "interval = \"200ms\"\ntimeout = \"1s\"\n",
+                          {dns.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("udp");
+  const uint16_t admin = lb.admin_port();
+  const std::string labels = "pool=\"p\",backend=\"" + dns.address() + "\"";
+  const std::string passes = series("lb_health_checks_total", labels + ",result=\"pass\"");
+  const std::string fails = series("lb_health_checks_total", labels + ",result=\"fail\"");
+  REQUIRE(wait_until([&] { return metric(admin, series("lb_backend_up", labels)) == 1.0; }, in(seconds(10))));
+  const double fails_before = metric(admin, fails).value_or(0);
+  const double passes_before = metric(admin, passes).value_or(0);
+  const int fds_before = lb.fd_count();
+
+  // Query i is sent once, from endpoint i (its own source address and port,
+  // never used again), at most kWindow unanswered at a time: the pace is the
+  // machine's, and no socket buffer on the way can fill up.
+  constexpr size_t kQueries = 20000;
+  constexpr size_t kWindow = 100;
+  UdpSwarm swarm(kQueries, "127.8.0.1", 250);
+  REQUIRE(swarm.ok());
+  std::vector<bool> answered(kQueries);
+  size_t sent = 0, answers = 0, in_flight = 0, wrong = 0, unsent = 0, next_sample = 0;
+  int fds_max = fds_before;
+  while (sent < kQueries || in_flight > 0) {
+    for (; sent < kQueries && in_flight < kWindow; ++sent, ++in_flight)
+      unsent += !swarm.send(sent, port, dns_query(static_cast<uint16_t>(sent), "example.test"));
+    auto replies = swarm.receive(1, in(seconds(5)));
+    if (replies.empty()) break;  // what is still in flight is lost
+    for (auto& r : replies) {
+      if (r.endpoint >= kQueries || answered[r.endpoint] ||
+          dns_id(r.data) != static_cast<uint16_t>(r.endpoint) || dns_first_a(r.data) != "192.0.2.1") {
+        ++wrong;
+        continue;
+      }
+      answered[r.endpoint] = true;
+      ++answers;
+      --in_flight;
+    }
+    if (answers >= next_sample) {
+      fds_max = std::max(fds_max, lb.fd_count());
+      next_sample += 500;
+    }
+  }
+  // Whatever the kernel dropped on dnsmasq's or on this process's sockets is
+  // not lb's loss; with kWindow in flight there should be none anyway.
+  const uint64_t dropped_outside = udp_drops(dns.pid()) + udp_drops(::getpid());
+  INFO("sent " << sent << ", answered " << answers << ", dropped by dnsmasq's and the client's sockets "
+               << dropped_outside << ", dropped on lb's sockets " << udp_drops(lb.pid()) << ", lb fds before "
+               << fds_before << ", at most " << fds_max);
+  CHECK(sent == kQueries);
+  CHECK(unsent == 0);
+  CHECK(wrong == 0);
+  CHECK(answers + dropped_outside == kQueries);
+  CHECK(metric(admin, series("lb_udp_datagrams_total", "listener=\"udp\",direction=\"in\"")) ==
+        double(kQueries));
+  CHECK(metric(admin, series("lb_udp_datagrams_total", "listener=\"udp\",direction=\"out\"")) ==
+        double(answers));
+  // A session per query, and each ended with its answer (session_timeout is
+  // 30 s; a session that did not end would stay visible here).
+  CHECK(metric(admin, series("lb_listener_connections_total", "listener=\"udp\"")) == double(kQueries));
+  CHECK(wait_until([&] { return metric(admin, series("lb_listener_active", "listener=\"udp\"")) == 0.0; },
+                   in(seconds(10))));
+  // The routes of ended sessions are reused: lb's fds follow the queries in
+  // flight, not the queries sent (20,000 would exceed the process's limit).
+  CHECK(fds_max <= fds_before + int(kWindow) + 16);
+  // The DNS probes kept passing all along.
+  CHECK(wait_until([&] { return metric(admin, passes) >= passes_before + 2; }, in(seconds(10))));
+  CHECK(metric(admin, fails).value_or(0) == fails_before);
+  CHECK(metric(admin, series("lb_backend_up", labels)) == 1.0);
   CHECK(lb.terminate() == 0);
 }
 

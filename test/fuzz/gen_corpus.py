@@ -4,7 +4,12 @@
 The seeds are committed; this script only documents how the binary ones were
 made and regenerates them after a format change:
 
-    python3 test/fuzz/gen_corpus.py      (rewrites corpus/{proxy,http,dns})
+    python3 test/fuzz/gen_corpus.py      (rewrites corpus/{proxy,http,dns,client_hello})
+
+The client_hello seeds are the first bytes real clients (openssl s_client,
+Python's ssl, curl; from Debian) send to a listener of this script, plus
+framings of them (two records, one record per byte) and hand-made cases.
+A ClientHello carries ephemeral public key shares only, no secrets.
 
 The lb.toml seeds of corpus/conf are plain text and edited by hand.
 """
@@ -208,7 +213,82 @@ def dns():
     w("tc_bit", header(0x1234, 0x8380) + q)
 
 
+# ---- TLS ClientHello ---------------------------------------------------------
+
+
+def capture(argv_for_port):
+    """First bytes a client sends: up to its whole first flight (the client
+    waits for the server's answer, so a short quiet read is the end)."""
+    import socket
+    import subprocess
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    p = subprocess.Popen(argv_for_port(port), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    srv.settimeout(20)
+    conn, _ = srv.accept()
+    conn.settimeout(2)
+    data = b""
+    while True:
+        try:
+            chunk = conn.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        data += chunk
+        if len(data) >= 5 and len(data) >= 5 + struct.unpack(">H", data[3:5])[0]:
+            break
+    conn.close()
+    srv.close()
+    p.wait(timeout=30)
+    return data
+
+
+def reframe(record, size):
+    """The handshake payload of a one-record hello, in records of `size`."""
+    n = struct.unpack(">H", record[3:5])[0]
+    payload = record[5:5 + n]
+    out = b""
+    for i in range(0, len(payload), size):
+        part = payload[i:i + size]
+        out += b"\x16\x03\x01" + struct.pack(">H", len(part)) + part
+    return out
+
+
+def client_hello():
+    w = lambda name, data: write("client_hello", name, data)
+    py = ("import socket, ssl, sys\n"
+          "c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE\n"
+          "c.set_alpn_protocols(['h2', 'http/1.1'])\n"
+          "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+          "try:\n    c.wrap_socket(s, server_hostname='py.example.org')\nexcept Exception:\n    pass\n")
+    hellos = {
+        "openssl_s_client": lambda port: ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port,
+                                          "-servername", "api.example.com", "-alpn", "h2,http/1.1"],
+        "openssl_no_sni": lambda port: ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port,
+                                        "-noservername", "-tls1_2"],
+        "python_ssl": lambda port: ["/usr/bin/python3", "-c", py, str(port)],
+        "curl": lambda port: ["curl", "-sk", "--max-time", "20", "-o", "/dev/null", "--resolve",
+                              "curl.example.net:%d:127.0.0.1" % port, "https://curl.example.net:%d/" % port],
+    }
+    for name, argv in hellos.items():
+        data = capture(argv)
+        w(name, data)
+    first = capture(hellos["openssl_s_client"])
+    w("two_records", reframe(first, len(first) // 2))
+    w("record_per_byte", reframe(first, 1)[:6000])
+    w("http_get", b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    w("sslv2_hello", b"\x80\x2e\x01\x00\x02\x00\x15\x00\x00\x00\x10" + b"\x00" * 37)
+    w("truncated", first[:60])
+    w("alert_inside", first[:5 + 10].replace(first[3:5], struct.pack(">H", 10), 1) + b"\x15\x03\x03\x00\x02\x02\x28")
+    w("oversize_length", b"\x16\x03\x01\x40\x00\x01\x00\x40\x00")
+
+
 if __name__ == "__main__":
     proxy()
     http()
     dns()
+    client_hello()

@@ -7,6 +7,7 @@
 #   bash test/fuzz/run.sh                      every target, 60 s each (CI)
 #   LB_FUZZ_SECONDS=600 bash test/fuzz/run.sh  longer
 #   LB_FUZZ_TARGETS="proxy http" bash test/fuzz/run.sh
+#   LB_FUZZ_TARGETS=client_hello bash test/fuzz/run.sh
 #
 # The checked-in corpus is never written to: new inputs go to a temporary
 # directory that is removed afterwards (kept, with the artifacts, when a
@@ -17,7 +18,7 @@ root=$(pwd)
 fuzzdir=$root/test/fuzz
 build=$root/build-fuzz
 seconds=${LB_FUZZ_SECONDS:-60}
-targets=(${LB_FUZZ_TARGETS:-conf http dns proxy})
+targets=(${LB_FUZZ_TARGETS:-conf http dns proxy client_hello})
 jobs=${LB_FUZZ_BUILD_JOBS:-2}
 
 # --- packages ---------------------------------------------------------------
@@ -62,6 +63,7 @@ max_len() {
     http) echo 4096 ;;   # limits are reached through the tight-limits mode
     dns) echo 1024 ;;    # past a 512-byte classic reply and the 255-byte name limit
     proxy) echo 2200 ;;  # kMaxHeader (2048) plus payload after it
+    client_hello) echo 17000 ;;  # past kMaxClientHello (16384): the limit must be reachable
   esac
 }
 

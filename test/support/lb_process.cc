@@ -6,6 +6,8 @@
 #include <cstring>
 #include <exception>
 
+#include "test/support/config_builder.h"
+
 namespace lb::test {
 
 std::string lb_binary() {
@@ -26,11 +28,7 @@ bool lb_splice_enabled() {
                  strcasecmp(v, "no") == 0));
 }
 
-std::string global_section(unsigned workers, bool admin) {
-  std::string out = "[global]\nworkers = " + std::to_string(workers) + "\naccess_log = \"off\"\n\n";
-  if (admin) out += "[admin]\nlisten = \"127.0.0.1:0\"\n\n";
-  return out;
-}
+std::string global_section(unsigned workers, bool admin) { return ConfigBuilder().global(workers, admin); }
 
 std::optional<std::string> log_field(const std::string& line, const std::string& key) {
   const std::string needle = key + "=";

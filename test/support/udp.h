@@ -127,6 +127,10 @@ class UdpEcho {
   std::thread thread_;
 };
 
+// Datagrams the kernel dropped (full receive buffer) on the UDP sockets that
+// process `pid` holds open now: from /proc/PID/fd and /proc/net/udp{,6}.
+uint64_t udp_drops(pid_t pid);
+
 // Value of the sample `series` (name{labels}) in a /metrics body.
 inline std::optional<double> metric(uint16_t admin_port, const std::string& series) {
   auto r = http_get(admin_port, "/metrics");

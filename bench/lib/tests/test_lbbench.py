@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 import xml.dom.minidom
 
@@ -145,6 +146,33 @@ class LbloadTest(unittest.TestCase):
         self.assertEqual(doc["errors"], 50)   # lost after 1 s without an answer
         # Random ephemeral ports: a few of 200 may repeat by chance.
         self.assertGreaterEqual(len(set(responder.ports)), 190)
+
+
+    def echo(self, name, lifetime):
+        p = subprocess.Popen([self.tool, "echo", "0", name, str(lifetime)], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: (p.kill(), p.wait()))
+        return p, json.loads(p.stdout.readline())["port"]
+
+    def test_game_sessions_are_answered_and_counted_per_backend(self):
+        (_, a), (_, b) = self.echo("a", 30), self.echo("b", 30)
+        doc = self.run_tool("game", f"{a},{b}", 20, 1, 300)
+        self.assertEqual((doc["sent"], doc["received"], doc["bad"], doc["sessions_with_loss"]), (6000, 6000, 0, 0))
+        self.assertEqual(doc["backends"], {"a": {"sessions": 150, "moved": 0, "sessions_with_loss": 0, "lost": 0},
+                                           "b": {"sessions": 150, "moved": 0, "sessions_with_loss": 0, "lost": 0}})
+        self.assertGreaterEqual(doc["p999_us"], doc["p99_us"])
+        self.assertGreaterEqual(doc["p99_us"], doc["p50_us"])
+
+    def test_game_loss_is_charged_to_the_sessions_of_a_backend_that_went_away(self):
+        (gone, a), (_, b) = self.echo("a", 30), self.echo("b", 30)
+        client = subprocess.Popen([self.tool, "game", f"{a},{b}", "20", "2", "100"], stdout=subprocess.PIPE)
+        time.sleep(1.0)
+        gone.kill()
+        doc = json.loads(client.communicate(timeout=30)[0])
+        self.assertEqual(doc["backends"]["a"]["sessions_with_loss"], 50)
+        self.assertEqual(doc["backends"]["b"]["sessions_with_loss"], 0)
+        self.assertEqual(doc["sessions_with_loss"], 50)
+        self.assertEqual(doc["sent"] - doc["received"], doc["backends"]["a"]["lost"])
+        self.assertGreater(sum(doc["lost_by_second"][1:]), 0)
 
 
 class CpuAccountingTest(unittest.TestCase):

@@ -150,3 +150,7 @@ TEST_CASE("missing required keys point at their table", "[conf][errors]") { chec
 TEST_CASE("sections written with the wrong brackets", "[conf][errors]") { check_fixture("structure.toml"); }
 
 TEST_CASE("strings with a required shape", "[conf][errors]") { check_fixture("strings.toml"); }
+
+TEST_CASE("TLS keys: values, modes, routes, certificates, [pool.tls], hash_key sni", "[conf][errors][tls]") {
+  check_fixture("tls.toml");
+}

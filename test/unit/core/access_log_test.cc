@@ -39,6 +39,17 @@ TEST_CASE("access log lines are JSON with the spec's fields", "[access_log]") {
   lb::core::format_access_record(r, out);
   CHECK(out.find("\"backend\":null") != std::string::npos);
   CHECK(out.find("\"result\":\"refused\"") != std::string::npos);
+  CHECK(out.find("tls_version") == std::string::npos);  // not a TLS listener
+
+  out.clear();
+  r.tls = true;
+  lb::core::format_access_record(r, out);
+  CHECK(out.find("\"result\":\"refused\",\"tls_version\":null,\"alpn\":null}\n") != std::string::npos);
+  out.clear();
+  r.tls_version = "TLSv1.3";
+  r.alpn = "h2";
+  lb::core::format_access_record(r, out);
+  CHECK(out.find("\"tls_version\":\"TLSv1.3\",\"alpn\":\"h2\"}\n") != std::string::npos);
 }
 
 TEST_CASE("access log file is written off-thread and reopened", "[access_log]") {

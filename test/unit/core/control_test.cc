@@ -10,6 +10,7 @@
 #include "conf/load.h"
 #include "core/control.h"
 #include "core/select/selector_set.h"
+#include "test/support/config_builder.h"
 
 using lb::core::BackendTablePtr;
 using lb::core::ControlPlane;
@@ -27,26 +28,12 @@ lb::conf::Config load(const std::string& text) {
 // One tcp-checked pool "web" of backends "a" and "b" with the given weight
 // and slow_start: the slow-start tests' common configuration.
 lb::conf::Config slow_start_pool(const std::string& ramp, unsigned weight) {
-  return load(fmt::format(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-[[pool]]
-name = "web"
-slow_start = "{0}"
-[pool.health_check]
-type = "tcp"
-[[pool.backend]]
-address = "127.0.0.1:9001"
-id = "a"
-weight = {1}
-[[pool.backend]]
-address = "127.0.0.1:9002"
-id = "b"
-weight = {1}
-)",
-                          ramp, weight));
+  const std::string w = fmt::format("weight = {}", weight);
+  return load(lb::test::ConfigBuilder()
+                  .listener("web", "web")
+                  .pool("web", "tcp", fmt::format("slow_start = \"{}\"", ramp))
+                  .backend("127.0.0.1:9001", "a", w)
+                  .backend("127.0.0.1:9002", "b", w));
 }
 
 const char* kTwoPools = R"(
@@ -143,21 +130,11 @@ TEST_CASE("drain, weight and health change the candidates and the digest", "[con
 TEST_CASE("backups serve only while no primary is usable", "[control]") {
   std::vector<BackendTablePtr> published;
   ControlPlane cp([&](BackendTablePtr t) { published.push_back(t); });
-  auto cfg = load(R"(
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "web"
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "127.0.0.1:9001"
-[[pool.backend]]
-address = "127.0.0.1:9002"
-backup = true
-)");
+  auto cfg = load(lb::test::ConfigBuilder()
+                      .listener("web", "web")
+                      .pool("web")
+                      .backend("127.0.0.1:9001")
+                      .backend("127.0.0.1:9002", "", "backup = true"));
   // Build the pool by hand if backup is not accepted by conf yet.
   cp.apply(cfg);
   auto t = published.back();

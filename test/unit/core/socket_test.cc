@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 
 #include <catch2/catch.hpp>
 
@@ -57,4 +58,40 @@ TEST_CASE("accepted sockets inherit TCP_NODELAY from the listening socket", "[so
   CHECK(accepted_nodelay(true) != 0);
   // And it is the listener's setting that does it: without it, Nagle is on.
   CHECK(accepted_nodelay(false) == 0);
+}
+
+TEST_CASE("backend keepalive follows idle_timeout within bounds", "[socket][keepalive]") {
+  using namespace std::chrono;
+  auto p = lb::core::backend_keepalive(minutes(10));  // the default idle_timeout
+  CHECK(p.idle_s == 60);
+  CHECK(p.interval_s == 20);
+  CHECK(p.count == 3);
+  p = lb::core::backend_keepalive(seconds(30));
+  CHECK(p.idle_s == 3);
+  CHECK(p.interval_s == 1);
+  // A dead backend is found well before idle_timeout closes the connection.
+  CHECK(p.idle_s + p.interval_s * p.count < 30 / 2);
+  p = lb::core::backend_keepalive(milliseconds(200));  // never below 1 s
+  CHECK(p.idle_s == 1);
+  CHECK(p.interval_s == 1);
+  p = lb::core::backend_keepalive(hours(24));  // never above 60 s + 3 x 20 s
+  CHECK(p.idle_s == 60);
+  CHECK(p.interval_s == 20);
+}
+
+TEST_CASE("set_keepalive sets SO_KEEPALIVE and the three TCP timings", "[socket][keepalive]") {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  REQUIRE(lb::core::set_keepalive(fd, {7, 2, 3}));
+  auto opt = [fd](int level, int name) {
+    int v = -1;
+    socklen_t len = sizeof v;
+    REQUIRE(::getsockopt(fd, level, name, &v, &len) == 0);
+    return v;
+  };
+  CHECK(opt(SOL_SOCKET, SO_KEEPALIVE) == 1);
+  CHECK(opt(IPPROTO_TCP, TCP_KEEPIDLE) == 7);
+  CHECK(opt(IPPROTO_TCP, TCP_KEEPINTVL) == 2);
+  CHECK(opt(IPPROTO_TCP, TCP_KEEPCNT) == 3);
+  ::close(fd);
 }

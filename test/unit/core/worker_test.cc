@@ -10,11 +10,11 @@
 #include "core/stats.h"
 #include "core/worker.h"
 
-using lb::core::ListenEntry;
 using lb::core::ListenerRuntime;
 using lb::core::ListenerStats;
 using lb::core::SharedState;
 using lb::core::Worker;
+using lb::core::WorkerBind;
 using lb::core::WorkerMessage;
 
 namespace {
@@ -38,7 +38,7 @@ TEST_CASE("a listening socket the worker cannot adopt is closed, not leaked", "[
     rt->cfg.name = "web";
     rt->stats = std::make_shared<ListenerStats>(1);
     WorkerMessage m{WorkerMessage::Kind::Listeners, {}};
-    m.listeners.push_back(ListenEntry{"tcp|127.0.0.1:1", fd, rt});
+    m.binds.push_back(WorkerBind{"tcp|127.0.0.1:1", fd, rt});
     w.post(std::move(m));
     w.post(WorkerMessage{WorkerMessage::Kind::Abort, {}});
     w.join();

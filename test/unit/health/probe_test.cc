@@ -6,10 +6,13 @@
 #include <string>
 #include <thread>
 
+#include "core/tls/client_context.h"
 #include "health/dns.h"
 #include "health/http_probe.h"
 #include "health/probe.h"
 #include "health/tls_probe.h"
+#include "test/support/temp_dir.h"
+#include "test/support/tls_certs.h"
 #include "test/unit/health/servers.h"
 
 namespace lb::health {
@@ -46,15 +49,21 @@ bool eventually(Pred pred, milliseconds deadline = 5000ms) {
 
 // Runs one probe on a fresh loop until it reports, then checks that it
 // reported exactly once and left no handle behind.
-Outcome run_probe(const conf::HealthCheck& check, uint16_t backend_port) {
+// `pool_tls`: the env of a pool with [pool.tls] (its context, name, verify).
+Outcome run_probe(const conf::HealthCheck& check, uint16_t backend_port, const ProbeEnv* pool_tls = nullptr) {
   uv_loop_t loop;
   REQUIRE(uv_loop_init(&loop) == 0);
   SslCtxPtr tls = make_probe_tls_context();
   REQUIRE(tls);
   Outcome out;
   const auto t0 = steady_clock::now();
-  auto probe = make_probe(ProbeEnv{&loop, tls.get()}, check,
-                          probe_address(loopback_endpoint(backend_port), check.port),
+  ProbeEnv env{&loop, tls.get()};
+  if (pool_tls) {
+    env.tls = pool_tls->tls;
+    env.tls_name = pool_tls->tls_name;
+    env.tls_verify = pool_tls->tls_verify;
+  }
+  auto probe = make_probe(env, check, probe_address(loopback_endpoint(backend_port), check.port),
                           [&](bool pass, std::string reason) {
                             ++out.calls;
                             out.pass = pass;
@@ -256,6 +265,32 @@ TEST_CASE("tls probe: handshake with a self-signed server passes, SNI is sent", 
   CHECK(sni.pass);
   CHECK(server.last_sni() == "backend.example");
   CHECK(eventually([&] { return server.handshakes() >= 1; }));
+}
+
+TEST_CASE("tls probe: [pool.tls] settings verify the backend's certificate", "[health][probe][tls]") {
+  testing::TlsServer server;  // self-signed
+  lb::test::TempDir dir;
+  lb::test::TestCa ca;
+  lb::tls::ClientSettings cs;
+  cs.ca_file = dir.write_file("ca.pem", ca.cert_pem());
+  std::string error;
+  auto strict = lb::tls::ClientContext::load(cs, &error);
+  cs.verify = false;
+  auto lax = lb::tls::ClientContext::load(cs, &error);
+  REQUIRE(strict);
+  REQUIRE(lax);
+  const std::string name = "backend.example";
+  auto c = check_of(conf::HealthType::Tls);
+
+  ProbeEnv verifying{nullptr, strict->ctx(), &name, true};
+  auto refused = run_probe(c, server.port(), &verifying);
+  CHECK_FALSE(refused.pass);
+  CHECK(refused.reason.find("certificate verify failed") != std::string::npos);
+
+  ProbeEnv trusting{nullptr, lax->ctx(), &name, false};
+  auto passed = run_probe(c, server.port(), &trusting);
+  CHECK(passed.pass);
+  CHECK(server.last_sni() == name);  // the pool's name is sent when tls_sni is empty
 }
 
 TEST_CASE("tls probe: a server that does not speak TLS fails", "[health][probe][tls]") {

@@ -10,6 +10,7 @@
 #include "conf/config.h"
 #include "core/hash/flow_hash.h"
 #include "core/hash/hash.h"
+#include "core/select/flow_hash.h"
 
 using namespace lb::hash;
 
