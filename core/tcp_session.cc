@@ -427,6 +427,8 @@ void TcpSession::log_access() {
       rec.alpn = hello_->alpn;
       rec.ja4 = hello_->ja4;
     } else if (tls_ && tls_->established()) {  // terminate: what was negotiated
+      const char* name = SSL_get_servername(tls_->stream().ssl(), TLSEXT_NAMETYPE_host_name);
+      if (name) rec.sni = name;
       rec.tls_version = tls_->stream().version();
       rec.alpn = tls_->stream().alpn();
     }

@@ -43,8 +43,8 @@
 
 #include "conf/config.h"
 #include "core/backend.h"
-#include "core/uv_ptr.h"
 #include "core/tls/client_context.h"
+#include "core/uv_ptr.h"
 #include "health/hysteresis.h"
 #include "health/probe.h"
 #include "health/tls_probe.h"

@@ -196,8 +196,9 @@ TEST_CASE("tls terminate: real clients, certificate by SNI, ALPN, echo, close_no
   std::ifstream f(access_log);
   std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   INFO(text);
-  CHECK(text.find("\"bytes_to_backend\":204800,\"bytes_to_client\":204800,\"result\":\"ok\","
-                  "\"tls_version\":\"TLSv1.3\",\"alpn\":\"h2\"}") != std::string::npos);
+  CHECK(text.find("\"bytes_to_backend\":204800,\"bytes_to_client\":204800,\"result\":\"ok\",\"sni\":\"www.ec."
+                  "example.com\"") != std::string::npos);
+  CHECK(text.find("\"tls_version\":\"TLSv1.3\",\"alpn\":\"h2\",\"ja4\":null}") != std::string::npos);
 }
 
 TEST_CASE("tls terminate: failed and late handshakes are counted, nothing reaches the backend",

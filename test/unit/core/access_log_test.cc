@@ -44,12 +44,14 @@ TEST_CASE("access log lines are JSON with the spec's fields", "[access_log]") {
   out.clear();
   r.tls = true;
   lb::core::format_access_record(r, out);
-  CHECK(out.find("\"result\":\"refused\",\"tls_version\":null,\"alpn\":null}\n") != std::string::npos);
+  CHECK(out.find("\"result\":\"refused\",\"sni\":null,\"tls_version\":null,\"alpn\":null,\"ja4\":null}\n") !=
+        std::string::npos);
   out.clear();
   r.tls_version = "TLSv1.3";
   r.alpn = "h2";
   lb::core::format_access_record(r, out);
-  CHECK(out.find("\"tls_version\":\"TLSv1.3\",\"alpn\":\"h2\"}\n") != std::string::npos);
+  CHECK(out.find("\"sni\":null,\"tls_version\":\"TLSv1.3\",\"alpn\":\"h2\",\"ja4\":null}\n") !=
+        std::string::npos);
 }
 
 TEST_CASE("access log file is written off-thread and reopened", "[access_log]") {
