@@ -177,6 +177,60 @@ void ControlPlane::set_health(const Backend& b, bool up) {
   }
 }
 
+std::vector<handover::BackendState> ControlPlane::save() const {
+  std::lock_guard lk(mu_);
+  const auto now = clock_();
+  const auto r = std::memory_order_relaxed;
+  std::vector<handover::BackendState> out;
+  for (const auto& p : pools_)
+    for (const auto& st : p.backends) {
+      handover::BackendState b;
+      b.pool = p.cfg.name;
+      b.id = st.backend->id;
+      b.up = st.up;
+      b.drain = st.drain;
+      b.admin_weight = st.weight_override >= 0 ? static_cast<uint32_t>(st.weight_override) + 1 : 0;
+      if (st.ramping)
+        b.slow_start_elapsed_ms = std::max<uint64_t>(
+            1, static_cast<uint64_t>(
+                   std::chrono::duration_cast<std::chrono::milliseconds>(now - st.ramp_start).count()));
+      b.total = st.backend->total.load(r);
+      b.connect_failures = st.backend->connect_failures.load(r);
+      b.bytes_to_backend = st.backend->bytes_to_backend.load(r);
+      b.bytes_to_client = st.backend->bytes_to_client.load(r);
+      b.checks_pass = st.backend->checks_pass.load(r);
+      b.checks_fail = st.backend->checks_fail.load(r);
+      out.push_back(std::move(b));
+    }
+  return out;
+}
+
+void ControlPlane::restore(const std::vector<handover::BackendState>& saved) {
+  std::lock_guard lk(mu_);
+  const auto now = clock_();
+  const auto r = std::memory_order_relaxed;
+  for (const auto& b : saved)
+    for (auto& p : pools_) {
+      if (p.cfg.name != b.pool) continue;
+      for (auto& st : p.backends) {
+        if (st.backend->id != b.id) continue;
+        st.up = b.up;
+        st.seen_up = st.seen_up || b.up;
+        st.drain = b.drain;
+        st.weight_override = b.admin_weight > 0 ? static_cast<int>(b.admin_weight - 1) : -1;
+        st.ramping = b.slow_start_elapsed_ms > 0 && p.cfg.slow_start.count() > 0;
+        if (st.ramping) st.ramp_start = now - std::chrono::milliseconds(b.slow_start_elapsed_ms);
+        st.backend->total.fetch_add(b.total, r);
+        st.backend->connect_failures.fetch_add(b.connect_failures, r);
+        st.backend->bytes_to_backend.fetch_add(b.bytes_to_backend, r);
+        st.backend->bytes_to_client.fetch_add(b.bytes_to_client, r);
+        st.backend->checks_pass.fetch_add(b.checks_pass, r);
+        st.backend->checks_fail.fetch_add(b.checks_fail, r);
+      }
+    }
+  rebuild_locked();
+}
+
 bool ControlPlane::tick() {
   std::lock_guard lk(mu_);
   bool any = false;

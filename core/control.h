@@ -21,6 +21,7 @@
 
 #include "conf/config.h"
 #include "core/backend_table.h"
+#include "core/handover/state.h"
 
 namespace lb::core {
 
@@ -70,6 +71,13 @@ class ControlPlane {
   enum class Status { Ok, NoPool, NoBackend };
   Status set_drain(const std::string& pool, const std::string& id, bool drain);
   Status set_weight(const std::string& pool, const std::string& id, unsigned weight);
+
+  // Upgrade hand-over. save(): every backend's health, admin state, weight
+  // override, slow-start progress and counters. restore(): applies them to
+  // the installed backends of the same pool and id (others are left alone)
+  // and adds the counters to theirs, so no counter goes back; publishes.
+  std::vector<handover::BackendState> save() const;
+  void restore(const std::vector<handover::BackendState>& saved);
 
   struct BackendView {
     BackendPtr backend;

@@ -73,9 +73,14 @@ class ListenerStats {
 
   std::atomic<int64_t> open{0};
   SourceLimiter sources;
+  // What a previous program counted before an upgrade handed over (added to
+  // every sum, so counters never go back). Set on the main thread before
+  // the workers start, read-only afterwards.
+  ListenerTotals base;
 
   ListenerTotals sum() const {
-    ListenerTotals t;
+    ListenerTotals t = base;
+    t.active = 0;
     auto r = std::memory_order_relaxed;
     for (unsigned i = 0; i < n_; ++i) {
       const Slot& s = slots_[i];

@@ -312,6 +312,12 @@ HttpResponse handle_admin(AdminControl& s, const HttpRequest& req) {
   }
   if (p == "/metrics") return get ? metrics_response(s) : method_not_allowed();
   if (p == "/api/v1/status") return get ? status(s) : method_not_allowed();
+  if (p == "/api/v1/upgrade") {
+    if (req.method != "POST") return method_not_allowed();
+    std::string refused = s.upgrade();
+    if (!refused.empty()) return json_error(409, refused);
+    return json_response(202, json{{"status", "upgrading"}, {"generation", s.generation()}});
+  }
   static const std::string kPools = "/api/v1/pools/";
   if (p.rfind(kPools, 0) == 0) {
     // {pool}/backends/{id}; the path is already percent-decoded, and an id

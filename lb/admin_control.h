@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "conf/config.h"
@@ -32,6 +33,12 @@ class AdminControl {
   virtual core::ControlPlane& control() = 0;
   // Access-log lines dropped because the writer fell behind (0 when off).
   virtual uint64_t access_log_dropped() const = 0;
+  // Upgrades in place: ok (counted by the program that took over), refused.
+  virtual uint64_t upgrades_ok() const = 0;
+  virtual uint64_t upgrades_refused() const = 0;
+  // Starts an upgrade in place (docs/upgrade.md): "" when it started,
+  // otherwise why it was refused (nothing changed).
+  virtual std::string upgrade() = 0;
 };
 
 }  // namespace lb::app

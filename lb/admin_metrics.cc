@@ -166,6 +166,12 @@ HttpResponse metrics_response(AdminControl& s) {
     f.sample("result=\"error\"", s.reloads_error());
   }
   {
+    Family f(out, "lb_upgrades_total", "counter",
+             "Upgrades in place, by result (ok: counted by the program that took over).");
+    f.sample("result=\"ok\"", s.upgrades_ok());
+    f.sample("result=\"refused\"", s.upgrades_refused());
+  }
+  {
     Family f(out, "lb_access_log_dropped_total", "counter",
              "Access log lines dropped because the writer fell behind.");
     f.sample("", s.access_log_dropped());

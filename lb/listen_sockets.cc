@@ -49,17 +49,32 @@ void SocketActivation::match(const conf::Config& cfg) {
       for (const auto& e : l.bind) {
         std::string key = bind_key(l, e);
         if (by_bind_.count(key)) continue;
-        if (auto* in = systemd::match(inherited_, l.name, type, reinterpret_cast<const sockaddr*>(&e.addr),
-                                      e.addr_len, by))
-          by_bind_[key] = in;
+        auto* in = systemd::match(inherited_, l.name, type, reinterpret_cast<const sockaddr*>(&e.addr),
+                                  e.addr_len, by);
+        if (!in) continue;
+        Group& group = by_bind_[key];
+        group.push_back(in);
+        for (auto& other : inherited_)
+          if (!other.used && other.type == in->type && other.name == in->name &&
+              systemd::same_address(reinterpret_cast<const sockaddr*>(&other.addr), other.len,
+                                    reinterpret_cast<const sockaddr*>(&in->addr), in->len)) {
+            other.used = true;
+            group.push_back(&other);
+          }
       }
     }
   }
 }
 
-const systemd::InheritedSocket* SocketActivation::for_bind(const std::string& key) const {
+const SocketActivation::Group* SocketActivation::for_bind(const std::string& key) const {
   auto it = by_bind_.find(key);
-  return it == by_bind_.end() ? nullptr : it->second;
+  return it == by_bind_.end() ? nullptr : &it->second;
+}
+
+void SocketActivation::close_from(size_t first) {
+  by_bind_.clear();
+  for (size_t i = first; i < inherited_.size(); ++i) ::close(inherited_[i].fd);
+  if (first < inherited_.size()) inherited_.resize(first);
 }
 
 void SocketActivation::warn_unused() const {
@@ -69,21 +84,29 @@ void SocketActivation::warn_unused() const {
 
 namespace {
 
-// Socket activation: the inherited socket replaces binding. TCP: every
-// worker accepts from its own dup of it. UDP: one worker only, so a client's
-// datagrams are never split over workers.
+// Socket activation: the inherited sockets replace binding. One per worker
+// (a previous lb's SO_REUSEPORT group, from the descriptor store or an
+// upgrade): each worker gets its own, so the connections already queued on
+// each are all accepted. Otherwise the one socket systemd bound: TCP, every
+// worker accepts from its own dup of it; UDP, one worker only, so a
+// client's datagrams are never split over workers.
 std::optional<OpenedSockets::Bind> adopt_inherited(const conf::Listener& l,
-                                                   const systemd::InheritedSocket& in, int type,
+                                                   const SocketActivation::Group& socks, int type,
                                                    unsigned workers) {
+  const bool per_worker = socks.size() == workers;
+  if (!per_worker && socks.size() > 1)
+    log::warn("inherited sockets for one bind differ from the worker count listener={} sockets={} workers={}",
+              l.name, socks.size(), workers);
+  const systemd::InheritedSocket& in = *socks[0];
   OpenedSockets::Bind b;
   b.socket.protocol_type = type;
   b.socket.addr = in.addr;
   b.socket.len = in.len;
-  b.socket.single_worker = type == SOCK_DGRAM;
+  b.socket.single_worker = type == SOCK_DGRAM && !per_worker;
   b.socket.inherited = true;
   const unsigned serving = b.socket.single_worker ? 1 : workers;
   for (unsigned w = 0; w < serving; ++w) {
-    int fd = systemd::dup_for_worker(in);
+    int fd = systemd::dup_for_worker(per_worker ? *socks[w] : in);
     if (fd < 0) {
       log::error("cannot use inherited socket listener={} error=\"{}\"", l.name, strerror(-fd));
       return std::nullopt;
@@ -129,7 +152,7 @@ std::optional<OpenedSockets> open_listen_sockets(const conf::Config& cfg, unsign
     for (const auto& e : l.bind) {
       std::string key = bind_key(l, e);
       if (open.count(key) || out.binds.count(key)) continue;
-      const systemd::InheritedSocket* in = activation.for_bind(key);
+      const SocketActivation::Group* in = activation.for_bind(key);
       auto b = in ? adopt_inherited(l, *in, type, workers) : bind_new(l, e, type, workers);
       if (!b) return std::nullopt;
       out.binds.emplace(key, std::move(*b));

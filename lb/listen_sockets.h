@@ -4,7 +4,8 @@
 // Words: a *bind* is one address of a listener (conf::Listener::bind); its
 // *bind key* names it across reloads. Each bind has one SO_REUSEPORT socket
 // per worker, or, under socket activation, per-worker copies of the socket
-// systemd passed (an inherited UDP socket: worker 0 only).
+// systemd passed (an inherited UDP socket: worker 0 only), or the per-worker
+// sockets of a previous lb (descriptor store, upgrade in place).
 //
 // Thread: main thread only.
 #pragma once
@@ -45,6 +46,7 @@ class OwnedFd {
   OwnedFd(const OwnedFd&) = delete;
   OwnedFd& operator=(const OwnedFd&) = delete;
   ~OwnedFd();
+  int get() const { return fd_; }
   // Gives the descriptor up to the caller.
   int release() {
     int fd = fd_;
@@ -72,23 +74,34 @@ struct OpenedSockets {
 };
 
 // Socket activation (LISTEN_FDS): the sockets systemd passed, and which bind
-// each one serves for a given configuration.
+// each one serves for a given configuration. An upgrade's handed-over
+// sockets join them (add()), named after their listeners.
 class SocketActivation {
  public:
+  using Group = std::vector<systemd::InheritedSocket*>;
+
   // Takes over the inherited sockets (once, before other threads start);
   // returns what was odd about them ("" when nothing).
   std::string take_inherited();
-  // Every bind of `cfg` that an inherited socket serves, matched by listener
-  // name first across all listeners, then by address. Replaces the last match.
+  // One more inherited socket (an upgrade's); call match() afterwards.
+  void add(const systemd::InheritedSocket& in) { inherited_.push_back(in); }
+  size_t count() const { return inherited_.size(); }
+  // Closes the sockets from index `first` on and forgets them (the
+  // hand-over's copies, once the workers have theirs); call match() again.
+  void close_from(size_t first);
+  // Every bind of `cfg` that inherited sockets serve, matched by listener
+  // name first across all listeners, then by address; with each match, the
+  // rest of its group (same name, type and address: a previous lb's
+  // SO_REUSEPORT group, one per worker). Replaces the last match.
   void match(const conf::Config& cfg);
-  // The inherited socket serving `key` in the last match(), or null.
-  const systemd::InheritedSocket* for_bind(const std::string& key) const;
+  // The inherited sockets serving `key` in the last match(), or null.
+  const Group* for_bind(const std::string& key) const;
   // Logs the inherited sockets that the last match() left unused.
   void warn_unused() const;
 
  private:
   std::vector<systemd::InheritedSocket> inherited_;
-  std::map<std::string, systemd::InheritedSocket*> by_bind_;
+  std::map<std::string, Group> by_bind_;
 };
 
 // Opens a socket per worker for every bind of `cfg` not in `open` (inherited

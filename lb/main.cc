@@ -1,5 +1,8 @@
 // lb: command line, then hand over to Server.
+#include <fcntl.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <memory>
@@ -7,10 +10,15 @@
 #include <vector>
 
 #include "conf/load.h"
+#include "core/handover/state.h"
 #include "core/log.h"
 #include "core/tls/settings.h"
 #include "lb/ctl.h"
 #include "lb/server.h"
+
+#ifndef LB_BUILD_NOTE
+#define LB_BUILD_NOTE ""  // lb_alt (a test build) says what it is
+#endif
 
 namespace {
 
@@ -27,7 +35,8 @@ void usage(FILE* out) {
                "      --version       print the version and exit\n"
                "  -h, --help          this text\n"
                "\n"
-               "signals: SIGHUP reload, SIGTERM/SIGINT graceful stop, SIGUSR1 reopen the access log\n",
+               "signals: SIGHUP reload, SIGTERM/SIGINT graceful stop, SIGUSR1 reopen the access log,\n"
+               "         SIGUSR2 upgrade in place to the program now on disk (docs/upgrade.md)\n",
                kDefaultConfig);
 }
 
@@ -38,6 +47,7 @@ int main(int argc, char** argv) {
     return lb::app::run_ctl(std::vector<std::string>(argv + 2, argv + argc));
   std::string path = kDefaultConfig;
   bool check = false;
+  int handover_fd = -1;  // --handover-fd N: taking over from a running lb (docs/upgrade.md)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--config" || a == "-c") {
@@ -51,8 +61,22 @@ int main(int argc, char** argv) {
       path = a.substr(9);
     } else if (a == "--check") {
       check = true;
+    } else if (a == "--handover-version") {
+      // Hidden: asked by a running lb before it upgrades to this program.
+      std::printf("%s\n", lb::core::handover::version_line().c_str());
+      return 0;
+    } else if (a == "--handover-fd") {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "lb: %s needs a descriptor number\n", a.c_str());
+        return 2;
+      }
+      handover_fd = std::atoi(argv[++i]);
+      if (handover_fd < 3) {
+        std::fprintf(stderr, "lb: --handover-fd: not a descriptor above 2\n");
+        return 2;
+      }
     } else if (a == "--version") {
-      std::printf("lb %s\n", LB_VERSION);
+      std::printf("lb %s%s\n", LB_VERSION, LB_BUILD_NOTE);
       return 0;
     } else if (a == "--help" || a == "-h") {
       usage(stdout);
@@ -64,6 +88,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (handover_fd >= 0) ::fcntl(handover_fd, F_SETFD, FD_CLOEXEC);  // nothing lb starts inherits it
   auto res = lb::conf::load_file(path);
   if (!res.ok()) {
     for (const auto& d : res.errors) std::fprintf(stderr, "%s\n", d.str().c_str());
@@ -89,5 +114,6 @@ int main(int argc, char** argv) {
     return 0;
   }
   lb::app::Server server(std::move(*res.config));
+  if (handover_fd >= 0) server.set_handover_fd(handover_fd);
   return server.run();
 }

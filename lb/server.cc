@@ -15,6 +15,7 @@
 #include "health/health_checker.h"
 #include "lb/admin_api.h"
 #include "lb/privileges.h"
+#include "lb/upgrade.h"
 
 namespace lb::app {
 
@@ -75,6 +76,7 @@ unsigned Server::configured_workers(const conf::Config& cfg) {
 
 Server::Server(conf::Config config) : config_(std::move(config)) {
   uv_loop_init(&loop_);
+  exe_path_ = upgrade::own_executable();
   nworkers_ = configured_workers(config_);
 }
 
@@ -104,6 +106,7 @@ int Server::run() {
 
 bool Server::start() {
   apply_process_limits();
+  if (handover_fd_ >= 0 && !take_over()) return false;
   if (!open_access_log()) return false;
   make_threads();
   // Bind everything first, so a busy port fails fast, and before privileges
@@ -111,6 +114,7 @@ bool Server::start() {
   std::optional<OpenedSockets> fresh = open_listen_sockets(config_, nworkers_, bound_, activation_);
   if (!fresh) return false;
   for (const auto& [key, b] : fresh->binds) bound_[key] = b.socket;
+  store_listener_fds(config_, *fresh);
   // Key files are often readable by root only: read them before privileges
   // are dropped.
   if (!load_start_tls()) return false;
@@ -118,7 +122,12 @@ bool Server::start() {
   start_workers(*fresh);
   install_signals();
   log_started();
-  notifier_.ready();
+  if (handover_) {
+    drop_handover_sockets();
+    took_over();
+  } else {
+    notifier_.ready();
+  }
   notifier_.status(fmt::format("serving, generation {}", generation_));
   start_timers();
   return true;
@@ -174,7 +183,11 @@ std::unique_ptr<admin::HttpServer> Server::make_admin_server() {
 bool Server::open_admin() {
   if (!config_.admin.listen) return true;
   admin_ = make_admin_server();
-  int rc = admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
+  // After an upgrade, the previous program's admin socket: its port stays,
+  // and no request is refused while both programs accept on it.
+  const int handed = take_admin_fd();
+  int rc = handed >= 0 ? admin_->listen_fd(handed)
+                       : admin_->listen(reinterpret_cast<const sockaddr*>(&config_.admin.listen->addr));
   if (rc != 0) {
     log::error("cannot bind admin address={} error=\"{}\"", config_.admin.listen->text, uv_strerror(rc));
     return false;
@@ -214,7 +227,9 @@ bool Server::start_health() {
     log::error("cannot start health checker error=\"{}\"", e.what());
     return false;
   }
-  health_targets(control_->apply(config_), tls_);
+  auto pools = control_->apply(config_);
+  if (handover_) control_->restore(handover_->backends);
+  health_targets(pools, tls_);
   if (!health_->wait_initial(longest_probe_timeout(config_) + std::chrono::milliseconds(500)))
     log::warn("some backends had no first health result in time; they stay down until probed");
   return true;
@@ -222,13 +237,14 @@ bool Server::start_health() {
 
 void Server::start_workers(OpenedSockets& fresh) {
   listeners_ = make_runtimes(config_, tls_);
+  generation_ = 1;
+  if (handover_) restore_counters();
   post_listeners(config_, fresh);
   for (auto& w : workers_) w->start();
-  generation_ = 1;
 }
 
 void Server::install_signals() {
-  for (int sig : {SIGHUP, SIGTERM, SIGINT, SIGUSR1}) {
+  for (int sig : {SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2}) {
     auto sh = make_uv<uv_signal_t>(&loop_, this, nullptr, uv_signal_init);
     uv_signal_start(sh.get(), on_signal, sig);
     signals_.push_back(std::move(sh));
@@ -301,6 +317,7 @@ std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg,
 }
 
 void Server::post_listeners(const conf::Config& cfg, OpenedSockets& fresh) {
+  hold_copies(fresh);
   for (unsigned w = 0; w < nworkers_; ++w) {
     core::WorkerMessage msg{core::WorkerMessage::Kind::Listeners, {}};
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
@@ -362,6 +379,9 @@ void Server::on_signal(uv_signal_t* s, int signum) {
       if (self->access_log_) self->access_log_->reopen();
       log::info("reopening access log");
       break;
+    case SIGUSR2:
+      self->upgrade();
+      break;
     default:
       self->begin_stop();
   }
@@ -372,6 +392,7 @@ void Server::on_signal(uv_signal_t* s, int signum) {
 void Server::begin_stop() {
   if (draining_) return;
   draining_ = true;
+  if (upgrade_) upgrade_refused("stopping");
   if (reload_) reload_abort({"stopping"});
   notifier_.stopping();
   log::info("stopping drain_delay={}ms shutdown_timeout={}ms", config_.global.drain_delay.count(),
@@ -385,6 +406,7 @@ void Server::begin_stop() {
 
 void Server::stop_accepting() {
   accepting_stopped_ = true;
+  close_held();
   for (auto& w : workers_) w->post({core::WorkerMessage::Kind::Drain, {}});
   stop_deadline_ = uv_now(&loop_) + static_cast<uint64_t>(config_.global.shutdown_timeout.count());
   uv_timer_start(
@@ -405,6 +427,8 @@ void Server::check_drained() {
 }
 
 void Server::finish_stop() {
+  end_upgrade();
+  close_held();
   for (auto& w : workers_) w->post({core::WorkerMessage::Kind::Abort, {}});
   for (auto& w : workers_) {
     w->join();

@@ -1,6 +1,6 @@
 // Server: wires configuration, workers, the health checker, the control
 // plane and the admin API together, and owns the process lifecycle (start,
-// reload on SIGHUP, graceful stop on SIGTERM/SIGINT, SIGUSR1). It only wires:
+// reload on SIGHUP, graceful stop on SIGTERM/SIGINT, SIGUSR1, upgrade on SIGUSR2). It only wires:
 // sockets are opened by lb/listen_sockets.h, the admin API answers through
 // AdminControl (lb/admin_api.h), everything else lives in core/ and health/.
 //
@@ -8,6 +8,11 @@
 // process can go on: process limits, access log, threads and control plane,
 // listening sockets, admin listener, privilege drop, health checker and first
 // probes, workers, signals and timers.
+//
+// An upgrade in place (server_upgrade.cc; docs/upgrade.md) starts the
+// program now on disk with a versioned hand-over (core/handover/): the
+// listening sockets, the admin listener, counters and backend state. Once
+// the new program serves, this one stops accepting and drains.
 //
 // A reload (server_reload.cc) is a transaction of named steps, each started
 // by the previous one's completion on the main loop (nothing in it blocks the
@@ -37,6 +42,7 @@
 #include "core/access_log.h"
 #include "core/admin/http_server.h"
 #include "core/control.h"
+#include "core/handover/state.h"
 #include "core/tls/ticket_keys.h"
 #include "core/uv_ptr.h"
 #include "core/worker.h"
@@ -74,9 +80,23 @@ class Server final : public AdminControl {
   core::ControlPlane& control() override { return *control_; }
   // Main loop only (the access log is replaced there).
   uint64_t access_log_dropped() const override { return access_log_ ? access_log_->dropped() : 0; }
+  uint64_t upgrades_ok() const override { return upgrades_ok_; }
+  uint64_t upgrades_refused() const override { return upgrades_refused_; }
+
+  // Upgrade in place (SIGUSR2, POST /api/v1/upgrade; docs/upgrade.md):
+  // checks the program now at the path lb was started from, then starts it
+  // with the hand-over. "" when it started (the outcome follows
+  // asynchronously: the new program serves and this one leaves, or the
+  // refusal is logged and counted); otherwise why it was refused (logged
+  // and counted too), and nothing changed.
+  std::string upgrade() override;
+  // This process takes over from a running lb: the hand-over arrives on
+  // `fd` (lb --handover-fd). Call before run().
+  void set_handover_fd(int fd) { handover_fd_ = fd; }
 
  private:
-  struct Reload;  // a reload in progress (server_reload.cc)
+  struct Reload;   // a reload in progress (server_reload.cc)
+  struct Upgrade;  // an upgrade in progress: the new program and its channel (server_upgrade.cc)
 
   // --- start steps (server.cc) ---
   bool start();
@@ -120,6 +140,31 @@ class Server final : public AdminControl {
   void reload_abort(const std::vector<std::string>& errors);
   void reload_finished();
   void warn_restart_settings(const conf::Config& next) const;
+
+  // --- upgrade steps (server_upgrade.cc) ---
+  // The new program's side: receive the hand-over (false, with the reason
+  // sent back, when it cannot), apply what it carried, drop the received
+  // copies of the listening sockets once the workers have theirs, then
+  // report that it serves.
+  bool take_over();
+  int take_admin_fd();  // the handed-over admin socket, -1 when none
+  void restore_counters();
+  void drop_handover_sockets();
+  void took_over();
+  // The old program's side.
+  void upgrade_refused(const std::string& reason);
+  void upgrade_reply();
+  void handed_over(const std::string& reply);
+  void end_upgrade();
+  // held_: a copy of each socket handed to the workers.
+  void hold_copies(const OpenedSockets& fresh);
+  void forget_held_unbound();  // after a reload: binds no listener has any more
+  void close_held();
+  // File descriptor store: every socket of `fresh` that lb bound itself
+  // goes to systemd, named after its listener.
+  void store_listener_fds(const conf::Config& cfg, const OpenedSockets& fresh);
+  // ... and a reload's removed listeners leave it.
+  void remove_stored_fds(const conf::Config& next);
 
   // --- stop steps (server.cc) ---
   void begin_stop();
@@ -166,6 +211,18 @@ class Server final : public AdminControl {
   uint64_t generation_ = 0;
   uint64_t reloads_ok_ = 0;
   uint64_t reloads_error_ = 0;
+  // A copy of every listening socket the workers have (bind key -> one per
+  // worker that serves it), for an upgrade to hand over.
+  std::map<std::string, std::vector<int>> held_;
+  std::string exe_path_;  // the program lb was started from (upgrade target)
+  int handover_fd_ = -1;  // new program: the channel from the old one
+  std::unique_ptr<Upgrade> upgrade_;
+  std::optional<core::handover::HandoverState> handover_;  // new program: what it took over
+  std::vector<int> handover_fds_;                          // ... and the descriptors it came with
+  size_t handover_first_ = 0;                              // activation_'s sockets from here on: handed over
+  uint64_t upgrades_ok_ = 0;
+  uint64_t upgrades_refused_ = 0;
+  bool handed_over_ = false;  // old program: the new one serves, this one drains and leaves
   bool draining_ = false;
   bool accepting_stopped_ = false;
   bool stopped_ = false;
@@ -187,6 +244,14 @@ struct Server::Reload {
   uint64_t probe_deadline = 0;                  // loop time
   std::shared_ptr<const tls::Contexts> tls;     // every certificate, key and CA file, read again
   ~Reload();
+};
+
+// An upgrade in progress, on the old program's side (server_upgrade.cc).
+struct Server::Upgrade {
+  pid_t pid = -1;           // the new program
+  UvPtr<uv_poll_t> poll;    // readable: the new program's reply
+  UvPtr<uv_timer_t> timer;  // no reply in time
+  int sock = -1;            // our end of the hand-over channel
 };
 
 }  // namespace lb::app

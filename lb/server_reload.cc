@@ -208,6 +208,9 @@ void Server::commit_listeners(const conf::Config& next, OpenedSockets& fresh) {
     }
   }
   bound_ = std::move(kept);
+  forget_held_unbound();
+  store_listener_fds(next, fresh);
+  remove_stored_fds(next);
   post_listeners(next, fresh);
 }
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -184,6 +185,39 @@ bool Notifier::status(std::string_view text) const noexcept {
   }
 }
 
+bool Notifier::store_fds(std::string_view name, const std::vector<int>& fds) const noexcept {
+  if (fd_ < 0 || fds.empty() || !valid_fdname(name)) return false;
+  char msg[300];
+  int n =
+      std::snprintf(msg, sizeof msg, "FDSTORE=1\nFDNAME=%.*s", static_cast<int>(name.size()), name.data());
+  if (n <= 0 || static_cast<size_t>(n) >= sizeof msg) return false;
+  return ::sd_pid_notify_with_fds(0, 0, msg, fds.data(), static_cast<unsigned>(fds.size())) > 0;
+}
+
+bool Notifier::remove_stored_fds(std::string_view name) const noexcept {
+  if (fd_ < 0 || !valid_fdname(name)) return false;
+  char msg[300];
+  int n = std::snprintf(msg, sizeof msg, "FDSTOREREMOVE=1\nFDNAME=%.*s", static_cast<int>(name.size()),
+                        name.data());
+  if (n <= 0 || static_cast<size_t>(n) >= sizeof msg) return false;
+  return ::sd_pid_notify(0, 0, msg) > 0;
+}
+
+bool Notifier::main_pid_ready() const noexcept {
+  if (fd_ < 0) return false;
+  char msg[64];
+  int n = std::snprintf(msg, sizeof msg, "MAINPID=%ld\nREADY=1", static_cast<long>(::getpid()));
+  if (n <= 0 || static_cast<size_t>(n) >= sizeof msg) return false;
+  return ::sd_pid_notify(0, 0, msg) > 0;
+}
+
+bool valid_fdname(std::string_view name) {
+  if (name.empty() || name.size() > 255) return false;
+  for (char c : name)
+    if (c < 0x21 || c > 0x7e || c == ':') return false;
+  return true;
+}
+
 std::string reloading_message(uint64_t usec) {
   char buf[64];
   size_t n = format_reloading(buf, sizeof buf, usec);
@@ -256,20 +290,49 @@ std::vector<InheritedSocket> inherited_sockets(std::string* warnings) {
     }
   }
 
+  // The variables were unset above (so nothing lb spawns sees them, whatever
+  // happens next); libsystemd reads them, so put them back for its call.
+  ::setenv("LISTEN_PID", pid_s->c_str(), 1);
+  ::setenv("LISTEN_FDS", fds_s->c_str(), 1);
+  if (names_s) ::setenv("LISTEN_FDNAMES", names_s->c_str(), 1);
+  char** sd_names = nullptr;
+  // unset_environment=1: libsystemd removes the three variables again. It
+  // also marks every fd close-on-exec (not inherited by anything lb might
+  // exec; the worker copies made by dup_for_worker() are close-on-exec too).
+  int n = ::sd_listen_fds_with_names(1, &sd_names);
+  if (n < 0) {
+    // libsystemd refuses a name count that does not match (warned above) and
+    // gives up at the first fd that is not open; lb keeps every socket it
+    // can, names those it can, and says which fd it skipped (below).
+    if (!(n == -EINVAL && names_s && names.size() != *count))
+      warn("sd_listen_fds_with_names: " + errno_text(-n) + "; checking each fd");
+    n = static_cast<int>(*count);
+    for (unsigned i = 0; i < *count; ++i) {
+      int fd = static_cast<int>(kFirst + i);
+      int flags = ::fcntl(fd, F_GETFD);
+      if (flags >= 0 && !(flags & FD_CLOEXEC)) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+    }
+  } else if (n >= 0 && sd_names) {
+    // Without LISTEN_FDNAMES libsystemd names every fd "unknown": unnamed.
+    names.clear();
+    for (int i = 0; i < n; ++i) names.push_back(names_s && sd_names[i] ? sd_names[i] : "");
+  }
+  if (sd_names) {
+    for (char** p = sd_names; *p; ++p) std::free(*p);
+    std::free(sd_names);
+  }
+  ::unsetenv("LISTEN_PID");
+  ::unsetenv("LISTEN_FDS");
+  ::unsetenv("LISTEN_FDNAMES");
+
   std::vector<InheritedSocket> out;
-  out.reserve(*count);
-  for (unsigned i = 0; i < *count; ++i) {
+  out.reserve(static_cast<size_t>(n));
+  for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) {
     const int fd = static_cast<int>(kFirst + i);
     const std::string where = "inherited fd " + std::to_string(fd);
-    int flags = ::fcntl(fd, F_GETFD);
-    if (flags < 0) {
+    if (::fcntl(fd, F_GETFD) < 0) {
       warn(where + ": " + errno_text(errno) + "; skipped");
       continue;
-    }
-    // Not inherited by anything lb might exec; the worker copies made by
-    // dup_for_worker() are close-on-exec as well.
-    if (!(flags & FD_CLOEXEC) && ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) {
-      warn(where + ": F_SETFD: " + errno_text(errno));
     }
     InheritedSocket s;
     s.fd = fd;

@@ -1,8 +1,14 @@
-// systemd integration without libsystemd: readiness notifications
-// (sd_notify protocol), the watchdog interval and socket activation
-// (sd_listen_fds protocol). Both protocols are small, stable and documented
-// in sd_notify(3) and sd_listen_fds(3); implementing them here keeps lb free
-// of a runtime dependency that most non-systemd deployments would not have.
+// systemd integration: readiness notifications (sd_notify(3)), the
+// watchdog interval, the file descriptor store (FDSTORE=1, sd_pid_notify_with_fds)
+// and socket activation (sd_listen_fds_with_names(3)), through libsystemd.
+//
+// One exception: plain state messages (READY, RELOADING, WATCHDOG, ...) are
+// written with our own non-blocking sendto(2). libsystemd 252 (Debian
+// bookworm) sends them on a blocking socket, so a service manager that does
+// not read its queue would stall lb's main loop (admin API, watchdog timer)
+// inside sd_notify(); measured: sd_notify() hangs once ~10 datagrams are
+// queued. Messages that carry descriptors or a MAINPID (rare: start, reload,
+// upgrade) go through libsystemd, which owns SCM_RIGHTS/SCM_CREDENTIALS.
 //
 // Everything here is inert when systemd did not start the process: without
 // NOTIFY_SOCKET the Notifier is disabled and every send is a cheap no-op;
@@ -72,6 +78,20 @@ class Notifier {
   // in `text` become spaces (a newline would start another assignment).
   bool status(std::string_view text) const noexcept;
 
+  // "FDSTORE=1\nFDNAME=<name>" with `fds` attached (SCM_RIGHTS), through
+  // sd_pid_notify_with_fds(): systemd keeps the descriptors across a
+  // restart and passes them back as LISTEN_FDS/LISTEN_FDNAMES. `name` must
+  // be a valid FDNAME (printable, no ':', at most 255 bytes); callers check
+  // with valid_fdname(). May block briefly (libsystemd's socket is blocking).
+  bool store_fds(std::string_view name, const std::vector<int>& fds) const noexcept;
+  // "FDSTOREREMOVE=1\nFDNAME=<name>": systemd closes every stored fd of
+  // that name (a listener removed by a reload).
+  bool remove_stored_fds(std::string_view name) const noexcept;
+  // "MAINPID=<getpid()>\nREADY=1" through sd_pid_notify(): a new program
+  // that took over from an upgrade tells systemd it is the service's main
+  // process now (accepted with NotifyAccess=all, which the unit sets).
+  bool main_pid_ready() const noexcept;
+
   // How often to send WATCHDOG=1: half of WATCHDOG_USEC (the margin systemd
   // recommends), when WATCHDOG_USEC is a positive number and WATCHDOG_PID is
   // unset or equals getpid() at construction. std::nullopt otherwise.
@@ -87,6 +107,10 @@ class Notifier {
   std::string error_;
   std::optional<std::chrono::microseconds> watchdog_interval_;
 };
+
+// FDNAME rules of sd_pid_notify_with_fds(3): 1..255 printable ASCII bytes,
+// no ':' (the LISTEN_FDNAMES separator).
+bool valid_fdname(std::string_view name);
 
 // Builds the reloading() message for a CLOCK_MONOTONIC reading in µs.
 // Exposed for tests.
@@ -106,10 +130,13 @@ struct InheritedSocket {
 
 // Takes over the sockets systemd passed: when LISTEN_PID equals getpid(),
 // fds 3 .. 3+LISTEN_FDS-1, named by the colon-separated LISTEN_FDNAMES
-// (optional). Sets FD_CLOEXEC on each, reads its type and local address, and
-// unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES in every case so nothing
-// lb might spawn inherits them. Call once, on the main thread, before any
-// other thread starts (it changes the environment).
+// (optional), as sd_listen_fds_with_names() reads them. The variables are
+// also checked here first, only to explain in *warnings what libsystemd
+// would silently ignore, and a name count that does not match keeps the
+// sockets (libsystemd refuses them all): unnamed ones match by address. Sets FD_CLOEXEC on each, reads its
+// type and local address, and unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES in every case so nothing lb
+// might spawn inherits them. Call once, on the main thread, before any other thread starts (it changes the
+// environment).
 //
 // Returns the sockets in fd order. An fd that is not an open socket is
 // skipped (still marked close-on-exec when it is open). Anything odd (malformed variables, a name count that

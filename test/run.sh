@@ -11,7 +11,7 @@ root=$(pwd)
 jobs=$(nproc)
 
 # --- packages -------------------------------------------------------------
-packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev
+packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev libsystemd-dev
           libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd util-linux
           debhelper dpkg-dev pandoc lintian man-db
           python3 curl chromium prometheus clang-format clang-tidy)

@@ -1,4 +1,5 @@
 #include <netinet/in.h>
+#include <unistd.h>
 
 #include "core/admin/http_server_impl.h"
 
@@ -13,17 +14,23 @@ const std::string* HttpRequest::header(const std::string& lower_name) const {
 
 // ---- HttpServer::Impl --------------------------------------------------------
 
-int HttpServer::Impl::listen(const sockaddr* addr) {
-  if (closed) return UV_EINVAL;
-  if (listener != nullptr) return UV_EALREADY;
-  if (addr == nullptr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6)) {
+int HttpServer::Impl::listen(const sockaddr* addr, int fd) {
+  // Every early return closes `fd`: the server owns it from the call on.
+  auto fail = [fd](int rc) {
+    if (fd >= 0) ::close(fd);
+    return rc;
+  };
+  if (closed) return fail(UV_EINVAL);
+  if (listener != nullptr) return fail(UV_EALREADY);
+  if (fd < 0 && (addr == nullptr || (addr->sa_family != AF_INET && addr->sa_family != AF_INET6))) {
     return UV_EAFNOSUPPORT;
   }
   int rc = 0;
   listener = make_uv<uv_tcp_t>(loop, this, &rc, uv_tcp_init);
-  if (!listener) return rc;
+  if (!listener) return fail(rc);
   uv_tcp_t* h = listener.get();
-  rc = uv_tcp_bind(h, addr, 0);
+  rc = fd >= 0 ? uv_tcp_open(h, fd) : uv_tcp_bind(h, addr, 0);
+  if (rc != 0 && fd >= 0) ::close(fd);  // not the handle's: uv_tcp_open failed
   // libuv may defer a bind error (EADDRINUSE) to uv_listen().
   if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(h), kListenBacklog, on_connection);
   if (rc == 0) {
@@ -107,6 +114,16 @@ HttpServer::~HttpServer() {
 }
 
 int HttpServer::listen(const sockaddr* addr) { return impl_->listen(addr); }
+
+int HttpServer::listen_fd(int fd) { return impl_->listen(nullptr, fd); }
+
+int HttpServer::listener_fd() const {
+  uv_os_fd_t fd = -1;
+  if (impl_->listener == nullptr ||
+      uv_fileno(reinterpret_cast<uv_handle_t*>(impl_->listener.get()), &fd) != 0)
+    return -1;
+  return fd;
+}
 
 uint16_t HttpServer::port() const { return impl_->bound_port; }
 

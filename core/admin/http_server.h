@@ -75,6 +75,11 @@ class HttpServer {
   // Binds and listens; returns 0 or a libuv error code. Port 0 picks a port.
   // UV_EALREADY when already listening, UV_EINVAL after close().
   int listen(const sockaddr* addr);
+  // Listens on an already bound socket (an upgrade hands it over); the
+  // server owns `fd` from then on, even when this fails.
+  int listen_fd(int fd);
+  // The listening socket's descriptor (still owned here), -1 when none.
+  int listener_fd() const;
   // Actual bound port (after listen), host order.
   uint16_t port() const;
   // Closes the listener and every connection; idempotent.

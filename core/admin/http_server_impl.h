@@ -56,7 +56,8 @@ struct HttpServer::Impl {
   Impl(uv_loop_t* l, Handler h, HttpLimits lim)
       : loop(l), handler(std::move(h)), limits(lim), read_buffer(new char[kReadBufferSize]) {}
 
-  int listen(const sockaddr* addr);
+  // fd >= 0: listen on that bound socket (an upgrade's; owned from here on).
+  int listen(const sockaddr* addr, int fd = -1);
   void close();
   void close_listener();
   void unpin() {

@@ -99,16 +99,8 @@ TEST_CASE("ctl: drain, activate and weight change the backend; errors exit 1", "
   CHECK(t.lb->terminate() == 0);
 }
 
-TEST_CASE("ctl: upgrade reports the API's refusal and exits 1", "[e2e][ctl]") {
-  // POST /api/v1/upgrade does not exist yet (issue 19): ctl must say so, not
-  // pretend an upgrade happened.
-  CtlFixture t;
-  LbRun run = t.ctl({"upgrade"});
-  INFO(run.out << run.err);
-  CHECK(run.exit_status == 1);
-  CHECK(run.err.find("HTTP 404") != std::string::npos);
-  CHECK(t.lb->terminate() == 0);
-}
+// lb ctl upgrade: test/e2e/upgrade_test.cc (it needs lb running from a copy
+// the test can replace).
 
 TEST_CASE("ctl: a bad command line exits 2 without contacting lb", "[e2e][ctl]") {
   const std::vector<std::vector<std::string>> bad = {

@@ -32,7 +32,6 @@ using nlohmann::json;
 const std::set<std::string> kSpecifiedNotBuilt = {
     "lb_tls_handshakes_total",
     "lb_tls_certificate_expiry_timestamp_seconds",
-    "lb_upgrades_total",
 };
 
 std::string read_text(const std::string& path) {

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <csignal>
@@ -62,7 +63,14 @@ class NotifySocket {
   struct Message {
     Clock::time_point at;
     std::string text;
+    std::vector<int> fds;  // passed with it (SCM_RIGHTS); owned by the NotifySocket
   };
+  ~NotifySocket() {
+    for (auto& m : messages_)
+      for (int fd : m.fds) ::close(fd);
+  }
+  NotifySocket(const NotifySocket&) = delete;
+  NotifySocket& operator=(const NotifySocket&) = delete;
 
   NotifySocket() {
     if (dir_.path().empty()) return;
@@ -90,12 +98,28 @@ class NotifySocket {
       if (rc < 0 && errno == EINTR) continue;
       if (rc <= 0) return std::nullopt;
       char buf[4096];
-      ssize_t n = ::recv(sock_.fd(), buf, sizeof buf, MSG_DONTWAIT);
+      iovec iov{buf, sizeof buf};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 64)];
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      ssize_t n = ::recvmsg(sock_.fd(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
       if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) continue;
         return std::nullopt;
       }
-      messages_.push_back({Clock::now(), std::string(buf, static_cast<size_t>(n))});
+      Message m{Clock::now(), std::string(buf, static_cast<size_t>(n)), {}};
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          m.fds.push_back(fd);
+        }
+      }
+      messages_.push_back(std::move(m));
       return messages_.back().text;
     }
   }
@@ -125,12 +149,6 @@ type = "none"
 address = "{}"
 )",
                      backend);
-}
-
-bool echoes(uint16_t port, const std::string& payload) {
-  Socket s = tcp_connect("127.0.0.1", port, in(seconds(5)));
-  if (!s) return false;
-  return exchange(s, payload, payload.size(), in(seconds(5))).data == payload;
 }
 
 TEST_CASE("systemd: notify protocol — READY, WATCHDOG, RELOADING, STOPPING in order",
@@ -199,7 +217,68 @@ TEST_CASE("systemd: notify protocol — READY, WATCHDOG, RELOADING, STOPPING in 
     }
   }
   INFO("datagrams: " << transcript);
-  CHECK(sequence == std::vector<std::string>{"READY=1", "RELOADING=1", "READY=1", "STOPPING=1"});
+  CHECK(sequence == std::vector<std::string>{"FDSTORE=1", "FDNAME=web", "READY=1", "RELOADING=1", "READY=1",
+                                             "STOPPING=1"});
+}
+
+// The file descriptor store, emulated: lb stores its listening sockets with
+// the notify socket (FDSTORE=1, FDNAME=, SCM_RIGHTS); it crashes; a client
+// connects meanwhile and waits in the kernel's accept queue; a new lb gets
+// the stored sockets back as LISTEN_FDS and serves that client.
+TEST_CASE("systemd: the descriptor store keeps listening sockets across a crash", "[e2e][systemd][fdstore]") {
+  NotifySocket notify;
+  REQUIRE(notify.ok());
+  TestBackend echo(TestBackend::echo());
+  REQUIRE(echo.ok());
+  const uint16_t port = refused_port();
+  const std::string config =
+      global_section(2) +
+      fmt::format("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{}\"\npool = \"p\"\n", port) +
+      echo_config("", echo.address()).substr(global_section(1).size());
+  LbOptions options;
+  options.env = {"NOTIFY_SOCKET=" + notify.path()};
+  auto first = std::make_unique<LbProcess>(config, options);
+  auto stored = notify.wait_for("FDSTORE=1", in(kStartTimeout));
+  REQUIRE(stored);
+  CHECK(has_line(*stored, "FDNAME=web"));
+  REQUIRE(notify.wait_for("READY=1", in(kStartTimeout)));
+  const auto& msg = *std::find_if(notify.messages().begin(), notify.messages().end(),
+                                  [](const auto& m) { return has_line(m.text, "FDSTORE=1"); });
+  // workers = 2: both members of the SO_REUSEPORT group, so no queued
+  // connection is lost whichever socket the kernel put it on.
+  REQUIRE(msg.fds.size() == 2);
+  CHECK(echoes(port, "before the crash"));
+
+  REQUIRE(first->signal(SIGKILL));
+  first->wait_exit(in(kStopTimeout));
+  // lb is down: the sockets still exist (the store holds them), so these
+  // connect at once and wait in the accept queue.
+  std::vector<Socket> waiting;
+  for (int i = 0; i < 8; ++i) {
+    Socket s = tcp_connect("127.0.0.1", port, in(seconds(5)));
+    REQUIRE(s);
+    const std::string hello = fmt::format("queued {}", i);
+    REQUIRE(::send(s.fd(), hello.data(), hello.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(hello.size()));
+    waiting.push_back(std::move(s));
+  }
+
+  LbOptions again;
+  again.env = {"NOTIFY_SOCKET=" + notify.path(), "LISTEN_FDS=2", "LISTEN_FDNAMES=web:web"};
+  again.listen_fds = msg.fds;
+  LbProcess second(config, again);
+  REQUIRE(second.wait_started());
+  CHECK(second.process().find_line(std::regex(
+      fmt::format(R"(^info listening listener=web address=127\.0\.0\.1:{} inherited=true$)", port))));
+  CHECK(!second.process().find_line(
+      std::regex(R"(inherited socket matches no listener|differ from the worker count)")));
+  for (size_t i = 0; i < waiting.size(); ++i) {
+    const std::string hello = fmt::format("queued {}", i);
+    CHECK(read_exact(waiting[i], hello.size(), in(seconds(10))).data == hello);
+  }
+  CHECK(echoes(port, "after the restart"));
+  waiting.clear();  // else the graceful stop waits for them
+  REQUIRE(second.signal(SIGTERM));
+  CHECK(second.wait_exit(in(kStopTimeout)) == 0);
 }
 
 constexpr const char* kSocketActivate = "/usr/bin/systemd-socket-activate";

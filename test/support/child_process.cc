@@ -70,6 +70,9 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, SpawnOptions options)
     if (!overridden) env_strings.push_back(std::move(entry));
   }
   for (const auto& o : options_.env) env_strings.push_back(o);
+  // Filled in by the child with its own pid (no allocation after fork).
+  static constexpr char kListenPid[] = "LISTEN_PID=";
+  if (!options_.listen_fds.empty()) env_strings.push_back(std::string(kListenPid) + std::string(20, '\0'));
   std::vector<char*> envp;
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
@@ -109,6 +112,25 @@ ChildProcess::ChildProcess(std::vector<std::string> argv, SpawnOptions options)
     // No descriptor of the test process may leak into the child (it would
     // skew fd_count() and keep sockets alive): mark everything >= 3 CLOEXEC.
     ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (!options_.listen_fds.empty()) {
+      // Lift every fd clear of 3.. first, so no dup2 overwrites another.
+      const size_t n = options_.listen_fds.size();
+      int lifted[64];
+      if (n > 64) ::_exit(126);
+      for (size_t i = 0; i < n; ++i) {
+        lifted[i] = ::fcntl(options_.listen_fds[i], F_DUPFD_CLOEXEC, 200);
+        if (lifted[i] < 0) ::_exit(126);
+      }
+      for (size_t i = 0; i < n; ++i)
+        if (::dup2(lifted[i], static_cast<int>(3 + i)) < 0) ::_exit(126);  // dup2: not close-on-exec
+      char* slot = envp[envp.size() - 2] + sizeof(kListenPid) - 1;
+      char digits[20];
+      int len = 0;
+      for (long v = static_cast<long>(::getpid()); v > 0 && len < 20; v /= 10)
+        digits[len++] = static_cast<char>('0' + v % 10);
+      for (int i = 0; i < len; ++i) slot[i] = digits[len - 1 - i];
+      slot[len] = '\0';
+    }
     sigset_t none;
     sigemptyset(&none);
     ::sigprocmask(SIG_SETMASK, &none, nullptr);

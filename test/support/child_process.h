@@ -44,6 +44,10 @@ struct SpawnOptions {
   // `echo_prefix`. Defaults to on when LB_E2E_VERBOSE is set in the environment.
   bool echo_output = false;
   std::string echo_prefix;
+  // Socket activation as systemd does it: these descriptors (which stay
+  // open here) appear in the child as 3, 4, ... and LISTEN_PID is set to the
+  // child's pid. The caller sets LISTEN_FDS (and LISTEN_FDNAMES) in `env`.
+  std::vector<int> listen_fds;
 };
 
 class ChildProcess {

@@ -15,6 +15,11 @@ std::string lb_binary() {
   return LB_BINARY_PATH;
 }
 
+std::string lb_alt_binary() {
+  if (const char* p = std::getenv("LB_ALT_BINARY"); p && *p) return p;
+  return LB_ALT_BINARY_PATH;
+}
+
 std::string test_data_dir() { return LB_TEST_DATA_DIR; }
 
 bool lb_splice_enabled() {
@@ -56,10 +61,13 @@ uint16_t port_of(const std::string& address) {
 LbProcess::LbProcess(const std::string& config_toml, LbOptions options) {
   config_path_ = dir_.write_file("lb.toml", config_toml);
   std::vector<std::string> argv = std::move(options.prefix);
-  for (auto a : {lb_binary(), std::string("--config"), config_path_}) argv.push_back(std::move(a));
+  for (auto a :
+       {options.binary.empty() ? lb_binary() : options.binary, std::string("--config"), config_path_})
+    argv.push_back(std::move(a));
   for (auto& a : options.extra_args) argv.push_back(std::move(a));
   SpawnOptions spawn;
   spawn.env = std::move(options.env);
+  spawn.listen_fds = std::move(options.listen_fds);
   spawn.echo_prefix = "[lb] ";
   child_ = std::make_unique<ChildProcess>(std::move(argv), std::move(spawn));
 }

@@ -31,6 +31,9 @@ namespace lb::test {
 
 // Path of the lb executable the build produced.
 std::string lb_binary();
+// A second build of lb that differs from lb_binary() (its --version line):
+// the upgrade tests alternate between the two. $LB_ALT_BINARY overrides it.
+std::string lb_alt_binary();
 // test/data in the source tree (fixtures).
 std::string test_data_dir();
 
@@ -42,6 +45,8 @@ struct LbOptions {
   std::vector<std::string> extra_args;  // appended after --config FILE
   std::vector<std::string> env;         // "KEY=VALUE" for the child
   std::vector<std::string> prefix;      // a command lb runs under (NetNamespace::exec_prefix())
+  std::vector<int> listen_fds;          // socket activation: see SpawnOptions::listen_fds
+  std::string binary;                   // another lb build than lb_binary()
 };
 
 class LbProcess {

@@ -457,4 +457,10 @@ long udp_receive_queue(uint16_t port) {
   return -1;
 }
 
+bool echoes(uint16_t port, const std::string& payload) {
+  Socket s = tcp_connect("127.0.0.1", port, in(seconds(5)));
+  if (!s) return false;
+  return exchange(s, payload, payload.size(), in(seconds(5))).data == payload;
+}
+
 }  // namespace lb::test

@@ -104,6 +104,10 @@ ReadResult read_until(const Socket& s, std::string_view delimiter, Deadline dead
 ReadResult exchange(const Socket& s, std::string_view out, size_t expect_in, Deadline deadline,
                     bool shutdown_after_send = false);
 
+// A new connection to 127.0.0.1:port that echoes `payload` back in full
+// (each step bounded by five seconds).
+bool echoes(uint16_t port, const std::string& payload);
+
 // Whether the socket's peer has closed: waits until readable, then peeks.
 // Returns Eof/Reset when closed, Timeout when the connection is still open
 // (nothing arrived) at the deadline, Complete when data is waiting instead.

@@ -480,3 +480,55 @@ TEST_CASE("snapshot: effective_weight follows slow start, not drain or health", 
   const auto snap = cp.snapshot();
   for (auto& bv : snap[0].backends) CHECK(bv.weight == (bv.backend->id == "a" ? 7u : 3u));
 }
+
+TEST_CASE("save and restore carry health, drain, weight, slow start and counters to another plane",
+          "[control][handover]") {
+  auto now = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  auto clock = [&] { return now; };
+  ControlPlane before([](const BackendTablePtr&) {}, clock);
+  auto pools = before.apply(slow_start_pool("10s", 3));
+  auto& a = *pools[0].backends[0];
+  auto& b = *pools[0].backends[1];
+  before.set_health(a, true);
+  before.set_health(b, true);
+  before.set_health(b, false);
+  before.set_health(b, true);  // b ramps from now
+  now += std::chrono::seconds(4);
+  REQUIRE(before.set_drain("web", "a", true) == ControlPlane::Status::Ok);
+  REQUIRE(before.set_weight("web", "b", 5) == ControlPlane::Status::Ok);
+  a.total = 10;
+  a.bytes_to_client = 99;
+  b.checks_fail = 3;
+  auto saved = before.save();
+  REQUIRE(saved.size() == 2);
+  CHECK(saved[0].drain);
+  CHECK(saved[1].slow_start_elapsed_ms == 4000);
+  CHECK(saved[1].admin_weight == 6);  // weight + 1
+
+  ControlPlane after([](const BackendTablePtr&) {}, clock);
+  auto next = after.apply(slow_start_pool("10s", 3));
+  next[0].backends[0]->total = 1;  // counted by the new program already
+  after.restore(saved);
+  auto snap = after.snapshot();
+  REQUIRE(snap.size() == 1);
+  const auto& va = snap[0].backends[0];
+  const auto& vb = snap[0].backends[1];
+  CHECK(va.up);
+  CHECK(va.drain);
+  CHECK(va.weight == 3);
+  CHECK(vb.up);
+  CHECK_FALSE(vb.drain);
+  CHECK(vb.weight == 5);
+  // Still ramping, 4 s into its 10 s: neither restarted nor finished.
+  auto again = after.save();
+  REQUIRE(again.size() == 2);
+  CHECK(again[1].slow_start_elapsed_ms == 4000);
+  CHECK(again[0].slow_start_elapsed_ms == 0);
+  CHECK(next[0].backends[0]->total.load() == 11);  // added: no counter goes back
+  CHECK(next[0].backends[0]->bytes_to_client.load() == 99);
+  CHECK(next[0].backends[1]->checks_fail.load() == 3);
+  // A backend the new configuration does not have is ignored.
+  saved[0].id = "gone";
+  after.restore(saved);
+  CHECK(after.snapshot()[0].backends[0].backend->total.load() == 11);
+}

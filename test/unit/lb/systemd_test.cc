@@ -88,6 +88,32 @@ class FakeManager {
       if (::poll(&p, 1, poll_timeout_ms(deadline)) == 0) return std::nullopt;
     }
   }
+  // The next datagram and the descriptors passed with it (SCM_RIGHTS; the
+  // caller closes them), or nullopt if none arrives before the deadline.
+  std::optional<std::pair<std::string, std::vector<int>>> receive_fds(Deadline deadline) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, poll_timeout_ms(deadline)) <= 0) return std::nullopt;
+    char buf[4096];
+    iovec iov{buf, sizeof buf};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0) return std::nullopt;
+    std::vector<int> fds;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds.push_back(fd);
+      }
+    }
+    return std::make_pair(std::string(buf, static_cast<size_t>(n)), fds);
+  }
   // A datagram already queued, without waiting.
   std::optional<std::string> receive_now() {
     char buf[4096];
@@ -439,6 +465,57 @@ TEST_CASE("Notifier moves its socket", "[systemd]") {
   auto deadline = in(seconds(5));
   CHECK(manager.receive(deadline) == std::optional<std::string>("READY=1"));
   CHECK(manager.receive(deadline) == std::optional<std::string>("STOPPING=1"));
+}
+
+TEST_CASE("Notifier stores descriptors and names a new main process", "[systemd]") {
+  lb::test::TempDir dir;
+  const std::string path = dir.path() + "/notify";
+  FakeManager manager(path);
+  REQUIRE(manager.bound());
+  EnvGuard env(kNotifyVars);
+  env.set("NOTIFY_SOCKET", path);
+  sd::Notifier n;
+  REQUIRE(n.enabled());
+
+  int a = loopback_socket(SOCK_STREAM);
+  int b = loopback_socket(SOCK_DGRAM);
+  REQUIRE(a >= 0);
+  REQUIRE(b >= 0);
+  CHECK(n.store_fds("web", {a, b}));
+  CHECK(!n.store_fds("bad:name", {a}));  // ':' separates LISTEN_FDNAMES
+  CHECK(!n.store_fds("web", {}));
+  CHECK(n.remove_stored_fds("web"));
+  CHECK(n.main_pid_ready());
+
+  auto deadline = in(seconds(5));
+  auto stored = manager.receive_fds(deadline);
+  REQUIRE(stored);
+  CHECK(stored->first == "FDSTORE=1\nFDNAME=web");
+  REQUIRE(stored->second.size() == 2);
+  // The manager holds the same sockets, not copies of their addresses.
+  CHECK(local_address_text(stored->second[0]) == local_address_text(a));
+  CHECK(local_address_text(stored->second[1]) == local_address_text(b));
+  for (int fd : stored->second) ::close(fd);
+  CHECK(manager.receive(deadline) == std::optional<std::string>("FDSTOREREMOVE=1\nFDNAME=web"));
+  CHECK(manager.receive(deadline) ==
+        std::optional<std::string>("MAINPID=" + std::to_string(::getpid()) + "\nREADY=1"));
+  ::close(a);
+  ::close(b);
+
+  env.unset("NOTIFY_SOCKET");
+  sd::Notifier off;
+  CHECK(!off.store_fds("web", {0}));
+  CHECK(!off.main_pid_ready());
+}
+
+TEST_CASE("valid_fdname follows sd_pid_notify_with_fds(3)", "[systemd]") {
+  CHECK(sd::valid_fdname("web"));
+  CHECK(sd::valid_fdname(std::string(255, 'a')));
+  CHECK(!sd::valid_fdname(std::string(256, 'a')));
+  CHECK(!sd::valid_fdname(""));
+  CHECK(!sd::valid_fdname("a:b"));
+  CHECK(!sd::valid_fdname("a b"));
+  CHECK(!sd::valid_fdname("a\nb"));
 }
 
 TEST_CASE("reloading_message formats MONOTONIC_USEC", "[systemd]") {

@@ -1,0 +1,188 @@
+// The upgrade hand-over format (core/handover/state.h) and its channel
+// (core/handover/channel.h): a round trip keeps every field, and anything
+// this build cannot read for sure is refused with a reason.
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <thread>
+
+#include "core/handover/channel.h"
+#include "core/handover/state.h"
+
+namespace ho = lb::core::handover;
+using namespace std::chrono_literals;
+
+namespace {
+
+ho::HandoverState sample() {
+  ho::HandoverState s;
+  s.generation = 7;
+  s.reloads_ok = 5;
+  s.reloads_error = 1;
+  s.upgrades_ok = 2;
+  s.upgrades_refused = 3;
+  s.access_log_dropped = 11;
+  s.access_log_fd = 4;
+  s.admin_fd = 3;
+  s.listeners.push_back({"web", "tcp|127.0.0.1:8080", 1, {0, 1}});
+  s.listeners.push_back({"dns", "udp|127.0.0.1:5353", 2, {2, 3}});
+  s.listener_counters.push_back({"web", 100, 1, 2, 3, 4, 5, 0, 0});
+  s.listener_counters.push_back({"dns", 50, 0, 0, 0, 0, 0, 1000, 999});
+  ho::BackendState b;
+  b.pool = "p";
+  b.id = "10.0.0.1:80";
+  b.up = true;
+  b.drain = true;
+  b.admin_weight = 42;
+  b.slow_start_elapsed_ms = 1234;
+  b.total = 1ull << 40;
+  b.connect_failures = 9;
+  b.bytes_to_backend = 123456789;
+  b.bytes_to_client = 987654321;
+  b.checks_pass = 77;
+  b.checks_fail = 8;
+  s.backends.push_back(b);
+  ho::BackendState down;
+  down.pool = "p";
+  down.id = "db";
+  s.backends.push_back(down);
+  s.udp_sessions.push_back({"dns", {2, 0, 0x13, 0x89, 127, 0, 0, 1}, "p", "10.0.0.1:80", 4});
+  return s;
+}
+
+void put_u32(std::vector<uint8_t>& b, size_t at, uint32_t v) {
+  for (int i = 0; i < 4; ++i) b[at + static_cast<size_t>(i)] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+}  // namespace
+
+TEST_CASE("handover: encode/decode keeps every field", "[handover]") {
+  const ho::HandoverState s = sample();
+  auto bytes = ho::encode(s, 5);
+  REQUIRE(std::memcmp(bytes.data(), "LBHANDOV", 8) == 0);
+  std::string err;
+  auto back = ho::decode(bytes, 5, &err);
+  INFO(err);
+  REQUIRE(back);
+  CHECK(*back == s);
+  CHECK(back->version == ho::kHandoverVersion);
+
+  ho::HandoverState empty;
+  auto e = ho::decode(ho::encode(empty, 0), 0, &err);
+  REQUIRE(e);
+  CHECK(*e == empty);
+  CHECK(!e->access_log_fd);
+}
+
+TEST_CASE("handover: a version this build does not read is refused", "[handover]") {
+  auto bytes = ho::encode(sample(), 5);
+  std::string err;
+  SECTION("newer") {
+    put_u32(bytes, 8, ho::kHandoverVersion + 1);
+    CHECK(!ho::decode(bytes, 5, &err));
+    CHECK(err.find("version " + std::to_string(ho::kHandoverVersion + 1)) != std::string::npos);
+  }
+  SECTION("older than the oldest") {
+    put_u32(bytes, 8, ho::kHandoverMinVersion - 1);
+    CHECK(!ho::decode(bytes, 5, &err));
+    CHECK(err.find("not readable") != std::string::npos);
+  }
+}
+
+TEST_CASE("handover: damaged input is refused, never half-read", "[handover]") {
+  const auto good = ho::encode(sample(), 5);
+  std::string err;
+  SECTION("bad magic") {
+    auto b = good;
+    b[0] = 'X';
+    CHECK(!ho::decode(b, 5, &err));
+    CHECK(err.find("magic") != std::string::npos);
+  }
+  SECTION("truncated anywhere") {
+    for (size_t n = 0; n < good.size(); ++n) {
+      std::vector<uint8_t> b(good.begin(), good.begin() + static_cast<long>(n));
+      INFO("length " << n);
+      CHECK(!ho::decode(b, 5, &err));
+    }
+  }
+  SECTION("a flipped bit anywhere in the body") {
+    for (size_t i = 32; i < good.size(); ++i) {
+      auto b = good;
+      b[i] ^= 0x10;
+      INFO("byte " << i);
+      CHECK(!ho::decode(b, 5, &err));
+    }
+  }
+  SECTION("fewer descriptors than the state names") {
+    CHECK(!ho::decode(good, 4, &err));
+    CHECK(err.find("descriptor count") != std::string::npos);
+  }
+  SECTION("a descriptor index beyond what was sent") {
+    auto s = sample();
+    s.listeners[0].fds.push_back(9);
+    CHECK(!ho::decode(ho::encode(s, 5), 5, &err));
+    CHECK(err.find("out of range") != std::string::npos);
+  }
+}
+
+TEST_CASE("handover: --handover-version's line and its check", "[handover]") {
+  const std::string line = ho::version_line();
+  std::string err;
+  CHECK(ho::reads_version(line, ho::kHandoverVersion, &err));
+  CHECK(!ho::reads_version(line, ho::kHandoverVersion + 1, &err));
+  CHECK(err.find("writes " + std::to_string(ho::kHandoverVersion + 1)) != std::string::npos);
+  CHECK(!ho::reads_version("lb: unknown argument '--handover-version'", 1, &err));
+  CHECK(err.find("cannot read") != std::string::npos);
+  CHECK(ho::reads_version("handover reads 1-3 writes 3", 2, &err));
+}
+
+TEST_CASE("handover: the channel carries bytes and descriptors", "[handover]") {
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) == 0);
+  // More descriptors than fit one message, more bytes than one chunk.
+  std::vector<int> fds;
+  for (size_t i = 0; i < ho::kFdsPerMessage + 7; ++i) {
+    int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    fds.push_back(fd);
+  }
+  std::vector<uint8_t> bytes(ho::kChunk * 2 + 123);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7);
+
+  std::string send_err;
+  bool sent = false;
+  std::thread sender([&] { sent = ho::send_state(sv[0], bytes, fds, 5000ms, &send_err); });
+  std::string err;
+  auto got = ho::receive_state(sv[1], 5000ms, &err);
+  sender.join();
+  INFO(send_err << " / " << err);
+  REQUIRE(sent);
+  REQUIRE(got);
+  CHECK(got->bytes == bytes);
+  REQUIRE(got->fds.size() == fds.size());
+  for (size_t i = 0; i < fds.size(); ++i) {
+    struct stat a {
+    }, b{};
+    REQUIRE(::fstat(fds[i], &a) == 0);
+    REQUIRE(::fstat(got->fds[i], &b) == 0);
+    CHECK(a.st_rdev == b.st_rdev);
+    CHECK((::fcntl(got->fds[i], F_GETFD) & FD_CLOEXEC) != 0);
+  }
+
+  CHECK(ho::send_line(sv[1], "SERVING 123", 1000ms));
+  CHECK(ho::receive_line(sv[0], 1000ms) == std::optional<std::string>("SERVING 123"));
+
+  // The sender gone mid-way: an error, nothing leaked.
+  const std::string header = "STATE 100 0";
+  REQUIRE(::send(sv[0], header.data(), header.size(), 0) == static_cast<ssize_t>(header.size()));
+  ::close(sv[0]);
+  CHECK(!ho::receive_state(sv[1], 1000ms, &err));
+  CHECK(err.find("closed") != std::string::npos);
+  ::close(sv[1]);
+  for (int fd : fds) ::close(fd);
+  for (int fd : got->fds) ::close(fd);
+}
