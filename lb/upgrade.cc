@@ -75,6 +75,7 @@ ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::millis
   posix_spawnattr_t attr;
   default_signals(&attr);
   std::vector<char*> args;
+  args.reserve(argv.size() + 1);
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
   pid_t pid = -1;
