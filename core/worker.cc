@@ -292,6 +292,7 @@ void Worker::drain() {
   close_binds();
   std::vector<UdpListener*> udp = udp_all_;
   for (UdpListener* u : udp) u->drain();
+  drain_done_.store(true, std::memory_order_release);
 }
 
 char* Worker::udp_buffer() {

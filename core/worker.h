@@ -121,6 +121,11 @@ class Worker {
   unsigned index() const { return index_; }
   // Sessions open on this worker (read by the main thread while draining).
   int64_t open_sessions() const { return open_sessions_.load(std::memory_order_relaxed); }
+  // Drained: this worker has handled its Drain message (it accepts nothing
+  // more) and none of its sessions is open. Until the Drain is handled a
+  // connection can still be accepted, so "no session open" alone is not
+  // drained. Any thread.
+  bool drained() const { return drain_done_.load(std::memory_order_acquire) && open_sessions() == 0; }
 
   // --- used by sessions, on this worker's thread only ---
   uv_loop_t* loop() { return &loop_; }
@@ -217,6 +222,9 @@ class Worker {
   std::vector<UdpListener*> udp_all_;  // live and retired UDP listeners
   std::unique_ptr<char[]> udp_buffer_;
   std::atomic<int64_t> open_sessions_{0};
+  // Set (release) once a Drain has closed every bind: the sessions counted
+  // before it are then visible to the thread that reads it (acquire).
+  std::atomic<bool> drain_done_{false};
   bool aborting_ = false;
   bool splice_allowed_ = true;
   bool loop_closed_ = false;

@@ -413,10 +413,16 @@ void Server::stop_accepting() {
       stop_timer_.get(), [](uv_timer_t* t) { static_cast<Server*>(t->data)->check_drained(); }, 0, 20);
 }
 
+// Every worker must have handled its Drain first: until then it may still
+// accept a connection, which Abort would then cut.
 void Server::check_drained() {
   int64_t open = 0;
-  for (auto& w : workers_) open += w->open_sessions();
-  if (open == 0) {
+  bool drained = true;
+  for (auto& w : workers_) {
+    open += w->open_sessions();
+    drained = drained && w->drained();
+  }
+  if (drained) {
     finish_stop();
     return;
   }

@@ -96,6 +96,19 @@ struct AdoptedLb {
   }
 };
 
+// Waits for the old program's "handed over" line for `generation` and adopts
+// the new program it names (ended by the test if still running at the end).
+bool await_handover(LbProcess& lb, int generation, size_t from,
+                    std::vector<std::unique_ptr<AdoptedLb>>& adopted) {
+  auto handed = lb.wait_for_line(
+      std::regex(fmt::format(R"(^info upgrade handed over to pid=([0-9]+) generation={}$)", generation)),
+      in(seconds(30)), from);
+  if (!handed) return false;
+  adopted.push_back(std::make_unique<AdoptedLb>());
+  adopted.back()->pid = static_cast<pid_t>(std::stoi(handed->substr(handed->find("pid=") + 4)));
+  return true;
+}
+
 uint64_t status_generation(uint16_t admin) {
   HttpResponse r = http_get(admin, "/api/v1/status");
   std::smatch m;
@@ -142,11 +155,12 @@ struct UpgradableLb {
   std::unique_ptr<LbProcess> lb;
   uint16_t port = 0;
   uint16_t admin = 0;
-  UpgradableLb() {
+  explicit UpgradableLb(std::vector<std::string> env = {}) {
     REQUIRE(install_program(lb_binary(), program));
     REQUIRE(echo.ok());
     LbOptions options;
     options.binary = program;
+    options.env = std::move(env);
     lb = std::make_unique<LbProcess>(config(echo.address()), options);
     REQUIRE(lb->wait_started());
     port = lb->listener_port("web");
@@ -234,12 +248,7 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
       HttpResponse r = http_post(admin, "/api/v1/upgrade", "{}");
       CHECK(r.status == 202);
     }
-    auto handed = lb.wait_for_line(
-        std::regex(fmt::format(R"(^info upgrade handed over to pid=([0-9]+) generation={}$)", k + 1)),
-        in(seconds(30)), from);
-    REQUIRE(handed);
-    adopted.push_back(std::make_unique<AdoptedLb>());
-    adopted.back()->pid = static_cast<pid_t>(std::stoi(handed->substr(handed->find("pid=") + 4)));
+    REQUIRE(await_handover(lb, k + 1, from, adopted));
     CHECK(adopted.back()->pid != serving);
     serving = adopted.back()->pid;
     CHECK(lb.wait_for_line(std::regex(fmt::format(R"(^info upgraded generation={}$)", k + 1)), in(seconds(5)),
@@ -260,17 +269,7 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
     std::this_thread::sleep_for(milliseconds(5));
   steady.finish();
   INFO("steady connections ok=" << steady.ok.load() << " failed=" << steady.failed.load());
-#if defined(__SANITIZE_THREAD__)
-  // OPEN DEFECT (issue 19): under ThreadSanitizer's slowdown, one new
-  // connection in about 150 failed across the upgrades in one CI run (not
-  // yet explained: a reset or a 5 s stall at a hand-off). The plain and
-  // AddressSanitizer builds keep the strict check below; this build reports
-  // the count instead of failing, until the cause is found and fixed.
-  if (steady.failed.load() != 0)
-    WARN("upgrade under ThreadSanitizer: " << steady.failed.load() << " steady connection(s) failed");
-#else
   CHECK(steady.failed.load() == 0);
-#endif
   std::fprintf(
       stderr,
       "upgrade figures: steady connections %d, longest connect+echo %lld us, ping-pong longest %lld us\n",
@@ -287,6 +286,43 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
   // upgrade holds a few fewer than the first one: none of the test
   // harness's, e.g. no stdin of its own).
   CHECK(fds_after <= fds_before);
+  REQUIRE(::kill(serving, SIGTERM) == 0);
+  CHECK(wait_gone(serving, in(kStopTimeout)));
+}
+
+// A connection the kernel handed to a worker of the old program just before
+// that worker took its Drain must be served there, not cut: the old program
+// may leave only once every worker has stopped accepting and its sessions
+// are done. The shim holds each accepted connection a moment before lb sees
+// it, which widens the gap a loaded or ThreadSanitizer-built lb has anyway;
+// a sparse client (one connection at a time) makes "no session open" the
+// usual state when the old program checks.
+TEST_CASE("upgrade: a connection accepted while the old program stops accepting is served, not cut",
+          "[e2e][upgrade][drain]") {
+  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
+  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
+  UpgradableLb u({std::string("LD_PRELOAD=") + LB_SLOW_ACCEPT_SHIM, asan});
+  LbProcess& lb = *u.lb;
+  REQUIRE(echoes(u.port, "before"));
+  SteadyClient steady(u.port);
+  std::vector<std::unique_ptr<AdoptedLb>> adopted;
+  pid_t serving = lb.pid();
+  const int rounds = 8;
+  for (int k = 1; k <= rounds; ++k) {
+    INFO("upgrade " << k);
+    const size_t from = lb.line_count();
+    const int ok_before = steady.ok.load();
+    REQUIRE(::kill(serving, SIGUSR2) == 0);
+    REQUIRE(await_handover(lb, k + 1, from, adopted));
+    // The old program leaves; some connections were served meanwhile.
+    CHECK(wait_gone(serving, in(seconds(30))));
+    serving = adopted.back()->pid;
+    while (steady.ok.load() < ok_before + 5 && steady.failed.load() == 0)
+      std::this_thread::sleep_for(milliseconds(5));
+  }
+  steady.finish();
+  INFO("steady connections ok=" << steady.ok.load() << " failed=" << steady.failed.load());
+  CHECK(steady.failed.load() == 0);
   REQUIRE(::kill(serving, SIGTERM) == 0);
   CHECK(wait_gone(serving, in(kStopTimeout)));
 }

@@ -5,7 +5,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <memory>
+#include <thread>
 
 #include "core/stats.h"
 #include "core/worker.h"
@@ -47,4 +49,23 @@ TEST_CASE("a listening socket the worker cannot adopt is closed, not leaked", "[
   // have been reused.
   CHECK_FALSE(fd_open(fd));
   if (fd_open(fd)) ::close(fd);
+}
+
+TEST_CASE("a worker is drained only once it has handled its Drain, not merely with no session open",
+          "[worker]") {
+  // Until the worker has handled Drain it may still accept a connection; a
+  // stop or upgrade that took "no session open" for drained aborted such a
+  // connection (see the [drain] upgrade e2e test).
+  SharedState shared;
+  Worker w(0, shared);
+  w.post(WorkerMessage{WorkerMessage::Kind::Drain, {}});
+  CHECK(w.open_sessions() == 0);
+  CHECK_FALSE(w.drained());  // queued, not handled: the thread has not run
+  w.start();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!w.drained() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(w.drained());
+  w.post(WorkerMessage{WorkerMessage::Kind::Abort, {}});
+  w.join();
 }
