@@ -558,6 +558,7 @@ say "lb-nhg-sync restarts (SIGTERM, start again) while $held_count pinged connec
 agent hold-open restart "$held_count" traffic="$ping_ms" || fail "could not open the long-lived connections"
 gid_before=$(group_id)
 map_before=$(buckets_map)
+mon_line=$(wc -l <"$tmp/monitor.log")
 stop_pids 5000 TERM "$nhg_pid"
 grep -q "stopping (signal 15)" "$tmp/nhg-$nhg_runs.log" || fail "lb-nhg-sync did not stop on SIGTERM"
 group_count_is 2 || fail "stopping lb-nhg-sync changed the group"
@@ -567,6 +568,9 @@ wait_until 10 "the restarted lb-nhg-sync to adopt the group" grep -q "adopted gr
 grep -v "adopted group\|following table" "$tmp/nhg-$nhg_runs.log" && fail "the restarted lb-nhg-sync changed something"
 [ "$(group_id)" = "$gid_before" ] || fail "the restart replaced group $gid_before by $(group_id)"
 [ "$(buckets_map)" = "$map_before" ] || fail "the restart moved buckets"
+# Nor did its route or next hops flap: the kernel saw no change of ours at all.
+tail -n +"$(( mon_line + 1 ))" "$tmp/monitor.log" | grep " proto 250" \
+  && fail "restarting lb-nhg-sync changed its routes or next hops"
 agent hold-check restart max_cut=0 || fail "restarting lb-nhg-sync cut connections"
 cut_restart=$(sed -n 's/.*surviving instances cut: //p' <<<"$agent_said")
 
