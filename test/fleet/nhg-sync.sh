@@ -19,6 +19,7 @@ tmp=$(mktemp -d /tmp/lb-nhg.XXXXXX)
 mon_pid=""
 cleanup() {
   local rc=$?
+  set +e    # everything below runs, whatever fails
   [ -n "$mon_pid" ] && kill "$mon_pid" 2>/dev/null && wait "$mon_pid" 2>/dev/null
   ip netns del "$ns" 2>/dev/null
   [ "$rc" -ne 0 ] && [ -s "$tmp/log" ] && { echo "--- lb-nhg-sync's log"; cat "$tmp/log"; }
