@@ -55,8 +55,10 @@ run_ctest build
 if [ -z "${LB_TEST_QUICK:-}" ]; then
   # A fleet of lb instances behind a BIRD router doing ECMP (classic
   # multipath, then dist/fleet/lb-nhg-sync's resilient next-hop group), in
-  # network namespaces this test creates and removes (needs root; 25-40 s).
+  # network namespaces this test creates and removes (needs root; 25-30 s);
+  # before it, lb-nhg-sync's corner cases in a scratch namespace (4 s).
   echo "== test fleet"
+  bash "$root/test/fleet/nhg-sync.sh" || failed=1
   LB_BINARY="$root/build/lb/lb" bash "$root/test/fleet/run.sh" || failed=1
 fi
 

@@ -17,10 +17,13 @@
 # resilient next-hop group instead of the classic multipath route, killing an
 # instance cuts none of the other instances' established connections, an
 # instance joining cuts none of the established connections that carry
-# traffic and gets its share of new ones, and restarting lb-nhg-sync or the
-# router's BIRD cuts nothing; a dead backend moves only its own clients (plus a small margin);
-# an instance stopped with SIGTERM and drain_delay loses no in-flight
-# request. It prints the figures.
+# traffic and gets its share of new ones before unbalanced_timer, and
+# restarting lb-nhg-sync (run as its unit runs it: unprivileged, with
+# CAP_NET_ADMIN) or the router's BIRD cuts nothing; a dead backend moves only
+# its own clients (plus a small margin); an instance stopped with SIGTERM and
+# drain_delay loses no in-flight request; `lb-nhg-sync remove` hands the VIP
+# back to BIRD's multipath route. It measures the classic route's cuts on
+# instance loss and join in the same run, and prints the figures.
 #
 #   bash test/fleet/run.sh        (root, or re-runs itself with sudo)
 #   LB_BINARY=path/to/lb          default: build/lb/lb
@@ -468,15 +471,20 @@ kept_kill=$(sed -n 's/.*keeping their backend: //p' <<<"$agent_said")
 # --- lb-nhg-sync: a resilient next-hop group --------------------------------------------------
 # idle_timer: far above the ping interval, so a bucket that carries a pinged
 # connection never counts as idle; short, so a joining instance gets idle
-# buckets within seconds. unbalanced_timer 0 (the default): busy buckets never
-# move.
+# buckets within seconds. unbalanced_timer: after that long the kernel moves
+# busy buckets too (cutting their connections) to balance a join; the join
+# below must be balanced from idle buckets alone well before that.
 buckets=512
 idle_timer=3
+unbalanced_timer=30
 nhg_runs=0
 start_nhg() {
   nhg_runs=$((nhg_runs + 1))
-  run_in "$ns_r" "nhg-$nhg_runs" env LB_NHG_BUCKETS=$buckets LB_NHG_IDLE_TIMER=$idle_timer \
-    LB_NHG_UNBALANCED_TIMER=0 "$py" "$root/dist/fleet/lb-nhg-sync"
+  # As lb-nhg-sync.service runs it: an unprivileged user with CAP_NET_ADMIN only.
+  run_in "$ns_r" "nhg-$nhg_runs" setpriv --reuid=65534 --regid=65534 --clear-groups \
+    --inh-caps=-all,+net_admin --ambient-caps=-all,+net_admin --bounding-set=-all,+net_admin \
+    env LB_NHG_BUCKETS=$buckets LB_NHG_IDLE_TIMER=$idle_timer \
+    LB_NHG_UNBALANCED_TIMER=$unbalanced_timer "$py" "$root/dist/fleet/lb-nhg-sync"
   nhg_pid=$last_pid
 }
 group_id() { ip -n "$ns_r" route show "$vip/32" proto 250 | grep -o 'nhid [0-9]*' | cut -d' ' -f2; }
@@ -485,6 +493,7 @@ group_nexthops() {  # the members of the VIP's group, one per line
 }
 group_count_is() { [ "$(group_nexthops | grep -c .)" -eq "$1" ]; }
 buckets_map() { ip -n "$ns_r" nexthop bucket show id "$(group_id)" | awk '{print $4, $8}'; }
+bucket_idle() { ip -n "$ns_r" nexthop bucket show id "$(group_id)" | awk '{print $4, $6}'; }  # index, idle seconds
 buckets_of_at_least() {  # buckets_of_at_least K N: instance K's next hop owns N buckets or more
   local nh
   nh=$(ip -n "$ns_r" nexthop show proto 250 | awk -v gw="10.210.$1.2" '$3 == "via" && $4 == gw {print $2}')
@@ -507,10 +516,16 @@ for line in sys.stdin:
 ' "$(group_id)" "$vip"
 }
 
-say "lb-nhg-sync: i3 back, then the router balances over a resilient group ($buckets buckets, idle_timer ${idle_timer} s, unbalanced_timer 0)"
+# --- instance join, classic multipath route ------------------------------------------------
+say "instance join (classic multipath route): $held_count established connections over i1 i2, pinged, then lb in i3 starts again"
+agent hold-open classic_join "$held_count" traffic="$ping_ms" || fail "could not open the long-lived connections"
 start_lb 3
 wait_until 10 "the router to install the VIP via all three instances again" nexthop_count_is 3 \
   || fail "i3 was not announced again"
+agent hold-check classic_join || fail "hold-check"
+cut_classic_join=$(sed -n 's/.*surviving instances cut: //p' <<<"$agent_said")
+
+say "lb-nhg-sync: the router balances over a resilient group ($buckets buckets, idle_timer ${idle_timer} s, unbalanced_timer ${unbalanced_timer} s)"
 same_digests 1 2 3 >/dev/null || fail "digests differ after i3 came back"
 start_nhg
 wait_until 10 "lb-nhg-sync's group with three next hops" group_count_is 3 \
@@ -543,6 +558,7 @@ say "lb-nhg-sync restarts (SIGTERM, start again) while $held_count pinged connec
 agent hold-open restart "$held_count" traffic="$ping_ms" || fail "could not open the long-lived connections"
 gid_before=$(group_id)
 map_before=$(buckets_map)
+mon_line=$(wc -l <"$tmp/monitor.log")
 stop_pids 5000 TERM "$nhg_pid"
 grep -q "stopping (signal 15)" "$tmp/nhg-$nhg_runs.log" || fail "lb-nhg-sync did not stop on SIGTERM"
 group_count_is 2 || fail "stopping lb-nhg-sync changed the group"
@@ -552,6 +568,9 @@ wait_until 10 "the restarted lb-nhg-sync to adopt the group" grep -q "adopted gr
 grep -v "adopted group\|following table" "$tmp/nhg-$nhg_runs.log" && fail "the restarted lb-nhg-sync changed something"
 [ "$(group_id)" = "$gid_before" ] || fail "the restart replaced group $gid_before by $(group_id)"
 [ "$(buckets_map)" = "$map_before" ] || fail "the restart moved buckets"
+# Nor did its route or next hops flap: the kernel saw no change of ours at all.
+tail -n +"$(( mon_line + 1 ))" "$tmp/monitor.log" | grep " proto 250" \
+  && fail "restarting lb-nhg-sync changed its routes or next hops"
 agent hold-check restart max_cut=0 || fail "restarting lb-nhg-sync cut connections"
 cut_restart=$(sed -n 's/.*surviving instances cut: //p' <<<"$agent_said")
 
@@ -602,22 +621,37 @@ agent hold-open busy "$held_count" traffic="$ping_ms" || fail "could not open th
 agent hold-open silent "$silent_count" || fail "could not open the silent connections"
 # The point of the silent ones: connections that have sent nothing for longer
 # than idle_timer sit in buckets the kernel counts as idle, like empty ones.
-# Let them be silent that long (the scenario, not a guess at a race).
-sleep $((idle_timer + 1))
+# Wait until the kernel says so: every bucket used in the last 2 s (the busy
+# and the silent connections') is either still busy (used within 1 s) or idle
+# (unused for longer than idle_timer), and some are idle.
+fresh=$(bucket_idle | awk '$2 < 2 {print $1}')
+silent_buckets_idle() {
+  bucket_idle | awk -v fresh="$fresh" -v idle="$idle_timer" '
+    BEGIN { n = split(fresh, a, " "); for (i = 1; i <= n; i++) f[a[i]] = 1 }
+    ($1 in f) { if ($2 >= 1 && $2 <= idle) between = 1; if ($2 > idle) quiet = 1 }
+    END { exit !(quiet && !between) }'
+}
+wait_until $((idle_timer + 10)) "the silent connections' buckets to be idle" silent_buckets_idle \
+  || fail "the silent connections' buckets did not become idle"
 start_lb 4
 wait_until 15 "lb i4 /healthz 200" healthz_is 4 200
 start_bird_watch 4
 wait_until 20 "i4 in the group" group_count_is 4 || fail "i4 did not join the group"
 t_join=$(now_ms)
 same_digests 1 2 3 4 >/dev/null || fail "digests differ with i4"
-# i4 takes over idle buckets only: those without a pinged connection.
-wait_until $((idle_timer + 15)) "i4 to own its share of the buckets" buckets_of_at_least 4 $((buckets / 4)) \
-  || fail "i4 did not get its share of the buckets within $((idle_timer + 15)) s"
+say "lb-fleet-check: i1 i2 i3 i4 agree"
+fleet_check 1 2 3 4 || fail "lb-fleet-check failed with i4"
+# i4 takes over idle buckets only: those without a pinged connection. There
+# are enough of them for its share, so it must have it before unbalanced_timer
+# would make the kernel move busy buckets (and cut their connections).
+wait_until "$unbalanced_timer" "i4 to own its share of the buckets" buckets_of_at_least 4 $((buckets / 4)) \
+  || fail "i4 did not get its share of the buckets within unbalanced_timer (${unbalanced_timer} s)"
 balance_ms=$(( $(now_ms) - t_join ))
 say "i4 owns its $((buckets / 4)) buckets ${balance_ms} ms after it joined the group"
 agent probe after_join 2 instances=i1,i2,i3,i4 min_share=0.1 \
   || fail "new connections did not spread over the four instances"
 join_share=$(sed -n 's/.*flows per instance: //p' <<<"$agent_said")
+reach_ms=$(( $(now_ms) - t_join ))
 agent compare baseline after_join min_kept=1.0 || fail "a client reached another backend after i4 joined"
 agent hold-check busy max_cut=0 || fail "the join cut established connections that carry traffic"
 cut_join=$(sed -n 's/.*surviving instances cut: //p' <<<"$agent_said")
@@ -634,6 +668,7 @@ for k in "${all[@]}"; do wait_until 10 "i$k to mark b2 down" b2_down "$k"; done
 digest_after=$(same_digests "${all[@]}") || fail "digests differ after b2 died: $(for k in "${all[@]}"; do digest "$k"; done)"
 [ "$digest_after" != "$digest_before" ] || fail "the table digest did not change when b2 died"
 say "table_digest equal on i1 i2 i3 i4 without b2: $digest_after"
+fleet_check "${all[@]}" || fail "lb-fleet-check failed after b2 died"
 agent probe after_backend 2 instances=i1,i2,i3,i4 || fail "probe after b2 died"
 # 5 backends: b2's clients (about 1/5) must move; of the others at most 3 %.
 agent compare after_join after_backend dead=b2 max_moved_others=0.03 max_moved_total=0.25 \
@@ -680,11 +715,21 @@ say "lb in i1 exited with status $rc after ${exit_ms} ms"
 agent drain-finish instance=i1 min_after=1 || fail "requests were lost in the drain"
 drain_said=$agent_said
 
+# --- without lb-nhg-sync --------------------------------------------------------------------
+say "lb-nhg-sync stopped and its routes removed: the router is back on BIRD's multipath route"
+stop_pids 5000 TERM "$nhg_pid"
+ip netns exec "$ns_r" "$py" "$root/dist/fleet/lb-nhg-sync" remove 2>&1 | sed 's/^/   /'
+[ -z "$(ip -n "$ns_r" nexthop show proto 250)" ] || fail "lb-nhg-sync remove left next hops behind"
+ip -n "$ns_r" route get fibmatch "$vip" | sed 's/^/   /'
+ip -n "$ns_r" route get fibmatch "$vip" | grep -q "proto bird" || fail "the router does not use BIRD's route"
+nexthop_count_is 3 || fail "BIRD's route does not have i2 i3 i4"
+agent probe after_remove 1 instances=i2,i3,i4 min_share=0.1 || fail "BIRD's route did not carry the traffic"
+
 # --- figures ----------------------------------------------------------------------------------
 say "figures"
 moved=$(sed -n 's/.*clients of other backends moved: \([^;]*\); all clients moved: \(.*\)/\2 (of the other backends'"'"' clients: \1)/p' <<<"$backend_said")
 lost=$(sed -n 's/.*in-flight requests lost: //p' <<<"$drain_said")
-printf '   %-66s %s\n' \
+printf '   %-76s %s\n' \
   "flows per instance (3 instances):" "$spread" \
   "route withdrawn after lb was killed:" "${withdraw_kill_ms} ms" \
   "route withdrawn after the draining i1's watcher resumed:" "${withdraw_drain_ms} ms" \
@@ -692,14 +737,16 @@ printf '   %-66s %s\n' \
   "survivors' connections cut on instance loss, classic multipath:" "$cut_classic" \
   "survivors' connections cut on instance loss, resilient group:" "$cut_resilient" \
   "the dead instance's clients reconnected to the same backend:" "$reconnected" \
-  "BIRD's update of table 200 to the group update:" "${withdraw_group_ms} ms" \
+  "BGP withdrawal (BIRD's update of table 200) to the group update:" "${withdraw_group_ms} ms" \
   "lb killed to the group update:" "${group_kill_ms} ms" \
+  "connections cut on instance join, classic multipath:" "$cut_classic_join" \
+  "connections cut on instance join, resilient group (pinged every ${ping_ms} ms):" "$cut_join" \
+  "silent connections cut when i4 joined (idle_timer ${idle_timer} s):" "$cut_join_silent" \
+  "i4 owned its share of buckets after joining (unbalanced_timer ${unbalanced_timer} s):" "${balance_ms} ms" \
+  "new connections reached i4 (10 %+ of them) after joining:" "${reach_ms} ms" \
+  "new connections per instance after the join:" "$join_share" \
   "connections cut when lb-nhg-sync restarted:" "$cut_restart" \
   "connections cut when BIRD restarted (VIP unreachable ${bird_outage_ms} ms):" "$cut_bird" \
-  "connections cut when i4 joined (pinged every ${ping_ms} ms):" "$cut_join" \
-  "silent connections cut when i4 joined (idle_timer ${idle_timer} s):" "$cut_join_silent" \
-  "i4 owned its share of buckets after joining:" "${balance_ms} ms" \
-  "new connections per instance after the join:" "$join_share" \
   "clients moved when 1 of 5 backends died:" "$moved" \
   "in-flight requests lost while draining:" "$lost"
 say "fleet test passed in $(( ($(now_ms) - started) / 1000 )) s"
