@@ -93,6 +93,7 @@ struct WorkerMessage {
   };
   Kind kind;
   std::vector<WorkerBind> binds;  // Listeners: the whole new set
+  uint64_t seq = 0;               // Listeners: reported by listeners_applied() once in use
 };
 
 class Worker {
@@ -121,6 +122,9 @@ class Worker {
   unsigned index() const { return index_; }
   // Sessions open on this worker (read by the main thread while draining).
   int64_t open_sessions() const { return open_sessions_.load(std::memory_order_relaxed); }
+  // The seq of the last Listeners message this worker has applied: new
+  // connections it accepts from then on use that listener set (any thread).
+  uint64_t listeners_applied() const { return listeners_applied_.load(std::memory_order_acquire); }
 
   // --- used by sessions, on this worker's thread only ---
   uv_loop_t* loop() { return &loop_; }
@@ -217,6 +221,7 @@ class Worker {
   std::vector<UdpListener*> udp_all_;  // live and retired UDP listeners
   std::unique_ptr<char[]> udp_buffer_;
   std::atomic<int64_t> open_sessions_{0};
+  std::atomic<uint64_t> listeners_applied_{0};
   bool aborting_ = false;
   bool splice_allowed_ = true;
   bool loop_closed_ = false;
