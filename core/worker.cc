@@ -189,6 +189,7 @@ void Worker::drain_inbox() {
     switch (m.kind) {
       case WorkerMessage::Kind::Listeners:
         apply_binds(m.binds);
+        listeners_applied_.store(m.seq, std::memory_order_release);
         break;
       case WorkerMessage::Kind::Drain:
         drain();

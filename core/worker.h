@@ -93,6 +93,7 @@ struct WorkerMessage {
   };
   Kind kind;
   std::vector<WorkerBind> binds;  // Listeners: the whole new set
+  uint64_t seq = 0;               // Listeners: reported by listeners_applied() once in use
 };
 
 class Worker {
@@ -126,6 +127,9 @@ class Worker {
   // connection can still be accepted, so "no session open" alone is not
   // drained. Any thread.
   bool drained() const { return drain_done_.load(std::memory_order_acquire) && open_sessions() == 0; }
+  // The seq of the last Listeners message this worker has applied: new
+  // connections it accepts from then on use that listener set (any thread).
+  uint64_t listeners_applied() const { return listeners_applied_.load(std::memory_order_acquire); }
 
   // --- used by sessions, on this worker's thread only ---
   uv_loop_t* loop() { return &loop_; }
@@ -225,6 +229,7 @@ class Worker {
   // Set (release) once a Drain has closed every bind: the sessions counted
   // before it are then visible to the thread that reads it (acquire).
   std::atomic<bool> drain_done_{false};
+  std::atomic<uint64_t> listeners_applied_{0};
   bool aborting_ = false;
   bool splice_allowed_ = true;
   bool loop_closed_ = false;

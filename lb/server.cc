@@ -319,7 +319,7 @@ std::vector<ListenerRuntimePtr> Server::make_runtimes(const conf::Config& cfg,
 void Server::post_listeners(const conf::Config& cfg, OpenedSockets& fresh) {
   hold_copies(fresh);
   for (unsigned w = 0; w < nworkers_; ++w) {
-    core::WorkerMessage msg{core::WorkerMessage::Kind::Listeners, {}};
+    core::WorkerMessage msg{core::WorkerMessage::Kind::Listeners, {}, listeners_posted_ + 1};
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
       const auto& l = cfg.listeners[i];
       for (const auto& e : l.bind) {
@@ -334,6 +334,7 @@ void Server::post_listeners(const conf::Config& cfg, OpenedSockets& fresh) {
     }
     workers_[w]->post(std::move(msg));
   }
+  ++listeners_posted_;
   fresh.binds.clear();
 }
 

@@ -134,6 +134,7 @@ class Server final : public AdminControl {
   bool reload_open_access_log();
   void reload_probe();
   void reload_commit();
+  void announce_reload();
   void commit_listeners(const conf::Config& next, OpenedSockets& fresh);
   void commit_admin(const conf::Config& next);
   void commit_access_log(const conf::Config& next);
@@ -205,6 +206,11 @@ class Server final : public AdminControl {
   UvPtr<uv_timer_t> reload_timer_;  // a reload waiting for first probes
   std::unique_ptr<Reload> reload_;  // the reload in progress
   bool reload_again_ = false;       // SIGHUP during a reload: another one follows
+  // A committed reload waiting for every worker to use its listener set
+  // before it counts (generation, reload counter, log line, READY=1).
+  bool reload_announcing_ = false;
+  uint64_t announce_deadline_ = 0;
+  uint64_t listeners_posted_ = 0;  // seq of the last Listeners message posted
   std::unique_ptr<HostResolver> resolver_;
   std::string running_user_;  // [global] user as applied at start
   uint64_t stop_deadline_ = 0;

@@ -32,7 +32,7 @@ Server::Reload::~Reload() {
 // SIGHUP. Step 1, load: read, parse and validate; host names wait.
 void Server::reload() {
   if (draining_) return;
-  if (reload_) {
+  if (reload_ || reload_announcing_) {
     reload_again_ = true;  // the file may have changed again since this one read it
     log::info("reload already in progress; reloading again once it ends");
     return;
@@ -185,10 +185,36 @@ void Server::reload_commit() {
   commit_access_log(next);
 
   config_ = std::move(next);
-  ++generation_;
-  ++reloads_ok_;
-  log::info("reloaded generation={}", generation_);
-  reload_finished();
+  announce_reload();
+}
+
+// The workers switch to the new listener set (and its certificates) when
+// their loops read the message. The reload is done, and says so (generation,
+// lb_config_reloads_total, the log line, READY=1), once every worker has: a
+// client that saw the new generation and then connects gets the new
+// configuration, whichever worker accepts it.
+void Server::announce_reload() {
+  reload_announcing_ = true;
+  announce_deadline_ = uv_now(&loop_) + 5000;
+  if (!reload_timer_) reload_timer_ = make_uv<uv_timer_t>(&loop_, this, nullptr, uv_timer_init);
+  uv_timer_start(
+      reload_timer_.get(),
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Server*>(t->data);
+        bool applied = true;
+        for (const auto& w : self->workers_)
+          applied = applied && w->listeners_applied() >= self->listeners_posted_;
+        if (!applied && uv_now(t->loop) < self->announce_deadline_) return;
+        uv_timer_stop(t);
+        if (!applied)
+          log::warn("a worker has not taken the new configuration after 5 s; counting the reload");
+        self->reload_announcing_ = false;
+        ++self->generation_;
+        ++self->reloads_ok_;
+        log::info("reloaded generation={}", self->generation_);
+        self->reload_finished();
+      },
+      0, 1);
 }
 
 // The new listener set, with the sockets opened for it, to every worker.

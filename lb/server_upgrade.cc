@@ -106,7 +106,7 @@ std::string Server::upgrade() {
     why = "lb is stopping";
   else if (upgrade_)
     why = "an upgrade is already in progress";
-  else if (reload_)
+  else if (reload_ || reload_announcing_)
     why = "a reload is in progress";
   if (why.empty()) why = upgrade::check_program(exe_path_, config_.path, kUpgradeCheckTimeout);
   if (!why.empty()) {

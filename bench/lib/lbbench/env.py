@@ -20,6 +20,9 @@ PACKAGES = {
     "wrk": "/usr/bin/wrk",
     "dnsperf": "/usr/bin/dnsperf",
     "sockperf": "/usr/bin/sockperf",
+    # The TLS rows: certificates made at run time, lbtls linked with libssl.
+    "openssl": "/usr/bin/openssl",
+    "libssl-dev": "/usr/include/openssl/ssl.h",
 }
 
 
@@ -126,14 +129,15 @@ def build_lb(source_dir, build_dir, log_path, say):
 LBLOAD_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "tools", "lbload.c")
 
 
-def build_lbload(out_dir):
-    """Compiles bench/tools/lbload.c (the constant-rate client) into out_dir.
-    Returns (path, error)."""
+def build_lbload(out_dir, name="lbload", libs=()):
+    """Compiles bench/tools/NAME.c (lbload: the constant-rate client; lbtls:
+    the TLS client, with libs -lssl -lcrypto) into out_dir. Returns (path, error)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None, "no C compiler (cc)"
-    path = os.path.join(out_dir, "lbload")
-    r = _run([cc, "-O2", "-o", path, os.path.abspath(LBLOAD_SRC)], timeout=120)
+    path = os.path.join(out_dir, name)
+    src = os.path.join(os.path.dirname(os.path.abspath(LBLOAD_SRC)), name + ".c")
+    r = _run([cc, "-O2", "-o", path, src] + list(libs), timeout=120)
     if r.returncode != 0:
         return None, "cc failed: " + r.stdout.decode("utf-8", "replace")[-300:]
     return path, None

@@ -36,6 +36,16 @@ class IdleError(Exception):
     pass
 
 
+def accept_pending(backend, accepted):
+    """Accepts every connection waiting on the backend's socket into `accepted`."""
+    while True:
+        try:
+            s, _ = backend.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        accepted.append(s)
+
+
 def _settled_rss(pid, timeout=3.0):
     """RSS once two readings 200 ms apart agree (or the last one at timeout)."""
     deadline = time.monotonic() + timeout
@@ -82,12 +92,7 @@ def measure(backend, proxy_pid, port, n, timeout):
                 sel.register(c, selectors.EVENT_WRITE, "client")
             for key, _ in sel.select(0.2):
                 if key.data is None:
-                    while True:
-                        try:
-                            s, _ = backend.sock.accept()
-                        except (BlockingIOError, InterruptedError):
-                            break
-                        accepted.append(s)
+                    accept_pending(backend, accepted)
                 else:
                     c = key.fileobj
                     sel.unregister(c)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from . import env, idle, loads, peers, profile, report
+from . import env, idle, loads, peers, profile, report, tls
 from .procs import Supervisor, cpu_seconds_between, cpu_ticks
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir))
@@ -59,7 +59,7 @@ US_CONN, US_REQ, US_RT, US_QUERY = ("µs/conn", 1e6), ("µs/req", 1e6), ("µs/ro
 S_PER_GB = ("CPU-s/GB", 1e9)
 
 
-def workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path):
+def workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path, lbtls_path):
     tcp_rows = ["direct", "lb", "haproxy", "haproxy-splice", "nginx"]
     scaled_rows = ["direct", "lb", "lb-2w", "haproxy", "haproxy-splice", "nginx"]
     dns_rows = ["direct", "lb", "nginx", "dnsdist"]
@@ -79,12 +79,14 @@ def workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path):
     def tenth(rate):
         return max(100, rate // 10)
 
+    tls_wls = tls.workloads(Workload, args, sup, backend_idle, load_cpus, lbtls_path)
     return [
         # Memory first, while every proxy is fresh: later workloads would
         # leave freed memory in the allocators that idle connections reuse.
         Workload("idle_mem", f"memory per idle TCP connection ({args.idle_conns:,} conns)", "B/conn",
                  "bytes_per_conn", False, "idle", ["lb", "haproxy", "nginx"], idle_run, rounds=1,
                  cpu=False),
+        tls_wls[0],
         Workload("bulk1", "bulk TCP, 1 stream (iperf3)", "Gbps", "gbps", True, "bulk", scaled_rows,
                  lambda p, port, d: loads.iperf3(sup, port, d, 1, load_cpus), cost=S_PER_GB),
         Workload("bulk8", "bulk TCP, 8 streams (iperf3 -P 8)", "Gbps", "gbps", True, "bulk", scaled_rows,
@@ -121,12 +123,12 @@ def workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path):
                  traced_run=fixed("dns", tenth(args.resolver_rate))),
         Workload("dns_max", "DNS over UDP, max rate (dnsperf)", "qps", "qps", True, "dns", dns_rows,
                  dns_at(None), extras=["loss_pct", "lost"], cost=US_QUERY),
-    ]
+    ] + tls_wls[1:]
 
 
 WORKLOAD_KEYS = ("idle_mem", "bulk1", "bulk8", "connrate", "connrate_fixed", "keepalive", "keepalive_fixed",
-                 "pingpong", "dns_fixed", "dns_fixed_high", "dns_resolver", "dns_max")
-ROW_NAMES = ("direct", "lb", "lb-2w", "haproxy", "haproxy-splice", "nginx", "dnsdist")
+                 "pingpong", "dns_fixed", "dns_fixed_high", "dns_resolver", "dns_max") + tls.WORKLOAD_KEYS
+ROW_NAMES = ("direct", "lb", "lb-2w", "lb-tcp", "haproxy", "haproxy-splice", "nginx", "dnsdist")
 
 
 def parse_args(argv):
@@ -142,6 +144,8 @@ def parse_args(argv):
                     help="where lb is built (Release) when --lb is not given (default: build-bench)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing packages")
     ap.add_argument("--idle-conns", type=int, default=10000, help="idle connections for the memory workload")
+    ap.add_argument("--idle-tls-conns", type=int, help="idle TLS connections for the TLS memory workload "
+                                                          "(default 4,000; --quick 1,000)")
     ap.add_argument("--dns-rate", type=int, default=10000, help="queries/s of the first fixed-rate DNS workload")
     ap.add_argument("--dns-high-rate", type=int, default=30000, help="queries/s of the second fixed-rate DNS workload")
     ap.add_argument("--resolver-rate", type=int, default=10000,
@@ -163,6 +167,7 @@ def parse_args(argv):
             ap.error(f"--{opt}: unknown {', '.join(sorted(unknown))} (choose from {','.join(known)})")
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.duration = args.duration or (2 if args.quick else 3)
+    args.idle_tls_conns = args.idle_tls_conns or (1000 if args.quick else 4000)
     if min(args.rounds, args.duration, args.idle_conns, args.dns_rate, args.dns_high_rate, args.resolver_rate,
            args.conn_rate, args.req_rate) < 1:
         ap.error("--rounds, --duration, --idle-conns and the rates must be positive")
@@ -241,6 +246,7 @@ def main(argv):
             f"{args.rounds} round(s) of {args.duration} s samples")
 
         backend_idle = idle.IdleBackend()
+        tls.prepare(run_dir)
         query_file = os.path.join(run_dir, "queries.txt")
         loads.write_dns_queries(query_file)
         backends = peers.Backends(run_dir, backend_idle)
@@ -263,12 +269,17 @@ def main(argv):
         lbload_path, lbload_err = env.build_lbload(run_dir)
         if lbload_err:
             say(f"SKIP workloads needing lbload: {lbload_err}")
-        wls = workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path)
+        lbtls_path, lbtls_err = env.build_lbload(run_dir, "lbtls", ["-lssl", "-lcrypto"])
+        if lbtls_err:
+            say(f"SKIP workloads needing lbtls: {lbtls_err}")
+        wls = workloads(args, sup, backend_idle, query_file, load_cpus, lbload_path, lbtls_path)
         if args.only:
             names = set(args.only.split(","))
             wls = [w for w in wls if w.key in names]
         if lbload_err:
             wls = [w for w in wls if "lbload" not in w.needs]
+        if lbtls_err:
+            wls = [w for w in wls if "lbtls" not in w.needs]
         if wanted_rows is not None:
             for w in wls:
                 w.rows = [r for r in w.rows if r in wanted_rows]
@@ -314,6 +325,7 @@ def main(argv):
         run_all(args, wls, by_name, backends, sup, results, stem, load_cpus)
         report.summarize(results)
         report.evaluate_targets(results)
+        tls.targets(results)
         results["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         results["machine"]["loadavg_at_end"] = os.getloadavg()
         for p in proxies:

@@ -7,6 +7,12 @@ Services, each with one backend and one front port per proxy:
   sock  -> sockperf server          (TCP)
   idle  -> the harness's silent listener (TCP)
   dns   -> dnsdist answering itself (UDP)
+TLS (bench/lib/lbbench/tls.py), the proxies' TLS listeners:
+  tls_ec   -> terminate with the ECDSA P-256 certificate, to the http backend
+  tls_rsa  -> terminate with the RSA-2048 certificate, to the http backend
+  tls_idle -> terminate (ECDSA) to the silent listener
+  tls_pass -> passthrough by SNI to nginx serving HTTPS (ECDSA); lb-tcp
+              relays the same port as plain TCP (tls = "off")
 """
 import os
 import string
@@ -16,6 +22,8 @@ from . import env
 CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "conf")
 TCP_SERVICES = ("bulk", "http", "sock", "idle")
 UDP_SERVICES = ("dns",)
+TLS_SERVICES = ("tls_ec", "tls_rsa", "tls_idle", "tls_pass")
+ALL_SERVICES = TCP_SERVICES + UDP_SERVICES + TLS_SERVICES
 # Matches lb's per-worker read size (core/worker.h kReadBufferSize), so no
 # proxy moves data in smaller pieces than another.
 BUFSIZE = 65536
@@ -34,15 +42,17 @@ class Backends:
 
     def __init__(self, run_dir, idle_backend):
         self.run_dir = run_dir
-        ports = env.free_ports(4)
+        ports = env.free_ports(5)
         self.ports = {"bulk": ports[0], "http": ports[1], "sock": ports[2], "dns": ports[3],
-                      "idle": idle_backend.port}
+                      "idle": idle_backend.port, "https": ports[4]}
+        # The direct row of the passthrough workload talks HTTPS to nginx.
+        self.ports["tls_pass"] = self.ports["https"]
         self.down = {}   # service -> why it has no backend
 
     def values(self):
         return {"be_iperf": self.ports["bulk"], "be_http": self.ports["http"],
                 "be_sock": self.ports["sock"], "be_dns": self.ports["dns"],
-                "be_idle": self.ports["idle"], "dir": self.run_dir}
+                "be_idle": self.ports["idle"], "be_https": self.ports["https"], "dir": self.run_dir}
 
     def start(self, sup, cpus, unusable, nofile):
         d = self.run_dir
@@ -76,6 +86,8 @@ class Backends:
                                                                  "-C", conf], cpus)))
         for service, proc in starts:
             tcp = [self.ports[service]] if service in TCP_SERVICES else []
+            if service == "http":
+                tcp.append(self.ports["https"])
             udp = [self.ports[service]] if service in UDP_SERVICES else []
             err = env.wait_bound(proc, tcp, udp)
             if err:
@@ -104,7 +116,7 @@ class Proxy:
 
     def values(self, backends, extra):
         v = dict(backends.values())
-        v.update({f"{s}_port": self.ports.get(s, 0) for s in TCP_SERVICES + UDP_SERVICES})
+        v.update({f"{s}_port": self.ports.get(s, 0) for s in ALL_SERVICES})
         v.update(extra)
         return v
 
@@ -112,10 +124,10 @@ class Proxy:
         if self.argv_fn is None:
             return None
         if not self.ports:
-            self.ports = dict(zip(TCP_SERVICES + UDP_SERVICES, env.free_ports(len(TCP_SERVICES + UDP_SERVICES))))
+            self.ports = dict(zip(ALL_SERVICES, env.free_ports(len(ALL_SERVICES))))
         argv = self.argv_fn(self, backends)
         self.proc = sup.start(self.name, argv, self.cpus)
-        tcp = [self.ports[s] for s in self.services if s in TCP_SERVICES]
+        tcp = [self.ports[s] for s in self.services if s in TCP_SERVICES + TLS_SERVICES]
         udp = [self.ports[s] for s in self.services if s in UDP_SERVICES]
         err = env.wait_bound(self.proc, tcp, udp)
         if err:
@@ -138,10 +150,13 @@ def make_proxies(run_dir, lb_path, proxy_cpu, all_cpus, nofile, idle_conns):
     # With splicing HAProxy also reserves maxconn/4 pipes of two descriptors.
     maxconn_splice = max(1000, min(maxconn, int((nofile - 256) / 2.5)))
 
-    def lb_argv(workers):
+    # lb-tcp: the passthrough workload's port as a plain TCP relay.
+    passthrough = 'tls = "passthrough"\n\n[[listener.route]]\nsni = ["bench.test"]\npool = "https"'
+
+    def lb_argv(workers, pass_tls=passthrough):
         def argv(p, be):
             conf = render("lb.toml.in", os.path.join(d, f"{p.name}.toml"),
-                          p.values(be, {"workers": workers, "max_connections": maxconn}))
+                          p.values(be, {"workers": workers, "max_connections": maxconn, "pass_tls": pass_tls}))
             return [lb_path, "--config", conf]
         return argv
 
@@ -164,7 +179,7 @@ def make_proxies(run_dir, lb_path, proxy_cpu, all_cpus, nofile, idle_conns):
         conf = render("dnsdist-balancer.lua.in", os.path.join(d, "dnsdist-balancer.lua"), p.values(be, {}))
         return ["dnsdist", "--supervised", "--disable-syslog", "-C", conf]
 
-    tcp4 = set(TCP_SERVICES)
+    tcp4 = set(TCP_SERVICES) | set(TLS_SERVICES)
     every = tcp4 | set(UDP_SERVICES)
     return [
         Proxy("direct", "direct (no proxy)", every, [], None, None,
@@ -173,6 +188,8 @@ def make_proxies(run_dir, lb_path, proxy_cpu, all_cpus, nofile, idle_conns):
               f"workers = 1, taskset -c {proxy_cpu}"),
         Proxy("lb-2w", "lb, 2 workers, unpinned", every, [], all_cpus, lb_argv(2),
               f"workers = 2, may run on CPUs {all_cpus}"),
+        Proxy("lb-tcp", "lb, plain TCP (tls = off)", {"tls_pass"}, [], str(proxy_cpu), lb_argv(1, ""),
+              f"workers = 1, the passthrough port without TLS, taskset -c {proxy_cpu}"),
         Proxy("haproxy", "HAProxy 2.6", tcp4, ["haproxy"], str(proxy_cpu), haproxy_argv(False),
               f"nbthread 1, tune.bufsize {BUFSIZE}, taskset -c {proxy_cpu}"),
         Proxy("haproxy-splice", "HAProxy 2.6 splice-auto", tcp4, ["haproxy"], str(proxy_cpu), haproxy_argv(True),

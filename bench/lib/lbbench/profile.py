@@ -41,6 +41,14 @@ MIN_SYSCALLS = {
     # splices), 2 × 16,384.
     "bulk1": (32768, "a 64 KiB read + write per 64 KiB (per GB)"),
     "bulk8": (32768, "a 64 KiB read + write per 64 KiB (per GB)"),
+    # TLS termination: accept4, read the ClientHello, write the server's
+    # flight, read Finished (+ the request), socket, connect, write the
+    # request, read the answer, read EOF, write answer + close_notify, 2 closes.
+    "tls_hs_ecdsa": (12, "accept4, 3 reads + 1 write of TLS, socket, connect, 2 reads + 2 writes, 2 closes"),
+    "tls_hs_rsa": (12, "accept4, 3 reads + 1 write of TLS, socket, connect, 2 reads + 2 writes, 2 closes"),
+    "tls_hs_resumed": (12, "accept4, 3 reads + 1 write of TLS, socket, connect, 2 reads + 2 writes, 2 closes"),
+    "tls_bulk": (32768, "a 64 KiB read + write per 64 KiB (per GB)"),
+    "tls_pass": (10, "accept4, socket, connect, 2 reads + 2 writes, read EOF, 2 closes (no more than plain TCP)"),
 }
 TOP_N = 40
 _PER_GB = 1e9
@@ -101,7 +109,7 @@ def _units(wl_key, m):
     units = m.get("units")
     if not units:
         return None
-    return units / _PER_GB if wl_key.startswith("bulk") else units
+    return units / _PER_GB if wl_key in ("bulk1", "bulk8", "tls_bulk") else units
 
 
 def perf_profile(sup, wl, proxy, port, duration, cpus, out_dir, stem):

@@ -22,7 +22,7 @@ import xml.dom.minidom
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from lbbench import env, procs, profile, report  # noqa: E402
+from lbbench import env, procs, profile, report, tls  # noqa: E402
 
 
 class _Tiny(http.server.BaseHTTPRequestHandler):
@@ -236,6 +236,30 @@ class ReportTest(unittest.TestCase):
         table = report.markdown(res)
         self.assertIn("8.0 µs/query", table)
         self.assertIn("issue 20", table)
+
+
+class TlsTargetsTest(unittest.TestCase):
+    def results(self, lb_pass, lb_tcp):
+        def wl(metric, rows, hib=True):
+            return {"title": metric, "unit": "u", "metric": metric, "higher_is_better": hib, "extras": [],
+                    "rows": {n: _row(n, [{metric: v}]) for n, v in rows.items()}}
+        return {"workloads": {
+            "tls_pass": wl("rate", {"lb": lb_pass, "lb-tcp": lb_tcp, "haproxy": 1000, "nginx": 1050}),
+            "tls_idle_mem": wl("bytes_per_conn", {"lb": 14000, "haproxy": 18000, "nginx": 30000}, hib=False)}}
+
+    def verdicts(self, res):
+        report.summarize(res)
+        tls.targets(res)
+        return {t["target"].split(":")[0]: t["result"] for t in res["targets"]}
+
+    def test_passthrough_needs_both_its_own_tcp_rate_and_the_best_peer(self):
+        v = self.verdicts(self.results(1160, 1200))
+        self.assertEqual(v["TLS passthrough connection rate"], "PASS")   # 0.97 × tcp, 1.105 × nginx
+        self.assertEqual(v["memory per idle terminated TLS connection"], "PASS")   # 0.78 × HAProxy
+        v = self.verdicts(self.results(1100, 1110))
+        self.assertEqual(v["TLS passthrough connection rate"], "MISS")   # 1.05 × nginx
+        v = self.verdicts(self.results(1200, 1300))
+        self.assertEqual(v["TLS passthrough connection rate"], "MISS")   # 0.92 × tcp
 
 
 PERF_SCRIPT = """lb 100/100  1.0:    1001001 cpu-clock:

@@ -196,6 +196,21 @@ TEST_CASE("TLS 1.3 and 1.2 handshakes, data both ways", "[tls]") {
     CHECK((cipher.find("GCM") != std::string::npos || cipher.find("CHACHA20") != std::string::npos));
     CHECK(p.send(*p.client, *p.server, "twelve") == "twelve");
   }
+  SECTION("TLS 1.2: the server's cipher order decides, a client's ChaCha20 preference is kept") {
+    // testssl.sh rates a server without a cipher order of its own HIGH.
+    SSL_CTX_set_max_proto_version(client->ctx(), TLS1_2_VERSION);
+    REQUIRE(SSL_CTX_set_cipher_list(client->ctx(),
+                                    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384") == 1);
+    Pair p(server->ctx(), client->ctx(), "site.example.com");
+    REQUIRE(p.handshake().second == Status::ok);
+    CHECK(std::string(SSL_get_cipher_name(p.server->ssl())) == "ECDHE-ECDSA-AES256-GCM-SHA384");
+    // A client that lists ChaCha20 first (no AES instructions) gets it.
+    REQUIRE(SSL_CTX_set_cipher_list(client->ctx(),
+                                    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384") == 1);
+    Pair q(server->ctx(), client->ctx(), "site.example.com");
+    REQUIRE(q.handshake().second == Status::ok);
+    CHECK(std::string(SSL_get_cipher_name(q.server->ssl())) == "ECDHE-ECDSA-CHACHA20-POLY1305");
+  }
   SECTION("tls_min_version 1.3 refuses a TLS 1.2 client") {
     ServerSettings s13 = basic_settings(f);
     s13.min_version = TLS1_3_VERSION;
