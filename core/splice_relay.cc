@@ -156,22 +156,17 @@ int SpliceRelay::start(std::string_view preface) {
   return 0;
 }
 
-void SpliceRelay::abort() {
-  if (state_ == State::Idle) {
-    close_fd(kClient, true);
-    close_fd(kBackend, true);
-    return;
-  }
-  finish(SpliceResult::Reset, true, false, false);
-}
+void SpliceRelay::abort() { end(true); }
 
-void SpliceRelay::close() {
+void SpliceRelay::close() { end(false); }
+
+void SpliceRelay::end(bool reset) {
   if (state_ == State::Idle) {
-    close_fd(kClient, false);
-    close_fd(kBackend, false);
+    close_fd(kClient, reset);
+    close_fd(kBackend, reset);
     return;
   }
-  finish(SpliceResult::Reset, false, false, false);
+  finish(SpliceResult::Reset, reset, false, false);
 }
 
 bool SpliceRelay::take_fds(int* client_fd, int* backend_fd) {

@@ -231,6 +231,7 @@ class SpliceRelay {
   void fail(Side side, bool reading, int err);
   bool report(Way& w, size_t bytes);
   void close_fd(Side side, bool reset);
+  void end(bool reset);  // abort() and close()
 
   static void on_poll_cb(uv_poll_t* h, int status, int events);
   static void on_poll_closed(void* relay);
