@@ -4,7 +4,9 @@
 //
 // Loading runs in two steps over one Config:
 //   parse.cc     toml++ tree -> Config, checking everything a single key can
-//                check on its own (type, syntax, range) and unknown keys;
+//                check on its own (type, syntax, range) and unknown keys
+//                ([[listener]] in parse_listener.cc, [[pool]] in
+//                parse_pool.cc, the key reader they share in reader.*);
 //   validate.cc  relations between keys and objects (references, duplicates,
 //                protocol-specific keys) and derived defaults.
 // The parse step records where every key sits (ConfigSrc) so the later steps

@@ -191,6 +191,22 @@ uint16_t load_be16(const uint8_t* p) {
   return static_cast<uint16_t>((static_cast<uint16_t>(p[0]) << 8) | p[1]);
 }
 
+// One address of a v2 header into `ss`: `addr` (4 or 16 bytes by family) and
+// the 2 bytes of `port`, both already in network order.
+void store_v2_address(sockaddr_storage* ss, uint8_t family, const uint8_t* addr, const uint8_t* port) {
+  if (family == kFamInet) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(ss);
+    sin->sin_family = AF_INET;
+    memcpy(&sin->sin_addr, addr, 4);
+    memcpy(&sin->sin_port, port, 2);
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(ss);
+    sin6->sin6_family = AF_INET6;
+    memcpy(&sin6->sin6_addr, addr, 16);
+    memcpy(&sin6->sin6_port, port, 2);
+  }
+}
+
 ParseResult parse_v2(const uint8_t* data, size_t len) {
   if (memcmp(data, kV2Sig, min_size(len, sizeof(kV2Sig))) != 0) return invalid("bad signature");
   if (len < 13) return need_more();
@@ -252,26 +268,11 @@ ParseResult parse_v2(const uint8_t* data, size_t len) {
     return r;
   }
 
+  // Source address, destination address, source port, destination port.
   const uint8_t* a = data + kV2FixedSize;
-  if (family == kFamInet) {
-    auto* src = reinterpret_cast<sockaddr_in*>(&r.header.src);
-    auto* dst = reinterpret_cast<sockaddr_in*>(&r.header.dst);
-    src->sin_family = AF_INET;
-    dst->sin_family = AF_INET;
-    memcpy(&src->sin_addr, a, 4);
-    memcpy(&dst->sin_addr, a + 4, 4);
-    memcpy(&src->sin_port, a + 8, 2);  // both already in network order
-    memcpy(&dst->sin_port, a + 10, 2);
-  } else {
-    auto* src = reinterpret_cast<sockaddr_in6*>(&r.header.src);
-    auto* dst = reinterpret_cast<sockaddr_in6*>(&r.header.dst);
-    src->sin6_family = AF_INET6;
-    dst->sin6_family = AF_INET6;
-    memcpy(&src->sin6_addr, a, 16);
-    memcpy(&dst->sin6_addr, a + 16, 16);
-    memcpy(&src->sin6_port, a + 32, 2);
-    memcpy(&dst->sin6_port, a + 34, 2);
-  }
+  const size_t alen = family == kFamInet ? 4 : 16;
+  store_v2_address(&r.header.src, family, a, a + 2 * alen);
+  store_v2_address(&r.header.dst, family, a + alen, a + 2 * alen + 2);
   return r;
 }
 

@@ -92,12 +92,10 @@ SpliceRelay::SpliceRelay(uv_loop_t* loop, PipePool& pool, int client_fd, int bac
 }
 
 SpliceRelay::~SpliceRelay() {
+  // Deleted while running (not through close()): the polls close detached,
+  // their callbacks only free them; then stop() finds none to close.
+  for (UvPtr<uv_poll_t>& p : polls_) p.reset();
   if (state_ == State::Running) finish(SpliceResult::Reset, true, false, false);
-  // Handles still closing outlive us: their close callback only frees them.
-  for (uv_poll_t*& p : polls_) {
-    if (p) p->data = nullptr;
-    p = nullptr;
-  }
   for (Way& w : ways_) give_back_pipe(w);
   close_fd(kClient, true);
   close_fd(kBackend, true);
@@ -133,15 +131,8 @@ int SpliceRelay::start(std::string_view preface) {
   }
   int rc = 0;
   for (int side = 0; side < 2 && rc == 0; ++side) {
-    polls_[side] = new uv_poll_t;
-    rc = uv_poll_init_socket(loop_, polls_[side], fds_[side]);
-    if (rc != 0) {
-      delete polls_[side];  // never registered with the loop
-      polls_[side] = nullptr;
-    } else {
-      polls_[side]->data = this;
-      ++open_polls_;
-    }
+    polls_[side] = make_uv<uv_poll_t>(loop_, this, &rc, uv_poll_init_socket, fds_[side]);
+    if (polls_[side]) ++open_polls_;
   }
   if (rc == 0) {
     state_ = State::Running;
@@ -151,12 +142,7 @@ int SpliceRelay::start(std::string_view preface) {
   if (rc != 0) {
     // Undo: back to "not started, fds owned". Initialised handles close
     // detached (their callback frees them and never reaches us).
-    for (uv_poll_t*& p : polls_) {
-      if (!p) continue;
-      p->data = nullptr;
-      uv_close(reinterpret_cast<uv_handle_t*>(p), on_close_cb);
-      p = nullptr;
-    }
+    for (UvPtr<uv_poll_t>& p : polls_) p.reset();
     open_polls_ = 0;
     interest_[0] = interest_[1] = 0;
     for (Way& w : ways_) {
@@ -170,22 +156,17 @@ int SpliceRelay::start(std::string_view preface) {
   return 0;
 }
 
-void SpliceRelay::abort() {
-  if (state_ == State::Idle) {
-    close_fd(kClient, true);
-    close_fd(kBackend, true);
-    return;
-  }
-  finish(SpliceResult::Reset, true, false, false);
-}
+void SpliceRelay::abort() { end(true); }
 
-void SpliceRelay::close() {
+void SpliceRelay::close() { end(false); }
+
+void SpliceRelay::end(bool reset) {
   if (state_ == State::Idle) {
-    close_fd(kClient, false);
-    close_fd(kBackend, false);
+    close_fd(kClient, reset);
+    close_fd(kBackend, reset);
     return;
   }
-  finish(SpliceResult::Reset, false, false, false);
+  finish(SpliceResult::Reset, reset, false, false);
 }
 
 bool SpliceRelay::take_fds(int* client_fd, int* backend_fd) {
@@ -199,7 +180,7 @@ bool SpliceRelay::take_fds(int* client_fd, int* backend_fd) {
 void SpliceRelay::on_poll_cb(uv_poll_t* h, int status, int events) {
   auto* self = static_cast<SpliceRelay*>(h->data);
   if (!self) return;
-  self->on_events(h == self->polls_[kClient] ? kClient : kBackend, status, events);
+  self->on_events(h == self->polls_[kClient].get() ? kClient : kBackend, status, events);
 }
 
 void SpliceRelay::on_events(Side side, int status, int events) {
@@ -398,7 +379,7 @@ int SpliceRelay::update_interest() {
     if (way_from(side).flow.wants_read() && !way_from(side).no_pipe) want |= UV_READABLE;
     if (way_into(side).dst_blocked) want |= UV_WRITABLE;
     if (want == interest_[s]) continue;
-    int rc = want ? uv_poll_start(polls_[s], want, on_poll_cb) : uv_poll_stop(polls_[s]);
+    int rc = want ? uv_poll_start(polls_[s].get(), want, on_poll_cb) : uv_poll_stop(polls_[s].get());
     if (rc != 0) return rc;
     interest_[s] = want;
   }
@@ -424,9 +405,7 @@ void SpliceRelay::stop() {
   state_ = State::Closing;
   // uv_close stops polling synchronously (the fd leaves the epoll set), so
   // the fds may be closed right after.
-  for (uv_poll_t* p : polls_) {
-    if (p) uv_close(reinterpret_cast<uv_handle_t*>(p), on_close_cb);
-  }
+  for (UvPtr<uv_poll_t>& p : polls_) close_then(p, on_poll_closed, this);
   for (Way& w : ways_) give_back_pipe(w);
 }
 
@@ -452,15 +431,9 @@ void SpliceRelay::close_fd(Side side, bool reset) {
   ::close(fd);
 }
 
-void SpliceRelay::on_close_cb(uv_handle_t* h) {
-  auto* self = static_cast<SpliceRelay*>(h->data);
-  if (self) {
-    for (uv_poll_t*& p : self->polls_) {
-      if (reinterpret_cast<uv_handle_t*>(p) == h) p = nullptr;
-    }
-  }
-  delete reinterpret_cast<uv_poll_t*>(h);
-  if (!self || --self->open_polls_ > 0) return;
+void SpliceRelay::on_poll_closed(void* relay) {
+  auto* self = static_cast<SpliceRelay*>(relay);
+  if (--self->open_polls_ > 0) return;
   self->state_ = State::Closed;
   self->handler_->closed(self->ctx_);  // may delete the relay: nothing after this
 }

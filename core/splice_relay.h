@@ -102,6 +102,7 @@
 
 #include "core/flow_control.h"
 #include "core/pipe_pool.h"
+#include "core/uv_ptr.h"
 
 namespace lb::core {
 
@@ -230,16 +231,17 @@ class SpliceRelay {
   void fail(Side side, bool reading, int err);
   bool report(Way& w, size_t bytes);
   void close_fd(Side side, bool reset);
+  void end(bool reset);  // abort() and close()
 
   static void on_poll_cb(uv_poll_t* h, int status, int events);
-  static void on_close_cb(uv_handle_t* h);
+  static void on_poll_closed(void* relay);
 
   uv_loop_t* loop_;
   PipePool& pool_;
   const Handler* handler_;
   void* ctx_;
   int fds_[2];
-  uv_poll_t* polls_[2] = {nullptr, nullptr};
+  UvPtr<uv_poll_t> polls_[2];
   int interest_[2] = {0, 0};  // events each poll handle is started with
   int open_polls_ = 0;
   Way ways_[2];  // [0] client -> backend, [1] backend -> client

@@ -27,36 +27,39 @@ inline void bump(std::atomic<T>& a, T n = 1) {
   a.store(a.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
+// Every counter of a listener, once: X(type, name). ListenerTotals holds them
+// as plain numbers, a Slot as atomics, and sum() adds the slots up.
+//   rejected_proxy  missing, malformed or late PROXY header
+//   rejected_tls    TLS listeners: no valid ClientHello in time, failed handshake
+//   tls_ok, tls_failed, tls_timeout
+//                   terminate: handshakes finished, failed, not finished
+//                   within tls_handshake_timeout
+#define LB_LISTENER_COUNTERS(X)    \
+  X(uint64_t, connections)         \
+  X(int64_t, active)               \
+  X(uint64_t, rejected_acl)        \
+  X(uint64_t, rejected_limit)      \
+  X(uint64_t, rejected_no_backend) \
+  X(uint64_t, rejected_proxy)      \
+  X(uint64_t, rejected_tls)        \
+  X(uint64_t, tls_ok)              \
+  X(uint64_t, tls_failed)          \
+  X(uint64_t, tls_timeout)         \
+  X(uint64_t, datagrams_in)        \
+  X(uint64_t, datagrams_out)
+
 struct ListenerTotals {
-  uint64_t connections = 0;
-  int64_t active = 0;
-  uint64_t rejected_acl = 0;
-  uint64_t rejected_limit = 0;
-  uint64_t rejected_no_backend = 0;
-  uint64_t rejected_proxy = 0;  // missing, malformed or late PROXY header
-  uint64_t rejected_tls = 0;    // no valid ClientHello in time, failed handshake
-  uint64_t tls_ok = 0;          // terminate: handshakes finished
-  uint64_t tls_failed = 0;      // terminate: handshakes failed
-  uint64_t tls_timeout = 0;     // terminate: not finished within tls_handshake_timeout
-  uint64_t datagrams_in = 0;
-  uint64_t datagrams_out = 0;
+#define LB_TOTAL(type, name) type name = 0;
+  LB_LISTENER_COUNTERS(LB_TOTAL)
+#undef LB_TOTAL
 };
 
 class ListenerStats {
  public:
   struct alignas(64) Slot {
-    std::atomic<uint64_t> connections{0};
-    std::atomic<int64_t> active{0};
-    std::atomic<uint64_t> rejected_acl{0};
-    std::atomic<uint64_t> rejected_limit{0};
-    std::atomic<uint64_t> rejected_no_backend{0};
-    std::atomic<uint64_t> rejected_proxy{0};
-    std::atomic<uint64_t> rejected_tls{0};  // TLS listeners: no valid ClientHello in time, failed handshake
-    std::atomic<uint64_t> tls_ok{0};
-    std::atomic<uint64_t> tls_failed{0};
-    std::atomic<uint64_t> tls_timeout{0};
-    std::atomic<uint64_t> datagrams_in{0};
-    std::atomic<uint64_t> datagrams_out{0};
+#define LB_SLOT(type, name) std::atomic<type> name{0};
+    LB_LISTENER_COUNTERS(LB_SLOT)
+#undef LB_SLOT
   };
 
   explicit ListenerStats(unsigned workers) : n_(workers), slots_(new Slot[workers]) {}
@@ -84,18 +87,9 @@ class ListenerStats {
     auto r = std::memory_order_relaxed;
     for (unsigned i = 0; i < n_; ++i) {
       const Slot& s = slots_[i];
-      t.connections += s.connections.load(r);
-      t.active += s.active.load(r);
-      t.rejected_acl += s.rejected_acl.load(r);
-      t.rejected_limit += s.rejected_limit.load(r);
-      t.rejected_no_backend += s.rejected_no_backend.load(r);
-      t.rejected_proxy += s.rejected_proxy.load(r);
-      t.rejected_tls += s.rejected_tls.load(r);
-      t.tls_ok += s.tls_ok.load(r);
-      t.tls_failed += s.tls_failed.load(r);
-      t.tls_timeout += s.tls_timeout.load(r);
-      t.datagrams_in += s.datagrams_in.load(r);
-      t.datagrams_out += s.datagrams_out.load(r);
+#define LB_ADD(type, name) t.name += s.name.load(r);
+      LB_LISTENER_COUNTERS(LB_ADD)
+#undef LB_ADD
     }
     return t;
   }

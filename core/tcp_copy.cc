@@ -60,7 +60,7 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
 void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
   auto* s = static_cast<TcpSession*>(stream->data);
   if (nread == 0) return;
-  if (s->tls_ && stream == reinterpret_cast<uv_stream_t*>(s->client_) && s->state_ != State::Closing)
+  if (s->tls_ && stream == reinterpret_cast<uv_stream_t*>(s->client_.get()) && s->state_ != State::Closing)
     s->on_tls_read(nread, buf->base);
   else if (s->state_ == State::Header)
     s->on_header_bytes(nread);
@@ -73,7 +73,7 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
 void TcpSession::on_relay_read(uv_tcp_t* src, ssize_t nread, const char* data) {
   if (nread > 0) {
     worker_.timeouts().touch(&timeout_);
-    if (!tls_) count_bytes(src == client_, static_cast<size_t>(nread));
+    if (!tls_) count_bytes(src == client_.get(), static_cast<size_t>(nread));
     if (static_cast<size_t>(nread) >= kSpliceReadMin) bulk_seen_ = true;
     if (tls_) return tls_from_backend(data, static_cast<size_t>(nread));  // client bytes: on_tls_read
     forward(way_from(src), src, peer_of(src), data, static_cast<size_t>(nread));
@@ -90,7 +90,7 @@ void TcpSession::on_relay_read(uv_tcp_t* src, ssize_t nread, const char* data) {
   }
   // A reset (or any other error) on one side resets the other. A backend
   // that resets counts as a failure for passive health.
-  if (src == upstream_) report_backend_failure();
+  if (src == upstream_.get()) report_backend_failure();
   finish(Result::Reset, true);
 }
 
@@ -189,7 +189,7 @@ bool TcpSession::resume_read(uv_tcp_t* src) {
 }
 
 void TcpSession::budget_returned() {
-  for (uv_tcp_t* src : {client_, upstream_}) {
+  for (uv_tcp_t* src : {client_.get(), upstream_.get()}) {
     if (!relaying() || path_ != Path::Copy) return;
     if (!(starved_ & starved_bit(src))) continue;
     if (way_from(src).flow.wants_read()) {
@@ -205,7 +205,7 @@ void TcpSession::budget_returned() {
 void TcpSession::on_eof(Way& w, uv_tcp_t* dst) {
   if (!w.flow.on_eof()) return;
   state_ = State::HalfClosed;
-  if (tls_ && dst == client_) {
+  if (tls_ && dst == client_.get()) {
     // close_notify, then FIN, once the records before it are written; the
     // relay reports shutdown_done.
     tls_->shutdown();

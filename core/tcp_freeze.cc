@@ -53,14 +53,14 @@ bool TcpSession::freeze(FrozenSession* out) {
     // libuv has not written yet is copied out of the queued writes, which
     // the close then cancels.
     f.path = FrozenSession::Path::Copy;
-    f.client_fd = dup_cloexec(client_);
-    f.backend_fd = f.client_fd < 0 ? -1 : dup_cloexec(upstream_);
+    f.client_fd = dup_cloexec(client_.get());
+    f.backend_fd = f.client_fd < 0 ? -1 : dup_cloexec(upstream_.get());
     if (f.backend_fd < 0) {
       if (f.client_fd >= 0) ::close(f.client_fd);
       return false;
     }
-    f.to_backend = frozen_way(up_.flow, unwritten(up_, upstream_));
-    f.to_client = frozen_way(down_.flow, unwritten(down_, client_));
+    f.to_backend = frozen_way(up_.flow, unwritten(up_, upstream_.get()));
+    f.to_client = frozen_way(down_.flow, unwritten(down_, client_.get()));
     enter_frozen();
     close_handle(client_, false);
     close_handle(upstream_, false);
@@ -132,7 +132,8 @@ void TcpSession::restore(BackendPtr backend, FrozenSession& f) {
     uv_tcp_t* src;
     uv_tcp_t* dst;
   };
-  Leg legs[2] = {{up_, f.to_backend, client_, upstream_}, {down_, f.to_client, upstream_, client_}};
+  Leg legs[2] = {{up_, f.to_backend, client_.get(), upstream_.get()},
+                 {down_, f.to_client, upstream_.get(), client_.get()}};
   for (Leg& l : legs) {
     if (l.frozen.shutdown_done) {
       l.way.flow.eof = l.way.flow.shutdown_sent = l.way.flow.finished = true;
@@ -150,8 +151,8 @@ void TcpSession::restore(BackendPtr backend, FrozenSession& f) {
     finish(Result::Ok, false);
     return;
   }
-  if (up_.flow.wants_read() && !resume_read(client_)) return;
-  if (down_.flow.wants_read()) resume_read(upstream_);
+  if (up_.flow.wants_read() && !resume_read(client_.get())) return;
+  if (down_.flow.wants_read()) resume_read(upstream_.get());
 }
 
 }  // namespace lb::core

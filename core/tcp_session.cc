@@ -12,14 +12,15 @@
 
 namespace lb::core {
 
-void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client, Admission admission) {
-  auto* s = new TcpSession(worker, std::move(listener), client);
+void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, UvPtr<uv_tcp_t> client,
+                       Admission admission) {
+  auto* s = new TcpSession(worker, std::move(listener), std::move(client));
   s->admission_ = admission;
   s->on_accepted();
 }
 
-TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client)
-    : worker_(worker), listener_(std::move(listener)), client_(client) {
+TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, UvPtr<uv_tcp_t> client)
+    : worker_(worker), listener_(std::move(listener)), client_(std::move(client)) {
   // resume() creates its handles later.
   if (client_) client_->data = this;
   refs_ = client_ ? 1 : 0;
@@ -41,7 +42,7 @@ TcpSession::~TcpSession() {
 // Accepting: the peer is the client until a PROXY header says otherwise.
 void TcpSession::on_accepted() {
   int len = sizeof client_addr_;
-  if (uv_tcp_getpeername(client_, reinterpret_cast<sockaddr*>(&client_addr_), &len) != 0) {
+  if (uv_tcp_getpeername(client_.get(), reinterpret_cast<sockaddr*>(&client_addr_), &len) != 0) {
     // The client is already gone (reset before we got to it).
     finish(Result::Reset, false);
     return;
@@ -66,7 +67,7 @@ void TcpSession::enter_header() {
   state_ = State::Header;
   header_.data = new uint8_t[proxy::kMaxHeader];
   worker_.timeouts().arm(&timeout_, kProxyHeaderTimeoutMs);
-  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0)
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0)
     finish(Result::Reset, false);
 }
 
@@ -88,7 +89,7 @@ void TcpSession::on_header_bytes(ssize_t nread) {
     if (header_.len >= proxy::kMaxHeader) refuse_header("oversized");
     return;
   }
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(client_.get()));
   worker_.timeouts().disarm(&timeout_);
   if (!r.header.local) {
     client_addr_ = r.header.src;
@@ -177,16 +178,17 @@ void TcpSession::connect_to(Backend* b) {
   backend_->active.fetch_add(1, std::memory_order_relaxed);
   holds_active_ = true;
 
-  auto* up = new Upstream;
-  uv_tcp_init(worker_.loop(), &up->tcp);
-  up->tcp.data = this;
-  up->connect.data = this;
-  upstream_ = &up->tcp;
+  upstream_ = make_uv<uv_tcp_t>(worker_.loop(), this, nullptr, uv_tcp_init);
   upstream_reading_ = false;
   ++refs_;
-  int rc = uv_tcp_connect(&up->connect, &up->tcp, reinterpret_cast<const sockaddr*>(&b->address.addr),
+  // The request is freed in its callback, which libuv always calls (with
+  // UV_ECANCELED when the handle closes first).
+  auto* connect = new uv_connect_t;
+  connect->data = this;
+  int rc = uv_tcp_connect(connect, upstream_.get(), reinterpret_cast<const sockaddr*>(&b->address.addr),
                           on_connect_cb);
   if (rc != 0) {
+    delete connect;
     // Immediate failure (no route, no ephemeral port): same as a refused connect.
     on_connect_failed();
     return;
@@ -195,14 +197,16 @@ void TcpSession::connect_to(Backend* b) {
   // connect: it is then added once for both, instead of an add that fails
   // (EEXIST) and a modify after the connect. libuv reports the connect
   // before any read, so nothing is read while Connecting.
-  upstream_reading_ = uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) == 0;
+  upstream_reading_ =
+      uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_.get()), on_alloc, on_read_cb) == 0;
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.connect_timeout.count()));
 }
 
 void TcpSession::on_connect_cb(uv_connect_t* req, int status) {
+  std::unique_ptr<uv_connect_t> owned(req);
   auto* s = static_cast<TcpSession*>(req->data);
   // A superseded attempt (closed after its timeout) reports UV_ECANCELED.
-  if (status == UV_ECANCELED || req->handle != reinterpret_cast<uv_stream_t*>(s->upstream_) ||
+  if (status == UV_ECANCELED || req->handle != reinterpret_cast<uv_stream_t*>(s->upstream_.get()) ||
       s->state_ != State::Connecting)
     return;
   if (status < 0)
@@ -241,9 +245,9 @@ void TcpSession::on_connected() {
     backend_->consecutive_failures.store(0, std::memory_order_relaxed);
     if (auto& report = worker_.shared().report_backend) report(backend_, true);
   }
-  uv_tcp_nodelay(upstream_, 1);
+  uv_tcp_nodelay(upstream_.get(), 1);
   uv_os_fd_t fd;
-  if (uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_), &fd) == 0)
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_.get()), &fd) == 0)
     set_keepalive(fd, backend_keepalive(listener_->cfg.idle_timeout));
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.idle_timeout.count()));
   // What the backend gets before the client's stream: our PROXY header, then
@@ -262,24 +266,24 @@ void TcpSession::on_connected() {
     std::string().swap(early_);
   }
   if (!preface.empty()) {
-    forward(up_, client_, upstream_, preface.data(), preface.size());
+    forward(up_, client_.get(), upstream_.get(), preface.data(), preface.size());
     if (state_ != State::Relaying) return;
   }
   if (tls_) {
     // The client is read already (ciphertext waits in the relay): decrypt
     // what waits, then read on unless the backend is already behind.
-    uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(client_.get()));
     tls_->deliver(true);
     if (!relaying()) return;
-    if ((!up_.flow.paused && !up_.flow.eof && !resume_read(client_)) ||
+    if ((!up_.flow.paused && !up_.flow.eof && !resume_read(client_.get())) ||
         (!upstream_reading_ &&
-         uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0))
+         uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_.get()), on_alloc, on_read_cb) != 0))
       finish(Result::Reset, true);
     return;
   }
-  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0 ||
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0 ||
       (!upstream_reading_ &&
-       uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0)) {
+       uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_.get()), on_alloc, on_read_cb) != 0)) {
     finish(Result::Reset, true);
   }
 }
@@ -289,7 +293,7 @@ void TcpSession::on_connected() {
 std::string TcpSession::proxy_header() {
   if (!have_local_) {
     int len = sizeof local_addr_;
-    if (uv_tcp_getsockname(client_, reinterpret_cast<sockaddr*>(&local_addr_), &len) != 0) return {};
+    if (uv_tcp_getsockname(client_.get(), reinterpret_cast<sockaddr*>(&local_addr_), &len) != 0) return {};
     have_local_ = true;
   }
   auto* src = reinterpret_cast<const sockaddr*>(&client_addr_);
@@ -379,25 +383,16 @@ void TcpSession::finish(Result r, bool reset) {
     return;
   }
   close_handle(client_, reset);
-  if (upstream_) close_handle(upstream_, reset);
+  close_handle(upstream_, reset);
 }
 
-void TcpSession::close_handle(uv_tcp_t* h, bool reset) {
-  auto* hh = reinterpret_cast<uv_handle_t*>(h);
-  if (uv_is_closing(hh)) return;
-  // close_reset refuses while a shutdown is pending; a plain close then.
-  if (!reset || uv_tcp_close_reset(h, on_close_cb) != 0) uv_close(hh, on_close_cb);
+// Closes `h` when it is open (it is null from then on); the session counts
+// the close callback, which frees the handle, in refs_.
+void TcpSession::close_handle(UvPtr<uv_tcp_t>& h, bool reset) {
+  close_then(h, reset, &TcpSession::on_handle_closed, this);
 }
 
-void TcpSession::on_close_cb(uv_handle_t* h) {
-  auto* s = static_cast<TcpSession*>(h->data);
-  if (h == reinterpret_cast<uv_handle_t*>(s->client_)) {
-    delete reinterpret_cast<uv_tcp_t*>(h);
-  } else {
-    delete reinterpret_cast<Upstream*>(h);
-  }
-  s->unref();
-}
+void TcpSession::on_handle_closed(void* session) { static_cast<TcpSession*>(session)->unref(); }
 
 void TcpSession::unref() {
   if (--refs_ > 0) return;

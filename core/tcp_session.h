@@ -82,15 +82,16 @@
 #include "core/timeout_wheel.h"
 #include "core/tls/passthrough.h"
 #include "core/tls/tls_relay.h"
+#include "core/uv_ptr.h"
 #include "core/worker.h"
 
 namespace lb::core {
 
 class TcpSession {
  public:
-  // Takes ownership of `client`, an initialised and accepted uv_tcp_t whose
-  // connection the worker has already counted (`admission`, step 1 done).
-  static void start(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client, Admission admission);
+  // Takes ownership of `client`, an accepted uv_tcp_t whose connection the
+  // worker has already counted (`admission`, step 1 done).
+  static void start(Worker& worker, ListenerRuntimePtr listener, UvPtr<uv_tcp_t> client, Admission admission);
 
   // Takes a relaying session out of this worker: fills `out` (which then owns
   // both sockets, see FrozenSession) and closes the session's handles; the
@@ -148,12 +149,6 @@ class TcpSession {
   enum class Result : uint8_t { Ok, ConnectFailed, Timeout, Reset, Refused };
 
   struct WriteReq;
-  // One connect attempt: a fresh socket each time (a failed socket cannot be
-  // reused). Freed in the handle's close callback.
-  struct Upstream {
-    uv_tcp_t tcp;  // first member: the handle pointer is the Upstream pointer
-    uv_connect_t connect;
-  };
   // One direction of the copy path: its flow state and the writes queued on
   // its destination (oldest first; freeze() needs their bytes).
   struct Way {
@@ -168,7 +163,7 @@ class TcpSession {
     size_t len = 0;
   };
 
-  TcpSession(Worker& worker, ListenerRuntimePtr listener, uv_tcp_t* client);
+  TcpSession(Worker& worker, ListenerRuntimePtr listener, UvPtr<uv_tcp_t> client);
   ~TcpSession();
 
   // --- transitions (tcp_session.cc) ---
@@ -194,7 +189,7 @@ class TcpSession {
   std::string proxy_header();
   void append_tls_tlvs(std::string* header);
   void release_backend();
-  void close_handle(uv_tcp_t* h, bool reset);
+  void close_handle(UvPtr<uv_tcp_t>& h, bool reset);
   void unref();  // one handle (or the relay) fewer; deletes the session at 0
   void log_access();
   void count_bytes(bool to_backend, size_t n);
@@ -206,9 +201,9 @@ class TcpSession {
   void on_write_done(WriteReq* w, int status);
   void on_eof(Way& w, uv_tcp_t* dst);  // Relaying -> HalfClosed | Closing
   void on_shutdown_done(Way& w, int status);
-  Way& way_from(uv_tcp_t* src) { return src == client_ ? up_ : down_; }
-  uv_tcp_t* peer_of(uv_tcp_t* h) { return h == client_ ? upstream_ : client_; }
-  uint8_t starved_bit(uv_tcp_t* src) const { return src == client_ ? 1 : 2; }
+  Way& way_from(uv_tcp_t* src) { return src == client_.get() ? up_ : down_; }
+  uv_tcp_t* peer_of(uv_tcp_t* h) { return h == client_.get() ? upstream_.get() : client_.get(); }
+  uint8_t starved_bit(uv_tcp_t* src) const { return src == client_.get() ? 1 : 2; }
   // The shared buffer budget is spent and `src`'s direction has bytes
   // queued: stop reading it until budget returns (or the queue empties).
   void starve(uv_tcp_t* src);
@@ -263,7 +258,7 @@ class TcpSession {
   static void on_write_cb(uv_write_t* req, int status);
   static void on_shutdown_cb(uv_shutdown_t* req, int status);
   static void on_connect_cb(uv_connect_t* req, int status);
-  static void on_close_cb(uv_handle_t* h);
+  static void on_handle_closed(void* session);
   static void on_timeout(TimeoutNode* n);
   static void on_splice_activity(void* ctx, bool to_backend, size_t bytes);
   static void on_splice_eof_passed(void* ctx, bool to_backend);
@@ -276,10 +271,13 @@ class TcpSession {
   State state_ = State::Accepting;
   Path path_ = Path::Copy;
   Result result_ = Result::Ok;
-  uv_tcp_t* client_;
-  uv_tcp_t* upstream_ = nullptr;
+  // The two legs. Closing one (close_handle) nulls it; its close callback
+  // counts in refs_. upstream_ is a fresh socket for each connect attempt (a
+  // failed socket cannot be reused).
+  UvPtr<uv_tcp_t> client_;
+  UvPtr<uv_tcp_t> upstream_;
   // Path Splice/Unsplicing: the relay owns the sockets; client_ and upstream_
-  // are closing (or gone) and must not be touched.
+  // are closed (null).
   SpliceRelay* relay_ = nullptr;
   TimeoutNode timeout_;
   // The pool being routed to: points into listener_'s configuration, or at

@@ -25,7 +25,8 @@ void TcpSession::enter_hello() {
     on_hello_bytes(0);
     if (state_ != State::Hello) return;
   }
-  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0) refuse_tls("read");
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0)
+    refuse_tls("read");
 }
 
 // `nread` more bytes of the hello arrived in hello_->buf (or the client
@@ -47,7 +48,7 @@ void TcpSession::on_hello_bytes(ssize_t nread) {
     if (hello_->len >= tls::kMaxClientHello) refuse_tls("too large");
     return;
   }
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(client_.get()));
   worker_.timeouts().disarm(&timeout_);
   hello_->learn(hello);
   early_.assign(reinterpret_cast<const char*>(hello_->buf.get()), hello_->len);

@@ -28,15 +28,15 @@ void TcpSession::maybe_splice() {
   // No useful pipe to be had for now (PipePool): stay on the copy path; the
   // pool tries again within a second and a later read retries the switch.
   if (!worker_.splice_allowed() || !SpliceRelay::supported() || !worker_.pipe_pool().can_acquire()) return;
-  if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(client_)) != 0 ||
-      uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(upstream_)) != 0)
+  if (uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(client_.get())) != 0 ||
+      uv_stream_get_write_queue_size(reinterpret_cast<uv_stream_t*>(upstream_.get())) != 0)
     return;
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
-  uv_read_stop(reinterpret_cast<uv_stream_t*>(upstream_));
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(client_.get()));
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(upstream_.get()));
   if (switch_to_splice()) return;
   // Stay on the copy path.
-  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0 ||
-      uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_), on_alloc, on_read_cb) != 0)
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0 ||
+      uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_.get()), on_alloc, on_read_cb) != 0)
     finish(Result::Reset, true);
 }
 
@@ -45,8 +45,8 @@ void TcpSession::maybe_splice() {
 // stream owns). False when that cannot happen; the copy path goes on then.
 bool TcpSession::switch_to_splice() {
   uv_os_fd_t cfd, bfd;
-  if (uv_fileno(reinterpret_cast<uv_handle_t*>(client_), &cfd) != 0 ||
-      uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_), &bfd) != 0)
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(client_.get()), &cfd) != 0 ||
+      uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_.get()), &bfd) != 0)
     return false;
   // dup() rather than fcntl(F_DUPFD_CLOEXEC): ThreadSanitizer follows fds
   // through dup, and a descriptor number another worker closed just before
@@ -139,26 +139,19 @@ void TcpSession::back_to_copy_path(SpliceRelay& relay) {
     return;
   }
   if (!adopt_fds(fds[0], fds[1])) return;
-  if (up_.flow.wants_read() && !resume_read(client_)) return;
-  if (down_.flow.wants_read()) resume_read(upstream_);
+  if (up_.flow.wants_read() && !resume_read(client_.get())) return;
+  if (down_.flow.wants_read()) resume_read(upstream_.get());
 }
 
 bool TcpSession::adopt_fds(int client_fd, int backend_fd) {
-  auto* client = new uv_tcp_t;
-  auto* up = new Upstream;
-  uv_tcp_init(worker_.loop(), client);
-  uv_tcp_init(worker_.loop(), &up->tcp);
-  client->data = this;
-  up->tcp.data = this;
-  up->connect.data = this;
-  client_ = client;
-  upstream_ = &up->tcp;
+  client_ = make_uv<uv_tcp_t>(worker_.loop(), this, nullptr, uv_tcp_init);
+  upstream_ = make_uv<uv_tcp_t>(worker_.loop(), this, nullptr, uv_tcp_init);
   upstream_reading_ = false;
   refs_ += 2;
   if (client_fd < 0) return false;
   bool ok = true;
   int fds[2] = {client_fd, backend_fd};
-  uv_tcp_t* handles[2] = {client_, upstream_};
+  uv_tcp_t* handles[2] = {client_.get(), upstream_.get()};
   for (int i = 0; i < 2; ++i) {
     // The relay's unsent-data limit is for splicing; the copy path queues
     // in lb what the kernel refuses, so leave the kernel its default (0).

@@ -20,10 +20,10 @@ void TcpSession::enter_tls() {
   // Plaintext is decrypted into the worker's read buffer: the ciphertext it
   // held was copied into the relay before, and the plaintext is written on
   // (or queued) before the next read.
-  tls_ = std::make_unique<tls::TlsRelay>(client_, std::move(stream), tls_events_, worker_.read_buffer(),
+  tls_ = std::make_unique<tls::TlsRelay>(client_.get(), std::move(stream), tls_events_, worker_.read_buffer(),
                                          Worker::kReadBufferSize, &worker_.shared().buffers);
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count()));
-  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_), on_alloc, on_read_cb) != 0)
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0)
     finish(Result::Reset, true);
 }
 
@@ -33,15 +33,15 @@ void TcpSession::on_tls_read(ssize_t nread, const char* data) {
     // Until the backend is connected the relay keeps the ciphertext; past
     // its bound the client waits in the kernel.
     if (!tls_->on_ciphertext(data, static_cast<size_t>(nread)) && state_ != State::Closing)
-      uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(client_.get()));
     return;
   }
   if (nread == UV_ENOBUFS) {
-    starve(client_);
+    starve(client_.get());
     return;
   }
   if (nread == UV_EOF) {
-    uv_read_stop(reinterpret_cast<uv_stream_t*>(client_));
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(client_.get()));
     tls_->on_transport_eof();
     return;
   }
@@ -64,14 +64,14 @@ void TcpSession::on_tls_established() {
 void TcpSession::on_tls_plaintext(const char* data, size_t n) {
   if (!relaying()) return;
   count_bytes(true, n);
-  forward(up_, client_, upstream_, data, n);
+  forward(up_, client_.get(), upstream_.get(), data, n);
 }
 
 // close_notify (clean) or a FIN without it: the client's direction ends
 // either way, as a half-close.
 void TcpSession::on_tls_peer_done(bool clean) {
   if (!clean) log::debug("tls client closed without close_notify listener={}", listener_->cfg.name);
-  if (relaying()) on_eof(up_, upstream_);
+  if (relaying()) on_eof(up_, upstream_.get());
 }
 
 void TcpSession::on_tls_failed(bool during_handshake, const std::string& why) {
@@ -98,11 +98,11 @@ void TcpSession::on_tls_timeout() {
 // the backend is not read until the relay reports drained.
 void TcpSession::tls_from_backend(const char* data, size_t n) {
   count_bytes(false, n);
-  if (tls_->write(data, n) && relaying()) uv_read_stop(reinterpret_cast<uv_stream_t*>(upstream_));
+  if (tls_->write(data, n) && relaying()) uv_read_stop(reinterpret_cast<uv_stream_t*>(upstream_.get()));
 }
 
 void TcpSession::on_tls_drained() {
-  if (relaying() && !down_.flow.eof) resume_read(upstream_);
+  if (relaying() && !down_.flow.eof) resume_read(upstream_.get());
 }
 
 }  // namespace lb::core

@@ -8,6 +8,8 @@
 // nothing more: nothing of theirs is touched after the reset. An owner whose
 // own lifetime waits for its handles' close callbacks (it frees itself after
 // the last, never inside a read) closes them with close_then() instead.
+// Ownership moves only as a UvPtr (TcpSession::start takes the accepted
+// client's): the memory is a Node<T>, so it must never be freed as a plain T.
 //
 // Thread rules: a UvPtr is used (and reset) only on the thread running its loop.
 #pragma once
@@ -35,13 +37,15 @@ template <class T>
 struct UvCloser {
   void operator()(T* h) const {
     h->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(h), [](uv_handle_t* closed) {
-      auto* node = reinterpret_cast<uv_detail::Node<T>*>(closed);
-      auto on_closed = node->on_closed;
-      void* owner = node->owner;
-      delete node;
-      if (on_closed) on_closed(owner);
-    });
+    uv_close(reinterpret_cast<uv_handle_t*>(h), closed);
+  }
+  // The close callback: frees the node, then tells its owner (close_then).
+  static void closed(uv_handle_t* h) {
+    auto* node = reinterpret_cast<uv_detail::Node<T>*>(h);
+    auto on_closed = node->on_closed;
+    void* owner = node->owner;
+    delete node;
+    if (on_closed) on_closed(owner);
   }
 };
 
@@ -75,6 +79,22 @@ bool close_then(UvPtr<T>& h, void (*on_closed)(void* owner), void* owner) {
   node->on_closed = on_closed;
   node->owner = owner;
   h.reset();
+  return true;
+}
+
+// close_then() for a TCP handle, with an abortive close when `reset`: the
+// peer gets RST instead of FIN (uv_tcp_close_reset). libuv refuses that while
+// a shutdown is pending; the handle then closes plainly.
+inline bool close_then(UvPtr<uv_tcp_t>& h, bool reset, void (*on_closed)(void* owner), void* owner) {
+  if (!reset) return close_then(h, on_closed, owner);
+  if (!h) return false;
+  auto* node = reinterpret_cast<uv_detail::Node<uv_tcp_t>*>(h.get());
+  node->on_closed = on_closed;
+  node->owner = owner;
+  uv_tcp_t* tcp = h.release();
+  tcp->data = nullptr;
+  if (uv_tcp_close_reset(tcp, UvCloser<uv_tcp_t>::closed) != 0)
+    uv_close(reinterpret_cast<uv_handle_t*>(tcp), UvCloser<uv_tcp_t>::closed);
   return true;
 }
 

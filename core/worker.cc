@@ -14,16 +14,6 @@
 
 namespace lb::core {
 
-namespace {
-
-// An accepted client that no TcpSession took (see Worker::accept_one).
-void close_accepted(uv_tcp_t* client) {
-  uv_close(reinterpret_cast<uv_handle_t*>(client),
-           [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-}
-
-}  // namespace
-
 // A bind's listening socket adopted by this worker's loop.
 struct Worker::BindSocket {
   Worker* worker = nullptr;
@@ -362,26 +352,21 @@ void Worker::on_connection(uv_stream_t* server, int status) {
 }
 
 void Worker::accept_one(BindSocket* l) {
-  // The hand-off to TcpSession is a plain heap uv_tcp_t, which the session
-  // frees in its own close callback (core/tcp_session.*); a UvPtr's
-  // allocation must not go there. A refused client is closed the same way.
-  auto* client = new uv_tcp_t;
-  uv_tcp_init(&loop_, client);
-  if (uv_accept(reinterpret_cast<uv_stream_t*>(l->handle.get()), reinterpret_cast<uv_stream_t*>(client)) !=
-      0) {
-    close_accepted(client);
+  // The client's UvPtr goes to the TcpSession, which closes it; a client
+  // that no session takes closes as the UvPtr goes out of scope.
+  UvPtr<uv_tcp_t> client = make_uv<uv_tcp_t>(&loop_, nullptr, nullptr, uv_tcp_init);
+  if (!client || uv_accept(reinterpret_cast<uv_stream_t*>(l->handle.get()),
+                           reinterpret_cast<uv_stream_t*>(client.get())) != 0)
     return;
-  }
   // The address-independent limits (admission step 1) are checked here,
   // before any work. The rest of admission is the session's, because with
   // accept_proxy_protocol the client address is known only later.
   Admission admission;
   if (Refusal r = admission.open(shared_, *l->runtime); r != Refusal::None) {
     count_refusal(l->runtime->stats->slot(index_), r);
-    close_accepted(client);
     return;
   }
-  TcpSession::start(*this, l->runtime, client, admission);
+  TcpSession::start(*this, l->runtime, std::move(client), admission);
 }
 
 void Worker::session_opened(TcpSession* s) {

@@ -32,6 +32,15 @@ struct HealthChecker::State {
   unsigned failures = 0;  // consecutive passive failures
 
   bool active() const { return check.type != conf::HealthType::None; }
+  // A target's settings, for a new state or one kept across an update.
+  void take_settings(Target& t) {
+    check = std::move(t.check);
+    outlier = t.outlier;
+    tls = std::move(t.tls);
+    tls_name = std::move(t.tls_name);
+    address = probe_address(backend->address, check.port);
+    hysteresis.set_thresholds(check.rise, check.fall);
+  }
   // Without an active check a backend is up unless passive health says no.
   bool probe_known() const { return !active() || hysteresis.known(); }
   bool probe_up() const { return !active() || hysteresis.up(); }
@@ -206,12 +215,7 @@ void HealthChecker::apply_targets(std::vector<Target> targets, uint64_t generati
       auto s = std::make_unique<State>();
       s->owner = this;
       s->backend = std::move(t.backend);
-      s->check = std::move(t.check);
-      s->outlier = t.outlier;
-      s->tls = std::move(t.tls);
-      s->tls_name = std::move(t.tls_name);
-      s->address = probe_address(s->backend->address, s->check.port);
-      s->hysteresis.set_thresholds(s->check.rise, s->check.fall);
+      s->take_settings(t);
       if (s->active())
         to_probe.push_back(s.get());
       else
@@ -225,12 +229,7 @@ void HealthChecker::apply_targets(std::vector<Target> targets, uint64_t generati
     states_.erase(old);
     const bool was_active = s->active();
     const milliseconds old_interval = s->check.interval;
-    s->check = std::move(t.check);
-    s->outlier = t.outlier;
-    s->tls = std::move(t.tls);
-    s->tls_name = std::move(t.tls_name);
-    s->address = probe_address(s->backend->address, s->check.port);
-    s->hysteresis.set_thresholds(s->check.rise, s->check.fall);
+    s->take_settings(t);
     if (s->outlier.consecutive_failures == 0) s->failures = 0;
     if (was_active && !s->active()) {
       s->probe.reset();

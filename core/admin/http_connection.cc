@@ -31,7 +31,7 @@ void HttpServer::Impl::Connection::unlink() {
 void HttpServer::Impl::Connection::start() {
   // Pipelined responses are separate writes: do not let Nagle hold the second
   // one back waiting for the client's (delayed) ACK of the first.
-  (void)uv_tcp_nodelay(&tcp, 1);  // best effort: only latency is at stake
+  (void)uv_tcp_nodelay(tcp.get(), 1);  // best effort: only latency is at stake
   arm_timer(server->limits.idle_timeout_ms);
   if (!start_reading()) close();
 }
@@ -41,12 +41,12 @@ void HttpServer::Impl::Connection::close() {
   closing = true;
   reading = false;
   unlink();
-  uv_close(reinterpret_cast<uv_handle_t*>(&tcp), on_handle_closed);
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_handle_closed);
+  close_then(tcp, on_handle_closed, this);
+  close_then(timer, on_handle_closed, this);
 }
 
-void HttpServer::Impl::Connection::on_handle_closed(uv_handle_t* h) {
-  auto* c = static_cast<Connection*>(h->data);
+void HttpServer::Impl::Connection::on_handle_closed(void* connection) {
+  auto* c = static_cast<Connection*>(connection);
   if (--c->open_handles > 0) return;
   Impl* server = c->server;
   delete c;
@@ -67,11 +67,12 @@ void HttpServer::Impl::Connection::stop_reading() {
 }
 
 void HttpServer::Impl::Connection::arm_timer(uint64_t ms) {
+  if (!timer) return;  // closed
   if (ms == 0) {
-    (void)uv_timer_stop(&timer);
+    (void)uv_timer_stop(timer.get());
     return;
   }
-  (void)uv_timer_start(&timer, on_timer, ms, 0);  // fails only on a closing handle
+  (void)uv_timer_start(timer.get(), on_timer, ms, 0);
 }
 
 void HttpServer::Impl::Connection::on_timer(uv_timer_t* t) {

@@ -63,13 +63,12 @@ void HttpServer::Impl::on_connection(uv_stream_t* listener_handle, int status) {
   auto* c = new Connection(self);
   // With AF_UNSPEC uv_tcp_init() creates no socket and cannot fail; were it
   // to, the pending connection would simply wait in libuv for the next try.
-  if (uv_tcp_init(self->loop, &c->tcp) != 0) {
+  c->tcp = make_uv<uv_tcp_t>(self->loop, c, nullptr, uv_tcp_init);
+  if (!c->tcp) {
     delete c;
     return;
   }
-  (void)uv_timer_init(self->loop, &c->timer);  // always 0
-  c->tcp.data = c;
-  c->timer.data = c;
+  c->timer = make_uv<uv_timer_t>(self->loop, c, nullptr, uv_timer_init);  // never fails
   c->open_handles = 2;
   ++self->pins;
 
@@ -84,12 +83,12 @@ void HttpServer::Impl::on_connection(uv_stream_t* listener_handle, int status) {
     return;
   }
   int len = sizeof(c->peer);
-  if (uv_tcp_getpeername(&c->tcp, reinterpret_cast<sockaddr*>(&c->peer), &len) != 0) {
+  if (uv_tcp_getpeername(c->tcp.get(), reinterpret_cast<sockaddr*>(&c->peer), &len) != 0) {
     c->close();  // the client is already gone
     return;
   }
   len = sizeof(c->local);
-  (void)uv_tcp_getsockname(&c->tcp, reinterpret_cast<sockaddr*>(&c->local), &len);
+  (void)uv_tcp_getsockname(c->tcp.get(), reinterpret_cast<sockaddr*>(&c->local), &len);
   if (self->accept_filter && !self->accept_filter(reinterpret_cast<const sockaddr*>(&c->peer))) {
     c->close();
     return;

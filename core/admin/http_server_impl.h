@@ -85,7 +85,7 @@ struct HttpServer::Impl::Connection {
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
 
-  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp); }
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(tcp.get()); }
 
   void start();
   void close();
@@ -108,7 +108,7 @@ struct HttpServer::Impl::Connection {
   static void on_write(uv_write_t* req, int status);
   static void on_shutdown(uv_shutdown_t* req, int status);
   static void on_timer(uv_timer_t* t);
-  static void on_handle_closed(uv_handle_t* h);
+  static void on_handle_closed(void* connection);
 
   struct WriteReq {
     uv_write_t req;
@@ -117,8 +117,10 @@ struct HttpServer::Impl::Connection {
   };
 
   Impl* server;
-  uv_tcp_t tcp;
-  uv_timer_t timer;
+  // Null once close() is called; the object is deleted after both close
+  // callbacks (open_handles).
+  UvPtr<uv_tcp_t> tcp;
+  UvPtr<uv_timer_t> timer;
   int open_handles = 0;
   Connection* prev = nullptr;
   Connection* next = nullptr;

@@ -202,27 +202,33 @@ void UpstreamSet::release(const sockaddr_storage& backend, const Route& r) {
     lane.free.push_back(r.slot);
 }
 
+namespace {
+
+// One control message holding `value`, at `buf`; its space.
+template <class T>
+size_t put_cmsg(char* buf, int level, int type, const T& value) {
+  auto* c = reinterpret_cast<cmsghdr*>(buf);
+  c->cmsg_level = level;
+  c->cmsg_type = type;
+  c->cmsg_len = CMSG_LEN(sizeof(T));
+  std::memcpy(CMSG_DATA(c), &value, sizeof value);
+  return CMSG_SPACE(sizeof(T));
+}
+
+}  // namespace
+
 size_t UpstreamSet::source_cmsg(int f, uint32_t source, char* buf) const {
   if (sources_[f].empty()) return 0;
   std::memset(buf, 0, kCmsgSpace);
-  auto* c = reinterpret_cast<cmsghdr*>(buf);
   const sockaddr_storage& src = sources_[f][source];
   if (f == 0) {
-    c->cmsg_level = IPPROTO_IP;
-    c->cmsg_type = IP_PKTINFO;
-    c->cmsg_len = CMSG_LEN(sizeof(in_pktinfo));
     in_pktinfo pi{};
     pi.ipi_spec_dst = reinterpret_cast<const sockaddr_in&>(src).sin_addr;
-    std::memcpy(CMSG_DATA(c), &pi, sizeof pi);
-    return CMSG_SPACE(sizeof(in_pktinfo));
+    return put_cmsg(buf, IPPROTO_IP, IP_PKTINFO, pi);
   }
-  c->cmsg_level = IPPROTO_IPV6;
-  c->cmsg_type = IPV6_PKTINFO;
-  c->cmsg_len = CMSG_LEN(sizeof(in6_pktinfo));
   in6_pktinfo pi{};
   pi.ipi6_addr = reinterpret_cast<const sockaddr_in6&>(src).sin6_addr;
-  std::memcpy(CMSG_DATA(c), &pi, sizeof pi);
-  return CMSG_SPACE(sizeof(in6_pktinfo));
+  return put_cmsg(buf, IPPROTO_IPV6, IPV6_PKTINFO, pi);
 }
 
 int UpstreamSet::source_of(int f, const msghdr& m) const {
