@@ -12,6 +12,7 @@
 #include <regex>
 #include <string>
 
+#include "test/support/backend_server.h"
 #include "test/support/config_builder.h"
 #include "test/support/deadline.h"
 #include "test/support/lb_process.h"
@@ -82,17 +83,20 @@ TEST_CASE("reencrypt: an unverifiable backend is a failed connect; the next one 
   CertFiles bad_ca = other.issue("bad", {"backend.internal"});
   OpensslServer good(good_cert.cert, good_cert.key), named(wrong_name.cert, wrong_name.key),
       untrusted(bad_ca.cert, bad_ca.key);
-  REQUIRE((good.ok() && named.ok() && untrusted.ok()));
+  // Accepts, then never answers the ClientHello: connect_timeout ends it.
+  TestBackend silent(TestBackend::read_until_eof_then_reply());
+  REQUIRE((good.ok() && named.ok() && untrusted.ok() && silent.ok()));
   const std::string tls_keys = fmt::format("sni = \"backend.internal\"\nca_file = \"{}\"", files.ca_path());
-  // Pool "web" of the three (health check `health`), trusting `files`' CA.
+  // Pool "web" of the four (health check `health`), trusting `files`' CA.
   const auto three = [&](const std::string& health) {
     ConfigBuilder cfg;
     cfg.global(1, true)
-        .listener("web", "web", "retries = 2")
+        .listener("web", "web", "retries = 3\nconnect_timeout = \"500ms\"")
         .pool("web", health, "", health == "none" ? "" : "interval = \"300ms\"")
         .pool_tls(tls_keys)
         .backend(named.address(), "wrong-name")
         .backend(untrusted.address(), "bad-ca")
+        .backend(silent.address(), "silent")
         .backend(good.address(), "good");
     return cfg;
   };
@@ -109,6 +113,7 @@ TEST_CASE("reencrypt: an unverifiable backend is a failed connect; the next one 
     }
     CHECK(connect_failures(admin, "web", "wrong-name") >= 1);
     CHECK(connect_failures(admin, "web", "bad-ca") >= 1);
+    CHECK(connect_failures(admin, "web", "silent") >= 1);
     CHECK(connect_failures(admin, "web", "good") == 0);
     CHECK(metric(admin, "lb_backend_connections_total", {{"pool", "web"}, {"backend", "good"}}) == 6);
     CHECK(lb.wait_for_line(
@@ -124,6 +129,7 @@ TEST_CASE("reencrypt: an unverifiable backend is a failed connect; the next one 
     CHECK(metric(admin, "lb_backend_up", {{"pool", "web"}, {"backend", "good"}}) == 1);
     CHECK(metric(admin, "lb_backend_up", {{"pool", "web"}, {"backend", "bad-ca"}}) == 0);
     CHECK(metric(admin, "lb_backend_up", {{"pool", "web"}, {"backend", "wrong-name"}}) == 0);
+    CHECK(metric(admin, "lb_backend_up", {{"pool", "web"}, {"backend", "silent"}}) == 0);
     for (int i = 0; i < 3; ++i)
       CHECK(fetch_plain(lb.listener_port("web"), kGet).rfind("HTTP/1.0 200 ok", 0) == 0);
     CHECK(connect_failures(admin, "web", "good") == 0);
