@@ -37,6 +37,8 @@ struct AccessRecord {
   // Passthrough logs what the ClientHello offered: the highest version and
   // the ALPN protocols, comma separated; terminate logs what was negotiated
   // ("TLSv1.3", the chosen protocol), empty before a finished handshake.
+  // Both log the server name (terminate: the one the handshake accepted) and
+  // the JA4 of the ClientHello.
   bool tls = false;
   std::string_view sni;
   std::string_view tls_version;

@@ -62,6 +62,9 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
   if (nread == 0) return;
   if (s->tls_ && stream == reinterpret_cast<uv_stream_t*>(s->client_.get()) && s->state_ != State::Closing)
     s->on_tls_read(nread, buf->base);
+  else if (s->up_tls_ && stream == reinterpret_cast<uv_stream_t*>(s->upstream_.get()) &&
+           s->state_ != State::Closing)
+    s->on_backend_tls_read(nread, buf->base);
   else if (s->state_ == State::Header)
     s->on_header_bytes(nread);
   else if (s->state_ == State::Hello)
@@ -76,6 +79,8 @@ void TcpSession::on_relay_read(uv_tcp_t* src, ssize_t nread, const char* data) {
     if (!tls_) count_bytes(src == client_.get(), static_cast<size_t>(nread));
     if (static_cast<size_t>(nread) >= kSpliceReadMin) bulk_seen_ = true;
     if (tls_) return tls_from_backend(data, static_cast<size_t>(nread));  // client bytes: on_tls_read
+    // Backend bytes: on_backend_tls_read.
+    if (up_tls_) return to_backend(data, static_cast<size_t>(nread));
     forward(way_from(src), src, peer_of(src), data, static_cast<size_t>(nread));
     maybe_splice();
     return;
@@ -209,6 +214,10 @@ void TcpSession::on_eof(Way& w, uv_tcp_t* dst) {
     // close_notify, then FIN, once the records before it are written; the
     // relay reports shutdown_done.
     tls_->shutdown();
+    return;
+  }
+  if (up_tls_ && dst == upstream_.get()) {
+    up_tls_->shutdown();
     return;
   }
   auto* dst_stream = reinterpret_cast<uv_stream_t*>(dst);

@@ -45,8 +45,9 @@ void discard(FrozenSession& f) {
 }
 
 bool TcpSession::freeze(FrozenSession* out) {
-  // OpenSSL's state cannot move: a terminated session ends where it is.
-  if (!relaying() || tls_) return false;
+  // OpenSSL's state cannot move: a terminated or re-encrypted session ends
+  // where it is.
+  if (!relaying() || tls_ || up_tls_) return false;
   FrozenSession f;
   if (path_ == Path::Copy) {
     // The handles keep their fds until they close: take duplicates. What

@@ -212,11 +212,16 @@ void TcpSession::on_connect_cb(uv_connect_t* req, int status) {
   if (status < 0)
     s->on_connect_failed();
   else
-    s->on_connected();
+    s->on_tcp_connected();
 }
 
 void TcpSession::on_connect_failed() {
   worker_.timeouts().disarm(&timeout_);
+  if (up_tls_) {
+    // Kept in backend_tls_legs_ until the session is freed.
+    up_tls_->stop();
+    up_tls_ = nullptr;
+  }
   backend_->connect_failures.fetch_add(1, std::memory_order_relaxed);
   report_backend_failure();
   release_backend();
@@ -250,10 +255,11 @@ void TcpSession::on_connected() {
   if (uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_.get()), &fd) == 0)
     set_keepalive(fd, backend_keepalive(listener_->cfg.idle_timeout));
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.idle_timeout.count()));
-  // What the backend gets before the client's stream: our PROXY header, then
+  // What the backend gets before the client's stream: our PROXY header (in
+  // the clear before the TLS session, sent already with [pool.tls]), then
   // whatever the client sent before the backend was connected.
   std::string preface;
-  if (listener_->cfg.proxy_protocol != conf::ProxyProtocol::Off) {
+  if (listener_->cfg.proxy_protocol != conf::ProxyProtocol::Off && !up_tls_) {
     preface = proxy_header();
     if (preface.empty()) {
       finish(Result::Reset, true);
@@ -266,7 +272,7 @@ void TcpSession::on_connected() {
     std::string().swap(early_);
   }
   if (!preface.empty()) {
-    forward(up_, client_.get(), upstream_.get(), preface.data(), preface.size());
+    to_backend(preface.data(), preface.size());
     if (state_ != State::Relaying) return;
   }
   if (tls_) {
@@ -375,6 +381,7 @@ void TcpSession::finish(Result r, bool reset) {
   worker_.cancel_budget_wait(this);
   starved_ = 0;
   if (tls_) tls_->stop();
+  if (up_tls_) up_tls_->stop();
   if (relay_) {
     if (reset)
       relay_->abort();
@@ -416,16 +423,18 @@ void TcpSession::log_access() {
   rec.result = kResults[static_cast<int>(result_)];
   if (listener_->cfg.tls != conf::TlsMode::Off) {
     rec.tls = true;
-    if (hello_) {  // passthrough: what the ClientHello offered
+    if (hello_) {
       rec.sni = hello_->sni;
+      rec.ja4 = hello_->ja4;
+    }
+    if (tls_) {  // terminate: what was negotiated (nothing before the handshake finished)
+      if (tls_->established()) {
+        rec.tls_version = tls_->stream().version();
+        rec.alpn = tls_->stream().alpn();
+      }
+    } else if (hello_) {  // passthrough: what the ClientHello offered
       rec.tls_version = hello_->tls_version;
       rec.alpn = hello_->alpn;
-      rec.ja4 = hello_->ja4;
-    } else if (tls_ && tls_->established()) {  // terminate: what was negotiated
-      const char* name = SSL_get_servername(tls_->stream().ssl(), TLSEXT_NAMETYPE_host_name);
-      if (name) rec.sni = name;
-      rec.tls_version = tls_->stream().version();
-      rec.alpn = tls_->stream().alpn();
     }
   }
   log->write(worker_.index(), rec);

@@ -29,7 +29,9 @@
 //              too large, closed or late: Closing, counted as reason "tls".
 //  Connecting  one connect attempt (connect_timeout); a failure goes back
 //              to choose_backend(), avoiding every backend already tried, up
-//              to `retries` more times.
+//              to `retries` more times. A pool with [pool.tls] connects
+//              with the TLS handshake too (tcp_tls_backend.cc), within the
+//              same connect_timeout; a failed handshake is a failed connect.
 //  Relaying    both ways flow: our PROXY header and early_ first, then the
 //              client's stream. Sub-state path_: Copy (tcp_copy.cc), Splice
 //              (a SpliceRelay owns the sockets, tcp_splice.cc) or Unsplicing
@@ -80,6 +82,7 @@
 #include "core/frozen_session.h"
 #include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
+#include "core/tls/client_context.h"
 #include "core/tls/passthrough.h"
 #include "core/tls/tls_relay.h"
 #include "core/uv_ptr.h"
@@ -181,6 +184,7 @@ class TcpSession {
   void refuse_tls(const char* why);    // Hello -> Closing
 
   void connect_to(Backend* b);        // -> Connecting
+  void on_tcp_connected();            // Connecting -> on_connected() | backend handshake
   void on_connected();                // Connecting -> Relaying
   void on_connect_failed();           // Connecting -> choose_backend()
   void finish(Result r, bool reset);  // any -> Closing
@@ -249,6 +253,36 @@ class TcpSession {
   void on_tls_timeout();
   void tls_from_backend(const char* data, size_t n);
 
+  // --- re-encryption (tcp_tls_backend.cc): pools with [pool.tls] ---
+  // The backend leg is a TlsRelay in client mode on upstream_ (owned by its
+  // Upstream): Connecting lasts until its handshake has finished; our PROXY
+  // header goes before it, in the clear. Then plaintext from the client (or
+  // the client's TlsRelay) is encrypted for the backend, and the backend's
+  // decrypted bytes go to the client as from a plain backend. Never
+  // spliced, never frozen.
+  struct BackendTlsEvents final : tls::TlsRelay::Events {
+    TcpSession* s;
+    explicit BackendTlsEvents(TcpSession* session) : s(session) {}
+    void tls_established() override { s->on_connected(); }
+    void tls_plaintext(const char* data, size_t n) override { s->on_backend_plaintext(data, n); }
+    void tls_peer_done(bool clean) override { s->on_backend_tls_done(clean); }
+    void tls_failed(bool during_handshake, const std::string& why) override {
+      s->on_backend_tls_failed(during_handshake, why);
+    }
+    void tls_drained() override { s->on_backend_tls_drained(); }
+    void tls_shutdown_done() override { s->on_shutdown_done(s->up_, 0); }
+  };
+  // The pool's [pool.tls] context for backend_, or null (plaintext).
+  const tls::ClientContext* backend_tls_context() const;
+  void start_backend_tls(const tls::ClientContext& ctx);  // Connecting: TCP is up
+  void on_backend_tls_read(ssize_t nread, const char* data);
+  void on_backend_plaintext(const char* data, size_t n);
+  void on_backend_tls_done(bool clean);
+  void on_backend_tls_failed(bool during_handshake, const std::string& why);
+  void on_backend_tls_drained();
+  // Client bytes (plaintext) for the backend: encrypted or as they are.
+  void to_backend(const char* data, size_t n);
+
   // --- freeze and resume (tcp_freeze.cc) ---
   void restore(BackendPtr backend, FrozenSession& f);
 
@@ -305,11 +339,19 @@ class TcpSession {
   // Client bytes read before the backend was connected (behind a PROXY
   // header today); sent on right after our own PROXY header.
   std::string early_;
-  // Passthrough listeners only: the ClientHello's bytes (until they move to
-  // early_) and what it said, for routing and the access log.
+  // TLS listeners: what the ClientHello said, for routing, the access log
+  // and the PROXY header; passthrough: also its bytes (until they move to
+  // early_).
   std::unique_ptr<tls::Passthrough> hello_;
   std::unique_ptr<tls::TlsRelay> tls_;  // tls = "terminate": the client leg
   TlsEvents tls_events_{this};
+  // [pool.tls]: upstream_'s TLS leg. Each connect attempt's leg stays in
+  // backend_tls_legs_ until the session is freed, which is after every
+  // handle's close callback, so no write request of a failed attempt's leg
+  // outlives it (attempts are bounded by retries).
+  tls::TlsRelay* up_tls_ = nullptr;
+  std::vector<std::unique_ptr<tls::TlsRelay>> backend_tls_legs_;
+  BackendTlsEvents up_tls_events_{this};
 };
 
 }  // namespace lb::core

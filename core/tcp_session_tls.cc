@@ -15,6 +15,7 @@ namespace lb::core {
 void TcpSession::enter_hello() {
   state_ = State::Hello;
   hello_ = std::make_unique<tls::Passthrough>();
+  hello_->buf.reset(new uint8_t[tls::kMaxClientHello]);
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count()));
   // accept_proxy_protocol: the client's bytes after its PROXY header are
   // the start of the hello (fewer than proxy::kMaxHeader of them).

@@ -19,7 +19,7 @@ namespace lb::core {
 // nothing queued either way and no half-close under way, so every byte read
 // so far has reached the kernel and the relay takes over a clean stream.
 void TcpSession::maybe_splice() {
-  if (tls_ || state_ != State::Relaying || path_ != Path::Copy || !bulk_seen_ ||
+  if (tls_ || up_tls_ || state_ != State::Relaying || path_ != Path::Copy || !bulk_seen_ ||
       bytes_to_backend_ + bytes_to_client_ < kSpliceAfterBytes)
     return;
   const Direction& up = up_.flow;

@@ -1,8 +1,10 @@
 // TcpSession, TLS termination (tls = "terminate"): the client leg through a
 // TlsRelay (core/tls/tls_relay.h). The handshake runs in Routing, bounded by
-// tls_handshake_timeout; the backend is chosen once it has finished; then the
-// copy path relays plaintext with its usual backpressure and half-close
-// (close_notify and FIN towards the client when the backend ends).
+// tls_handshake_timeout; the pool is chosen by the server name it accepted
+// ([[listener.route]]), and the backend once it has finished; then the copy
+// path relays plaintext with its usual backpressure and half-close
+// (close_notify and FIN towards the client when the backend ends). A copy of
+// the ClientHello's bytes gives the access log its JA4.
 #include "core/log.h"
 #include "core/tcp_session.h"
 #include "core/tls/server_context.h"
@@ -22,6 +24,7 @@ void TcpSession::enter_tls() {
   // (or queued) before the next read.
   tls_ = std::make_unique<tls::TlsRelay>(client_.get(), std::move(stream), tls_events_, worker_.read_buffer(),
                                          Worker::kReadBufferSize, &worker_.shared().buffers);
+  hello_ = std::make_unique<tls::Passthrough>();
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count()));
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0)
     finish(Result::Reset, true);
@@ -30,6 +33,8 @@ void TcpSession::enter_tls() {
 void TcpSession::on_tls_read(ssize_t nread, const char* data) {
   if (nread > 0) {
     if (relaying()) worker_.timeouts().touch(&timeout_);
+    // Before the relay consumes them (a no-op once the hello is decided).
+    hello_->observe(data, static_cast<size_t>(nread));
     // Until the backend is connected the relay keeps the ciphertext; past
     // its bound the client waits in the kernel.
     if (!tls_->on_ciphertext(data, static_cast<size_t>(nread)) && state_ != State::Closing)
@@ -58,13 +63,20 @@ void TcpSession::on_tls_read(ssize_t nread, const char* data) {
 void TcpSession::on_tls_established() {
   worker_.timeouts().disarm(&timeout_);
   bump(listener_->stats->slot(worker_.index()).tls_ok);
+  // Routing, hash_key = "sni", the PROXY header's authority and "$client"
+  // all go by the name the handshake accepted.
+  if (const char* name = SSL_get_servername(tls_->stream().ssl(), TLSEXT_NAMETYPE_host_name))
+    hello_->set_sni(name);
+  pool_ = tls::route_pool(listener_->cfg, hello_->sni_key);
+  flow_hash_ =
+      worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_), hello_->sni_key);
   choose_backend();
 }
 
 void TcpSession::on_tls_plaintext(const char* data, size_t n) {
   if (!relaying()) return;
   count_bytes(true, n);
-  forward(up_, client_.get(), upstream_.get(), data, n);
+  to_backend(data, n);
 }
 
 // close_notify (clean) or a FIN without it: the client's direction ends

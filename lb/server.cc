@@ -338,22 +338,6 @@ void Server::post_listeners(const conf::Config& cfg, OpenedSockets& fresh) {
   fresh.binds.clear();
 }
 
-namespace {
-
-// The name a [pool.tls] connection to `b` sends and verifies: the pool's sni
-// ("$client" has no client here), else the backend's host name, else its IP.
-std::string backend_tls_name(const conf::PoolTls& t, const core::Backend& b) {
-  if (!t.sni.empty() && t.sni != "$client") return t.sni;
-  if (!b.address.host.empty()) return b.address.host;
-  std::string text = core::format_address(reinterpret_cast<const sockaddr*>(&b.address.addr));
-  size_t colon = text.rfind(':');
-  if (colon != std::string::npos) text.resize(colon);
-  if (text.size() > 1 && text.front() == '[') text = text.substr(1, text.size() - 2);
-  return text;
-}
-
-}  // namespace
-
 void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>& pools,
                             const std::shared_ptr<const tls::Contexts>& tls) {
   std::vector<health::HealthChecker::Target> targets;
@@ -363,7 +347,7 @@ void Server::health_targets(const std::vector<core::ControlPlane::PoolBackends>&
       if (auto it = tls->pools.find(p.pool->name); it != tls->pools.end()) client = it->second;
     for (const auto& b : p.backends) {
       health::HealthChecker::Target t{b, p.pool->health_check, p.pool->outlier, client, {}};
-      if (client) t.tls_name = backend_tls_name(p.pool->tls, *b);
+      if (client) t.tls_name = tls::backend_server_name(*client, b->address);
       targets.push_back(std::move(t));
     }
   }

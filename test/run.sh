@@ -14,7 +14,7 @@ jobs=$(nproc)
 packages=(build-essential cmake pkg-config libuv1-dev libssl-dev libtomlplusplus-dev catch2 libxxhash-dev libcap-ng-dev libsystemd-dev
           libfmt-dev nlohmann-json3-dev openssl iproute2 procps dnsmasq-base systemd util-linux
           debhelper dpkg-dev pandoc lintian man-db
-          python3 curl chromium prometheus clang-format clang-tidy testssl.sh)
+          python3 curl chromium prometheus clang-format clang-tidy testssl.sh haproxy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,6 +13,7 @@ std::unique_ptr<ClientContext> ClientContext::load(const ClientSettings& setting
   }
   std::unique_ptr<ClientContext> self(new ClientContext());
   self->verify_ = settings.verify;
+  self->server_name_ = settings.server_name;
   ERR_clear_error();
   self->ctx_ = SSL_CTX_new(TLS_client_method());
   if (!self->ctx_) {

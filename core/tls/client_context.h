@@ -18,6 +18,10 @@ struct ClientSettings {
   std::string ca_file;    // PEM bundle; empty = OpenSSL's default paths
   std::string cert, key;  // optional client certificate (mutual TLS): both or neither
   std::vector<std::string> alpn;
+  // The server name policy of [pool.tls] sni, kept for the sessions:
+  // "" = the backend's host, "$client" = the client's SNI, else this name
+  // (see backend_server_name in core/tls/settings.h).
+  std::string server_name;
 };
 
 class ClientContext {
@@ -30,11 +34,13 @@ class ClientContext {
 
   SSL_CTX* ctx() const { return ctx_; }
   bool verify() const { return verify_; }
+  const std::string& server_name() const { return server_name_; }
 
  private:
   ClientContext() = default;
   SSL_CTX* ctx_ = nullptr;
   bool verify_ = true;
+  std::string server_name_;
 };
 
 }  // namespace lb::tls

@@ -1,5 +1,7 @@
 #include "core/tls/settings.h"
 
+#include <arpa/inet.h>
+
 namespace lb::tls {
 
 ServerSettings server_settings(const conf::Listener& l) {
@@ -19,7 +21,22 @@ ClientSettings client_settings(const conf::PoolTls& t) {
   s.ca_file = t.ca_file;
   s.cert = t.cert;
   s.key = t.key;
+  s.server_name = t.sni;
   return s;
+}
+
+std::string backend_server_name(const ClientContext& ctx, const conf::Endpoint& backend,
+                                std::string_view client_sni) {
+  const std::string& setting = ctx.server_name();
+  if (setting == "$client" && !client_sni.empty()) return std::string(client_sni);
+  if (!setting.empty() && setting != "$client") return setting;
+  if (!backend.host.empty()) return backend.host;
+  char text[INET6_ADDRSTRLEN] = "";
+  if (backend.addr.ss_family == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&backend.addr)->sin6_addr, text, sizeof text);
+  else
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&backend.addr)->sin_addr, text, sizeof text);
+  return text;
 }
 
 const ServerContext* Contexts::listener(const std::string& name) const {

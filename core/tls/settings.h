@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "conf/config.h"
@@ -21,6 +22,14 @@ namespace lb::tls {
 
 ServerSettings server_settings(const conf::Listener& listener);
 ClientSettings client_settings(const conf::PoolTls& tls);
+
+// The name a [pool.tls] connection to `backend` sends as SNI and verifies
+// the certificate against: the pool's sni; for "$client" the client's
+// server name (`client_sni`, empty when it sent none: then the default);
+// by default the backend's host name, or its IP literal (not sent as SNI,
+// verified as an IP subjectAltName). Health probes pass no client name.
+std::string backend_server_name(const ClientContext& ctx, const conf::Endpoint& backend,
+                                std::string_view client_sni = {});
 
 // One configuration generation's TLS contexts.
 struct Contexts {

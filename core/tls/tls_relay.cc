@@ -27,7 +27,12 @@ TlsRelay::TlsRelay(uv_tcp_t* socket, std::unique_ptr<TlsStream> stream, Events& 
 
 TlsRelay::~TlsRelay() = default;
 
-void TlsRelay::start() { drive(); }
+void TlsRelay::start(std::string_view preface) {
+  if (!preface.empty()) {
+    if (std::string error = send(preface); !error.empty()) return fail(error);
+  }
+  drive();
+}
 
 bool TlsRelay::on_ciphertext(const char* data, size_t n) {
   stream_->feed(data, n);
@@ -97,42 +102,37 @@ bool TlsRelay::write(const char* data, size_t n) {
 bool TlsRelay::flush() {
   std::string_view out = stream_->peek_output();
   if (out.empty()) return true;
+  std::string error = send(out);
+  stream_->discard_output();
+  if (error.empty()) return true;
+  fail(error);
+  return false;
+}
+
+std::string TlsRelay::send(std::string_view out) {
   auto* stream = reinterpret_cast<uv_stream_t*>(socket_);
   // Fast path: the kernel takes it all, nothing is copied (libuv refuses a
   // try-write while earlier writes wait, so the order holds).
   uv_buf_t b = uv_buf_init(const_cast<char*>(out.data()), static_cast<unsigned>(out.size()));
   int written = uv_try_write(stream, &b, 1);
-  if (written < 0 && written != UV_EAGAIN) {
-    stream_->discard_output();
-    fail(std::string("write: ") + uv_strerror(written));
-    return false;
-  }
+  if (written < 0 && written != UV_EAGAIN) return std::string("write: ") + uv_strerror(written);
   size_t done = written > 0 ? static_cast<size_t>(written) : 0;
   size_t rest = out.size() - done;
-  if (rest == 0) {
-    stream_->discard_output();
-    return true;
-  }
+  if (rest == 0) return {};
   auto* w = static_cast<WriteReq*>(std::malloc(sizeof(WriteReq) + rest));
-  if (!w) {
-    stream_->discard_output();
-    fail("out of memory");
-    return false;
-  }
+  if (!w) return "out of memory";
   w->relay = this;
   w->len = rest;
   std::memcpy(w->data(), out.data() + done, rest);
-  stream_->discard_output();
   uv_buf_t wb = uv_buf_init(w->data(), static_cast<unsigned>(rest));
   int rc = uv_write(&w->req, stream, &wb, 1, on_write_cb);
   if (rc != 0) {
     std::free(w);
-    fail(std::string("write: ") + uv_strerror(rc));
-    return false;
+    return std::string("write: ") + uv_strerror(rc);
   }
   queued_ += rest;
   if (budget_) budget_->charge(sizeof(WriteReq) + rest);
-  return true;
+  return {};
 }
 
 void TlsRelay::on_write_cb(uv_write_t* req, int status) {

@@ -38,6 +38,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "core/flow_control.h"
 #include "core/tls/tls_stream.h"
@@ -73,8 +74,10 @@ class TlsRelay {
   TlsRelay(const TlsRelay&) = delete;
   TlsRelay& operator=(const TlsRelay&) = delete;
 
-  // Client mode: sends the ClientHello. Server mode: nothing to do until bytes come.
-  void start();
+  // Client mode: sends the ClientHello. Server mode: nothing to do until
+  // bytes come. `preface` goes to the socket first, as it is (a PROXY
+  // header precedes the TLS session on the connection).
+  void start(std::string_view preface = {});
   // Bytes the session read from the socket. False: stop reading it.
   bool on_ciphertext(const char* data, size_t n);
   void on_transport_eof();
@@ -94,8 +97,9 @@ class TlsRelay {
 
  private:
   struct WriteReq;
-  void drive();  // handshake and plaintext delivery as far as possible
-  bool flush();  // records to the socket; false after reporting a failure
+  void drive();                              // handshake and plaintext delivery as far as possible
+  bool flush();                              // records to the socket; false after reporting a failure
+  std::string send(std::string_view bytes);  // to the socket, in order; the error, or ""
   void fail(const std::string& why);
   static void on_write_cb(uv_write_t* req, int status);
   static void on_shutdown_cb(uv_shutdown_t* req, int status);

@@ -1,14 +1,15 @@
 // End-to-end: the certificate files of terminate listeners, as `lb --check`,
 // the expiry gauge and SIGHUP see them (every file read again on each
 // reload, a broken one failing the reload as a whole).
-#include <fmt/format.h>
 #include <catch2/catch.hpp>
 
 #include <csignal>
 #include <ctime>
 #include <regex>
 #include <string>
+#include <vector>
 
+#include "test/support/config_builder.h"
 #include "test/support/deadline.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
@@ -18,35 +19,15 @@
 namespace lb::test {
 namespace {
 
-// One terminate listener "tls" with one certificate, pool "web" with one
-// backend (type none: the backend need not exist for these tests).
+// One terminate listener "tls" with one certificate and `routes`, pool
+// "web" with one backend (type none: the backend need not exist for these
+// tests).
 std::string terminate_config(const std::string& cert, const std::string& key,
-                             const std::string& routes = "") {
-  return fmt::format(R"([global]
-workers = 1
-access_log = "off"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tls"
-bind = "127.0.0.1:0"
-pool = "web"
-tls = "terminate"
-{}
-[[listener.certificate]]
-cert = "{}"
-key = "{}"
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "127.0.0.1:9"
-)",
-                     routes, cert, key);
+                             const std::vector<std::string>& routes = {}) {
+  ConfigBuilder b;
+  b.global(1, true).listener("tls", "web", "tls = \"terminate\"").certificate(cert, key);
+  if (!routes.empty()) b.route(routes, "web");
+  return b.pool("web").backend("127.0.0.1:9");
 }
 
 double expiry(uint16_t admin, const std::string& name) {
@@ -100,8 +81,7 @@ TEST_CASE("tls: lb --check reads every certificate and key", "[e2e][tls]") {
     CHECK(r.err.find("(www.example.com) expired at") != std::string::npos);
   }
   SECTION("a certificate naming none of the routes' names is a warning") {
-    std::string routes = "\n[[listener.route]]\nsni = [\"api.example.org\"]\npool = \"web\"\n";
-    std::string cfg = dir.write_file("lb.toml", terminate_config(cert, key, routes));
+    std::string cfg = dir.write_file("lb.toml", terminate_config(cert, key, {"api.example.org"}));
     LbRun r = run_lb({"--config", cfg, "--check"});
     CHECK(r.exit_status == 0);
     CHECK(r.err.find("warning: listener tls: certificate " + cert +

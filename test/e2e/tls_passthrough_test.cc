@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
@@ -33,23 +34,16 @@ namespace {
 
 namespace th = tls_hello;
 
-std::string global_with_access_log() {
-  return "[global]\nworkers = 1\naccess_log = \"stderr\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n";
-}
-
-std::string pool(const std::string& name, const std::vector<std::string>& backends,
-                 const std::string& extra = "") {
-  std::string out =
-      fmt::format("\n[[pool]]\nname = \"{}\"\n{}\n[pool.health_check]\ntype = \"none\"\n", name, extra);
-  for (const auto& b : backends) out += fmt::format("[[pool.backend]]\naddress = \"{}\"\n", b);
-  return out;
-}
-
-// Listener "tls" (passthrough, in front of pool `pool`) with extra keys.
-std::string tls_listener(const std::string& pool, const std::string& extra = "") {
-  return fmt::format(
-      "\n[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:0\"\npool = \"{}\"\ntls = \"passthrough\"\n{}\n",
-      pool, extra);
+// `workers` (admin on), listener "tls" (passthrough, `extra` keys) in front
+// of pool "web" of `backends`, without health checks; `pool_extra` keys.
+ConfigBuilder passthrough_config(const std::vector<std::string>& backends, const std::string& extra = "",
+                                 const std::string& pool_extra = "", unsigned workers = 1) {
+  ConfigBuilder b;
+  b.global(workers, true)
+      .listener("tls", "web", "tls = \"passthrough\"\n" + extra)
+      .pool("web", "none", pool_extra);
+  for (const auto& address : backends) b.backend(address);
+  return b;
 }
 
 std::optional<double> rejected_tls(uint16_t admin, const std::string& listener) {
@@ -85,27 +79,26 @@ TEST_CASE("passthrough: real TLS clients reach the backend their server name rou
   TempDir certs;
   for (const char* n : {"api-backend", "net-backend", "default-backend"})
     REQUIRE(make_certificate(certs.path(), n));
-  OpensslServer api(certs.path(), "api-backend");
-  OpensslServer net(certs.path(), "net-backend");
-  OpensslServer def(certs.path(), "default-backend");
-  REQUIRE((api.ok() && net.ok() && def.ok()));
+  const auto server = [&](const std::string& name) {
+    return std::make_unique<OpensslServer>(certs.path() + "/" + name + ".pem",
+                                           certs.path() + "/" + name + ".key");
+  };
+  auto api = server("api-backend"), net = server("net-backend"), def = server("default-backend");
+  REQUIRE((api->ok() && net->ok() && def->ok()));
 
-  LbProcess lb(global_with_access_log() + R"(
-[[listener]]
-name = "sni"
-bind = "127.0.0.1:0"
-pool = "default"
-tls = "passthrough"
-
-[[listener.route]]
-sni = ["api.example.com"]
-pool = "api"
-
-[[listener.route]]
-sni = ["*.example.net"]
-pool = "net"
-)" + pool("default", {def.address()}) +
-               pool("api", {api.address()}) + pool("net", {net.address()}));
+  ConfigBuilder cfg;
+  cfg.global(1, true)
+      .access_log("stderr")
+      .listener("sni", "default", "tls = \"passthrough\"")
+      .route({"api.example.com"}, "api")
+      .route({"*.example.net"}, "net")
+      .pool("default")
+      .backend(def->address())
+      .pool("api")
+      .backend(api->address())
+      .pool("net")
+      .backend(net->address());
+  LbProcess lb(cfg);
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("sni");
 
@@ -147,8 +140,7 @@ pool = "net"
 TEST_CASE("passthrough: fragmented and bad hellos", "[tls][passthrough][hostile]") {
   TestBackend backend(TestBackend::named("backend-1"));
   REQUIRE(backend.ok());
-  LbProcess lb(global_section() + tls_listener("web", "tls_handshake_timeout = \"700ms\"") +
-               pool("web", {backend.address()}));
+  LbProcess lb(passthrough_config({backend.address()}, "tls_handshake_timeout = \"700ms\""));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("tls");
   const std::string greeting = "backend-1";
@@ -201,8 +193,7 @@ TEST_CASE("passthrough: hash_key = \"sni\" places a name on one backend whoever 
     REQUIRE(backends.back()->ok());
     addresses.push_back(backends.back()->address());
   }
-  LbProcess lb(global_section(2) + tls_listener("h") +
-               pool("h", addresses, "selector = \"maglev\"\nhash_key = \"sni\""));
+  LbProcess lb(passthrough_config(addresses, "", "selector = \"maglev\"\nhash_key = \"sni\"", 2));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("tls");
 
@@ -231,8 +222,7 @@ TEST_CASE("passthrough: PROXY v2 to the backend carries the server name (PP2_TYP
           "[tls][passthrough]") {
   TestBackend echo(TestBackend::echo());
   REQUIRE(echo.ok());
-  LbProcess lb(global_section() + tls_listener("web", "proxy_protocol = \"v2\"") +
-               pool("web", {echo.address()}));
+  LbProcess lb(passthrough_config({echo.address()}, "proxy_protocol = \"v2\""));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("tls");
 

@@ -1,52 +1,33 @@
 // End-to-end: tls = "terminate" with real TLS clients (Python's ssl, curl,
 // openssl s_client) in front of plain backends: certificate by SNI, ALPN,
 // echo with close_notify both ways, failed and timed-out handshakes counted
-// and kept from the backend, certificate rotation on SIGHUP.
+// and kept from the backend, certificate rotation on SIGHUP, routes and
+// hash_key = "sni" by the server name the handshake accepted, JA4.
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
 
 #include <csignal>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "test/support/backend_server.h"
 #include "test/support/child_process.h"
+#include "test/support/config_builder.h"
 #include "test/support/deadline.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
 #include "test/support/temp_dir.h"
 #include "test/support/tls_certs.h"
+#include "test/support/tls_clients.h"
 
 namespace lb::test {
 namespace {
-
-// Verifies against `ca`, sends SNI, offers ALPN http/1.1 then h2, echoes
-// `size` bytes through, closes with close_notify and waits for lb's. Prints
-// "version alpn keytype notAfter" on success.
-const char* kPythonEcho = R"(import socket, ssl, sys
-port, sni, ca, size = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-c = ssl.create_default_context(cafile=ca)
-c.set_alpn_protocols(['http/1.1', 'h2'])
-s = c.wrap_socket(socket.create_connection(('127.0.0.1', port), timeout=20), server_hostname=sni)
-data = bytes((i * 7) % 251 for i in range(size))
-s.sendall(data)
-got = b''
-while len(got) < size:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    got += chunk
-assert got == data, 'echo mismatch: %d of %d bytes' % (len(got), size)
-cert = s.getpeercert()
-der = s.getpeercert(binary_form=True)
-version, alpn = s.version(), s.selected_alpn_protocol()
-s.unwrap()  # our close_notify, then lb's (after the backend closed)
-print(version, alpn, cert['notAfter'].replace(' ', '_'), len(der))
-)";
 
 // Sends "ping" through a terminate listener with proxy_protocol = "v2" in
 // front of an echo backend: what comes back is lb's PROXY header, then the
@@ -72,71 +53,27 @@ print(got[16 + 12:total].hex())
 )";
 
 struct Site {
-  TempDir dir;
-  TestCa ca;
-  std::string ca_path = dir.write_file("ca.pem", ca.cert_pem());
-  std::string rsa_cert, rsa_key, ec_cert, ec_key;
+  TlsFiles files;
+  const std::string& ca_path = files.ca_path();
+  CertFiles rsa = files.issue("rsa", {"rsa.example.com"}, KeyType::rsa2048);
+  CertFiles ec = files.issue("ec", {"ec.example.com", "*.ec.example.com"});
 
-  Site() {
-    auto rsa = ca.issue({"rsa.example.com"}, KeyType::rsa2048);
-    auto ec = ca.issue({"ec.example.com", "*.ec.example.com"}, KeyType::ecdsa_p256);
-    rsa_cert = dir.write_file("rsa.pem", rsa.cert);
-    rsa_key = dir.write_file("rsa.key", rsa.key);
-    ec_cert = dir.write_file("ec.pem", ec.cert);
-    ec_key = dir.write_file("ec.key", ec.key);
-  }
-
-  std::string config(uint16_t backend_port, const std::string& extra = "",
-                     const std::string& access_log = "off") const {
-    return fmt::format(R"([global]
-workers = 2
-access_log = "{}"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tls"
-bind = "127.0.0.1:0"
-pool = "web"
-tls = "terminate"
-alpn = ["h2", "http/1.1"]
-{}
-[[listener.certificate]]
-cert = "{}"
-key = "{}"
-[[listener.certificate]]
-cert = "{}"
-key = "{}"
-
-[[pool]]
-name = "web"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "127.0.0.1:{}"
-)",
-                       access_log, extra, rsa_cert, rsa_key, ec_cert, ec_key, backend_port);
+  // workers 2, admin; listener "tls" (terminate, ALPN h2 then http/1.1,
+  // `extra` keys, both certificates: RSA the default) in front of pool "web"
+  // of one backend, without health checks. Routes and pools may follow.
+  ConfigBuilder config(uint16_t backend_port, const std::string& extra = "",
+                       const std::string& access_log = "off") const {
+    ConfigBuilder b;
+    b.global(2, true)
+        .access_log(access_log)
+        .listener("tls", "web", "tls = \"terminate\"\nalpn = [\"h2\", \"http/1.1\"]\n" + extra)
+        .certificate(rsa.cert, rsa.key)
+        .certificate(ec.cert, ec.key)
+        .pool("web")
+        .backend(fmt::format("127.0.0.1:{}", backend_port));
+    return b;
   }
 };
-
-struct ClientRun {
-  std::optional<int> status;
-  std::string out;
-};
-
-ClientRun run(std::vector<std::string> argv) {
-  ChildProcess p(std::move(argv));
-  ClientRun r;
-  if (!p.started()) return r;
-  r.status = p.wait_exit(in(seconds(60)));
-  r.out = p.output();
-  return r;
-}
-
-ClientRun python_echo(uint16_t port, const std::string& sni, const std::string& ca, size_t size) {
-  return run({"/usr/bin/python3", "-c", kPythonEcho, std::to_string(port), sni, ca, std::to_string(size)});
-}
 
 double metric(uint16_t admin, const std::string& name, const Labels& labels) {
   auto m = fetch_metrics(admin);
@@ -150,7 +87,7 @@ TEST_CASE("tls terminate: real clients, certificate by SNI, ALPN, echo, close_no
   Site site;
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  const std::string access_log = site.dir.path() + "/access.log";
+  const std::string access_log = site.files.dir().path() + "/access.log";
   LbProcess lb(site.config(backend.port(), "", access_log));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("tls"), admin = lb.admin_port();
@@ -172,15 +109,15 @@ TEST_CASE("tls terminate: real clients, certificate by SNI, ALPN, echo, close_no
   LbProcess lb2(site.config(http.port()));
   REQUIRE(lb2.wait_started());
   const uint16_t port2 = lb2.listener_port("tls");
-  ClientRun curl = run({"/usr/bin/curl", "-sS", "--max-time", "20", "--http1.1", "--cacert", site.ca_path,
-                        "--resolve", fmt::format("rsa.example.com:{}:127.0.0.1", port2),
-                        fmt::format("https://rsa.example.com:{}/", port2)});
+  ClientRun curl = run_client({"/usr/bin/curl", "-sS", "--max-time", "20", "--http1.1", "--cacert",
+                               site.ca_path, "--resolve", fmt::format("rsa.example.com:{}:127.0.0.1", port2),
+                               fmt::format("https://rsa.example.com:{}/", port2)});
   INFO(curl.out);
   CHECK(curl.status == 0);
   CHECK(curl.out.find("ok") != std::string::npos);
-  ClientRun s_client =
-      run({"/usr/bin/openssl", "s_client", "-connect", fmt::format("127.0.0.1:{}", port2), "-servername",
-           "ec.example.com", "-CAfile", site.ca_path, "-verify_return_error", "-brief", "-tls1_2"});
+  ClientRun s_client = run_client({"/usr/bin/openssl", "s_client", "-connect",
+                                   fmt::format("127.0.0.1:{}", port2), "-servername", "ec.example.com",
+                                   "-CAfile", site.ca_path, "-verify_return_error", "-brief", "-tls1_2"});
   INFO(s_client.out);
   CHECK(s_client.status == 0);
   CHECK(s_client.out.find("Verification: OK") != std::string::npos);
@@ -198,7 +135,11 @@ TEST_CASE("tls terminate: real clients, certificate by SNI, ALPN, echo, close_no
   INFO(text);
   CHECK(text.find("\"bytes_to_backend\":204800,\"bytes_to_client\":204800,\"result\":\"ok\",\"sni\":\"www.ec."
                   "example.com\"") != std::string::npos);
-  CHECK(text.find("\"tls_version\":\"TLSv1.3\",\"alpn\":\"h2\",\"ja4\":null}") != std::string::npos);
+  // JA4 of the ClientHello, as on passthrough listeners (Python's client,
+  // whose first ALPN offer is http/1.1).
+  CHECK(std::regex_search(
+      text,
+      std::regex(R"("tls_version":"TLSv1.3","alpn":"h2","ja4":"t13d\d{4}h1_[0-9a-f]{12}_[0-9a-f]{12}"\})")));
 }
 
 TEST_CASE("tls terminate: failed and late handshakes are counted, nothing reaches the backend",
@@ -222,10 +163,8 @@ TEST_CASE("tls terminate: failed and late handshakes are counted, nothing reache
   CHECK(wait_closed(silent, in(seconds(10))) != ReadEnd::Timeout);
 
   // A client that does not trust lb's certificate (another CA) fails too.
-  TempDir other_dir;
-  TestCa other;
-  ClientRun distrust =
-      python_echo(port, "rsa.example.com", other_dir.write_file("ca.pem", other.cert_pem()), 10);
+  TlsFiles other("another CA");
+  ClientRun distrust = python_echo(port, "rsa.example.com", other.ca_path(), 10);
   CHECK(distrust.status != 0);
 
   CHECK(wait_until(
@@ -251,8 +190,8 @@ TEST_CASE("tls terminate: PROXY v2 to the backend carries PP2_TYPE_ALPN and PP2_
   REQUIRE(backend.ok());
   LbProcess lb(site.config(backend.port(), "proxy_protocol = \"v2\""));
   REQUIRE(lb.wait_started());
-  ClientRun r = run({"/usr/bin/python3", "-c", kPythonProxyEcho, std::to_string(lb.listener_port("tls")),
-                     "ec.example.com", site.ca_path});
+  ClientRun r = run_client({"/usr/bin/python3", "-c", kPythonProxyEcho,
+                            std::to_string(lb.listener_port("tls")), "ec.example.com", site.ca_path});
   INFO(r.out);
   REQUIRE(r.status == 0);
   // ALPN "h2"; SSL: client = SSL, verify = 1 (no client certificate), version TLSv1.3.
@@ -272,10 +211,7 @@ TEST_CASE("tls terminate: SIGHUP rotates certificates for new handshakes", "[e2e
   INFO(before.out);
   REQUIRE(before.status == 0);
 
-  auto renewed =
-      site.ca.issue({"ec.example.com", "*.ec.example.com"}, KeyType::ecdsa_p256, -3600, 40 * 86400);
-  site.dir.write_file("ec.pem", renewed.cert);
-  site.dir.write_file("ec.key", renewed.key);
+  site.files.issue("ec", {"ec.example.com", "*.ec.example.com"}, KeyType::ecdsa_p256, -3600, 40 * 86400);
   for (int generation = 2; generation <= 4; ++generation) {
     size_t from = lb.line_count();
     REQUIRE(lb.signal(SIGHUP));
@@ -287,6 +223,75 @@ TEST_CASE("tls terminate: SIGHUP rotates certificates for new handshakes", "[e2e
     // Another notAfter: the renewed certificate is served.
     CHECK(after.out.substr(0, after.out.rfind(' ')) != before.out.substr(0, before.out.rfind(' ')));
   }
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("tls terminate: routes by the accepted server name, hash_key = \"sni\"", "[e2e][tls][routes]") {
+  Site site;
+  const auto named = [](const std::string& name) {
+    return std::make_unique<TestBackend>(TestBackend::send_then_close(name));
+  };
+  auto def = named("default"), api = named("api"), net = named("net"), shadowed = named("shadowed");
+  REQUIRE((def->ok() && api->ok() && net->ok() && shadowed->ok()));
+  std::vector<std::unique_ptr<TestBackend>> hashed;
+  for (int i = 0; i < 4; ++i) {
+    hashed.push_back(named(fmt::format("h{}", i)));
+    REQUIRE(hashed.back()->ok());
+  }
+  // The clients verify: one certificate names everything they ask for.
+  CertFiles names = site.files.issue(
+      "names", {"api.example.com", "a.example.net", "a.b.example.net", "example.net", "*.example.org"});
+  ConfigBuilder cfg = site.config(def->port(), "", "stderr");
+  cfg.certificate(names.cert, names.key)
+      .route({"api.example.com"}, "api")
+      .route({"*.example.net"}, "net")
+      .route({"a.example.net"}, "shadowed")  // after *.example.net: never reached
+      .route({"*.example.org"}, "hashed")
+      .pool("api")
+      .backend(api->address())
+      .pool("net")
+      .backend(net->address())
+      .pool("shadowed")
+      .backend(shadowed->address())
+      .pool("hashed", "none", "selector = \"maglev\"\nhash_key = \"sni\"");
+  for (const auto& b : hashed) cfg.backend(b->address());
+  LbProcess lb(cfg);
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("tls");
+
+  struct Case {
+    std::string sni, backend;
+  };
+  const Case cases[] = {
+      {"api.example.com", "api"},     {"API.Example.COM", "api"}, {"a.example.net", "net"},
+      {"a.b.example.net", "default"}, {"example.net", "default"}, {"rsa.example.com", "default"},
+  };
+  for (const auto& c : cases) {
+    ClientRun r = python_fetch(port, c.sni, site.ca_path);
+    INFO(c.sni << ": " << r.out);
+    CHECK(r.status == 0);
+    CHECK(r.out == c.backend + "\n");
+  }
+  // The access log names the server name as sent.
+  CHECK(lb.wait_for_line(std::regex(R"(\{"listener":"tls".*"sni":"API.Example.COM")"), in(seconds(10))));
+
+  // hash_key = "sni": a name stays on one backend (from one client address
+  // a source hash would pick one backend for all); names spread.
+  std::set<std::string> seen;
+  for (int n = 0; n < 8; ++n) {
+    const std::string name = fmt::format("host{}.example.org", n);
+    std::string first;
+    for (int i = 0; i < 2; ++i) {
+      ClientRun r = python_fetch(port, i == 0 ? name : fmt::format("HOST{}.example.ORG", n), site.ca_path);
+      INFO(name << ": " << r.out);
+      REQUIRE(r.status == 0);
+      if (first.empty()) first = r.out;
+      CHECK(r.out == first);
+    }
+    seen.insert(first);
+  }
+  CHECK(seen.size() > 1);
+  CHECK(shadowed->accepted() == 0);
   CHECK(lb.terminate() == 0);
 }
 

@@ -16,8 +16,9 @@ std::string lines(const std::string& extra) {
 
 ConfigBuilder& ConfigBuilder::global(unsigned workers, bool admin, const std::string& admin_extra,
                                      const std::string& global_extra) {
-  global_ = fmt::format("[global]\nworkers = {}\naccess_log = \"off\"\n{}\n", workers, lines(global_extra));
-  if (admin) global_ += "[admin]\nlisten = \"127.0.0.1:0\"\n" + lines(admin_extra) + "\n";
+  global_ = fmt::format("[global]\nworkers = {}\n", workers);
+  global_rest_ = lines(global_extra) + "\n";
+  if (admin) global_rest_ += "[admin]\nlisten = \"127.0.0.1:0\"\n" + lines(admin_extra) + "\n";
   return *this;
 }
 
@@ -25,6 +26,23 @@ ConfigBuilder& ConfigBuilder::listener(const std::string& name, const std::strin
                                        const std::string& extra, const std::string& bind) {
   listeners_ += fmt::format("[[listener]]\nname = \"{}\"\nbind = \"{}\"\npool = \"{}\"\n{}\n", name, bind,
                             pool, lines(extra));
+  return *this;
+}
+
+ConfigBuilder& ConfigBuilder::access_log(const std::string& target) {
+  access_log_ = target;
+  return *this;
+}
+
+ConfigBuilder& ConfigBuilder::route(const std::vector<std::string>& sni, const std::string& pool) {
+  std::string names;
+  for (const auto& n : sni) names += (names.empty() ? "\"" : ", \"") + n + "\"";
+  listeners_ += fmt::format("[[listener.route]]\nsni = [{}]\npool = \"{}\"\n\n", names, pool);
+  return *this;
+}
+
+ConfigBuilder& ConfigBuilder::certificate(const std::string& cert, const std::string& key) {
+  listeners_ += fmt::format("[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\n", cert, key);
   return *this;
 }
 
@@ -48,13 +66,21 @@ ConfigBuilder& ConfigBuilder::backend(const std::string& address, const std::str
   return *this;
 }
 
+ConfigBuilder& ConfigBuilder::pool_tls(const std::string& extra) {
+  if (pools_.empty()) pool("web");
+  pools_.back().head += "[pool.tls]\nenabled = true\n" + lines(extra);
+  return *this;
+}
+
 ConfigBuilder& ConfigBuilder::raw(const std::string& toml) {
   raw_ += "\n" + lines(toml);
   return *this;
 }
 
 std::string ConfigBuilder::str() const {
-  std::string out = global_ + listeners_;
+  std::string out;
+  if (!global_.empty()) out = global_ + fmt::format("access_log = \"{}\"\n", access_log_) + global_rest_;
+  out += listeners_;
   for (const auto& p : pools_) out += p.head + p.backends + "\n";
   return out + raw_;
 }

@@ -5,7 +5,9 @@
 //
 // Extra keys are TOML lines appended to their table as given. A pool's
 // [pool.health_check] table is written only when health_type is not empty.
-// web_config() is the shape most end-to-end tests start from.
+// route() and certificate() belong to the listener written last, pool_tls()
+// and backend() to the pool written last. web_config() is the shape most
+// end-to-end tests start from.
 //
 // Thread rules: plain values; no shared state.
 #pragma once
@@ -25,12 +27,20 @@ class ConfigBuilder {
   // protocol = "udp").
   ConfigBuilder& listener(const std::string& name, const std::string& pool, const std::string& extra = "",
                           const std::string& bind = "127.0.0.1:0");
+  // [global] access_log: "off" (the default), "stderr" or a path.
+  ConfigBuilder& access_log(const std::string& target);
+  // A [[listener.route]] of the last listener.
+  ConfigBuilder& route(const std::vector<std::string>& sni, const std::string& pool);
+  // A [[listener.certificate]] of the last listener.
+  ConfigBuilder& certificate(const std::string& cert, const std::string& key);
   // A [[pool]]; `extra` keys go in [[pool]], `health_extra` in [pool.health_check].
   ConfigBuilder& pool(const std::string& name, const std::string& health_type = "none",
                       const std::string& extra = "", const std::string& health_extra = "");
   // A [[pool.backend]] of the last pool; no id line when `id` is empty.
   ConfigBuilder& backend(const std::string& address, const std::string& id = "",
                          const std::string& extra = "");
+  // [pool.tls] of the last pool, enabled, with `extra` keys (sni, ca_file...).
+  ConfigBuilder& pool_tls(const std::string& extra);
   // Any further TOML, written after everything else.
   ConfigBuilder& raw(const std::string& toml);
 
@@ -42,7 +52,9 @@ class ConfigBuilder {
     std::string head;      // [[pool]] and [pool.health_check]
     std::string backends;  // [[pool.backend]] tables
   };
-  std::string global_;
+  std::string global_;       // [global] up to its access_log key
+  std::string global_rest_;  // the rest of [global], and [admin]
+  std::string access_log_ = "off";
   std::string listeners_;
   std::vector<Pool> pools_;
   std::string raw_;

@@ -6,6 +6,8 @@
 #include <openssl/x509v3.h>
 
 #include <atomic>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 namespace lb::test {
@@ -102,6 +104,22 @@ Pem TestCa::issue(const std::vector<std::string>& names, KeyType type, long not_
   X509_free(cert);
   EVP_PKEY_free(key);
   return pem;
+}
+
+TlsFiles::TlsFiles(const std::string& ca_name) : ca_(ca_name) {
+  ca_path_ = dir_.write_file("ca.pem", ca_.cert_pem());
+}
+
+CertFiles TlsFiles::issue(const std::string& file, const std::vector<std::string>& names, KeyType type,
+                          long not_before_s, long not_after_s) const {
+  Pem pem = ca_.issue(names, type, not_before_s, not_after_s);
+  return {dir_.write_file(file + ".pem", pem.cert), dir_.write_file(file + ".key", pem.key)};
+}
+
+std::string TlsFiles::combined(const CertFiles& files, const std::string& file) const {
+  std::ostringstream text;
+  text << std::ifstream(files.cert).rdbuf() << std::ifstream(files.key).rdbuf();
+  return dir_.write_file(file, text.str());
 }
 
 }  // namespace lb::test

@@ -85,10 +85,12 @@ bool make_certificate(const std::string& dir, const std::string& name) {
   return p.started() && p.wait_exit(in(seconds(30))) == 0;
 }
 
-OpensslServer::OpensslServer(const std::string& dir, const std::string& name) {
-  server_ = std::make_unique<ChildProcess>(
-      std::vector<std::string>{"/usr/bin/openssl", "s_server", "-www", "-accept", "127.0.0.1:0", "-cert",
-                               dir + "/" + name + ".pem", "-key", dir + "/" + name + ".key"});
+OpensslServer::OpensslServer(const std::string& cert, const std::string& key,
+                             const std::vector<std::string>& extra) {
+  std::vector<std::string> argv{
+      "/usr/bin/openssl", "s_server", "-www", "-accept", "127.0.0.1:0", "-cert", cert, "-key", key};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  server_ = std::make_unique<ChildProcess>(std::move(argv));
   if (!server_->started()) return;
   // "ACCEPT 127.0.0.1:PORT" once it listens.
   static const std::regex accept_line(R"(^ACCEPT 127\.0\.0\.1:(\d+))");
@@ -105,6 +107,64 @@ std::string run_openssl_client(uint16_t port, const std::string& sni, Deadline d
   ChildProcess client(argv);
   if (!client.started() || !client.wait_exit(deadline)) return {};
   return client.output();
+}
+
+namespace {
+
+const char* kPythonEcho = R"(import socket, ssl, sys
+port, sni, ca, size = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = ssl.create_default_context(cafile=ca)
+c.set_alpn_protocols(['http/1.1', 'h2'])
+s = c.wrap_socket(socket.create_connection(('127.0.0.1', port), timeout=20), server_hostname=sni)
+data = bytes((i * 7) % 251 for i in range(size))
+s.sendall(data)
+got = b''
+while len(got) < size:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+assert got == data, 'echo mismatch: %d of %d bytes' % (len(got), size)
+cert = s.getpeercert()
+der = s.getpeercert(binary_form=True)
+version, alpn = s.version(), s.selected_alpn_protocol()
+s.unwrap()  # our close_notify, then the other side's (after the backend closed)
+print(version, alpn, cert['notAfter'].replace(' ', '_'), len(der))
+)";
+
+const char* kPythonFetch = R"(import socket, ssl, sys
+port, sni, ca, request = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+c = ssl.create_default_context(cafile=ca)
+s = c.wrap_socket(socket.create_connection(('127.0.0.1', port), timeout=20), server_hostname=sni)
+s.sendall(request.encode())
+got = b''
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+sys.stdout.write(got.decode())
+)";
+
+}  // namespace
+
+ClientRun run_client(std::vector<std::string> argv) {
+  ChildProcess p(std::move(argv));
+  ClientRun r;
+  if (!p.started()) return r;
+  r.status = p.wait_exit(in(seconds(60)));
+  r.out = p.output();
+  return r;
+}
+
+ClientRun python_echo(uint16_t port, const std::string& sni, const std::string& ca, size_t size) {
+  return run_client(
+      {"/usr/bin/python3", "-c", kPythonEcho, std::to_string(port), sni, ca, std::to_string(size)});
+}
+
+ClientRun python_fetch(uint16_t port, const std::string& sni, const std::string& ca,
+                       const std::string& request) {
+  return run_client({"/usr/bin/python3", "-c", kPythonFetch, std::to_string(port), sni, ca, request});
 }
 
 }  // namespace lb::test

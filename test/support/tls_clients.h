@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,12 +39,13 @@ std::string capture_first_bytes(const std::function<std::vector<std::string>(uin
 // subjectAltName), made by the openssl CLI as DIR/NAME.pem and DIR/NAME.key.
 bool make_certificate(const std::string& dir, const std::string& name);
 
-// `openssl s_server -www` on 127.0.0.1 (an ephemeral port) with the
-// certificate make_certificate(dir, name) wrote: a real TLS backend whose
-// certificate says which one a client reached.
+// `openssl s_server -www` on 127.0.0.1 (an ephemeral port) with a
+// certificate and key (e.g. make_certificate(dir, name)'s DIR/NAME.pem and
+// DIR/NAME.key): a real TLS backend whose certificate says which one a client
+// reached. `extra` arguments are added (e.g. "-Verify", "1", "-CAfile", ca).
 class OpensslServer {
  public:
-  OpensslServer(const std::string& dir, const std::string& name);
+  OpensslServer(const std::string& cert, const std::string& key, const std::vector<std::string>& extra = {});
   bool ok() const { return port_ != 0; }
   uint16_t port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
@@ -57,5 +59,23 @@ class OpensslServer {
 // empty), offering ALPN h2; with stdin at EOF it ends after the handshake.
 // Returns its stdout and stderr ("" when it did not finish in time).
 std::string run_openssl_client(uint16_t port, const std::string& sni, Deadline deadline);
+
+// A client program run to its end (at most 60 s): exit status (none when it
+// did not start or end in time) and its output.
+struct ClientRun {
+  std::optional<int> status;
+  std::string out;
+};
+ClientRun run_client(std::vector<std::string> argv);
+
+// Python's ssl through a TLS port: verifies against `ca` (chain and `sni`),
+// offers ALPN http/1.1 then h2, echoes `size` bytes through, closes with
+// close_notify and waits for the other side's. Prints "version alpn
+// notAfter certificate-length" on success.
+ClientRun python_echo(uint16_t port, const std::string& sni, const std::string& ca, size_t size);
+// Python's ssl through a TLS port, verifying against `ca`: sends `request`,
+// then prints what comes back until the other side ends.
+ClientRun python_fetch(uint16_t port, const std::string& sni, const std::string& ca,
+                       const std::string& request = "");
 
 }  // namespace lb::test

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include <csignal>
 #include <functional>
 #include <memory>
 #include <string>
@@ -296,4 +297,49 @@ TEST_CASE("TlsRelay: a transport EOF without close_notify is a truncated end", "
   CHECK(server->received == "bye");
   CHECK(server->peer_done);
   CHECK_FALSE(server->clean);
+}
+
+TEST_CASE("TlsRelay: a preface goes first, in the clear, then the ClientHello", "[tls][relay]") {
+  // The alert after the other end closed meets EPIPE, as in lb (which ignores
+  // SIGPIPE: lb/server.cc).
+  std::signal(SIGPIPE, SIG_IGN);
+  Fixture f;
+  auto client = f.client("relay.example.com");
+  // The other end reads raw bytes (a PROXY v2 receiver sees this).
+  struct Raw {
+    uv_tcp_t tcp;
+    std::string got;
+    char buf[4096];
+    bool closed = false;
+  } raw;
+  REQUIRE(uv_tcp_init(&f.loop, &raw.tcp) == 0);
+  REQUIRE(uv_tcp_open(&raw.tcp, f.fds[0]) == 0);
+  raw.tcp.data = &raw;
+  const std::string preface("\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x00", 16);
+  uv_read_start(
+      reinterpret_cast<uv_stream_t*>(&raw.tcp),
+      [](uv_handle_t* h, size_t, uv_buf_t* b) {
+        auto* r = static_cast<Raw*>(h->data);
+        *b = uv_buf_init(r->buf, sizeof r->buf);
+      },
+      [](uv_stream_t* st, ssize_t n, const uv_buf_t* b) {
+        auto* r = static_cast<Raw*>(st->data);
+        if (n > 0) r->got.append(b->base, static_cast<size_t>(n));
+        // The preface and a record header: enough; the client then sees
+        // the connection end during its handshake.
+        if ((n < 0 || r->got.size() >= 16 + 5) && !r->closed) {
+          r->closed = true;
+          uv_close(reinterpret_cast<uv_handle_t*>(st), nullptr);
+        }
+      });
+  client->read();
+  client->relay->start(preface);
+  for (int i = 0; i < 100000 && !(raw.closed && client->closed); ++i) uv_run(&f.loop, UV_RUN_ONCE);
+  uv_run(&f.loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&f.loop) == 0);
+  REQUIRE(raw.got.size() >= 16 + 5);
+  CHECK(raw.got.substr(0, 16) == preface);
+  CHECK(raw.got[16] == 0x16);  // a handshake record: the ClientHello
+  CHECK(client->failed);
+  CHECK(client->failed_in_handshake);
 }
