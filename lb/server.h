@@ -94,6 +94,9 @@ class Server final : public AdminControl {
   // This process takes over from a running lb: the hand-over arrives on
   // `fd` (lb --handover-fd). Call before run().
   void set_handover_fd(int fd) { handover_fd_ = fd; }
+  // Test builds only (lb_crash): abort right after reporting SERVING, to
+  // test what a new program that crashes after taking over leaves behind.
+  void abort_after_takeover() { abort_after_takeover_ = true; }
 
  private:
   struct Reload;   // a reload in progress (server_reload.cc)
@@ -250,6 +253,7 @@ class Server final : public AdminControl {
   size_t handover_first_ = 0;                              // activation_'s sockets from here on: handed over
   uint64_t upgrades_ok_ = 0;
   uint64_t upgrades_refused_ = 0;
+  bool abort_after_takeover_ = false;
   bool handed_over_ = false;  // old program: the new one serves, this one drains and leaves
   bool draining_ = false;
   bool accepting_stopped_ = false;

@@ -119,15 +119,21 @@ void Server::send_frozen(std::vector<core::FrozenSession>& sessions,
     }
     std::string err;
     const auto bytes = core::handover::encode(st, static_cast<uint32_t>(fds.size()));
+    const std::string took = "TOOK " + std::to_string(last - first);
     if (move_->sock >= 0 &&
         core::handover::send_state(move_->sock, bytes, fds, kMoveIoTimeout, &err, "SESSIONS")) {
-      // The new program holds its own copies now.
-      for (size_t i = first; i < last; ++i) {
-        ::close(sessions[i].client_fd);
-        ::close(sessions[i].backend_fd);
+      // Closed here only once the new program says it has them: one that
+      // died with the batch unread would take the connections with it.
+      auto reply = core::handover::receive_line(move_->sock, kMoveIoTimeout);
+      if (reply && *reply == took) {
+        for (size_t i = first; i < last; ++i) {
+          ::close(sessions[i].client_fd);
+          ::close(sessions[i].backend_fd);
+        }
+        move_->moved += last - first;
+        continue;
       }
-      move_->moved += last - first;
-      continue;
+      err = reply ? "unexpected reply: " + reply->substr(0, 100) : "no reply (the new program is gone)";
     }
     if (move_->sock >= 0) {
       log::error("upgrade cannot move connections, they stay here error=\"{}\"", err);
@@ -217,9 +223,12 @@ void Server::moves_arrived() {
   }
   for (int fd : rec->fds)
     if (fd >= 0) ::close(fd);
-  moved_in_ += st->tcp_sessions.size();
+  const size_t n = st->tcp_sessions.size();
+  moved_in_ += n;
   pin_udp_sessions(st->udp_sessions);
   resume_here(std::move(st->tcp_sessions));
+  // The old program closes its copies on this.
+  core::handover::send_line(moves_in_sock_, "TOOK " + std::to_string(n), kMoveIoTimeout);
 }
 
 void Server::pin_udp_sessions(const std::vector<core::handover::UdpSession>& sessions) {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/handover/channel.h"
@@ -364,6 +365,7 @@ void Server::took_over() {
   log::info("upgraded generation={}", generation_);
   notifier_.main_pid_ready();
   core::handover::send_line(fd, "SERVING " + std::to_string(::getpid()), kHandoverIoTimeout);
+  if (abort_after_takeover_) std::abort();
   // The old program now sends its established connections on it.
   receive_moves(fd);
 }

@@ -186,31 +186,31 @@ class Reader {
 // ---- the field lists, in wire order (docs/upgrade.md) ----
 // Io is Writer or Reader; S is the record, const when writing.
 
+// Every field, in order.
+template <class Io, class... F>
+void each(Io& io, F&... fields) {
+  (io(fields), ...);
+}
+
 template <class Io, class S>
 void globals_fields(Io& io, S& s) {
-  for (auto* v : {&s.generation, &s.reloads_ok, &s.reloads_error, &s.upgrades_ok, &s.upgrades_refused,
-                  &s.access_log_dropped})
-    io(*v);
+  each(io, s.generation, s.reloads_ok, s.reloads_error, s.upgrades_ok, s.upgrades_refused,
+       s.access_log_dropped);
   io.fd(s.access_log_fd, "access log");
   io.fd(s.admin_fd, "admin");
 }
 
 template <class Io, class S>
 void listener_fields(Io& io, S& l) {
-  io(l.listener);
-  io(l.key);
-  io(l.kind);
+  each(io, l.listener, l.key, l.kind);
   io.fds(l.fds, "listener");
 }
 
 template <class Io, class S>
 void counter_fields(Io& io, S& c) {
-  io(c.listener);
-  for (auto* v : {&c.connections, &c.rejected_acl, &c.rejected_limit, &c.rejected_no_backend,
-                  &c.rejected_proxy, &c.rejected_tls, &c.datagrams_in, &c.datagrams_out})
-    io(*v);
-  if (io.version < 2) return;
-  for (auto* v : {&c.tls_ok, &c.tls_failed, &c.tls_timeout}) io(*v);
+  each(io, c.listener, c.connections, c.rejected_acl, c.rejected_limit, c.rejected_no_backend,
+       c.rejected_proxy, c.rejected_tls, c.datagrams_in, c.datagrams_out);
+  if (io.version >= 2) each(io, c.tls_ok, c.tls_failed, c.tls_timeout);
 }
 
 // The backend's up and drain bits as one byte of flags (1 up, 2 drain).
@@ -225,40 +225,25 @@ inline void backend_flags(Reader& r, BackendState& b) {
 
 template <class Io, class S>
 void backend_fields(Io& io, S& b) {
-  io(b.pool);
-  io(b.id);
+  each(io, b.pool, b.id);
   backend_flags(io, b);
-  io(b.admin_weight);
-  for (auto* v : {&b.slow_start_elapsed_ms, &b.total, &b.connect_failures, &b.bytes_to_backend,
-                  &b.bytes_to_client, &b.checks_pass, &b.checks_fail})
-    io(*v);
+  each(io, b.admin_weight, b.slow_start_elapsed_ms, b.total, b.connect_failures, b.bytes_to_backend,
+       b.bytes_to_client, b.checks_pass, b.checks_fail);
 }
 
 template <class Io, class S>
 void udp_fields(Io& io, S& u) {
-  io(u.listener);
-  io(u.client);
-  io(u.pool);
-  io(u.backend);
+  each(io, u.listener, u.client, u.pool, u.backend);
   io.fd(u.upstream_fd, "UDP session");
 }
 
 template <class Io, class S>
 void tcp_fields(Io& io, S& t) {
-  io(t.listener);
-  io(t.pool);
-  io(t.backend);
-  io(t.path);
+  each(io, t.listener, t.pool, t.backend, t.path);
   io.fd(t.client_fd, "TCP session");
   io.fd(t.backend_fd, "TCP session");
-  for (auto* w : {&t.to_backend, &t.to_client}) {
-    io(w->pending);
-    io(w->eof);
-    io(w->shutdown_done);
-  }
-  io(t.client);
-  io(t.local);
-  for (auto* v : {&t.flow_hash, &t.started_ms, &t.bytes_to_backend, &t.bytes_to_client}) io(*v);
+  for (auto* w : {&t.to_backend, &t.to_client}) each(io, w->pending, w->eof, w->shutdown_done);
+  each(io, t.client, t.local, t.flow_hash, t.started_ms, t.bytes_to_backend, t.bytes_to_client);
 }
 
 template <class T, class F>

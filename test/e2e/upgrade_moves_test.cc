@@ -21,6 +21,7 @@
 #include <fstream>
 #include <memory>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -303,9 +304,12 @@ TEST_CASE("upgrade: established connections move to the new program, every byte 
       static_cast<long long>(steady.longest_us.load()), static_cast<long long>(pingpong.longest_us.load()),
       static_cast<long long>(stream_longest));
 
-  // Each stream's connection is logged once, by the program that ends it.
-  std::vector<uint16_t> ports;
-  for (auto& s : streams) ports.push_back(local_port(s->sock));
+  // Each stream's connection is logged once, by the program that ends it
+  // (found by its port and byte count: the steady clients reuse ports).
+  std::vector<std::string> lines_of_streams;
+  for (auto& s : streams)
+    lines_of_streams.push_back(fmt::format("\"client\":\"127.0.0.1:{}\"", local_port(s->sock)) +
+                               fmt::format(",\"bytes_to_backend\":{},", s->verified.load()));
   for (auto& s : streams) s->sock.close();
   pingpong.sock.close();
   // Once lb has closed them too, no descriptor is left over.
@@ -319,11 +323,14 @@ TEST_CASE("upgrade: established connections move to the new program, every byte 
   CHECK(wait_gone(serving, in(kStopTimeout)));
   std::ifstream in_log(log_path);
   std::string all((std::istreambuf_iterator<char>(in_log)), std::istreambuf_iterator<char>());
-  for (uint16_t p : ports) {
-    const std::string needle = fmt::format("\"client\":\"127.0.0.1:{}\"", p);
+  for (const auto& want : lines_of_streams) {
     size_t n = 0;
-    for (size_t at = all.find(needle); at != std::string::npos; at = all.find(needle, at + 1)) ++n;
-    INFO("client port " << p);
+    std::istringstream lines(all);
+    for (std::string line; std::getline(lines, line);)
+      if (line.find(want.substr(0, want.find(','))) != std::string::npos &&
+          line.find(want.substr(want.find(','))) != std::string::npos)
+        ++n;
+    INFO(want);
     CHECK(n == 1);
   }
 }
