@@ -124,8 +124,18 @@ void AccessLog::retarget(std::string target, int fd) {
   cv_.notify_one();
 }
 
-bool AccessLog::open(std::string* err) {
-  fd_ = open_fd(err);
+int AccessLog::dup_fd() {
+  std::lock_guard lk(mu_);
+  if (!own_fd_ || fd_ < 0) return -1;
+  // dup(), then close-on-exec: ThreadSanitizer follows dup() (see
+  // Server::hold_copies).
+  int d = ::dup(fd_);
+  if (d >= 0) ::fcntl(d, F_SETFD, FD_CLOEXEC);
+  return d;
+}
+
+bool AccessLog::open(std::string* err, int fd) {
+  fd_ = fd >= 0 ? fd : open_fd(err);
   if (fd_ < 0) return false;
   own_fd_ = fd_ != STDERR_FILENO;
   thread_ = std::thread([this] { run(); });
@@ -199,6 +209,7 @@ void AccessLog::run() {
     }
     if (retarget) {
       flush_buffers(out);  // what was logged before the reload, where it was going
+      std::lock_guard lk(mu_);
       if (own_fd_ && fd_ >= 0) ::close(fd_);
       fd_ = next_fd;
       own_fd_ = fd_ != STDERR_FILENO;
@@ -207,6 +218,7 @@ void AccessLog::run() {
     if (reopen_.exchange(false, std::memory_order_relaxed) && own_fd_) {
       int fd = open_fd(nullptr);
       if (fd >= 0) {
+        std::lock_guard lk(mu_);
         ::close(fd_);
         fd_ = fd;
       }

@@ -59,8 +59,15 @@ class AccessLog {
   AccessLog(const AccessLog&) = delete;
   AccessLog& operator=(const AccessLog&) = delete;
 
-  // False if the file could not be opened (error in *err).
-  bool open(std::string* err);
+  // False if the file could not be opened (error in *err). With `fd` >= 0
+  // the log writes there instead (and owns it): the descriptor a previous
+  // program handed over (upgrade in place), the same open file even if the
+  // path was rotated meanwhile.
+  bool open(std::string* err, int fd = -1);
+  // A copy of the descriptor the writer uses now, for an upgrade to hand
+  // over (close-on-exec; the caller owns it); -1 for stderr or none.
+  // Any thread.
+  int dup_fd();
   void write(unsigned worker, const AccessRecord& r);
   void reopen();
   uint64_t dropped() const { return dropped_.load(std::memory_order_relaxed); }
@@ -90,7 +97,7 @@ class AccessLog {
 
   std::string target_;  // writer thread (after open())
   std::vector<std::unique_ptr<Buffer>> buffers_;
-  int fd_ = -1;
+  int fd_ = -1;  // changed by the writer under mu_ (dup_fd() reads it)
   bool own_fd_ = false;
   std::atomic<uint64_t> dropped_{0};
   std::atomic<bool> reopen_{false};

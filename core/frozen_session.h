@@ -34,6 +34,7 @@ struct FrozenSession {
     // shutdown(SHUT_WR) was done on the destination: nothing more flows
     // this way. Implies eof and an empty `pending`.
     bool shutdown_done = false;
+    bool operator==(const Way&) const = default;
   };
 
   // Which sub-state the session was frozen in (informational: a resumed
@@ -62,6 +63,9 @@ struct FrozenSession {
   uint64_t started_ms = 0;
   uint64_t bytes_to_backend = 0;  // relayed so far (the access log's counts)
   uint64_t bytes_to_client = 0;
+
+  // Field by field (the addresses byte for byte): for tests of the records.
+  bool operator==(const FrozenSession& o) const;
 };
 
 // Closes the record's sockets with a reset (the connection is given up).

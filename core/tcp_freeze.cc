@@ -44,6 +44,15 @@ void discard(FrozenSession& f) {
   f.client_fd = f.backend_fd = -1;
 }
 
+bool FrozenSession::operator==(const FrozenSession& o) const {
+  return client_fd == o.client_fd && backend_fd == o.backend_fd && path == o.path &&
+         to_backend == o.to_backend && to_client == o.to_client && listener == o.listener && pool == o.pool &&
+         backend == o.backend && std::memcmp(&client, &o.client, sizeof client) == 0 &&
+         std::memcmp(&local, &o.local, sizeof local) == 0 && flow_hash == o.flow_hash &&
+         started_ms == o.started_ms && bytes_to_backend == o.bytes_to_backend &&
+         bytes_to_client == o.bytes_to_client;
+}
+
 bool TcpSession::freeze(FrozenSession* out) {
   // OpenSSL's state cannot move: a terminated or re-encrypted session ends
   // where it is.
@@ -89,6 +98,23 @@ bool TcpSession::freeze(FrozenSession* out) {
   f.bytes_to_client = bytes_to_client_;
   *out = std::move(f);
   return true;
+}
+
+bool TcpSession::settling() const {
+  if (tls_) return false;
+  switch (state_) {
+    case State::Accepting:
+    case State::Header:
+    case State::Routing:
+    case State::Hello:
+    case State::Connecting:
+      return true;
+    case State::Relaying:
+    case State::HalfClosed:
+      return path_ == Path::Unsplicing || (path_ == Path::Splice && !relay_->running());
+    default:
+      return false;
+  }
 }
 
 void TcpSession::enter_frozen() {

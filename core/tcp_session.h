@@ -108,6 +108,10 @@ class TcpSession {
   // limits, without being refused by them: it was admitted already. Takes
   // the record's fds whatever happens; on failure both are reset.
   static void resume(Worker& worker, ListenerRuntimePtr listener, BackendPtr backend, FrozenSession&& f);
+  // Not frozen now, but may be once it settles: before Relaying (Accepting,
+  // Header, Routing, Hello, Connecting) or between the copy and splice
+  // paths. Never for a TLS-terminated session, which cannot move at all.
+  bool settling() const;
 
   // Resets both sides now (worker abort at the end of a graceful stop).
   void abort();

@@ -136,12 +136,17 @@ int Worker::run_until_stopped() {
   return rc;
 }
 
-std::vector<FrozenSession> Worker::freeze_sessions() {
-  std::vector<FrozenSession> out;
+FreezeResult Worker::freeze_sessions(bool tcp) {
+  FreezeResult out;
+  for (UdpListener* u : udp_all_) u->export_sessions(&out.udp);
+  if (!tcp) return out;
   // A frozen session leaves the list only when its handles have closed.
   for (TcpSession* s = sessions_; s; s = s->next) {
     FrozenSession f;
-    if (s->freeze(&f)) out.push_back(std::move(f));
+    if (s->freeze(&f))
+      out.frozen.push_back(std::move(f));
+    else if (s->settling())
+      ++out.settling;
   }
   return out;
 }
@@ -187,6 +192,13 @@ void Worker::drain_inbox() {
       case WorkerMessage::Kind::Abort:
         abort_all();
         return;
+      case WorkerMessage::Kind::Freeze:
+        m.on_frozen(freeze_sessions(m.tcp));
+        break;
+      case WorkerMessage::Kind::Resume:
+        for (ResumeItem& r : m.resume)
+          TcpSession::resume(*this, std::move(r.listener), std::move(r.backend), std::move(r.session));
+        break;
     }
   }
 }

@@ -29,11 +29,13 @@
 #include "core/backend_table.h"
 #include "core/flow_control.h"
 #include "core/frozen_session.h"
+#include "core/handover/state.h"
 #include "core/pipe_pool.h"
 #include "core/select/selector.h"
 #include "core/select/selector_set.h"
 #include "core/stats.h"
 #include "core/timeout_wheel.h"
+#include "core/udp/pins.h"
 #include "core/uv_ptr.h"
 
 namespace lb::tls {
@@ -75,6 +77,9 @@ struct SharedState {
   // (success=false) or an established connection (success=true). Must be
   // thread-safe and cheap. May be empty.
   std::function<void(const BackendPtr&, bool success)> report_backend;
+  // UDP sessions a previous program handed over (upgrade in place), by
+  // listener and client: see udp/pins.h.
+  udp::UdpPins udp_pins;
 };
 
 // One bind of a listener as handed to one worker: its listening socket and
@@ -85,15 +90,40 @@ struct WorkerBind {
   ListenerRuntimePtr runtime;
 };
 
+// What one Freeze message took out of a worker (upgrade in place).
+struct FreezeResult {
+  std::vector<FrozenSession> frozen;
+  // Sessions that could not be frozen yet but may soon (connecting, reading
+  // a PROXY header or a ClientHello, between the copy and splice paths).
+  // TLS-terminated ones never can and are not counted.
+  int64_t settling = 0;
+  // Every live UDP session of the worker's listeners (upstream_fd unset:
+  // the new program re-creates the mapping, see udp/pins.h).
+  std::vector<handover::UdpSession> udp;
+};
+
+// A frozen session to continue on a worker, with what its record names.
+struct ResumeItem {
+  ListenerRuntimePtr listener;
+  BackendPtr backend;
+  FrozenSession session;
+};
+
 struct WorkerMessage {
   enum class Kind {
     Listeners,  // replace the listener set (binds not listed are closed)
     Drain,      // stop accepting; sessions continue
     Abort,      // close every session and handle; the loop ends
+    Freeze,     // freeze_sessions(tcp), then on_frozen(result) on the worker's thread
+    Resume,     // continue every session of `resume` on this worker
   };
   Kind kind;
   std::vector<WorkerBind> binds;  // Listeners: the whole new set
   uint64_t seq = 0;               // Listeners: reported by listeners_applied() once in use
+  // Freeze: called once with what was frozen; must be thread-safe.
+  std::function<void(FreezeResult)> on_frozen;
+  bool tcp = true;                 // Freeze: TCP sessions too (false: only list the UDP ones)
+  std::vector<ResumeItem> resume;  // Resume
 };
 
 class Worker {
@@ -111,7 +141,8 @@ class Worker {
   int run_until_stopped();
   // Takes every session that can be frozen out of this worker (see
   // TcpSession::freeze); the others carry on. On this worker's thread.
-  std::vector<FrozenSession> freeze_sessions();
+  // With tcp = false, only lists the UDP sessions (nothing changes).
+  FreezeResult freeze_sessions(bool tcp = true);
   void join();  // after an Abort message
   // After join(): true when the loop still had open handles at its end (a
   // leak; the worker has logged it). lb then exits non-zero.

@@ -115,5 +115,8 @@ int main(int argc, char** argv) {
   }
   lb::app::Server server(std::move(*res.config));
   if (handover_fd >= 0) server.set_handover_fd(handover_fd);
+#ifdef LB_ABORT_AFTER_TAKEOVER
+  server.abort_after_takeover();  // lb_crash, a test build
+#endif
   return server.run();
 }

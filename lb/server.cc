@@ -149,7 +149,12 @@ bool Server::open_access_log() {
   if (config_.global.access_log == "off") return true;
   access_log_ = std::make_unique<core::AccessLog>(config_.global.access_log, nworkers_);
   std::string err;
-  if (!access_log_->open(&err)) {
+  // Taking over: the previous program's descriptor, so both write to the
+  // same open file (the path may have been rotated meanwhile).
+  int fd = -1;
+  if (handover_ && handover_->access_log_fd && config_.global.access_log != "stderr")
+    fd = std::exchange(handover_fds_[*handover_->access_log_fd], -1);
+  if (!access_log_->open(&err, fd)) {
     log::error("cannot open access log path={} error=\"{}\"", config_.global.access_log, err);
     return false;
   }
@@ -238,7 +243,10 @@ bool Server::start_health() {
 void Server::start_workers(OpenedSockets& fresh) {
   listeners_ = make_runtimes(config_, tls_);
   generation_ = 1;
-  if (handover_) restore_counters();
+  if (handover_) {
+    restore_counters();
+    pin_udp_sessions(handover_->udp_sessions);
+  }
   post_listeners(config_, fresh);
   for (auto& w : workers_) w->start();
 }
@@ -401,6 +409,9 @@ void Server::stop_accepting() {
 // Every worker must have handled its Drain first: until then it may still
 // accept a connection, which Abort would then cut.
 void Server::check_drained() {
+  // Connections being moved are not drained: wait for the last batch
+  // (bounded by shutdown_timeout like the rest).
+  if (move_ && uv_now(&loop_) < stop_deadline_) return;
   int64_t open = 0;
   bool drained = true;
   for (auto& w : workers_) {
@@ -425,6 +436,10 @@ void Server::finish_stop() {
     w->join();
     if (w->leaked_handles()) leaked_handles_ = true;
   }
+  // After the joins: no worker answers a freeze round any more.
+  end_moving();
+  end_moves_in();
+  pins_timer_.reset();
   if (health_ && !health_->stop()) {
     log::error("health loop has open handles at exit");
     leaked_handles_ = true;

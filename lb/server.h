@@ -34,6 +34,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -93,10 +94,14 @@ class Server final : public AdminControl {
   // This process takes over from a running lb: the hand-over arrives on
   // `fd` (lb --handover-fd). Call before run().
   void set_handover_fd(int fd) { handover_fd_ = fd; }
+  // Test builds only (lb_crash): abort right after reporting SERVING, to
+  // test what a new program that crashes after taking over leaves behind.
+  void abort_after_takeover() { abort_after_takeover_ = true; }
 
  private:
   struct Reload;   // a reload in progress (server_reload.cc)
   struct Upgrade;  // an upgrade in progress: the new program and its channel (server_upgrade.cc)
+  struct Move;     // old program: established connections being frozen and sent (server_moves.cc)
 
   // --- start steps (server.cc) ---
   bool start();
@@ -157,6 +162,26 @@ class Server final : public AdminControl {
   void upgrade_reply();
   void handed_over(const std::string& reply);
   void end_upgrade();
+  // --- moving established connections (server_moves.cc) ---
+  // Old program, after SERVING: freeze rounds until nothing settles any
+  // more (bounded), each round's sessions sent in batches, then DONE.
+  void start_moving(int sock);
+  void freeze_round();
+  void frozen_arrived();
+  void send_frozen(std::vector<core::FrozenSession>& sessions, std::vector<core::handover::UdpSession>& udp);
+  // Every worker's UDP sessions, listed (before the state is sent).
+  std::vector<core::handover::UdpSession> list_udp_sessions();
+  // New program: the UDP sessions' backends, kept for their clients' next
+  // datagram (core/udp/pins.h).
+  void pin_udp_sessions(const std::vector<core::handover::UdpSession>& sessions);
+  void end_moving();
+  // New program: batches arrive on the channel until DONE or its end.
+  void receive_moves(int sock);
+  void moves_arrived();
+  void end_moves_in();
+  // Both: frozen sessions continue on this program's workers, spread
+  // round-robin (a record whose listener or backend is unknown is reset).
+  void resume_here(std::vector<core::FrozenSession> sessions);
   // held_: a copy of each socket handed to the workers.
   void hold_copies(const OpenedSockets& fresh);
   void forget_held_unbound();  // after a reload: binds no listener has any more
@@ -223,11 +248,18 @@ class Server final : public AdminControl {
   std::string exe_path_;  // the program lb was started from (upgrade target)
   int handover_fd_ = -1;  // new program: the channel from the old one
   std::unique_ptr<Upgrade> upgrade_;
+  std::unique_ptr<Move> move_;  // old program: connections being moved
+  int moves_in_sock_ = -1;      // new program: the channel, until DONE
+  UvPtr<uv_poll_t> moves_in_poll_;
+  size_t moved_in_ = 0;                                    // new program: connections taken over
+  UvPtr<uv_timer_t> pins_timer_;                           // new program: unused UDP pins expire
+  size_t next_resume_worker_ = 0;                          // round-robin for resume_here()
   std::optional<core::handover::HandoverState> handover_;  // new program: what it took over
   std::vector<int> handover_fds_;                          // ... and the descriptors it came with
   size_t handover_first_ = 0;                              // activation_'s sockets from here on: handed over
   uint64_t upgrades_ok_ = 0;
   uint64_t upgrades_refused_ = 0;
+  bool abort_after_takeover_ = false;
   bool handed_over_ = false;  // old program: the new one serves, this one drains and leaves
   bool draining_ = false;
   bool accepting_stopped_ = false;
@@ -258,6 +290,23 @@ struct Server::Upgrade {
   UvPtr<uv_poll_t> poll;    // readable: the new program's reply
   UvPtr<uv_timer_t> timer;  // no reply in time
   int sock = -1;            // our end of the hand-over channel
+};
+
+// Established connections being moved, on the old program's side
+// (server_moves.cc). Workers write the guarded part from their threads.
+struct Server::Move {
+  int sock = -1;            // the hand-over channel
+  uint64_t started_ms = 0;  // loop time of the first round
+  UvPtr<uv_async_t> async;  // a worker answered
+  UvPtr<uv_timer_t> retry;  // the next round, while sessions settle
+  std::mutex mu;            // guards the three below
+  std::vector<core::FrozenSession> frozen;
+  std::vector<core::handover::UdpSession> udp;
+  unsigned answers = 0;   // this round's
+  int64_t settling = 0;   // this round's
+  size_t moved = 0;       // sent to the new program
+  size_t kept = 0;        // their batch failed: resumed here
+  bool udp_sent = false;  // the UDP records went with the first round
 };
 
 }  // namespace lb::app

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/handover/channel.h"
@@ -139,6 +140,12 @@ std::string Server::upgrade() {
       }
       st.listeners.push_back(std::move(ls));
     }
+  // The access log's descriptor, when the file's target is the running one.
+  OwnedFd log_fd(access_log_ && access_log_target_ == config_.global.access_log ? access_log_->dup_fd() : -1);
+  if (log_fd.get() >= 0) {
+    st.access_log_fd = static_cast<uint32_t>(fds.size());
+    fds.push_back(log_fd.get());
+  }
   if (admin_ && admin_->listener_fd() >= 0) {
     st.admin_fd = static_cast<uint32_t>(fds.size());
     fds.push_back(admin_->listener_fd());
@@ -147,9 +154,10 @@ std::string Server::upgrade() {
     core::ListenerTotals t = rt->stats->sum();
     st.listener_counters.push_back({rt->cfg.name, t.connections, t.rejected_acl, t.rejected_limit,
                                     t.rejected_no_backend, t.rejected_proxy, t.rejected_tls, t.datagrams_in,
-                                    t.datagrams_out});
+                                    t.datagrams_out, t.tls_ok, t.tls_failed, t.tls_timeout});
   }
   st.backends = control_->save();
+  st.udp_sessions = list_udp_sessions();
   const std::vector<uint8_t> bytes = core::handover::encode(st, static_cast<uint32_t>(fds.size()));
 
   int sv[2];
@@ -236,13 +244,19 @@ void Server::upgrade_refused(const std::string& reason) {
 void Server::handed_over(const std::string& reply) {
   handed_over_ = true;
   log::info("upgrade handed over to pid={} generation={}", reply.substr(8), generation_ + 1);
+  // The channel stays open for the established connections.
+  const int sock = std::exchange(upgrade_->sock, -1);
   end_upgrade();
   if (watchdog_timer_) uv_timer_stop(watchdog_timer_.get());
   if (admin_) admin_->close();
   if (reload_) reload_abort({"upgraded"});
   draining_ = true;
   stop_timer_ = make_uv<uv_timer_t>(&loop_, this, nullptr, uv_timer_init);
+  // Drain first: the workers stop accepting before they freeze (their
+  // messages are handled in order), so no session starts after its worker
+  // froze the others.
   stop_accepting();
+  start_moving(sock);
 }
 
 // ---- the new program --------------------------------------------------------
@@ -259,6 +273,10 @@ bool Server::take_over() {
   std::string err;
   auto rec = core::handover::receive_state(fd, kHandoverIoTimeout, &err);
   if (!rec) return fail("cannot receive the hand-over: " + err);
+  if (rec->kind != "STATE") {
+    for (int f : rec->fds) ::close(f);
+    return fail("expected the state, got \"" + rec->kind + "\"");
+  }
   auto st = core::handover::decode(rec->bytes, static_cast<uint32_t>(rec->fds.size()), &err);
   if (!st) {
     for (int f : rec->fds) ::close(f);
@@ -315,6 +333,9 @@ void Server::restore_counters() {
     b.rejected_tls = c.rejected_tls;
     b.datagrams_in = c.datagrams_in;
     b.datagrams_out = c.datagrams_out;
+    b.tls_ok = c.tls_ok;
+    b.tls_failed = c.tls_failed;
+    b.tls_timeout = c.tls_timeout;
   }
   generation_ = handover_->generation + 1;
   reloads_ok_ = handover_->reloads_ok;
@@ -335,13 +356,18 @@ void Server::took_over() {
   const int fd = std::exchange(handover_fd_, -1);
   // Still here when the admin listener was not opened from it.
   if (int admin = take_admin_fd(); admin >= 0) ::close(admin);
+  // ... and the access log's, when it was not used (access_log = "off").
+  if (handover_->access_log_fd && handover_fds_[*handover_->access_log_fd] >= 0)
+    ::close(std::exchange(handover_fds_[*handover_->access_log_fd], -1));
   // The listening sockets among them were closed by drop_handover_sockets().
   handover_fds_.clear();
   // Logged first: the old program's "handed over" line then always follows it.
   log::info("upgraded generation={}", generation_);
   notifier_.main_pid_ready();
   core::handover::send_line(fd, "SERVING " + std::to_string(::getpid()), kHandoverIoTimeout);
-  ::close(fd);
+  if (abort_after_takeover_) std::abort();
+  // The old program now sends its established connections on it.
+  receive_moves(fd);
 }
 
 }  // namespace lb::app

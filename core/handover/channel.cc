@@ -1,5 +1,6 @@
 #include "core/handover/channel.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -12,7 +13,11 @@ namespace lb::core::handover {
 
 namespace {
 
+// How long a call that would block waits (see would_block_wait()).
+thread_local int g_wait_ms = 10000;
+
 void set_timeouts(int sock, std::chrono::milliseconds t) {
+  g_wait_ms = static_cast<int>(t.count());
   timeval tv{};
   tv.tv_sec = static_cast<time_t>(t.count() / 1000);
   tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
@@ -21,6 +26,21 @@ void set_timeouts(int sock, std::chrono::milliseconds t) {
 }
 
 std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+
+// The socket may be non-blocking (libuv's uv_poll_init makes it so, and the
+// programs watch the channel from their loops): a call that would block
+// waits in poll() instead, for as long as a blocking one would.
+
+bool would_block_wait(int sock, short events) {
+  if (errno != EAGAIN && errno != EWOULDBLOCK) return false;
+  pollfd p{sock, events, 0};
+  int n;
+  do {
+    n = ::poll(&p, 1, g_wait_ms);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) errno = EAGAIN;
+  return n > 0;
+}
 
 bool send_message(int sock, const void* data, size_t len, const int* fds, size_t nfds, std::string* error) {
   iovec iov{const_cast<void*>(data), len};
@@ -41,7 +61,7 @@ bool send_message(int sock, const void* data, size_t len, const int* fds, size_t
   ssize_t n;
   do {
     n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
+  } while (n < 0 && (errno == EINTR || would_block_wait(sock, POLLOUT)));
   if (n != static_cast<ssize_t>(len)) {
     if (error) *error = n < 0 ? errno_text("sendmsg") : "short send";
     return false;
@@ -62,7 +82,7 @@ ssize_t receive_message(int sock, std::vector<uint8_t>& buf, std::vector<int>* f
   ssize_t n;
   do {
     n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
+  } while (n < 0 && (errno == EINTR || would_block_wait(sock, POLLIN)));
   if (n < 0) {
     if (error) *error = errno_text("recvmsg");
     return -1;
@@ -89,10 +109,10 @@ ssize_t receive_message(int sock, std::vector<uint8_t>& buf, std::vector<int>* f
 }  // namespace
 
 bool send_state(int sock, const std::vector<uint8_t>& bytes, const std::vector<int>& fds,
-                std::chrono::milliseconds timeout, std::string* error) {
+                std::chrono::milliseconds timeout, std::string* error, const char* kind) {
   set_timeouts(sock, timeout);
   char header[64];
-  int hn = std::snprintf(header, sizeof header, "STATE %zu %zu", bytes.size(), fds.size());
+  int hn = std::snprintf(header, sizeof header, "%.15s %zu %zu", kind, bytes.size(), fds.size());
   if (!send_message(sock, header, static_cast<size_t>(hn), nullptr, 0, error)) return false;
   for (size_t i = 0; i < fds.size(); i += kFdsPerMessage) {
     size_t n = std::min(kFdsPerMessage, fds.size() - i);
@@ -120,7 +140,13 @@ std::optional<Received> receive_state(int sock, std::chrono::milliseconds timeou
   if (n <= 0) return fail(n == 0 ? "channel closed before the state" : err);
   size_t nbytes = 0, nfds = 0;
   std::string header(reinterpret_cast<char*>(buf.data()), static_cast<size_t>(n));
-  if (std::sscanf(header.c_str(), "STATE %zu %zu", &nbytes, &nfds) != 2) return fail("bad header");
+  if (header == "DONE") {
+    r.kind = header;
+    return r;
+  }
+  char kind[16] = {};
+  if (std::sscanf(header.c_str(), "%15s %zu %zu", kind, &nbytes, &nfds) != 3) return fail("bad header");
+  r.kind = kind;
   if (nbytes > (size_t{1} << 30) || nfds > 1'000'000) return fail("implausible sizes in header");
   while (r.fds.size() < nfds) {
     size_t before = r.fds.size();

@@ -23,10 +23,12 @@
 #include <string>
 #include <vector>
 
+#include "core/frozen_session.h"
+
 namespace lb::core::handover {
 
 inline constexpr char kHandoverMagic[8] = {'L', 'B', 'H', 'A', 'N', 'D', 'O', 'V'};
-inline constexpr uint32_t kHandoverVersion = 1;     // what this build writes
+inline constexpr uint32_t kHandoverVersion = 2;     // what this build writes
 inline constexpr uint32_t kHandoverMinVersion = 1;  // the oldest it reads
 
 // One bind of a listener: its sockets, one per worker (SO_REUSEPORT group
@@ -50,6 +52,10 @@ struct ListenerCounters {
   uint64_t rejected_tls = 0;
   uint64_t datagrams_in = 0;
   uint64_t datagrams_out = 0;
+  // lb_tls_handshakes_total (version 2 on; 0 when read from version 1).
+  uint64_t tls_ok = 0;
+  uint64_t tls_failed = 0;
+  uint64_t tls_timeout = 0;
   bool operator==(const ListenerCounters&) const = default;
 };
 
@@ -74,13 +80,15 @@ struct BackendState {
   bool operator==(const BackendState&) const = default;
 };
 
-// A live UDP session: who, where it goes, and its upstream socket.
+// A live UDP session: who, where it goes, and its upstream socket if it
+// travels (lb's own writers send none: the new program re-creates the
+// mapping, see core/udp/pins.h).
 struct UdpSession {
   std::string listener;
   std::vector<uint8_t> client;  // the client's sockaddr, as bytes
   std::string pool;
-  std::string backend;       // backend id
-  uint32_t upstream_fd = 0;  // index into the descriptor array
+  std::string backend;                  // backend id
+  std::optional<uint32_t> upstream_fd;  // index into the descriptor array
   bool operator==(const UdpSession&) const = default;
 };
 
@@ -98,13 +106,18 @@ struct HandoverState {
   std::vector<ListenerCounters> listener_counters;
   std::vector<BackendState> backends;
   std::vector<UdpSession> udp_sessions;
+  // Established TCP connections (version 2 on). Here client_fd and
+  // backend_fd are indexes into the descriptor array, not descriptors.
+  std::vector<FrozenSession> tcp_sessions;
   bool operator==(const HandoverState&) const = default;
 };
 
 // The bytes of `s` in format kHandoverVersion. `fd_count` is the size of
 // the descriptor array sent beside them (recorded, so the receiver can
 // check it got them all).
-std::vector<uint8_t> encode(const HandoverState& s, uint32_t fd_count);
+// `version` (kHandoverMinVersion..kHandoverVersion) writes an older
+// format, without what that version does not carry (tests of the reader).
+std::vector<uint8_t> encode(const HandoverState& s, uint32_t fd_count, uint32_t version = kHandoverVersion);
 
 // Decodes bytes written by any version this build reads. `fd_count` is the
 // number of descriptors received. nullopt with *error set on a wrong magic,
@@ -112,7 +125,7 @@ std::vector<uint8_t> encode(const HandoverState& s, uint32_t fd_count);
 // over-long record, a descriptor index out of range or a count mismatch.
 std::optional<HandoverState> decode(const std::vector<uint8_t>& bytes, uint32_t fd_count, std::string* error);
 
-// The line `lb --handover-version` prints: "handover reads 1-1 writes 1".
+// The line `lb --handover-version` prints: "handover reads 1-2 writes 2".
 std::string version_line();
 // Parses version_line()'s output; true when a program printing it reads
 // `version`. *error says why not.

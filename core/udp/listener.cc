@@ -227,7 +227,13 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp
   PickContext ctx;
   ctx.hash = worker_.flow_hash_for(runtime_->cfg.pool, client);
   const PoolTable* pool = nullptr;
-  Backend* b = worker_.pick(runtime_->cfg.pool, ctx, &pool);
+  Backend* b = nullptr;
+  // A session the previous program had (upgrade in place) keeps its
+  // backend while that is still a candidate.
+  if (BackendPtr pinned = shared.udp_pins.take(cfg.name, client);
+      pinned && worker_.is_candidate(cfg.pool, pinned.get()))
+    b = pinned.get();
+  if (!b) b = worker_.pick(runtime_->cfg.pool, ctx, &pool);
   if (!b) {
     unadmit();
     if (pool && all_full(*pool)) return refuse_limit();
@@ -263,6 +269,21 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp
   bump<int64_t>(slot.active, 1);
   worker_.count_session(1);
   return s;
+}
+
+void UdpListener::export_sessions(std::vector<handover::UdpSession>* out) {
+  sessions_.for_each([&](const udp::PeerKey& key, Session* s) {
+    if (s->ended) return;
+    handover::UdpSession u;
+    u.listener = s->runtime->cfg.name;
+    sockaddr_storage ss{};
+    key.to_sockaddr(&ss);
+    const auto* p = reinterpret_cast<const uint8_t*>(&ss);
+    u.client.assign(p, p + sizeof ss);
+    u.pool = s->backend->pool;
+    u.backend = s->backend->id;
+    out->push_back(std::move(u));
+  });
 }
 
 void UdpListener::warn_refused(const char* reason) {

@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/handover/state.h"
 #include "core/log.h"
 #include "core/timeout_wheel.h"
 #include "core/udp/batch.h"
@@ -79,6 +80,9 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   // Ends every session and closes now (end of a graceful stop).
   void abort();
   size_t sessions() const { return sessions_.size(); }
+  // Appends a record of every live session (upgrade in place; no upstream
+  // descriptor: the new program re-creates the mapping, see udp/pins.h).
+  void export_sessions(std::vector<handover::UdpSession>* out);
 
  private:
   struct Session;

@@ -27,100 +27,10 @@
 #include "test/support/metrics.h"
 #include "test/support/net.h"
 #include "test/support/temp_dir.h"
+#include "test/support/upgrade.h"
 
 namespace lb::test {
 namespace {
-
-// Puts a copy of `from` at `to` the way a package manager does: write
-// beside it, then rename over it (the running program keeps its file).
-bool install_program(const std::string& from, const std::string& to) {
-  const std::string tmp = to + ".new";
-  {
-    std::ifstream in(from, std::ios::binary);
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!in || !out) return false;
-    out << in.rdbuf();
-    if (!out) return false;
-  }
-  return ::chmod(tmp.c_str(), 0755) == 0 && ::rename(tmp.c_str(), to.c_str()) == 0;
-}
-
-bool install_script(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".new";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << text;
-    if (!out) return false;
-  }
-  return ::chmod(tmp.c_str(), 0755) == 0 && ::rename(tmp.c_str(), path.c_str()) == 0;
-}
-
-// A process the test did not spawn (the new lb) has exited: gone, or a
-// zombie waiting for its new parent.
-bool process_gone(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  if (!stat) return true;
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  size_t paren = text.rfind(')');
-  return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
-}
-
-bool wait_gone(pid_t pid, Deadline deadline) {
-  while (!expired(deadline)) {
-    if (process_gone(pid)) return true;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return process_gone(pid);
-}
-
-int fd_count_of(pid_t pid) {
-  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  int n = 0;
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (dirent* e = ::readdir(d))
-      if (e->d_name[0] != '.') ++n;
-    ::closedir(d);
-    return n;
-  }
-  return -1;
-}
-
-// Ends a new lb the test did not spawn, by its pid, and waits for it.
-struct AdoptedLb {
-  pid_t pid = 0;
-  ~AdoptedLb() {
-    if (pid > 0 && !process_gone(pid)) {
-      ::kill(pid, SIGKILL);
-      wait_gone(pid, in(seconds(10)));
-    }
-  }
-};
-
-// Waits for the old program's "handed over" line for `generation` and adopts
-// the new program it names (ended by the test if still running at the end).
-bool await_handover(LbProcess& lb, int generation, size_t from,
-                    std::vector<std::unique_ptr<AdoptedLb>>& adopted) {
-  auto handed = lb.wait_for_line(
-      std::regex(fmt::format(R"(^info upgrade handed over to pid=([0-9]+) generation={}$)", generation)),
-      in(seconds(30)), from);
-  if (!handed) return false;
-  adopted.push_back(std::make_unique<AdoptedLb>());
-  adopted.back()->pid = static_cast<pid_t>(std::stoi(handed->substr(handed->find("pid=") + 4)));
-  return true;
-}
-
-uint64_t status_generation(uint16_t admin) {
-  HttpResponse r = http_get(admin, "/api/v1/status");
-  std::smatch m;
-  if (r.status != 200 || !std::regex_search(r.body, m, std::regex(R"("generation":\s*([0-9]+))"))) return 0;
-  return std::stoull(m[1].str());
-}
-
-double metric(uint16_t admin, const std::string& name, const Labels& labels) {
-  auto m = fetch_metrics(admin);
-  if (!m) return -1;
-  return m->value(name, labels).value_or(-1);
-}
 
 std::string config(const std::string& backend) {
   return fmt::format(R"([global]
@@ -165,36 +75,6 @@ struct UpgradableLb {
     REQUIRE(lb->wait_started());
     port = lb->listener_port("web");
     admin = lb->admin_port();
-  }
-};
-
-// New connections at a steady pace, each one echoed, until stopped:
-// every failure counted, and the longest connect-to-echo time kept.
-struct SteadyClient {
-  std::atomic<bool> stop{false};
-  std::atomic<int> ok{0}, failed{0};
-  std::atomic<int64_t> longest_us{0};
-  std::thread thread;
-  explicit SteadyClient(uint16_t port) {
-    thread = std::thread([this, port] {
-      for (int i = 0; i < 20000 && !stop.load(); ++i) {
-        auto t0 = Clock::now();
-        bool good = echoes(port, fmt::format("steady {}", i));
-        int64_t us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
-        if (good) {
-          ++ok;
-          if (us > longest_us.load()) longest_us.store(us);
-        } else {
-          ++failed;
-        }
-        std::this_thread::sleep_for(milliseconds(2));
-      }
-    });
-  }
-  ~SteadyClient() { finish(); }
-  void finish() {
-    stop.store(true);
-    if (thread.joinable()) thread.join();
   }
 };
 

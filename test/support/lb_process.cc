@@ -20,6 +20,8 @@ std::string lb_alt_binary() {
   return LB_ALT_BINARY_PATH;
 }
 
+std::string lb_crash_binary() { return LB_CRASH_BINARY_PATH; }
+
 std::string test_data_dir() { return LB_TEST_DATA_DIR; }
 
 bool lb_splice_enabled() {

@@ -34,6 +34,8 @@ std::string lb_binary();
 // A second build of lb that differs from lb_binary() (its --version line):
 // the upgrade tests alternate between the two. $LB_ALT_BINARY overrides it.
 std::string lb_alt_binary();
+// A build that aborts right after taking over in an upgrade (lb_crash).
+std::string lb_crash_binary();
 // test/data in the source tree (fixtures).
 std::string test_data_dir();
 

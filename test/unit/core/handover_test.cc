@@ -51,6 +51,27 @@ ho::HandoverState sample() {
   down.id = "db";
   s.backends.push_back(down);
   s.udp_sessions.push_back({"dns", {2, 0, 0x13, 0x89, 127, 0, 0, 1}, "p", "10.0.0.1:80", 4});
+  s.udp_sessions.push_back({"dns", {2, 0, 0x13, 0x8a, 127, 0, 0, 2}, "p", "10.0.0.1:80", std::nullopt});
+  s.listener_counters[0].tls_ok = 12;
+  s.listener_counters[0].tls_failed = 2;
+  s.listener_counters[0].tls_timeout = 1;
+  lb::core::FrozenSession t;
+  t.client_fd = 0;
+  t.backend_fd = 1;
+  t.path = lb::core::FrozenSession::Path::Splice;
+  t.to_backend.pending = std::string("half a request\0with a zero", 26);
+  t.to_client.eof = true;
+  t.to_client.shutdown_done = true;
+  t.listener = "web";
+  t.pool = "p";
+  t.backend = "10.0.0.1:80";
+  t.client.ss_family = AF_INET6;
+  t.client.__ss_padding[3] = 7;
+  t.flow_hash = 0xfeedfacecafebeefull;
+  t.started_ms = 123456789;
+  t.bytes_to_backend = 1ull << 33;
+  t.bytes_to_client = 5;
+  s.tcp_sessions.push_back(t);
   return s;
 }
 
@@ -76,6 +97,32 @@ TEST_CASE("handover: encode/decode keeps every field", "[handover]") {
   REQUIRE(e);
   CHECK(*e == empty);
   CHECK(!e->access_log_fd);
+}
+
+TEST_CASE("handover: version 1 (the previous release) is still read", "[handover]") {
+  const ho::HandoverState s = sample();
+  auto bytes = ho::encode(s, 5, 1);
+  std::string err;
+  auto back = ho::decode(bytes, 5, &err);
+  INFO(err);
+  REQUIRE(back);
+  CHECK(back->version == 1);
+  // What version 1 carries, and nothing more.
+  CHECK(back->generation == s.generation);
+  CHECK(back->listeners == s.listeners);
+  CHECK(back->backends == s.backends);
+  CHECK(back->udp_sessions == s.udp_sessions);
+  CHECK(back->listener_counters[0].connections == 100);
+  CHECK(back->listener_counters[0].tls_ok == 0);
+  CHECK(back->tcp_sessions.empty());
+}
+
+TEST_CASE("handover: a TCP session section in a version 1 body is refused", "[handover]") {
+  // Version 2's section under a version 1 header: damage, not a newer writer.
+  auto bytes = ho::encode(sample(), 5);
+  put_u32(bytes, 8, 1);
+  std::string err;
+  CHECK(!ho::decode(bytes, 5, &err));
 }
 
 TEST_CASE("handover: a version this build does not read is refused", "[handover]") {
@@ -126,6 +173,12 @@ TEST_CASE("handover: damaged input is refused, never half-read", "[handover]") {
     s.listeners[0].fds.push_back(9);
     CHECK(!ho::decode(ho::encode(s, 5), 5, &err));
     CHECK(err.find("out of range") != std::string::npos);
+  }
+  SECTION("a TCP session's descriptor beyond what was sent") {
+    auto s = sample();
+    s.tcp_sessions[0].backend_fd = 5;
+    CHECK(!ho::decode(ho::encode(s, 5), 5, &err));
+    CHECK(err.find("TCP session: descriptor index out of range") != std::string::npos);
   }
 }
 

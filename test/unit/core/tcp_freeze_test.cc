@@ -185,7 +185,7 @@ bool step_until(Worker& w, Rig& r, F done) {
 // Freezes the one session on `a`, lets its handles close and stops `a`:
 // nothing of it may stay open.
 FrozenSession freeze_and_stop(Worker& a) {
-  std::vector<FrozenSession> frozen = a.freeze_sessions();
+  std::vector<FrozenSession> frozen = a.freeze_sessions().frozen;
   REQUIRE(frozen.size() == 1);
   Deadline deadline = in(seconds(10));
   while (a.open_sessions() != 0 && !expired(deadline)) uv_run(a.loop(), UV_RUN_NOWAIT);

@@ -1,0 +1,59 @@
+// Helpers for the upgrade-in-place tests (test/e2e/upgrade*_test.cc): put
+// another build at the path lb runs from, follow the programs an upgrade
+// starts (children of lb, not of the test) by pid, and keep clients going
+// across the hand-offs.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test/support/deadline.h"
+#include "test/support/lb_process.h"
+#include "test/support/metrics.h"
+
+namespace lb::test {
+
+// Puts a copy of `from` at `to` the way a package manager does: write
+// beside it, then rename over it (the running program keeps its file).
+bool install_program(const std::string& from, const std::string& to);
+bool install_script(const std::string& path, const std::string& text);
+
+// A process the test did not spawn (the new lb) has exited: gone, or a
+// zombie waiting for its new parent.
+bool process_gone(pid_t pid);
+bool wait_gone(pid_t pid, Deadline deadline);
+int fd_count_of(pid_t pid);
+
+// Ends a new lb the test did not spawn, by its pid, and waits for it.
+struct AdoptedLb {
+  pid_t pid = 0;
+  ~AdoptedLb();
+};
+
+// Waits for the old program's "handed over" line for `generation` and adopts
+// the new program it names (ended by the test if still running at the end).
+bool await_handover(LbProcess& lb, int generation, size_t from,
+                    std::vector<std::unique_ptr<AdoptedLb>>& adopted);
+
+uint64_t status_generation(uint16_t admin);
+double metric(uint16_t admin, const std::string& name, const Labels& labels);
+
+// New connections at a steady pace, each one echoed, until stopped:
+// every failure counted, and the longest connect-to-echo time kept.
+struct SteadyClient {
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::atomic<int64_t> longest_us{0};
+  std::thread thread;
+  explicit SteadyClient(uint16_t port);
+  ~SteadyClient() { finish(); }
+  void finish();
+};
+
+}  // namespace lb::test
