@@ -57,7 +57,8 @@ struct ListenerTotals {
 class ListenerStats {
  public:
   struct alignas(64) Slot {
-#define LB_SLOT(type, name) std::atomic<type> name{0};
+// A template argument cannot be parenthesized.
+#define LB_SLOT(type, name) std::atomic<type> name{0};  // NOLINT(bugprone-macro-parentheses)
     LB_LISTENER_COUNTERS(LB_SLOT)
 #undef LB_SLOT
   };
