@@ -31,20 +31,6 @@
 namespace lb::test {
 namespace {
 
-// Puts a copy of `from` at `to` the way a package manager does: write
-// beside it, then rename over it (the running program keeps its file).
-bool install_program(const std::string& from, const std::string& to) {
-  const std::string tmp = to + ".new";
-  {
-    std::ifstream in(from, std::ios::binary);
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!in || !out) return false;
-    out << in.rdbuf();
-    if (!out) return false;
-  }
-  return ::chmod(tmp.c_str(), 0755) == 0 && ::rename(tmp.c_str(), to.c_str()) == 0;
-}
-
 bool install_script(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".new";
   {
@@ -53,36 +39,6 @@ bool install_script(const std::string& path, const std::string& text) {
     if (!out) return false;
   }
   return ::chmod(tmp.c_str(), 0755) == 0 && ::rename(tmp.c_str(), path.c_str()) == 0;
-}
-
-// A process the test did not spawn (the new lb) has exited: gone, or a
-// zombie waiting for its new parent.
-bool process_gone(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  if (!stat) return true;
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  size_t paren = text.rfind(')');
-  return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
-}
-
-bool wait_gone(pid_t pid, Deadline deadline) {
-  while (!expired(deadline)) {
-    if (process_gone(pid)) return true;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return process_gone(pid);
-}
-
-int fd_count_of(pid_t pid) {
-  std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  int n = 0;
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (dirent* e = ::readdir(d))
-      if (e->d_name[0] != '.') ++n;
-    ::closedir(d);
-    return n;
-  }
-  return -1;
 }
 
 // Ends a new lb the test did not spawn, by its pid, and waits for it.
@@ -210,7 +166,7 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
   // Admin state that must survive: a drained-then-reactivated backend keeps
   // serving; a weight override shows in the status.
   REQUIRE(http_post(admin, "/api/v1/pools/p/backends/" + u.echo.address(), R"({"weight":7})").status == 200);
-  const int fds_before = fd_count_of(lb.pid());
+  const int fds_before = proc_fd_count(lb.pid());
 
   // A long-lived connection (ping-pong) and new connections at a steady rate.
   Socket pingpong = tcp_connect("127.0.0.1", port, in(seconds(5)));
@@ -280,7 +236,7 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
   pingpong.close();
   CHECK(wait_gone(lb.pid(), in(seconds(30))));
   CHECK(lb.wait_exit(in(milliseconds(200))).value_or(-1) == 0);  // its output pipes stay with the newest
-  const int fds_after = fd_count_of(serving);
+  const int fds_after = proc_fd_count(serving);
   INFO("fds before " << fds_before << " after " << fds_after);
   // No descriptor leaks across the upgrades (a program started by an
   // upgrade holds a few fewer than the first one: none of the test
