@@ -360,6 +360,12 @@ void Worker::on_connection(uv_stream_t* server, int status) {
   l->worker->accept_one(l);
 }
 
+void Worker::warn_descriptors_exhausted(const std::string& listener, uint64_t limit) {
+  static log::Throttle throttle;
+  log::warn_throttled(throttle, "connection refused: out of file descriptors listener={} open_file_limit={}",
+                      listener, limit);
+}
+
 void Worker::accept_one(BindSocket* l) {
   // The hand-off to TcpSession is a plain heap uv_tcp_t, which the session
   // frees in its own close callback (core/tcp_session.*); a UvPtr's
@@ -368,6 +374,18 @@ void Worker::accept_one(BindSocket* l) {
   uv_tcp_init(&loop_, client);
   if (uv_accept(reinterpret_cast<uv_stream_t*>(l->handle.get()), reinterpret_cast<uv_stream_t*>(client)) !=
       0) {
+    close_accepted(client);
+    return;
+  }
+  // The kernel hands out the lowest free descriptor: the client's number
+  // says how many below it are taken. Near the limit, refuse it now (see
+  // kDescriptorReserve).
+  const uint64_t fd_limit = shared_.fd_limit.load(std::memory_order_relaxed);
+  uv_os_fd_t fd = -1;
+  if (fd_limit != 0 && uv_fileno(reinterpret_cast<uv_handle_t*>(client), &fd) == 0 &&
+      static_cast<uint64_t>(fd) + kDescriptorReserve >= fd_limit) {
+    count_refusal(l->runtime->stats->slot(index_), Refusal::Limit);
+    warn_descriptors_exhausted(l->runtime->cfg.name, fd_limit);
     close_accepted(client);
     return;
   }

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <regex>
 #include <string>
 #include <vector>
@@ -210,6 +211,96 @@ TEST_CASE("hardening: a [::] bind is IPv6-only and coexists with 0.0.0.0 on the 
   Socket beside = tcp_listen("0.0.0.0", port);
   CHECK(beside);
   CHECK(lb.terminate() == 0);
+}
+
+// lb started with few descriptors (a low LimitNOFILE / ulimit -n, which lb
+// can only raise up to the hard limit) and more clients than they allow: a
+// new connection past the limit is refused cleanly (closed at once, counted
+// in lb_listener_rejected_total{reason="limit"}, one rate-limited warning),
+// the connections already open keep working, and once clients close lb
+// serves new ones by itself.
+TEST_CASE("hardening: at its descriptor limit lb refuses new connections, counted, and recovers by itself",
+          "[e2e][hardening][nofile]") {
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  constexpr int kNofile = 160;  // room for fewer than 80 proxied connections
+  LbOptions options;
+  options.prefix = {"/usr/bin/prlimit", fmt::format("--nofile={}:{}", kNofile, kNofile), "--"};
+  LbProcess lb(web_config(backend.address(), 1, true), options);
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t admin = lb.admin_port();
+  REQUIRE(port != 0);
+  REQUIRE(admin != 0);
+
+  // One connection: echoed (true) or closed by lb (false); never left hanging.
+  int refused_seen = 0;
+  auto attempt = [&](Socket& s, const std::string& msg) {
+    s = tcp_connect("127.0.0.1", port, in(seconds(5)));
+    REQUIRE(s);  // the kernel completes the handshake whatever lb does next
+    ReadResult r = exchange(s, msg, msg.size(), in(seconds(10)));
+    INFO(msg << ": " << to_string(r.end) << " errno " << r.error << ", got " << r.data.size() << " bytes");
+    REQUIRE(r.end != ReadEnd::Timeout);
+    if (r.data == msg) return true;
+    CHECK(r.data.empty());
+    ++refused_seen;
+    return false;
+  };
+
+  const auto t0 = Clock::now();
+  std::vector<Socket> held;
+  for (int i = 0; i < kNofile; ++i) {
+    Socket s;
+    if (!attempt(s, fmt::format("held {}", i))) break;
+    held.push_back(std::move(s));
+  }
+  INFO(held.size() << " connections held when lb first refused");
+  REQUIRE(refused_seen == 1);
+  REQUIRE(held.size() >= 20);
+
+  // At the limit: every new connection is refused, none hangs.
+  for (int i = 0; i < 20; ++i) {
+    Socket s;
+    CHECK_FALSE(attempt(s, fmt::format("over the limit {}", i)));
+  }
+  // The open ones are unaffected.
+  size_t still = 0;
+  for (size_t i = 0; i < held.size(); ++i) {
+    const std::string msg = fmt::format("still {}", i);
+    still += exchange(held[i], msg, msg.size(), in(seconds(10))).data == msg;
+  }
+  CHECK(still == held.size());
+
+  // Half the clients leave: lb serves new connections again by itself.
+  held.resize(held.size() / 2);
+  bool served = false;
+  const Deadline recover = in(seconds(20));
+  while (!served && !expired(recover)) {
+    Socket s;
+    served = attempt(s, "after some closed");
+  }
+  CHECK(served);
+  for (int i = 0; i < 10; ++i) {
+    Socket s;
+    CHECK(attempt(s, fmt::format("served again {}", i)));
+    held.push_back(std::move(s));
+  }
+  const double elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  // Every refusal the clients saw was counted, with the reason "limit".
+  auto m = fetch_metrics(admin);
+  REQUIRE(m);
+  CHECK(m->value("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "limit"}}).value_or(0) ==
+        refused_seen);
+  CHECK(m->value("lb_backend_connect_failures_total", {{"pool", "web"}, {"backend", backend.address()}})
+            .value_or(0) == 0);
+  held.clear();
+  REQUIRE(lb.terminate() == 0);
+  // One warning, then at most one a second (+1 for rounding at both ends).
+  const size_t warnings = count_lines(lb, std::regex("^warn .*listener=web"));
+  INFO(lb.output());
+  CHECK(warnings >= 1);
+  CHECK(warnings <= 2 + static_cast<size_t>(elapsed_s));
 }
 
 }  // namespace lb::test
