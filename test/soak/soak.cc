@@ -858,7 +858,13 @@ int run_soak(const Settings& cfg) {
       if (!handed || !std::regex_search(*handed, hm, handover) || !hm[2].matched) {
         sh.violations.add(sh.totals,
                           fmt::format("upgrade {} failed: {}", upgrades + 1, handed.value_or("no answer")));
-        break;  // the serving process is unknown now: stop the run
+        // A hand-over that comes late still leaves a process to end.
+        if (auto late = lb.wait_for_line(std::regex(R"(^info upgrade handed over to pid=([0-9]+))"),
+                                         in(seconds(10)), from)) {
+          replaced.push_back(serving);
+          serving = static_cast<pid_t>(std::stoi(late->substr(late->find("pid=") + 4)));
+        }
+        break;  // the serving process is uncertain now: stop the run
       }
       replaced.push_back(serving);
       serving = static_cast<pid_t>(std::stoi(hm[2].str()));
