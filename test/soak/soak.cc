@@ -284,11 +284,14 @@ struct Totals {
   std::atomic<uint64_t> stalled{0}, stalled_bytes{0};  // slow readers served in full; bytes sent unread
   std::atomic<uint64_t> abandoned{0};
   std::atomic<uint64_t> udp_questions{0}, udp_answered{0}, udp_first_try{0};
-  std::atomic<uint64_t> udp_unanswered_excused{0};  // after every try, while a backend was down
-  std::atomic<uint64_t> killed_failures{0};         // failed while their backend was being killed
-  std::atomic<uint64_t> refused{0};                 // ECONNREFUSED connecting to lb
-  std::atomic<uint64_t> connect_errors{0};          // any other connect failure
-  std::atomic<uint64_t> bytes{0};                   // sent + received by clients
+  std::atomic<uint64_t> udp_unanswered_excused{0};
+  // Tries without an answer: while a backend was down, during an upgrade, neither.
+  std::atomic<uint64_t> udp_lost_down{0}, udp_lost_upgrade{0},
+      udp_lost_other{0};                     // after every try, while a backend was down
+  std::atomic<uint64_t> killed_failures{0};  // failed while their backend was being killed
+  std::atomic<uint64_t> refused{0};          // ECONNREFUSED connecting to lb
+  std::atomic<uint64_t> connect_errors{0};   // any other connect failure
+  std::atomic<uint64_t> bytes{0};            // sent + received by clients
   std::atomic<uint64_t> violations{0};
 };
 
@@ -545,8 +548,19 @@ void one_question(Shared& sh, std::mt19937_64& rng, int client, uint64_t seq) {
       sh.violations.add(t, fmt::format("udp client {}: cannot send: {}", client, std::strerror(errno)));
       return;
     }
+    const auto sent = Clock::now();
     auto reply = recv_within(s.fd(), in(kUdpWait));
-    if (!reply) continue;
+    if (!reply) {
+      // A try lost: why (reported, not a violation while the next try works).
+      const auto now = Clock::now();
+      if (sh.downs.overlaps(-1, sent, now))
+        t.udp_lost_down.fetch_add(1);
+      else if (sh.upgrades.overlaps(-1, sent, now))
+        t.udp_lost_upgrade.fetch_add(1);
+      else
+        t.udp_lost_other.fetch_add(1);
+      continue;
+    }
     const int index = reply->size() > 2 ? (*reply)[1] - '0' : -1;
     if (index < 0 || index >= kBackends || *reply != udp_answer(index, question)) {
       sh.violations.add(t, fmt::format("corrupted: udp client {} asked \"{}\", answer \"{}\"", client,
@@ -1007,8 +1021,9 @@ int run_soak(const Settings& cfg) {
       "soak: %.1f s, %d clients: %llu transfers attempted, %llu completed (%llu byte-exact: %llu full, %llu "
       "half-close, %llu stalled-reader with %.1f MB sent unread), %llu client resets injected, %llu "
       "abandoned, %llu failed by backend kills, %llu refused, %llu other connect errors; %.1f MB moved; "
-      "UDP (%d clients): %llu questions, %llu answered (%llu at the first try), %llu unanswered while a "
-      "backend was down, lb counted %.0f UDP sessions; %llu backend kills (%llu restarts), %llu reloads "
+      "UDP (%d clients): %llu questions, %llu answered (%llu at the first try; tries lost while a backend "
+      "was down %llu, during an upgrade %llu, otherwise %llu), %llu unanswered while a backend was down, "
+      "lb counted %.0f UDP sessions; %llu backend kills (%llu restarts), %llu reloads "
       "(lb counted %.0f ok), %llu upgrades (lb counted %.0f ok; last pid %d); lb fds %d -> %d, "
       "RSS %.1f MB -> %.1f MB; under load (peaks, 2nd -> last quarter): RSS %.1f MB -> %.1f MB, fds %ld -> "
       "%ld; %llu violations.\n",
@@ -1025,6 +1040,9 @@ int run_soak(const Settings& cfg) {
       cfg.udp_clients, static_cast<unsigned long long>(t.udp_questions.load()),
       static_cast<unsigned long long>(t.udp_answered.load()),
       static_cast<unsigned long long>(t.udp_first_try.load()),
+      static_cast<unsigned long long>(t.udp_lost_down.load()),
+      static_cast<unsigned long long>(t.udp_lost_upgrade.load()),
+      static_cast<unsigned long long>(t.udp_lost_other.load()),
       static_cast<unsigned long long>(t.udp_unanswered_excused.load()), udp_sessions,
       static_cast<unsigned long long>(kills), static_cast<unsigned long long>(restarts),
       static_cast<unsigned long long>(reloads), reloads_ok, static_cast<unsigned long long>(upgrades),
