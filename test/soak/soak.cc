@@ -1016,6 +1016,12 @@ int run_soak(const Settings& cfg) {
                                     first_status ? std::to_string(*first_status) : std::string("no exit")));
     }
   }
+  // Processes an upgrade started are not the soak's children: their exit
+  // status is unknown, but a sanitizer's report (e.g. a leak at exit) lands
+  // in the output they share, complete once every one of them is gone.
+  if (std::regex_search(lb.output(), std::regex(R"(ERROR: (Address|Leak|Thread)Sanitizer|runtime error:)"))) {
+    sh.violations.add(t, "a sanitizer reported an error in an lb process (see lb's output)");
+  }
 
   std::printf(
       "soak: %.1f s, %d clients: %llu transfers attempted, %llu completed (%llu byte-exact: %llu full, %llu "
