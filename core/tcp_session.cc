@@ -187,6 +187,17 @@ void TcpSession::connect_to(Backend* b) {
   connect->data = this;
   int rc = uv_tcp_connect(connect, upstream_.get(), reinterpret_cast<const sockaddr*>(&b->address.addr),
                           on_connect_cb);
+  if (rc == UV_EMFILE || rc == UV_ENFILE) {
+    // lb is out of descriptors (a gap below the accept reserve was taken
+    // meanwhile): its own limit, not the backend's failure, so no backend
+    // is blamed (passive health) and no other one is tried.
+    release_backend();
+    close_handle(upstream_, false);
+    count_refusal(listener_->stats->slot(worker_.index()), Refusal::Limit);
+    Worker::warn_descriptors_exhausted(listener_->cfg.name, worker_.shared().fd_limit.load());
+    finish(Result::Refused, false);
+    return;
+  }
   if (rc != 0) {
     delete connect;
     // Immediate failure (no route, no ephemeral port): same as a refused connect.

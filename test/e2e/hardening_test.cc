@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <regex>
 #include <string>
 #include <vector>
@@ -29,6 +30,28 @@ size_t count_lines(LbProcess& lb, const std::regex& re) {
   for (const auto& l : lb.process().lines())
     if (std::regex_search(l.text, re)) ++n;
   return n;
+}
+
+// A new connection to lb's `port` sending `msg`: true when echoed; false
+// when lb closed it without a byte (a refusal, counted in *refused). It must
+// not hang either way.
+bool echoed_or_refused(uint16_t port, Socket& s, const std::string& msg, int* refused) {
+  s = tcp_connect("127.0.0.1", port, in(seconds(5)));
+  REQUIRE(s);  // the kernel completes the handshake whatever lb does next
+  ReadResult r = exchange(s, msg, msg.size(), in(seconds(10)));
+  INFO(msg << ": " << to_string(r.end) << " errno " << r.error << ", got " << r.data.size() << " bytes");
+  REQUIRE(r.end != ReadEnd::Timeout);
+  if (r.data == msg) return true;
+  CHECK(r.data.empty());
+  ++*refused;
+  return false;
+}
+
+// lb run with at most `nofile` descriptors (soft and hard: lb cannot raise it).
+LbOptions with_nofile(int nofile) {
+  LbOptions options;
+  options.prefix = {"/usr/bin/prlimit", fmt::format("--nofile={}:{}", nofile, nofile), "--"};
+  return options;
 }
 
 // Waits until lb has read every datagram queued on its UDP socket `port`.
@@ -209,6 +232,163 @@ TEST_CASE("hardening: a [::] bind is IPv6-only and coexists with 0.0.0.0 on the 
   // An IPv4 socket on the same port binds beside it.
   Socket beside = tcp_listen("0.0.0.0", port);
   CHECK(beside);
+  CHECK(lb.terminate() == 0);
+}
+
+// lb started with few descriptors (a low LimitNOFILE / ulimit -n, which lb
+// can only raise up to the hard limit) and more clients than they allow: a
+// new connection past the limit is refused cleanly (closed at once, counted
+// in lb_listener_rejected_total{reason="limit"}, one rate-limited warning),
+// the connections already open keep working, and once clients close lb
+// serves new ones by itself.
+TEST_CASE("hardening: at its descriptor limit lb refuses new connections, counted, and recovers by itself",
+          "[e2e][hardening][nofile]") {
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  constexpr int kNofile = 160;  // room for fewer than 80 proxied connections
+  LbProcess lb(web_config(backend.address(), 1, true), with_nofile(kNofile));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t admin = lb.admin_port();
+  REQUIRE(port != 0);
+  REQUIRE(admin != 0);
+
+  // One connection: echoed (true) or closed by lb (false); never left hanging.
+  int refused_seen = 0;
+  auto attempt = [&](Socket& s, const std::string& msg) {
+    return echoed_or_refused(port, s, msg, &refused_seen);
+  };
+
+  const auto t0 = Clock::now();
+  std::vector<Socket> held;
+  for (int i = 0; i < kNofile; ++i) {
+    Socket s;
+    if (!attempt(s, fmt::format("held {}", i))) break;
+    held.push_back(std::move(s));
+  }
+  INFO(held.size() << " connections held when lb first refused");
+  REQUIRE(refused_seen == 1);
+  REQUIRE(held.size() >= 20);
+
+  // At the limit: every new connection is refused, none hangs.
+  for (int i = 0; i < 20; ++i) {
+    Socket s;
+    CHECK_FALSE(attempt(s, fmt::format("over the limit {}", i)));
+  }
+  // The open ones are unaffected.
+  size_t still = 0;
+  for (size_t i = 0; i < held.size(); ++i) {
+    const std::string msg = fmt::format("still {}", i);
+    still += exchange(held[i], msg, msg.size(), in(seconds(10))).data == msg;
+  }
+  CHECK(still == held.size());
+
+  // Half the clients leave: lb serves new connections again by itself.
+  held.resize(held.size() / 2);
+  bool served = false;
+  const Deadline recover = in(seconds(20));
+  while (!served && !expired(recover)) {
+    Socket s;
+    served = attempt(s, "after some closed");
+  }
+  CHECK(served);
+  for (int i = 0; i < 10; ++i) {
+    Socket s;
+    CHECK(attempt(s, fmt::format("served again {}", i)));
+    held.push_back(std::move(s));
+  }
+  const double elapsed_s = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  // Every refusal the clients saw was counted, with the reason "limit".
+  auto m = fetch_metrics(admin);
+  REQUIRE(m);
+  CHECK(m->value("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "limit"}}).value_or(0) ==
+        refused_seen);
+  CHECK(m->value("lb_backend_connect_failures_total", {{"pool", "web"}, {"backend", backend.address()}})
+            .value_or(0) == 0);
+  held.clear();
+  REQUIRE(lb.terminate() == 0);
+  // One warning, then at most one a second (+1 for rounding at both ends).
+  const size_t warnings = count_lines(lb, std::regex("^warn .*listener=web"));
+  INFO(lb.output());
+  CHECK(warnings >= 1);
+  CHECK(warnings <= 2 + static_cast<size_t>(elapsed_s));
+}
+
+// The accept reserve keeps lb's descriptors from running out in the usual
+// case; when something else (here UDP sessions) has taken the reserve and a
+// client's accept still finds a free low descriptor, the backend socket
+// cannot be made: that is lb's limit too, not a backend failure (no
+// connect_failures, no passive-health report, no other backend tried).
+TEST_CASE(
+    "hardening: a backend socket lb cannot make for lack of descriptors is its limit, not the backend's "
+    "failure",
+    "[e2e][hardening][nofile]") {
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  Socket udp_backend = udp_bind();  // never answers: its sessions stay open
+  REQUIRE(udp_backend);
+  constexpr int kNofile = 160;
+  LbProcess lb(ConfigBuilder()
+                   .global(1, true)
+                   .listener("web", "web")
+                   .pool("web")
+                   .backend(backend.address())
+                   .listener("dns", "dns", "protocol = \"udp\"\nsession_timeout = \"10m\"")
+                   .pool("dns")
+                   .backend(fmt::format("127.0.0.1:{}", local_port(udp_backend))),
+               with_nofile(kNofile));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const uint16_t dns = lb.listener_port("dns");
+  const uint16_t admin = lb.admin_port();
+  REQUIRE(port != 0);
+  REQUIRE(dns != 0);
+  REQUIRE(admin != 0);
+
+  // TCP connections up to the accept reserve.
+  int refused = 0;
+  std::vector<Socket> held;
+  for (int i = 0; i < kNofile && refused == 0; ++i) {
+    Socket s;
+    if (echoed_or_refused(port, s, fmt::format("held {}", i), &refused)) held.push_back(std::move(s));
+  }
+  REQUIRE(refused == 1);
+  REQUIRE(held.size() >= 20);
+  // UDP sessions (a socket each) take the reserve, until lb has none left.
+  std::vector<Socket> udp_clients;
+  const std::regex no_route("^warn udp cannot open a route listener=dns ");
+  while (!lb.process().find_line(no_route) && udp_clients.size() < static_cast<size_t>(kNofile)) {
+    udp_clients.push_back(udp_bind());
+    REQUIRE(udp_send_to(udp_clients.back(), "127.0.0.1", dns, "q"));
+    REQUIRE(udp_drained(dns, in(seconds(10))));
+  }
+  REQUIRE(lb.wait_for_line(no_route, in(seconds(5))));
+
+  // One client leaves (two low descriptors free), a new UDP session takes
+  // one of them: the next client's accept finds the other, its backend
+  // socket finds none.
+  const int full = lb.fd_count();
+  held.erase(held.begin());
+  REQUIRE(wait_until([&] { return lb.fd_count() == full - 2; }, in(seconds(10))));
+  udp_clients.push_back(udp_bind());
+  REQUIRE(udp_send_to(udp_clients.back(), "127.0.0.1", dns, "q"));
+  REQUIRE(wait_until([&] { return lb.fd_count() == full - 1; }, in(seconds(10))));
+  {
+    Socket s;
+    CHECK_FALSE(echoed_or_refused(port, s, "no backend socket", &refused));
+  }
+  CHECK(lb.wait_for_line(std::regex("^warn connection refused: out of file descriptors listener=web "),
+                         in(seconds(5))));
+
+  held.clear();  // the admin API needs descriptors too
+  udp_clients.clear();
+  auto m = fetch_metrics(admin);
+  REQUIRE(m);
+  CHECK(m->value("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "limit"}}).value_or(0) ==
+        refused);
+  CHECK(m->value("lb_backend_connect_failures_total", {{"pool", "web"}, {"backend", backend.address()}})
+            .value_or(0) == 0);
   CHECK(lb.terminate() == 0);
 }
 

@@ -90,7 +90,7 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
   // Admin state that must survive: a drained-then-reactivated backend keeps
   // serving; a weight override shows in the status.
   REQUIRE(http_post(admin, "/api/v1/pools/p/backends/" + u.echo.address(), R"({"weight":7})").status == 200);
-  const int fds_before = fd_count_of(lb.pid());
+  const int fds_before = proc_fd_count(lb.pid());
 
   // A long-lived connection (ping-pong) and new connections at a steady rate.
   Socket pingpong = tcp_connect("127.0.0.1", port, in(seconds(5)));
@@ -160,7 +160,7 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
   pingpong.close();
   CHECK(wait_gone(lb.pid(), in(seconds(30))));
   CHECK(lb.wait_exit(in(milliseconds(200))).value_or(-1) == 0);  // its output pipes stay with the newest
-  const int fds_after = fd_count_of(serving);
+  const int fds_after = proc_fd_count(serving);
   INFO("fds before " << fds_before << " after " << fds_after);
   // No descriptor leaks across the upgrades (a program started by an
   // upgrade holds a few fewer than the first one: none of the test

@@ -3,12 +3,15 @@
 load. Started by test/scale/run.sh inside a network namespace of its own (so
 ports, somaxconn and socket counts are the test's); standard library only.
 
-  scale.py run LB_BINARY TMPDIR [--connections N] [--storm N] [--reloads N]
-                                [--streams N] [--rate R]
-  scale.py echo PORT...              echo backends (one process, asyncio)
+  scale.py run LB_BINARY STORM_BINARY TMPDIR [--connections N] [--storm N]
+                                [--storm-seconds S] [--reloads N] [--streams N] [--rate R]
+  scale.py echo PORT...              echo backends (one process, asyncio; the run
+                                     uses test/scale/storm.c's instead)
   scale.py hold COUNT FIRST_SOURCE   COUNT connections to lb from 127.1.x.y
                                      addresses; commands on stdin: check, close
-  scale.py storm COUNT IN_FLIGHT     COUNT connect+echo+close, as fast as it can
+  scale.py storm COUNT IN_FLIGHT     COUNT connect+echo+close, as fast as Python can
+                                     (the run's storm uses test/scale/storm.c: Python
+                                     reaches about 1,000 connections/s)
   scale.py steady RATE SECONDS STREAMS   new connections at RATE/s and STREAMS
                                      long ping-pong streams; counts failures
 
@@ -193,8 +196,9 @@ async def steady(rate, seconds, streams):
 # --- the run ---------------------------------------------------------------------------
 
 class Child:
-    def __init__(self, *args):
-        self.p = subprocess.Popen([sys.executable, __file__, *map(str, args)], stdin=subprocess.PIPE,
+    def __init__(self, *args, program=None):
+        cmd = [program] if program else [sys.executable, __file__]
+        self.p = subprocess.Popen([*cmd, *map(str, args)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
 
     def read(self):
@@ -281,6 +285,16 @@ def active_connections():
     return json.loads(body)["listeners"][0]["active"]
 
 
+def rejected():
+    """lb_listener_rejected_total of the listener, by reason."""
+    out = {}
+    for line in get("/metrics")[0].decode().splitlines():
+        if line.startswith("lb_listener_rejected_total{") and 'listener="scale"' in line:
+            reason = line.split('reason="')[1].split('"')[0]
+            out[reason] = out.get(reason, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def generation():
     return json.loads(get("/api/v1/status")[0])["generation"]
 
@@ -297,27 +311,42 @@ def wait_for(what, cond, seconds):
     raise SystemExit(f"FAIL: timed out waiting for {what}")
 
 
-def run(lb_bin, tmp, args):
-    n, storm_n, reloads, streams, rate = (args["connections"], args["storm"], args["reloads"],
-                                          args["streams"], args["rate"])
+def listen_drops():
+    """TcpExt ListenOverflows and ListenDrops of this namespace: SYNs or
+    handshakes dropped because an accept queue was full."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            d = dict(zip(names.split()[1:], map(int, values.split()[1:])))
+            return d.get("ListenOverflows", 0), d.get("ListenDrops", 0)
+    return 0, 0
+
+
+def run(lb_bin, storm_bin, tmp, args):
+    n, storm_n, storm_s, reloads, streams, rate = (args["connections"], args["storm"], args["storm-seconds"],
+                                                   args["reloads"], args["streams"], args["rate"])
     limit = raise_nofile()
     procs = max(1, -(-n // PER_PROCESS))
     if 2 * n + 200 > limit:
         raise SystemExit(f"FAIL: {n} connections need {2 * n + 200} descriptors in lb; the limit is {limit}")
+    # As many connections as lb's descriptors allow (two each, and some for
+    # listeners, probes and the admin API): past that lb refuses cleanly.
+    lb_capacity = (limit - 200) // 2
     ports = [7001 + i for i in range(max(4, procs))]
     children = []
     failures = []
     try:
         with open("/proc/sys/net/core/somaxconn") as f:
             somaxconn = int(f.read())
-        backends = [Child("echo", *ports[i::procs]) for i in range(procs)]
+        backends = [Child("echo", *ports[i::procs], program=storm_bin) for i in range(procs)]
         children += backends
         for b in backends:
             b.read()
         conf = f"""[global]
 workers = 1
 access_log = "off"
-max_connections = {n + 1000}
+max_connections = {lb_capacity}
 
 [admin]
 listen = "127.0.0.1:9900"
@@ -401,22 +430,39 @@ interval = "2s"
         print(f"   all closed: lb fds {fds(lb.pid)}, RSS {rss_kb(lb.pid)} KiB", flush=True)
 
         # --- a connection storm -------------------------------------------------------
-        storm_procs = max(1, min(4, storm_n // 2000))
+        # C clients (test/scale/storm.c), one process per 10,000 connections
+        # (their descriptors), each from its own addresses, paced evenly over
+        # storm_s seconds; a connection is each echoed once and closed.
+        storm_procs = max(1, -(-storm_n // 10000))
         per = [storm_n // storm_procs + (1 if i < storm_n % storm_procs else 0) for i in range(storm_procs)]
-        print(f"== storm: {storm_n} connects at once ({storm_procs} processes, 200 in flight each), "
-              f"each echoed and closed; one lb worker", flush=True)
-        stormers = [Child("storm", per[i], 200) for i in range(storm_procs)]
+        print(f"== storm: {storm_n} connects in {storm_s} s ({storm_procs} C client processes, one source "
+              f"address each), each echoed and closed; one lb worker, listen backlog 4096, somaxconn "
+              f"{somaxconn}", flush=True)
+        drops0, rejected0 = listen_drops(), rejected()
+        stormers = [Child("connect", LB_PORT, per[i], storm_s, 100000 + sum(per[:i]), program=storm_bin)
+                    for i in range(storm_procs)]
         children += stormers
         res = [s.read() for s in stormers]
-        failed = sum(r["failed"] for r in res)
+        drops1 = listen_drops()
+        wait_for("every storm connection closed in lb", lambda: active_connections() == 0, 60)
+        refused_by_lb = {k: v - rejected0.get(k, 0) for k, v in rejected().items() if v != rejected0.get(k, 0)}
+        served = sum(r["served"] for r in res)
+        bad = {k: sum(r[k] for r in res) for k in ("refused", "reset", "timeout", "other", "wrong")}
         secs = max(r["seconds"] for r in res)
-        conn = [v for r in res for v in r["connect_ms"]]
-        first = [v for r in res for v in r["first_byte_ms"]]
-        print(f"   {storm_n - failed} served, {failed} failed, in {secs:.1f} s ({storm_n / secs:.0f}/s); "
-              f"connect p50 {pct(conn, .5):.1f} ms p99 {pct(conn, .99):.1f} ms; first echo p50 "
-              f"{pct(first, .5):.1f} ms p99 {pct(first, .99):.1f} ms", flush=True)
-        if failed:
-            failures.append(f"storm: {failed} connections failed: {[r['errors'] for r in res]}")
+        conn = [v / 1000 for r in res for v in r["connect_us"]]
+        first = [v / 1000 for r in res for v in r["echo_us"]]
+        print(f"   {served} of {storm_n} served in {secs:.2f} s ({storm_n / secs:.0f}/s; clients at most "
+              f"{max(r['late_ms'] for r in res):.0f} ms behind schedule); {bad}; connect p50 "
+              f"{pct(conn, .5):.1f} ms p99 {pct(conn, .99):.1f} ms max {max(conn, default=0):.0f} ms; first echo "
+              f"p50 {pct(first, .5):.1f} ms p99 {pct(first, .99):.1f} ms; kernel listen overflows "
+              f"{drops1[0] - drops0[0]}, drops {drops1[1] - drops0[1]}; refused by lb (counted, by reason): "
+              f"{refused_by_lb or 0} (max_connections {lb_capacity})", flush=True)
+        # A connection lb refused at its limit is closed at once (a reset for
+        # a client that already sent); every other failure fails the test.
+        counted = sum(refused_by_lb.values())
+        if served + counted != storm_n or bad["reset"] > counted or bad["wrong"]:
+            failures.append(f"storm: {storm_n - served} of {storm_n} connections failed: {bad}, of which lb "
+                            f"counted {refused_by_lb or 0}")
 
         # --- reloads under load ------------------------------------------------------------
         seconds = reloads * 0.1 + 2
@@ -460,11 +506,12 @@ def main():
     elif cmd == "steady":
         asyncio.run(steady(float(a[0]), float(a[1]), int(a[2])))
     elif cmd == "run":
-        opts = {"connections": 9500, "storm": 20000, "reloads": 100, "streams": 100, "rate": 200}
-        rest = a[2:]
+        opts = {"connections": 9500, "storm": 20000, "storm-seconds": 1, "reloads": 100, "streams": 100,
+                "rate": 200}
+        rest = a[3:]
         for k, v in zip(rest[::2], rest[1::2]):
-            opts[k.lstrip("-")] = int(v)
-        run(a[0], a[1], opts)
+            opts[k.lstrip("-")] = float(v) if k == "--storm-seconds" else int(v)
+        run(a[0], a[1], a[2], opts)
     else:
         sys.exit(f"unknown command {cmd}")
 

@@ -5,33 +5,53 @@
 // so it can be killed for real: SIGKILL, the kernel resets its connections,
 // and it is started again on the same port. Meanwhile
 //   - N clients (default 50) loop over transfers of random size (0..1 MiB)
-//     in three patterns: full echo, half-close (shutdown after sending, then
-//     read to EOF), and a client reset (RST) at a random point;
+//     in five patterns: full echo, half-close (shutdown after sending, then
+//     read to EOF), a client reset (RST) at a random point, a client that
+//     stops reading for 0.3-2 s while it keeps sending and then reads
+//     everything back, and a client that abandons its connection
+//     mid-transfer (plain close with data in flight);
+//   - M UDP clients (default 4) ask DNS-like questions through a UDP
+//     listener of the same lb (one datagram, one answer, as with
+//     udp_responses = 1), each from a fresh source port like a resolver, up
+//     to three tries; every answer is checked against its question;
 //   - a backend is killed every 1-2 s and restarted 0.2-0.8 s later;
 //   - lb is reloaded (SIGHUP) every ~2 s with new weights and a rotating
-//     selector, so every reload really changes the running configuration.
+//     selector, so every reload really changes the running configuration;
+//   - lb is upgraded in place (SIGUSR2) every 20-30 s (at least twice in any
+//     run), alternating the `lb` and `lb_alt` builds installed over the
+//     program it runs from; the serving process is followed by the pid the
+//     old one logs ("upgrade handed over to pid=N"), and every signal,
+//     metric, fd and RSS sample goes to it. Established connections may
+//     finish in the old process or move to the new one: both are accepted,
+//     a refused or reset connection or a wrong byte is not.
 //
 // Each backend greets every connection with its index (one byte) before
 // echoing, so a client knows which backend served it. A transfer that fails
 // is excused only if that backend was being killed while the transfer ran;
 // any other failure is a violation, as is a byte that differs, a connect
-// refused by lb, a stall, a failed reload, descriptors not given back, or RSS
-// growth past a bound. A one-paragraph summary is printed; the exit status
-// is 0 only without violations.
+// refused by lb, a stall, a failed reload or upgrade, descriptors not given
+// back, or RSS growth past a bound. A UDP question unanswered after three
+// tries is excused only if a backend was down (killed, not yet restarted)
+// or an upgrade ran meanwhile; a wrong answer is never excused. A
+// one-paragraph summary is printed; the exit status is 0 only without
+// violations.
 //
-// Growth: lb's RSS and descriptors are sampled throughout. After warm-up
-// (the first quarter of the run) the largest RSS of the last quarter may
-// exceed the largest of the second quarter by at most 5 % (+2 MiB of
+// Growth: the serving lb's RSS and descriptors are sampled throughout. After
+// warm-up (the first quarter of the run) the largest RSS of the last quarter
+// may exceed the largest of the second quarter by at most 5 % (+2 MiB of
 // allocator noise): a leak per connection, per reload or per backend kill
-// grows linearly and fails this on any run of a minute or more. Descriptors
-// must come back to the count before the load.
+// grows linearly and fails this on any run of a minute or more. After the
+// load, the last serving process (after upgrades, not the one first started)
+// must hold no more descriptors than the first one did after warm-up, and
+// no more RSS than that figure + 20 MiB. Every process an upgrade replaced
+// must have exited.
 //
 //   soak                     2 minutes (what ctest runs; 30 s in sanitizer builds)
 //   soak --minutes N         a long run, e.g. --minutes 60
 //   soak --seconds N
 // Environment: LB_SOAK_SECONDS (instead of the arguments), LB_SOAK_CLIENTS
-// (default 50), LB_SOAK_SEED (default fixed), LB_E2E_VERBOSE=1 to see lb's
-// log live.
+// (default 50), LB_SOAK_UDP_CLIENTS (default 4), LB_SOAK_SEED (default
+// fixed), LB_E2E_VERBOSE=1 to see lb's log live.
 //
 // Threads: the main thread spawns every child process (ChildProcess's
 // death signal is tied to the spawning thread) and runs the fault schedule;
@@ -41,6 +61,8 @@
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -68,6 +90,8 @@
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
+#include "test/support/temp_dir.h"
+#include "test/support/udp.h"
 
 namespace lb::test {
 namespace {
@@ -78,9 +102,23 @@ constexpr long kMaxRssGrowthKb = 20 * 1024;  // before the load -> after it
 // Under load, last quarter against the second (see the header).
 constexpr double kMaxRssDrift = 0.05;
 constexpr long kRssNoiseKb = 2 * 1024;
-// Health probes open short-lived sockets at any moment, so "back to the
-// start" allows one in flight per backend and a little more.
-constexpr int kFdTolerance = kBackends + 2;
+// Health probes open short-lived sockets at any moment (TCP and UDP pools),
+// so "back to the start" allows one in flight per backend and a little more.
+constexpr int kFdTolerance = 2 * kBackends + 2;
+// How long a UDP client waits for each try's answer.
+constexpr auto kUdpWait = milliseconds(1500);
+constexpr int kUdpTries = 3;
+
+// The backends' answer to a UDP question: the backend's index, the question,
+// and a hash of it, so the client checks every answer byte for byte.
+uint64_t fnv1a(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ULL;
+  return h;
+}
+std::string udp_answer(int index, std::string_view question) {
+  return fmt::format("A{}:{}:{:016x}", index, question, fnv1a(question));
+}
 
 // ---- backend process (`soak --echo-backend PORT INDEX`) ---------------------------
 
@@ -118,10 +156,26 @@ void serve_echo(int fd, int index) {
   ::close(fd);
 }
 
-int run_echo_backend(uint16_t port, int index) {
-  std::signal(SIGPIPE, SIG_IGN);
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return 1;
+// Answers every datagram: "ping" (lb's health probe) with "pong", anything
+// else with udp_answer().
+void serve_udp(int fd, int index) {
+  char buf[2048];
+  for (;;) {
+    sockaddr_storage from{};
+    socklen_t len = sizeof(from);
+    ssize_t n = ::recvfrom(fd, buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    const std::string_view question(buf, static_cast<size_t>(n));
+    const std::string reply = question == "ping" ? std::string("pong") : udp_answer(index, question);
+    ::sendto(fd, reply.data(), reply.size(), 0, reinterpret_cast<sockaddr*>(&from), len);
+  }
+}
+
+// A socket of `type` bound to 127.0.0.1:port (0: any); its port, 0 on failure.
+uint16_t bind_loopback(int fd, uint16_t port) {
   int one = 1;
   // A restart binds the port its killed predecessor had, whose connections
   // may linger in TIME_WAIT.
@@ -135,14 +189,25 @@ int run_echo_backend(uint16_t port, int index) {
   while (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
     if (errno != EADDRINUSE || expired(bind_deadline)) {
       std::fprintf(stderr, "bind failed port=%u error=%s\n", port, std::strerror(errno));
-      return 1;
+      return 0;
     }
     std::this_thread::sleep_for(milliseconds(20));
   }
-  if (::listen(fd, 1024) != 0) return 1;
   socklen_t len = sizeof(sa);
   ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  std::printf("listening port=%u\n", ntohs(sa.sin_port));
+  return ntohs(sa.sin_port);
+}
+
+int run_echo_backend(uint16_t port, int index, uint16_t udp_port) {
+  std::signal(SIGPIPE, SIG_IGN);
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int ufd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || ufd < 0) return 1;
+  const uint16_t bound = bind_loopback(fd, port);
+  const uint16_t ubound = bind_loopback(ufd, udp_port);
+  if (bound == 0 || ubound == 0 || ::listen(fd, 1024) != 0) return 1;
+  std::thread([ufd, index] { serve_udp(ufd, index); }).detach();
+  std::printf("listening port=%u udp=%u\n", bound, ubound);
   std::fflush(stdout);
   for (;;) {
     int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
@@ -159,6 +224,7 @@ int run_echo_backend(uint16_t port, int index) {
 struct Settings {
   seconds duration{120};
   int clients = 50;
+  int udp_clients = 4;
   uint64_t seed = 0x5eed'1b'50a4ULL;
 };
 
@@ -215,6 +281,13 @@ struct Totals {
   std::atomic<uint64_t> byte_exact{0};  // ... and every byte was right
   std::atomic<uint64_t> full{0}, half_close{0};
   std::atomic<uint64_t> resets_injected{0};
+  std::atomic<uint64_t> stalled{0}, stalled_bytes{0};  // slow readers served in full; bytes sent unread
+  std::atomic<uint64_t> abandoned{0};
+  std::atomic<uint64_t> udp_questions{0}, udp_answered{0}, udp_first_try{0};
+  std::atomic<uint64_t> udp_unanswered_excused{0};
+  // Tries without an answer: while a backend was down, during an upgrade, neither.
+  std::atomic<uint64_t> udp_lost_down{0}, udp_lost_upgrade{0},
+      udp_lost_other{0};                     // after every try, while a backend was down
   std::atomic<uint64_t> killed_failures{0};  // failed while their backend was being killed
   std::atomic<uint64_t> refused{0};          // ECONNREFUSED connecting to lb
   std::atomic<uint64_t> connect_errors{0};   // any other connect failure
@@ -241,14 +314,17 @@ class Violations {
 
 struct Shared {
   uint16_t port = 0;
+  uint16_t udp_port = 0;
   std::string payload;  // 2 MiB of random bytes; transfers send slices of it
   std::atomic<bool> stop{false};
   KillLog kills;
+  KillLog downs;     // from a kill to the restart: UDP questions sent there are lost
+  KillLog upgrades;  // from SIGUSR2 to the hand-over (backend 0)
   Totals totals;
   Violations violations;
 };
 
-enum class Pattern { Full, HalfClose, Reset };
+enum class Pattern { Full, HalfClose, Reset, Stall, Abandon };
 
 const char* name_of(Pattern p) {
   switch (p) {
@@ -258,6 +334,10 @@ const char* name_of(Pattern p) {
       return "half-close";
     case Pattern::Reset:
       return "reset";
+    case Pattern::Stall:
+      return "stalled-reader";
+    case Pattern::Abandon:
+      return "abandon";
   }
   return "?";
 }
@@ -267,11 +347,34 @@ bool is_prefix(std::string_view got, std::string_view expected) {
          mismatch_offset(got, expected.substr(0, got.size())) == std::string::npos;
 }
 
+// Sends as much of `data` as the path takes until `until`, reading nothing:
+// the bytes sent, or -1 on a send error (errno kept).
+ssize_t send_without_reading(const Socket& s, std::string_view data, Clock::time_point until) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    const auto left = std::chrono::duration_cast<milliseconds>(until - Clock::now()).count();
+    if (left <= 0) break;
+    pollfd p{s.fd(), POLLOUT, 0};
+    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;  // full: wait for the pause to end
+    ssize_t w = ::send(s.fd(), data.data() + sent, data.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w > 0) {
+      sent += static_cast<size_t>(w);
+    } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+      return -1;
+    }
+  }
+  return static_cast<ssize_t>(sent);
+}
+
 // One transfer; every outcome is counted in `sh.totals`.
 void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
   Totals& t = sh.totals;
   const unsigned roll = static_cast<unsigned>(rng() % 100);
-  const Pattern pattern = roll < 45 ? Pattern::Full : roll < 85 ? Pattern::HalfClose : Pattern::Reset;
+  const Pattern pattern = roll < 35   ? Pattern::Full
+                          : roll < 65 ? Pattern::HalfClose
+                          : roll < 78 ? Pattern::Reset
+                          : roll < 88 ? Pattern::Abandon
+                                      : Pattern::Stall;
   const size_t size = rng() % (kMaxTransfer + 1);
   const size_t offset = rng() % (sh.payload.size() - kMaxTransfer);
   const std::string_view payload = std::string_view(sh.payload).substr(offset, size);
@@ -294,6 +397,18 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
     } else {
       sh.violations.add(t, "unexplained failure: " + detail);
     }
+  };
+
+  // A complete echo: counted, and a violation if any byte differs.
+  auto count_echo = [&](const ReadResult& r, std::atomic<uint64_t>& kind) {
+    t.completed.fetch_add(1);
+    if (const size_t at = mismatch_offset(r.data, payload); at != std::string::npos) {
+      sh.violations.add(t, fmt::format("corrupted: client {} {} transfer of {} bytes differs at offset {}",
+                                       client, name_of(pattern), size, at));
+      return;
+    }
+    t.byte_exact.fetch_add(1);
+    kind.fetch_add(1);
   };
 
   int err = 0;
@@ -339,15 +454,7 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
         failed("short echo", r, payload);
         return;
       }
-      t.completed.fetch_add(1);
-      if (mismatch_offset(r.data, payload) != std::string::npos) {
-        sh.violations.add(
-            t, fmt::format("corrupted: client {} full transfer of {} bytes differs at offset {}", client,
-                           size, mismatch_offset(r.data, payload)));
-        return;
-      }
-      t.byte_exact.fetch_add(1);
-      t.full.fetch_add(1);
+      count_echo(r, t.full);
       return;  // closing with both directions open: an ordinary FIN
     }
     case Pattern::HalfClose: {
@@ -369,15 +476,7 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
         failed("no EOF after the echo", tail, "");
         return;
       }
-      t.completed.fetch_add(1);
-      if (mismatch_offset(r.data, payload) != std::string::npos) {
-        sh.violations.add(
-            t, fmt::format("corrupted: client {} half-close transfer of {} bytes differs at offset {}",
-                           client, size, mismatch_offset(r.data, payload)));
-        return;
-      }
-      t.byte_exact.fetch_add(1);
-      t.half_close.fetch_add(1);
+      count_echo(r, t.half_close);
       return;
     }
     case Pattern::Reset: {
@@ -399,10 +498,90 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
       t.resets_injected.fetch_add(1);
       return;
     }
+    case Pattern::Stall: {
+      // Keep sending without reading for a pause (lb must push back, not
+      // buffer without bound or drop), then read every byte back.
+      const auto pause_end = Clock::now() + milliseconds(300 + static_cast<int>(rng() % 1700));
+      const ssize_t sent = send_without_reading(s, payload, pause_end);
+      if (sent < 0) {
+        ReadResult r;
+        r.end = ReadEnd::Reset;
+        r.error = errno;
+        failed("send error while not reading", r, "");
+        return;
+      }
+      std::this_thread::sleep_until(pause_end);  // the client's stall itself
+      t.stalled_bytes.fetch_add(static_cast<uint64_t>(sent));
+      ReadResult r = exchange(s, payload.substr(static_cast<size_t>(sent)), payload.size(), deadline);
+      t.bytes.fetch_add(payload.size() + r.data.size());
+      if (r.data.size() != payload.size()) {
+        failed("short echo after the reader's stall", r, payload);
+        return;
+      }
+      count_echo(r, t.stalled);
+      return;
+    }
+    case Pattern::Abandon: {
+      // Send part of the payload for up to 200 ms, read nothing, and close:
+      // the kernel resets if echoed bytes are waiting, else sends a FIN.
+      const size_t cut = size == 0 ? 0 : rng() % (size + 1);
+      const ssize_t sent = send_without_reading(s, payload.substr(0, cut),
+                                                Clock::now() + milliseconds(static_cast<int>(rng() % 200)));
+      if (sent > 0) t.bytes.fetch_add(static_cast<uint64_t>(sent));
+      s.close();
+      t.abandoned.fetch_add(1);
+      return;
+    }
+  }
+}
+
+// One DNS-like question through lb's UDP listener, from a fresh source port
+// per try (a new session each, as a resolver's retries are).
+void one_question(Shared& sh, std::mt19937_64& rng, int client, uint64_t seq) {
+  Totals& t = sh.totals;
+  t.udp_questions.fetch_add(1);
+  const std::string question = fmt::format("Q{}.{}.{:016x}", client, seq, rng());
+  const auto started = Clock::now();
+  for (int attempt = 0; attempt < kUdpTries; ++attempt) {
+    Socket s(udp_socket());
+    if (!s || !send_to(s.fd(), sh.udp_port, question)) {
+      sh.violations.add(t, fmt::format("udp client {}: cannot send: {}", client, std::strerror(errno)));
+      return;
+    }
+    const auto sent = Clock::now();
+    auto reply = recv_within(s.fd(), in(kUdpWait));
+    if (!reply) {
+      // A try lost: why (reported, not a violation while the next try works).
+      const auto now = Clock::now();
+      if (sh.downs.overlaps(-1, sent, now))
+        t.udp_lost_down.fetch_add(1);
+      else if (sh.upgrades.overlaps(-1, sent, now))
+        t.udp_lost_upgrade.fetch_add(1);
+      else
+        t.udp_lost_other.fetch_add(1);
+      continue;
+    }
+    const int index = reply->size() > 2 ? (*reply)[1] - '0' : -1;
+    if (index < 0 || index >= kBackends || *reply != udp_answer(index, question)) {
+      sh.violations.add(t, fmt::format("corrupted: udp client {} asked \"{}\", answer \"{}\"", client,
+                                       question, reply->substr(0, 200)));
+      return;
+    }
+    t.udp_answered.fetch_add(1);
+    if (attempt == 0) t.udp_first_try.fetch_add(1);
+    return;
+  }
+  const auto now = Clock::now();
+  if (sh.downs.overlaps(-1, started, now) || sh.upgrades.overlaps(-1, started, now)) {
+    t.udp_unanswered_excused.fetch_add(1);
+  } else {
+    sh.violations.add(t, fmt::format("udp client {}: \"{}\" unanswered after {} tries, no backend down",
+                                     client, question, kUdpTries));
   }
 }
 
 std::string config_for(const std::array<uint16_t, kBackends>& ports,
+                       const std::array<uint16_t, kBackends>& udp_ports,
                        const std::array<int, kBackends>& weights, const std::string& selector) {
   std::string out = global_section(2, true);
   out += fmt::format(R"(
@@ -430,6 +609,30 @@ fall = 1
     out += fmt::format("\n[[pool.backend]]\naddress = \"127.0.0.1:{}\"\nid = \"b{}\"\nweight = {}\n",
                        ports[i], i, weights[i]);
   }
+  out += R"(
+[[listener]]
+name = "soak_udp"
+protocol = "udp"
+bind = "127.0.0.1:0"
+pool = "soak_udp"
+udp_responses = 1
+session_timeout = "5s"
+
+[[pool]]
+name = "soak_udp"
+[pool.health_check]
+type = "udp"
+udp_send = "ping"
+udp_expect = "pong"
+interval = "250ms"
+timeout = "200ms"
+rise = 1
+fall = 1
+)";
+  for (int i = 0; i < kBackends; ++i) {
+    out += fmt::format("\n[[pool.backend]]\naddress = \"127.0.0.1:{}\"\nid = \"u{}\"\nweight = {}\n",
+                       udp_ports[i], i, weights[i]);
+  }
   return out;
 }
 
@@ -440,18 +643,22 @@ std::string self_exe() {
   return std::string(buf, static_cast<size_t>(n));
 }
 
-std::unique_ptr<ChildProcess> spawn_backend(const std::string& exe, uint16_t port, int index,
-                                            uint16_t* bound) {
+// A backend on TCP `port` and UDP `udp_port` (0: any); the ports it bound.
+std::unique_ptr<ChildProcess> spawn_backend(const std::string& exe, uint16_t port, uint16_t udp_port,
+                                            int index, uint16_t* bound, uint16_t* udp_bound) {
   SpawnOptions opts;
   opts.echo_prefix = fmt::format("[b{}] ", index);
   auto p = std::make_unique<ChildProcess>(
-      std::vector<std::string>{exe, "--echo-backend", std::to_string(port), std::to_string(index)}, opts);
-  static const std::regex listening(R"(^listening port=(\d+))");
+      std::vector<std::string>{exe, "--echo-backend", std::to_string(port), std::to_string(index),
+                               std::to_string(udp_port)},
+      opts);
+  static const std::regex listening(R"(^listening port=(\d+) udp=(\d+))");
   auto line = p->wait_for_line(listening, in(seconds(10)));
   if (!line) return nullptr;
   std::smatch m;
   std::regex_search(*line, m, listening);
   *bound = static_cast<uint16_t>(std::stoul(m[1]));
+  *udp_bound = static_cast<uint16_t>(std::stoul(m[2]));
   return p;
 }
 
@@ -472,10 +679,10 @@ int run_soak(const Settings& cfg) {
   sh.payload = random_bytes(2 * kMaxTransfer, cfg.seed);
   std::mt19937_64 rng(cfg.seed);
 
-  std::array<uint16_t, kBackends> ports{};
+  std::array<uint16_t, kBackends> ports{}, udp_ports{};
   std::array<std::unique_ptr<ChildProcess>, kBackends> backends;
   for (int i = 0; i < kBackends; ++i) {
-    backends[i] = spawn_backend(exe, 0, i, &ports[i]);
+    backends[i] = spawn_backend(exe, 0, 0, i, &ports[i], &udp_ports[i]);
     if (!backends[i]) {
       std::fprintf(stderr, "soak: backend %d did not start\n", i);
       return 2;
@@ -490,17 +697,39 @@ int run_soak(const Settings& cfg) {
   // ASan's quarantine would make RSS measure the allocator, not lb.
   std::string asan = "ASAN_OPTIONS=quarantine_size_mb=1";
   if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
-  LbProcess lb(config_for(ports, weights, kSelectors[selector]), LbOptions{{}, {asan}});
+  // lb runs from a copy the upgrades replace (lb re-executes its own path).
+  TempDir program_dir;
+  const std::string program = program_dir.path() + "/lb";
+  if (!install_program(lb_binary(), program)) {
+    std::fprintf(stderr, "soak: cannot copy %s to %s\n", lb_binary().c_str(), program.c_str());
+    return 2;
+  }
+  LbOptions lb_options{{}, {asan}};
+  lb_options.binary = program;
+  LbProcess lb(config_for(ports, udp_ports, weights, kSelectors[selector]), lb_options);
   if (!lb.wait_started()) {
     std::fprintf(stderr, "soak: lb did not start:\n%s", lb.output().c_str());
     return 2;
   }
   sh.port = lb.listener_port("soak");
+  sh.udp_port = lb.listener_port("soak_udp");
   const uint16_t admin = lb.admin_port();
-  if (sh.port == 0 || admin == 0) {
+  if (sh.port == 0 || sh.udp_port == 0 || admin == 0) {
     std::fprintf(stderr, "soak: lb's ports not found in its log\n");
     return 2;
   }
+  // The process that serves now: the first lb, then each one an upgrade
+  // started (not the test's children: ended by pid, killed if the soak
+  // returns early).
+  pid_t serving = lb.pid();
+  std::vector<pid_t> replaced;  // every process an upgrade took over from
+  struct KillAdopted {
+    pid_t& serving;
+    pid_t first;
+    ~KillAdopted() {
+      if (serving != first && !process_gone(serving)) ::kill(serving, SIGKILL);
+    }
+  } kill_adopted{serving, lb.pid()};
 
   // Warm up (every backend serves once, lazily made things exist), then
   // take the baseline.
@@ -509,7 +738,9 @@ int run_soak(const Settings& cfg) {
     warm.port = sh.port;
     warm.payload = sh.payload;
     std::mt19937_64 wrng(1);
+    warm.udp_port = sh.udp_port;
     for (int i = 0; i < 8; ++i) one_transfer(warm, wrng, -1);
+    for (int i = 0; i < 8; ++i) one_question(warm, wrng, -1, static_cast<uint64_t>(i));
     if (warm.totals.violations.load() != 0) {
       for (const auto& v : warm.violations.list()) std::fprintf(stderr, "soak: warm-up: %s\n", v.c_str());
       return 1;
@@ -517,6 +748,7 @@ int run_soak(const Settings& cfg) {
   }
   const int fds_before = lb.process().settled_fd_count(milliseconds(300), in(seconds(5)));
   const long rss_before = lb.rss_kb();
+  const pid_t first_pid = lb.pid();
 
   // ---- load and faults -----------------------------------------------------
   const auto t0 = Clock::now();
@@ -527,16 +759,30 @@ int run_soak(const Settings& cfg) {
       while (!sh.stop.load()) one_transfer(sh, crng, c);
     });
   }
+  for (int c = 0; c < cfg.udp_clients; ++c) {
+    clients.emplace_back([&sh, c, seed = cfg.seed] {
+      std::mt19937_64 crng(seed + 5000 + static_cast<uint64_t>(c));
+      for (uint64_t seq = 0; !sh.stop.load(); ++seq) {
+        one_question(sh, crng, c, seq);
+        std::this_thread::sleep_for(milliseconds(1));  // pacing, not a wait for lb
+      }
+    });
+  }
 
   auto uniform_ms = [&](int lo, int hi) {
     return milliseconds(lo + static_cast<int>(rng() % (hi - lo + 1)));
   };
-  uint64_t kills = 0, restarts = 0, reloads = 0;
+  uint64_t kills = 0, restarts = 0, reloads = 0, upgrades = 0;
   int down = -1;
   Clock::time_point restart_at{};
-  size_t kill_window = 0;
+  size_t kill_window = 0, down_window = 0;
   auto next_kill = Clock::now() + uniform_ms(1000, 2000);
   auto next_reload = Clock::now() + uniform_ms(1800, 2200);
+  // Every 20-30 s, and at least twice in a short run.
+  const int upgrade_max_ms = static_cast<int>(
+      std::min<long>(30000, std::chrono::duration_cast<milliseconds>(cfg.duration).count() / 3));
+  auto upgrade_gap = [&] { return uniform_ms(upgrade_max_ms * 2 / 3, upgrade_max_ms); };
+  auto next_upgrade = Clock::now() + upgrade_gap();
   const auto end = t0 + cfg.duration;
   // RSS and descriptors under load, for the growth check.
   struct Sample {
@@ -549,9 +795,10 @@ int run_soak(const Settings& cfg) {
   auto next_sample = t0 + sample_every;
 
   auto restart_down = [&] {
-    uint16_t bound = 0;
-    backends[down] = spawn_backend(exe, ports[down], down, &bound);
-    if (!backends[down] || bound != ports[down]) {
+    uint16_t bound = 0, udp_bound = 0;
+    backends[down] = spawn_backend(exe, ports[down], udp_ports[down], down, &bound, &udp_bound);
+    sh.downs.end(down_window);
+    if (!backends[down] || bound != ports[down] || udp_bound != udp_ports[down]) {
       sh.violations.add(sh.totals,
                         fmt::format("backend {} could not be restarted on port {}", down, ports[down]));
     } else {
@@ -563,20 +810,22 @@ int run_soak(const Settings& cfg) {
   // The schedule is the fault pattern itself: sleeping until the next event
   // is what it means, not a wait for lb.
   while (Clock::now() < end) {
-    auto next = std::min({next_kill, next_reload, next_sample});
+    auto next = std::min({next_kill, next_reload, next_sample, next_upgrade});
     if (down >= 0) next = std::min(next, restart_at);
     std::this_thread::sleep_until(std::min(next, end));
     const auto now = Clock::now();
     if (now >= end) break;
     if (down >= 0 && now >= restart_at) restart_down();
     if (now >= next_sample) {
-      samples.push_back({std::chrono::duration<double>(now - t0) / cfg.duration, lb.rss_kb(), lb.fd_count()});
+      samples.push_back({std::chrono::duration<double>(now - t0) / cfg.duration, proc_rss_kb(serving),
+                         proc_fd_count(serving)});
       next_sample += sample_every;
     }
     if (now >= next_kill) {
       if (down < 0) {
         down = static_cast<int>(rng() % kBackends);
         kill_window = sh.kills.begin(down);
+        down_window = sh.downs.begin(down);
         backends[down]->kill();  // SIGKILL, and reaped when this returns
         backends[down].reset();
         sh.kills.end(kill_window);
@@ -590,11 +839,11 @@ int run_soak(const Settings& cfg) {
     if (now >= next_reload) {
       for (int& w : weights) w = 1 + static_cast<int>(rng() % 5);
       selector = (selector + 1) % kSelectors.size();
-      if (!lb.write_config(config_for(ports, weights, kSelectors[selector]))) {
+      if (!lb.write_config(config_for(ports, udp_ports, weights, kSelectors[selector]))) {
         sh.violations.add(sh.totals, "could not rewrite lb's configuration");
       }
       const size_t from = lb.line_count();
-      lb.signal(SIGHUP);
+      ::kill(serving, SIGHUP);
       auto line = lb.wait_for_line(std::regex(R"(^(info reloaded generation=|error reload failed))"),
                                    in(seconds(10)), from);
       if (!line || line->rfind("info reloaded", 0) != 0) {
@@ -604,6 +853,44 @@ int run_soak(const Settings& cfg) {
       ++reloads;
       next_reload += uniform_ms(1800, 2200);
     }
+    if (now >= next_upgrade) {
+      // Alternate the builds, so each upgrade really changes the program.
+      const std::string& next_program = upgrades % 2 == 0 ? lb_alt_binary() : lb_binary();
+      if (!install_program(next_program, program)) {
+        sh.violations.add(sh.totals,
+                          fmt::format("cannot install {} for upgrade {}", next_program, upgrades + 1));
+      }
+      const size_t from = lb.line_count();
+      const size_t window = sh.upgrades.begin(0);
+      ::kill(serving, SIGUSR2);
+      // (The generation counts reloads too: the new one is read, not guessed.)
+      static const std::regex handover(
+          R"(^(info upgrade handed over to pid=([0-9]+) generation=([0-9]+)$|error upgrade ))");
+      auto handed = lb.wait_for_line(handover, in(seconds(60)), from);
+      sh.upgrades.end(window);
+      std::smatch hm;
+      if (!handed || !std::regex_search(*handed, hm, handover) || !hm[2].matched) {
+        sh.violations.add(sh.totals,
+                          fmt::format("upgrade {} failed: {}", upgrades + 1, handed.value_or("no answer")));
+        // A hand-over that comes late still leaves a process to end.
+        if (auto late = lb.wait_for_line(std::regex(R"(^info upgrade handed over to pid=([0-9]+))"),
+                                         in(seconds(10)), from)) {
+          replaced.push_back(serving);
+          serving = static_cast<pid_t>(std::stoi(late->substr(late->find("pid=") + 4)));
+        }
+        break;  // the serving process is uncertain now: stop the run
+      }
+      replaced.push_back(serving);
+      serving = static_cast<pid_t>(std::stoi(hm[2].str()));
+      const std::string generation = hm[3].str();
+      // The new program logs this once it serves and handles signals.
+      if (!lb.wait_for_line(std::regex(fmt::format(R"(^info upgraded generation={}$)", generation)),
+                            in(seconds(10)), from)) {
+        sh.violations.add(sh.totals, fmt::format("no \"upgraded generation={}\" line", generation));
+      }
+      ++upgrades;
+      next_upgrade = Clock::now() + upgrade_gap();
+    }
   }
   sh.stop.store(true);
   for (auto& t : clients) t.join();
@@ -611,38 +898,57 @@ int run_soak(const Settings& cfg) {
   const double seconds_run = std::chrono::duration<double>(Clock::now() - t0).count();
 
   // ---- after the load ------------------------------------------------------
-  const Labels soak{{"listener", "soak"}};
-  if (!wait_until([&] { return metric(admin, "lb_listener_active", soak) == 0; }, in(seconds(20)),
-                  milliseconds(50))) {
-    sh.violations.add(sh.totals, fmt::format("lb still reports {} active connections after the load",
-                                             metric(admin, "lb_listener_active", soak)));
+  for (const char* name : {"soak", "soak_udp"}) {
+    const Labels listener{{"listener", name}};
+    if (!wait_until([&] { return metric(admin, "lb_listener_active", listener) == 0; }, in(seconds(20)),
+                    milliseconds(50))) {
+      sh.violations.add(sh.totals, fmt::format("lb still reports {} active connections on {} after the load",
+                                               metric(admin, "lb_listener_active", listener), name));
+    }
+  }
+  // Every replaced process finishes its connections and leaves.
+  for (pid_t old : replaced) {
+    if (!wait_gone(old, in(seconds(60)))) {
+      sh.violations.add(sh.totals, fmt::format("replaced lb pid {} still runs after the load", old));
+    }
   }
   auto m = fetch_metrics(admin);
-  auto rejected = [&](const char* reason) {
-    return m ? m->value("lb_listener_rejected_total", {{"listener", "soak"}, {"reason", reason}}).value_or(0)
+  auto rejected = [&](const char* listener, const char* reason) {
+    return m ? m->value("lb_listener_rejected_total", {{"listener", listener}, {"reason", reason}})
+                   .value_or(0)
              : -1;
   };
-  const double rejected_no_backend = rejected("no_backend");
-  const double rejected_limit = rejected("limit");
+  const double rejected_no_backend = rejected("soak", "no_backend") + rejected("soak_udp", "no_backend");
+  const double rejected_limit = rejected("soak", "limit") + rejected("soak_udp", "limit");
   const double reloads_ok = m ? m->value("lb_config_reloads_total", {{"result", "ok"}}).value_or(0) : -1;
+  const double upgrades_ok = m ? m->value("lb_upgrades_total", {{"result", "ok"}}).value_or(0) : -1;
+  const double udp_sessions =
+      m ? m->value("lb_listener_connections_total", {{"listener", "soak_udp"}}).value_or(0) : -1;
   if (rejected_no_backend != 0 || rejected_limit != 0) {
     sh.violations.add(sh.totals, fmt::format("lb rejected connections: no_backend {} limit {}",
                                              rejected_no_backend, rejected_limit));
+  }
+  if (upgrades_ok != static_cast<double>(upgrades)) {
+    sh.violations.add(sh.totals,
+                      fmt::format("lb counts {} successful upgrades, {} were made", upgrades_ok, upgrades));
   }
   if (reloads_ok != static_cast<double>(reloads)) {
     sh.violations.add(sh.totals,
                       fmt::format("lb counts {} successful reloads, {} were sent", reloads_ok, reloads));
   }
 
+  // The last serving process against the first one's figures after warm-up
+  // (a process an upgrade started holds a few fewer: no stdin of its own).
   int fds_after = -1;
   if (!wait_until(
           [&] {
-            fds_after = lb.fd_count();
+            fds_after = proc_fd_count(serving);
             return fds_after <= fds_before + kFdTolerance;
           },
           in(seconds(20)), milliseconds(50))) {
-    sh.violations.add(sh.totals, fmt::format("lb holds {} descriptors after the load, {} before:\n{}",
-                                             fds_after, fds_before, lb.process().describe_fds()));
+    sh.violations.add(sh.totals,
+                      fmt::format("lb (pid {}) holds {} descriptors after the load, {} before:\n{}", serving,
+                                  fds_after, fds_before, proc_describe_fds(serving)));
   }
   auto peak = [&](double from, double to, auto field) {
     long v = -1;
@@ -662,7 +968,7 @@ int run_soak(const Settings& cfg) {
                                              "(bound +{:.0f} % + {} kB): a leak",
                                              rss_warm, rss_late, kMaxRssDrift * 100, kRssNoiseKb));
   }
-  const long rss_after = lb.rss_kb();
+  const long rss_after = proc_rss_kb(serving);
   if (rss_before <= 0 || rss_after <= 0 || rss_after - rss_before > kMaxRssGrowthKb) {
     sh.violations.add(sh.totals, fmt::format("lb RSS grew from {} kB to {} kB (bound +{} kB)", rss_before,
                                              rss_after, kMaxRssGrowthKb));
@@ -679,33 +985,75 @@ int run_soak(const Settings& cfg) {
     sh.violations.add(t, fmt::format("{} of {} transfers failed by backend kills: not a minority",
                                      t.killed_failures.load(), attempted));
   }
-  if (kills == 0 || reloads == 0) sh.violations.add(t, "no fault was injected (run too short?)");
+  if (kills == 0 || reloads == 0 || upgrades < 2) {
+    sh.violations.add(t, "too few faults were injected (run too short?)");
+  }
+  if (t.udp_answered.load() < 100) {
+    sh.violations.add(
+        t, fmt::format("only {} UDP questions answered: UDP did not really run", t.udp_answered.load()));
+  }
+  if (t.udp_unanswered_excused.load() * 100 > t.udp_questions.load()) {
+    sh.violations.add(t, fmt::format("{} of {} UDP questions unanswered after {} tries: more than 1 %",
+                                     t.udp_unanswered_excused.load(), t.udp_questions.load(), kUdpTries));
+  }
 
-  const auto exit_status = lb.terminate();
-  if (exit_status != 0) {
-    sh.violations.add(t, fmt::format("lb exited with {} on SIGTERM",
-                                     exit_status ? std::to_string(*exit_status) : std::string("no exit")));
+  if (serving == first_pid) {
+    const auto exit_status = lb.terminate();
+    if (exit_status != 0) {
+      sh.violations.add(t, fmt::format("lb exited with {} on SIGTERM",
+                                       exit_status ? std::to_string(*exit_status) : std::string("no exit")));
+    }
+  } else {
+    ::kill(serving, SIGTERM);
+    if (!wait_gone(serving, in(kStopTimeout))) {
+      sh.violations.add(t, fmt::format("lb (pid {}) did not exit on SIGTERM", serving));
+    }
+    // The first process left after its hand-over; its status is the test's.
+    const auto first_status = lb.wait_exit(in(seconds(5)));
+    if (first_status != 0) {
+      sh.violations.add(t,
+                        fmt::format("the first lb exited with {} after its hand-over",
+                                    first_status ? std::to_string(*first_status) : std::string("no exit")));
+    }
+  }
+  // Processes an upgrade started are not the soak's children: their exit
+  // status is unknown, but a sanitizer's report (e.g. a leak at exit) lands
+  // in the output they share, complete once every one of them is gone.
+  if (std::regex_search(lb.output(), std::regex(R"(ERROR: (Address|Leak|Thread)Sanitizer|runtime error:)"))) {
+    sh.violations.add(t, "a sanitizer reported an error in an lb process (see lb's output)");
   }
 
   std::printf(
       "soak: %.1f s, %d clients: %llu transfers attempted, %llu completed (%llu byte-exact: %llu full, %llu "
-      "half-close), %llu client resets injected, %llu failed by backend kills, %llu refused, %llu other "
-      "connect "
-      "errors; %.1f MB moved; %llu backend kills (%llu restarts), %llu reloads (lb counted %.0f ok); lb fds "
-      "%d -> %d, "
+      "half-close, %llu stalled-reader with %.1f MB sent unread), %llu client resets injected, %llu "
+      "abandoned, %llu failed by backend kills, %llu refused, %llu other connect errors; %.1f MB moved; "
+      "UDP (%d clients): %llu questions, %llu answered (%llu at the first try; tries lost while a backend "
+      "was down %llu, during an upgrade %llu, otherwise %llu), %llu unanswered while a backend was down, "
+      "lb counted %.0f UDP sessions; %llu backend kills (%llu restarts), %llu reloads "
+      "(lb counted %.0f ok), %llu upgrades (lb counted %.0f ok; last pid %d); lb fds %d -> %d, "
       "RSS %.1f MB -> %.1f MB; under load (peaks, 2nd -> last quarter): RSS %.1f MB -> %.1f MB, fds %ld -> "
       "%ld; %llu violations.\n",
       seconds_run, cfg.clients, static_cast<unsigned long long>(attempted),
       static_cast<unsigned long long>(t.completed.load()),
       static_cast<unsigned long long>(t.byte_exact.load()), static_cast<unsigned long long>(t.full.load()),
-      static_cast<unsigned long long>(t.half_close.load()),
+      static_cast<unsigned long long>(t.half_close.load()), static_cast<unsigned long long>(t.stalled.load()),
+      static_cast<double>(t.stalled_bytes.load()) / 1e6,
       static_cast<unsigned long long>(t.resets_injected.load()),
+      static_cast<unsigned long long>(t.abandoned.load()),
       static_cast<unsigned long long>(t.killed_failures.load()),
       static_cast<unsigned long long>(t.refused.load()),
       static_cast<unsigned long long>(t.connect_errors.load()), static_cast<double>(t.bytes.load()) / 1e6,
+      cfg.udp_clients, static_cast<unsigned long long>(t.udp_questions.load()),
+      static_cast<unsigned long long>(t.udp_answered.load()),
+      static_cast<unsigned long long>(t.udp_first_try.load()),
+      static_cast<unsigned long long>(t.udp_lost_down.load()),
+      static_cast<unsigned long long>(t.udp_lost_upgrade.load()),
+      static_cast<unsigned long long>(t.udp_lost_other.load()),
+      static_cast<unsigned long long>(t.udp_unanswered_excused.load()), udp_sessions,
       static_cast<unsigned long long>(kills), static_cast<unsigned long long>(restarts),
-      static_cast<unsigned long long>(reloads), reloads_ok, fds_before, fds_after, rss_before / 1024.0,
-      rss_after / 1024.0, rss_warm / 1024.0, rss_late / 1024.0, fds_warm, fds_late,
+      static_cast<unsigned long long>(reloads), reloads_ok, static_cast<unsigned long long>(upgrades),
+      upgrades_ok, static_cast<int>(serving), fds_before, fds_after, rss_before / 1024.0, rss_after / 1024.0,
+      rss_warm / 1024.0, rss_late / 1024.0, fds_warm, fds_late,
       static_cast<unsigned long long>(t.violations.load()));
   for (const auto& v : sh.violations.list()) std::printf("soak: VIOLATION %s\n", v.c_str());
   std::fflush(stdout);
@@ -721,8 +1069,9 @@ int run_soak(const Settings& cfg) {
 
 int main(int argc, char** argv) {
   using namespace lb::test;
-  if (argc == 4 && std::string_view(argv[1]) == "--echo-backend") {
-    return run_echo_backend(static_cast<uint16_t>(std::atoi(argv[2])), std::atoi(argv[3]));
+  if (argc == 5 && std::string_view(argv[1]) == "--echo-backend") {
+    return run_echo_backend(static_cast<uint16_t>(std::atoi(argv[2])), std::atoi(argv[3]),
+                            static_cast<uint16_t>(std::atoi(argv[4])));
   }
   Settings cfg;
   long secs = env_number("LB_SOAK_SECONDS", cfg.duration.count(), 5, 7 * 24 * 3600);
@@ -737,12 +1086,13 @@ int main(int argc, char** argv) {
   if (usage) {
     std::fprintf(stderr,
                  "usage: soak [--minutes N | --seconds N]   (also LB_SOAK_SECONDS, LB_SOAK_CLIENTS, "
-                 "LB_SOAK_SEED in the environment)\n");
+                 "LB_SOAK_UDP_CLIENTS, LB_SOAK_SEED in the environment)\n");
     return 2;
   }
   std::signal(SIGPIPE, SIG_IGN);
   cfg.duration = seconds(secs);
   cfg.clients = static_cast<int>(env_number("LB_SOAK_CLIENTS", 50, 1, 1000));
+  cfg.udp_clients = static_cast<int>(env_number("LB_SOAK_UDP_CLIENTS", 4, 1, 100));
   cfg.seed = static_cast<uint64_t>(env_number("LB_SOAK_SEED", 0x5eed1b50, 0, LONG_MAX));
   return run_soak(cfg);
 }

@@ -371,7 +371,11 @@ std::string ChildProcess::stderr_text() const {
 
 int ChildProcess::fd_count() const {
   if (pid_ <= 0 || reaped_) return -1;
-  std::string path = "/proc/" + std::to_string(pid_) + "/fd";
+  return proc_fd_count(pid_);
+}
+
+int proc_fd_count(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/fd";
   DIR* dir = ::opendir(path.c_str());
   if (!dir) return -1;
   int count = 0;
@@ -447,7 +451,11 @@ const char* tcp_state_name(unsigned st) {
 
 std::string ChildProcess::describe_fds() const {
   if (pid_ <= 0 || reaped_) return "(process gone)\n";
-  const std::string proc = "/proc/" + std::to_string(pid_);
+  return proc_describe_fds(pid_);
+}
+
+std::string proc_describe_fds(pid_t pid) {
+  const std::string proc = "/proc/" + std::to_string(pid);
   // inode -> "local -> remote STATE"
   std::vector<std::pair<std::string, std::string>> sockets;
   for (const char* table : {"/net/tcp", "/net/tcp6"}) {
@@ -491,7 +499,11 @@ std::string ChildProcess::describe_fds() const {
 
 long ChildProcess::rss_kb() const {
   if (pid_ <= 0 || reaped_) return -1;
-  std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+  return proc_rss_kb(pid_);
+}
+
+long proc_rss_kb(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(status, line)) {
     if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);

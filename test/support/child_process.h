@@ -133,5 +133,10 @@ class ChildProcess {
 // Pipes among the open files of process `pid`, -1 if unavailable. Safe from
 // any thread.
 int pipes_of(pid_t pid);
+// The same figures as ChildProcess's, for any process by pid (e.g. an lb
+// started by an upgrade, which is not the test's child). Safe from any thread.
+int proc_fd_count(pid_t pid);
+long proc_rss_kb(pid_t pid);
+std::string proc_describe_fds(pid_t pid);
 
 }  // namespace lb::test

@@ -1,10 +1,15 @@
 #include "test/support/lb_process.h"
 
 #include <strings.h>
+#include <sys/stat.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <fstream>
+#include <iterator>
+#include <thread>
 
 #include "test/support/config_builder.h"
 
@@ -28,6 +33,34 @@ bool lb_splice_enabled() {
   const char* v = std::getenv("LB_SPLICE");
   return !(v && (std::strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0 || strcasecmp(v, "false") == 0 ||
                  strcasecmp(v, "no") == 0));
+}
+
+bool install_program(const std::string& from, const std::string& to) {
+  const std::string tmp = to + ".new";
+  {
+    std::ifstream in(from, std::ios::binary);
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!in || !out) return false;
+    out << in.rdbuf();
+    if (!out) return false;
+  }
+  return ::chmod(tmp.c_str(), 0755) == 0 && ::rename(tmp.c_str(), to.c_str()) == 0;
+}
+
+bool process_gone(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return true;
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  size_t paren = text.rfind(')');
+  return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
+}
+
+bool wait_gone(pid_t pid, Deadline deadline) {
+  while (!expired(deadline)) {
+    if (process_gone(pid)) return true;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  return process_gone(pid);
 }
 
 std::string global_section(unsigned workers, bool admin) { return ConfigBuilder().global(workers, admin); }

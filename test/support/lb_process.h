@@ -116,6 +116,16 @@ LbRun run_lb(const std::vector<std::string>& args, Deadline deadline = in(kStart
 // LB_SPLICE in the environment turns it off (ctest's e2e_copy_path run).
 bool lb_splice_enabled();
 
+// Upgrades in place (docs/upgrade.md). lb re-executes the program at the path
+// it was started from, so tests run it from a copy they can replace.
+// Puts a copy of `from` at `to` the way a package manager does: write beside
+// it, then rename over it (the running program keeps its file).
+bool install_program(const std::string& from, const std::string& to);
+// A process the test did not spawn (a new lb started by an upgrade) has
+// exited: gone, or a zombie waiting for its new parent.
+bool process_gone(pid_t pid);
+bool wait_gone(pid_t pid, Deadline deadline);
+
 // The usual head of a test configuration: [global] with `workers`, no access
 // log, and (when `admin`) an [admin] section listening on 127.0.0.1:0.
 std::string global_section(unsigned workers = 1, bool admin = true);

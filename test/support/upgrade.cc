@@ -14,18 +14,6 @@
 
 namespace lb::test {
 
-bool install_program(const std::string& from, const std::string& to) {
-  const std::string tmp = to + ".new";
-  {
-    std::ifstream in(from, std::ios::binary);
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!in || !out) return false;
-    out << in.rdbuf();
-    if (!out) return false;
-  }
-  return ::chmod(tmp.c_str(), 0755) == 0 && ::rename(tmp.c_str(), to.c_str()) == 0;
-}
-
 bool install_script(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".new";
   {
@@ -34,22 +22,6 @@ bool install_script(const std::string& path, const std::string& text) {
     if (!out) return false;
   }
   return ::chmod(tmp.c_str(), 0755) == 0 && ::rename(tmp.c_str(), path.c_str()) == 0;
-}
-
-bool process_gone(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  if (!stat) return true;
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  size_t paren = text.rfind(')');
-  return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] == 'Z';
-}
-
-bool wait_gone(pid_t pid, Deadline deadline) {
-  while (!expired(deadline)) {
-    if (process_gone(pid)) return true;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return process_gone(pid);
 }
 
 int fd_count_of(pid_t pid) {

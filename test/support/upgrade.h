@@ -19,15 +19,8 @@
 
 namespace lb::test {
 
-// Puts a copy of `from` at `to` the way a package manager does: write
-// beside it, then rename over it (the running program keeps its file).
-bool install_program(const std::string& from, const std::string& to);
 bool install_script(const std::string& path, const std::string& text);
 
-// A process the test did not spawn (the new lb) has exited: gone, or a
-// zombie waiting for its new parent.
-bool process_gone(pid_t pid);
-bool wait_gone(pid_t pid, Deadline deadline);
 int fd_count_of(pid_t pid);
 
 // Ends a new lb the test did not spawn, by its pid, and waits for it.
