@@ -18,6 +18,7 @@
 #include <string>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
 #include "test/support/notify_socket.h"
@@ -28,24 +29,11 @@ namespace lb::test {
 namespace {
 
 std::string config(uint16_t port, const std::string& backend) {
-  return fmt::format(R"([global]
-workers = 2
-access_log = "off"
-shutdown_timeout = "60s"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{}"
-pool = "p"
-
-[[pool]]
-name = "p"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-)",
-                     port, backend);
+  return upgrade_config()
+      .listener("web", "p", "", fmt::format("127.0.0.1:{}", port))
+      .pool("p")
+      .backend(backend)
+      .str();
 }
 
 TEST_CASE("upgrade: a new program that crashes after taking over loses no connection",

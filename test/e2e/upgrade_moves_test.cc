@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
 #include "test/support/temp_dir.h"
@@ -151,42 +152,15 @@ struct UdpClients {
 
 std::string config(const std::string& backend, const std::string& access_log,
                    const std::vector<std::string>& udp_backends) {
-  std::string udp;
-  for (const auto& b : udp_backends) udp += fmt::format("[[pool.backend]]\naddress = \"{}\"\n", b);
-  return fmt::format(R"([global]
-workers = 2
-access_log = "{}"
-shutdown_timeout = "60s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "p"
-
-[[pool]]
-name = "p"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-
-[[listener]]
-name = "dns"
-protocol = "udp"
-bind = "127.0.0.1:0"
-pool = "u"
-session_timeout = "120s"
-
-[[pool]]
-name = "u"
-[pool.health_check]
-type = "none"
-{}
-)",
-                     access_log, backend, udp);
+  ConfigBuilder c = upgrade_config();
+  c.access_log(access_log)
+      .listener("web", "p")
+      .listener("dns", "u", "protocol = \"udp\"\nsession_timeout = \"120s\"")
+      .pool("p")
+      .backend(backend)
+      .pool("u");
+  for (const auto& b : udp_backends) c.backend(b);
+  return c.str();
 }
 
 TEST_CASE("upgrade: established connections move to the new program, every byte kept",

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/http_client.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
@@ -33,27 +34,7 @@ namespace lb::test {
 namespace {
 
 std::string config(const std::string& backend) {
-  return fmt::format(R"([global]
-workers = 2
-access_log = "off"
-shutdown_timeout = "60s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-pool = "p"
-
-[[pool]]
-name = "p"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{}"
-)",
-                     backend);
+  return upgrade_config().listener("web", "p").pool("p").backend(backend).str();
 }
 
 // lb started from a copy of the program in a temporary directory, so the

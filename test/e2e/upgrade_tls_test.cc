@@ -11,6 +11,7 @@
 #include <string>
 
 #include "test/support/backend_server.h"
+#include "test/support/config_builder.h"
 #include "test/support/lb_process.h"
 #include "test/support/net.h"
 #include "test/support/temp_dir.h"
@@ -21,32 +22,12 @@ namespace lb::test {
 namespace {
 
 std::string config(const std::string& dir, const std::string& backend) {
-  return fmt::format(R"([global]
-workers = 2
-access_log = "off"
-shutdown_timeout = "60s"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "tls"
-bind = "127.0.0.1:0"
-pool = "p"
-tls = "terminate"
-tls_handshake_timeout = "60s"
-[[listener.certificate]]
-cert = "{0}/site.pem"
-key = "{0}/site.key"
-
-[[pool]]
-name = "p"
-[pool.health_check]
-type = "none"
-[[pool.backend]]
-address = "{1}"
-)",
-                     dir, backend);
+  return upgrade_config()
+      .listener("tls", "p", "tls = \"terminate\"\ntls_handshake_timeout = \"60s\"")
+      .certificate(dir + "/site.pem", dir + "/site.key")
+      .pool("p")
+      .backend(backend)
+      .str();
 }
 
 TEST_CASE("upgrade: TLS handshake counters go on; a terminated connection stays with the old program",

@@ -54,6 +54,8 @@ bool await_handover(LbProcess& lb, int generation, size_t from,
   return true;
 }
 
+ConfigBuilder upgrade_config() { return ConfigBuilder().global(2, true, "", "shutdown_timeout = \"60s\""); }
+
 uint64_t status_generation(uint16_t admin) {
   HttpResponse r = http_get(admin, "/api/v1/status");
   std::smatch m;

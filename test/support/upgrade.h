@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "test/support/config_builder.h"
 #include "test/support/deadline.h"
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
@@ -33,6 +34,10 @@ struct AdoptedLb {
 // the new program it names (ended by the test if still running at the end).
 bool await_handover(LbProcess& lb, int generation, size_t from,
                     std::vector<std::unique_ptr<AdoptedLb>>& adopted);
+
+// The head of the upgrade tests' configurations: two workers (so every
+// worker's socket is handed over), the admin API, shutdown_timeout 60 s.
+ConfigBuilder upgrade_config();
 
 uint64_t status_generation(uint16_t admin);
 double metric(uint16_t admin, const std::string& name, const Labels& labels);
