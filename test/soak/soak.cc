@@ -75,6 +75,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -174,7 +175,35 @@ void serve_udp(int fd, int index) {
   }
 }
 
-// A socket of `type` bound to 127.0.0.1:port (0: any); its port, 0 on failure.
+// The lowest port the kernel hands out as an ephemeral (client) port.
+uint16_t ephemeral_low() {
+  std::ifstream f("/proc/sys/net/ipv4/ip_local_port_range");
+  unsigned low = 32768;
+  f >> low;
+  return static_cast<uint16_t>(low);
+}
+
+// A free port below the ephemeral range, so that no client socket is given
+// it while its backend is down between a kill and the restart: a health
+// probe sent to it meanwhile would otherwise reach that client (seen once in
+// a 60-minute run: a UDP client got the probe's "ping" as its answer).
+uint16_t bind_below_ephemeral(int fd, sockaddr_in& sa) {
+  const unsigned high = ephemeral_low();
+  const unsigned low = high > 12000 ? high - 10000 : 1024;
+  const unsigned span = high - low;
+  const unsigned start = static_cast<unsigned>(::getpid()) * 7919u;
+  for (unsigned i = 0; i < span; ++i) {
+    const auto port = static_cast<uint16_t>(low + (start + i) % span);
+    sa.sin_port = htons(port);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0) return port;
+    if (errno != EADDRINUSE) break;
+  }
+  std::fprintf(stderr, "bind failed below port %u error=%s\n", high, std::strerror(errno));
+  return 0;
+}
+
+// A socket of `type` bound to 127.0.0.1:port (0: any port below the
+// ephemeral range); its port, 0 on failure.
 uint16_t bind_loopback(int fd, uint16_t port) {
   int one = 1;
   // A restart binds the port its killed predecessor had, whose connections
@@ -184,6 +213,7 @@ uint16_t bind_loopback(int fd, uint16_t port) {
   sa.sin_family = AF_INET;
   sa.sin_port = htons(port);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (port == 0) return bind_below_ephemeral(fd, sa);
   // The kernel may take a moment to release the port of a killed process.
   const Deadline bind_deadline = in(seconds(5));
   while (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0) {
