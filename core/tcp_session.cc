@@ -181,12 +181,14 @@ void TcpSession::connect_to(Backend* b) {
   upstream_ = make_uv<uv_tcp_t>(worker_.loop(), this, nullptr, uv_tcp_init);
   upstream_reading_ = false;
   ++refs_;
-  // The request is freed in its callback, which libuv always calls (with
-  // UV_ECANCELED when the handle closes first).
-  auto* connect = new uv_connect_t;
+  // Once started, the request is freed in its callback, which libuv always
+  // calls (with UV_ECANCELED when the handle closes first); a connect that
+  // fails at once frees it here, on every path below.
+  auto connect = std::make_unique<uv_connect_t>();
   connect->data = this;
-  int rc = uv_tcp_connect(connect, upstream_.get(), reinterpret_cast<const sockaddr*>(&b->address.addr),
+  int rc = uv_tcp_connect(connect.get(), upstream_.get(), reinterpret_cast<const sockaddr*>(&b->address.addr),
                           on_connect_cb);
+  if (rc == 0) connect.release();  // on_connect_cb's now
   if (rc == UV_EMFILE || rc == UV_ENFILE) {
     // lb is out of descriptors (a gap below the accept reserve was taken
     // meanwhile): its own limit, not the backend's failure, so no backend
@@ -199,7 +201,6 @@ void TcpSession::connect_to(Backend* b) {
     return;
   }
   if (rc != 0) {
-    delete connect;
     // Immediate failure (no route, no ephemeral port): same as a refused connect.
     on_connect_failed();
     return;
