@@ -188,7 +188,7 @@ void TcpSession::connect_to(Backend* b) {
   connect->data = this;
   int rc = uv_tcp_connect(connect.get(), upstream_.get(), reinterpret_cast<const sockaddr*>(&b->address.addr),
                           on_connect_cb);
-  if (rc == 0) connect.release();  // on_connect_cb's now
+  if (rc == 0) static_cast<void>(connect.release());  // on_connect_cb frees it now
   if (rc == UV_EMFILE || rc == UV_ENFILE) {
     // lb is out of descriptors (a gap below the accept reserve was taken
     // meanwhile): its own limit, not the backend's failure, so no backend
