@@ -219,9 +219,11 @@ void TestBackend::run() {
           default:
             break;
         }
-        flush(c);  // also performs an immediate close / shutdown when nothing is queued
+        // Counted before the first byte leaves: a client that has read the
+        // greeting may look at accepted() at once.
         accepted_.fetch_add(1);
         active_.fetch_add(1);
+        flush(c);  // also performs an immediate close / shutdown when nothing is queued
         changed = true;
       }
     }
