@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "core/descriptors.h"
+
 namespace lb::core {
 
 PipePool::PipePool(size_t pipe_size, size_t max_idle, size_t min_size)
@@ -56,6 +58,13 @@ void PipePool::release(Pipe* p, size_t pending) {
 int PipePool::create(Pipe* out) {
   int fds[2];
   if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return -errno;
+  if (descriptors::in_accept_floor(fds[1])) {
+    // The last descriptors are accept()'s (core/descriptors.h): the session
+    // keeps the copy path.
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return -EMFILE;
+  }
   int current = fcntl(fds[1], F_GETPIPE_SZ);
   // Ask for the current target; when the kernel refuses (above
   // fs.pipe-max-size, or over the user's pipe page quota), halve down to

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/access_log.h"
+#include "core/descriptors.h"
 #include "core/log.h"
 #include "core/proxy_protocol.h"
 #include "core/socket.h"
@@ -189,14 +190,21 @@ void TcpSession::connect_to(Backend* b) {
   int rc = uv_tcp_connect(connect.get(), upstream_.get(), reinterpret_cast<const sockaddr*>(&b->address.addr),
                           on_connect_cb);
   if (rc == 0) static_cast<void>(connect.release());  // on_connect_cb frees it now
+  // A backend socket in the accept floor (core/descriptors.h) is given back
+  // at once: the connect was only just sent.
+  uv_os_fd_t fd = -1;
+  if (rc == 0 && uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_.get()), &fd) == 0 &&
+      descriptors::in_accept_floor(fd))
+    rc = UV_EMFILE;
   if (rc == UV_EMFILE || rc == UV_ENFILE) {
     // lb is out of descriptors (a gap below the accept reserve was taken
     // meanwhile): its own limit, not the backend's failure, so no backend
-    // is blamed (passive health) and no other one is tried.
+    // is blamed (passive health) and no other one is tried. Closing the
+    // handle cancels a connect in flight (its callback sees UV_ECANCELED).
     release_backend();
     close_handle(upstream_, false);
     count_refusal(listener_->stats->slot(worker_.index()), Refusal::Limit);
-    Worker::warn_descriptors_exhausted(listener_->cfg.name, worker_.shared().fd_limit.load());
+    Worker::warn_descriptors_exhausted(listener_->cfg.name);
     finish(Result::Refused, false);
     return;
   }

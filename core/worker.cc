@@ -6,6 +6,7 @@
 #include <cassert>
 
 #include "core/admission.h"
+#include "core/descriptors.h"
 #include "core/hash/hash.h"
 #include "core/log.h"
 #include "core/select/flow_hash.h"
@@ -363,10 +364,10 @@ void Worker::on_connection(uv_stream_t* server, int status) {
   l->worker->accept_one(l);
 }
 
-void Worker::warn_descriptors_exhausted(const std::string& listener, uint64_t limit) {
+void Worker::warn_descriptors_exhausted(const std::string& listener) {
   static log::Throttle throttle;
   log::warn_throttled(throttle, "connection refused: out of file descriptors listener={} open_file_limit={}",
-                      listener, limit);
+                      listener, descriptors::limit());
 }
 
 void Worker::accept_one(BindSocket* l) {
@@ -376,15 +377,13 @@ void Worker::accept_one(BindSocket* l) {
   if (!client || uv_accept(reinterpret_cast<uv_stream_t*>(l->handle.get()),
                            reinterpret_cast<uv_stream_t*>(client.get())) != 0)
     return;
-  // The kernel hands out the lowest free descriptor: the client's number
-  // says how many below it are taken. Near the limit, refuse it now (see
-  // kDescriptorReserve); the UvPtr closes it.
-  const uint64_t fd_limit = shared_.fd_limit.load(std::memory_order_relaxed);
+  // Near the descriptor limit, refuse it now (core/descriptors.h); the
+  // UvPtr closes it.
   uv_os_fd_t fd = -1;
-  if (fd_limit != 0 && uv_fileno(reinterpret_cast<uv_handle_t*>(client.get()), &fd) == 0 &&
-      static_cast<uint64_t>(fd) + kDescriptorReserve >= fd_limit) {
+  if (uv_fileno(reinterpret_cast<uv_handle_t*>(client.get()), &fd) == 0 &&
+      descriptors::in_accept_reserve(fd)) {
     count_refusal(l->runtime->stats->slot(index_), Refusal::Limit);
-    warn_descriptors_exhausted(l->runtime->cfg.name, fd_limit);
+    warn_descriptors_exhausted(l->runtime->cfg.name);
     return;
   }
   // The address-independent limits (admission step 1) are checked here,

@@ -69,10 +69,7 @@ using ListenerRuntimePtr = std::shared_ptr<const ListenerRuntime>;
 struct SharedState {
   std::atomic<int64_t> active_connections{0};     // all listeners, all workers
   std::atomic<uint64_t> max_connections{100000};  // [global] max_connections
-  // The process's open-file limit (RLIMIT_NOFILE, soft) once lb has raised
-  // it at start; 0 = unlimited or unknown. See Worker::kDescriptorReserve.
-  std::atomic<uint64_t> fd_limit{0};
-  BufferBudget buffers;  // [global] max_buffer_memory
+  BufferBudget buffers;                           // [global] max_buffer_memory
   // Null until the first configuration with an access log; set once, never
   // reset while workers run (a reload retargets or disables the object).
   std::atomic<AccessLog*> access_log{nullptr};
@@ -173,14 +170,8 @@ class Worker {
   // reached, or a backend socket could not be made): counted as a "limit"
   // refusal of `listener` by the caller; this logs one rate-limited warning
   // for the whole process.
-  static void warn_descriptors_exhausted(const std::string& listener, uint64_t limit);
-  // Descriptors kept free for what a connection needs after its accept (its
-  // backend socket, splice pipes) and for everything else lb opens (health
-  // probes, the admin API, UDP sessions, reloads): a connection accepted into
-  // the last kDescriptorReserve of the limit is refused at once, counted,
-  // instead of leaving libuv to close it silently once accept() fails with
-  // EMFILE (its "emfile trick": no callback, nothing counted or logged).
-  static constexpr uint64_t kDescriptorReserve = 64;
+  // (The reserve and floor kept for accept(): core/descriptors.h.)
+  static void warn_descriptors_exhausted(const std::string& listener);
   // The per-loop read buffer: every read lands here and is written on at once.
   char* read_buffer() { return read_buffer_.get(); }
   // Pipes for the splice(2) relay of this worker's TCP sessions.

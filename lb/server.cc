@@ -9,6 +9,7 @@
 #include <ctime>
 #include <stdexcept>
 
+#include "core/descriptors.h"
 #include "core/log.h"
 #include "core/socket.h"
 #include "core/tls/settings.h"
@@ -141,7 +142,7 @@ void Server::apply_process_limits() {
   activation_.match(config_);
   raise_nofile(config_.global.max_connections);
   if (rlimit rl{}; getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-    shared_.fd_limit.store(rl.rlim_cur);
+    core::descriptors::set_limit(rl.rlim_cur);
   shared_.max_connections.store(config_.global.max_connections);
   shared_.buffers.limit.store(static_cast<int64_t>(config_.global.max_buffer_memory));
   running_user_ = config_.global.user;

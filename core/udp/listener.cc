@@ -9,6 +9,7 @@
 
 #include "core/access_log.h"
 #include "core/admission.h"
+#include "core/descriptors.h"
 #include "core/log.h"
 #include "core/proxy_protocol.h"
 
@@ -243,12 +244,18 @@ UdpListener::Session* UdpListener::new_session(const sockaddr* client, const udp
   }
   auto* s = new Session;
   if (int rc = upstream_->acquire(b->address.addr, s, &s->route); rc != 0) {
+    delete s;
+    unadmit();
+    // lb out of descriptors: its own limit, not the backend's failure.
+    if (rc == -EMFILE || rc == -ENFILE) {
+      bump(slot.rejected_limit);
+      Worker::warn_descriptors_exhausted(cfg.name);
+      return nullptr;
+    }
     // Every route to this backend is taken, or a socket cannot open: count
     // it against the backend and drop.
     warn_no_route(*b, rc);
     b->connect_failures.fetch_add(1, std::memory_order_relaxed);
-    delete s;
-    unadmit();
     return nullptr;
   }
   s->owner = this;

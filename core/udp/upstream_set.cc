@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/descriptors.h"
 #include "core/hash/hash.h"
 
 namespace lb::core::udp {
@@ -113,6 +114,10 @@ int UpstreamSet::open_socket(int f, uint16_t index) {
   const int family = f ? AF_INET6 : AF_INET;
   int fd = ::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return -errno;
+  if (descriptors::in_accept_floor(fd)) {
+    ::close(fd);  // the last descriptors are accept()'s (core/descriptors.h)
+    return -EMFILE;
+  }
   int one = 1;
   int rc = 0;
   // ICMP errors of an unconnected socket only arrive with RECVERR; PKTINFO

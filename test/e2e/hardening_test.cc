@@ -5,6 +5,7 @@
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
 #include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,6 +49,31 @@ bool echoed_or_refused(uint16_t port, Socket& s, const std::string& msg, int* re
 }
 
 // lb run with at most `nofile` descriptors (soft and hard: lb cannot raise it).
+// A TCP listener "web" towards `web_backend` and a UDP one "dns" towards
+// `udp_backend` whose sessions last (`udp_extra`: more keys for it).
+ConfigBuilder web_and_dns(const std::string& web_backend, const std::string& udp_backend,
+                          const std::string& udp_extra) {
+  return ConfigBuilder()
+      .global(1, true)
+      .listener("web", "web")
+      .pool("web")
+      .backend(web_backend)
+      .listener("dns", "dns", "protocol = \"udp\"\nsession_timeout = \"10m\"\n" + udp_extra)
+      .pool("dns")
+      .backend(udp_backend);
+}
+
+// Waits for lb of web_and_dns() to start; its web, dns and admin ports.
+void started_web_and_dns(LbProcess& lb, uint16_t* web, uint16_t* dns, uint16_t* admin) {
+  REQUIRE(lb.wait_started());
+  *web = lb.listener_port("web");
+  *dns = lb.listener_port("dns");
+  *admin = lb.admin_port();
+  REQUIRE(*web != 0);
+  REQUIRE(*dns != 0);
+  REQUIRE(*admin != 0);
+}
+
 LbOptions with_nofile(int nofile) {
   LbOptions options;
   options.prefix = {"/usr/bin/prlimit", fmt::format("--nofile={}:{}", nofile, nofile), "--"};
@@ -57,6 +83,20 @@ LbOptions with_nofile(int nofile) {
 // Waits until lb has read every datagram queued on its UDP socket `port`.
 bool udp_drained(uint16_t port, Deadline deadline) {
   return wait_until([&] { return udp_receive_queue(port) == 0; }, deadline, milliseconds(2));
+}
+
+// New UDP clients of `port`, one question each, until lb logs `full` (it
+// opens no more sessions). The warning is rate-limited for the whole
+// process (another listener's refusal may hold it back for a second): keep
+// asking meanwhile; a refused session takes no descriptor.
+void fill_udp(LbProcess& lb, uint16_t port, const std::regex& full, std::vector<Socket>* clients) {
+  const Deadline fill = in(seconds(20));
+  while (!lb.process().find_line(full) && clients->size() < 4000 && !expired(fill)) {
+    clients->push_back(udp_bind());
+    REQUIRE(udp_send_to(clients->back(), "127.0.0.1", port, "q"));
+    REQUIRE(udp_drained(port, in(seconds(10))));
+  }
+  REQUIRE(lb.wait_for_line(full, in(seconds(5))));
 }
 
 }  // namespace
@@ -94,7 +134,7 @@ TEST_CASE("hardening: a flood of UDP sessions that cannot open logs a handful of
   REQUIRE(udp_drained(port, in(seconds(10))));
   // Sessions share upstream sockets, but each session to this one backend
   // needs a route of its own: a new socket once the open ones carry one.
-  const std::regex warn_re("^warn udp cannot open a route listener=dns ");
+  const std::regex warn_re("^warn connection refused: out of file descriptors listener=dns ");
   REQUIRE(lb.wait_for_line(warn_re, in(seconds(5))));
 
   // The flood: 600 datagrams of a new client, in bursts small enough for the
@@ -114,7 +154,7 @@ TEST_CASE("hardening: a flood of UDP sessions that cannot open logs a handful of
 
   const size_t lines = count_lines(lb, warn_re);
   const size_t with_count =
-      count_lines(lb, std::regex("^warn udp cannot open a route .* suppressed=[0-9]+$"));
+      count_lines(lb, std::regex("^warn connection refused: out of file descriptors .* suppressed=[0-9]+$"));
   INFO("warning lines: " << lines << " (" << with_count << " with a suppressed count) over " << elapsed_s
                          << " s for more than 600 failed sessions");
   // First occurrence, then at most one per second (+1 for rounding at both ends).
@@ -329,22 +369,10 @@ TEST_CASE(
   Socket udp_backend = udp_bind();  // never answers: its sessions stay open
   REQUIRE(udp_backend);
   constexpr int kNofile = 160;
-  LbProcess lb(ConfigBuilder()
-                   .global(1, true)
-                   .listener("web", "web")
-                   .pool("web")
-                   .backend(backend.address())
-                   .listener("dns", "dns", "protocol = \"udp\"\nsession_timeout = \"10m\"")
-                   .pool("dns")
-                   .backend(fmt::format("127.0.0.1:{}", local_port(udp_backend))),
+  LbProcess lb(web_and_dns(backend.address(), fmt::format("127.0.0.1:{}", local_port(udp_backend)), ""),
                with_nofile(kNofile));
-  REQUIRE(lb.wait_started());
-  const uint16_t port = lb.listener_port("web");
-  const uint16_t dns = lb.listener_port("dns");
-  const uint16_t admin = lb.admin_port();
-  REQUIRE(port != 0);
-  REQUIRE(dns != 0);
-  REQUIRE(admin != 0);
+  uint16_t port = 0, dns = 0, admin = 0;
+  started_web_and_dns(lb, &port, &dns, &admin);
 
   // TCP connections up to the accept reserve.
   int refused = 0;
@@ -355,15 +383,11 @@ TEST_CASE(
   }
   REQUIRE(refused == 1);
   REQUIRE(held.size() >= 20);
-  // UDP sessions (a socket each) take the reserve, until lb has none left.
+  // UDP sessions (a socket each) take the reserve, until only the accept
+  // floor is left (core/descriptors.h).
   std::vector<Socket> udp_clients;
-  const std::regex no_route("^warn udp cannot open a route listener=dns ");
-  while (!lb.process().find_line(no_route) && udp_clients.size() < static_cast<size_t>(kNofile)) {
-    udp_clients.push_back(udp_bind());
-    REQUIRE(udp_send_to(udp_clients.back(), "127.0.0.1", dns, "q"));
-    REQUIRE(udp_drained(dns, in(seconds(10))));
-  }
-  REQUIRE(lb.wait_for_line(no_route, in(seconds(5))));
+  const std::regex no_route("^warn connection refused: out of file descriptors listener=dns ");
+  fill_udp(lb, dns, no_route, &udp_clients);
 
   // One client leaves (two low descriptors free), a new UDP session takes
   // one of them: the next client's accept finds the other, its backend
@@ -393,6 +417,75 @@ TEST_CASE(
         refused);
   CHECK(m->value("lb_backend_connect_failures_total", {{"pool", "web"}, {"backend", backend.address()}})
             .value_or(0) == 0);
+  CHECK(lb.terminate() == 0);
+}
+
+// UDP sessions (a socket each for one backend) are the one thing that can
+// take lb's descriptors in bulk besides accepted connections. They must
+// leave the last few to accept(): when accept() itself fails with EMFILE,
+// libuv accepts and closes the waiting clients on its own (its "emfile
+// trick"), with nothing counted or logged. So once UDP can open no more,
+// a TCP client is still accepted by lb and refused by it, counted; and the
+// UDP sessions lb could not open are its limit too, not the backend's
+// connect failures.
+TEST_CASE("hardening: UDP sessions leave accept() its descriptors: refusals stay counted",
+          "[e2e][hardening][nofile]") {
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  Socket udp_backend = udp_bind();  // answers only when the test says so
+  REQUIRE(udp_backend);
+  const std::string udp_addr = fmt::format("127.0.0.1:{}", local_port(udp_backend));
+  constexpr int kNofile = 160;
+  LbProcess lb(web_and_dns(backend.address(), udp_addr, "udp_responses = 1\n"), with_nofile(kNofile));
+  uint16_t port = 0, dns = 0, admin = 0;
+  started_web_and_dns(lb, &port, &dns, &admin);
+
+  // New UDP clients until lb opens no more sessions for them.
+  std::vector<Socket> udp_clients;
+  const std::regex udp_full(
+      "^warn (udp cannot open a route|connection refused: out of file descriptors) listener=dns ");
+  fill_udp(lb, dns, udp_full, &udp_clients);
+  INFO(udp_clients.size() << " UDP clients sent, lb holds " << lb.fd_count() << " descriptors of "
+                          << kNofile);
+
+  // TCP clients now: each one refused, none hangs.
+  int refused = 0;
+  for (int i = 0; i < 10; ++i) {
+    Socket s;
+    CHECK_FALSE(echoed_or_refused(port, s, fmt::format("tcp {}", i), &refused));
+  }
+  CHECK(refused == 10);
+
+  // The UDP backend answers every question: each session ends with its
+  // answer (udp_responses = 1) and gives its descriptor back.
+  const int full = lb.fd_count();
+  size_t answered = 0;
+  for (;;) {
+    char buf[512];
+    sockaddr_storage from{};
+    socklen_t len = sizeof from;
+    const ssize_t n =
+        ::recvfrom(udp_backend.fd(), buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &len);
+    if (n < 0) break;
+    REQUIRE(::sendto(udp_backend.fd(), buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from),
+                     len) == n);
+    ++answered;
+  }
+  INFO(answered << " UDP sessions answered");
+  REQUIRE(answered > 0);
+  REQUIRE(
+      wait_until([&] { return lb.fd_count() <= full - static_cast<int>(answered) + 2; }, in(seconds(10))));
+
+  auto m = fetch_metrics(admin);
+  REQUIRE(m);
+  // Every TCP refusal the clients saw was lb's, counted.
+  CHECK(m->value("lb_listener_rejected_total", {{"listener", "web"}, {"reason", "limit"}}).value_or(0) ==
+        refused);
+  // A UDP session lb could not open for lack of descriptors is its limit,
+  // not the backend's failure.
+  CHECK(m->value("lb_backend_connect_failures_total", {{"pool", "dns"}, {"backend", udp_addr}}).value_or(0) ==
+        0);
+  CHECK(m->value("lb_listener_rejected_total", {{"listener", "dns"}, {"reason", "limit"}}).value_or(0) >= 1);
   CHECK(lb.terminate() == 0);
 }
 
