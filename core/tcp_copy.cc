@@ -244,14 +244,15 @@ void TcpSession::on_eof(Way& w, uv_tcp_t* dst) {
     }
   }
   // libuv performs the shutdown once the queued writes are flushed.
-  w.shutdown.data = this;
-  if (uv_shutdown(&w.shutdown, dst_stream, on_shutdown_cb) != 0) finish(Result::Reset, true);
+  w.shutdown = std::make_unique<uv_shutdown_t>();
+  w.shutdown->data = this;
+  if (uv_shutdown(w.shutdown.get(), dst_stream, on_shutdown_cb) != 0) finish(Result::Reset, true);
 }
 
 void TcpSession::on_shutdown_cb(uv_shutdown_t* req, int status) {
   auto* s = static_cast<TcpSession*>(req->data);
   if (status == UV_ECANCELED || !s->relaying()) return;
-  s->on_shutdown_done(req == &s->up_.shutdown ? s->up_ : s->down_, status);
+  s->on_shutdown_done(req == s->up_.shutdown.get() ? s->up_ : s->down_, status);
 }
 
 void TcpSession::on_shutdown_done(Way& w, int status) {

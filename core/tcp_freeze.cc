@@ -90,8 +90,8 @@ bool TcpSession::freeze(FrozenSession* out) {
   f.listener = listener_->cfg.name;
   f.pool = backend_->pool;
   f.backend = backend_->id;
-  f.client = client_addr_;
-  if (have_local_) f.local = local_addr_;
+  f.client = client_addr_.storage();
+  if (have_local_) f.local = local_addr_.storage();
   f.flow_hash = flow_hash_;
   f.started_ms = started_ms_;
   f.bytes_to_backend = bytes_to_backend_;
@@ -132,14 +132,14 @@ void TcpSession::resume(Worker& worker, ListenerRuntimePtr listener, BackendPtr 
 void TcpSession::restore(BackendPtr backend, FrozenSession& f) {
   int client_fd = f.client_fd, backend_fd = f.backend_fd;
   f.client_fd = f.backend_fd = -1;
-  client_addr_ = f.client;
+  client_addr_ = InetAddress(f.client);
   if (f.local.ss_family != AF_UNSPEC) {
-    local_addr_ = f.local;
+    local_addr_ = InetAddress(f.local);
     have_local_ = true;
   }
   // Counted as at accept, but never refused: the connection was admitted.
   // The destructor gives it back as for any session.
-  admission_.readmit(worker_.shared(), *listener_, reinterpret_cast<const sockaddr*>(&client_addr_));
+  admission_.readmit(worker_.shared(), *listener_, client_addr_.get());
   flow_hash_ = f.flow_hash;
   started_ms_ = f.started_ms;
   bytes_to_backend_ = f.bytes_to_backend;

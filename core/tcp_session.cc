@@ -35,7 +35,7 @@ TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, UvPtr<uv_tcp
 TcpSession::~TcpSession() {
   worker_.cancel_budget_wait(this);
   delete[] header_.data;
-  admission_.release(worker_.shared(), *listener_->stats, reinterpret_cast<const sockaddr*>(&client_addr_));
+  admission_.release(worker_.shared(), *listener_->stats, client_addr_.get());
   bump<int64_t>(listener_->stats->slot(worker_.index()).active, -1);
   worker_.session_closed(this);
 }
@@ -43,7 +43,7 @@ TcpSession::~TcpSession() {
 // Accepting: the peer is the client until a PROXY header says otherwise.
 void TcpSession::on_accepted() {
   int len = sizeof client_addr_;
-  if (uv_tcp_getpeername(client_.get(), reinterpret_cast<sockaddr*>(&client_addr_), &len) != 0) {
+  if (uv_tcp_getpeername(client_.get(), client_addr_.get(), &len) != 0) {
     // The client is already gone (reset before we got to it).
     finish(Result::Reset, false);
     return;
@@ -61,7 +61,7 @@ void TcpSession::enter_header() {
   // the per-source limit, hashing) believes it: only a trusted peer (the
   // balancer in front) may send one. The peer itself is checked, never the
   // address it claims.
-  if (!Admission::proxy_peer_trusted(*listener_, reinterpret_cast<const sockaddr*>(&client_addr_))) {
+  if (!Admission::proxy_peer_trusted(*listener_, client_addr_.get())) {
     refuse_header("untrusted peer");
     return;
   }
@@ -93,8 +93,8 @@ void TcpSession::on_header_bytes(ssize_t nread) {
   uv_read_stop(reinterpret_cast<uv_stream_t*>(client_.get()));
   worker_.timeouts().disarm(&timeout_);
   if (!r.header.local) {
-    client_addr_ = r.header.src;
-    local_addr_ = r.header.dst;
+    client_addr_ = InetAddress(r.header.src);
+    local_addr_ = InetAddress(r.header.dst);
     have_local_ = true;
   }
   // What the client sent after the header is for the backend.
@@ -114,8 +114,7 @@ void TcpSession::refuse_header(const char* why) {
 // (after a PROXY header).
 void TcpSession::admit_client() {
   auto& slot = listener_->stats->slot(worker_.index());
-  Refusal r =
-      admission_.admit_client(worker_.shared(), *listener_, reinterpret_cast<const sockaddr*>(&client_addr_));
+  Refusal r = admission_.admit_client(worker_.shared(), *listener_, client_addr_.get());
   if (r != Refusal::None) {
     count_refusal(slot, r);
     finish(Result::Refused, false);
@@ -135,7 +134,7 @@ void TcpSession::enter_routing() {
     enter_hello();
     return;
   }
-  flow_hash_ = worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_));
+  flow_hash_ = worker_.flow_hash_for(*pool_, client_addr_.get());
   if (listener_->tls_server) {
     enter_tls();
     return;
@@ -319,11 +318,11 @@ void TcpSession::on_connected() {
 std::string TcpSession::proxy_header() {
   if (!have_local_) {
     int len = sizeof local_addr_;
-    if (uv_tcp_getsockname(client_.get(), reinterpret_cast<sockaddr*>(&local_addr_), &len) != 0) return {};
+    if (uv_tcp_getsockname(client_.get(), local_addr_.get(), &len) != 0) return {};
     have_local_ = true;
   }
-  auto* src = reinterpret_cast<const sockaddr*>(&client_addr_);
-  auto* dst = reinterpret_cast<const sockaddr*>(&local_addr_);
+  auto* src = client_addr_.get();
+  auto* dst = local_addr_.get();
   // Room for the v2 PP2_TYPE_AUTHORITY TLV: a server name is at most 255 bytes.
   char hdr[proxy::kMaxWrittenHeader + 3 + 255];
   size_t n = listener_->cfg.proxy_protocol == conf::ProxyProtocol::V1
@@ -435,7 +434,7 @@ void TcpSession::log_access() {
   static const char* const kResults[] = {"ok", "connect_failed", "timeout", "reset", "refused"};
   AccessRecord rec;
   rec.listener = listener_->cfg.name;
-  rec.client = reinterpret_cast<const sockaddr*>(&client_addr_);
+  rec.client = client_addr_.get();
   rec.backend = backend_ ? std::string_view(backend_->id) : std::string_view();
   rec.duration_ms = uv_now(worker_.loop()) - started_ms_;
   rec.bytes_to_backend = bytes_to_backend_;

@@ -80,6 +80,7 @@
 #include "core/backend.h"
 #include "core/flow_control.h"
 #include "core/frozen_session.h"
+#include "core/inet_address.h"
 #include "core/splice_relay.h"
 #include "core/timeout_wheel.h"
 #include "core/tls/client_context.h"
@@ -162,7 +163,10 @@ class TcpSession {
     Direction flow;
     WriteReq* queue_head = nullptr;
     WriteReq* queue_tail = nullptr;
-    uv_shutdown_t shutdown;  // on the destination, after the source's EOF
+    // On the destination, after the source's EOF, when writes are still
+    // queued there (rare: made then, not carried by every session). Freed
+    // with the session, after libuv has called back (UV_ECANCELED at close).
+    std::unique_ptr<uv_shutdown_t> shutdown;
   };
   // The client's PROXY header as it arrives (Header state only).
   struct HeaderBuffer {
@@ -332,8 +336,8 @@ class TcpSession {
   uint64_t started_ms_ = 0;
   uint64_t bytes_to_backend_ = 0;
   uint64_t bytes_to_client_ = 0;
-  sockaddr_storage client_addr_{};  // the client: the peer, or the PROXY header's source
-  sockaddr_storage local_addr_{};   // what the client connected to (or the header's destination)
+  InetAddress client_addr_;  // the client: the peer, or the PROXY header's source
+  InetAddress local_addr_;   // what the client connected to (or the header's destination)
   bool have_local_ = false;
   bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
   bool bulk_seen_ = false;         // a read of kSpliceReadMin or more happened

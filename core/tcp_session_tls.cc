@@ -56,8 +56,7 @@ void TcpSession::on_hello_bytes(ssize_t nread) {
   hello_->buf.reset();
   state_ = State::Routing;
   pool_ = tls::route_pool(listener_->cfg, hello_->sni_key);
-  flow_hash_ =
-      worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_), hello_->sni_key);
+  flow_hash_ = worker_.flow_hash_for(*pool_, client_addr_.get(), hello_->sni_key);
   choose_backend();
 }
 

@@ -68,8 +68,7 @@ void TcpSession::on_tls_established() {
   if (const char* name = SSL_get_servername(tls_->stream().ssl(), TLSEXT_NAMETYPE_host_name))
     hello_->set_sni(name);
   pool_ = tls::route_pool(listener_->cfg, hello_->sni_key);
-  flow_hash_ =
-      worker_.flow_hash_for(*pool_, reinterpret_cast<const sockaddr*>(&client_addr_), hello_->sni_key);
+  flow_hash_ = worker_.flow_hash_for(*pool_, client_addr_.get(), hello_->sni_key);
   choose_backend();
 }
 
