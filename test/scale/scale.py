@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""lb at scale: many concurrent connections, connection storms, reloads under
+"""lb at scale: many concurrent connections (through a reload and an upgrade in
+place), connection storms, reloads under
 load. Started by test/scale/run.sh inside a network namespace of its own (so
 ports, somaxconn and socket counts are the test's); standard library only.
 
@@ -24,6 +25,7 @@ about 9,900 connections; see the README to go bigger).
 import asyncio
 import json
 import os
+import re
 import resource
 import signal
 import statistics
@@ -217,6 +219,65 @@ class Child:
         self.p.wait()
 
 
+class Lb:
+    """The lb under test: the process started here, then whichever process
+    an upgrade in place hands over to (no longer our child: found by the
+    pid the old one logs)."""
+
+    def __init__(self, popen, log_path):
+        self.popen, self.log_path, self.current = popen, log_path, popen.pid
+
+    def pid(self):
+        return self.current
+
+    def send_signal(self, sig):
+        os.kill(self.current, sig)
+
+    def alive(self):
+        if self.current == self.popen.pid:
+            return self.popen.poll() is None
+        return os.path.exists(f"/proc/{self.current}")
+
+    def upgrade(self, generation_after, seconds):
+        """SIGUSR2; waits for the handover and the old process's exit.
+        Returns the new pid and the connections the old one moved."""
+        if self.current != self.popen.pid:
+            raise SystemExit("FAIL: only one upgrade per run is followed")
+        with open(self.log_path) as f:
+            f.read()
+            start = f.tell()
+        self.send_signal(signal.SIGUSR2)
+        found = {}
+
+        def handed_over():
+            with open(self.log_path) as f:
+                f.seek(start)
+                for line in f:
+                    m = re.search(r"upgrade moved connections count=(\d+)", line)
+                    if m:
+                        found["moved"] = int(m.group(1))
+                    m = re.search(r"upgrade handed over to pid=(\d+)", line)
+                    if m:
+                        found["pid"] = int(m.group(1))
+            return "pid" in found
+
+        wait_for("the upgrade's handover", handed_over, seconds)
+        self.current = found["pid"]
+        wait_for("the old lb to exit", lambda: self.popen.poll() is not None, seconds)
+        handed_over()  # its last lines: how many connections it moved
+        if self.popen.returncode != 0:
+            raise SystemExit(f"FAIL: the old lb exited with {self.popen.returncode} after the upgrade")
+        wait_for("the new generation", lambda: generation() == generation_after, seconds)
+        return self.current, found.get("moved", 0)
+
+    def stop(self):
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+        if self.current != self.popen.pid and os.path.exists(f"/proc/{self.current}"):
+            os.kill(self.current, signal.SIGKILL)
+
+
 def get(path, timeout=5):
     t0 = time.monotonic()
     with urllib.request.urlopen(ADMIN + path, timeout=timeout) as r:
@@ -368,8 +429,8 @@ interval = "2s"
         with open(path, "w") as f:
             f.write(conf)
         log = open(os.path.join(tmp, "lb.log"), "w")
-        lb = subprocess.Popen([lb_bin, "--config", path], stdout=log, stderr=log)
-        children.append(type("LbChild", (), {"stop": lambda self: (lb.kill(), lb.wait())})())
+        lb = Lb(subprocess.Popen([lb_bin, "--config", path], stdout=log, stderr=log), log.name)
+        children.append(lb)
         wait_for("lb's /healthz", lambda: get("/healthz")[0].startswith(b"ok"), 20)
         # One connection first: whatever lb sets up lazily is not counted per connection.
         warm = Child("hold", 1, 0)
@@ -378,7 +439,7 @@ interval = "2s"
         warm.send("close")
         warm.read()
         wait_for("no active connection", lambda: active_connections() == 0, 30)
-        rss0, fds0, mem0 = rss_kb(lb.pid), fds(lb.pid), kernel_socket_kb()
+        rss0, fds0, mem0 = rss_kb(lb.pid()), fds(lb.pid()), kernel_socket_kb()
 
         # --- N concurrent connections --------------------------------------------------
         print(f"== {n} concurrent connections from {n} addresses in 127.1.0.0/16 "
@@ -395,7 +456,7 @@ interval = "2s"
         if got != n:
             failures.append(f"{n - got} of {n} connections failed: {[o['errors'] for o in opened]}")
         wait_for(f"lb to count {got} active", lambda: active_connections() == got, 30)
-        rss1, fds1, mem1 = rss_kb(lb.pid), fds(lb.pid), kernel_socket_kb()
+        rss1, fds1, mem1 = rss_kb(lb.pid()), fds(lb.pid()), kernel_socket_kb()
         per_conn = (rss1 - rss0) * 1024 / max(got, 1)
         print(f"   opened {got} in {ramp_s:.1f} s; lb RSS {rss0} -> {rss1} KiB ({per_conn:.0f} B per connection), "
               f"fds {fds0} -> {fds1}; kernel TCP sockets {mem0} -> {mem1} KiB "
@@ -413,6 +474,25 @@ interval = "2s"
         if bad:
             failures.append(f"{bad} held connections broken by a reload")
         print(f"   reload with {got} open: all {sum(c['checked'] for c in checked) - bad} still echo", flush=True)
+
+        # An upgrade in place (SIGUSR2, the same program) with all of them
+        # open: the new process takes every connection over, the old one
+        # exits, every connection still echoes through the new one.
+        t0 = time.monotonic()
+        old = lb.pid()
+        new_pid, moved = lb.upgrade(gen + 2, 120)
+        upgrade_s = time.monotonic() - t0
+        for h in holders:
+            h.send("check")
+        checked = [h.read() for h in holders]
+        bad = sum(c["failed"] for c in checked)
+        if bad:
+            failures.append(f"{bad} held connections broken by an upgrade")
+        if active_connections() != got:
+            failures.append(f"after the upgrade lb counts {active_connections()} active, not {got}")
+        print(f"   upgrade with {got} open: pid {old} -> {new_pid} in {upgrade_s:.1f} s, {moved} connections "
+              f"moved, all {sum(c['checked'] for c in checked) - bad} still echo; new lb RSS "
+              f"{rss_kb(new_pid)} KiB, fds {fds(new_pid)}", flush=True)
         prober.finish()
         hz, st = max(prober.healthz, default=0), max(prober.status, default=0)
         print(f"   while ramping and reloading: /healthz slowest {hz:.1f} ms, /api/v1/status slowest {st:.1f} ms "
@@ -426,8 +506,8 @@ interval = "2s"
             h.send("close")
             h.read()
         wait_for("every connection closed in lb", lambda: active_connections() == 0, 60)
-        wait_for(f"lb's descriptors back to {fds0}", lambda: fds(lb.pid) <= fds0 + len(ports), 30)
-        print(f"   all closed: lb fds {fds(lb.pid)}, RSS {rss_kb(lb.pid)} KiB", flush=True)
+        wait_for(f"lb's descriptors back to {fds0}", lambda: fds(lb.pid()) <= fds0 + len(ports), 30)
+        print(f"   all closed: lb fds {fds(lb.pid())}, RSS {rss_kb(lb.pid())} KiB", flush=True)
 
         # --- a connection storm -------------------------------------------------------
         # C clients (test/scale/storm.c), one process per 10,000 connections
@@ -481,8 +561,8 @@ interval = "2s"
               f"{r['stream_rounds']} round trips, {r['streams_failed']} broken; {r['errors'] or ''}", flush=True)
         if r["new_failed"] or r["streams_failed"]:
             failures.append(f"reloads under load: {r['new_failed']} connections and {r['streams_failed']} streams failed")
-        if lb.poll() is not None:
-            failures.append(f"lb exited with {lb.returncode}")
+        if not lb.alive():
+            failures.append("lb exited")
     finally:
         for c in reversed(children):
             c.stop()
