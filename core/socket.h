@@ -28,7 +28,8 @@ int make_reuseport_socket(const sockaddr* addr, socklen_t len, int type);
 // three of them: with the default idle_timeout of 10 min a dead backend is
 // found after about 2 min, with 30 s after about 6 s. A backend that answers
 // the probes is never affected; data in flight to a dead backend is bounded by
-// idle_timeout (keepalive probes only idle sockets).
+// idle_timeout (keepalive probes only idle sockets). TcpSession sets it at
+// half of idle_s (TcpSession::arm_keepalive), not at connect.
 struct KeepaliveParams {
   int idle_s;      // TCP_KEEPIDLE
   int interval_s;  // TCP_KEEPINTVL

@@ -120,6 +120,7 @@ bool TcpSession::settling() const {
 void TcpSession::enter_frozen() {
   state_ = State::Frozen;
   worker_.timeouts().disarm(&timeout_);
+  worker_.timeouts().disarm(&keepalive_);
   worker_.cancel_budget_wait(this);
   starved_ = 0;
 }
@@ -152,6 +153,9 @@ void TcpSession::restore(BackendPtr backend, FrozenSession& f) {
   path_ = Path::Copy;
   if (!adopt_fds(client_fd, backend_fd)) return;
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.idle_timeout.count()));
+  // The previous program may have handed the socket over before its own
+  // keepalive_ was due.
+  arm_keepalive();
   // First what was in flight, in order, then the EOFs still to pass on.
   struct Leg {
     Way& way;

@@ -27,12 +27,15 @@ TcpSession::TcpSession(Worker& worker, ListenerRuntimePtr listener, UvPtr<uv_tcp
   refs_ = client_ ? 1 : 0;
   timeout_.fire = &TcpSession::on_timeout;
   timeout_.owner = this;
+  keepalive_.fire = &TcpSession::on_keepalive_due;
+  keepalive_.owner = this;
   started_ms_ = uv_now(worker_.loop());
   bump<int64_t>(listener_->stats->slot(worker_.index()).active, 1);
   worker_.session_opened(this);
 }
 
 TcpSession::~TcpSession() {
+  worker_.timeouts().disarm(&keepalive_);
   worker_.cancel_budget_wait(this);
   delete[] header_.data;
   admission_.release(worker_.shared(), *listener_->stats, client_addr_.get());
@@ -270,9 +273,7 @@ void TcpSession::on_connected() {
     if (auto& report = worker_.shared().report_backend) report(backend_, true);
   }
   uv_tcp_nodelay(upstream_.get(), 1);
-  uv_os_fd_t fd;
-  if (uv_fileno(reinterpret_cast<uv_handle_t*>(upstream_.get()), &fd) == 0)
-    set_keepalive(fd, backend_keepalive(listener_->cfg.idle_timeout));
+  arm_keepalive();
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.idle_timeout.count()));
   // What the backend gets before the client's stream: our PROXY header (in
   // the clear before the TLS session, sent already with [pool.tls]), then
@@ -311,6 +312,29 @@ void TcpSession::on_connected() {
        uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_.get()), on_alloc, on_read_cb) != 0)) {
     finish(Result::Reset, true);
   }
+}
+
+// Keepalive probes start after idle_s without data from the backend,
+// counted by the kernel from the last segment received, whenever the options
+// are set: setting them at half of idle_s instead of at connect finds a
+// vanished backend just as early, and most short connections are gone by
+// then (4 setsockopt calls of a connection's ~20).
+void TcpSession::arm_keepalive() {
+  const KeepaliveParams p = backend_keepalive(listener_->cfg.idle_timeout);
+  worker_.timeouts().arm(&keepalive_, static_cast<uint64_t>(p.idle_s) * 1000 / 2);
+}
+
+void TcpSession::on_keepalive_due(TimeoutNode* n) {
+  auto* s = static_cast<TcpSession*>(n->owner);
+  uv_os_fd_t fd;
+  if (s->relaying() && s->upstream_ &&
+      uv_fileno(reinterpret_cast<uv_handle_t*>(s->upstream_.get()), &fd) == 0)
+    s->set_backend_keepalive(fd);
+}
+
+void TcpSession::set_backend_keepalive(int fd) {
+  worker_.timeouts().disarm(&keepalive_);
+  set_keepalive(fd, backend_keepalive(listener_->cfg.idle_timeout));
 }
 
 // The header to the backend: the client and what it connected to, or the
@@ -397,6 +421,7 @@ void TcpSession::finish(Result r, bool reset) {
   state_ = State::Closing;
   result_ = r;
   worker_.timeouts().disarm(&timeout_);
+  worker_.timeouts().disarm(&keepalive_);
   worker_.cancel_budget_wait(this);
   starved_ = 0;
   if (tls_) tls_->stop();

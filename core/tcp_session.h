@@ -201,6 +201,8 @@ class TcpSession {
   std::string proxy_header();
   void append_tls_tlvs(std::string* header);
   void release_backend();
+  void arm_keepalive();
+  void set_backend_keepalive(int fd);
   void close_handle(UvPtr<uv_tcp_t>& h, bool reset);
   void unref();  // one handle (or the relay) fewer; deletes the session at 0
   void log_access();
@@ -302,6 +304,7 @@ class TcpSession {
   static void on_connect_cb(uv_connect_t* req, int status);
   static void on_handle_closed(void* session);
   static void on_timeout(TimeoutNode* n);
+  static void on_keepalive_due(TimeoutNode* n);
   static void on_splice_activity(void* ctx, bool to_backend, size_t bytes);
   static void on_splice_eof_passed(void* ctx, bool to_backend);
   static void on_splice_finished(void* ctx, SpliceResult result, bool backend_failed);
@@ -322,6 +325,12 @@ class TcpSession {
   // are closed (null).
   SpliceRelay* relay_ = nullptr;
   TimeoutNode timeout_;
+  // TCP keepalive of the backend socket, armed when the backend is connected
+  // (arm_keepalive) for half of the keepalive idle time: the probes start
+  // after idle_s without data from the backend whenever the options are set,
+  // so a vanished backend is found as early, and a connection that ends
+  // before skips the four setsockopt calls (set_backend_keepalive).
+  TimeoutNode keepalive_;
   // The pool being routed to: points into listener_'s configuration, or at
   // backend_->pool; both outlive the session's use of it.
   const std::string* pool_ = nullptr;

@@ -52,6 +52,9 @@ bool TcpSession::switch_to_splice() {
   // through dup, and a descriptor number another worker closed just before
   // would otherwise look like a race. lb never forks, so setting CLOEXEC
   // right after is as good.
+  // The relay has no timeout node of its own: a backend socket whose
+  // keepalive is not set yet gets it now (a bulk stream lives long anyway).
+  if (keepalive_.armed()) set_backend_keepalive(bfd);
   int c = ::dup(cfd);
   if (c < 0) return false;
   int b = ::dup(bfd);

@@ -457,6 +457,27 @@ long udp_receive_queue(uint16_t port) {
   return -1;
 }
 
+std::optional<TcpTimer> tcp_timer_to(uint16_t remote_port) {
+  for (const char* path : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream f(path);
+    std::string line;
+    std::getline(f, line);  // header
+    while (std::getline(f, line)) {
+      // "  sl  local_address rem_address   st tx_queue:rx_queue tr:tm->when ..."
+      std::istringstream in(line);
+      std::string sl, local, remote, st, queues, timer;
+      if (!(in >> sl >> local >> remote >> st >> queues >> timer)) continue;
+      size_t colon = remote.rfind(':');
+      size_t tc = timer.find(':');
+      if (colon == std::string::npos || tc == std::string::npos || st != "01") continue;
+      if (std::stoul(remote.substr(colon + 1), nullptr, 16) != remote_port) continue;
+      return TcpTimer{static_cast<int>(std::stoul(timer.substr(0, tc), nullptr, 16)),
+                      static_cast<long>(std::stoul(timer.substr(tc + 1), nullptr, 16))};
+    }
+  }
+  return std::nullopt;
+}
+
 bool echoes(uint16_t port, const std::string& payload) {
   Socket s = tcp_connect("127.0.0.1", port, in(seconds(5)));
   if (!s) return false;

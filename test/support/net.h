@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -150,6 +151,17 @@ bool udp_send_to(const Socket& s, const std::string& host, uint16_t port, std::s
 // (any address), from /proc/net/udp and udp6; -1 when no such socket exists.
 // Tells a test that another process (lb) has read what was sent to it.
 long udp_receive_queue(uint16_t port);
+
+// The kernel's timer of the established TCP socket (in this network
+// namespace, IPv4 or IPv6) whose peer port is `remote_port`, from
+// /proc/net/tcp{,6}: `active` 2 is the keepalive timer pending, 0 none (1
+// retransmit, 4 zero-window probe); `when_ticks` how soon it fires, in
+// clock ticks (sysconf(_SC_CLK_TCK)). nullopt when there is no such socket.
+struct TcpTimer {
+  int active = 0;
+  long when_ticks = 0;
+};
+std::optional<TcpTimer> tcp_timer_to(uint16_t remote_port);
 
 // Raises RLIMIT_NOFILE's soft limit to its hard limit; returns the new soft limit.
 uint64_t raise_fd_limit();
