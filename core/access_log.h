@@ -81,6 +81,9 @@ class AccessLog {
   void retarget(std::string target, int fd);
   // Off: records are dropped unformatted (access_log = "off" by reload).
   void set_enabled(bool on) { enabled_.store(on, std::memory_order_relaxed); }
+  // Whether write() formats records now: fields only the log uses (a TLS
+  // session's JA4) are computed only then. Any thread.
+  bool enabled() const { return enabled_.load(std::memory_order_relaxed); }
 
  private:
   static constexpr size_t kFlushAt = 64 * 1024;

@@ -33,17 +33,17 @@ void TcpSession::on_alloc(uv_handle_t* h, size_t, uv_buf_t* buf) {
     buf->len = proxy::kMaxHeader - s->header_.len;
     return;
   }
-  if (s->state_ == State::Hello) {
-    // The same for a ClientHello: at most kMaxClientHello bytes (the parser
-    // decides before the buffer is full).
-    buf->base = reinterpret_cast<char*>(s->hello_->buf.get() + s->hello_->len);
-    buf->len = tls::kMaxClientHello - s->hello_->len;
-    return;
-  }
-  // Every read lands in the worker's buffer and is written on at once, so an
-  // idle connection holds no buffer at all.
+  // Every read lands in the worker's buffer and is written on (or, before
+  // the backend is connected, appended to early_) at once, so an idle
+  // connection holds no buffer at all.
   buf->base = s->worker_.read_buffer();
   buf->len = Worker::kReadBufferSize;
+  if (s->state_ == State::Hello) {
+    // As for a header: never read past what a ClientHello may be, the rest
+    // stays in the kernel (the parser decides before kMaxClientHello).
+    buf->len = tls::kMaxClientHello - s->early_.size();
+    return;
+  }
   if (s->relaying() && s->worker_.shared().buffers.exhausted()) {
     // At the bound (BufferBudget): a direction whose destination is behind
     // would buffer what it reads, so it does not read (UV_ENOBUFS, then it
@@ -68,7 +68,9 @@ void TcpSession::on_read_cb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* 
   else if (s->state_ == State::Header)
     s->on_header_bytes(nread);
   else if (s->state_ == State::Hello)
-    s->on_hello_bytes(nread);
+    s->on_hello_bytes(nread, buf->base);
+  else if (s->early_reading_ && stream == reinterpret_cast<uv_stream_t*>(s->client_.get()) && !s->relaying())
+    s->on_early_bytes(nread, buf->base);
   else if (s->relaying())
     s->on_relay_read(reinterpret_cast<uv_tcp_t*>(stream), nread, buf->base);
 }

@@ -307,11 +307,18 @@ void TcpSession::on_connected() {
       finish(Result::Reset, true);
     return;
   }
-  if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0 ||
+  // A passthrough client is being read already (early_reading_), unless
+  // early_ filled up or it ended meanwhile.
+  const bool client_reading = early_reading_;
+  early_reading_ = false;
+  if ((!client_reading && !early_eof_ &&
+       uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0) ||
       (!upstream_reading_ &&
        uv_read_start(reinterpret_cast<uv_stream_t*>(upstream_.get()), on_alloc, on_read_cb) != 0)) {
     finish(Result::Reset, true);
+    return;
   }
+  if (early_eof_) on_eof(up_, upstream_.get());
 }
 
 // Keepalive probes start after idle_s without data from the backend,

@@ -22,11 +22,14 @@
 //              for more client bytes first (a TLS ClientHello for SNI
 //              routing reads into early_, staying in Routing, and calls
 //              choose_backend() when it has what it needs).
-//  Hello       tls = "passthrough": the ClientHello is read into hello_ within
+//  Hello       tls = "passthrough": the ClientHello is read into early_ within
 //              tls_handshake_timeout (tcp_session_tls.cc); its server name
 //              chooses pool_ (a route's, or the listener's), then
-//              choose_backend(). Its bytes go to early_, unchanged. Not TLS,
-//              too large, closed or late: Closing, counted as reason "tls".
+//              choose_backend(). Its bytes stay in early_, unchanged, and
+//              the client stays read (early_reading_) while the backend
+//              connects: no epoll change between the hello and the relay.
+//              Not TLS, too large, closed or late: Closing, counted as
+//              reason "tls".
 //  Connecting  one connect attempt (connect_timeout); a failure goes back
 //              to choose_backend(), avoiding every backend already tried, up
 //              to `retries` more times. A pool with [pool.tls] connects
@@ -141,6 +144,10 @@ class TcpSession {
   // much at once and stays on the copy path, where a message costs the same
   // two syscalls without the switch (dups, closes, epoll changes) or pipes.
   static constexpr size_t kSpliceReadMin = 32 * 1024;
+  // Most client bytes a passthrough session holds in early_ while its
+  // backend connects (a TLS client sends little before the server's answer);
+  // past it the client waits in the kernel until the backend is connected.
+  static constexpr size_t kEarlyLimit = 64 * 1024;
 
   enum class State : uint8_t {
     Accepting,
@@ -187,9 +194,15 @@ class TcpSession {
   void choose_backend();                // Routing -> Connecting | Closing
 
   // --- passthrough (tcp_session_tls.cc) ---
-  void enter_hello();                  // Routing -> Hello
-  void on_hello_bytes(ssize_t nread);  // Hello -> Routing, pool chosen (hello complete)
-  void refuse_tls(const char* why);    // Hello -> Closing
+  void enter_hello();                                    // Routing -> Hello
+  void on_hello_bytes(ssize_t nread, const char* data);  // Hello -> Routing, pool chosen (hello complete)
+  void refuse_tls(const char* why);                      // Hello -> Closing
+  // Client bytes after the hello, before the backend is connected (Routing,
+  // Connecting with early_reading_): into early_, up to kEarlyLimit.
+  void on_early_bytes(ssize_t nread, const char* data);
+  // Whether this session's access-log line will be written (JA4 is
+  // computed only then).
+  bool access_logged() const;
 
   void connect_to(Backend* b);        // -> Connecting
   void on_tcp_connected();            // Connecting -> on_connected() | backend handshake
@@ -349,16 +362,21 @@ class TcpSession {
   InetAddress local_addr_;   // what the client connected to (or the header's destination)
   bool have_local_ = false;
   bool upstream_reading_ = false;  // uv_read_start on upstream_ already done
-  bool bulk_seen_ = false;         // a read of kSpliceReadMin or more happened
-  uint8_t starved_ = 0;            // starved_bit()s of sources stopped for budget
-  Admission admission_;            // what the connection counts against the limits
-  HeaderBuffer header_;            // State::Header only
+  // Passthrough: client_ is read from the hello on into early_, through
+  // Routing and Connecting; on_connected() then needs no uv_read_start.
+  bool early_reading_ = false;
+  // The client's EOF seen while early_reading_: passed on once connected.
+  bool early_eof_ = false;
+  bool bulk_seen_ = false;  // a read of kSpliceReadMin or more happened
+  uint8_t starved_ = 0;     // starved_bit()s of sources stopped for budget
+  Admission admission_;     // what the connection counts against the limits
+  HeaderBuffer header_;     // State::Header only
   // Client bytes read before the backend was connected (behind a PROXY
-  // header today); sent on right after our own PROXY header.
+  // header; a passthrough session's ClientHello and what follows it); sent
+  // on right after our own PROXY header.
   std::string early_;
   // TLS listeners: what the ClientHello said, for routing, the access log
-  // and the PROXY header; passthrough: also its bytes (until they move to
-  // early_).
+  // and the PROXY header.
   std::unique_ptr<tls::Passthrough> hello_;
   std::unique_ptr<tls::TlsRelay> tls_;  // tls = "terminate": the client leg
   TlsEvents tls_events_{this};

@@ -4,7 +4,7 @@
 // ([[listener.route]]), and the backend once it has finished; then the copy
 // path relays plaintext with its usual backpressure and half-close
 // (close_notify and FIN towards the client when the backend ends). A copy of
-// the ClientHello's bytes gives the access log its JA4.
+// the ClientHello's bytes gives the access log its JA4 (when the log is on).
 #include "core/log.h"
 #include "core/tcp_session.h"
 #include "core/tls/server_context.h"
@@ -25,6 +25,8 @@ void TcpSession::enter_tls() {
   tls_ = std::make_unique<tls::TlsRelay>(client_.get(), std::move(stream), tls_events_, worker_.read_buffer(),
                                          Worker::kReadBufferSize, &worker_.shared().buffers);
   hello_ = std::make_unique<tls::Passthrough>();
+  // The copy of the hello is for JA4, which only the access log uses.
+  if (!access_logged()) hello_->skip_observe();
   worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count()));
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0)
     finish(Result::Reset, true);

@@ -15,14 +15,14 @@ void Passthrough::set_sni(std::string_view name) {
   }
 }
 
-void Passthrough::learn(const ClientHello& hello) {
+void Passthrough::learn(const ClientHello& hello, bool with_ja4) {
   if (hello.has_sni) set_sni(hello.sni);
   if (const char* v = version_name(hello.max_version())) tls_version = v;
   for (const auto& p : hello.alpn) {
     if (!alpn.empty()) alpn += ',';
     alpn += p;
   }
-  ja4 = tls::ja4(hello);
+  if (with_ja4) ja4 = tls::ja4(hello);
 }
 
 bool Passthrough::observe(const char* data, size_t n) {
@@ -31,7 +31,7 @@ bool Passthrough::observe(const char* data, size_t n) {
   ClientHello hello;
   const ParseResult r = parse(reinterpret_cast<const uint8_t*>(observed_.data()), observed_.size(), &hello);
   if (r.status == Status::NeedMore && observed_.size() < kMaxClientHello) return false;
-  if (r.status == Status::Complete) learn(hello);
+  if (r.status == Status::Complete) learn(hello, true);
   decided_ = true;
   std::string().swap(observed_);
   return true;

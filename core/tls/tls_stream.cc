@@ -5,6 +5,7 @@
 #include <openssl/x509v3.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/tls/pem.h"
 
@@ -41,92 +42,150 @@ bool set_server_name(SSL* ssl, const std::string& name, bool verify, std::string
   return true;
 }
 
-TlsStream::TlsStream(SSL* ssl) : ssl_(ssl), in_(nullptr), out_(nullptr) {}
+TlsStream::TlsStream(SSL* ssl) : ssl_(ssl) {}
 
-TlsStream::~TlsStream() { SSL_free(ssl_); }  // frees both BIOs
+TlsStream::~TlsStream() { SSL_free(ssl_); }  // frees the BIO
+
+// The transport BIO: reads take from TlsStream::in_, writes append to out_.
+// Its data pointer is the stream, which owns the SSL that owns the BIO.
+struct TransportBio {
+  static TlsStream* stream(BIO* b) { return static_cast<TlsStream*>(BIO_get_data(b)); }
+
+  static int write(BIO* b, const char* data, size_t len, size_t* written) {
+    BIO_clear_retry_flags(b);
+    stream(b)->out_.append(data, len);
+    *written = len;
+    return 1;
+  }
+
+  static int read(BIO* b, char* buf, size_t cap, size_t* readbytes) {
+    BIO_clear_retry_flags(b);
+    TlsStream* s = stream(b);
+    const size_t avail = s->in_.size() - s->in_off_;
+    if (avail == 0) {
+      *readbytes = 0;
+      // Empty: "more may come" until feed_eof(), then EOF.
+      if (!s->eof_) BIO_set_retry_read(b);
+      return 0;
+    }
+    const size_t n = std::min(avail, cap);
+    std::memcpy(buf, s->in_.data() + s->in_off_, n);
+    s->in_off_ += n;
+    if (s->in_off_ == s->in_.size()) {
+      std::string().swap(s->in_);  // drained: hold no memory
+      s->in_off_ = 0;
+    }
+    *readbytes = n;
+    return 1;
+  }
+
+  static long ctrl(BIO* b, int cmd, long, void*) {
+    TlsStream* s = stream(b);
+    switch (cmd) {
+      case BIO_CTRL_FLUSH:
+        return 1;
+      case BIO_CTRL_PENDING:
+        return static_cast<long>(s->in_.size() - s->in_off_);
+      case BIO_CTRL_WPENDING:
+        return static_cast<long>(s->out_.size());
+      case BIO_CTRL_EOF:
+        return s->eof_ && s->in_.size() == s->in_off_;
+      default:
+        return 0;
+    }
+  }
+
+  static int create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+  }
+
+  static const BIO_METHOD* method() {
+    // Built once per process (thread-safe static initialisation), never freed.
+    static BIO_METHOD* const m = [] {
+      BIO_METHOD* meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "lb transport");
+      if (!meth) return meth;
+      BIO_meth_set_write_ex(meth, &TransportBio::write);
+      BIO_meth_set_read_ex(meth, &TransportBio::read);
+      BIO_meth_set_ctrl(meth, &TransportBio::ctrl);
+      BIO_meth_set_create(meth, &TransportBio::create);
+      return meth;
+    }();
+    return m;
+  }
+};
 
 namespace {
 
-SSL* new_ssl(SSL_CTX* ctx, BIO** in, BIO** out, std::string* error) {
+std::unique_ptr<TlsStream> new_stream(SSL_CTX* ctx, std::string* error,
+                                      std::unique_ptr<TlsStream> (*make)(SSL*)) {
   ERR_clear_error();
+  const BIO_METHOD* meth = TransportBio::method();
   SSL* ssl = SSL_new(ctx);
-  *in = BIO_new(BIO_s_mem());
-  *out = BIO_new(BIO_s_mem());
-  if (!ssl || !*in || !*out) {
+  BIO* bio = meth ? BIO_new(meth) : nullptr;
+  if (!ssl || !bio) {
     SSL_free(ssl);
-    BIO_free(*in);
-    BIO_free(*out);
+    BIO_free(bio);
     *error = "cannot create a TLS session: " + openssl_errors();
     return nullptr;
   }
-  // An empty input BIO means "more may come" until feed_eof() says otherwise.
-  BIO_set_mem_eof_return(*in, -1);
-  SSL_set_bio(ssl, *in, *out);
-  return ssl;
+  std::unique_ptr<TlsStream> s = make(ssl);
+  BIO_set_data(bio, s.get());
+  // One BIO both ways: the SSL takes this one reference.
+  SSL_set_bio(ssl, bio, bio);
+  return s;
 }
 
 }  // namespace
 
 std::unique_ptr<TlsStream> TlsStream::server(SSL_CTX* ctx, std::string* error) {
-  BIO *in, *out;
-  SSL* ssl = new_ssl(ctx, &in, &out, error);
-  if (!ssl) return nullptr;
-  SSL_set_accept_state(ssl);
-  std::unique_ptr<TlsStream> s(new TlsStream(ssl));
-  s->in_ = in;
-  s->out_ = out;
+  auto s = new_stream(ctx, error, [](SSL* ssl) { return std::unique_ptr<TlsStream>(new TlsStream(ssl)); });
+  if (s) SSL_set_accept_state(s->ssl_);
   return s;
 }
 
 std::unique_ptr<TlsStream> TlsStream::client(SSL_CTX* ctx, const std::string& server_name, bool verify_name,
                                              std::string* error) {
-  BIO *in, *out;
-  SSL* ssl = new_ssl(ctx, &in, &out, error);
-  if (!ssl) return nullptr;
-  std::unique_ptr<TlsStream> s(new TlsStream(ssl));
-  s->in_ = in;
-  s->out_ = out;
-  SSL_set_connect_state(ssl);
-  if (!set_server_name(ssl, server_name, verify_name, error)) return nullptr;
+  auto s = new_stream(ctx, error, [](SSL* ssl) { return std::unique_ptr<TlsStream>(new TlsStream(ssl)); });
+  if (!s) return nullptr;
+  SSL_set_connect_state(s->ssl_);
+  if (!set_server_name(s->ssl_, server_name, verify_name, error)) return nullptr;
   return s;
 }
 
 void TlsStream::feed(const char* data, size_t len) {
-  while (len > 0) {
-    int chunk = static_cast<int>(std::min<size_t>(len, 1 << 30));
-    int n = BIO_write(in_, data, chunk);
-    if (n <= 0) return;  // out of memory: the next read fails on the missing bytes
-    data += n;
-    len -= static_cast<size_t>(n);
+  if (len == 0) return;
+  if (in_off_ > 0) {  // keep only what is still unread
+    in_.erase(0, in_off_);
+    in_off_ = 0;
   }
+  in_.append(data, len);
 }
 
-void TlsStream::feed_eof() {
-  eof_ = true;
-  BIO_set_mem_eof_return(in_, 0);  // an empty BIO now reads as EOF
-}
+void TlsStream::feed_eof() { eof_ = true; }  // an empty input now reads as EOF
 
-size_t TlsStream::input_pending() const { return BIO_ctrl_pending(in_); }
-size_t TlsStream::output_pending() const { return BIO_ctrl_pending(out_); }
+size_t TlsStream::input_pending() const { return in_.size() - in_off_; }
+size_t TlsStream::output_pending() const { return out_.size(); }
 
 size_t TlsStream::take_output(char* buf, size_t cap) {
-  int n = BIO_read(out_, buf, static_cast<int>(std::min<size_t>(cap, 1 << 30)));
-  return n > 0 ? static_cast<size_t>(n) : 0;
+  const size_t n = std::min(cap, out_.size());
+  std::memcpy(buf, out_.data(), n);
+  if (n == out_.size())
+    discard_output();
+  else
+    out_.erase(0, n);
+  return n;
 }
 
 std::string TlsStream::take_output() {
-  std::string s(output_pending(), '\0');
-  s.resize(take_output(s.data(), s.size()));
+  std::string s;
+  s.swap(out_);
   return s;
 }
 
-std::string_view TlsStream::peek_output() const {
-  char* p = nullptr;
-  long n = BIO_get_mem_data(out_, &p);
-  return n > 0 ? std::string_view(p, static_cast<size_t>(n)) : std::string_view();
-}
+std::string_view TlsStream::peek_output() const { return out_; }
 
-void TlsStream::discard_output() { (void)BIO_reset(out_); }
+void TlsStream::discard_output() { std::string().swap(out_); }  // hold no memory
 
 TlsStream::Status TlsStream::fail(int ssl_err) {
   switch (ssl_err) {
@@ -190,6 +249,10 @@ TlsStream::Status TlsStream::write(const char* data, size_t len, size_t* written
     error_ = shutdown_sent_ ? "write after close_notify" : "write before the handshake finished";
     return Status::error;
   }
+  // Room for the records at once (a record adds at most 256 bytes to its
+  // 16 KiB of plaintext): no regrowth of out_ while they are made.
+  const size_t planned = std::min<size_t>(len, 256 * 1024);
+  out_.reserve(out_.size() + planned + (planned / kRecord + 1) * 256);
   while (*written < len && output_pending() < output_limit_) {
     size_t chunk = std::min(len - *written, kRecord);
     size_t done = 0;

@@ -1,6 +1,13 @@
-// A non-blocking TLS engine over two memory BIOs: the caller moves bytes
-// between it and a socket, so OpenSSL never touches a file descriptor and
-// nothing here ever blocks.
+// A non-blocking TLS engine over an in-memory transport: the caller moves
+// bytes between it and a socket, so OpenSSL never touches a file descriptor
+// and nothing here ever blocks.
+//
+// The transport is one BIO of lb's own (both directions) whose bytes live in
+// this object: ciphertext fed but not yet decrypted, and records not yet
+// taken. Each buffer is freed as soon as it is empty, so an idle connection
+// holds no transport buffer at all (OpenSSL's memory BIOs keep the capacity
+// of their largest flight, about 1 KiB per connection after a handshake,
+// and a BIO object more).
 //
 //   socket bytes  --feed()-->        [ SSL ] --read()-->   plaintext for the other leg
 //   socket writes <--take_output()-- [ SSL ] <--write()--  plaintext from the other leg
@@ -91,6 +98,9 @@ class TlsStream {
   std::string_view peek_output() const;
   void discard_output();
   void set_output_limit(size_t bytes) { output_limit_ = bytes; }
+  // Bytes the transport holds allocated for both directions (std::string's
+  // inline room included): an idle stream holds nothing beyond that.
+  size_t transport_capacity() const { return in_.capacity() + out_.capacity(); }
 
   // Facts about the session (after the handshake).
   std::string_view alpn() const;
@@ -105,9 +115,14 @@ class TlsStream {
   explicit TlsStream(SSL* ssl);
   Status fail(int ssl_err);
 
+  // The BIO's callbacks (tls_stream.cc).
+  friend struct TransportBio;
+
   SSL* ssl_;
-  BIO* in_;   // owned by ssl_
-  BIO* out_;  // owned by ssl_
+  // Ciphertext from the peer not yet read by OpenSSL: in_[in_off_..].
+  std::string in_;
+  size_t in_off_ = 0;
+  std::string out_;  // records for the peer, not yet taken
   size_t output_limit_ = kDefaultOutputLimit;
   bool handshake_done_ = false;
   bool shutdown_sent_ = false;

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <catch2/catch.hpp>
 
+#include <functional>
 #include <memory>
 #include <regex>
 #include <set>
@@ -183,6 +184,38 @@ TEST_CASE("passthrough: fragmented and bad hellos", "[tls][passthrough][hostile]
     // The worker is unaffected: the next client is served.
     CHECK(send_hello(port, hello_bytes("ok.example"), 4096, greeting.size()).data == greeting);
   }
+}
+
+// The client is read on after its hello while lb connects to the backend
+// (no pause in between): bytes that follow the hello at once, and the
+// client's FIN, reach the backend after it, in order, whenever they arrive.
+TEST_CASE("passthrough: bytes and a half-close right behind the hello reach the backend in order",
+          "[tls][passthrough]") {
+  TestBackend backend(TestBackend::read_until_eof_then_reply([](const std::string& got) {
+    return fmt::format("{}:{}", got.size(), std::hash<std::string>{}(got));
+  }));
+  REQUIRE(backend.ok());
+  LbProcess lb(passthrough_config({backend.address()}));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("tls");
+
+  for (size_t tail : {size_t{1}, size_t{300}, size_t{200000}}) {
+    INFO("bytes after the hello: " << tail);
+    const std::string hello = hello_bytes("a.example");
+    const std::string after = random_bytes(tail, static_cast<unsigned>(tail));
+    Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)));
+    REQUIRE(c);
+    int one = 1;
+    ::setsockopt(c.fd(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    // The hello alone first, then the rest and the FIN as soon as possible.
+    REQUIRE(write_all(c, hello, in(seconds(5))) == hello.size());
+    REQUIRE(write_all(c, after, in(seconds(10))) == after.size());
+    REQUIRE(shutdown_write(c));
+    const std::string all = hello + after;
+    ReadResult r = read_until_eof(c, in(seconds(10)));
+    CHECK(r.data == fmt::format("{}:{}", all.size(), std::hash<std::string>{}(all)));
+  }
+  CHECK(rejected_tls(lb.admin_port(), "tls") == 0.0);
 }
 
 TEST_CASE("passthrough: hash_key = \"sni\" places a name on one backend whoever asks", "[tls][passthrough]") {

@@ -75,7 +75,7 @@ TEST_CASE("terminate: the ClientHello observed in pieces gives the passthrough J
   lb::tls::ClientHello parsed;
   REQUIRE(lb::tls::parse(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &parsed).status ==
           lb::tls::Status::Complete);
-  whole.learn(parsed);
+  whole.learn(parsed, true);
 
   size_t at = 0;
   bool decided = false;
@@ -93,6 +93,19 @@ TEST_CASE("terminate: the ClientHello observed in pieces gives the passthrough J
   CHECK(pieces.observe("\x16\x03\x03", 3));
   CHECK(pieces.ja4 == whole.ja4);
 
+  SECTION("without a consumer for JA4 it is not computed; the rest is learnt") {
+    lb::tls::Passthrough lean;
+    lean.learn(parsed, false);
+    CHECK(lean.ja4.empty());
+    CHECK(lean.sni == "Shop.Example.com");
+    CHECK(lean.sni_key == "shop.example.com");
+    CHECK(lean.tls_version == whole.tls_version);
+    CHECK(lean.alpn == whole.alpn);
+    lb::tls::Passthrough skipped;
+    skipped.skip_observe();
+    CHECK(skipped.observe(bytes.data(), bytes.size()));
+    CHECK(skipped.ja4.empty());
+  }
   SECTION("not a hello: decided at once, nothing learnt") {
     lb::tls::Passthrough junk;
     CHECK(junk.observe("GET / HTTP/1.1\r\n", 16));

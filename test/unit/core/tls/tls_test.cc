@@ -232,6 +232,43 @@ TEST_CASE("TLS 1.3 and 1.2 handshakes, data both ways", "[tls]") {
   }
 }
 
+TEST_CASE("an idle stream holds no transport buffer; post-handshake messages still flow", "[tls]") {
+  Files f;
+  auto server = load_server(basic_settings(f));
+  auto client = trusting(f);
+  const size_t empty = 2 * std::string().capacity();  // inline room only, nothing allocated
+  Pair p(server->ctx(), client->ctx(), "site.example.com");
+  p.establish();
+  CHECK(p.server->transport_capacity() == empty);
+  CHECK(p.client->transport_capacity() == empty);
+  // A large write, taken only in part, then drained: nothing stays allocated.
+  std::string big(100000, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 7 + i / 251);
+  size_t written = 0;
+  p.server->set_output_limit(SIZE_MAX);  // as TlsRelay does: all at once
+  REQUIRE(p.server->write(big.data(), big.size(), &written) == Status::ok);
+  REQUIRE(written == big.size());
+  std::string records;
+  char chunk[1000];
+  records.append(chunk, p.server->take_output(chunk, sizeof chunk));
+  CHECK(p.server->output_pending() > 0);
+  records += p.server->take_output();
+  CHECK(p.server->transport_capacity() == empty);
+  // Fed in two parts, the first ending inside a record.
+  p.client->feed(records.data(), 5000);
+  std::string got = Pair::drain(*p.client);
+  p.client->feed(records.data() + 5000, records.size() - 5000);
+  got += Pair::drain(*p.client);
+  CHECK(got == big);
+  CHECK(p.client->input_pending() == 0);
+  CHECK(p.client->transport_capacity() == empty);
+  // TLS 1.3 KeyUpdate both ways (the peer answers with its own).
+  REQUIRE(SSL_key_update(p.client->ssl(), SSL_KEY_UPDATE_REQUESTED) == 1);
+  CHECK(p.send(*p.client, *p.server, "after the update") == "after the update");
+  CHECK(p.send(*p.server, *p.client, "and back") == "and back");
+  CHECK(p.send(*p.client, *p.server, "again") == "again");
+}
+
 TEST_CASE("SNI chooses the certificate by subjectAltName, the first is the default", "[tls]") {
   Files f;
   ServerSettings s;
