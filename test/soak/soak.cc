@@ -391,6 +391,7 @@ struct Network {
   // After the load: lb's connections all closed. A client's RST lost on the
   // link leaves lb's side open until it sends (and is reset) or idle_timeout.
   seconds drain_wait{20};
+  std::string health_timeout = "200ms";
   int health_fall = 1;
   // At most this fraction of the questions unanswered after every try.
   double max_unanswered = 0.01;
@@ -715,12 +716,12 @@ selector = "{}"
 [pool.health_check]
 type = "tcp"
 interval = "250ms"
-timeout = "200ms"
+timeout = "{}"
 rise = 1
 fall = {}
 )",
                      net.lb_host, selector, selector == "maglev" ? "hash_key = \"source_ip_port\"" : "",
-                     net.health_fall);
+                     net.health_timeout, net.health_fall);
   for (int i = 0; i < kBackends; ++i) {
     out += fmt::format("\n[[pool.backend]]\naddress = \"{}:{}\"\nid = \"b{}\"\nweight = {}\n",
                        net.backend_host, ports[i], i, weights[i]);
@@ -741,11 +742,11 @@ type = "udp"
 udp_send = "ping"
 udp_expect = "pong"
 interval = "250ms"
-timeout = "200ms"
+timeout = "{}"
 rise = 1
 fall = {}
 )",
-                     net.lb_host, net.health_fall);
+                     net.lb_host, net.health_timeout, net.health_fall);
   for (int i = 0; i < kBackends; ++i) {
     out += fmt::format("\n[[pool.backend]]\naddress = \"{}:{}\"\nid = \"u{}\"\nweight = {}\n",
                        net.backend_host, udp_ports[i], i, weights[i]);
@@ -905,9 +906,14 @@ int run_soak(const Settings& cfg) {
     net.greeting_wait = seconds(30);
     net.transfer_wait = seconds(180);
     net.drain_wait = seconds(45);  // idle_timeout (30 s) and then some
-    // A probe times out after 200 ms: one lost SYN or datagram fails it.
-    // Two in a row mark a backend down (a killed one still answers at once,
-    // with a reset or an ICMP error).
+    // A probe crosses the back link twice (40-60 ms), and more while the
+    // relay is behind on a busy machine: with 200 ms, every backend's
+    // probes timed out at once in a 10-minute run (load average 35) and lb
+    // rightly refused 6 connections for want of a backend. One lost SYN or
+    // datagram still fails a probe: two failures in a row mark a backend
+    // down (a killed one still fails at once, with a reset or an ICMP
+    // error; the next probe follows a result by `interval`).
+    net.health_timeout = "1s";
     net.health_fall = 2;
     // A killed backend stays in lb's rotation for those probes, and each of
     // a question's tries meanwhile also crosses four lossy links: about one
