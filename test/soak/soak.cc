@@ -54,11 +54,12 @@
 // What the impairment legitimately changes, and only that: clients wait
 // longer for a connect, a greeting and a transfer (lost SYNs cost seconds),
 // lb waits longer for connections to close after the load (a client's lost
-// RST leaves lb's side open until it next sends or idle_timeout), health
-// checks mark a backend down after two failed probes instead of one, and a
-// UDP question unanswered after every try with nothing down is not a
-// violation by itself: the tries lost with nothing down are compared, in
-// bulk, with the loss the relays counted. A reset, a refused connect, a
+// RST leaves lb's side open until it next sends or idle_timeout), clients
+// use TCP keepalive (a reset lb sends may be lost, see keep_alive()), health
+// probes time out after 1 s and mark a backend down after two failures
+// instead of one, and a UDP question unanswered after every try with
+// nothing down is not a violation by itself: the tries lost with nothing
+// down are compared, in bulk, with the loss the relays counted. A reset, a refused connect, a
 // wrong byte, a stall, descriptors or RSS that grow stay violations: loss,
 // delay, reordering and duplication do not cause them.
 //
