@@ -1277,7 +1277,8 @@ int run_soak(const Settings& cfg) {
     const auto front = impaired->front_link();
     const auto back = impaired->back_link();
     constexpr auto kTryFlight = milliseconds(300);  // four links of 20 +- 10 ms, and a busy machine
-    uint64_t tries = 0, lost = 0, reload_tries = 0, reload_lost = 0;
+    uint64_t tries = 0, lost = 0, reload_tries = 0, reload_lost = 0, after_upgrade_tries = 0,
+             after_upgrade_lost = 0;
     for (const auto& list : sh.udp_tries) {
       for (const Shared::Try& x : list) {
         if (sh.downs.overlaps(-1, x.sent, x.sent + kTryFlight) ||
@@ -1288,6 +1289,11 @@ int run_soak(const Settings& cfg) {
         if (sh.reloads.overlaps(-1, x.sent, x.sent + kTryFlight)) {
           ++reload_tries;
           if (!x.answered) ++reload_lost;
+        }
+        // In the 3 s after a hand-over (UDP sessions move after it).
+        if (sh.upgrades.overlaps(-1, x.sent - seconds(3), x.sent)) {
+          ++after_upgrade_tries;
+          if (!x.answered) ++after_upgrade_lost;
         }
       }
     }
@@ -1315,9 +1321,11 @@ int run_soak(const Settings& cfg) {
       netem_summary = fmt::format(
           "soak: netem: {}; {}. UDP tries sent while nothing was down {}, lost {} ({:.2f} %; the links lose "
           "{:.2f} % of a round trip, bound {:.2f} %); {} questions unanswered after {} tries with nothing "
-          "down (of them during a reload: {} tries, {} lost).\n",
+          "down (of them during a reload: {} tries, {} lost; in the 3 s after an upgrade: {} tries, {} "
+          "lost).\n",
           describe("front", *front), describe("back", *back), tries, lost, measured * 100, links * 100,
-          bound * 100, t.udp_unanswered_links.load(), kUdpTries, reload_tries, reload_lost);
+          bound * 100, t.udp_unanswered_links.load(), kUdpTries, reload_tries, reload_lost,
+          after_upgrade_tries, after_upgrade_lost);
     }
   }
 
