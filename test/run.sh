@@ -71,6 +71,17 @@ if [ -z "${LB_TEST_QUICK:-}" ]; then
 fi
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
+  # The soak over the same impaired links (`soak --netem`: clients, lb and
+  # backends in namespaces of their own, lb-netem between them) with every
+  # soak fault: backend kills, reloads, upgrades, misbehaving clients, UDP
+  # (needs root; 2 minutes and about 20 s around them, 20 TCP clients).
+  echo "== test soak --netem"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo env LB_SOAK_CLIENTS=20 "$root/build/test/soak/soak" --netem --minutes 2 || failed=1
+fi
+
+if [ -z "${LB_TEST_QUICK:-}" ]; then
   # lb at scale, CI size (test/scale/run.sh without --ci: 9,500 connections,
   # a 20,000-connect storm): 2,000 concurrent connections and a reload with
   # them open, a 4,000-connect storm, 100 reloads under load (about 20 s).

@@ -9,6 +9,8 @@
  * vanishes without a reset).
  *
  *   lb-netem --pair NS_A:TAP_A,NS_B:TAP_B [--pair ...]
+ *            (NS: a name from `ip netns add`, or a path such as
+ *            /proc/PID/fd/N when it starts with '/')
  *            [--loss PCT] [--delay MS] [--jitter MS] [--reorder PCT]
  *            [--duplicate PCT] [--seed N] [--queue FRAMES]
  *            [--control FILE] [--max-seconds S]
@@ -117,12 +119,16 @@ static double uniform(void) {
 static int chance(double pct) { return pct > 0 && uniform() * 100.0 < pct; }
 
 /* Creates TAP device `name` inside network namespace `ns` (ip netns's
- * /run/netns/NS); the descriptor stays ours after we go back. */
+ * /run/netns/NS, or a path to the namespace when NS starts with '/'); the
+ * descriptor stays ours after we go back. */
 static int open_tap(const char* ns, const char* name) {
   int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   if (self < 0) die("/proc/self/ns/net");
   char path[256];
-  snprintf(path, sizeof path, "/run/netns/%s", ns);
+  /* A path (e.g. /proc/PID/fd/N of a namespace held by a descriptor, one
+   * without a name), or a name made by `ip netns add`. */
+  if (ns[0] == '/') snprintf(path, sizeof path, "%s", ns);
+  else snprintf(path, sizeof path, "/run/netns/%s", ns);
   int target = open(path, O_RDONLY | O_CLOEXEC);
   if (target < 0) die(path);
   if (setns(target, CLONE_NEWNET) != 0) die("setns");

@@ -61,22 +61,28 @@ bool NetNamespace::write_resolv_conf(const std::string& text) {
 
 std::vector<std::string> NetNamespace::exec_prefix() const { return {ip_, "netns", "exec", name_}; }
 
-bool NetNamespace::enter() const {
-  int fd = ::open(("/run/netns/" + name_).c_str(), O_RDONLY | O_CLOEXEC);
+bool enter_netns(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   bool ok = ::setns(fd, CLONE_NEWNET) == 0;
   ::close(fd);
   return ok;
 }
 
-bool NetNamespace::run_in(const std::function<void()>& fn) const {
+bool run_in_netns(const std::string& path, const std::function<void()>& fn) {
   bool entered = false;
   std::thread t([&] {
-    entered = enter();
+    entered = enter_netns(path);
     if (entered) fn();
   });
   t.join();
   return entered;
+}
+
+bool NetNamespace::enter() const { return enter_netns("/run/netns/" + name_); }
+
+bool NetNamespace::run_in(const std::function<void()>& fn) const {
+  return run_in_netns("/run/netns/" + name_, fn);
 }
 
 }  // namespace lb::test

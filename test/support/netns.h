@@ -17,6 +17,13 @@
 
 namespace lb::test {
 
+// Moves the calling thread into the network namespace at `path`
+// (/run/netns/NAME, /proc/PID/fd/N, ...).
+bool enter_netns(const std::string& path);
+// Runs fn on a new thread inside that namespace and waits for it; false when
+// the thread could not enter it (fn then does not run).
+bool run_in_netns(const std::string& path, const std::function<void()>& fn);
+
 class NetNamespace {
  public:
   // Creates the namespace (unique name per process) with `lo` up.
