@@ -16,7 +16,9 @@ void TcpSession::enter_hello() {
   state_ = State::Hello;
   hello_ = std::make_unique<tls::Passthrough>();
   hello_->buf.reset(new uint8_t[tls::kMaxClientHello]);
-  worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count()));
+  const auto limit = static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count());
+  wait_deadline_ms_ = uv_now(worker_.loop()) + limit;
+  worker_.timeouts().arm(&timeout_, limit);
   // accept_proxy_protocol: the client's bytes after its PROXY header are
   // the start of the hello (fewer than proxy::kMaxHeader of them).
   if (!early_.empty()) {
