@@ -57,11 +57,13 @@ Refusal Admission::admit(SharedState& shared, const ListenerRuntime& listener, c
   return admit_client(shared, listener, client);
 }
 
-void Admission::readmit(SharedState& shared, const ListenerRuntime& listener, const sockaddr* client) {
+void Admission::readmit(SharedState& shared, const ListenerRuntime& listener, const sockaddr* client,
+                        bool admitted) {
   shared.active_connections.fetch_add(1, std::memory_order_relaxed);
   listener.stats->try_open(0);
   place_ = true;
-  if (listener.cfg.max_connections_per_source) source_ = listener.stats->sources.try_acquire(client, 0);
+  if (admitted && listener.cfg.max_connections_per_source)
+    source_ = listener.stats->sources.try_acquire(client, 0);
 }
 
 void Admission::release(SharedState& shared, ListenerStats& stats, const sockaddr* client) {

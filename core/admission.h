@@ -46,8 +46,10 @@ class Admission {
   // Steps 1, 3 and 4: a new client that sends no header (UDP).
   Refusal admit(SharedState& shared, const ListenerRuntime& listener, const sockaddr* client);
   // A connection admitted elsewhere comes back (a frozen session resumed):
-  // counted as by steps 1 and 4, never refused.
-  void readmit(SharedState& shared, const ListenerRuntime& listener, const sockaddr* client);
+  // counted as by steps 1 and 4, never refused. `admitted` false: it had
+  // taken step 1 only (its PROXY header is still to come), so only step 1.
+  void readmit(SharedState& shared, const ListenerRuntime& listener, const sockaddr* client,
+               bool admitted = true);
   // Gives back everything counted; `client` as given to the steps. Idempotent.
   void release(SharedState& shared, ListenerStats& stats, const sockaddr* client);
 

@@ -1,11 +1,18 @@
 // TcpSession, freezing (Relaying | HalfClosed -> Frozen) and resuming from a
-// FrozenSession (-> Relaying | HalfClosed, on the copy path).
+// FrozenSession (-> Relaying | HalfClosed, on the copy path); and the same
+// for a session that is not relaying yet (Header | Hello | Connecting ->
+// Frozen -> Header | Hello | Routing).
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
+#include <utility>
 
+#include "core/proxy_protocol.h"
 #include "core/tcp_session.h"
 
 namespace lb::core {
@@ -45,18 +52,22 @@ void discard(FrozenSession& f) {
 }
 
 bool FrozenSession::operator==(const FrozenSession& o) const {
-  return client_fd == o.client_fd && backend_fd == o.backend_fd && path == o.path &&
-         to_backend == o.to_backend && to_client == o.to_client && listener == o.listener && pool == o.pool &&
-         backend == o.backend && std::memcmp(&client, &o.client, sizeof client) == 0 &&
+  return stage == o.stage && deadline_ms == o.deadline_ms && client_fd == o.client_fd &&
+         backend_fd == o.backend_fd && path == o.path && to_backend == o.to_backend &&
+         to_client == o.to_client && listener == o.listener && pool == o.pool && backend == o.backend &&
+         std::memcmp(&client, &o.client, sizeof client) == 0 &&
          std::memcmp(&local, &o.local, sizeof local) == 0 && flow_hash == o.flow_hash &&
          started_ms == o.started_ms && bytes_to_backend == o.bytes_to_backend &&
          bytes_to_client == o.bytes_to_client;
 }
 
-bool TcpSession::freeze(FrozenSession* out) {
+bool TcpSession::freeze(FrozenSession* out, bool connecting) {
   // OpenSSL's state cannot move: a terminated or re-encrypted session ends
   // where it is.
-  if (!relaying() || tls_ || up_tls_) return false;
+  if (tls_ || up_tls_) return false;
+  if (state_ == State::Header || state_ == State::Hello || (connecting && state_ == State::Connecting))
+    return freeze_waiting(out);
+  if (!relaying()) return false;
   FrozenSession f;
   if (path_ == Path::Copy) {
     // The handles keep their fds until they close: take duplicates. What
@@ -100,6 +111,58 @@ bool TcpSession::freeze(FrozenSession* out) {
   return true;
 }
 
+bool TcpSession::connect_unanswered() const {
+  uv_os_fd_t fd;
+  if (!upstream_ || uv_fileno(reinterpret_cast<const uv_handle_t*>(upstream_.get()), &fd) != 0) return false;
+  tcp_info ti{};
+  socklen_t len = sizeof ti;
+  return ::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_state == TCP_SYN_SENT;
+}
+
+// A session waiting for its client (Header, Hello) or its backend
+// (Connecting): only the client's socket moves, with what lb has read from
+// it and not passed on.
+bool TcpSession::freeze_waiting(FrozenSession* out) {
+  // A connect the kernel has completed but libuv has not reported yet:
+  // the session relays in a moment, and moves then. One whose SYN is
+  // unanswered is given up: closing a socket in SYN_SENT sends nothing, so
+  // the backend never accepts it (an answer that arrives later gets a reset
+  // from the kernel), and nothing was sent on it. The resuming side
+  // connects anew.
+  if (state_ == State::Connecting && !connect_unanswered()) return false;
+  FrozenSession f;
+  f.client_fd = dup_cloexec(client_.get());
+  if (f.client_fd < 0) return false;
+  switch (state_) {
+    case State::Header:
+      f.stage = FrozenSession::Stage::Header;
+      f.to_backend.pending.assign(reinterpret_cast<const char*>(header_.data), header_.len);
+      f.deadline_ms = wait_deadline_ms_;
+      break;
+    case State::Hello:
+      f.stage = FrozenSession::Stage::Hello;
+      f.to_backend.pending = early_;  // the hello so far
+      f.deadline_ms = wait_deadline_ms_;
+      break;
+    default:
+      f.stage = FrozenSession::Stage::Connecting;
+      f.pool = *pool_;
+      f.to_backend.pending = early_;
+      break;
+  }
+  enter_frozen();
+  release_backend();
+  close_handle(client_, false);
+  close_handle(upstream_, false);  // Connecting: the attempt is given up (above)
+  f.listener = listener_->cfg.name;
+  f.client = client_addr_.storage();
+  if (have_local_) f.local = local_addr_.storage();
+  f.flow_hash = flow_hash_;
+  f.started_ms = started_ms_;
+  *out = std::move(f);
+  return true;
+}
+
 bool TcpSession::settling() const {
   if (tls_) return false;
   switch (state_) {
@@ -127,7 +190,93 @@ void TcpSession::enter_frozen() {
 
 void TcpSession::resume(Worker& worker, ListenerRuntimePtr listener, BackendPtr backend, FrozenSession&& f) {
   auto* s = new TcpSession(worker, std::move(listener), nullptr);
-  s->restore(std::move(backend), f);
+  if (f.stage == FrozenSession::Stage::Relaying)
+    s->restore(std::move(backend), f);
+  else
+    s->restore_waiting(f);
+}
+
+// Goes on where the frozen session stopped: the header or hello parsed
+// again with the bytes read so far (then read on, until the same deadline),
+// or a backend chosen and connected to (a new attempt, with the whole
+// connect_timeout and every retry).
+void TcpSession::restore_waiting(FrozenSession& f) {
+  const int client_fd = std::exchange(f.client_fd, -1);
+  client_addr_ = InetAddress(f.client);
+  if (f.local.ss_family != AF_UNSPEC) {
+    local_addr_ = InetAddress(f.local);
+    have_local_ = true;
+  }
+  // Before its PROXY header the client address is not final: only the
+  // listener's and the global place are taken (step 1), the rest follows
+  // the header as for any connection.
+  admission_.readmit(worker_.shared(), *listener_, client_addr_.get(),
+                     f.stage != FrozenSession::Stage::Header);
+  flow_hash_ = f.flow_hash;
+  started_ms_ = f.started_ms;
+  client_ = make_uv<uv_tcp_t>(worker_.loop(), this, nullptr, uv_tcp_init);
+  ++refs_;
+  if (uv_tcp_open(client_.get(), client_fd) != 0) {
+    linger l{1, 0};
+    ::setsockopt(client_fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    ::close(client_fd);
+    finish(Result::Reset, true);
+    return;
+  }
+  const std::string& got = f.to_backend.pending;
+  const uint64_t now = uv_now(worker_.loop());
+  const uint64_t left = f.deadline_ms > now ? f.deadline_ms - now : 0;
+  wait_deadline_ms_ = f.deadline_ms;
+  switch (f.stage) {
+    case FrozenSession::Stage::Header:
+      if (got.size() >= proxy::kMaxHeader) return refuse_header("oversized");
+      state_ = State::Header;
+      header_.data = new uint8_t[proxy::kMaxHeader];
+      header_.len = got.copy(reinterpret_cast<char*>(header_.data), got.size());
+      worker_.timeouts().arm(&timeout_, left);
+      on_header_bytes(0);
+      break;
+    case FrozenSession::Stage::Hello:
+      if (got.size() >= tls::kMaxClientHello) return refuse_tls("too large");
+      state_ = State::Hello;
+      pool_ = &listener_->cfg.pool;
+      hello_ = std::make_unique<tls::Passthrough>();
+      early_ = got;
+      worker_.timeouts().arm(&timeout_, left);
+      if (!early_.empty()) on_hello_bytes(0, nullptr);
+      // Read on, as enter_hello() does: the rest of the hello, then what
+      // the client sends while its backend connects.
+      if (state_ == State::Hello) {
+        if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0) {
+          refuse_tls("read");
+          return;
+        }
+        early_reading_ = true;
+      }
+      return;
+    default:
+      // Routed as the old program routed it: the listener's pool, or on a
+      // passthrough listener the one its hello's server name routes to (the
+      // hello is all of `got`, learnt again for the access log and the
+      // PROXY header).
+      state_ = State::Routing;
+      pool_ = &listener_->cfg.pool;
+      early_ = got;
+      if (listener_->cfg.tls == conf::TlsMode::Passthrough) {
+        hello_ = std::make_unique<tls::Passthrough>();
+        tls::ClientHello hello;
+        if (tls::parse(reinterpret_cast<const uint8_t*>(early_.data()), early_.size(), &hello).status ==
+            tls::Status::Complete) {
+          hello_->learn(hello, access_logged());
+          pool_ = tls::route_pool(listener_->cfg, hello_->sni_key);
+        }
+      }
+      choose_backend();
+      return;
+  }
+  if (state_ == State::Header &&
+      uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0)
+    finish(Result::Reset, false);
 }
 
 void TcpSession::restore(BackendPtr backend, FrozenSession& f) {

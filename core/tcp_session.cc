@@ -2,6 +2,7 @@
 // The relay itself: tcp_copy.cc, tcp_splice.cc; freezing: tcp_freeze.cc.
 #include "core/tcp_session.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "core/access_log.h"
@@ -12,6 +13,15 @@
 #include "core/tls/proxy_tlv.h"
 
 namespace lb::core {
+
+uint64_t TcpSession::proxy_header_timeout_ms() {
+  static const uint64_t ms = [] {
+    const char* v = std::getenv("LB_PROXY_HEADER_TIMEOUT_MS");
+    const long long n = v ? std::atoll(v) : 0;
+    return n > 0 ? static_cast<uint64_t>(n) : kProxyHeaderTimeoutMs;
+  }();
+  return ms;
+}
 
 void TcpSession::start(Worker& worker, ListenerRuntimePtr listener, UvPtr<uv_tcp_t> client,
                        Admission admission) {
@@ -70,7 +80,8 @@ void TcpSession::enter_header() {
   }
   state_ = State::Header;
   header_.data = new uint8_t[proxy::kMaxHeader];
-  worker_.timeouts().arm(&timeout_, kProxyHeaderTimeoutMs);
+  wait_deadline_ms_ = uv_now(worker_.loop()) + proxy_header_timeout_ms();
+  worker_.timeouts().arm(&timeout_, proxy_header_timeout_ms());
   if (uv_read_start(reinterpret_cast<uv_stream_t*>(client_.get()), on_alloc, on_read_cb) != 0)
     finish(Result::Reset, false);
 }

@@ -8,7 +8,7 @@
 //       |           |          |  ^          |  |          |             |
 //       |           |          |  +----------+  |          |             |
 //       +-----------+----------+----------------+----------+-------------+--> Closing
-//                                                Relaying, HalfClosed ------> Frozen
+//                        Header, Hello, Connecting, Relaying, HalfClosed --> Frozen
 //
 //  Accepting   the worker accepted and counted it (global and listener
 //              max_connections: core/admission.h, step 1); the peer address
@@ -63,7 +63,10 @@
 // Freezing (upgrade in place): a session in Relaying or HalfClosed, on either
 // path, can be frozen into a FrozenSession (core/frozen_session.h) and
 // resumed from it on another worker or in another process; see freeze() and
-// resume().
+// resume(). So can one still reading its PROXY header or ClientHello (the
+// bytes read so far go with it, and parsing goes on where it stopped), and
+// one still connecting to its backend (the connect is aborted while its SYN
+// is unanswered, and the resuming side connects anew).
 //
 // Lifetime: owned by its worker (in the worker's intrusive session list) and
 // destroyed in the close callback of the last of its handles, so no libuv
@@ -100,17 +103,20 @@ class TcpSession {
   // worker has already counted (`admission`, step 1 done).
   static void start(Worker& worker, ListenerRuntimePtr listener, UvPtr<uv_tcp_t> client, Admission admission);
 
-  // Takes a relaying session out of this worker: fills `out` (which then owns
-  // both sockets, see FrozenSession) and closes the session's handles; the
+  // Takes a session out of this worker: fills `out` (which then owns its
+  // sockets, see FrozenSession) and closes the session's handles; the
   // session ends without an access-log line, the record carries it on.
   // False, with nothing changed, unless the session is Relaying or
-  // HalfClosed and not between the copy and splice paths.
-  bool freeze(FrozenSession* out);
+  // HalfClosed and not between the copy and splice paths, or in Header or
+  // Hello, or (when `connecting`) in Connecting with its SYN unanswered. A
+  // TLS-terminated or re-encrypted session is never frozen.
+  bool freeze(FrozenSession* out, bool connecting = false);
   // Continues a frozen session on `worker` (call on its thread). `listener`
   // and `backend` are what the record names (the caller looks them up). The
   // connection counts again against the global, listener and per-source
   // limits, without being refused by them: it was admitted already. Takes
   // the record's fds whatever happens; on failure both are reset.
+  // `backend` is null for a record that is not Relaying (it has none yet).
   static void resume(Worker& worker, ListenerRuntimePtr listener, BackendPtr backend, FrozenSession&& f);
   // Not frozen now, but may be once it settles: before Relaying (Accepting,
   // Header, Routing, Hello, Connecting) or between the copy and splice
@@ -136,6 +142,10 @@ class TcpSession {
   // whole PROXY header (HAProxy's default "timeout client" is much longer,
   // but the header comes from another balancer right after the handshake).
   static constexpr uint64_t kProxyHeaderTimeoutMs = 3000;
+  // kProxyHeaderTimeoutMs, unless LB_PROXY_HEADER_TIMEOUT_MS says otherwise
+  // (read once): for tests whose half-sent header must outlast something
+  // slow, such as an upgrade on a loaded machine.
+  static uint64_t proxy_header_timeout_ms();
   static constexpr unsigned kMaxAttempts = 11;  // retries <= 10 (conf validation)
   // Bytes relayed on the copy path before a session moves to splice(2).
   static constexpr uint64_t kSpliceAfterBytes = 64 * 1024;
@@ -308,6 +318,11 @@ class TcpSession {
 
   // --- freeze and resume (tcp_freeze.cc) ---
   void restore(BackendPtr backend, FrozenSession& f);
+  // Header, Hello, Connecting (client_ only; the Frozen record's stage).
+  bool freeze_waiting(FrozenSession* out);
+  void restore_waiting(FrozenSession& f);
+  // Connecting: the kernel has not completed the connect (TCP_SYN_SENT).
+  bool connect_unanswered() const;
 
   // --- libuv callbacks: dispatch only ---
   static void on_alloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf);
@@ -356,6 +371,10 @@ class TcpSession {
   Way down_;      // backend -> client
   uint64_t flow_hash_ = 0;
   uint64_t started_ms_ = 0;
+  // Header, Hello: when the wait for the client's header or hello ends
+  // (uv_now() ms); a frozen record carries it, so an upgrade does not
+  // extend the wait.
+  uint64_t wait_deadline_ms_ = 0;
   uint64_t bytes_to_backend_ = 0;
   uint64_t bytes_to_client_ = 0;
   InetAddress client_addr_;  // the client: the peer, or the PROXY header's source

@@ -25,7 +25,9 @@ bool TcpSession::access_logged() const {
 void TcpSession::enter_hello() {
   state_ = State::Hello;
   hello_ = std::make_unique<tls::Passthrough>();
-  worker_.timeouts().arm(&timeout_, static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count()));
+  const auto limit = static_cast<uint64_t>(listener_->cfg.tls_handshake_timeout.count());
+  wait_deadline_ms_ = uv_now(worker_.loop()) + limit;
+  worker_.timeouts().arm(&timeout_, limit);
   // accept_proxy_protocol: the client's bytes after its PROXY header (fewer
   // than proxy::kMaxHeader of them, already in early_) are the start of the
   // hello.

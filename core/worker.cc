@@ -137,14 +137,14 @@ int Worker::run_until_stopped() {
   return rc;
 }
 
-FreezeResult Worker::freeze_sessions(bool tcp) {
+FreezeResult Worker::freeze_sessions(bool tcp, bool connecting) {
   FreezeResult out;
   for (UdpListener* u : udp_all_) u->export_sessions(&out.udp);
   if (!tcp) return out;
   // A frozen session leaves the list only when its handles have closed.
   for (TcpSession* s = sessions_; s; s = s->next) {
     FrozenSession f;
-    if (s->freeze(&f))
+    if (s->freeze(&f, connecting))
       out.frozen.push_back(std::move(f));
     else if (s->settling())
       ++out.settling;
@@ -194,7 +194,7 @@ void Worker::drain_inbox() {
         abort_all();
         return;
       case WorkerMessage::Kind::Freeze:
-        m.on_frozen(freeze_sessions(m.tcp));
+        m.on_frozen(freeze_sessions(m.tcp, m.connecting));
         break;
       case WorkerMessage::Kind::Resume:
         for (ResumeItem& r : m.resume)

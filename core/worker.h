@@ -93,8 +93,8 @@ struct WorkerBind {
 // What one Freeze message took out of a worker (upgrade in place).
 struct FreezeResult {
   std::vector<FrozenSession> frozen;
-  // Sessions that could not be frozen yet but may soon (connecting, reading
-  // a PROXY header or a ClientHello, between the copy and splice paths).
+  // Sessions that could not be frozen yet but may soon (connecting, when
+  // not asked to freeze those, or between the copy and splice paths).
   // TLS-terminated ones never can and are not counted.
   int64_t settling = 0;
   // Every live UDP session of the worker's listeners (upstream_fd unset:
@@ -105,7 +105,7 @@ struct FreezeResult {
 // A frozen session to continue on a worker, with what its record names.
 struct ResumeItem {
   ListenerRuntimePtr listener;
-  BackendPtr backend;
+  BackendPtr backend;  // null unless the record is Relaying
   FrozenSession session;
 };
 
@@ -114,7 +114,7 @@ struct WorkerMessage {
     Listeners,  // replace the listener set (binds not listed are closed)
     Drain,      // stop accepting; sessions continue
     Abort,      // close every session and handle; the loop ends
-    Freeze,     // freeze_sessions(tcp), then on_frozen(result) on the worker's thread
+    Freeze,     // freeze_sessions(tcp, connecting), then on_frozen(result) on the worker's thread
     Resume,     // continue every session of `resume` on this worker
   };
   Kind kind;
@@ -123,6 +123,7 @@ struct WorkerMessage {
   // Freeze: called once with what was frozen; must be thread-safe.
   std::function<void(FreezeResult)> on_frozen;
   bool tcp = true;                 // Freeze: TCP sessions too (false: only list the UDP ones)
+  bool connecting = false;         // Freeze: sessions still connecting to their backend too
   std::vector<ResumeItem> resume;  // Resume
 };
 
@@ -141,8 +142,9 @@ class Worker {
   int run_until_stopped();
   // Takes every session that can be frozen out of this worker (see
   // TcpSession::freeze); the others carry on. On this worker's thread.
-  // With tcp = false, only lists the UDP sessions (nothing changes).
-  FreezeResult freeze_sessions(bool tcp = true);
+  // With tcp = false, only lists the UDP sessions (nothing changes); with
+  // connecting, sessions connecting to their backend are frozen too.
+  FreezeResult freeze_sessions(bool tcp = true, bool connecting = false);
   void join();  // after an Abort message
   // After join(): true when the loop still had open handles at its end (a
   // leak; the worker has logged it). lb then exits non-zero.

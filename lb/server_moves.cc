@@ -5,12 +5,17 @@
 //
 // Old side: every worker is asked to freeze (WorkerMessage::Freeze); each
 // answers once per round on its own thread, into Move under its mutex, and
-// wakes the main loop (Move::async). Sessions still settling (connecting,
-// reading a PROXY header or a ClientHello) are asked again every
-// kSettleRetryMs for up to kSettleMs; what is still settling then finishes
-// here. Then "DONE", and the usual drain ends the process once nothing is
-// left. Should the new program be gone when a batch is sent, the batch's
-// sessions are resumed here instead (nothing is lost to a dead successor).
+// wakes the main loop (Move::async). Sessions waiting for their client (a
+// PROXY header or a ClientHello) move at once, in that state. Sessions
+// still connecting to their backend are given kSettleMs to get there
+// (asked again every kSettleRetryMs; a connect on the same network takes
+// far less); then those still connecting move as not connected yet (the
+// new program connects anew, see TcpSession::freeze). Rounds go on for up
+// to kSettleMs more for what is between two states (a connect completed
+// but not reported yet, a relay between the copy and splice paths); only
+// what is still settling then finishes here. Then "DONE", and the usual
+// drain ends the process once nothing is left. Should the new program be gone when a batch is sent, the
+// batch's sessions are resumed here instead (nothing is lost to a dead successor).
 //
 // New side: the channel is watched by the main loop after SERVING; each
 // batch is decoded and its sessions are spread over the workers
@@ -32,6 +37,9 @@ namespace {
 
 constexpr std::chrono::milliseconds kMoveIoTimeout{10000};
 constexpr uint64_t kSettleMs = 1000;
+// After kSettleMs, rounds that move connecting sessions too, for at most
+// this long (only a session between two states needs another one).
+constexpr uint64_t kMoveConnectingMs = 1000;
 constexpr uint64_t kSettleRetryMs = 20;
 // Sessions per SESSIONS batch: two descriptors each, and the receiver holds
 // a batch's descriptors at once.
@@ -60,6 +68,7 @@ void Server::freeze_round() {
   }
   for (auto& w : workers_) {
     core::WorkerMessage msg{core::WorkerMessage::Kind::Freeze, {}, {}};
+    msg.connecting = uv_now(&loop_) - m->started_ms >= kSettleMs;
     msg.on_frozen = [m](core::FreezeResult r) {
       std::lock_guard lk(m->mu);
       for (auto& f : r.frozen) m->frozen.push_back(std::move(f));
@@ -89,7 +98,7 @@ void Server::frozen_arrived() {
   if (move_->udp_sent) udp.clear();
   move_->udp_sent = true;
   send_frozen(batch, udp);
-  if (settling > 0 && uv_now(&loop_) - move_->started_ms < kSettleMs) {
+  if (settling > 0 && uv_now(&loop_) - move_->started_ms < kSettleMs + kMoveConnectingMs) {
     uv_timer_start(
         move_->retry.get(), [](uv_timer_t* t) { static_cast<Server*>(t->data)->freeze_round(); },
         kSettleRetryMs, 0);
@@ -113,8 +122,10 @@ void Server::send_frozen(std::vector<core::FrozenSession>& sessions,
       core::FrozenSession rec = sessions[i];  // a copy whose fds become indexes
       rec.client_fd = static_cast<int>(fds.size());
       fds.push_back(sessions[i].client_fd);
-      rec.backend_fd = static_cast<int>(fds.size());
-      fds.push_back(sessions[i].backend_fd);
+      if (sessions[i].backend_fd >= 0) {  // none before the session relays
+        rec.backend_fd = static_cast<int>(fds.size());
+        fds.push_back(sessions[i].backend_fd);
+      }
       st.tcp_sessions.push_back(std::move(rec));
     }
     std::string err;
@@ -128,7 +139,7 @@ void Server::send_frozen(std::vector<core::FrozenSession>& sessions,
       if (reply && *reply == took) {
         for (size_t i = first; i < last; ++i) {
           ::close(sessions[i].client_fd);
-          ::close(sessions[i].backend_fd);
+          if (sessions[i].backend_fd >= 0) ::close(sessions[i].backend_fd);
         }
         move_->moved += last - first;
         continue;
@@ -162,13 +173,18 @@ void Server::resume_here(std::vector<core::FrozenSession> sessions) {
     core::ListenerRuntimePtr rt;
     for (const auto& l : listeners_)
       if (l->cfg.name == f.listener && l->cfg.protocol == conf::Protocol::Tcp) rt = l;
-    auto b = backends.find({f.pool, f.backend});
-    if (!rt || b == backends.end()) {
+    // A session that is not relaying yet has no backend (it picks one here).
+    core::BackendPtr backend;
+    if (f.stage == core::FrozenSession::Stage::Relaying) {
+      auto b = backends.find({f.pool, f.backend});
+      if (b != backends.end()) backend = b->second;
+    }
+    if (!rt || (f.stage == core::FrozenSession::Stage::Relaying && !backend)) {
       ++dropped;
       core::discard(f);
       continue;
     }
-    per_worker[next_resume_worker_++ % workers_.size()].push_back({rt, b->second, std::move(f)});
+    per_worker[next_resume_worker_++ % workers_.size()].push_back({rt, std::move(backend), std::move(f)});
   }
   if (dropped) log::warn("connections without their listener or backend here, reset count={}", dropped);
   for (size_t i = 0; i < workers_.size(); ++i) {
@@ -219,7 +235,7 @@ void Server::moves_arrived() {
   for (auto& f : st->tcp_sessions) {
     // Indexes to descriptors; each is used by one record only.
     f.client_fd = std::exchange(rec->fds[static_cast<size_t>(f.client_fd)], -1);
-    f.backend_fd = std::exchange(rec->fds[static_cast<size_t>(f.backend_fd)], -1);
+    if (f.backend_fd >= 0) f.backend_fd = std::exchange(rec->fds[static_cast<size_t>(f.backend_fd)], -1);
   }
   for (int fd : rec->fds)
     if (fd >= 0) ::close(fd);

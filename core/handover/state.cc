@@ -54,9 +54,10 @@ class Writer {
   void operator()(const std::vector<uint8_t>& b) { raw(b.data(), b.size()); }
   void operator()(const sockaddr_storage& a) { raw(&a, sizeof a); }
   void operator()(const FrozenSession::Path& p) { u8(static_cast<uint8_t>(p)); }
+  void operator()(const FrozenSession::Stage& s) { u8(static_cast<uint8_t>(s)); }
   // Descriptor indexes: one, an optional one (kNoFd when absent), a list.
   void fd(const uint32_t& i, const char*) { u32(i); }
-  void fd(const int& i, const char*) { u32(static_cast<uint32_t>(i)); }
+  void fd(const int& i, const char*) { u32(i < 0 ? kNoFd : static_cast<uint32_t>(i)); }
   void fd(const std::optional<uint32_t>& i, const char*) { u32(i ? *i : kNoFd); }
   void fds(const std::vector<uint32_t>& list, const char* what) {
     u32(static_cast<uint32_t>(list.size()));
@@ -123,14 +124,21 @@ class Reader {
     if (v > 1) ok_ = false;
     p = static_cast<FrozenSession::Path>(v);
   }
+  void operator()(FrozenSession::Stage& s) {
+    uint8_t v = u8();
+    if (v > static_cast<uint8_t>(FrozenSession::Stage::Connecting)) ok_ = false;
+    s = static_cast<FrozenSession::Stage>(v);
+  }
   void fd(uint32_t& i, const char* what) {
     i = u32();
     if (ok_ && i >= fd_count_) refuse(std::string(what) + ": descriptor index out of range");
   }
+  // A TCP session's: from version 3 on, kNoFd is "none" (-1).
   void fd(int& i, const char* what) {
-    uint32_t v = 0;
-    fd(v, what);
-    i = static_cast<int>(v);
+    const uint32_t v = u32();
+    const bool none = version >= 3 && v == kNoFd;
+    i = none ? -1 : static_cast<int>(v);
+    if (ok_ && !none && v >= fd_count_) refuse(std::string(what) + ": descriptor index out of range");
   }
   void fd(std::optional<uint32_t>& i, const char* what) {
     uint32_t v = u32();
@@ -244,6 +252,7 @@ void tcp_fields(Io& io, S& t) {
   io.fd(t.backend_fd, "TCP session");
   for (auto* w : {&t.to_backend, &t.to_client}) each(io, w->pending, w->eof, w->shutdown_done);
   each(io, t.client, t.local, t.flow_hash, t.started_ms, t.bytes_to_backend, t.bytes_to_client);
+  if (io.version >= 3) each(io, t.stage, t.deadline_ms);
 }
 
 template <class T, class F>
@@ -342,6 +351,11 @@ std::optional<HandoverState> decode(const std::vector<uint8_t>& bytes, uint32_t 
       case kTcpSession:
         if (version < 2) return fail("unknown section " + std::to_string(tag) + " in version 1");
         take(b, s.tcp_sessions, [](auto& io, auto& x) { tcp_fields(io, x); });
+        // A relaying session has both sockets; one that is not yet has no
+        // backend socket.
+        if (b.ok() && (s.tcp_sessions.back().stage == FrozenSession::Stage::Relaying) !=
+                          (s.tcp_sessions.back().backend_fd >= 0))
+          return fail("TCP session: backend descriptor does not match its stage");
         break;
       default:
         // Every section of a version this build reads is known: an unknown

@@ -28,7 +28,7 @@
 namespace lb::core::handover {
 
 inline constexpr char kHandoverMagic[8] = {'L', 'B', 'H', 'A', 'N', 'D', 'O', 'V'};
-inline constexpr uint32_t kHandoverVersion = 2;     // what this build writes
+inline constexpr uint32_t kHandoverVersion = 3;     // what this build writes
 inline constexpr uint32_t kHandoverMinVersion = 1;  // the oldest it reads
 
 // One bind of a listener: its sockets, one per worker (SO_REUSEPORT group
@@ -106,7 +106,9 @@ struct HandoverState {
   std::vector<ListenerCounters> listener_counters;
   std::vector<BackendState> backends;
   std::vector<UdpSession> udp_sessions;
-  // Established TCP connections (version 2 on). Here client_fd and
+  // Established TCP connections (version 2 on), and from version 3 on
+  // those still reading a PROXY header or ClientHello or connecting
+  // (FrozenSession::stage; backend_fd -1 for those). Here client_fd and
   // backend_fd are indexes into the descriptor array, not descriptors.
   std::vector<FrozenSession> tcp_sessions;
   bool operator==(const HandoverState&) const = default;

@@ -14,8 +14,10 @@
 #include <fmt/format.h>
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <memory>
 #include <regex>
 #include <string>
+#include <vector>
 
 #include "test/support/backend_server.h"
 #include "test/support/config_builder.h"
@@ -67,14 +69,12 @@ TEST_CASE("upgrade: a new program that crashes after taking over loses no connec
   REQUIRE(install_program(lb_crash_binary(), program));
   const size_t from = lb.line_count();
   REQUIRE(lb.signal(SIGUSR2));
-  auto handed =
-      lb.wait_for_line(std::regex(R"(^info upgrade handed over to pid=([0-9]+))"), in(seconds(30)), from);
-  REQUIRE(handed);
-  AdoptedLb crashed;
-  crashed.pid = static_cast<pid_t>(std::stoi(handed->substr(handed->find("pid=") + 4)));
+  std::vector<std::unique_ptr<AdoptedLb>> adopted;
+  REQUIRE(await_handover(lb, 2, from, adopted));
+  const pid_t crashed = adopted.back()->pid;
   // systemd was told the crashing program is the main process now.
-  CHECK(notify.wait_for(fmt::format("MAINPID={}", crashed.pid), in(seconds(10))));
-  CHECK(wait_gone(crashed.pid, in(seconds(30))));
+  CHECK(notify.wait_for(fmt::format("MAINPID={}", crashed), in(seconds(10))));
+  CHECK(wait_gone(crashed, in(seconds(30))));
   // The old program kept its connection instead of moving it.
   auto kept = lb.wait_for_line(std::regex(R"(^info upgrade moved connections count=0 kept=([0-9]+) )"),
                                in(seconds(30)), from);

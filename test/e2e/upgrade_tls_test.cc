@@ -7,8 +7,10 @@
 
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
+#include <memory>
 #include <regex>
 #include <string>
+#include <vector>
 
 #include "test/support/backend_server.h"
 #include "test/support/config_builder.h"
@@ -65,11 +67,9 @@ TEST_CASE("upgrade: TLS handshake counters go on; a terminated connection stays 
   REQUIRE(install_program(lb_alt_binary(), program));
   const size_t from = lb.line_count();
   REQUIRE(lb.signal(SIGUSR2));
-  auto handed =
-      lb.wait_for_line(std::regex(R"(^info upgrade handed over to pid=([0-9]+))"), in(seconds(30)), from);
-  REQUIRE(handed);
-  AdoptedLb next;
-  next.pid = static_cast<pid_t>(std::stoi(handed->substr(handed->find("pid=") + 4)));
+  std::vector<std::unique_ptr<AdoptedLb>> adopted;
+  REQUIRE(await_handover(lb, 2, from, adopted));
+  const pid_t next = adopted.back()->pid;
   REQUIRE(lb.wait_for_line(std::regex(R"(^info upgrade moved connections count=0 )"), in(seconds(30)), from));
   // Served by the new program now: the counter did not go back.
   CHECK(status_generation(admin) == 2);
@@ -79,8 +79,8 @@ TEST_CASE("upgrade: TLS handshake counters go on; a terminated connection stays 
   CHECK(!process_gone(lb.pid()));
   pending.close();
   CHECK(wait_gone(lb.pid(), in(seconds(30))));
-  REQUIRE(::kill(next.pid, SIGTERM) == 0);
-  CHECK(wait_gone(next.pid, in(kStopTimeout)));
+  REQUIRE(::kill(next, SIGTERM) == 0);
+  CHECK(wait_gone(next, in(kStopTimeout)));
 }
 
 }  // namespace

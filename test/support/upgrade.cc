@@ -1,13 +1,18 @@
 #include "test/support/upgrade.h"
 
 #include <dirent.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <algorithm>
+#include <cerrno>
 #include <fstream>
 #include <regex>
+#include <sstream>
 
 #include "test/support/http_client.h"
 #include "test/support/net.h"
@@ -34,6 +39,37 @@ int fd_count_of(pid_t pid) {
     return n;
   }
   return -1;
+}
+
+long tcp_receive_queue(uint16_t port, uint16_t remote) {
+  for (const char* path : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream f(path);
+    std::string line;
+    std::getline(f, line);  // header
+    while (std::getline(f, line)) {
+      // "  sl  local_address rem_address   st tx_queue:rx_queue ..."
+      std::istringstream in(line);
+      std::string sl, local, rem, st, queues;
+      if (!(in >> sl >> local >> rem >> st >> queues)) continue;
+      const size_t lc = local.rfind(':'), rc = rem.rfind(':'), qc = queues.find(':');
+      if (lc == std::string::npos || rc == std::string::npos || qc == std::string::npos) continue;
+      if (std::stoul(local.substr(lc + 1), nullptr, 16) == port &&
+          std::stoul(rem.substr(rc + 1), nullptr, 16) == remote)
+        return static_cast<long>(std::stoul(queues.substr(qc + 1), nullptr, 16));
+    }
+  }
+  return -1;
+}
+
+Socket accept_within(const Socket& listener, Deadline deadline) {
+  while (true) {
+    int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) return Socket(fd);
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return {};
+    if (expired(deadline)) return {};
+    pollfd p{listener.fd(), POLLIN, 0};
+    ::poll(&p, 1, std::min(poll_timeout_ms(deadline), 1000));
+  }
 }
 
 AdoptedLb::~AdoptedLb() {

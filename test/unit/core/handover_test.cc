@@ -117,6 +117,54 @@ TEST_CASE("handover: version 1 (the previous release) is still read", "[handover
   CHECK(back->tcp_sessions.empty());
 }
 
+TEST_CASE("handover: version 2 (the previous release) is still read", "[handover]") {
+  const ho::HandoverState s = sample();
+  std::string err;
+  auto back = ho::decode(ho::encode(s, 5, 2), 5, &err);
+  INFO(err);
+  REQUIRE(back);
+  CHECK(back->version == 2);
+  // Every version 2 record is a relaying one, without a deadline.
+  CHECK(back->tcp_sessions == s.tcp_sessions);
+  CHECK(back->listener_counters == s.listener_counters);
+}
+
+TEST_CASE("handover: version 3 carries connections that are not relaying yet", "[handover]") {
+  ho::HandoverState s = sample();
+  lb::core::FrozenSession header;
+  header.stage = lb::core::FrozenSession::Stage::Header;
+  header.client_fd = 2;
+  header.listener = "pp";
+  header.to_backend.pending = "PROXY TCP4 192.0.2.1 19";
+  header.deadline_ms = 987654;
+  header.started_ms = 12;
+  s.tcp_sessions.push_back(header);
+  lb::core::FrozenSession connecting;
+  connecting.stage = lb::core::FrozenSession::Stage::Connecting;
+  connecting.client_fd = 3;
+  connecting.listener = "tls";
+  connecting.pool = "p";
+  connecting.to_backend.pending = std::string("\x16\x03\x01\x00\x05hello", 10);
+  s.tcp_sessions.push_back(connecting);
+  std::string err;
+  auto back = ho::decode(ho::encode(s, 5), 5, &err);
+  INFO(err);
+  REQUIRE(back);
+  CHECK(*back == s);
+  CHECK(back->tcp_sessions[1].backend_fd == -1);
+
+  SECTION("a record that is not relaying, with a backend descriptor") {
+    s.tcp_sessions[1].backend_fd = 4;
+    CHECK(!ho::decode(ho::encode(s, 5), 5, &err));
+    CHECK(err.find("does not match its stage") != std::string::npos);
+  }
+  SECTION("a relaying record without one") {
+    s.tcp_sessions[0].backend_fd = -1;
+    CHECK(!ho::decode(ho::encode(s, 5), 5, &err));
+    CHECK(err.find("does not match its stage") != std::string::npos);
+  }
+}
+
 TEST_CASE("handover: a TCP session section in a version 1 body is refused", "[handover]") {
   // Version 2's section under a version 1 header: damage, not a newer writer.
   auto bytes = ho::encode(sample(), 5);
