@@ -308,7 +308,21 @@ void UdpListener::watch_listener(bool writable, bool force) {
   // uv_poll_start re-registers the fd (two epoll_ctl calls): only on change.
   if (closing_ || !poll_ || (writable == listener_writable_ && !force)) return;
   listener_writable_ = writable;
-  uv_poll_start(poll_.get(), UV_READABLE | (writable ? UV_WRITABLE : 0), on_listener_io);
+  // Retired, the socket is no longer read: it opens no session, and the
+  // socket may be read by another (the new program after an upgrade hands
+  // it over, which also has this program's clients pinned). Reading it here
+  // would take their datagrams and drop them. Replies of the sessions still
+  // owed one go out on it all the same.
+  const int events = (retired_ ? 0 : UV_READABLE) | (writable ? UV_WRITABLE : 0);
+  if (events == 0)
+    uv_poll_stop(poll_.get());
+  else
+    uv_poll_start(poll_.get(), events, on_listener_io);
+}
+
+void UdpListener::stop_reading() {
+  retired_ = true;
+  watch_listener(listener_writable_, true);
 }
 
 void UdpListener::on_trim(uv_timer_t* t) { static_cast<UdpListener*>(t->data)->upstream_->trim(); }
@@ -427,12 +441,12 @@ void UdpListener::session_gone() {
 }
 
 void UdpListener::retire() {
-  retired_ = true;
+  stop_reading();
   if (live_sessions_ == 0) close_socket();
 }
 
 void UdpListener::drain() {
-  retired_ = true;
+  stop_reading();
   // A session that owes no reply has nothing left to finish: end it now
   // rather than at its session_timeout. The others end with their answers.
   std::vector<Session*> idle;

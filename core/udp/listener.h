@@ -72,9 +72,11 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   int open(int fd);
   const std::string& key() const { return key_; }
   void set_runtime(ListenerRuntimePtr rt) { runtime_ = std::move(rt); }
-  // No new sessions; closes itself when the last session is gone.
+  // No new sessions and the listening socket no longer read (it may be
+  // another's to read: a new program's after an upgrade); closes itself when
+  // the last session is gone.
   void retire();
-  // Graceful stop: no new sessions, sessions that owe no reply end now, the
+  // Graceful stop: as retire(), and sessions that owe no reply end now, the
   // others when answered (or timed out).
   void drain();
   // Ends every session and closes now (end of a graceful stop).
@@ -113,6 +115,8 @@ class UdpListener final : private udp::UpstreamSet::Handler {
   void flush_replies();
   void flush_client_queue();
   void watch_listener(bool writable, bool force = false);
+  // Retired: no new session, and the listening socket is no longer read.
+  void stop_reading();
   // Unlinks the session (table, route, counters, access log); it is freed by
   // the next reap().
   void end_session(Session* s, const char* result);
