@@ -1264,11 +1264,13 @@ int run_soak(const Settings& cfg) {
   // may lose what the links lose, not more. A try crosses four impaired
   // links (question and answer, each client -> lb -> backend or back), so
   // the links alone lose 1 - (1 - front)^2 (1 - back)^2 of them, with the
-  // loss each relay counted (its drops and those of its TAP queues), plus 3
-  // points and 4 standard deviations of sampling noise: runs here lost 0.5
-  // to 5 points more than the links (8.3-12.9 % of the tries against 7.8 %),
-  // for a cause not found yet (README); a breakage that loses 3 % of the
-  // datagrams on each link (19.8 %) still fails it. A try counts as sent "while nothing was down" when no
+  // loss each relay counted (its drops and those of its TAP queues), plus 1
+  // point and 4 standard deviations of sampling noise. (Runs lost 0.5 to 5
+  // points more than the links while the old program of an upgrade still
+  // read the handed-over UDP sockets and dropped new clients' datagrams; a
+  // bound 3 points wider hid that until it was fixed: 8.3 % against 7.8 %
+  // since.) A breakage that loses 3 % of the datagrams on each link (19.8 %)
+  // fails it. A try counts as sent "while nothing was down" when no
   // down or upgrade window touched the kTryFlight after it was sent, answered or not: judging a lost try by
   // the 1.5 s it was waited for would excuse nearly all of them (kills come every 1-2 s) and bias the
   // comparison.
@@ -1303,7 +1305,7 @@ int run_soak(const Settings& cfg) {
       const double links = 1 - std::pow(1 - front->loss(), 2) * std::pow(1 - back->loss(), 2);
       const double measured = tries ? static_cast<double>(lost) / static_cast<double>(tries) : 1;
       const double bound =
-          links + 0.03 +
+          links + 0.01 +
           4 * std::sqrt(links * (1 - links) / static_cast<double>(std::max<uint64_t>(tries, 1)));
       if (measured > bound) {
         sh.violations.add(t,
