@@ -305,7 +305,11 @@ TEST_CASE("upgrade: established connections move to the new program, every byte 
   INFO("RSS before " << rss_before << " kB, after " << rss_after << " kB");
   CHECK(rss_before > 0);
   CHECK(rss_after > 0);
+#if !defined(__SANITIZE_THREAD__)
+  // Not under ThreadSanitizer: its shadow memory grows with the work done
+  // (30.9 -> 35.5 MB in CI), whatever lb holds.
   CHECK(static_cast<double>(rss_after) <= static_cast<double>(rss_before) * 1.05 + 2048);
+#endif
   REQUIRE(::kill(serving, SIGTERM) == 0);
   CHECK(wait_gone(serving, in(kStopTimeout)));
   std::ifstream in_log(log_path);
