@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 
 #include "core/log.h"
 #include "core/socket.h"
@@ -13,6 +14,18 @@ namespace lb::app {
 std::string bind_key(const conf::Listener& l, const conf::Endpoint& e) {
   std::string key = std::string(conf::to_string(l.protocol)) + "|" + e.to_string();
   if (e.port() == 0) key += "|" + l.name;
+  return key;
+}
+
+std::string bind_key(const conf::Listener& l, const conf::Endpoint& e, const BoundSockets& open) {
+  std::string key = bind_key(l, e);
+  if (e.port() == 0 || open.count(key)) return key;
+  const int type = l.protocol == conf::Protocol::Tcp ? SOCK_STREAM : SOCK_DGRAM;
+  for (const auto& [k, b] : open)
+    if (b.protocol_type == type &&
+        systemd::same_address(reinterpret_cast<const sockaddr*>(&b.addr), b.len,
+                              reinterpret_cast<const sockaddr*>(&e.addr), e.addr_len))
+      return k;
   return key;
 }
 
@@ -146,11 +159,21 @@ std::optional<OpenedSockets::Bind> bind_new(const conf::Listener& l, const conf:
 std::optional<OpenedSockets> open_listen_sockets(const conf::Config& cfg, unsigned workers,
                                                  const BoundSockets& open,
                                                  const SocketActivation& activation) {
-  OpenedSockets out;  // on any failure, its descriptors close with it
+  OpenedSockets out;            // on any failure, its descriptors close with it
+  std::set<std::string> named;  // the binds `cfg` names itself
+  for (const auto& l : cfg.listeners)
+    for (const auto& e : l.bind) named.insert(bind_key(l, e));
   for (const auto& l : cfg.listeners) {
     int type = l.protocol == conf::Protocol::Tcp ? SOCK_STREAM : SOCK_DGRAM;
     for (const auto& e : l.bind) {
-      std::string key = bind_key(l, e);
+      std::string key = bind_key(l, e, open);
+      if (key != bind_key(l, e) && named.count(key)) {
+        // Both the port-0 bind and its address: one socket cannot serve two.
+        log::error(
+            "cannot listen listener={} address={} error=\"address served by a port-0 bind that stays\"",
+            l.name, e.text);
+        return std::nullopt;
+      }
       if (open.count(key) || out.binds.count(key)) continue;
       const SocketActivation::Group* in = activation.for_bind(key);
       auto b = in ? adopt_inherited(l, *in, type, workers) : bind_new(l, e, type, workers);

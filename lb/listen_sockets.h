@@ -37,6 +37,14 @@ struct BoundSocket {
 };
 using BoundSockets = std::map<std::string, BoundSocket>;  // by bind key
 
+// The key of `e` among the binds already `open`: a bind naming the very
+// address an open one has (the port lb chose for a port-0 bind, now written
+// into the configuration) is that bind, with its sockets. Opening a second
+// SO_REUSEPORT group beside it instead would split the port between two
+// groups until the first closed: the datagrams and queued connections the
+// kernel hashed to the departing one would be lost.
+std::string bind_key(const conf::Listener& l, const conf::Endpoint& e, const BoundSockets& open);
+
 // A descriptor with one owner: closed on destruction unless released.
 class OwnedFd {
  public:

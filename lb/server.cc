@@ -266,7 +266,7 @@ void Server::install_signals() {
 void Server::log_started() const {
   for (const auto& l : config_.listeners)
     for (const auto& e : l.bind) {
-      const BoundSocket& b = bound_.at(bind_key(l, e));
+      const BoundSocket& b = bound_.at(bind_key(l, e, bound_));
       log::info("listening listener={} address={}{}", l.name, b.actual, b.inherited ? " inherited=true" : "");
     }
   activation_.warn_unused();
@@ -334,7 +334,7 @@ void Server::post_listeners(const conf::Config& cfg, OpenedSockets& fresh) {
     for (size_t i = 0; i < cfg.listeners.size(); ++i) {
       const auto& l = cfg.listeners[i];
       for (const auto& e : l.bind) {
-        std::string key = bind_key(l, e);
+        std::string key = bind_key(l, e, bound_);
         if (w != 0 && bound_.at(key).single_worker) continue;
         core::WorkerBind bind;
         bind.key = key;

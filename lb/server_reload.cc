@@ -225,7 +225,7 @@ void Server::commit_listeners(const conf::Config& next, OpenedSockets& fresh) {
   BoundSockets kept;
   for (const auto& l : next.listeners) {
     for (const auto& e : l.bind) {
-      std::string key = bind_key(l, e);
+      std::string key = bind_key(l, e, bound_);
       if (auto it = bound_.find(key); it != bound_.end()) kept[key] = it->second;
       if (auto f = fresh.binds.find(key); f != fresh.binds.end()) {
         kept[key] = f->second.socket;

@@ -72,7 +72,7 @@ void Server::store_listener_fds(const conf::Config& cfg, const OpenedSockets& fr
   for (const auto& l : cfg.listeners) {
     std::vector<int> fds;
     for (const auto& e : l.bind) {
-      auto it = fresh.binds.find(bind_key(l, e));
+      auto it = fresh.binds.find(bind_key(l, e, bound_));
       // Inherited sockets are systemd's already (stored, or its socket unit's).
       if (it == fresh.binds.end() || it->second.socket.inherited) continue;
       for (const OwnedFd& fd : it->second.fds)
@@ -127,7 +127,7 @@ std::string Server::upgrade() {
   st.access_log_dropped = access_log_dropped();
   for (const auto& l : config_.listeners)
     for (const auto& e : l.bind) {
-      auto it = held_.find(bind_key(l, e));
+      auto it = held_.find(bind_key(l, e, bound_));
       if (it == held_.end()) continue;
       core::handover::ListenerSocket ls;
       ls.listener = l.name;

@@ -27,6 +27,7 @@
 #include "test/support/metrics.h"
 #include "test/support/net.h"
 #include "test/support/netns.h"
+#include "test/support/proc_net.h"
 #include "test/support/temp_dir.h"
 
 namespace lb::test {
@@ -260,6 +261,41 @@ TEST_CASE("reload: a listener added on port 0 gets a port of its own", "[e2e][re
   CHECK(other != 0);
   CHECK(other != port);
   if (other != 0 && other != port) CHECK(served_by(other, in(seconds(5))) == "two");
+  CHECK(served_by(port, in(seconds(5))) == "one");
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("reload: a port-0 bind rewritten as the port lb chose keeps its listening sockets",
+          "[e2e][reload][listeners]") {
+  TestBackend one(TestBackend::named("one\n"));
+  REQUIRE(one.ok());
+  auto config = [&](const std::string& bind) {
+    return global_section(2) + "[[listener]]\nname = \"web\"\nbind = \"" + bind + "\"\npool = \"p\"\n" +
+           "\n[[pool]]\nname = \"p\"\n[pool.health_check]\ntype = \"none\"\n" +
+           backend_block("one", one.address());
+  };
+  LbProcess lb(config("127.0.0.1:0"));
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  const auto sockets = bound_socket_inodes(lb.pid(), "tcp", port);
+  CHECK(sockets.size() == 2);  // one per worker
+  // The same address: the same bind. A second SO_REUSEPORT group beside the
+  // first, whose sockets then close, would reset the connections the kernel
+  // had queued on them.
+  REQUIRE(lb.write_config(config("127.0.0.1:" + std::to_string(port))));
+  REQUIRE(reload_to(lb, 2, in(seconds(10))));
+  INFO(lb.output());
+  CHECK(bound_socket_inodes(lb.pid(), "tcp", port) == sockets);
+  CHECK(!lb.process().find_line(std::regex("^error ")));
+  for (int i = 0; i < 4; ++i) CHECK(served_by(port, in(seconds(5))) == "one");
+  // Another listener cannot take that address while the port-0 bind stays:
+  // one socket group serves one bind.
+  REQUIRE(lb.write_config(config("127.0.0.1:0") +
+                          listener_block("other", "127.0.0.1:" + std::to_string(port), "p")));
+  auto failed = reload_fails(lb, in(seconds(10)));
+  REQUIRE(failed);
+  CHECK(lb.process().find_line(std::regex("^error cannot listen listener=other .*port-0 bind that stays")));
+  CHECK(bound_socket_inodes(lb.pid(), "tcp", port) == sockets);
   CHECK(served_by(port, in(seconds(5))) == "one");
   CHECK(lb.terminate() == 0);
 }

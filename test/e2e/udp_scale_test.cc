@@ -17,6 +17,7 @@
 #include "test/support/deadline.h"
 #include "test/support/dns.h"
 #include "test/support/lb_process.h"
+#include "test/support/proc_net.h"
 #include "test/support/udp.h"
 
 using namespace lb::test;
@@ -290,19 +291,28 @@ TEST_CASE("a reload that changes udp_source says that open binds keep theirs unt
   LbProcess lb(udp_config("udp_source = [\"127.0.6.1\"]", "", {e.address()}));
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("udp");
-  UdpSwarm swarm(1, "127.7.0.1", 1);
+  const auto sockets = bound_socket_inodes(lb.pid(), "udp", port);
+  REQUIRE(sockets.size() == 1);
+  // Clients enough that, were a second socket bound beside the first, the
+  // kernel would hash some of them to each.
+  constexpr size_t kClients = 32;
+  UdpSwarm swarm(kClients, "127.7.0.1", 1);
   REQUIRE(swarm.ok());
-  REQUIRE(ask_all(swarm, port, 0, 1)[0] == "e:0");
-  // The bind must stay the same (the port lb chose) for the socket to be kept.
+  auto before = ask_all(swarm, port, 0, kClients);
+  for (size_t i = 0; i < kClients; ++i) REQUIRE(before[i] == "e:" + std::to_string(i));
+  // The configuration now names the port lb chose: the same bind, so its
+  // socket is kept (not a second SO_REUSEPORT socket beside it).
   std::string next =
       udp_config("udp_source = [\"127.0.6.2\"]", "", {e.address()}, 1, "127.0.0.1:" + std::to_string(port));
   REQUIRE(lb.write_config(next));
   REQUIRE(lb.signal(SIGHUP));
   CHECK(lb.wait_for_line(std::regex("udp_source changes need a restart.*listener=udp"), in(seconds(10))));
-  // The listener goes on serving with the sources it opened with.
-  swarm.send(0, port, "again");
-  auto r = swarm.receive(1, in(seconds(5)));
-  REQUIRE(r.size() == 1);
-  CHECK(r[0].data == "e:again");
+  REQUIRE(lb.wait_for_line(std::regex("reloaded generation=2"), in(seconds(10))));
+  CHECK(bound_socket_inodes(lb.pid(), "udp", port) == sockets);
+  // The listener goes on serving every client with the sources it opened with.
+  size_t answered = 0;
+  for (size_t i = 0; i < kClients; ++i) swarm.send(i, port, "again" + std::to_string(i));
+  for (const auto& r : swarm.receive(kClients, in(seconds(5)))) answered += r.data.rfind("e:again", 0) == 0;
+  CHECK(answered == kClients);
   CHECK(lb.terminate() == 0);
 }

@@ -17,7 +17,8 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
-#include <sstream>
+
+#include "test/support/proc_net.h"
 
 extern char** environ;
 
@@ -425,11 +426,8 @@ int ChildProcess::settled_fd_count(milliseconds quiet, Deadline deadline) const 
 namespace {
 
 // "0100007F:1F90" (IPv4) or 32 hex digits + port (IPv6) from /proc/net/tcp*.
-std::string proc_net_address(const std::string& hex) {
-  size_t colon = hex.find(':');
-  if (colon == std::string::npos) return hex;
-  unsigned port = static_cast<unsigned>(std::strtoul(hex.c_str() + colon + 1, nullptr, 16));
-  std::string ip = hex.substr(0, colon);
+std::string proc_net_address(const std::string& hex, uint16_t port) {
+  std::string ip = hex.substr(0, hex.find(':'));
   if (ip.size() == 8) {
     // Four bytes in host (little-endian) order.
     unsigned long v = std::strtoul(ip.c_str(), nullptr, 16);
@@ -458,19 +456,10 @@ std::string proc_describe_fds(pid_t pid) {
   const std::string proc = "/proc/" + std::to_string(pid);
   // inode -> "local -> remote STATE"
   std::vector<std::pair<std::string, std::string>> sockets;
-  for (const char* table : {"/net/tcp", "/net/tcp6"}) {
-    std::ifstream f(proc + table);
-    std::string line;
-    std::getline(f, line);  // header
-    while (std::getline(f, line)) {
-      std::istringstream in(line);
-      std::string slot, local, remote, state, queues, timer, retr, uid, timeout, inode;
-      in >> slot >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
-      sockets.emplace_back(
-          inode, proc_net_address(local) + " -> " + proc_net_address(remote) + " " +
-                     tcp_state_name(static_cast<unsigned>(std::strtoul(state.c_str(), nullptr, 16))));
-    }
-  }
+  for (const auto& r : proc_net_rows("tcp", proc))
+    sockets.emplace_back(r.inode, proc_net_address(r.local, r.local_port) + " -> " +
+                                      proc_net_address(r.remote, r.remote_port) + " " +
+                                      tcp_state_name(r.state));
   std::string out;
   DIR* dir = ::opendir((proc + "/fd").c_str());
   if (!dir) return "(cannot open " + proc + "/fd)\n";

@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
+
+#include "test/support/proc_net.h"
 
 namespace lb::test {
 
@@ -437,44 +437,15 @@ bool udp_send_to(const Socket& s, const std::string& host, uint16_t port, std::s
 }
 
 long udp_receive_queue(uint16_t port) {
-  for (const char* path : {"/proc/net/udp", "/proc/net/udp6"}) {
-    std::ifstream f(path);
-    std::string line;
-    std::getline(f, line);  // header
-    while (std::getline(f, line)) {
-      // "  sl  local_address rem_address   st tx_queue:rx_queue ..."
-      std::istringstream in(line);
-      std::string sl, local, remote, st, queues;
-      if (!(in >> sl >> local >> remote >> st >> queues)) continue;
-      size_t colon = local.rfind(':');
-      if (colon == std::string::npos) continue;
-      if (std::stoul(local.substr(colon + 1), nullptr, 16) != port) continue;
-      size_t qc = queues.find(':');
-      if (qc == std::string::npos) continue;
-      return static_cast<long>(std::stoul(queues.substr(qc + 1), nullptr, 16));
-    }
-  }
+  for (const auto& r : proc_net_rows("udp"))
+    if (r.local_port == port) return static_cast<long>(r.rx_queue);
   return -1;
 }
 
 std::optional<TcpTimer> tcp_timer_to(uint16_t remote_port) {
-  for (const char* path : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::ifstream f(path);
-    std::string line;
-    std::getline(f, line);  // header
-    while (std::getline(f, line)) {
-      // "  sl  local_address rem_address   st tx_queue:rx_queue tr:tm->when ..."
-      std::istringstream in(line);
-      std::string sl, local, remote, st, queues, timer;
-      if (!(in >> sl >> local >> remote >> st >> queues >> timer)) continue;
-      size_t colon = remote.rfind(':');
-      size_t tc = timer.find(':');
-      if (colon == std::string::npos || tc == std::string::npos || st != "01") continue;
-      if (std::stoul(remote.substr(colon + 1), nullptr, 16) != remote_port) continue;
-      return TcpTimer{static_cast<int>(std::stoul(timer.substr(0, tc), nullptr, 16)),
-                      static_cast<long>(std::stoul(timer.substr(tc + 1), nullptr, 16))};
-    }
-  }
+  for (const auto& r : proc_net_rows("tcp"))
+    if (r.state == kTcpEstablished && r.remote_port == remote_port)
+      return TcpTimer{r.timer_active, r.timer_when};
   return std::nullopt;
 }
 

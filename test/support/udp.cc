@@ -3,10 +3,9 @@
 #include <arpa/inet.h>
 
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <set>
-#include <sstream>
+
+#include "test/support/proc_net.h"
 
 namespace lb::test {
 
@@ -99,26 +98,10 @@ std::vector<UdpSwarm::Reply> UdpSwarm::receive(size_t want, Deadline deadline) {
 }
 
 uint64_t udp_drops(pid_t pid) {
-  std::set<std::string> inodes;
-  std::error_code ec;
-  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-    auto link = std::filesystem::read_symlink(e.path(), ec).string();
-    if (!ec && link.rfind("socket:[", 0) == 0) inodes.insert(link.substr(8, link.size() - 9));
-  }
+  const std::set<std::string> held = socket_inodes(pid);
   uint64_t drops = 0;
-  for (const char* table : {"/proc/net/udp", "/proc/net/udp6"}) {
-    std::ifstream in(table);
-    std::string line;
-    std::getline(in, line);  // the header
-    while (std::getline(in, line)) {
-      // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
-      std::istringstream f(line);
-      std::vector<std::string> fields;
-      for (std::string w; f >> w;) fields.push_back(w);
-      if (fields.size() >= 13 && inodes.count(fields[9])) drops += std::stoull(fields.back());
-    }
-  }
+  for (const auto& r : proc_net_rows("udp"))
+    if (held.count(r.inode)) drops += r.drops;
   return drops;
 }
 

@@ -12,10 +12,10 @@
 #include <cerrno>
 #include <fstream>
 #include <regex>
-#include <sstream>
 
 #include "test/support/http_client.h"
 #include "test/support/net.h"
+#include "test/support/proc_net.h"
 
 namespace lb::test {
 
@@ -42,22 +42,8 @@ int fd_count_of(pid_t pid) {
 }
 
 long tcp_receive_queue(uint16_t port, uint16_t remote) {
-  for (const char* path : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::ifstream f(path);
-    std::string line;
-    std::getline(f, line);  // header
-    while (std::getline(f, line)) {
-      // "  sl  local_address rem_address   st tx_queue:rx_queue ..."
-      std::istringstream in(line);
-      std::string sl, local, rem, st, queues;
-      if (!(in >> sl >> local >> rem >> st >> queues)) continue;
-      const size_t lc = local.rfind(':'), rc = rem.rfind(':'), qc = queues.find(':');
-      if (lc == std::string::npos || rc == std::string::npos || qc == std::string::npos) continue;
-      if (std::stoul(local.substr(lc + 1), nullptr, 16) == port &&
-          std::stoul(rem.substr(rc + 1), nullptr, 16) == remote)
-        return static_cast<long>(std::stoul(queues.substr(qc + 1), nullptr, 16));
-    }
-  }
+  for (const auto& r : proc_net_rows("tcp"))
+    if (r.local_port == port && r.remote_port == remote) return static_cast<long>(r.rx_queue);
   return -1;
 }
 
