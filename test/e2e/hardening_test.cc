@@ -464,14 +464,10 @@ TEST_CASE("hardening: UDP sessions leave accept() its descriptors: refusals stay
   const int full = lb.fd_count();
   size_t answered = 0;
   for (;;) {
-    char buf[512];
     sockaddr_storage from{};
-    socklen_t len = sizeof from;
-    const ssize_t n =
-        ::recvfrom(udp_backend.fd(), buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&from), &len);
-    if (n < 0) break;
-    REQUIRE(::sendto(udp_backend.fd(), buf, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&from),
-                     len) == n);
+    const std::string q = udp_receive_within(udp_backend, Clock::now(), &from);
+    if (q.empty()) break;
+    REQUIRE(udp_reply_to(udp_backend, from, q));
     ++answered;
   }
   INFO(answered << " UDP sessions answered");

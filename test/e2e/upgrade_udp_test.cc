@@ -2,7 +2,6 @@
 // listening sockets over (the same sockets, not new ones in a SO_REUSEPORT
 // group) and keeps only the sessions that still owe a reply; from then on
 // every datagram on those sockets is the new program's.
-#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 
@@ -19,34 +18,6 @@
 #include "test/support/upgrade.h"
 
 namespace lb::test {
-namespace {
-
-// One datagram on `s` within the deadline: its bytes and sender (empty
-// when none came).
-std::string receive_within(const Socket& s, Deadline deadline, sockaddr_storage* from = nullptr) {
-  for (;;) {
-    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return {};
-    pollfd p{s.fd(), POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-    char buf[512];
-    sockaddr_storage sender{};
-    socklen_t len = sizeof sender;
-    const ssize_t n =
-        ::recvfrom(s.fd(), buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&sender), &len);
-    if (n < 0) continue;
-    if (from) *from = sender;
-    return std::string(buf, static_cast<size_t>(n));
-  }
-}
-
-bool reply_to(const Socket& s, const sockaddr_storage& to, const std::string& data) {
-  const socklen_t len = to.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
-  return ::sendto(s.fd(), data.data(), data.size(), 0, reinterpret_cast<const sockaddr*>(&to), len) ==
-         static_cast<ssize_t>(data.size());
-}
-
-}  // namespace
 
 // The old program keeps its sessions that owe a reply until the reply comes:
 // it must not read the listening sockets meanwhile. It did, and dropped what
@@ -76,7 +47,7 @@ TEST_CASE("upgrade: new UDP clients are the new program's while the old one stil
   Socket held = udp_bind();
   REQUIRE(udp_send_to(held, "127.0.0.1", port, "held"));
   sockaddr_storage held_route{};
-  REQUIRE(receive_within(backend, in(seconds(10)), &held_route) == "held");
+  REQUIRE(udp_receive_within(backend, in(seconds(10)), &held_route) == "held");
 
   std::vector<std::unique_ptr<AdoptedLb>> adopted;
   const size_t from = lb.line_count();
@@ -91,12 +62,12 @@ TEST_CASE("upgrade: new UDP clients are the new program's while the old one stil
     const std::string q = fmt::format("q{}", i);
     REQUIRE(udp_send_to(c, "127.0.0.1", port, q));
     sockaddr_storage route{};
-    if (receive_within(backend, in(seconds(3)), &route) != q) {
+    if (udp_receive_within(backend, in(seconds(3)), &route) != q) {
       ++lost;
       continue;
     }
-    REQUIRE(reply_to(backend, route, "a" + q));
-    if (receive_within(c, in(seconds(5))) == "a" + q)
+    REQUIRE(udp_reply_to(backend, route, "a" + q));
+    if (udp_receive_within(c, in(seconds(5))) == "a" + q)
       ++answered;
     else
       ++lost;
@@ -107,8 +78,8 @@ TEST_CASE("upgrade: new UDP clients are the new program's while the old one stil
 
   // The held answer reaches its client through the old program, which then
   // leaves.
-  REQUIRE(reply_to(backend, held_route, "held answer"));
-  CHECK(receive_within(held, in(seconds(5))) == "held answer");
+  REQUIRE(udp_reply_to(backend, held_route, "held answer"));
+  CHECK(udp_receive_within(held, in(seconds(5))) == "held answer");
   CHECK(wait_gone(lb.pid(), in(seconds(30))));
 }
 

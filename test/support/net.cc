@@ -436,6 +436,29 @@ bool udp_send_to(const Socket& s, const std::string& host, uint16_t port, std::s
          static_cast<ssize_t>(data.size());
 }
 
+std::string udp_receive_within(const Socket& s, Deadline deadline, sockaddr_storage* from) {
+  for (;;) {
+    char buf[2048];
+    sockaddr_storage sender{};
+    socklen_t len = sizeof sender;
+    const ssize_t n =
+        ::recvfrom(s.fd(), buf, sizeof buf, MSG_DONTWAIT, reinterpret_cast<sockaddr*>(&sender), &len);
+    if (n >= 0) {
+      if (from) *from = sender;
+      return std::string(buf, static_cast<size_t>(n));
+    }
+    if (expired(deadline)) return {};
+    pollfd p{s.fd(), POLLIN, 0};
+    ::poll(&p, 1, poll_timeout_ms(deadline));
+  }
+}
+
+bool udp_reply_to(const Socket& s, const sockaddr_storage& to, std::string_view data) {
+  const socklen_t len = to.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  return ::sendto(s.fd(), data.data(), data.size(), 0, reinterpret_cast<const sockaddr*>(&to), len) ==
+         static_cast<ssize_t>(data.size());
+}
+
 long udp_receive_queue(uint16_t port) {
   for (const auto& r : proc_net_rows("udp"))
     if (r.local_port == port) return static_cast<long>(r.rx_queue);

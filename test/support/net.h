@@ -146,6 +146,12 @@ size_t mismatch_offset(std::string_view a, std::string_view b);
 Socket udp_bind(const std::string& host = "127.0.0.1", uint16_t port = 0);
 // One datagram to host:port; true when the whole datagram was sent.
 bool udp_send_to(const Socket& s, const std::string& host, uint16_t port, std::string_view data);
+// One datagram on `s` within the deadline (a deadline already past still
+// takes one that is waiting): its bytes, and its sender in `from`; empty
+// when none came.
+std::string udp_receive_within(const Socket& s, Deadline deadline, sockaddr_storage* from = nullptr);
+// One datagram back to `to` (a sender udp_receive_within gave).
+bool udp_reply_to(const Socket& s, const sockaddr_storage& to, std::string_view data);
 
 // Bytes waiting in the receive queue of the local UDP socket bound to `port`
 // (any address), from /proc/net/udp and udp6; -1 when no such socket exists.
