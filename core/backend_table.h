@@ -17,6 +17,10 @@
 #include "core/backend.h"
 #include "core/select/lookup_table.h"
 
+namespace lb::tls {
+struct Contexts;
+}
+
 namespace lb::core {
 
 // One backend as a selector sees it: usable now, with its effective weight
@@ -67,6 +71,12 @@ inline bool all_full(const PoolTable& p) {
 struct BackendTable {
   uint64_t version = 0;             // increases with every publish
   std::vector<PoolTablePtr> pools;  // same order as Config::pools of its generation
+  // The TLS contexts of the configuration these pools are of: a connection
+  // to a backend picked from this table takes its pool's [pool.tls] from
+  // here, so a reload that turns re-encryption on or off applies to every
+  // connect from the moment its pools do, whatever listener generation
+  // accepted the client. Null without TLS.
+  std::shared_ptr<const tls::Contexts> tls;
 
   const PoolTable* find(const std::string& name) const { return find_ptr(name).get(); }
   PoolTablePtr find_ptr(const std::string& name) const {

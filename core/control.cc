@@ -96,9 +96,11 @@ std::vector<ControlPlane::PoolBackends> ControlPlane::targets_of(const conf::Con
   return out;
 }
 
-std::vector<ControlPlane::PoolBackends> ControlPlane::stage(const conf::Config& cfg) {
+std::vector<ControlPlane::PoolBackends> ControlPlane::stage(const conf::Config& cfg,
+                                                            std::shared_ptr<const tls::Contexts> tls) {
   std::lock_guard lk(mu_);
   staged_ = stage_locked(cfg);
+  staged_tls_ = std::move(tls);
   has_staged_ = true;
   return targets_of(cfg, staged_);
 }
@@ -111,6 +113,7 @@ void ControlPlane::commit_staged() {
 void ControlPlane::drop_staged() {
   std::lock_guard lk(mu_);
   staged_.clear();
+  staged_tls_.reset();
   has_staged_ = false;
 }
 
@@ -138,13 +141,17 @@ void ControlPlane::commit_locked() {
   }
   pools_ = std::move(staged_);
   staged_.clear();
+  tls_ = std::move(staged_tls_);
+  staged_tls_.reset();
   has_staged_ = false;
   rebuild_locked();
 }
 
-std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& cfg) {
+std::vector<ControlPlane::PoolBackends> ControlPlane::apply(const conf::Config& cfg,
+                                                            std::shared_ptr<const tls::Contexts> tls) {
   std::lock_guard lk(mu_);
   staged_ = stage_locked(cfg);
+  staged_tls_ = std::move(tls);
   has_staged_ = true;
   commit_locked();
   return targets_of(cfg, pools_);
@@ -296,9 +303,11 @@ void ControlPlane::rebuild_locked() {
   const uint64_t version = version_ + 1;
   auto table = std::make_shared<BackendTable>();
   table->version = version;
+  table->tls = tls_;
   // Whether the table differs from the current one: a pool was added,
-  // removed, moved or rebuilt.
-  bool changed = !current_ || current_->pools.size() != pools_.size();
+  // removed, moved or rebuilt, or the TLS contexts are another
+  // configuration's.
+  bool changed = !current_ || current_->pools.size() != pools_.size() || current_->tls != tls_;
   size_t built = 0;
   for (size_t i = 0; i < pools_.size(); ++i) {
     auto& p = pools_[i];

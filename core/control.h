@@ -52,12 +52,15 @@ class ControlPlane {
   //  - commit_staged(): installs it and publishes; every kept backend takes
   //    its live state (health, drain, weight override) as it is by then.
   //  - drop_staged(): forgets it (an aborted reload).
-  // A second stage() replaces the first.
-  std::vector<PoolBackends> stage(const conf::Config& cfg);
+  // A second stage() replaces the first. `tls` (the configuration's
+  // contexts, null without TLS) is published with the pools, in every table.
+  std::vector<PoolBackends> stage(const conf::Config& cfg,
+                                  std::shared_ptr<const tls::Contexts> tls = nullptr);
   void commit_staged();
   void drop_staged();
   // stage() and commit_staged() at once (start-up).
-  std::vector<PoolBackends> apply(const conf::Config& cfg);
+  std::vector<PoolBackends> apply(const conf::Config& cfg,
+                                  std::shared_ptr<const tls::Contexts> tls = nullptr);
 
   // From the health thread: probe state (or passive ejection) changed. A
   // backend that comes back up in a pool with slow_start ramps its weight up.
@@ -143,6 +146,7 @@ class ControlPlane {
   std::vector<PoolState> pools_;
   std::vector<PoolState> staged_;  // a reload's pools until commit_staged()
   bool has_staged_ = false;
+  std::shared_ptr<const tls::Contexts> tls_, staged_tls_;
   BackendTablePtr current_;
   uint64_t version_ = 0;
   BuildStats stats_;

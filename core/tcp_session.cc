@@ -189,6 +189,7 @@ void TcpSession::connect_to(Backend* b) {
   state_ = State::Connecting;
   tried_[attempts_++] = b;
   backend_ = b->shared_from_this();
+  backend_tls_ = worker_.pool_tls(b->pool);
   backend_->active.fetch_add(1, std::memory_order_relaxed);
   holds_active_ = true;
 

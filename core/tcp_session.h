@@ -306,7 +306,6 @@ class TcpSession {
     void tls_shutdown_done() override { s->on_shutdown_done(s->up_, 0); }
   };
   // The pool's [pool.tls] context for backend_, or null (plaintext).
-  const tls::ClientContext* backend_tls_context() const;
   void start_backend_tls(const tls::ClientContext& ctx);  // Connecting: TCP is up
   void on_backend_tls_read(ssize_t nread, const char* data);
   void on_backend_plaintext(const char* data, size_t n);
@@ -405,6 +404,10 @@ class TcpSession {
   // outlives it (attempts are bounded by retries).
   tls::TlsRelay* up_tls_ = nullptr;
   std::vector<std::unique_ptr<tls::TlsRelay>> backend_tls_legs_;
+  // The [pool.tls] of the table the backend was picked from (null:
+  // plaintext), taken at each connect: the pool's, not the listener's
+  // generation (a reload may publish the pools first).
+  std::shared_ptr<const tls::ClientContext> backend_tls_;
   BackendTlsEvents up_tls_events_{this};
 };
 

@@ -20,15 +20,9 @@
 
 namespace lb::core {
 
-const tls::ClientContext* TcpSession::backend_tls_context() const {
-  const tls::Contexts* contexts = listener_->tls.get();
-  if (!contexts || contexts->pools.empty()) return nullptr;
-  return contexts->pool(backend_->pool);
-}
-
 void TcpSession::on_tcp_connected() {
-  if (const tls::ClientContext* ctx = backend_tls_context()) {
-    start_backend_tls(*ctx);
+  if (backend_tls_) {
+    start_backend_tls(*backend_tls_);
     return;
   }
   on_connected();

@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "core/select/flow_hash.h"
 #include "core/tcp_session.h"
+#include "core/tls/settings.h"
 #include "core/udp/listener.h"
 
 namespace lb::core {
@@ -214,6 +215,12 @@ Backend* Worker::pick(const std::string& pool, const PickContext& ctx, const Poo
   if (!e) return nullptr;
   *table = e->table.get();
   return e->selector->pick(ctx);
+}
+
+std::shared_ptr<const tls::ClientContext> Worker::pool_tls(const std::string& pool) const {
+  if (!table_ || !table_->tls) return nullptr;
+  auto it = table_->tls->pools.find(pool);
+  return it == table_->tls->pools.end() ? nullptr : it->second;
 }
 
 uint64_t Worker::flow_hash_for(const std::string& pool, const sockaddr* client, std::string_view sni) {

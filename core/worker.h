@@ -40,6 +40,7 @@
 
 namespace lb::tls {
 struct Contexts;
+class ClientContext;
 class ServerContext;
 }  // namespace lb::tls
 
@@ -193,6 +194,9 @@ class Worker {
   // hashes). With hash_key = "sni", `sni` (lower-cased, no trailing dot)
   // when not empty, else the client's address.
   uint64_t flow_hash_for(const std::string& pool, const sockaddr* client, std::string_view sni = {});
+  // Pool `pool`'s [pool.tls] in the current table (null: plaintext to its
+  // backends): the table pick() chose from.
+  std::shared_ptr<const tls::ClientContext> pool_tls(const std::string& pool) const;
   uint64_t flow_hash_for(const ListenerRuntime& listener, const sockaddr* client) {
     return flow_hash_for(listener.cfg.pool, client);
   }

@@ -235,7 +235,7 @@ bool Server::start_health() {
     log::error("cannot start health checker error=\"{}\"", e.what());
     return false;
   }
-  auto pools = control_->apply(config_);
+  auto pools = control_->apply(config_, tls_);
   if (handover_) control_->restore(handover_->backends);
   health_targets(pools, tls_);
   if (!health_->wait_initial(longest_probe_timeout(config_) + std::chrono::milliseconds(500)))

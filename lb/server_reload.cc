@@ -118,7 +118,7 @@ bool Server::reload_open_access_log() {
 // each probed once before the listeners that need them accept.
 void Server::reload_probe() {
   Reload& r = *reload_;
-  health_targets(control_->stage(r.config), r.tls);
+  health_targets(control_->stage(r.config, r.tls), r.tls);
   r.probe_deadline = uv_now(&loop_) + static_cast<uint64_t>(longest_probe_timeout(r.config).count()) + 500;
   if (!reload_timer_) reload_timer_ = make_uv<uv_timer_t>(&loop_, this, nullptr, uv_timer_init);
   uv_timer_start(

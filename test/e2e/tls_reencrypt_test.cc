@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
 
+#include <csignal>
 #include <memory>
 #include <regex>
 #include <string>
@@ -18,6 +19,7 @@
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
+#include "test/support/proc_net.h"
 #include "test/support/tls_backend.h"
 #include "test/support/tls_certs.h"
 #include "test/support/tls_clients.h"
@@ -72,6 +74,47 @@ TEST_CASE("reencrypt: a plain listener to openssl s_server, chain and name verif
   CHECK(std::regex_search(page, std::regex("New, TLSv1\\.3, Cipher is TLS_")));
   CHECK(connect_failures(admin, "web", "s_server") == 0);
   CHECK(metric(admin, "lb_backend_connections_total", {{"pool", "web"}, {"backend", "s_server"}}) == 1);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("reencrypt: a reload that turns [pool.tls] on applies to a client accepted before it",
+          "[e2e][tls][reencrypt][reload]") {
+  TlsFiles files;
+  CertFiles cert = files.issue("backend", {"backend.internal"});
+  OpensslServer server(cert.cert, cert.key);
+  REQUIRE(server.ok());
+  auto config = [&](bool tls) {
+    ConfigBuilder cfg;
+    cfg.global(1, true)
+        .listener("web", "web", "accept_proxy_protocol = true\nproxy_protocol_trusted = [\"127.0.0.1/32\"]")
+        .pool("web", "none");
+    if (tls) cfg.pool_tls(fmt::format("sni = \"backend.internal\"\nca_file = \"{}\"", files.ca_path()));
+    cfg.backend(server.address(), "s_server");
+    return cfg.str();
+  };
+  LbOptions options;
+  options.env = {"LB_PROXY_HEADER_TIMEOUT_MS=60000"};  // the reload may be slow on a loaded machine
+  LbProcess lb(config(false), options);
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("web");
+  // A client accepted by the first generation, still sending its PROXY
+  // header: it chooses its backend only after the reload.
+  const std::string header = "PROXY TCP4 127.0.0.1 127.0.0.1 40000 443\r\n";
+  Socket c = tcp_connect("127.0.0.1", port, in(seconds(10)));
+  REQUIRE(c);
+  REQUIRE(write_all(c, header.substr(0, 10), in(seconds(5))) == 10);
+  REQUIRE(lb_has_read(c, port, in(seconds(10))));
+  REQUIRE(lb.write_config(config(true)));
+  const size_t from = lb.line_count();
+  REQUIRE(lb.signal(SIGHUP));
+  REQUIRE(lb.wait_for_line(std::regex("^info reloaded generation=2"), in(seconds(30)), from));
+  // The pool now wants TLS: this connection must not reach it in the clear.
+  REQUIRE(write_all(c, header.substr(10) + kGet, in(seconds(5))) > 0);
+  const std::string page = read_until_eof(c, in(seconds(30))).data;
+  INFO(page);
+  CHECK(page.rfind("HTTP/1.0 200 ok", 0) == 0);
+  CHECK(std::regex_search(page, std::regex("New, TLSv1\\.3, Cipher is TLS_")));
+  c.close();
   CHECK(lb.terminate() == 0);
 }
 

@@ -34,13 +34,6 @@
 namespace lb::test {
 namespace {
 
-// Waits until lb has read everything `client` sent (the bytes are in lb,
-// not in the kernel's receive queue).
-bool read_by_lb(const Socket& client, uint16_t lb_port) {
-  const uint16_t port = local_port(client);
-  return wait_until([&] { return tcp_receive_queue(lb_port, port) == 0; }, in(seconds(10)));
-}
-
 TEST_CASE("upgrade: connections still connecting, or reading a PROXY header or a ClientHello, move too",
           "[e2e][upgrade][transient]") {
   TempDir dir;
@@ -93,7 +86,7 @@ TEST_CASE("upgrade: connections still connecting, or reading a PROXY header or a
   Socket proxied = tcp_connect("127.0.0.1", pp_port, in(seconds(5)));
   REQUIRE(proxied);
   REQUIRE(write_all(proxied, header.substr(0, 19), in(seconds(5))) == 19);
-  REQUIRE(read_by_lb(proxied, pp_port));
+  REQUIRE(lb_has_read(proxied, pp_port, in(seconds(10))));
 
   // (c) part of a ClientHello, read by lb.
   const std::string hello = tls_hello::records(tls_hello::message(tls_hello::typical("moved.example")));
@@ -101,7 +94,7 @@ TEST_CASE("upgrade: connections still connecting, or reading a PROXY header or a
   Socket tls = tcp_connect("127.0.0.1", tls_port, in(seconds(5)));
   REQUIRE(tls);
   REQUIRE(write_all(tls, hello.substr(0, hello_half), in(seconds(5))) == hello_half);
-  REQUIRE(read_by_lb(tls, tls_port));
+  REQUIRE(lb_has_read(tls, tls_port, in(seconds(10))));
 
   SteadyClient steady(lb.listener_port("web"));
   REQUIRE(install_program(lb_alt_binary(), program));

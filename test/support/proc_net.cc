@@ -71,4 +71,15 @@ std::set<std::string> bound_socket_inodes(pid_t pid, const std::string& table, u
   return out;
 }
 
+long tcp_receive_queue(uint16_t port, uint16_t remote) {
+  for (const auto& r : proc_net_rows("tcp"))
+    if (r.local_port == port && r.remote_port == remote) return static_cast<long>(r.rx_queue);
+  return -1;
+}
+
+bool lb_has_read(const Socket& client, uint16_t lb_port, Deadline deadline) {
+  const uint16_t port = local_port(client);
+  return wait_until([&] { return tcp_receive_queue(lb_port, port) == 0; }, deadline);
+}
+
 }  // namespace lb::test

@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "test/support/deadline.h"
+#include "test/support/net.h"
+
 namespace lb::test {
 
 // One row of a /proc/net socket table (IPv4 and IPv6 alike).
@@ -41,5 +44,13 @@ std::set<std::string> socket_inodes(pid_t pid);
 // process `pid` holds (TCP: listening ones only): the sockets of one of its
 // binds.
 std::set<std::string> bound_socket_inodes(pid_t pid, const std::string& table, uint16_t port);
+
+// Bytes waiting in the receive queue of the TCP connection from local port
+// `port` to remote port `remote` (/proc/net/tcp and tcp6), -1 when there is
+// none: 0 once the process holding it (lb) has read what was sent to it.
+long tcp_receive_queue(uint16_t port, uint16_t remote);
+// Whether lb (listening on `lb_port`) has read everything `client` sent it
+// by the deadline: the kernel's receive queue of lb's end is empty.
+bool lb_has_read(const Socket& client, uint16_t lb_port, Deadline deadline);
 
 }  // namespace lb::test

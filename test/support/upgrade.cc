@@ -41,12 +41,6 @@ int fd_count_of(pid_t pid) {
   return -1;
 }
 
-long tcp_receive_queue(uint16_t port, uint16_t remote) {
-  for (const auto& r : proc_net_rows("tcp"))
-    if (r.local_port == port && r.remote_port == remote) return static_cast<long>(r.rx_queue);
-  return -1;
-}
-
 Socket accept_within(const Socket& listener, Deadline deadline) {
   while (true) {
     int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -18,6 +18,7 @@
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
+#include "test/support/proc_net.h"
 
 namespace lb::test {
 
@@ -25,10 +26,6 @@ bool install_script(const std::string& path, const std::string& text);
 
 int fd_count_of(pid_t pid);
 
-// Bytes waiting in the receive queue of the TCP connection from local port
-// `port` to remote port `remote` (/proc/net/tcp and tcp6), -1 when there is
-// none: 0 once the process holding it (lb) has read what was sent to it.
-long tcp_receive_queue(uint16_t port, uint16_t remote);
 // Accepts one connection on a listening socket (tcp_listen) within the
 // deadline; invalid on failure or timeout.
 Socket accept_within(const Socket& listener, Deadline deadline);

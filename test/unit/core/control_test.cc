@@ -10,6 +10,7 @@
 #include "conf/load.h"
 #include "core/control.h"
 #include "core/select/selector_set.h"
+#include "core/tls/settings.h"
 #include "test/support/config_builder.h"
 
 using lb::core::BackendTablePtr;
@@ -222,6 +223,36 @@ TEST_CASE("a staged reload changes nothing until it commits, and a dropped one n
   cp.commit_staged();  // nothing staged: no-op
   CHECK(published.size() == tables + 1);
   CHECK(cp.snapshot()[1].backends.size() == 2);
+}
+
+TEST_CASE("the TLS contexts are published with the pools they were staged with", "[control][tls]") {
+  std::vector<BackendTablePtr> published;
+  ControlPlane cp([&](BackendTablePtr t) { published.push_back(t); });
+  auto first = std::make_shared<const lb::tls::Contexts>();
+  cp.apply(load(kTwoPools), first);
+  REQUIRE_FALSE(published.empty());
+  CHECK(published.back()->tls == first);
+  const size_t tables = published.size();
+  // A reload: the same pools, other contexts (files read anew). Nothing
+  // changes for traffic until it commits, then a table is published even
+  // though no pool's selection changed.
+  auto second = std::make_shared<const lb::tls::Contexts>();
+  cp.stage(load(kTwoPools), second);
+  CHECK(published.size() == tables);
+  CHECK(cp.current()->tls == first);
+  cp.commit_staged();
+  REQUIRE(published.size() == tables + 1);
+  CHECK(published.back()->tls == second);
+  // Health changes keep the contexts; a dropped reload leaves them.
+  cp.stage(load(kTwoPools), first);
+  cp.drop_staged();
+  cp.set_health(*published.back()->find("checked")->backends[0], true);
+  REQUIRE(published.size() == tables + 2);
+  CHECK(cp.current()->tls == second);
+  // A reload without TLS publishes none.
+  cp.stage(load(kTwoPools));
+  cp.commit_staged();
+  CHECK(cp.current()->tls == nullptr);
 }
 
 TEST_CASE("slow start ramps a recovered backend's weight, never the first result", "[control]") {
