@@ -463,17 +463,23 @@ interval = "2s"
               f"({(mem1 - mem0) * 1024 / max(got, 1):.0f} B per connection: 4 sockets, client, lb x 2, backend)",
               flush=True)
 
+        def check_holders(what):
+            """Every held connection echoes once more: returns how many did;
+            a broken one is a failure, named after `what` broke it."""
+            for h in holders:
+                h.send("check")
+            checked = [h.read() for h in holders]
+            bad = sum(c["failed"] for c in checked)
+            if bad:
+                failures.append(f"{bad} held connections broken by {what}")
+            return sum(c["checked"] for c in checked) - bad
+
         # A reload with all of them open; every one still echoes afterwards.
         gen = generation()
         lb.send_signal(signal.SIGHUP)
         wait_for("the reload", lambda: generation() == gen + 1, 30)
-        for h in holders:
-            h.send("check")
-        checked = [h.read() for h in holders]
-        bad = sum(c["failed"] for c in checked)
-        if bad:
-            failures.append(f"{bad} held connections broken by a reload")
-        print(f"   reload with {got} open: all {sum(c['checked'] for c in checked) - bad} still echo", flush=True)
+        still = check_holders("a reload")
+        print(f"   reload with {got} open: all {still} still echo", flush=True)
 
         # An upgrade in place (SIGUSR2, the same program) with all of them
         # open: the new process takes every connection over, the old one
@@ -482,16 +488,11 @@ interval = "2s"
         old = lb.pid()
         new_pid, moved = lb.upgrade(gen + 2, 120)
         upgrade_s = time.monotonic() - t0
-        for h in holders:
-            h.send("check")
-        checked = [h.read() for h in holders]
-        bad = sum(c["failed"] for c in checked)
-        if bad:
-            failures.append(f"{bad} held connections broken by an upgrade")
+        still = check_holders("an upgrade")
         if active_connections() != got:
             failures.append(f"after the upgrade lb counts {active_connections()} active, not {got}")
         print(f"   upgrade with {got} open: pid {old} -> {new_pid} in {upgrade_s:.1f} s, {moved} connections "
-              f"moved, all {sum(c['checked'] for c in checked) - bad} still echo; new lb RSS "
+              f"moved, all {still} still echo; new lb RSS "
               f"{rss_kb(new_pid)} KiB, fds {fds(new_pid)}", flush=True)
         prober.finish()
         hz, st = max(prober.healthz, default=0), max(prober.status, default=0)
