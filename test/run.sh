@@ -97,11 +97,8 @@ fi
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
   build build-asan -- -DCMAKE_BUILD_TYPE=Debug -DLB_ASAN=ON -DLB_UBSAN=ON
-  # A small quarantine (freed memory held back to catch use after free):
-  # with the default 256 MB it fills over the whole soak, so lb's RSS grows
-  # with the bytes moved and the soak's RSS bound measured ASan, not lb.
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:quarantine_size_mb=16 \
-    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 run_ctest build-asan
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run_ctest build-asan
 
   # ThreadSanitizer over what crosses threads: the health thread and the
   # control plane, the systemd/privilege code, and the lb binary itself under
