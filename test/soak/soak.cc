@@ -1663,19 +1663,31 @@ int run_soak(const Settings& cfg) {
   // fails it. A try counts as sent "while nothing was down" when no
   // down or upgrade window touched the kTryFlight after it was sent, answered or not: judging a lost try by
   // the 1.5 s it was waited for would excuse nearly all of them (kills come every 1-2 s) and bias the
-  // comparison.
+  // comparison. Nor is a try counted that was sent while the link watch saw the back link out (no ping
+  // to some backend answered within the probe timeout for that long): the relays count what they drop,
+  // not what they deliver seconds late.
   std::string netem_summary;
   if (impaired) {
     const auto front = impaired->front_link();
     const auto back = impaired->back_link();
     constexpr auto kTryFlight = milliseconds(300);  // four links of 20 +- 10 ms, and a busy machine
     uint64_t tries = 0, lost = 0, reload_tries = 0, reload_lost = 0, after_upgrade_tries = 0,
-             after_upgrade_lost = 0;
+             after_upgrade_lost = 0, link_out_tries = 0;
+    std::vector<LinkWatch::Outage> link_out;
+    for (int j = 0; j < kBackends; ++j) {
+      auto o = watch.outages(j, sh.net.health_timeout, sh.net.health_timeout, sh.downs);
+      link_out.insert(link_out.end(), o.begin(), o.end());
+    }
     for (const auto& list : sh.udp_tries) {
       for (const Shared::Try& x : list) {
         if (sh.downs.overlaps(-1, x.sent, x.sent + kTryFlight) ||
             sh.upgrades.overlaps(-1, x.sent, x.sent + kTryFlight))
           continue;
+        if (std::any_of(link_out.begin(), link_out.end(),
+                        [&](const auto& o) { return o.from <= x.sent + kTryFlight && o.to >= x.sent; })) {
+          ++link_out_tries;
+          continue;
+        }
         ++tries;
         if (!x.answered) ++lost;
         if (sh.reloads.overlaps(-1, x.sent, x.sent + kTryFlight)) {
@@ -1711,12 +1723,13 @@ int run_soak(const Settings& cfg) {
             l.relay.overflow + l.relay.write_errors, l.tap_drops, l.loss() * 100);
       };
       netem_summary = fmt::format(
-          "soak: netem: {}; {}. UDP tries sent while nothing was down {}, lost {} ({:.2f} %; the links lose "
+          "soak: netem: {}; {}. UDP tries sent while nothing was down {} (and {} while the back link was "
+          "out, not counted), lost {} ({:.2f} %; the links lose "
           "{:.2f} % of a round trip, bound {:.2f} %); {} questions unanswered after {} tries with nothing "
           "down (of them during a reload: {} tries, {} lost; in the 3 s after an upgrade: {} tries, {} "
           "lost).\n",
-          describe("front", *front), describe("back", *back), tries, lost, measured * 100, links * 100,
-          bound * 100, t.udp_unanswered_links.load(), kUdpTries, reload_tries, reload_lost,
+          describe("front", *front), describe("back", *back), tries, link_out_tries, lost, measured * 100,
+          links * 100, bound * 100, t.udp_unanswered_links.load(), kUdpTries, reload_tries, reload_lost,
           after_upgrade_tries, after_upgrade_lost);
     }
   }
