@@ -1179,10 +1179,13 @@ void judge_failures(Shared& sh, const LinkWatch& watch, Clock::time_point t0,
 // (lb_listener_rejected_total{reason="no_backend"}) is explained only when
 // lb really had no backend, for reasons outside lb: a sample on either side
 // of the count showed every backend of the pool down, and each of them had
-// been killed (not restarted yet) or cut off by its link (pings unanswered
-// within the probe timeout for at least as long) within the time lb's
-// probes take to notice (fall probes, each interval + jitter + timeout, and
-// a second) before. One backend is killed at a time, so it takes the link.
+// been killed (not restarted yet) or cut off (pings unanswered within the
+// probe timeout, for as long as lb's `fall` failed probes take: a single
+// ping with fall = 1 on loopback, which loses nothing; a second of them with
+// fall = 2 over the impaired links) within the time lb's probes take to
+// notice (fall probes, each interval + jitter + timeout, and a second)
+// before. One backend is killed at a time, so it takes the link, or a
+// backend (or machine) too slow to answer.
 // What it explains goes to `explained`, with the reasons; anything else is
 // a violation saying which backend lb had up, or which one it had down
 // without a cause.
@@ -1195,7 +1198,7 @@ std::vector<std::pair<Clock::time_point, Clock::time_point>> judge_refusals(
   const auto notice = sh.net.health_fall * (kHealthInterval * 11 / 10 + timeout) + seconds(1);
   std::array<std::vector<LinkWatch::Outage>, kBackends> cut;
   for (int j = 0; j < kBackends; ++j)
-    cut[static_cast<size_t>(j)] = watch.outages(j, timeout, timeout, sh.downs);
+    cut[static_cast<size_t>(j)] = watch.outages(j, timeout, timeout * (sh.net.health_fall - 1), sh.downs);
   const auto& ss = sampler.samples();
   if (ss.empty()) {
     sh.violations.add(sh.totals, "no sample of lb's metrics during the load");
@@ -1225,10 +1228,10 @@ std::vector<std::pair<Clock::time_point, Clock::time_point>> judge_refusals(
           if (sh.downs.overlaps(j, from, to))
             reasons += fmt::format("{}{}{} killed", reasons.empty() ? "" : ", ", prefix, j);
           else if (o != c.end())
-            reasons += fmt::format("{}{}{} cut off for {} ms from t={:.1f} s", reasons.empty() ? "" : ", ",
+            reasons += fmt::format("{}{}{} unanswered for {} ms from t={:.1f} s", reasons.empty() ? "" : ", ",
                                    prefix, j, o->ms(), at_s(t0, o->from));
           else
-            why = fmt::format("lb had {}{} down, neither killed nor cut off by its link", prefix, j);
+            why = fmt::format("lb had {}{} down, neither killed nor unanswered by the link watch", prefix, j);
         }
       }
       const std::string what =
