@@ -406,6 +406,50 @@ TEST_CASE("udp probe: expected substring, any reply, closed port", "[health][pro
   CHECK(closed.elapsed < 1000ms);  // the ICMP error, not the 3s timeout
 }
 
+// The health thread can be held up in a callback (its sink waits for the
+// control plane's lock, or the scheduler sets the thread aside on a busy
+// machine) past a probe's timeout while the answer arrives. libuv runs an
+// iteration's expired timers before it reads the sockets, so the answer
+// must still be read first: it came in time. Here the backend answers
+// 20 ms after the question, and the loop is held up for 500 ms (more than
+// the 200 ms timeout) from the moment the question arrived.
+TEST_CASE("udp probe: an answer that arrived in time passes although the loop was held up past the timeout",
+          "[health][probe][udp][timeout]") {
+  uv_loop_t loop;
+  REQUIRE(uv_loop_init(&loop) == 0);
+  uv_async_t hold;
+  REQUIRE(uv_async_init(&loop, &hold, [](uv_async_t*) { std::this_thread::sleep_for(500ms); }) == 0);
+  testing::UdpServer server([&hold](std::string_view q) {
+    uv_async_send(&hold);  // the loop is held up from now on
+    std::this_thread::sleep_for(20ms);
+    return std::vector<std::string>{"echo:" + std::string(q)};
+  });
+  SslCtxPtr tls = make_probe_tls_context();
+  auto c = check_of(conf::HealthType::Udp, 200ms);
+  c.udp_send = "ping";
+  c.udp_expect = "echo:ping";
+  Outcome out;
+  auto probe = make_probe(ProbeEnv{&loop, tls.get()}, c, probe_address(loopback_endpoint(server.port()), 0),
+                          [&](bool pass, std::string reason) {
+                            ++out.calls;
+                            out.pass = pass;
+                            out.reason = std::move(reason);
+                          });
+  REQUIRE(probe);
+  const auto deadline = steady_clock::now() + 10s;
+  while (out.calls == 0 && steady_clock::now() < deadline) uv_run(&loop, UV_RUN_ONCE);
+  CHECK(server.received() == 1);
+  CHECK(out.calls == 1);
+  INFO("reason: " << out.reason);
+  CHECK(out.pass);
+  if (out.calls == 0) probe->cancel();
+  uv_close(reinterpret_cast<uv_handle_t*>(&hold), nullptr);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  probe.reset();
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK(uv_loop_close(&loop) == 0);
+}
+
 // Cancels `probe` once `ready` holds (or at once), then checks that the
 // callback never fires and the loop closes cleanly.
 template <class Ready>
