@@ -122,9 +122,20 @@ void Probe::on_timer(uv_timer_t* t) {
   if (!self) return;
   if (self->deferred_) {
     self->finish(false, std::move(self->deferred_reason_));
-  } else {
-    self->finish(false, "timeout after " + std::to_string(self->timeout_.count()) + "ms");
+    return;
   }
+  // libuv runs an iteration's expired timers before it reads the sockets.
+  // When the loop was held up past the timeout (a sink waiting for the
+  // control plane's lock, a thread the scheduler set aside on a busy
+  // machine), the answer may have come in time and still be unread: one
+  // more turn of the loop reads it first (its poll waits 1 ms at most; a
+  // 0 ms timer would run again in this very pass of the timers).
+  if (!self->last_look_) {
+    self->last_look_ = true;
+    uv_timer_start(t, on_timer, 1, 0);
+    return;
+  }
+  self->finish(false, "timeout after " + std::to_string(self->timeout_.count()) + "ms");
 }
 
 std::unique_ptr<Probe> make_probe(const ProbeEnv& env, const conf::HealthCheck& check,

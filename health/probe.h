@@ -87,6 +87,7 @@ class Probe {
   State state_ = State::Idle;
   bool deferred_ = false;  // fail_later() armed the timer
   std::string deferred_reason_;
+  bool last_look_ = false;  // the timeout passed: one more turn of the loop reads what came (on_timer)
 };
 
 // Everything the probes of one loop share.

@@ -27,13 +27,22 @@
 //
 // Each backend greets every connection with its index (one byte) before
 // echoing, so a client knows which backend served it. A transfer that fails
-// is excused only if that backend was being killed while the transfer ran;
-// any other failure is a violation, as is a byte that differs, a connect
-// refused by lb, a stall, a failed reload or upgrade, descriptors not given
-// back, or RSS growth past a bound. A UDP question unanswered after three
-// tries is excused only if a backend was down (killed, not yet restarted)
-// or an upgrade ran meanwhile; a wrong answer is never excused. A
-// one-paragraph summary is printed; the exit status is 0 only without
+// is excused only if that backend was being killed while the transfer ran,
+// or if the soak's own link watch (LinkWatch: a ping to every backend every
+// 100 ms from lb's side) saw the link to that backend answer nothing within
+// a second for as long as lb's backend keepalive takes to give up (3 s)
+// meanwhile; any other failure is a violation, as is a byte that differs,
+// a connect refused by lb, a stall, a failed reload or upgrade, descriptors
+// not given back, or RSS growth past a bound. lb refusing a connection for
+// want of a backend is a violation unless its metrics (sampled every
+// 100 ms) had every backend of the pool down then, each killed or cut off
+// by its link (no ping answered within the probe timeout for that long)
+// shortly before (and a client lb closed before its greeting is explained
+// by such a refusal meanwhile); the soak prints each such refusal with its
+// reasons, and each failure the link explained. A UDP question unanswered
+// after three tries is excused only if a backend was down (killed, not yet
+// restarted) or an upgrade ran meanwhile; a wrong answer is never excused.
+// A one-paragraph summary is printed; the exit status is 0 only without
 // violations.
 //
 // Growth: the serving lb's RSS and descriptors are sampled throughout. After
@@ -133,6 +142,17 @@ constexpr int kFdTolerance = 2 * kBackends + 2;
 // How long a UDP client waits for each try's answer.
 constexpr auto kUdpWait = milliseconds(1500);
 constexpr int kUdpTries = 3;
+// lb's health probes of both pools run every kHealthInterval (config_for).
+constexpr auto kHealthInterval = milliseconds(250);
+// lb's keepalive on its backend sockets for the soak's idle_timeout (30 s),
+// as core::backend_keepalive() derives it: probes after 3 s without a
+// segment from the backend, then kKeepaliveProbes of them kKeepaliveEvery
+// apart; none answered, the kernel ends the connection and lb resets the
+// client's (README: "a backend that vanishes", closed after about 6 s).
+constexpr auto kKeepaliveEvery = milliseconds(1000);
+constexpr int kKeepaliveProbes = 3;
+// The link watch's ping period (LinkWatch).
+constexpr auto kWatchEvery = milliseconds(100);
 
 // The backends' answer to a UDP question: the backend's index, the question,
 // and a hash of it, so the client checks every answer byte for byte.
@@ -340,6 +360,204 @@ class KillLog {
   std::vector<Window> windows_;
 };
 
+// The back link as lb's health probes and backend keepalive meet it,
+// measured by the soak itself from lb's side (under --netem from lb's
+// namespace, through the back relay): every kWatchEvery one datagram to
+// each backend's UDP port, which answers any datagram (serve_udp). A ping
+// is late when no answer came within a given time (or none at all); a run
+// of consecutive late pings to one backend is an outage of its link. The
+// links' random loss (2 % each way) makes about one ping in 25 late, never
+// ten in a row (0.04^10): an outage of a second or more is the link, or the
+// machine under it, not delivering in time, and lb's probes and keepalive
+// fail the same way then.
+//
+// Threads: start() and stop() from the thread whose network namespace the
+// pings must leave from (the watch thread inherits it); the watch thread
+// alone touches the pings until stop() joins it; outages() after stop().
+class LinkWatch {
+ public:
+  struct Outage {
+    Clock::time_point from, to;  // the first late ping sent; the last one sent + `late`
+    size_t pings = 0;
+    long ms() const { return static_cast<long>(std::chrono::duration_cast<milliseconds>(to - from).count()); }
+  };
+
+  LinkWatch(std::string host, const std::array<uint16_t, kBackends>& ports)
+      : host_(std::move(host)), ports_(ports) {}
+  ~LinkWatch() { stop(); }
+
+  bool start() {
+    fd_ = udp_socket(0, "0.0.0.0");
+    if (fd_ < 0) return false;
+    stopped_at_ = Clock::time_point::max();
+    thread_ = std::thread([this] { run(); });
+    return true;
+  }
+  void stop() {
+    stop_.store(true);
+    if (!thread_.joinable()) return;
+    thread_.join();
+    ::close(std::exchange(fd_, -1));
+    stopped_at_ = Clock::now();
+  }
+
+  // Runs of consecutive pings to `backend` none answered within `late`,
+  // whose first and last were sent at least `min_run` apart. A ping sent
+  // while the backend was down (`downs`: killed, not restarted) says nothing
+  // about the link and ends a run; so does one too recent to judge.
+  std::vector<Outage> outages(int backend, milliseconds late, milliseconds min_run,
+                              const KillLog& downs) const;
+  size_t pings() const {
+    size_t n = 0;
+    for (const auto& p : pings_) n += p.size();
+    return n;
+  }
+
+ private:
+  struct Ping {
+    Clock::time_point sent;
+    Clock::time_point answered = Clock::time_point::max();
+  };
+
+  void run() {
+    auto next = Clock::now();
+    while (!stop_.load()) {
+      auto now = Clock::now();
+      if (now >= next) {
+        for (int j = 0; j < kBackends; ++j) {
+          // "W<seq>": the backend answers "A<index>:W<seq>:<hash>" (udp_answer).
+          send_to(fd_, ports_[static_cast<size_t>(j)],
+                  fmt::format("W{}", pings_[static_cast<size_t>(j)].size()), host_);
+          pings_[static_cast<size_t>(j)].push_back({Clock::now()});
+        }
+        next += kWatchEvery;
+        if (next < now) next = now + kWatchEvery;  // the thread was held up: no burst
+      }
+      pollfd p{fd_, POLLIN, 0};
+      const auto wait = std::chrono::duration_cast<milliseconds>(next - Clock::now()).count();
+      if (::poll(&p, 1, static_cast<int>(std::max<long>(wait, 0))) <= 0) continue;
+      char buf[512];
+      for (;;) {
+        const ssize_t n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+        if (n <= 0) break;
+        const std::string_view a(buf, static_cast<size_t>(n));
+        // A<index>:W<seq>:...
+        if (a.size() < 6 || a[0] != 'A' || a[2] != ':' || a[3] != 'W') continue;
+        const int j = a[1] - '0';
+        if (j < 0 || j >= kBackends) continue;
+        const size_t seq = std::strtoul(std::string(a.substr(4, a.find(':', 4) - 4)).c_str(), nullptr, 10);
+        auto& list = pings_[static_cast<size_t>(j)];
+        if (seq < list.size() && list[seq].answered == Clock::time_point::max())
+          list[seq].answered = Clock::now();
+      }
+    }
+  }
+
+  std::string host_;
+  std::array<uint16_t, kBackends> ports_;
+  int fd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  Clock::time_point stopped_at_{};
+  std::array<std::vector<Ping>, kBackends> pings_;
+};
+
+std::vector<LinkWatch::Outage> LinkWatch::outages(int backend, milliseconds late, milliseconds min_run,
+                                                  const KillLog& downs) const {
+  std::vector<Outage> out;
+  std::optional<Outage> cur;
+  Clock::time_point last_sent{};
+  auto close_run = [&] {
+    if (cur && last_sent - cur->from >= min_run) {
+      cur->to = last_sent + late;
+      out.push_back(*cur);
+    }
+    cur.reset();
+  };
+  for (const Ping& p : pings_[static_cast<size_t>(backend)]) {
+    if (p.sent + late > stopped_at_ || downs.overlaps(backend, p.sent, p.sent + late)) {
+      close_run();
+      continue;
+    }
+    if (p.answered != Clock::time_point::max() && p.answered - p.sent <= late) {
+      close_run();
+      continue;
+    }
+    if (!cur) cur = Outage{p.sent, p.sent, 0};
+    ++cur->pings;
+    last_sent = p.sent;
+  }
+  close_run();
+  return out;
+}
+
+// lb's view, sampled from its admin API every kWatchEvery while the load
+// runs: whether it had every backend of a pool down, and how many
+// connections each listener refused for want of a backend. A refusal
+// counted between two samples is judged by them (see judge_refusals).
+//
+// Threads: like LinkWatch (the admin API is on lb's loopback).
+class HealthSampler {
+ public:
+  static constexpr size_t kPools = 2;  // listener i uses pool i
+  static constexpr std::array<const char*, kPools> kListener = {"soak", "soak_udp"};
+  static constexpr std::array<char, kPools> kPrefix = {'b', 'u'};  // backend ids: b0.., u0..
+
+  struct Sample {
+    Clock::time_point before, after;  // the request's start and its answer
+    std::array<bool, kPools> all_down{};
+    std::array<std::string, kPools> up;  // the backends lb had up, e.g. "b1 b3"
+    std::array<double, kPools> no_backend{};
+  };
+
+  explicit HealthSampler(uint16_t admin) : admin_(admin) {}
+  ~HealthSampler() { stop(); }
+  void start() {
+    thread_ = std::thread([this] {
+      while (!stop_.load()) {
+        take();
+        std::this_thread::sleep_for(kWatchEvery);  // pacing, not a wait for lb
+      }
+    });
+  }
+  // Stops sampling after one last sample.
+  void stop() {
+    stop_.store(true);
+    if (!thread_.joinable()) return;
+    thread_.join();
+    take();
+  }
+  const std::vector<Sample>& samples() const { return samples_; }
+
+ private:
+  void take() {
+    Sample s;
+    s.before = Clock::now();
+    auto m = fetch_metrics(admin_, in(seconds(2)));
+    s.after = Clock::now();
+    if (!m) return;  // lb between two programs (an upgrade): the next one
+    for (size_t i = 0; i < kPools; ++i) {
+      auto ups = m->find("lb_backend_up", {{"pool", kListener[i]}});
+      bool any_up = false;
+      for (const auto& u : ups) {
+        if (u.value == 0) continue;
+        any_up = true;
+        s.up[i] += (s.up[i].empty() ? "" : " ") + u.labels.at("backend");
+      }
+      s.all_down[i] = !ups.empty() && !any_up;
+      s.no_backend[i] =
+          m->value("lb_listener_rejected_total", {{"listener", kListener[i]}, {"reason", "no_backend"}})
+              .value_or(0);
+    }
+    samples_.push_back(std::move(s));
+  }
+
+  uint16_t admin_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  std::vector<Sample> samples_;
+};
+
 struct Totals {
   std::atomic<uint64_t> attempted{0};
   std::atomic<uint64_t> completed{0};   // echo transfers that got every byte back
@@ -354,6 +572,8 @@ struct Totals {
   std::atomic<uint64_t> udp_lost_down{0}, udp_lost_upgrade{0}, udp_lost_other{0};
   std::atomic<uint64_t> udp_unanswered_links{0};  // --netem: after every try, with nothing down
   std::atomic<uint64_t> killed_failures{0};       // failed while their backend was being killed
+  std::atomic<uint64_t> link_failures{0};         // reset while the back link to their backend was out
+  std::atomic<uint64_t> refused_no_backend{0};    // no greeting: lb had no backend to give (judge_refusals)
   std::atomic<uint64_t> refused{0};               // ECONNREFUSED connecting to lb
   std::atomic<uint64_t> connect_errors{0};        // any other connect failure
   std::atomic<uint64_t> bytes{0};                 // sent + received by clients
@@ -395,7 +615,7 @@ struct Network {
   // After the load: lb's connections all closed. A client's RST lost on the
   // link leaves lb's side open until it sends (and is reset) or idle_timeout.
   seconds drain_wait{20};
-  std::string health_timeout = "200ms";
+  milliseconds health_timeout{200};
   int health_fall = 1;
   // At most this fraction of the questions unanswered after every try.
   double max_unanswered = 0.01;
@@ -418,6 +638,16 @@ struct Shared {
     bool answered;
   };
   std::vector<std::vector<Try>> udp_tries;
+  // Failures not explained by a kill, judged after the run against the
+  // link watch and lb's refusals (judge_failures); backend -1: the client
+  // never learnt its backend.
+  struct Failure {
+    std::string detail;
+    int backend;
+    Clock::time_point started, ended;
+  };
+  std::mutex failures_mu;
+  std::vector<Failure> failures;
   Totals totals;
   Violations violations;
 };
@@ -508,7 +738,8 @@ void one_transfer(Shared& sh, std::mt19937_64& rng, int client) {
     } else if (sh.kills.overlaps(backend, started, Clock::now())) {
       t.killed_failures.fetch_add(1);
     } else {
-      sh.violations.add(t, "unexplained failure: " + detail);
+      std::lock_guard lk(sh.failures_mu);
+      sh.failures.push_back({detail, backend, started, Clock::now()});
     }
   };
 
@@ -719,13 +950,13 @@ selector = "{}"
 {}
 [pool.health_check]
 type = "tcp"
-interval = "250ms"
-timeout = "{}"
+interval = "{}ms"
+timeout = "{}ms"
 rise = 1
 fall = {}
 )",
                      net.lb_host, selector, selector == "maglev" ? "hash_key = \"source_ip_port\"" : "",
-                     net.health_timeout, net.health_fall);
+                     kHealthInterval.count(), net.health_timeout.count(), net.health_fall);
   for (int i = 0; i < kBackends; ++i) {
     out += fmt::format("\n[[pool.backend]]\naddress = \"{}:{}\"\nid = \"b{}\"\nweight = {}\n",
                        net.backend_host, ports[i], i, weights[i]);
@@ -745,12 +976,12 @@ name = "soak_udp"
 type = "udp"
 udp_send = "ping"
 udp_expect = "pong"
-interval = "250ms"
-timeout = "{}"
+interval = "{}ms"
+timeout = "{}ms"
 rise = 1
 fall = {}
 )",
-                     net.lb_host, net.health_timeout, net.health_fall);
+                     net.lb_host, kHealthInterval.count(), net.health_timeout.count(), net.health_fall);
   for (int i = 0; i < kBackends; ++i) {
     out += fmt::format("\n[[pool.backend]]\naddress = \"{}:{}\"\nid = \"u{}\"\nweight = {}\n",
                        net.backend_host, udp_ports[i], i, weights[i]);
@@ -881,6 +1112,145 @@ bool enter_client_side(Shared& sh) {
   return false;
 }
 
+// Seconds into the run, for the report.
+double at_s(Clock::time_point t0, Clock::time_point t) {
+  return std::chrono::duration<double>(t - t0).count();
+}
+
+// A failed transfer whose backend was not being killed (one_transfer) is
+// explained only by an outage of the back link to that backend that lb's
+// backend keepalive does not ride out: pings kKeepaliveEvery apart for as
+// long as its kKeepaliveProbes probes take, none answered within
+// kKeepaliveEvery, during the transfer and before the client saw the
+// failure. lb then ends the backend connection and resets the client's, as
+// it does for a backend that vanished (README). What it explains goes to
+// `explained`; anything else is a violation, with the link's longest
+// outage during the transfer for the diagnosis.
+//
+// A client that never got its greeting (backend -1) was refused by lb for
+// want of a backend when such a refusal on its listener, explained by
+// judge_refusals, was counted while it waited (`refused`: those windows).
+void judge_failures(Shared& sh, const LinkWatch& watch, Clock::time_point t0,
+                    const std::vector<std::pair<Clock::time_point, Clock::time_point>>& refused,
+                    std::vector<std::string>& explained) {
+  std::array<std::vector<LinkWatch::Outage>, kBackends> cut, any;
+  for (int j = 0; j < kBackends; ++j) {
+    cut[static_cast<size_t>(j)] =
+        watch.outages(j, kKeepaliveEvery, kKeepaliveEvery * (kKeepaliveProbes - 1), sh.downs);
+    any[static_cast<size_t>(j)] = watch.outages(j, kKeepaliveEvery, kWatchEvery, sh.downs);
+  }
+  auto during = [](const LinkWatch::Outage& o, const Shared::Failure& f) {
+    return o.from <= f.ended && o.to >= f.started;
+  };
+  for (const Shared::Failure& f : sh.failures) {
+    if (f.backend < 0) {
+      if (std::any_of(refused.begin(), refused.end(),
+                      [&](const auto& w) { return w.first <= f.ended && w.second >= f.started; })) {
+        sh.totals.refused_no_backend.fetch_add(1);
+      } else {
+        sh.violations.add(
+            sh.totals,
+            fmt::format("unexplained failure: {} (t={:.1f}-{:.1f} s; no backend kill, no refusal for "
+                        "want of a backend meanwhile)",
+                        f.detail, at_s(t0, f.started), at_s(t0, f.ended)));
+      }
+      continue;
+    }
+    const auto b = static_cast<size_t>(f.backend);
+    auto hit = std::find_if(cut[b].begin(), cut[b].end(), [&](const auto& o) { return during(o, f); });
+    if (hit != cut[b].end()) {
+      sh.totals.link_failures.fetch_add(1);
+      explained.push_back(
+          fmt::format("{} at t={:.1f} s: the back link to backend {} answered no ping within {} ms for {} ms "
+                      "from t={:.1f} s "
+                      "(lb's backend keepalive gives up after {} unanswered probes {} ms apart)",
+                      f.detail, at_s(t0, f.ended), f.backend, kKeepaliveEvery.count(), hit->ms(),
+                      at_s(t0, hit->from), kKeepaliveProbes, kKeepaliveEvery.count()));
+      continue;
+    }
+    long longest = 0;
+    for (const auto& o : any[b])
+      if (during(o, f)) longest = std::max(longest, o.ms());
+    sh.violations.add(sh.totals,
+                      fmt::format("unexplained failure: {} (t={:.1f}-{:.1f} s; backend {} not killed "
+                                  "meanwhile, the longest outage of its back link then {} ms)",
+                                  f.detail, at_s(t0, f.started), at_s(t0, f.ended), f.backend, longest));
+  }
+}
+
+// A connection refused for want of a backend
+// (lb_listener_rejected_total{reason="no_backend"}) is explained only when
+// lb really had no backend, for reasons outside lb: a sample on either side
+// of the count showed every backend of the pool down, and each of them had
+// been killed (not restarted yet) or cut off (pings unanswered within the
+// probe timeout, for as long as lb's `fall` failed probes take: a single
+// ping with fall = 1 on loopback, which loses nothing; a second of them with
+// fall = 2 over the impaired links) within the time lb's probes take to
+// notice (fall probes, each interval + jitter + timeout, and a second)
+// before. One backend is killed at a time, so it takes the link, or a
+// backend (or machine) too slow to answer.
+// What it explains goes to `explained`, with the reasons; anything else is
+// a violation saying which backend lb had up, or which one it had down
+// without a cause.
+// Returns the explained refusals' sample windows on the TCP listener.
+std::vector<std::pair<Clock::time_point, Clock::time_point>> judge_refusals(
+    Shared& sh, const HealthSampler& sampler, const LinkWatch& watch, Clock::time_point t0,
+    std::vector<std::string>& explained) {
+  std::vector<std::pair<Clock::time_point, Clock::time_point>> tcp_windows;
+  const milliseconds timeout = sh.net.health_timeout;
+  const auto notice = sh.net.health_fall * (kHealthInterval * 11 / 10 + timeout) + seconds(1);
+  std::array<std::vector<LinkWatch::Outage>, kBackends> cut;
+  for (int j = 0; j < kBackends; ++j)
+    cut[static_cast<size_t>(j)] = watch.outages(j, timeout, timeout * (sh.net.health_fall - 1), sh.downs);
+  const auto& ss = sampler.samples();
+  if (ss.empty()) {
+    sh.violations.add(sh.totals, "no sample of lb's metrics during the load");
+    return tcp_windows;
+  }
+  for (size_t i = 0; i < HealthSampler::kPools; ++i) {
+    if (ss.front().no_backend[i] > 0)
+      sh.violations.add(sh.totals,
+                        fmt::format("lb refused {} connections on {} for want of a backend before the load",
+                                    ss.front().no_backend[i], HealthSampler::kListener[i]));
+  }
+  for (size_t k = 1; k < ss.size(); ++k) {
+    const HealthSampler::Sample &a = ss[k - 1], &b = ss[k];
+    for (size_t i = 0; i < HealthSampler::kPools; ++i) {
+      const double n = b.no_backend[i] - a.no_backend[i];
+      if (n <= 0) continue;
+      const char prefix = HealthSampler::kPrefix[i];
+      const auto from = a.before - notice, to = b.after;
+      std::string why, reasons;
+      if (!a.all_down[i] && !b.all_down[i]) {
+        why = fmt::format("lb had backends up before ({}) and after ({})", a.up[i], b.up[i]);
+      } else {
+        for (int j = 0; j < kBackends && why.empty(); ++j) {
+          const auto& c = cut[static_cast<size_t>(j)];
+          auto o =
+              std::find_if(c.begin(), c.end(), [&](const auto& x) { return x.from <= to && x.to >= from; });
+          if (sh.downs.overlaps(j, from, to))
+            reasons += fmt::format("{}{}{} killed", reasons.empty() ? "" : ", ", prefix, j);
+          else if (o != c.end())
+            reasons += fmt::format("{}{}{} unanswered for {} ms from t={:.1f} s", reasons.empty() ? "" : ", ",
+                                   prefix, j, o->ms(), at_s(t0, o->from));
+          else
+            why = fmt::format("lb had {}{} down, neither killed nor unanswered by the link watch", prefix, j);
+        }
+      }
+      const std::string what =
+          fmt::format("lb refused {} connections on {} for want of a backend at t={:.1f}-{:.1f} s", n,
+                      HealthSampler::kListener[i], at_s(t0, a.before), at_s(t0, b.after));
+      if (why.empty()) {
+        explained.push_back(fmt::format("{}, every backend down in lb: {}", what, reasons));
+        if (i == 0) tcp_windows.emplace_back(a.before, b.after);
+      } else {
+        sh.violations.add(sh.totals, fmt::format("{}: {}", what, why));
+      }
+    }
+  }
+  return tcp_windows;
+}
+
 int run_soak(const Settings& cfg) {
   raise_fd_limit();
   const std::string exe = self_exe();
@@ -917,7 +1287,7 @@ int run_soak(const Settings& cfg) {
     // datagram still fails a probe: two failures in a row mark a backend
     // down (a killed one still fails at once, with a reset or an ICMP
     // error; the next probe follows a result by `interval`).
-    net.health_timeout = "1s";
+    net.health_timeout = milliseconds(1000);
     net.health_fall = 2;
     // A killed backend stays in lb's rotation for those probes, and each of
     // a question's tries meanwhile also crosses four lossy links: about one
@@ -1001,6 +1371,8 @@ int run_soak(const Settings& cfg) {
       for (int i = 0; i < 8; ++i) one_transfer(warm, wrng, -1);
       for (int i = 0; i < 8; ++i) one_question(warm, wrng, -1, static_cast<uint64_t>(i));
     }).join();
+    // Nothing is killed during the warm-up: every failure is unexplained.
+    for (const auto& f : warm.failures) warm.violations.add(warm.totals, "unexplained failure: " + f.detail);
     if (warm.totals.violations.load() != 0) {
       for (const auto& v : warm.violations.list()) std::fprintf(stderr, "soak: warm-up: %s\n", v.c_str());
       return 1;
@@ -1011,6 +1383,15 @@ int run_soak(const Settings& cfg) {
   const pid_t first_pid = lb.pid();
 
   // ---- load and faults -----------------------------------------------------
+  // lb's health state and the back link, measured throughout (from lb's
+  // side: this thread's namespace).
+  LinkWatch watch(sh.net.backend_host, udp_ports);
+  if (!watch.start()) {
+    std::fprintf(stderr, "soak: the link watch has no socket: %s\n", std::strerror(errno));
+    return 2;
+  }
+  HealthSampler sampler(admin);
+  sampler.start();
   const auto t0 = Clock::now();
   std::vector<std::thread> clients;
   for (int c = 0; c < cfg.clients; ++c) {
@@ -1160,6 +1541,11 @@ int run_soak(const Settings& cfg) {
   sh.stop.store(true);
   for (auto& t : clients) t.join();
   if (down >= 0) restart_down();
+  sampler.stop();
+  watch.stop();
+  std::vector<std::string> explained_failures, explained_refusals;
+  const auto refused_windows = judge_refusals(sh, sampler, watch, t0, explained_refusals);
+  judge_failures(sh, watch, t0, refused_windows, explained_failures);
   const double seconds_run = std::chrono::duration<double>(Clock::now() - t0).count();
 
   // ---- after the load ------------------------------------------------------
@@ -1189,9 +1575,16 @@ int run_soak(const Settings& cfg) {
   const double upgrades_ok = m ? m->value("lb_upgrades_total", {{"result", "ok"}}).value_or(0) : -1;
   const double udp_sessions =
       m ? m->value("lb_listener_connections_total", {{"listener", "soak_udp"}}).value_or(0) : -1;
-  if (rejected_no_backend != 0 || rejected_limit != 0) {
-    sh.violations.add(sh.totals, fmt::format("lb rejected connections: no_backend {} limit {}",
-                                             rejected_no_backend, rejected_limit));
+  // Refusals for want of a backend were judged while the load ran
+  // (judge_refusals); none may follow the last sample, nor any at a limit.
+  const auto& samples_taken = sampler.samples();
+  const double sampled_no_backend =
+      samples_taken.empty() ? 0 : samples_taken.back().no_backend[0] + samples_taken.back().no_backend[1];
+  if (rejected_no_backend > sampled_no_backend || rejected_limit != 0) {
+    sh.violations.add(
+        sh.totals,
+        fmt::format("lb rejected connections: no_backend {} ({} after the load) limit {}",
+                    rejected_no_backend, rejected_no_backend - sampled_no_backend, rejected_limit));
   }
   if (upgrades_ok != static_cast<double>(upgrades)) {
     sh.violations.add(sh.totals,
@@ -1278,19 +1671,31 @@ int run_soak(const Settings& cfg) {
   // fails it. A try counts as sent "while nothing was down" when no
   // down or upgrade window touched the kTryFlight after it was sent, answered or not: judging a lost try by
   // the 1.5 s it was waited for would excuse nearly all of them (kills come every 1-2 s) and bias the
-  // comparison.
+  // comparison. Nor is a try counted that was sent while the link watch saw the back link out (no ping
+  // to some backend answered within the probe timeout for that long): the relays count what they drop,
+  // not what they deliver seconds late.
   std::string netem_summary;
   if (impaired) {
     const auto front = impaired->front_link();
     const auto back = impaired->back_link();
     constexpr auto kTryFlight = milliseconds(300);  // four links of 20 +- 10 ms, and a busy machine
     uint64_t tries = 0, lost = 0, reload_tries = 0, reload_lost = 0, after_upgrade_tries = 0,
-             after_upgrade_lost = 0;
+             after_upgrade_lost = 0, link_out_tries = 0;
+    std::vector<LinkWatch::Outage> link_out;
+    for (int j = 0; j < kBackends; ++j) {
+      auto o = watch.outages(j, sh.net.health_timeout, sh.net.health_timeout, sh.downs);
+      link_out.insert(link_out.end(), o.begin(), o.end());
+    }
     for (const auto& list : sh.udp_tries) {
       for (const Shared::Try& x : list) {
         if (sh.downs.overlaps(-1, x.sent, x.sent + kTryFlight) ||
             sh.upgrades.overlaps(-1, x.sent, x.sent + kTryFlight))
           continue;
+        if (std::any_of(link_out.begin(), link_out.end(),
+                        [&](const auto& o) { return o.from <= x.sent + kTryFlight && o.to >= x.sent; })) {
+          ++link_out_tries;
+          continue;
+        }
         ++tries;
         if (!x.answered) ++lost;
         if (sh.reloads.overlaps(-1, x.sent, x.sent + kTryFlight)) {
@@ -1326,12 +1731,13 @@ int run_soak(const Settings& cfg) {
             l.relay.overflow + l.relay.write_errors, l.tap_drops, l.loss() * 100);
       };
       netem_summary = fmt::format(
-          "soak: netem: {}; {}. UDP tries sent while nothing was down {}, lost {} ({:.2f} %; the links lose "
+          "soak: netem: {}; {}. UDP tries sent while nothing was down {} (and {} while the back link was "
+          "out, not counted), lost {} ({:.2f} %; the links lose "
           "{:.2f} % of a round trip, bound {:.2f} %); {} questions unanswered after {} tries with nothing "
           "down (of them during a reload: {} tries, {} lost; in the 3 s after an upgrade: {} tries, {} "
           "lost).\n",
-          describe("front", *front), describe("back", *back), tries, lost, measured * 100, links * 100,
-          bound * 100, t.udp_unanswered_links.load(), kUdpTries, reload_tries, reload_lost,
+          describe("front", *front), describe("back", *back), tries, link_out_tries, lost, measured * 100,
+          links * 100, bound * 100, t.udp_unanswered_links.load(), kUdpTries, reload_tries, reload_lost,
           after_upgrade_tries, after_upgrade_lost);
     }
   }
@@ -1365,7 +1771,8 @@ int run_soak(const Settings& cfg) {
   std::printf(
       "soak: %.1f s, %d clients: %llu transfers attempted, %llu completed (%llu byte-exact: %llu full, %llu "
       "half-close, %llu stalled-reader with %.1f MB sent unread), %llu client resets injected, %llu "
-      "abandoned, %llu failed by backend kills, %llu refused, %llu other connect errors; %.1f MB moved; "
+      "abandoned, %llu failed by backend kills, %llu reset while their back link was out, %llu closed by lb "
+      "for want of a backend, %llu refused, %llu other connect errors; %.1f MB moved; "
       "UDP (%d clients): %llu questions, %llu answered (%llu at the first try; tries lost while a backend "
       "was down %llu, during an upgrade %llu, otherwise %llu), %llu unanswered while a backend was down, "
       "lb counted %.0f UDP sessions; %llu backend kills (%llu restarts), %llu reloads "
@@ -1380,6 +1787,8 @@ int run_soak(const Settings& cfg) {
       static_cast<unsigned long long>(t.resets_injected.load()),
       static_cast<unsigned long long>(t.abandoned.load()),
       static_cast<unsigned long long>(t.killed_failures.load()),
+      static_cast<unsigned long long>(t.link_failures.load()),
+      static_cast<unsigned long long>(t.refused_no_backend.load()),
       static_cast<unsigned long long>(t.refused.load()),
       static_cast<unsigned long long>(t.connect_errors.load()), static_cast<double>(t.bytes.load()) / 1e6,
       cfg.udp_clients, static_cast<unsigned long long>(t.udp_questions.load()),
@@ -1395,6 +1804,18 @@ int run_soak(const Settings& cfg) {
       rss_warm / 1024.0, rss_late / 1024.0, fds_warm, fds_late,
       static_cast<unsigned long long>(t.violations.load()));
   std::fputs(netem_summary.c_str(), stdout);
+  // What the link watch and lb's health state explained, and why (the
+  // watch pinged every backend every kWatchEvery from lb's side).
+  std::printf(
+      "soak: link watch: %zu pings; %zu sample intervals with refusals for want of a backend, each explained "
+      "(lb had every "
+      "backend down, each killed or cut off by its link), %zu transfers reset while their back link was "
+      "out:\n",
+      watch.pings(), explained_refusals.size(), explained_failures.size());
+  for (const auto* list : {&explained_refusals, &explained_failures}) {
+    for (size_t i = 0; i < list->size() && i < 20; ++i) std::printf("soak:   %s\n", (*list)[i].c_str());
+    if (list->size() > 20) std::printf("soak:   ... and %zu more\n", list->size() - 20);
+  }
   for (const auto& v : sh.violations.list()) std::printf("soak: VIOLATION %s\n", v.c_str());
   std::fflush(stdout);
   if (t.violations.load() != 0) {
