@@ -178,10 +178,18 @@ void TcpSession::choose_backend() {
   }
   auto& slot = listener_->stats->slot(worker_.index());
   // Every usable backend at its max_connections is a limit, not an outage.
-  if (pool && all_full(*pool))
+  // Said in the log too (a few lines a second at most, by kind), as UDP
+  // says a session it cannot open.
+  static log::Throttle full_warn, none_warn;
+  if (pool && all_full(*pool)) {
     bump(slot.rejected_limit);
-  else
+    log::warn_throttled(full_warn, "connection refused: every backend at max_connections listener={} pool={}",
+                        cfg.name, *pool_);
+  } else {
     bump(slot.rejected_no_backend);
+    log::warn_throttled(none_warn, "connection refused: no backend available listener={} pool={}", cfg.name,
+                        *pool_);
+  }
   finish(Result::Refused, false);
 }
 

@@ -4,6 +4,7 @@
 #define CATCH_CONFIG_ENABLE_OPTIONAL_STRINGMAKER
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
+#include <regex>
 
 #include <map>
 #include <string>
@@ -172,6 +173,24 @@ TEST_CASE("all backends down by health check: rejected with reason no_backend", 
       },
       in(seconds(5))));
   CHECK(rejected == rejected_before + 1);
+  // Said in the log, and a burst of refusals is a line or two, not one each.
+  CHECK(lb.wait_for_line(std::regex("^warn connection refused: no backend available listener=web pool=web"),
+                         in(seconds(5))));
+  const auto burst_start = Clock::now();
+  for (int i = 0; i < 50; ++i) {
+    Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)));
+    REQUIRE(c);
+    CHECK(wait_closed(c, in(seconds(5))) != ReadEnd::Timeout);
+  }
+  const std::regex refused("^warn connection refused: no backend");
+  size_t lines = 0;
+  for (const auto& l : lb.process().lines()) lines += std::regex_search(l.text, refused) ? 1 : 0;
+  // One line a second at most (the throttle's interval), however slow the
+  // burst ran on this machine.
+  const auto burst_s = std::chrono::duration_cast<seconds>(Clock::now() - burst_start).count();
+  INFO(lines << " lines for 51 refusals in " << burst_s << " s");
+  CHECK(lines >= 1);
+  CHECK(lines <= static_cast<size_t>(burst_s) + 3);
 
   CHECK(lb.terminate() == 0);
 }
