@@ -47,21 +47,32 @@ std::string fetch_plain(uint16_t port, const std::string& request) {
   return read_until_eof(c, in(seconds(30))).data;
 }
 
+// [pool.tls] settings that verify backend.internal against `files`' CA.
+std::string verify_backend_internal(const TlsFiles& files) {
+  return fmt::format("sni = \"backend.internal\"\nca_file = \"{}\"", files.ca_path());
+}
+
+// An `openssl s_server` with a certificate for backend.internal from the
+// test's CA.
+struct BackendInternal {
+  TlsFiles files;
+  CertFiles cert = files.issue("backend", {"backend.internal"});
+  OpensslServer server{cert.cert, cert.key};
+};
+
 }  // namespace
 
 TEST_CASE("reencrypt: a plain listener to openssl s_server, chain and name verified",
           "[e2e][tls][reencrypt]") {
-  TlsFiles files;
-  CertFiles cert = files.issue("backend", {"backend.internal"});
-  OpensslServer server(cert.cert, cert.key);
-  REQUIRE(server.ok());
+  BackendInternal b;
+  REQUIRE(b.server.ok());
 
   ConfigBuilder cfg;
   cfg.global(1, true)
       .listener("web", "web")
       .pool("web", "tls", "", "interval = \"300ms\"")
-      .pool_tls(fmt::format("sni = \"backend.internal\"\nca_file = \"{}\"", files.ca_path()))
-      .backend(server.address(), "s_server");
+      .pool_tls(verify_backend_internal(b.files))
+      .backend(b.server.address(), "s_server");
   LbProcess lb(cfg);
   REQUIRE(lb.wait_started());
   const uint16_t admin = lb.admin_port();
@@ -79,17 +90,15 @@ TEST_CASE("reencrypt: a plain listener to openssl s_server, chain and name verif
 
 TEST_CASE("reencrypt: a reload that turns [pool.tls] on applies to a client accepted before it",
           "[e2e][tls][reencrypt][reload]") {
-  TlsFiles files;
-  CertFiles cert = files.issue("backend", {"backend.internal"});
-  OpensslServer server(cert.cert, cert.key);
-  REQUIRE(server.ok());
+  BackendInternal b;
+  REQUIRE(b.server.ok());
   auto config = [&](bool tls) {
     ConfigBuilder cfg;
     cfg.global(1, true)
         .listener("web", "web", "accept_proxy_protocol = true\nproxy_protocol_trusted = [\"127.0.0.1/32\"]")
         .pool("web", "none");
-    if (tls) cfg.pool_tls(fmt::format("sni = \"backend.internal\"\nca_file = \"{}\"", files.ca_path()));
-    cfg.backend(server.address(), "s_server");
+    if (tls) cfg.pool_tls(verify_backend_internal(b.files));
+    cfg.backend(b.server.address(), "s_server");
     return cfg.str();
   };
   LbOptions options;
@@ -129,7 +138,7 @@ TEST_CASE("reencrypt: an unverifiable backend is a failed connect; the next one 
   // Accepts, then never answers the ClientHello: connect_timeout ends it.
   TestBackend silent(TestBackend::read_until_eof_then_reply());
   REQUIRE((good.ok() && named.ok() && untrusted.ok() && silent.ok()));
-  const std::string tls_keys = fmt::format("sni = \"backend.internal\"\nca_file = \"{}\"", files.ca_path());
+  const std::string tls_keys = verify_backend_internal(files);
   // Pool "web" of the four (health check `health`), trusting `files`' CA.
   const auto three = [&](const std::string& health) {
     ConfigBuilder cfg;
