@@ -3,7 +3,6 @@
 
 #include <poll.h>
 
-#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <string>
@@ -413,55 +412,23 @@ TEST_CASE("udp probe: expected substring, any reply, closed port", "[health][pro
 // control plane's lock, or the scheduler sets the thread aside on a busy
 // machine) past a probe's timeout while the answer arrives. libuv runs an
 // iteration's expired timers before it reads the sockets, so the answer
-// must still be read first: it came in time. Here the loop is held up in a
-// callback from the moment the backend got the question until the backend
-// has answered (after the hold began) and the 200 ms timeout has passed.
+// must still be read first: it came in time. Here the loop does not run at
+// all from the moment the probe sent its question until the answer is in
+// the probe's socket and the 200 ms timeout has passed: the first turn of
+// the loop finds the timer expired and the answer unread. No thread and no
+// timing to win: the order of events is fixed before the loop runs.
 TEST_CASE("udp probe: an answer that arrived in time passes although the loop was held up past the timeout",
           "[health][probe][udp][timeout]") {
   uv_loop_t loop;
   REQUIRE(uv_loop_init(&loop) == 0);
-  struct Hold {
-    uv_async_t async;
-    std::atomic<bool> holding{false};  // the loop is in the callback
-    std::atomic<bool> answered{false};
-    steady_clock::time_point until;  // the probe's timeout, and a margin
-  } hold;
-  hold.async.data = &hold;
-  REQUIRE(uv_async_init(&loop, &hold.async, [](uv_async_t* a) {
-            auto* h = static_cast<Hold*>(a->data);
-            h->holding.store(true);
-            const auto limit = steady_clock::now() + 10s;  // bounded, should the backend never answer
-            while ((!h->answered.load() || steady_clock::now() < h->until) && steady_clock::now() < limit)
-              std::this_thread::sleep_for(1ms);
-          }) == 0);
-  // The backend: one question, then the loop is held up, then the answer.
   const int fd = testing::bound_socket(SOCK_DGRAM, 0);
   REQUIRE(fd >= 0);
-  std::atomic<int> received{0};
-  std::thread backend([&] {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 10000) != 1) return;
-    char buf[512];
-    sockaddr_storage from{};
-    socklen_t len = sizeof from;
-    const ssize_t n = ::recvfrom(fd, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
-    if (n <= 0) return;
-    ++received;
-    uv_async_send(&hold.async);
-    // Answered once the loop is held up: not in the batch of events it is
-    // handling, so it can only be read after that callback returns.
-    const auto limit = steady_clock::now() + 10s;
-    while (!hold.holding.load() && steady_clock::now() < limit) std::this_thread::sleep_for(1ms);
-    const std::string answer = "echo:" + std::string(buf, static_cast<size_t>(n));
-    ::sendto(fd, answer.data(), answer.size(), 0, reinterpret_cast<sockaddr*>(&from), len);
-    hold.answered.store(true);
-  });
   SslCtxPtr tls = make_probe_tls_context();
   auto c = check_of(conf::HealthType::Udp, 200ms);
   c.udp_send = "ping";
   c.udp_expect = "echo:ping";
   Outcome out;
-  hold.until = steady_clock::now() + 300ms;
+  const auto started = steady_clock::now();
   auto probe =
       make_probe(ProbeEnv{&loop, tls.get()}, c, probe_address(loopback_endpoint(testing::local_port(fd)), 0),
                  [&](bool pass, std::string reason) {
@@ -470,17 +437,29 @@ TEST_CASE("udp probe: an answer that arrived in time passes although the loop wa
                    out.reason = std::move(reason);
                  });
   REQUIRE(probe);
+  // The backend, on this thread while the loop stands still: the question
+  // (sent from start(): libuv writes a datagram at once when nothing is
+  // queued), then the answer.
+  pollfd p{fd, POLLIN, 0};
+  REQUIRE(::poll(&p, 1, 10000) == 1);
+  char buf[512];
+  sockaddr_storage from{};
+  socklen_t len = sizeof from;
+  const ssize_t n = ::recvfrom(fd, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
+  REQUIRE(n == 4);
+  const std::string answer = "echo:" + std::string(buf, static_cast<size_t>(n));
+  REQUIRE(::sendto(fd, answer.data(), answer.size(), 0, reinterpret_cast<sockaddr*>(&from), len) ==
+          static_cast<ssize_t>(answer.size()));
+  // The loop is held up past the timeout (a condition on the clock, not a
+  // fixed pause: however slow this thread was, the timeout has passed).
+  while (steady_clock::now() < started + 250ms) std::this_thread::sleep_for(5ms);
   const auto deadline = steady_clock::now() + 10s;
   while (out.calls == 0 && steady_clock::now() < deadline) uv_run(&loop, UV_RUN_ONCE);
-  backend.join();
   ::close(fd);
-  CHECK(received.load() == 1);
   CHECK(out.calls == 1);
   INFO("reason: " << out.reason);
   CHECK(out.pass);
   if (out.calls == 0) probe->cancel();
-  uv_close(reinterpret_cast<uv_handle_t*>(&hold.async), nullptr);
-  uv_run(&loop, UV_RUN_DEFAULT);
   probe.reset();
   uv_run(&loop, UV_RUN_DEFAULT);
   CHECK(uv_loop_close(&loop) == 0);
