@@ -494,4 +494,4 @@ def run_profile(args, wl, lb, backends, sup, results, stem, load_cpus):
         time.sleep(0.3)
     per, mn = prof.get("syscalls_per_unit"), prof.get("min_syscalls_per_unit")
     say(f"   profile lb: {prof.get('svg_file', 'no flame graph')}; syscalls/unit "
-        f"{'—' if per is None else f'{per:.2f}'} (minimum {mn})")
+        f"{'—' if per is None else f'{per:.2f}'} (minimum {mn}); {profile.format_split(prof.get('cpu_split'))}")

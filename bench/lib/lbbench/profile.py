@@ -132,7 +132,8 @@ def perf_profile(sup, wl, proxy, port, duration, cpus, out_dir, stem):
         f.write("\n".join(lines[:TOP_N]) + "\n")
     r = subprocess.run(["perf", "script", "-i", data], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                        timeout=600)
-    stacks = collapse(r.stdout.decode("utf-8", "replace"))
+    leaves = collections.Counter()
+    stacks = collapse(r.stdout.decode("utf-8", "replace"), leaves)
     svg_path = os.path.join(out_dir, f"{stem}-profile-{wl.key}.svg")
     with open(svg_path, "w") as f:
         f.write(flamegraph(stacks, f"lb, {wl.title}: CPU (perf cpu-clock, {sum(stacks.values())} samples)"))
@@ -140,7 +141,7 @@ def perf_profile(sup, wl, proxy, port, duration, cpus, out_dir, stem):
         for stack, n in sorted(stacks.items()):
             f.write(f"{stack} {n}\n")
     return {"top_file": os.path.basename(top_path), "svg_file": os.path.basename(svg_path),
-            "samples": sum(stacks.values()), "top": lines[:10], "load": m}
+            "samples": sum(stacks.values()), "cpu_split": cpu_split(stacks, leaves), "top": lines[:10], "load": m}
 
 
 def syscall_count(sup, wl, proxy, port, duration, cpus, out_dir, stem):
@@ -260,29 +261,35 @@ def _descendants(pid):
 _FRAME = re.compile(r"^\s+[0-9a-f]+\s+(.*?)\s+\((.*)\)\s*$")
 
 
-def collapse(script_text):
+def collapse(script_text, leaves=None):
     """Folded stacks {"comm;outer;...;inner": samples} from `perf script`.
-    Kernel frames get a "_[k]" suffix (drawn in another colour)."""
+    Kernel frames get a "_[k]" suffix (drawn in another colour). With a
+    Counter as `leaves`, each sample is also counted under the part of the
+    program its innermost frame is in (leaf_part of the frame's DSO)."""
     stacks = collections.Counter()
-    comm, frames = None, []
+    comm, frames, leaf = None, [], None
 
     def flush():
         if comm is not None:
             stacks[";".join([comm] + frames[::-1])] += 1
+            if leaves is not None:
+                leaves[leaf or "other"] += 1
 
     for line in script_text.splitlines():
         if not line.strip():
             flush()
-            comm, frames = None, []
+            comm, frames, leaf = None, [], None
             continue
         if not line[0].isspace():
             flush()
-            comm, frames = line.split()[0], []
+            comm, frames, leaf = line.split()[0], [], None
             continue
         m = _FRAME.match(line)
         if not m:
             continue
         sym, dso = m.group(1), m.group(2)
+        if not frames:
+            leaf = leaf_part(dso)
         sym = re.sub(r"\+0x[0-9a-f]+$", "", sym)
         if sym == "[unknown]" and dso != "[unknown]":
             sym = f"[{os.path.basename(dso)}]"
@@ -291,6 +298,51 @@ def collapse(script_text):
         frames.append(sym.replace(";", ":"))
     flush()
     return dict(stacks)
+
+
+# The parts of the program a sample can be in, by the DSO of its innermost frame.
+PARTS = ("kernel", "lb", "libuv", "libc", "openssl", "other")
+
+# Kernel frames of going to sleep (epoll_wait's schedule) and of waking a
+# process: on loopback the sender's syscall delivers the packet and wakes the
+# receiver (sock_def_readable, ep_poll_callback), so each event costs a
+# wake-up on both sides, whatever the proxy does with it.
+_SLEEP_WAKE = ("__schedule_[k]", "try_to_wake_up_[k]", "sock_def_readable_[k]", "sock_def_wakeup_[k]",
+               "ep_poll_callback_[k]", "__wake_up_common_[k]")
+
+
+def leaf_part(dso):
+    name = os.path.basename(dso)
+    if "kernel.kallsyms" in dso or name.startswith("[kernel"):
+        return "kernel"
+    if name == "lb" or name.startswith("lb-") or name.startswith("lb."):
+        return "lb"
+    if name.startswith("libuv"):
+        return "libuv"
+    if name.startswith(("libc.so", "libc-", "ld-linux", "libstdc++", "libm.so", "libgcc")) or name == "[vdso]":
+        return "libc"
+    if name.startswith(("libssl", "libcrypto")):
+        return "openssl"
+    return "other"
+
+
+def cpu_split(stacks, leaves):
+    """Shares (percent of samples) of each part of the program, and of the
+    samples spent going to sleep or waking another process."""
+    total = sum(stacks.values())
+    if not total:
+        return {}
+    split = {part: 100.0 * leaves.get(part, 0) / total for part in PARTS}
+    split["sleep_wake"] = 100.0 * sum(n for st, n in stacks.items()
+                                      if any(f in _SLEEP_WAKE for f in st.split(";"))) / total
+    return split
+
+
+def format_split(split):
+    if not split:
+        return "—"
+    parts = ", ".join(f"{p} {split[p]:.1f} %" for p in PARTS if split.get(p, 0) >= 0.05)
+    return f"{parts}; sleeping or waking {split['sleep_wake']:.1f} %"
 
 
 def flamegraph(stacks, title, width=1200, row=16):

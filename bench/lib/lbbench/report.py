@@ -1,6 +1,8 @@
 """Medians, ratios, targets, and the tables printed and saved."""
 import statistics
 
+from . import profile
+
 # Rows that count as "peers" for the ratio to the best peer.
 PEERS = ("haproxy", "haproxy-splice", "nginx", "dnsdist")
 
@@ -278,12 +280,14 @@ def markdown(results):
     prof = results.get("profiles") or {}
     if prof:
         lines.append("")
-        lines.append("| profile (lb) | perf top symbols, flame graph | syscalls per unit | minimum | measured ÷ minimum |")
-        lines.append("| --- | --- | ---: | ---: | ---: |")
+        lines.append("| profile (lb) | perf top symbols, flame graph | where lb's CPU time is (innermost frame) "
+                     "| syscalls per unit | minimum | measured ÷ minimum |")
+        lines.append("| --- | --- | --- | ---: | ---: | ---: |")
         for wl, pr in prof.items():
             per = pr.get("syscalls_per_unit")
             mn = pr.get("min_syscalls_per_unit")
             lines.append(f"| {wl} | {pr.get('top_file', '—')}, {pr.get('svg_file', '—')} | "
+                         f"{profile.format_split(pr.get('cpu_split'))} | "
                          f"{'—' if per is None else f'{per:.2f}'} | {'—' if mn is None else f'{mn:g}'} | "
                          f"{_fmt_ratio(per / mn if per is not None and mn else None)} |")
     sc = results.get("scaling") or {}

@@ -276,6 +276,15 @@ lb 100/100  1.2:    1001001 cpu-clock:
 """
 
 
+WAKE_SCRIPT = """
+lb 100/100  1.3:    1001001 cpu-clock:
+\tffffffff81000003 finish_task_switch+0x10 ([kernel.kallsyms])
+\tffffffff81000004 __schedule+0x20 ([kernel.kallsyms])
+\tffffffff81000005 do_epoll_wait+0x30 ([kernel.kallsyms])
+\t           1235 epoll_wait+0x3 (/usr/lib/libc.so.6)
+"""
+
+
 class ProfileTest(unittest.TestCase):
     def test_collapse_roots_first_kernel_marked(self):
         stacks = profile.collapse(PERF_SCRIPT)
@@ -284,6 +293,21 @@ class ProfileTest(unittest.TestCase):
             "lb;lb::Session::on_read": 1,
             "lb;[unknown]": 1,
         })
+
+    def test_samples_are_split_by_the_innermost_frames_part_of_the_program(self):
+        leaves = __import__("collections").Counter()
+        stacks = profile.collapse(PERF_SCRIPT + WAKE_SCRIPT, leaves)
+        self.assertEqual(dict(leaves), {"kernel": 2, "lb": 1, "other": 1})
+        split = profile.cpu_split(stacks, leaves)
+        self.assertAlmostEqual(split["kernel"], 50.0)
+        self.assertAlmostEqual(split["lb"], 25.0)
+        self.assertAlmostEqual(split["libuv"], 0.0)
+        self.assertAlmostEqual(split["sleep_wake"], 25.0)   # the epoll_wait that went to sleep
+        self.assertEqual(profile.format_split(split),
+                         "kernel 50.0 %, lb 25.0 %, other 25.0 %; sleeping or waking 25.0 %")
+        self.assertEqual(profile.leaf_part("/usr/lib/x86_64-linux-gnu/libuv.so.1.0.0"), "libuv")
+        self.assertEqual(profile.leaf_part("/usr/lib/x86_64-linux-gnu/libc.so.6"), "libc")
+        self.assertEqual(profile.leaf_part("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"), "openssl")
 
     def test_flamegraph_is_valid_svg_with_a_box_per_frame(self):
         svg = profile.flamegraph(profile.collapse(PERF_SCRIPT), "t <&> t")
