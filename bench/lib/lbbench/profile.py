@@ -315,7 +315,7 @@ def leaf_part(dso):
     name = os.path.basename(dso)
     if "kernel.kallsyms" in dso or name.startswith("[kernel"):
         return "kernel"
-    if name == "lb" or name.startswith("lb-") or name.startswith("lb."):
+    if name == "lb" or name.startswith(("lb-", "lb.")):  # lb, or a copy such as lb-after
         return "lb"
     if name.startswith("libuv"):
         return "libuv"

@@ -6,6 +6,7 @@ accounting, the cost ratios and targets, and the profile helpers.
 Everything runs on loopback against servers in this process, bounded in
 time; nothing here needs the proxies or the Debian load tools (lbload needs
 cc)."""
+import collections
 import http.server
 import json
 import os
@@ -295,7 +296,7 @@ class ProfileTest(unittest.TestCase):
         })
 
     def test_samples_are_split_by_the_innermost_frames_part_of_the_program(self):
-        leaves = __import__("collections").Counter()
+        leaves = collections.Counter()
         stacks = profile.collapse(PERF_SCRIPT + WAKE_SCRIPT, leaves)
         self.assertEqual(dict(leaves), {"kernel": 2, "lb": 1, "other": 1})
         split = profile.cpu_split(stacks, leaves)
