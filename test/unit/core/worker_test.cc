@@ -9,6 +9,8 @@
 #include <memory>
 #include <thread>
 
+#include <uv.h>
+
 #include "core/stats.h"
 #include "core/worker.h"
 
@@ -68,4 +70,30 @@ TEST_CASE("a worker is drained only once it has handled its Drain, not merely wi
   CHECK(w.drained());
   w.post(WorkerMessage{WorkerMessage::Kind::Abort, {}});
   w.join();
+}
+
+TEST_CASE("a worker loop that ends with a handle still open reports the leak", "[worker]") {
+  // Server::run turns this into lb's exit status 1, which every e2e test's
+  // `terminate() == 0` checks.
+  SharedState shared;
+  SECTION("a handle left open") {
+    Worker w(0, shared);
+    uv_timer_t forgotten;  // initialised on the worker's loop, never closed
+    REQUIRE(uv_timer_init(w.loop(), &forgotten) == 0);
+    w.start();
+    w.post(WorkerMessage{WorkerMessage::Kind::Abort, {}});
+    w.join();
+    CHECK(w.leaked_handles());
+    // Close it now, so that the loop itself can be freed.
+    uv_close(reinterpret_cast<uv_handle_t*>(&forgotten), nullptr);
+    uv_run(w.loop(), UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(w.loop()) == 0);
+  }
+  SECTION("every handle closed") {
+    Worker w(0, shared);
+    w.start();
+    w.post(WorkerMessage{WorkerMessage::Kind::Abort, {}});
+    w.join();
+    CHECK_FALSE(w.leaked_handles());
+  }
 }
