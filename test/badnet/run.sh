@@ -21,7 +21,14 @@
 #   4. a backend that vanishes after the handshake (every packet dropped, no
 #      reset) ends its clients' connections by TCP keepalive on the backend
 #      socket, well before idle_timeout, while idle connections to the other
-#      backends stay open.
+#      backends stay open;
+#   5. backends that stop reading while their clients keep sending push back
+#      on the clients (each gets no further than what the path's buffers
+#      hold), lb's RSS stays flat meanwhile, and every byte arrives once the
+#      backends read again;
+#   6. clients that give up transfers half-way (closed with unread bytes, or
+#      reset) leave nothing behind in lb: no connection, no descriptor (pipes
+#      included), no memory beyond a small bound.
 #
 #   bash test/badnet/run.sh            CI size: 40 transfers of 1-4 MB
 #   bash test/badnet/run.sh --full     200 transfers of 1-20 MB
@@ -305,6 +312,70 @@ ok = ok and all(c["ended"] is None or c["closed_after_s"] >= idle - 1 for c in o
 sys.exit(0 if ok else 1)' "$tmp/hold.json" "$idle_timeout_s" \
   || fail "connections to the vanished backend did not end well before idle_timeout: $(cat "$tmp/hold.json")"
 set_rules back "$back_pid"
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$lb_pid/status"; }
+
+# --- 5. backends that stop reading, then resume -------------------------------------
+# Socket buffers of at most 256 KiB in every namespace from here on (the
+# host's allow 32 MiB), so that the path between a client and a backend that
+# reads nothing fills within seconds over the lossy links: the client's
+# send buffer, lb's receive and send buffers and the backend's receive buffer
+# (4 x 256 KiB), plus what lb holds itself (at most 320 KiB a direction).
+stalls=8 stall_mb=4 pause_s=16
+for ns in "$ns_c" "$ns_l" "$ns_b"; do
+  ip netns exec "$ns" sysctl -qw net.ipv4.tcp_rmem="4096 131072 262144" net.ipv4.tcp_wmem="4096 65536 262144"
+done
+say "5. $stalls uploads of $stall_mb MB to backends that read nothing for ${pause_s} s, then resume"
+rss_start=$(rss_kb)
+ip netns exec "$ns_c" $traffic stall 10.241.1.1:8080 "$stalls" $((stall_mb << 20)) "$pause_s" 300 \
+  >"$tmp/stall.json" 2>"$tmp/stall.log" &
+stall_pid=$!
+pids+=("$stall_pid")
+wait_until 60 "the pause's midpoint" grep -q '^half' "$tmp/stall.log" || fail "stall client: $(cat "$tmp/stall.log")"
+rss_half=$(rss_kb)
+wait_until 60 "the pause's last second" grep -q '^late' "$tmp/stall.log" || fail "stall client: $(cat "$tmp/stall.log")"
+rss_late=$(rss_kb)
+wait "$stall_pid" || fail "stall client failed: $(cat "$tmp/stall.log")"
+"$py" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+start, half, late, n = (int(x) for x in sys.argv[2:6])
+mib = 1 << 20
+sent_half = [round(x / mib, 2) for x in r["half"]]
+sent_late = [round(x / mib, 2) for x in r["late"]]
+print(f"   sent by each client mid-pause: {sent_half} MiB; a second before its end: {sent_late} MiB")
+print(f"   lb RSS {start} kB before, {half} kB mid-pause, {late} kB at the end")
+if r["failed"]:
+    print("   failures:", r["failures"])
+else:
+    print("   all", n, "uploads arrived whole after", r["seconds"], "s")
+ok = not r["failed"]
+# Pushed back: no client got further than what the path can hold (about
+# 1.4 MiB, above) while nothing was read; without backpressure each would
+# have handed over its whole payload at the links rate.
+ok = ok and all(x <= 2 * mib for x in r["late"])
+# lb holds at most its two directions high-water marks per connection, and
+# nothing more once the path is full: flat from the midpoint on.
+ok = ok and late - start <= n * 512 + 2048 and late - half <= 1024
+sys.exit(0 if ok else 1)' "$tmp/stall.json" "$rss_start" "$rss_half" "$rss_late" "$stalls" \
+  || fail "a stalled backend: no backpressure, memory growth or lost bytes (see above)"
+wait_until 60 "lb to have no active connection" eval '[ "$(active)" = 0 ]' || fail "connections left open: $(active)"
+
+# --- 6. clients that give up half-way -------------------------------------------------
+abandons=30
+say "6. $abandons transfers given up half-way (downloads, uploads, echoes; closed or reset)"
+rss_start=$(rss_kb)
+out=$(ip netns exec "$ns_c" $traffic abandon 10.241.1.1:8080 "$abandons" 11)
+echo "   $out"
+"$py" -c 'import json, sys; r = json.loads(sys.argv[1]); sys.exit(0 if not r["errors"] and len(r["kinds"]) == 6 else 1)' \
+  "$out" || fail "the abandoning clients did not run as planned: $out"
+wait_until 60 "lb to have no active connection" eval '[ "$(active)" = 0 ]' || fail "connections left open: $(active)"
+wait_until 30 "lb's descriptors back to $fds_before" eval '(( $(fds) <= fds_before ))' \
+  || fail "lb holds $(fds) descriptors (pipes: $(ls -l /proc/$lb_pid/fd | grep -c pipe:)), $fds_before before"
+rss_end=$(rss_kb)
+say "lb freed them all: no connection, $(fds) descriptors ($fds_before at the start), RSS $rss_start -> $rss_end kB"
+(( rss_end - rss_start <= 4096 )) || fail "lb's RSS grew by $((rss_end - rss_start)) kB over abandoned transfers"
+
 kill -0 "$lb_pid" || fail "lb died"
 # A clean stop: exit status 0 (under sanitizers: no report at exit either).
 kill -TERM "$lb_pid"

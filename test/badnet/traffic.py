@@ -7,6 +7,11 @@
   traffic.py dns HOST:PORT N RATE        N DNS queries at RATE/s; JSON
   traffic.py hold HOST:PORT N TIMEOUT    N idle connections: who served each,
                                          and when each ended; JSON
+  traffic.py stall HOST:PORT N SIZE PAUSE TIMEOUT
+                                         N verified uploads to backends that
+                                         read nothing for PAUSE s; JSON
+  traffic.py abandon HOST:PORT N SEED    N transfers given up half-way (closed
+                                         or reset); JSON
 
 The protocol: the client sends one line "OP SIZE SEED\\n", then
   up    the client sends SIZE bytes and half-closes; the backend answers
@@ -16,6 +21,8 @@ The protocol: the client sends one line "OP SIZE SEED\\n", then
   echo  the backend echoes until EOF, then closes; the client sends SIZE
         bytes while reading the echo, and half-closes when it has sent all
   hold  the backend answers "NAME\\n" and then echoes
+  stall as "up", but the backend reads nothing for the first SEED % 1000
+        seconds after the line (a backend that stops reading, then resumes)
 The bytes are a seeded pseudo-random stream that both ends can generate, so
 every byte is checked (SHA-256 on both ends) without storing it.
 """
@@ -70,7 +77,9 @@ async def serve_conn(name, reader, writer):
         line = await reader.readline()
         op, size, seed = line.decode().split()
         size, seed = int(size), int(seed)
-        if op == "up":
+        if op in ("up", "stall"):
+            if op == "stall":
+                await asyncio.sleep(seed % 1000)
             count, h = await read_to_eof(reader)
             writer.write(f"{count} {h}\n".encode())
         elif op in ("down", "down-hc"):
@@ -169,6 +178,97 @@ async def transfers(target, n, min_mb, max_mb, seed, timeout):
                       "slowest": secs[-1] if secs else 0, "median": secs[len(secs) // 2] if secs else 0}))
 
 
+async def stall(target, n, size, pause, timeout):
+    """N concurrent uploads of SIZE bytes each to backends that read nothing
+    for PAUSE seconds. How far each client got shows whether lb pushed back:
+    the bytes each had handed to its socket halfway through the pause
+    ("half" on stderr) and one second before its end ("late"), when lb's
+    RSS is sampled; then every upload must arrive whole once the backends
+    read again."""
+    host, port = target
+    sent = [0] * n
+    marks = {}
+
+    async def one(i):
+        seed = (i + 1) * 1000 + int(pause)  # the backend's pause: seed % 1000
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"stall {size} {seed}\n".encode())
+        for c in stream(seed, size):
+            writer.write(c)
+            await writer.drain()
+            sent[i] += len(c)
+        writer.write_eof()
+        reply = (await reader.read()).decode().split()
+        writer.close()
+        want = [str(size), digest(seed, size)]
+        if reply != want:
+            return f"backend read {reply[:1]} bytes of {size}, digest {'ok' if reply[1:] == want[1:] else 'differs'}"
+        return None
+
+    async def guarded(i):
+        try:
+            return await asyncio.wait_for(one(i), timeout)
+        except asyncio.TimeoutError:
+            return f"stalled: not done after {timeout} s"
+        except (ConnectionError, OSError) as e:
+            return f"{type(e).__name__}: {e}"
+
+    async def watch():
+        for name, at in (("half", pause / 2), ("late", pause - 1)):
+            await asyncio.sleep(at - (time.monotonic() - t0))
+            marks[name] = list(sent)
+            print(name, flush=True, file=sys.stderr)
+
+    t0 = time.monotonic()
+    watcher = asyncio.ensure_future(watch())
+    errors = await asyncio.gather(*(guarded(i) for i in range(n)))
+    await watcher
+    print(json.dumps({"transfers": n, "size": size, "failed": sum(1 for e in errors if e),
+                      "failures": [e for e in errors if e][:10], "half": marks["half"], "late": marks["late"],
+                      "seconds": round(time.monotonic() - t0, 1)}))
+
+
+async def abandon(target, n, seed):
+    """N transfers given up half-way: downloads closed with unread bytes or
+    reset (SO_LINGER 0) after reading part, uploads closed or reset after
+    sending part. lb must free what each held; the caller checks."""
+    host, port = target
+    rng = random.Random(seed)
+    kinds = []
+
+    async def one(i):
+        op = ("down", "up", "echo")[i % 3]
+        reset = rng.random() < 0.5
+        size = 8 << 20
+        # An echo client reads nothing back: it must not send more than the
+        # path holds in both directions, or it would wait for ever.
+        keep = rng.randint(64 << 10, (2 << 20) if op != "echo" else (512 << 10))
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"{op} {size} {seed * 1000 + i}\n".encode())
+        got = 0
+        if op == "down":
+            while got < keep:
+                d = await reader.read(CHUNK)
+                if not d:
+                    break
+                got += len(d)
+        else:
+            for c in stream(seed * 1000 + i, keep):
+                writer.write(c)
+                await writer.drain()
+        if reset:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                       struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        else:
+            writer.close()
+        kinds.append(f"{op}-{'reset' if reset else 'close'}")
+
+    results = await asyncio.gather(*(asyncio.wait_for(one(i), 120) for i in range(n)), return_exceptions=True)
+    errors = [f"{type(r).__name__}: {r}" for r in results if isinstance(r, BaseException)]
+    print(json.dumps({"abandoned": len(kinds), "kinds": sorted(set(kinds)), "errors": errors[:10]}))
+
+
 def dns_query(qid, name):
     q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
     for label in name.split("."):
@@ -261,6 +361,10 @@ def main():
         dns(addr(a[0]), int(a[1]), float(a[2]))
     elif cmd == "hold":
         asyncio.run(hold(addr(a[0]), int(a[1]), float(a[2])))
+    elif cmd == "stall":
+        asyncio.run(stall(addr(a[0]), int(a[1]), int(a[2]), float(a[3]), float(a[4])))
+    elif cmd == "abandon":
+        asyncio.run(abandon(addr(a[0]), int(a[1]), int(a[2])))
     else:
         sys.exit(f"unknown command {cmd}")
 
