@@ -109,7 +109,17 @@ std::string Server::upgrade() {
     why = "an upgrade is already in progress";
   else if (reload_ || reload_announcing_)
     why = "a reload is in progress";
-  if (why.empty()) why = upgrade::check_program(exe_path_, config_.path, kUpgradeCheckTimeout);
+  if (why.empty()) {
+    // The checks block this loop for as long as the new program takes (up
+    // to their timeout): the watchdog must not starve meanwhile.
+    upgrade::Keepalive keepalive;
+    if (watchdog_timer_) {
+      keepalive.every =
+          std::chrono::milliseconds(std::max<uint64_t>(1, uv_timer_get_repeat(watchdog_timer_.get())));
+      keepalive.fn = [this] { notifier_.watchdog(); };
+    }
+    why = upgrade::check_program(exe_path_, config_.path, kUpgradeCheckTimeout, keepalive);
+  }
   if (!why.empty()) {
     ++upgrades_refused_;
     log::error("upgrade refused reason=\"{}\"", why);

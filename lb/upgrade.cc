@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -60,7 +61,33 @@ std::string own_executable() {
   return std::string(buf, static_cast<size_t>(n));
 }
 
-ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+namespace {
+
+// Calls the keepalive whenever it is due; returns how long until the next
+// one is (INT_MAX without a keepalive).
+class KeepaliveClock {
+ public:
+  explicit KeepaliveClock(const Keepalive& k) : k_(k), next_(now_ms() + k.every.count()) {}
+  int64_t until_due() {
+    if (!k_.fn || k_.every.count() <= 0) return INT_MAX;
+    const int64_t now = now_ms();
+    if (now >= next_) {
+      k_.fn();
+      next_ = now + k_.every.count();
+    }
+    return next_ - now;
+  }
+
+ private:
+  const Keepalive& k_;
+  int64_t next_;
+};
+
+}  // namespace
+
+ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+                       const Keepalive& keepalive) {
+  KeepaliveClock ping(keepalive);
   ProgramRun run;
   int out[2];
   if (::pipe2(out, O_CLOEXEC) != 0) {
@@ -97,7 +124,7 @@ ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::millis
       break;
     }
     pollfd p{out[0], POLLIN, 0};
-    int n = ::poll(&p, 1, static_cast<int>(left));
+    int n = ::poll(&p, 1, static_cast<int>(std::min(left, ping.until_due())));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) continue;
     char buf[4096];
@@ -116,6 +143,7 @@ ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::millis
     if (w == pid) break;
     if (w < 0 && errno != EINTR) break;
     if (w == 0) {
+      ping.until_due();
       if (now_ms() >= deadline) {
         ::kill(pid, SIGKILL);
         timed_out = true;
@@ -137,16 +165,16 @@ ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::millis
 }
 
 std::string check_program(const std::string& exe, const std::string& config,
-                          std::chrono::milliseconds timeout) {
+                          std::chrono::milliseconds timeout, const Keepalive& keepalive) {
   if (exe.empty()) return "the path lb was started from is unknown";
   if (::access(exe.c_str(), X_OK) != 0)
     return "no program to upgrade to at " + exe + " (" + std::strerror(errno) + ")";
-  ProgramRun check = run_program({exe, "--check", "--config", config}, timeout);
+  ProgramRun check = run_program({exe, "--check", "--config", config}, timeout, keepalive);
   if (!check.exit_status)
     return "the new program " + exe + " did not check the configuration: " + check.error;
   if (*check.exit_status != 0)
     return "the new program " + exe + " rejects the configuration: " + first_line(check.output);
-  ProgramRun version = run_program({exe, "--handover-version"}, timeout);
+  ProgramRun version = run_program({exe, "--handover-version"}, timeout, keepalive);
   if (!version.exit_status || *version.exit_status != 0)
     return "the new program " + exe + " cannot take over lb's state: it does not speak the hand-over (" +
            (version.exit_status ? first_line(version.output) : version.error) + ")";

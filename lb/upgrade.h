@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -26,16 +27,26 @@ struct ProgramRun {
   std::string output;              // stdout and stderr together
   std::string error;               // why it did not start or was killed
 };
+// What a caller blocked in run_program() must still do meanwhile: `fn` is
+// called at least every `every` (lb's main loop feeds the systemd watchdog
+// this way while it waits for the new program's checks, which may take up
+// to their timeout, longer than WatchdogSec allows between two pings).
+struct Keepalive {
+  std::function<void()> fn;
+  std::chrono::milliseconds every{0};
+};
+
 // Runs argv (argv[0] a path) with stdin from /dev/null, capturing its output
 // (up to 64 KiB), for at most `timeout`; then SIGKILL.
-ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::milliseconds timeout);
+ProgramRun run_program(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+                       const Keepalive& keepalive = {});
 
 // Why the program at `exe` cannot take over from this lb with configuration
 // file `config`, or "" when it can: it exists and is executable, accepts the
 // configuration (`--check`), and reads this build's hand-over version
 // (`--handover-version`).
 std::string check_program(const std::string& exe, const std::string& config,
-                          std::chrono::milliseconds timeout);
+                          std::chrono::milliseconds timeout, const Keepalive& keepalive = {});
 
 // Starts argv (argv[0] a path) with environment `env`, stdin from
 // /dev/null, stdout and stderr shared with this process, and `fd` as its

@@ -27,6 +27,7 @@
 #include "test/support/lb_process.h"
 #include "test/support/metrics.h"
 #include "test/support/net.h"
+#include "test/support/notify_socket.h"
 #include "test/support/temp_dir.h"
 #include "test/support/upgrade.h"
 
@@ -240,6 +241,67 @@ TEST_CASE("upgrade: refused for a missing program, a rejected configuration, an 
   CHECK(echoes(port, "after the signal"));
   REQUIRE(lb.signal(SIGTERM));
   CHECK(lb.wait_exit(in(kStopTimeout)) == 0);
+}
+
+TEST_CASE("upgrade: under systemd, RELOADING then the new MAINPID with READY; the watchdog never starves",
+          "[e2e][upgrade][systemd]") {
+  // The old program checks the new one (`--check`, `--handover-version`) on
+  // its main loop before anything else; a slow check must not starve the
+  // watchdog (systemd would kill lb and cut every connection). The new
+  // program here takes 3 s over its check; the watchdog wants a ping every
+  // 500 ms (WATCHDOG_USEC = 1 s).
+  NotifySocket notify;
+  REQUIRE(notify.ok());
+  UpgradableLb u({"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=1000000"});
+  LbProcess& lb = *u.lb;
+  REQUIRE(notify.wait_for("READY=1", in(kStartTimeout)));
+  REQUIRE(echoes(u.port, "before"));
+  REQUIRE(install_script(
+      u.program,
+      fmt::format("#!/bin/sh\n[ \"$1\" = --check ] && sleep 3\nexec {} \"$@\"\n", lb_alt_binary())));
+  const size_t from = lb.line_count();
+  REQUIRE(lb.signal(SIGUSR2));
+
+  // Everything up to RELOADING=1, which follows the checks.
+  int pings_during_checks = 0;
+  std::optional<std::string> reloading;
+  const Deadline deadline = in(seconds(30));
+  while (!reloading) {
+    auto m = notify.receive(deadline);
+    REQUIRE(m);
+    if (has_line(*m, "RELOADING=1"))
+      reloading = m;
+    else if (has_line(*m, "WATCHDOG=1"))
+      ++pings_during_checks;
+  }
+  INFO("WATCHDOG=1 while the new program was checked for 3 s: " << pings_during_checks);
+  // About six; one could be a ping due just as the signal came.
+  CHECK(pings_during_checks >= 3);
+  CHECK(std::regex_search(*reloading, std::regex(R"((^|\n)MONOTONIC_USEC=[0-9]+($|\n))")));
+
+  // Then the new program: MAINPID= and READY=1 in one datagram, before the
+  // old one's "handed over" and its exit; then its own pings.
+  std::vector<std::unique_ptr<AdoptedLb>> adopted;
+  REQUIRE(await_handover(lb, 2, from, adopted));
+  const pid_t next = adopted.back()->pid;
+  bool mainpid_ready = false;
+  for (const auto& msg : notify.messages())
+    if (has_line(msg.text, fmt::format("MAINPID={}", next)) && has_line(msg.text, "READY=1"))
+      mainpid_ready = true;
+  while (!mainpid_ready) {
+    auto m = notify.receive(in(seconds(10)));
+    REQUIRE(m);
+    mainpid_ready = has_line(*m, fmt::format("MAINPID={}", next)) && has_line(*m, "READY=1");
+  }
+  CHECK(wait_gone(lb.pid(), in(seconds(30))));
+  CHECK(lb.wait_exit(in(milliseconds(200))).value_or(-1) == 0);  // its output pipes stay with the new one
+  int pings_after = 0;
+  const Deadline after = in(seconds(10));
+  while (pings_after < 2 && !expired(after))
+    if (auto m = notify.receive(after); m && has_line(*m, "WATCHDOG=1")) ++pings_after;
+  CHECK(pings_after == 2);  // the old program is gone: these are the new one's
+  CHECK(echoes(u.port, "after"));
+  CHECK(status_generation(u.admin) == 2);
 }
 
 TEST_CASE("upgrade: lb ctl upgrade waits for the new program; a refusal exits 1", "[e2e][upgrade][ctl]") {
