@@ -15,7 +15,9 @@ void TcpSession::enter_tls() {
   std::string error;
   auto stream = tls::TlsStream::server(listener_->tls_server->ctx(), &error);
   if (!stream) {
-    log::warn("tls session listener={} error=\"{}\"", listener_->cfg.name, error);
+    // Per connection, on the worker: throttled like every per-event warning.
+    static log::Throttle throttle;
+    log::warn_throttled(throttle, "tls session listener={} error=\"{}\"", listener_->cfg.name, error);
     finish(Result::Reset, true);
     return;
   }

@@ -6,7 +6,9 @@
 #include <fmt/format.h>
 #include <catch2/catch.hpp>
 
+#include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -180,6 +182,51 @@ TEST_CASE("tls terminate: failed and late handshakes are counted, nothing reache
   ClientRun ok = python_echo(port, "ec.example.com", site.ca_path, 100);
   INFO(ok.out);
   CHECK(ok.status == 0);
+  CHECK(lb.terminate() == 0);
+}
+
+TEST_CASE("tls terminate: connections that cannot get a TLS session are refused with throttled warnings",
+          "[e2e][tls][hostile]") {
+  // Worker-thread warnings are rate-limited per message kind: a flood must
+  // not become a log flood that stalls the worker. A shim makes SSL_new
+  // fail (as when memory runs out) for every connection.
+  Site site;
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
+  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
+  LbOptions options;
+  options.env = {std::string("LD_PRELOAD=") + LB_SSL_NEW_FAILS_SHIM, asan};
+  LbProcess lb(site.config(backend.port()).str(), options);
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port("tls");
+  constexpr int kClients = 200;
+  int closed = 0;
+  for (int i = 0; i < kClients; ++i) {
+    int err = 0;
+    Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)), &err);
+    // lb resets the connection at once: the reset can beat the connect's
+    // own completion.
+    if (!c && err == ECONNRESET) {
+      ++closed;
+      continue;
+    }
+    INFO("connection " << i << " errno " << err);
+    REQUIRE(c);
+    if (wait_closed(c, in(seconds(10))) != ReadEnd::Timeout) ++closed;
+  }
+  CHECK(closed == kClients);
+  CHECK(backend.accepted() == 0);
+  // Every connection logged would be 200 lines; one a second per worker
+  // kind is what the throttle lets through (the loop above takes well under
+  // a minute on any machine this runs on).
+  CHECK(lb.wait_for_line(std::regex("^warn tls session listener=tls "), in(seconds(10))));
+  const std::string out = lb.output();
+  const std::regex line("(^|\n)warn tls session listener=tls ");
+  const auto lines =
+      std::distance(std::sregex_iterator(out.begin(), out.end(), line), std::sregex_iterator());
+  INFO(lines << " warning lines for " << kClients << " connections");
+  CHECK(lines < kClients / 4);
   CHECK(lb.terminate() == 0);
 }
 
