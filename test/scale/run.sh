@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # lb at scale, in a network namespace of its own (ports, somaxconn and the
 # socket counters are the test's): N concurrent connections from N loopback
-# addresses (lb's RSS and the kernel's TCP memory per connection, /healthz and
-# the status API timed throughout, a reload with all of them open), a storm
-# of connects, then 100 reloads every 100 ms under new connections and long
-# streams. It fails on any refused, failed or broken connection, on a failed
-# admin request, or on descriptors not given back. Figures are printed.
+# addresses (lb's RSS and the kernel's TCP memory per connection, a reload and
+# an upgrade with all of them open), a storm of connects, then 100 reloads
+# every 100 ms under new connections and long streams; /healthz and the
+# status API are timed every 100 ms throughout. It fails on any failed or
+# broken connection (only a storm larger than lb's max_connections may be
+# refused, and only at that limit: reason="limit"), on lb's RSS growing more
+# than 1.5 KB per connection, on a failed admin request or answers slower
+# than 50 ms at the 95th percentile or 1 s at worst, or on descriptors not
+# given back. Figures are printed.
 #
 #   bash test/scale/run.sh            9,500 connections, a storm of 20,000 connects in 1 s
 #   bash test/scale/run.sh --ci       2,000 connections, 4,000 connects in 0.5 s (CI)

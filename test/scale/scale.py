@@ -39,6 +39,12 @@ PER_PROCESS = 5000
 LB_PORT = 8080
 ADMIN = "http://127.0.0.1:9900"
 PAYLOAD = b"0123456789abcdef"
+# The issue's target for lb's RSS per held connection (1.5 KB).
+RSS_PER_CONNECTION = 1536
+# The admin API "within 50 ms throughout", as a machine shared with the load
+# generators can assert it: see admin_latency().
+ADMIN_P95_MS = 50
+ADMIN_STALL_MS = 1000
 
 
 def raise_nofile():
@@ -321,20 +327,30 @@ def pct(values, q):
 
 
 class Prober(threading.Thread):
-    """/healthz and /api/v1/status every 100 ms: the slowest answers."""
+    """/healthz and /api/v1/status every 100 ms, from the ramp to the last of
+    the reloads: each answer's time in ms, with the phase of the run it fell
+    in and lb's active connections and limit refusals as the status gave them."""
 
     def __init__(self):
         super().__init__(daemon=True)
         self.stop_flag = threading.Event()
-        self.healthz, self.status, self.errors = [], [], 0
+        self.phase = "ramp"
+        self.samples = []  # (phase, healthz ms, status ms, active, rejected at the limit)
+        self.errors = 0
 
     def run(self):
         while not self.stop_flag.wait(0.1):
+            phase = self.phase
             try:
-                self.healthz.append(get("/healthz")[1])
-                self.status.append(get("/api/v1/status")[1])
-            except OSError:
+                hz = get("/healthz")[1]
+                body, st = get("/api/v1/status")
+                listener = json.loads(body)["listeners"][0]
+                self.samples.append((phase, hz, st, listener["active"], listener["rejected"]["limit"]))
+            except (OSError, ValueError, KeyError, IndexError):
                 self.errors += 1
+
+    def during(self, phase):
+        return [s for s in self.samples if s[0] == phase]
 
     def finish(self):
         self.stop_flag.set()
@@ -382,6 +398,44 @@ def listen_drops():
             d = dict(zip(names.split()[1:], map(int, values.split()[1:])))
             return d.get("ListenOverflows", 0), d.get("ListenDrops", 0)
     return 0, 0
+
+
+def admin_latency(prober):
+    """Prints /healthz's and /api/v1/status's answer times over the whole run
+    and by phase; returns the failures.
+
+    The issue asks for answers "within 50 ms throughout". The slowest of the
+    run's probes (about 130 in CI) on a 2-core machine shared with the load
+    generators, and in CI with other jobs, is the scheduler's figure more than
+    lb's: a hard bound on it would fail a loaded machine with nothing wrong in
+    lb. So 50 ms bounds the 95th percentile, which a few descheduled probes do
+    not move, and a single answer is bounded only at ADMIN_STALL_MS, 20 times
+    the target: what a main loop blocked for most of a second (a blocking call
+    on it, a slow reload or upgrade) produces and a busy scheduler does not.
+    A stall of 50 ms or more on every one of the 100 reloads, most of the
+    probes of a CI run, moves the 95th percentile; one long stall hits the 1 s bound.
+    """
+    names = ("/healthz", "/api/v1/status")
+    series = [[s[1 + i] for s in prober.samples] for i in range(2)]
+    phases = list(dict.fromkeys(s[0] for s in prober.samples))
+    print(f"== admin API every 100 ms throughout ({len(prober.samples)} probes of each, {prober.errors} errors): "
+          + ", ".join(f"{name} p50 {pct(v, .5):.1f} ms p95 {pct(v, .95):.1f} ms max {max(v, default=0):.1f} ms"
+                      for name, v in zip(names, series)), flush=True)
+    print("   slowest /healthz / status by phase: " + ", ".join(
+        f"{p} {max(s[1] for s in prober.during(p)):.1f} / {max(s[2] for s in prober.during(p)):.1f} ms"
+        for p in phases), flush=True)
+    failures = []
+    if prober.errors:
+        failures.append(f"admin API failed {prober.errors} times under load")
+    if not prober.samples:
+        failures.append("the admin API was never probed")
+    for name, v in zip(names, series):
+        if pct(v, .95) > ADMIN_P95_MS:
+            failures.append(f"{name} answered in {pct(v, .95):.1f} ms at the 95th percentile, "
+                            f"more than {ADMIN_P95_MS} ms")
+        if max(v, default=0) > ADMIN_STALL_MS:
+            failures.append(f"{name} took {max(v):.0f} ms once, more than {ADMIN_STALL_MS} ms: lb's main loop stalled")
+    return failures
 
 
 def run(lb_bin, storm_bin, tmp, args):
@@ -462,6 +516,11 @@ interval = "2s"
               f"fds {fds0} -> {fds1}; kernel TCP sockets {mem0} -> {mem1} KiB "
               f"({(mem1 - mem0) * 1024 / max(got, 1):.0f} B per connection: 4 sockets, client, lb x 2, backend)",
               flush=True)
+        # Over all N connections a page more or less of RSS moves the figure by
+        # 4096 / N bytes (2 B at 2,000, where nine runs gave 1,264-1,282 B):
+        # the bound is the issue's target itself.
+        if per_conn > RSS_PER_CONNECTION:
+            failures.append(f"lb's RSS grew {per_conn:.0f} B per connection, more than {RSS_PER_CONNECTION} B")
 
         def check_holders(what):
             """Every held connection echoes once more: returns how many did;
@@ -475,6 +534,7 @@ interval = "2s"
             return sum(c["checked"] for c in checked) - bad
 
         # A reload with all of them open; every one still echoes afterwards.
+        prober.phase = "reload"
         gen = generation()
         lb.send_signal(signal.SIGHUP)
         wait_for("the reload", lambda: generation() == gen + 1, 30)
@@ -484,6 +544,7 @@ interval = "2s"
         # An upgrade in place (SIGUSR2, the same program) with all of them
         # open: the new process takes every connection over, the old one
         # exits, every connection still echoes through the new one.
+        prober.phase = "upgrade"
         t0 = time.monotonic()
         old = lb.pid()
         new_pid, moved = lb.upgrade(gen + 2, 120)
@@ -494,15 +555,7 @@ interval = "2s"
         print(f"   upgrade with {got} open: pid {old} -> {new_pid} in {upgrade_s:.1f} s, {moved} connections "
               f"moved, all {still} still echo; new lb RSS "
               f"{rss_kb(new_pid)} KiB, fds {fds(new_pid)}", flush=True)
-        prober.finish()
-        hz, st = max(prober.healthz, default=0), max(prober.status, default=0)
-        print(f"   while ramping and reloading: /healthz slowest {hz:.1f} ms, /api/v1/status slowest {st:.1f} ms "
-              f"({len(prober.healthz)} probes each, {prober.errors} errors)", flush=True)
-        if prober.errors or hz > 50 or st > 50:
-            # Reported, and failed only on errors: a 2-core machine shared
-            # with the load generators cannot promise 50 ms to the scheduler.
-            if prober.errors:
-                failures.append(f"admin API failed {prober.errors} times under load")
+        prober.phase = "close"
         for h in holders:
             h.send("close")
             h.read()
@@ -519,6 +572,7 @@ interval = "2s"
         print(f"== storm: {storm_n} connects in {storm_s} s ({storm_procs} C client processes, one source "
               f"address each), each echoed and closed; one lb worker, listen backlog 4096, somaxconn "
               f"{somaxconn}", flush=True)
+        prober.phase = "storm"
         drops0, rejected0 = listen_drops(), rejected()
         stormers = [Child("connect", LB_PORT, per[i], storm_s, 100000 + sum(per[:i]), program=storm_bin)
                     for i in range(storm_procs)]
@@ -526,29 +580,48 @@ interval = "2s"
         res = [s.read() for s in stormers]
         drops1 = listen_drops()
         wait_for("every storm connection closed in lb", lambda: active_connections() == 0, 60)
-        refused_by_lb = {k: v - rejected0.get(k, 0) for k, v in rejected().items() if v != rejected0.get(k, 0)}
+        refused_by_lb = {k: int(v - rejected0.get(k, 0)) for k, v in rejected().items() if v != rejected0.get(k, 0)}
         served = sum(r["served"] for r in res)
         bad = {k: sum(r[k] for r in res) for k in ("refused", "reset", "timeout", "other", "wrong")}
         secs = max(r["seconds"] for r in res)
         conn = [v / 1000 for r in res for v in r["connect_us"]]
         first = [v / 1000 for r in res for v in r["echo_us"]]
-        print(f"   {served} of {storm_n} served in {secs:.2f} s ({storm_n / secs:.0f}/s; clients at most "
+        print(f"   {served} of {storm_n} served in {secs:.2f} s ({storm_n / max(secs, 1e-3):.0f}/s; clients at most "
               f"{max(r['late_ms'] for r in res):.0f} ms behind schedule); {bad}; connect p50 "
               f"{pct(conn, .5):.1f} ms p99 {pct(conn, .99):.1f} ms max {max(conn, default=0):.0f} ms; first echo "
               f"p50 {pct(first, .5):.1f} ms p99 {pct(first, .99):.1f} ms; kernel listen overflows "
               f"{drops1[0] - drops0[0]}, drops {drops1[1] - drops0[1]}; refused by lb (counted, by reason): "
               f"{refused_by_lb or 0} (max_connections {lb_capacity})", flush=True)
-        # A connection lb refused at its limit is closed at once (a reset for
-        # a client that already sent); every other failure fails the test.
-        counted = sum(refused_by_lb.values())
-        if served + counted != storm_n or bad["reset"] > counted or bad["wrong"]:
+        sampled = prober.during("storm")
+        limit0 = rejected0.get("limit", 0)
+        at_refusal = next((s[3] for s in sampled if s[4] > limit0), None)
+        print(f"   lb's active connections, sampled every 100 ms during the storm: at most "
+              f"{max((s[3] for s in sampled), default=0)}"
+              + (f"; {at_refusal} when its first limit refusals showed" if at_refusal is not None else ""),
+              flush=True)
+        # Only lb's limit excuses a failed connection: one refused there is
+        # closed at once (a reset, or EOF before the echo, for the client) and
+        # counted with reason="limit". Any other reason lb counts (no_backend:
+        # no backend up) is a failure; and a storm that fits lb's capacity even
+        # with every connection open at once (CI: 4,000 of 9,900) must be
+        # served whole, since no refusal there can be lb's limit.
+        limit = refused_by_lb.get("limit", 0)
+        other_reasons = {k: v for k, v in refused_by_lb.items() if k != "limit"}
+        excused = limit if storm_n > lb_capacity else 0
+        if other_reasons:
+            failures.append(f"storm: lb refused connections for reasons other than its limit: {other_reasons}")
+        if limit and not excused:
+            failures.append(f"storm: lb refused {limit} at its limit, though all {storm_n} connections fit "
+                            f"its max_connections {lb_capacity}")
+        if served + excused != storm_n or bad["reset"] > excused or bad["wrong"]:
             failures.append(f"storm: {storm_n - served} of {storm_n} connections failed: {bad}, of which lb "
-                            f"counted {refused_by_lb or 0}")
+                            f"counted {refused_by_lb or 0} and {excused} are excused")
 
         # --- reloads under load ------------------------------------------------------------
         seconds = reloads * 0.1 + 2
         print(f"== {reloads} reloads, one every 100 ms, while {rate} new connections/s arrive "
               f"and {streams} streams ping-pong", flush=True)
+        prober.phase = "reloads"
         steady_child = Child("steady", rate, seconds, streams)
         children.append(steady_child)
         time.sleep(1)  # the streams are open before the first reload
@@ -562,6 +635,8 @@ interval = "2s"
               f"{r['stream_rounds']} round trips, {r['streams_failed']} broken; {r['errors'] or ''}", flush=True)
         if r["new_failed"] or r["streams_failed"]:
             failures.append(f"reloads under load: {r['new_failed']} connections and {r['streams_failed']} streams failed")
+        prober.finish()
+        failures += admin_latency(prober)
         if not lb.alive():
             failures.append("lb exited")
     finally:
