@@ -4,8 +4,11 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <chrono>
 #include <optional>
+#include <string_view>
+#include <system_error>
 #include <thread>
 
 #include "conf/load.h"
@@ -167,10 +170,33 @@ int cmd_backend(const Client& c, const std::string& pool, const std::string& id,
 // The upgrade itself is the API's (POST /api/v1/upgrade: 202, or 409 with
 // the reason). Accepted: wait until the status shows the next generation,
 // which the new program reports once it serves.
+// lb_upgrades_total{result="refused"} from /metrics; nullopt when unreadable.
+std::optional<uint64_t> upgrades_refused(const Client& c) {
+  Reply r = c.request("GET", "/metrics");
+  if (r.status != 200) return std::nullopt;
+  static constexpr std::string_view kSeries = "lb_upgrades_total{result=\"refused\"} ";
+  for (size_t at = 0; at < r.body.size();) {
+    size_t nl = r.body.find('\n', at);
+    if (nl == std::string::npos) nl = r.body.size();
+    std::string_view line(r.body.data() + at, nl - at);
+    if (line.substr(0, kSeries.size()) == kSeries) {
+      uint64_t v = 0;
+      auto value = line.substr(kSeries.size());
+      if (std::from_chars(value.data(), value.data() + value.size(), v).ec == std::errc()) return v;
+      return std::nullopt;
+    }
+    at = nl + 1;
+  }
+  return std::nullopt;
+}
+
 int cmd_upgrade(const Client& c, std::FILE* out, std::FILE* err) {
   auto before = get_status(c, err);
   if (!before) return 1;
   const uint64_t gen = ctl::json_u64(*before, "generation");
+  // A refusal after the 202 (the new program failed to start or to take
+  // over) shows only in the counter and the log.
+  const std::optional<uint64_t> refused_before = upgrades_refused(c);
   Reply r = c.request("POST", "/api/v1/upgrade", "{}");
   if (r.status < 200 || r.status > 299) return fail(err, "upgrade refused: " + ctl::api_error(r));
   std::fprintf(out, "upgrade started (generation %llu), waiting for the new program\n",
@@ -186,6 +212,10 @@ int cmd_upgrade(const Client& c, std::FILE* out, std::FILE* err) {
                      static_cast<unsigned long long>(ctl::json_u64(j, "generation")));
         return 0;
       }
+      if (auto refused = upgrades_refused(c); refused && refused_before && *refused > *refused_before)
+        return fail(err,
+                    "upgrade refused after it started: the new program did not take over; lb keeps serving "
+                    "(lb's log says why: \"upgrade refused reason=...\")");
     } else {
       last = ctl::api_error(s);
     }

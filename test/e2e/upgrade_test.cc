@@ -316,6 +316,21 @@ TEST_CASE("upgrade: lb ctl upgrade waits for the new program; a refusal exits 1"
   CHECK(run.err.find("no program to upgrade to") != std::string::npos);
   CHECK(status_generation(u.admin) == 1);
 
+  // Accepted (202), then refused: the new program passes both checks but
+  // exits as soon as it is started to take over. lb ctl reports the refusal
+  // as soon as lb counts it, not as a time-out.
+  REQUIRE(
+      install_script(u.program, fmt::format("#!/bin/sh\ncase \"$1\" in --check|--handover-version) exec {} "
+                                            "\"$@\";; esac\necho cannot start >&2\nexit 1\n",
+                                            lb_binary())));
+  run = run_lb(ctl, in(seconds(90)));
+  INFO(run.out << run.err);
+  CHECK(run.exit_status == 1);
+  CHECK(run.out.find("upgrade started") != std::string::npos);
+  CHECK(run.err.find("upgrade refused after it started") != std::string::npos);
+  CHECK(status_generation(u.admin) == 1);
+  CHECK(echoes(u.port, "still served by the old program"));
+
   REQUIRE(install_program(lb_alt_binary(), u.program));
   const size_t from = u.lb->line_count();
   run = run_lb(ctl, in(seconds(90)));
