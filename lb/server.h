@@ -79,8 +79,11 @@ class Server final : public AdminControl {
   uint64_t reloads_error() const override { return reloads_error_; }
   const std::vector<core::ListenerRuntimePtr>& listeners() const override { return listeners_; }
   core::ControlPlane& control() override { return *control_; }
-  // Main loop only (the access log is replaced there).
-  uint64_t access_log_dropped() const override { return access_log_ ? access_log_->dropped() : 0; }
+  // Main loop only (the access log is replaced there). The previous
+  // programs' drops (an upgrade's hand-over) are the base.
+  uint64_t access_log_dropped() const override {
+    return access_log_dropped_base_ + (access_log_ ? access_log_->dropped() : 0);
+  }
   uint64_t upgrades_ok() const override { return upgrades_ok_; }
   uint64_t upgrades_refused() const override { return upgrades_refused_; }
 
@@ -259,6 +262,7 @@ class Server final : public AdminControl {
   size_t handover_first_ = 0;                              // activation_'s sockets from here on: handed over
   uint64_t upgrades_ok_ = 0;
   uint64_t upgrades_refused_ = 0;
+  uint64_t access_log_dropped_base_ = 0;  // new program: the old one's count
   bool abort_after_takeover_ = false;
   bool handed_over_ = false;  // old program: the new one serves, this one drains and leaves
   bool draining_ = false;

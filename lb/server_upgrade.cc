@@ -352,6 +352,7 @@ void Server::restore_counters() {
   reloads_error_ = handover_->reloads_error;
   upgrades_ok_ = handover_->upgrades_ok + 1;
   upgrades_refused_ = handover_->upgrades_refused;
+  access_log_dropped_base_ = handover_->access_log_dropped;
 }
 
 // The handed-over sockets live on in the workers and held_; the copies

@@ -4,6 +4,7 @@
 // upgrade. The new program is a child of the old one, not of the test: the
 // test ends it by the pid lb logged.
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <regex>
 #include <string>
 #include <thread>
@@ -346,6 +348,73 @@ TEST_CASE("upgrade: lb ctl upgrade waits for the new program; a refusal exits 1"
   CHECK(wait_gone(u.lb->pid(), in(seconds(30))));
   REQUIRE(::kill(next.pid, SIGTERM) == 0);
   CHECK(wait_gone(next.pid, in(kStopTimeout)));
+}
+
+// lb_access_log_dropped_total is a counter like the others: the lines the
+// old program dropped stay counted in the new one. The access log is a FIFO
+// nobody reads (as in the hardening test), so its writer blocks and the
+// refusals' lines are dropped; every counter series is compared (not only
+// that one) between a scrape before the upgrade and the new program's.
+TEST_CASE("upgrade: access-log lines the old program dropped stay counted", "[e2e][upgrade][access-log]") {
+  TempDir dir;
+  const std::string fifo = dir.path() + "/access.fifo";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Opened before lb opens its end, so lb's open does not block; the
+  // Socket only owns the descriptor.
+  Socket reader(::open(fifo.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  REQUIRE(reader);
+  const std::string program = dir.path() + "/lb";
+  REQUIRE(install_program(lb_binary(), program));
+  LbOptions options;
+  options.binary = program;
+  // Every connection is refused by deny and logged; the long listener name
+  // makes each line about 8 KiB, so the worker's 4 MiB buffer fills after
+  // about a thousand connections.
+  const std::string name = "l" + std::string(8000, 'x');
+  LbProcess lb(ConfigBuilder()
+                   .global(1, true, "", "shutdown_timeout = \"60s\"")
+                   .access_log(fifo)
+                   .listener(name, "p", "deny = [\"127.0.0.0/8\"]")
+                   .pool("p")
+                   .backend(fmt::format("127.0.0.1:{}", refused_port()))
+                   .str(),
+               options);
+  REQUIRE(lb.wait_started());
+  const uint16_t port = lb.listener_port(name);
+  const uint16_t admin = lb.admin_port();
+  auto dropped = [&] { return metric(admin, "lb_access_log_dropped_total", {}); };
+  for (int connections = 0; connections < 4000 && dropped() <= 0;) {
+    for (int i = 0; i < 100; ++i, ++connections) {
+      Socket c = tcp_connect("127.0.0.1", port, in(seconds(5)));
+      REQUIRE(c);
+      wait_closed(c, in(seconds(5)));
+    }
+  }
+  REQUIRE(dropped() > 0);
+
+  const std::optional<Metrics> before = fetch_metrics(admin);
+  REQUIRE(before);
+  REQUIRE(install_program(lb_alt_binary(), program));
+  const size_t from = lb.line_count();
+  REQUIRE(lb.signal(SIGUSR2));
+  std::vector<std::unique_ptr<AdoptedLb>> adopted;
+  REQUIRE(await_handover(lb, 2, from, adopted));
+  // The old program closed its admin socket when the new one served.
+  const std::optional<Metrics> after = fetch_metrics(admin);
+  REQUIRE(after);
+  CHECK(status_generation(admin) == 2);
+  const std::vector<CounterSeries> counters = upgrade_counters(*before, *after);
+  CHECK(counters.size() >= 10);
+  for (const CounterSeries& c : counters) {
+    INFO(to_string(c) << " across the upgrade");
+    CHECK(c.after.value_or(-1) >= c.before);
+  }
+
+  // Closing the read end unblocks both writers (EPIPE), so both can stop.
+  reader.close();
+  CHECK(wait_gone(lb.pid(), in(seconds(30))));
+  REQUIRE(::kill(adopted.back()->pid, SIGTERM) == 0);
+  CHECK(wait_gone(adopted.back()->pid, in(kStopTimeout)));
 }
 
 }  // namespace

@@ -142,6 +142,32 @@ std::optional<std::string> Metrics::type(const std::string& name) const {
   return it->second;
 }
 
+std::string series_name(const MetricSample& sample) {
+  if (sample.labels.empty()) return sample.name;
+  std::string out = sample.name + "{";
+  for (const auto& [k, v] : sample.labels) out += (out.back() == '{' ? "" : ",") + k + "=\"" + v + "\"";
+  return out + "}";
+}
+
+std::vector<CounterSeries> counters_across(const Metrics& before, const Metrics& after) {
+  std::vector<CounterSeries> out;
+  for (const auto& s : before.samples()) {
+    if (before.type(s.name) != "counter") continue;
+    out.push_back({series_name(s), s.value, after.value(s.name, s.labels)});
+  }
+  return out;
+}
+
+std::string to_string(const CounterSeries& counter) {
+  std::ostringstream out;
+  out << counter.series << " went from " << counter.before << " to ";
+  if (counter.after)
+    out << *counter.after;
+  else
+    out << "missing";
+  return out.str();
+}
+
 std::optional<Metrics> fetch_metrics(uint16_t admin_port, Deadline deadline, const std::string& host) {
   HttpResponse r = http_get(admin_port, "/metrics", deadline, host);
   if (r.status != 200) return std::nullopt;

@@ -49,6 +49,22 @@ class Metrics {
   std::vector<std::string> errors_;
 };
 
+// A sample's series as the exposition writes it: name{k="v",...} (no braces
+// without labels).
+std::string series_name(const MetricSample& sample);
+
+// A counter series (a sample of a family whose TYPE is counter) in two
+// scrapes: its value in the first, and in the second (none: missing there).
+struct CounterSeries {
+  std::string series;
+  double before = 0;
+  std::optional<double> after;
+};
+// Every counter series of `before`, each with its value in `after`.
+std::vector<CounterSeries> counters_across(const Metrics& before, const Metrics& after);
+// "SERIES went from BEFORE to AFTER" ("... to missing"), for a message.
+std::string to_string(const CounterSeries& counter);
+
 // GET /metrics from an admin port and parse it; std::nullopt unless the
 // answer is 200.
 std::optional<Metrics> fetch_metrics(uint16_t admin_port, Deadline deadline = in(seconds(5)),

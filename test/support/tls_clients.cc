@@ -1,10 +1,13 @@
 #include "test/support/tls_clients.h"
 
+#include <openssl/err.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <cerrno>
+#include <cstring>
 #include <regex>
 
 #include "test/support/child_process.h"
@@ -165,6 +168,147 @@ ClientRun python_echo(uint16_t port, const std::string& sni, const std::string& 
 ClientRun python_fetch(uint16_t port, const std::string& sni, const std::string& ca,
                        const std::string& request) {
   return run_client({"/usr/bin/python3", "-c", kPythonFetch, std::to_string(port), sni, ca, request});
+}
+
+TlsClient::TlsClient(uint16_t port, const std::string& sni, Deadline deadline) {
+  int err = 0;
+  sock_ = tcp_connect("127.0.0.1", port, deadline, &err);
+  if (!sock_) {
+    error_ = fmt::format("connect: {}", std::strerror(err));
+    return;
+  }
+  ctx_ = SSL_CTX_new(TLS_client_method());
+  ssl_ = ctx_ ? SSL_new(ctx_) : nullptr;
+  in_ = BIO_new(BIO_s_mem());
+  out_ = BIO_new(BIO_s_mem());
+  if (!ssl_ || !in_ || !out_) {
+    error_ = "cannot set up OpenSSL";
+    BIO_free(in_);
+    BIO_free(out_);
+    in_ = out_ = nullptr;
+    return;
+  }
+  SSL_set_bio(ssl_, in_, out_);
+  SSL_set_verify(ssl_, SSL_VERIFY_NONE, nullptr);
+  // A FIN without close_notify reads as the end, as for a plain socket.
+  SSL_set_options(ssl_, SSL_OP_IGNORE_UNEXPECTED_EOF);
+  if (!sni.empty()) SSL_set_tlsext_host_name(ssl_, sni.c_str());
+  SSL_set_connect_state(ssl_);
+  ReadEnd end = ReadEnd::Complete;
+  handshaken_ = drive([this] { return SSL_do_handshake(ssl_); }, deadline, &end) == 1;
+}
+
+TlsClient::~TlsClient() {
+  SSL_free(ssl_);  // and both BIOs
+  SSL_CTX_free(ctx_);
+}
+
+uint16_t TlsClient::local_port() const { return sock_ ? test::local_port(sock_) : 0; }
+
+bool TlsClient::flush(Deadline deadline) {
+  char buf[16384];
+  while (BIO_ctrl_pending(out_) > 0) {
+    const int n = BIO_read(out_, buf, sizeof buf);
+    if (n <= 0) break;
+    const size_t len = static_cast<size_t>(n);
+    if (write_all(sock_, std::string_view(buf, len), deadline) != len) {
+      error_ = fmt::format("send: {}", errno ? std::strerror(errno) : "timed out");
+      return false;
+    }
+  }
+  return true;
+}
+
+ReadEnd TlsClient::fill(Deadline deadline) {
+  char buf[16384];
+  for (;;) {
+    const ssize_t n = ::recv(sock_.fd(), buf, sizeof buf, 0);
+    if (n > 0) {
+      BIO_write(in_, buf, static_cast<int>(n));
+      return ReadEnd::Complete;
+    }
+    if (n == 0) {
+      BIO_set_mem_eof_return(in_, 0);  // OpenSSL now reads the end
+      return ReadEnd::Eof;
+    }
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      error_ = fmt::format("recv: {}", std::strerror(errno));
+      return ReadEnd::Reset;
+    }
+    pollfd p{sock_.fd(), POLLIN, 0};
+    if (::poll(&p, 1, poll_timeout_ms(deadline)) <= 0) {
+      error_ = "timed out";
+      return ReadEnd::Timeout;
+    }
+  }
+}
+
+template <typename Op>
+int TlsClient::drive(Op op, Deadline deadline, ReadEnd* end) {
+  for (;;) {
+    ERR_clear_error();
+    const int r = op();
+    const int why = SSL_get_error(ssl_, r);
+    if (!flush(deadline)) {
+      ended_ = true;
+      *end = ReadEnd::Reset;
+      return -1;
+    }
+    if (r > 0) return r;
+    if (why == SSL_ERROR_WANT_READ) {
+      if (ReadEnd e = fill(deadline); e == ReadEnd::Reset || e == ReadEnd::Timeout) {
+        ended_ = ended_ || e == ReadEnd::Reset;
+        *end = e;
+        return -1;
+      }
+      continue;
+    }
+    ended_ = true;
+    if (why == SSL_ERROR_ZERO_RETURN) {
+      error_ = "the server ended the connection";
+      *end = ReadEnd::Eof;
+    } else {
+      char text[256] = "";
+      ERR_error_string_n(ERR_get_error(), text, sizeof text);
+      error_ = fmt::format("OpenSSL error {}: {}", why, text);
+      *end = ReadEnd::Reset;
+    }
+    return r;
+  }
+}
+
+ReadResult TlsClient::exchange(std::string_view data, Deadline deadline) {
+  ReadResult res;
+  if (!handshaken_ || ended_) {
+    res.end = ReadEnd::Reset;
+    return res;
+  }
+  const int n =
+      drive([&] { return SSL_write(ssl_, data.data(), static_cast<int>(data.size())); }, deadline, &res.end);
+  if (n != static_cast<int>(data.size())) return res;
+  char buf[16384];
+  while (res.data.size() < data.size()) {
+    const int got = drive([&] { return SSL_read(ssl_, buf, sizeof buf); }, deadline, &res.end);
+    if (got <= 0) return res;
+    res.data.append(buf, static_cast<size_t>(got));
+  }
+  res.end = ReadEnd::Complete;
+  return res;
+}
+
+ReadEnd TlsClient::wait_closed(Deadline deadline) {
+  if (!handshaken_ || ended_) return ReadEnd::Reset;
+  char buf[16384];
+  ReadEnd end = ReadEnd::Complete;
+  return drive([&] { return SSL_read(ssl_, buf, sizeof buf); }, deadline, &end) > 0 ? ReadEnd::Complete : end;
+}
+
+void TlsClient::close() {
+  // Our close_notify; the server's answer is not waited for.
+  if (handshaken_ && !ended_ && SSL_shutdown(ssl_) >= 0) flush(in(seconds(5)));
+  ended_ = true;
+  sock_.close();
 }
 
 }  // namespace lb::test

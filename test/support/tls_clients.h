@@ -1,22 +1,27 @@
 // Real TLS clients for tests: the first bytes `openssl s_client`, Python's
 // `ssl` module and curl (all from Debian, linked against the system OpenSSL)
-// send, captured on a listener of our own; and command lines that run them
-// against a given port.
+// send, captured on a listener of our own; command lines that run them
+// against a given port; and TlsClient, the system OpenSSL in this process on
+// one connection a test drives step by step.
 //
 // Thread rules: free functions, no shared state; safe from any thread, but
 // spawn children (and so call these) from the test's main thread (see
-// child_process.h on PR_SET_PDEATHSIG).
+// child_process.h on PR_SET_PDEATHSIG). A TlsClient is used by one thread.
 #pragma once
+
+#include <openssl/ssl.h>
 
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "test/support/child_process.h"
 #include "test/support/deadline.h"
+#include "test/support/net.h"
 
 namespace lb::test {
 
@@ -77,5 +82,55 @@ ClientRun python_echo(uint16_t port, const std::string& sni, const std::string& 
 // then prints what comes back until the other side ends.
 ClientRun python_fetch(uint16_t port, const std::string& sni, const std::string& ca,
                        const std::string& request = "");
+
+// One TLS connection to 127.0.0.1:`port` (the system OpenSSL, in this
+// process) that stays open between the test's steps, e.g. across an upgrade,
+// where the command-line clients above run to their end. It names `sni`
+// (none when empty) and does not verify the certificate. OpenSSL works on
+// memory buffers and this object moves the bytes (send with MSG_NOSIGNAL: a
+// peer that reset the connection fails a call, it does not kill the test).
+// Every call waits at most until its deadline.
+class TlsClient {
+ public:
+  // Connects and completes the handshake; ok() says whether it did.
+  TlsClient(uint16_t port, const std::string& sni, Deadline deadline);
+  ~TlsClient();
+  TlsClient(const TlsClient&) = delete;
+  TlsClient& operator=(const TlsClient&) = delete;
+
+  bool ok() const { return handshaken_; }
+  // Why the last call failed (OpenSSL's error queue, or the socket's errno).
+  const std::string& error() const { return error_; }
+  // The client's end of the TCP connection.
+  uint16_t local_port() const;
+
+  // Sends `data` and reads as many bytes back (an echo backend): Complete
+  // with the bytes, or how the connection ended first.
+  ReadResult exchange(std::string_view data, Deadline deadline);
+  // Waits for the server to end the connection: Eof (close_notify or FIN),
+  // Reset, Timeout while it stays open, or Complete when data arrived.
+  ReadEnd wait_closed(Deadline deadline);
+  // close_notify (unless the server already ended the connection), then
+  // the socket closes.
+  void close();
+
+ private:
+  // Runs `op` (an SSL_* call) until it succeeds, feeding it the socket's
+  // bytes and sending what it wrote; its result, or <= 0 with error_ set
+  // and *end saying how.
+  template <typename Op>
+  int drive(Op op, Deadline deadline, ReadEnd* end);
+  bool flush(Deadline deadline);
+  ReadEnd fill(Deadline deadline);
+
+  Socket sock_;
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+  BIO* in_ = nullptr;   // bytes from the server, for OpenSSL to read (owned by ssl_)
+  BIO* out_ = nullptr;  // bytes OpenSSL wrote, to send (owned by ssl_)
+  bool handshaken_ = false;
+  bool ended_ = false;  // the server ended the connection (or it failed)
+  std::string error_;
+};
 
 }  // namespace lb::test

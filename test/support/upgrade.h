@@ -48,6 +48,13 @@ ConfigBuilder upgrade_config();
 uint64_t status_generation(uint16_t admin);
 double metric(uint16_t admin, const std::string& name, const Labels& labels);
 
+// counters_across() for a scrape before an upgrade and one of the program
+// that took over, whose values must not be lower (docs/upgrade.md). Without
+// process_cpu_seconds_total: the serving process's own CPU time, which starts
+// again in the new process (Prometheus's process_* conventions, like
+// process_start_time_seconds beside it).
+std::vector<CounterSeries> upgrade_counters(const Metrics& before, const Metrics& after);
+
 // New connections at a steady pace, each one echoed, until stopped:
 // every failure counted, and the longest connect-to-echo time kept.
 struct SteadyClient {
