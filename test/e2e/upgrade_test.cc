@@ -75,6 +75,7 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
   // serving; a weight override shows in the status.
   REQUIRE(http_post(admin, "/api/v1/pools/p/backends/" + u.echo.address(), R"({"weight":7})").status == 200);
   const int fds_before = proc_fd_count(lb.pid());
+  const std::string fds_before_list = proc_describe_fds(lb.pid());
 
   // A long-lived connection (ping-pong) and new connections at a steady rate.
   Socket pingpong = tcp_connect("127.0.0.1", port, in(seconds(5)));
@@ -150,7 +151,9 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
   // may still be closing in it: a leak stays, so wait for the count.
   int fds_after = -1;
   CHECK(wait_until([&] { return (fds_after = proc_fd_count(serving)) <= fds_before; }, in(seconds(10))));
-  INFO("fds before " << fds_before << " after " << fds_after);
+  INFO("fds before " << fds_before << " after " << fds_after << "; the first lb's then:\n"
+                     << fds_before_list << "\nthe serving lb's now:\n"
+                     << proc_describe_fds(serving));
   CHECK(fds_after <= fds_before);
   REQUIRE(::kill(serving, SIGTERM) == 0);
   CHECK(wait_gone(serving, in(kStopTimeout)));
