@@ -321,13 +321,15 @@ TEST_CASE("upgrade: lb ctl upgrade waits for the new program; a refusal exits 1"
   CHECK(run.err.find("no program to upgrade to") != std::string::npos);
   CHECK(status_generation(u.admin) == 1);
 
-  // Accepted (202), then refused: the new program passes both checks but
-  // exits as soon as it is started to take over. lb ctl reports the refusal
-  // as soon as lb counts it, not as a time-out.
-  REQUIRE(
-      install_script(u.program, fmt::format("#!/bin/sh\ncase \"$1\" in --check|--handover-version) exec {} "
-                                            "\"$@\";; esac\necho cannot start >&2\nexit 1\n",
-                                            lb_binary())));
+  // Accepted (202), then refused: the new program passes both checks but,
+  // started to take over, reads the state and gives up. (It reads first: a
+  // program that is gone before lb has sent the state is refused at once,
+  // 409 "cannot send the hand-over", the path above.) lb ctl reports the
+  // refusal as soon as lb counts it, not as a time-out.
+  REQUIRE(install_script(
+      u.program, fmt::format("#!/bin/sh\ncase \"$1\" in --check|--handover-version) exec {} \"$@\";; esac\n"
+                             "timeout 3 cat <&3 >/dev/null\necho cannot take over >&2\nexit 1\n",
+                             lb_binary())));
   run = run_lb(ctl, in(seconds(90)));
   INFO(run.out << run.err);
   CHECK(run.exit_status == 1);
