@@ -214,6 +214,7 @@ TEST_CASE("upgrade: established connections move to the new program, every byte 
   const uint16_t admin = lb.admin_port();
   const int fds_before = fd_count_of(lb.pid());
   const long rss_before = proc_rss_kb(lb.pid());
+  const long anon_before = proc_rss_anon_kb(lb.pid());
 
   std::vector<std::unique_ptr<Stream>> streams;
   for (int i = 0; i < nstreams; ++i) {
@@ -324,16 +325,27 @@ TEST_CASE("upgrade: established connections move to the new program, every byte 
   INFO("fds before " << fds_before << " after " << fds_after);
   CHECK(fds_after <= fds_before);
   const long rss_after = proc_rss_kb(serving);
-  std::fprintf(stderr,
-               "upgrade moves: serving lb before the load %d fds, %ld kB RSS; after it %d fds, %ld kB RSS\n",
-               fds_before, rss_before, fds_after, rss_after);
-  INFO("RSS before " << rss_before << " kB, after " << rss_after << " kB");
-  CHECK(rss_before > 0);
-  CHECK(rss_after > 0);
+  const long anon_after = proc_rss_anon_kb(serving);
+  std::fprintf(
+      stderr,
+      "upgrade moves: serving lb before the load %d fds, %ld kB RSS (%ld kB anonymous); after it %d fds, "
+      "%ld kB RSS (%ld kB anonymous)\n",
+      fds_before, rss_before, anon_before, fds_after, rss_after, anon_after);
+  INFO("RSS before " << rss_before << " kB (" << anon_before << " anonymous), after " << rss_after << " kB ("
+                     << anon_after << " anonymous)");
+  CHECK(anon_before > 0);
+  CHECK(anon_after > 0);
 #if !defined(__SANITIZE_THREAD__)
   // Not under ThreadSanitizer: its shadow memory grows with the work done
-  // (30.9 -> 35.5 MB in CI), whatever lb holds.
-  CHECK(static_cast<double>(rss_after) <= static_cast<double>(rss_before) * 1.05 + 2048);
+  // (30.9 -> 35.5 MB in CI), whatever lb holds. The bound is on lb's own
+  // (anonymous) memory: the resident pages of its program and libraries
+  // (RssFile) grow with the code paths the last program ran (taking over,
+  // moving, splice), 0.4-1 MB here, and are no leak. At full size the last
+  // program still holds the 1,000 UDP sessions (session_timeout 120 s) and
+  // ended 0.9-2.3 MB above the first one's idle figure in six runs
+  // (malloc_trim gave back 0.2 MB of it); a leak of 15 KB per moved
+  // connection would pass 3 MB at 200 streams.
+  CHECK(static_cast<double>(anon_after) <= static_cast<double>(anon_before) * 1.05 + 3072);
 #endif
   REQUIRE(::kill(serving, SIGTERM) == 0);
   CHECK(wait_gone(serving, in(kStopTimeout)));

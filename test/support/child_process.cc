@@ -491,13 +491,22 @@ long ChildProcess::rss_kb() const {
   return proc_rss_kb(pid_);
 }
 
-long proc_rss_kb(pid_t pid) {
+namespace {
+
+// A "Key:   N kB" line of /proc/PID/status; -1 if unavailable.
+long proc_status_kb(pid_t pid, const std::string& key) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(status, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
+    if (line.rfind(key, 0) == 0) return std::strtol(line.c_str() + key.size(), nullptr, 10);
   }
   return -1;
 }
+
+}  // namespace
+
+long proc_rss_kb(pid_t pid) { return proc_status_kb(pid, "VmRSS:"); }
+
+long proc_rss_anon_kb(pid_t pid) { return proc_status_kb(pid, "RssAnon:"); }
 
 }  // namespace lb::test

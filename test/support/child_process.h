@@ -137,6 +137,9 @@ int pipes_of(pid_t pid);
 // started by an upgrade, which is not the test's child). Safe from any thread.
 int proc_fd_count(pid_t pid);
 long proc_rss_kb(pid_t pid);
+// RssAnon: the process's own memory, without the pages of its program and
+// libraries that are resident (RssFile), which depend on the code it has run.
+long proc_rss_anon_kb(pid_t pid);
 std::string proc_describe_fds(pid_t pid);
 
 }  // namespace lb::test
