@@ -186,10 +186,7 @@ TEST_CASE("ops: a worker loop that ends with a handle open makes lb exit 1", "[e
   // first worker loop to close report a handle still open (UV_EBUSY).
   TestBackend echo(TestBackend::echo());
   REQUIRE(echo.ok());
-  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
-  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
-  LbProcess lb(head("") + proxy("web", echo.address()),
-               LbOptions{{}, {std::string("LD_PRELOAD=") + LB_LOOP_CLOSE_BUSY_SHIM, asan}});
+  LbProcess lb(head("") + proxy("web", echo.address()), LbOptions{{}, preload_env(LB_LOOP_CLOSE_BUSY_SHIM)});
   REQUIRE(lb.wait_started());
   CHECK(try_echo(lb.listener_port("web"), "hello") == "ok");
   CHECK(lb.terminate() == 1);

@@ -118,10 +118,7 @@ TEST_CASE("when splice(2) turns out unsupported, the connection goes on on the c
   // try splice again.
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
-  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
-  LbProcess lb(web_config(backend.address()),
-               LbOptions{{}, {std::string("LD_PRELOAD=") + LB_SPLICE_REFUSES_TCP_SHIM, asan}});
+  LbProcess lb(web_config(backend.address()), LbOptions{{}, preload_env(LB_SPLICE_REFUSES_TCP_SHIM)});
   REQUIRE(lb.wait_started());
   const std::string payload = random_bytes(8 << 20, 3);
   for (int round = 0; round < 2; ++round) {

@@ -8,7 +8,6 @@
 
 #include <cerrno>
 #include <csignal>
-#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -193,10 +192,8 @@ TEST_CASE("tls terminate: connections that cannot get a TLS session are refused 
   Site site;
   TestBackend backend(TestBackend::echo());
   REQUIRE(backend.ok());
-  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
-  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
   LbOptions options;
-  options.env = {std::string("LD_PRELOAD=") + LB_SSL_NEW_FAILS_SHIM, asan};
+  options.env = preload_env(LB_SSL_NEW_FAILS_SHIM);
   LbProcess lb(site.config(backend.port()).str(), options);
   REQUIRE(lb.wait_started());
   const uint16_t port = lb.listener_port("tls");

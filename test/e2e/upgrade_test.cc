@@ -168,9 +168,7 @@ TEST_CASE("upgrade: a new build takes over the listeners, state and counters; no
 // usual state when the old program checks.
 TEST_CASE("upgrade: a connection accepted while the old program stops accepting is served, not cut",
           "[e2e][upgrade][drain]") {
-  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";  // the shim is preloaded first
-  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
-  UpgradableLb u({std::string("LD_PRELOAD=") + LB_SLOW_ACCEPT_SHIM, asan});
+  UpgradableLb u(preload_env(LB_SLOW_ACCEPT_SHIM));
   LbProcess& lb = *u.lb;
   REQUIRE(echoes(u.port, "before"));
   SteadyClient steady(u.port);

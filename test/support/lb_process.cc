@@ -35,6 +35,12 @@ bool lb_splice_enabled() {
                  strcasecmp(v, "no") == 0));
 }
 
+std::vector<std::string> preload_env(const std::string& shim) {
+  std::string asan = "ASAN_OPTIONS=verify_asan_link_order=0";
+  if (const char* cur = std::getenv("ASAN_OPTIONS"); cur && *cur) asan += std::string(":") + cur;
+  return {"LD_PRELOAD=" + shim, asan};
+}
+
 bool install_program(const std::string& from, const std::string& to) {
   const std::string tmp = to + ".new";
   {

@@ -116,11 +116,17 @@ LbRun run_lb(const std::vector<std::string>& args, Deadline deadline = in(kStart
 // LB_SPLICE in the environment turns it off (ctest's e2e_copy_path run).
 bool lb_splice_enabled();
 
+// The environment that LD_PRELOADs `shim` (a test/preload library) into lb:
+// LD_PRELOAD, and ASAN_OPTIONS (the test's own, if any) with ASan's check
+// that its runtime is loaded first turned off, since the shim is.
+std::vector<std::string> preload_env(const std::string& shim);
+
 // Upgrades in place (docs/upgrade.md). lb re-executes the program at the path
 // it was started from, so tests run it from a copy they can replace.
 // Puts a copy of `from` at `to` the way a package manager does: write beside
 // it, then rename over it (the running program keeps its file).
 bool install_program(const std::string& from, const std::string& to);
+
 // A process the test did not spawn (a new lb started by an upgrade) has
 // exited: gone, or a zombie waiting for its new parent.
 bool process_gone(pid_t pid);
