@@ -167,9 +167,6 @@ int cmd_backend(const Client& c, const std::string& pool, const std::string& id,
   return 0;
 }
 
-// The upgrade itself is the API's (POST /api/v1/upgrade: 202, or 409 with
-// the reason). Accepted: wait until the status shows the next generation,
-// which the new program reports once it serves.
 // lb_upgrades_total{result="refused"} from /metrics; nullopt when unreadable.
 std::optional<uint64_t> upgrades_refused(const Client& c) {
   Reply r = c.request("GET", "/metrics");
@@ -190,6 +187,10 @@ std::optional<uint64_t> upgrades_refused(const Client& c) {
   return std::nullopt;
 }
 
+// The upgrade itself is the API's (POST /api/v1/upgrade: 202, or 409 with
+// the reason). Accepted: wait until the status shows the next generation,
+// which the new program reports once it serves, or a refusal counted after
+// the 202.
 int cmd_upgrade(const Client& c, std::FILE* out, std::FILE* err) {
   auto before = get_status(c, err);
   if (!before) return 1;
