@@ -21,15 +21,15 @@ import sys
 import tempfile
 import time
 
-from . import env, idle, loads, peers, profile, report, tls
-from .procs import Supervisor, cpu_seconds_between, cpu_ticks
+from . import cpubudget, env, idle, loads, peers, profile, report, tls
+from .procs import Supervisor, cpu_seconds_between, cpu_ticks, descendants
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir))
 
 
 class Workload:
     def __init__(self, key, title, unit, metric, higher_is_better, service, rows, run, extras=(), rounds=None,
-                 cpu=True, cost=None, needs=(), traced_run=None):
+                 cpu=True, cost=None, needs=(), traced_run=None, budget=None):
         self.key = key
         self.title = title
         self.unit = unit
@@ -53,6 +53,12 @@ class Workload:
         self.needs = needs        # tools it runs besides the ones in env.PACKAGES
         # The same load at a rate a proxy slowed by tracing sustains (--profile).
         self.traced_run = traced_run
+        # % of one CPU every proxy row may use (cpubudget.py), so the proxy,
+        # not the client, is the limit; None: unbounded.
+        self.budget = budget
+        if budget:
+            self.extras += ["budget_pct", "proxy_pct", "throttled_pct", "client_cpu_pct", "backend_cpu_pct",
+                            "load_side_pct"]
 
 
 US_CONN, US_REQ, US_RT, US_QUERY = ("µs/conn", 1e6), ("µs/req", 1e6), ("µs/round trip", 1e6), ("µs/query", 1e6)
@@ -155,6 +161,9 @@ def parse_args(argv):
     ap.add_argument("--profile", action="store_true",
                     help="after each workload, profile lb (perf cpu-clock, flame graph) and count its syscalls "
                          "(perf stat, perf trace -s) in extra samples; written to the output directory")
+    ap.add_argument("--cpu-budget", type=float, metavar="PCT",
+                    help="%% of one CPU each proxy may use in the TLS rate rows, one figure for all of them "
+                         "(default: per workload, see bench/README.md; 0: no budget, the old unbounded rows)")
     ap.add_argument("--proxy-cpu", type=int, help="CPU for the proxies (default: the first usable)")
     ap.add_argument("--load-cpu", type=int, help="CPU for backends and load generators (default: the second)")
     ap.add_argument("--out-dir", default=os.path.join(REPO, "bench", "results"), help="where results are written")
@@ -168,6 +177,8 @@ def parse_args(argv):
     args.rounds = args.rounds or (1 if args.quick else 5)
     args.duration = args.duration or (2 if args.quick else 3)
     args.idle_tls_conns = args.idle_tls_conns or (1000 if args.quick else 4000)
+    if args.cpu_budget is not None and not 0 <= args.cpu_budget <= 100:
+        ap.error("--cpu-budget is a percentage of one CPU, 0 to 100")
     if min(args.rounds, args.duration, args.idle_conns, args.dns_rate, args.dns_high_rate, args.resolver_rate,
            args.conn_rate, args.req_rate) < 1:
         ap.error("--rounds, --duration, --idle-conns and the rates must be positive")
@@ -204,6 +215,7 @@ def main(argv):
     os.chmod(run_dir, 0o755)   # nginx workers (user nobody) read www/ under it
     sup = Supervisor(run_dir)
     backend_idle = None
+    budget = None
     keep = args.keep
     try:
         wanted = dict(env.PACKAGES, **(env.PROFILE_PACKAGES if args.profile else {}))
@@ -283,6 +295,21 @@ def main(argv):
         if wanted_rows is not None:
             for w in wls:
                 w.rows = [r for r in w.rows if r in wanted_rows]
+        if args.cpu_budget is not None:
+            for w in wls:
+                if w.budget:
+                    w.budget = args.cpu_budget or None
+        budget_note = None
+        if any(w.budget for w in wls):
+            budget, why = cpubudget.CpuBudget.create()
+            if budget is None:
+                budget_note = f"unavailable: {why}"
+                say(f"CPU budget {budget_note}: the rows meant to have one run unbounded, and the client "
+                    "may be their limit (see each row's 'limit')")
+            else:
+                budget_note = f"{budget.kind} {budget.path}, period {cpubudget.PERIOD_US} µs"
+                say("CPU budget: " + budget_note + "; " + ", ".join(
+                    f"{w.key} {w.budget:g} %" for w in wls if w.budget) + " of the proxy CPU for every proxy row")
         needed = {r for w in wls for r in w.rows}
         for p in proxies:
             if p.unavailable or p.name not in needed or p.argv_fn is None:
@@ -315,6 +342,8 @@ def main(argv):
                 "keepalive_fixed_rate": args.req_rate, "idle_connections": args.idle_conns,
                 "sockperf_message_bytes": loads.SOCKPERF_MSG,
                 "open_files_limit": nofile,
+                "cpu_budget": {"method": budget_note,
+                               "pct": {w.key: (w.budget if budget else None) for w in wls if w.budget}},
             },
             "skipped": {p: why for p, why in unusable.items()},
             "events": [],
@@ -322,7 +351,7 @@ def main(argv):
         }
         stem = started.strftime("%Y-%m-%d") + ("-quick" if args.quick else "")
         os.makedirs(args.out_dir, exist_ok=True)
-        run_all(args, wls, by_name, backends, sup, results, stem, load_cpus)
+        run_all(args, wls, by_name, backends, sup, results, stem, load_cpus, budget)
         report.summarize(results)
         report.evaluate_targets(results)
         tls.targets(results)
@@ -356,7 +385,11 @@ def main(argv):
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)   # finish the cleanup even on a second Ctrl-C
+        if budget is not None:
+            budget.leave()
         sup.stop_all()
+        if budget is not None and not budget.remove():
+            print(f"== could not remove the cgroup {budget.path}: rmdir it by hand", file=sys.stderr)
         if backend_idle:
             backend_idle.close()
         if keep:
@@ -410,7 +443,34 @@ def _busy_pct(before, after, cpu):
     return 100.0 * (total - idle_) / total if total > 0 else None
 
 
-def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus):
+def _sample_in_budget(wl, p, budget, run):
+    """Runs one sample, with the proxy's process tree inside the CPU budget
+    when the workload has one; adds the budget's figures to the metrics."""
+    if budget is None or not wl.budget or p.proc is None:
+        t0 = time.monotonic()
+        m = run()
+        m["wall_s"] = time.monotonic() - t0
+        return m
+    pid = p.proc.pid
+    try:
+        try:
+            budget.set_pct(wl.budget)
+            budget.enter([pid] + descendants(pid))
+        except OSError as e:
+            raise loads.SampleError(f"cannot put {p.name} into the CPU budget {budget.path}: {e}")
+        s0, t0 = budget.stat(), time.monotonic()
+        m = run()
+        m["wall_s"], s1 = time.monotonic() - t0, budget.stat()
+    finally:
+        budget.leave()
+    m["budget_pct"] = budget.pct
+    periods = s1.get("periods", 0) - s0.get("periods", 0)
+    if periods > 0:
+        m["throttled_pct"] = 100.0 * (s1.get("throttled", 0) - s0.get("throttled", 0)) / periods
+    return m
+
+
+def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus, budget=None):
     proxy_cpu, load_cpu = results["setup"]["proxy_cpu"], results["setup"]["load_cpu"]
     for i, wl in enumerate(wls, 1):
         entry = {"title": wl.title, "unit": wl.unit, "metric": wl.metric,
@@ -446,8 +506,11 @@ def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus):
                 try:
                     pid = p.proc.pid if p.proc is not None else None
                     ticks0 = cpu_ticks(pid) if pid else None
+                    be = backends.proc_for(wl.service) if wl.budget else None
+                    be_ticks0 = cpu_ticks(be.pid) if be else None
                     before = _cpu_times()
-                    m = wl.run(p, p.port(wl.service, backends), args.duration)
+                    m = _sample_in_budget(wl, p, budget,
+                                          lambda: wl.run(p, p.port(wl.service, backends), args.duration))
                     after = _cpu_times()
                     if wl.cpu:
                         m["cpu_proxy_pct"] = _busy_pct(before, after, proxy_cpu)
@@ -458,6 +521,18 @@ def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus):
                         m["proxy_cpu_s"], m["proxy_cpu_s_ticks"] = cpu_seconds_between(ticks0, cpu_ticks(pid))
                         if m.get("units"):
                             m["cost"] = m["proxy_cpu_s"] * wl.cost[1] / m["units"]
+                        if m.get("wall_s"):
+                            m["proxy_pct"] = 100.0 * m["proxy_cpu_s"] / m["wall_s"]
+                    if wl.budget:
+                        # The load side: the client's own CPU (tls.py, rusage) plus the backend's.
+                        if be_ticks0 is not None and m.get("wall_s"):
+                            be_s, _ = cpu_seconds_between(be_ticks0, cpu_ticks(be.pid))
+                            m["backend_cpu_pct"] = 100.0 * be_s / m["wall_s"]
+                            if m.get("client_cpu_pct") is not None:
+                                m["load_side_pct"] = m["client_cpu_pct"] + m["backend_cpu_pct"]
+                        m["limit"] = cpubudget.classify(m.get("proxy_pct"), m.get("budget_pct"),
+                                                        m.get("load_side_pct", m.get("client_cpu_pct")),
+                                                        m.get("cpu_load_pct"))
                     m["round"] = r + 1
                     row["samples"].append(m)
                     parts.append(f"{p.name} {report.fmt_value(m[wl.metric], wl.unit)}")

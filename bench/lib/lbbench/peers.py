@@ -48,6 +48,7 @@ class Backends:
         # The direct row of the passthrough workload talks HTTPS to nginx.
         self.ports["tls_pass"] = self.ports["https"]
         self.down = {}   # service -> why it has no backend
+        self.procs = {}  # service -> its running backend process
 
     def values(self):
         return {"be_iperf": self.ports["bulk"], "be_http": self.ports["http"],
@@ -93,6 +94,12 @@ class Backends:
             if err:
                 self.down[service] = f"{proc.name} {err}; log {proc.log_path}:\n{proc.log_tail(10)}"
                 sup.stop(proc)
+            else:
+                self.procs[service] = proc
+
+    def proc_for(self, service):
+        """The backend process behind a service (the TLS services' is nginx's, "http")."""
+        return self.procs.get("http" if service in TLS_SERVICES else service)
 
 
 class Proxy:

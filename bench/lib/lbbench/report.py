@@ -24,6 +24,11 @@ def summarize(results):
             row["max"] = max(vals) if vals else None
             for extra in wl.get("extras", []):
                 row[f"median_{extra}"] = median_of(ok, extra)
+            # Which side limited each sample (budgeted rows): the commonest, and how often.
+            limits = [s["limit"] for s in ok if s.get("limit")]
+            if limits:
+                top = max(sorted(set(limits)), key=limits.count)
+                row["limit"] = f"{top}" + ("" if len(limits) == 1 else f" ({limits.count(top)}/{len(limits)})")
         medians = {n: r["median"] for n, r in wl["rows"].items() if r["median"] is not None}
         hib = wl["higher_is_better"]
         peers = {n: m for n, m in medians.items() if n in PEERS}
@@ -224,8 +229,23 @@ def _details(wl, row):
         bits.append(lat)
     if "loss_pct" in wl.get("extras", []) and row.get("median_loss_pct") is not None:
         bits.append(f"loss {row['median_loss_pct']:.3g} %")
+    if row.get("median_budget_pct") is not None:
+        used = row.get("median_proxy_pct")
+        thr = row.get("median_throttled_pct")
+        bits.append(f"proxy budget {row['median_budget_pct']:.0f} % of a CPU, used "
+                    + ("—" if used is None else f"{used:.0f} %")
+                    + ("" if thr is None else f" (throttled in {thr:.0f} % of periods)"))
+    elif row.get("median_proxy_pct") is not None and "proxy_pct" in wl.get("extras", []):
+        bits.append(f"proxy used {row['median_proxy_pct']:.0f} % of a CPU (no budget)")
+    if row.get("median_client_cpu_pct") is not None:
+        side = f"client {row['median_client_cpu_pct']:.0f} % of a CPU"
+        if row.get("median_backend_cpu_pct") is not None:
+            side += f" + backend {row['median_backend_cpu_pct']:.0f} %"
+        bits.append(side)
     if row.get("median_cpu_proxy_pct") is not None and row.get("median_cpu_load_pct") is not None:
         bits.append(f"CPU busy: proxy {row['median_cpu_proxy_pct']:.0f} %, load {row['median_cpu_load_pct']:.0f} %")
+    if row.get("limit"):
+        bits.append(f"limit: {row['limit']}")
     if row.get("median_errors"):
         bits.append(f"errors {row['median_errors']:.0f}/sample")
     if row.get("errors"):

@@ -23,7 +23,7 @@ import xml.dom.minidom
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
-from lbbench import env, procs, profile, report, tls  # noqa: E402
+from lbbench import cpubudget, env, procs, profile, report, tls  # noqa: E402
 
 
 class _Tiny(http.server.BaseHTTPRequestHandler):
@@ -261,6 +261,82 @@ class TlsTargetsTest(unittest.TestCase):
         self.assertEqual(v["TLS passthrough connection rate"], "MISS")   # 1.05 × nginx
         v = self.verdicts(self.results(1200, 1300))
         self.assertEqual(v["TLS passthrough connection rate"], "MISS")   # 0.92 × tcp
+
+
+V1_MOUNTS = """tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+"""
+V2_MOUNTS = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n"
+_CG_V1_ROOT = "/sys/fs/cgroup/cpu"
+
+
+class CpuBudgetTest(unittest.TestCase):
+    def test_v1_cpu_hierarchy_is_preferred(self):
+        self.assertEqual(cpubudget.find_hierarchy(V1_MOUNTS), ("v1", "/sys/fs/cgroup/cpu"))
+        combined = "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n"
+        self.assertEqual(cpubudget.find_hierarchy(combined), ("v1", "/sys/fs/cgroup/cpu,cpuacct"))
+
+    def test_v2_needs_the_cpu_controller(self):
+        self.assertEqual(cpubudget.find_hierarchy(V2_MOUNTS, lambda m: "cpuset cpu io memory pids\n"),
+                         ("v2", "/sys/fs/cgroup"))
+        kind, why = cpubudget.find_hierarchy(V2_MOUNTS, lambda m: "memory pids\n")
+        self.assertIsNone(kind)
+        self.assertIn("cpu controller is not available", why)
+        kind, why = cpubudget.find_hierarchy("proc /proc proc rw 0 0\n")
+        self.assertIsNone(kind)
+
+    def test_no_hierarchy_means_no_budget_and_a_reason(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".mounts") as f:
+            f.write("proc /proc proc rw 0 0\n")
+            f.flush()
+            budget, why = cpubudget.CpuBudget.create(mounts_path=f.name)
+        self.assertIsNone(budget)
+        self.assertIn("no cgroup hierarchy", why)
+
+    def test_own_cgroup_per_hierarchy(self):
+        text = "4:memory:/x\n1:cpu,cpuacct:/user.slice\n0::/init.scope\n"
+        self.assertEqual(cpubudget.own_cgroup(text, "v1"), "/user.slice")
+        self.assertEqual(cpubudget.own_cgroup(text, "v2"), "/init.scope")
+
+    def test_classify_names_the_side_that_ran_out(self):
+        self.assertEqual(cpubudget.classify(34.5, 35, 60, 70), "proxy")
+        self.assertEqual(cpubudget.classify(34.5, 35, 60, 100), "proxy")       # others busy the load CPU
+        self.assertEqual(cpubudget.classify(20, 35, 99, 100), "client")
+        self.assertEqual(cpubudget.classify(34, 35, 95, 99), "proxy and client")
+        self.assertEqual(cpubudget.classify(20, 35, 50, 60), "neither")
+        self.assertEqual(cpubudget.classify(None, None, 97, 100), "client")     # the direct row
+        self.assertEqual(cpubudget.classify(None, None, None, 97), "client")    # load side unknown
+        self.assertEqual(cpubudget.classify(95, None, 50, 60), "proxy")         # no budget: its whole CPU
+
+    @unittest.skipUnless(os.geteuid() == 0 and os.access(os.path.join(_CG_V1_ROOT, "cgroup.procs"), os.W_OK)
+                         and "cgroup /sys/fs/cgroup/cpu " in open("/proc/mounts").read(),
+                         "needs root and cgroup v1's cpu hierarchy at /sys/fs/cgroup/cpu")
+    def test_a_process_goes_in_and_back_and_the_cgroup_is_removed(self):
+        stale = os.path.join(_CG_V1_ROOT, cpubudget.PREFIX + "4194305")   # above pid_max: never alive
+        os.makedirs(stale, exist_ok=True)
+        budget, why = cpubudget.CpuBudget.create(name=f"{cpubudget.PREFIX}{os.getpid()}-test")
+        self.assertIsNotNone(budget, why)
+        child = subprocess.Popen(["sleep", "10"])
+        try:
+            self.assertFalse(os.path.exists(stale))
+            budget.set_pct(10)
+            with open(os.path.join(budget.path, "cpu.cfs_quota_us")) as f:
+                self.assertEqual(int(f.read()), cpubudget.PERIOD_US // 10)
+            budget.enter([child.pid])
+            with open(f"/proc/{child.pid}/cgroup") as f:
+                self.assertIn(os.path.basename(budget.path), f.read())
+            self.assertIn("periods", budget.stat())
+            budget.leave()
+            with open(f"/proc/{child.pid}/cgroup") as f:
+                self.assertNotIn(os.path.basename(budget.path), f.read())
+            budget.enter([child.pid])     # removed with a process still inside
+        finally:
+            self.assertTrue(budget.remove())
+            child.kill()
+            child.wait()
+        self.assertFalse(os.path.exists(budget.path))
 
 
 PERF_SCRIPT = """lb 100/100  1.0:    1001001 cpu-clock:
