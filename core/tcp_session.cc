@@ -396,7 +396,7 @@ void TcpSession::append_tls_tlvs(std::string* header) {
   tls::TlsFacts facts;
   facts.version = st.version();
   facts.alpn = st.alpn();
-  facts.cert_presented = SSL_get0_peer_certificate(st.ssl()) != nullptr;
+  facts.cert_presented = st.peer_certificate_presented();
   facts.cert_verified = st.peer_certificate_verified();
   facts.resumed = st.session_reused();
   std::string tlvs = tls::proxy_v2_tls_tlvs(facts);

@@ -69,8 +69,7 @@ void TcpSession::on_tls_established() {
   bump(listener_->stats->slot(worker_.index()).tls_ok);
   // Routing, hash_key = "sni", the PROXY header's authority and "$client"
   // all go by the name the handshake accepted.
-  if (const char* name = SSL_get_servername(tls_->stream().ssl(), TLSEXT_NAMETYPE_host_name))
-    hello_->set_sni(name);
+  if (std::string_view name = tls_->stream().server_name(); !name.empty()) hello_->set_sni(name);
   pool_ = tls::route_pool(listener_->cfg, hello_->sni_key);
   flow_hash_ = worker_.flow_hash_for(*pool_, client_addr_.get(), hello_->sni_key);
   choose_backend();

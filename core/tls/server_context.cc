@@ -8,6 +8,7 @@
 #include <ctime>
 
 #include "core/tls/pem.h"
+#include "core/tls/tls_stream.h"
 
 namespace lb::tls {
 
@@ -173,6 +174,8 @@ std::unique_ptr<ServerContext> ServerContext::load(const ServerSettings& setting
     SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_PRIORITIZE_CHACHA);
     // Idle connections give their read/write buffers back (memory per idle connection).
     SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS);
+    // TLS 1.3 connections leave OpenSSL after the handshake (tls_stream.h).
+    take_records_after_handshake(c);
     // Sessions resume through tickets only: a per-context cache would not be
     // seen by the other workers.
     SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);

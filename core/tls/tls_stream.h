@@ -21,6 +21,14 @@
 // socket while input_pending() is above its high-water mark. write() refuses
 // plaintext while more than output_limit bytes of records wait to be sent.
 //
+// TLS 1.3 server streams on a context passed to take_records_after_handshake()
+// leave OpenSSL once their handshake is over: the `SSL` is freed (about 14 KB
+// per connection) and lb's own RecordLayer (record_layer.h) seals and opens
+// the records from the traffic secrets, with the protocol that remains after
+// a handshake (application data, alerts, KeyUpdate, close_notify) here. TLS
+// 1.2, other suites and client streams stay in OpenSSL throughout; either way
+// the interface below behaves the same.
+//
 // close_notify: shutdown() sends ours (further writes are refused); a
 // close_notify from the peer makes read() report `closed` (a clean end of its
 // direction, writes may go on: TLS 1.3 half-close); a transport EOF without
@@ -32,6 +40,7 @@
 #include <openssl/ssl.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -43,6 +52,13 @@ namespace lb::tls {
 // the peer's certificate must be valid for. False with `*error` when OpenSSL
 // refuses it.
 bool set_server_name(SSL* ssl, const std::string& name, bool verify, std::string* error);
+
+class RecordLayer;
+
+// Server streams on `ctx` carry their records themselves after a TLS 1.3
+// handshake with a suite RecordLayer supports (OpenSSL's key log callback
+// hands them the traffic secrets; nothing is written anywhere).
+void take_records_after_handshake(SSL_CTX* ctx);
 
 class TlsStream {
  public:
@@ -105,15 +121,37 @@ class TlsStream {
   // Facts about the session (after the handshake).
   std::string_view alpn() const;
   const char* version() const;           // "TLSv1.3", ...
+  const char* cipher() const;            // OpenSSL's name of the suite
   std::string_view server_name() const;  // SNI the client sent (server side)
+  bool peer_certificate_presented() const;
   bool peer_certificate_verified() const;
   bool session_reused() const;
   const std::string& error() const { return error_; }
+  // OpenSSL's session: null once lb's record layer has taken over.
   SSL* ssl() const { return ssl_; }
+  bool own_records() const { return records_ != nullptr; }
 
  private:
+  struct Handoff;  // the traffic secrets, as the handshake logs them
+  // What remains known of the session once the SSL is freed.
+  struct Facts {
+    std::string alpn, server_name;
+    const char* version = "";
+    const char* cipher = "";
+    bool cert_presented = false, cert_verified = false, reused = false;
+  };
+
   explicit TlsStream(SSL* ssl);
   Status fail(int ssl_err);
+  void on_key_log(const char* line);
+  // After the handshake: OpenSSL's records since `out_mark` are its session
+  // tickets, the first under the server's traffic keys.
+  void take_over_records(size_t out_mark);
+  Status read_records(char* buf, size_t cap, size_t* n);
+  Status post_handshake_messages();
+  Status end_of_input();
+  Status fatal(uint8_t alert, std::string why);
+  void consume(size_t n);  // drops n input bytes, freeing the buffer when drained
 
   // The BIO's callbacks (tls_stream.cc).
   friend struct TransportBio;
@@ -128,6 +166,15 @@ class TlsStream {
   bool shutdown_sent_ = false;
   bool eof_ = false;
   std::string error_;
+  // lb's own records (ssl_ is null then).
+  std::unique_ptr<Handoff> handoff_;
+  std::unique_ptr<RecordLayer> records_;
+  std::unique_ptr<Facts> facts_;
+  std::string post_handshake_;  // a handshake message split across records
+  size_t plain_len_ = 0;        // decrypted bytes at in_[in_off_..] not yet read
+  size_t plain_skip_ = 0;       // then the record's type, padding and tag
+  bool failed_ = false;
+  bool close_notify_received_ = false;
 };
 
 }  // namespace lb::tls

@@ -143,6 +143,34 @@ TEST_CASE("tls terminate: real clients, certificate by SNI, ALPN, echo, close_no
       std::regex(R"("tls_version":"TLSv1.3","alpn":"h2","ja4":"t13d\d{4}h1_[0-9a-f]{12}_[0-9a-f]{12}"\})")));
 }
 
+// After a TLS 1.3 handshake lb carries the records itself (core/tls/record_layer.h):
+// a real OpenSSL client's key updates, both kinds, and large echoes.
+TEST_CASE("tls terminate: a real client's key updates and large echoes after the handshake", "[e2e][tls]") {
+  Site site;
+  TestBackend backend(TestBackend::echo());
+  REQUIRE(backend.ok());
+  LbProcess lb(site.config(backend.port()));
+  REQUIRE(lb.wait_started());
+  TlsClient client(lb.listener_port("tls"), "ec.example.com", in(seconds(10)));
+  INFO("TLS client: " << client.error());
+  REQUIRE(client.ok());
+  std::string big(256 * 1024, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 13 + i / 509);
+  size_t sent = 0;
+  for (int round = 0; round < 6; ++round) {
+    INFO("round " << round);
+    if (round > 0) REQUIRE(client.key_update(round % 2 == 1));
+    ReadResult r = client.exchange(round % 3 == 2 ? big : "update " + std::to_string(round), in(seconds(20)));
+    INFO(to_string(r.end) << " " << client.error());
+    REQUIRE(r.end == ReadEnd::Complete);
+    CHECK(r.data == (round % 3 == 2 ? big : "update " + std::to_string(round)));
+    sent += r.data.size();
+  }
+  client.close();
+  REQUIRE(wait_until([&] { return backend.bytes_received() == sent; }, in(seconds(10))));
+  CHECK(lb.terminate() == 0);
+}
+
 TEST_CASE("tls terminate: failed and late handshakes are counted, nothing reaches the backend",
           "[e2e][tls][hostile]") {
   Site site;

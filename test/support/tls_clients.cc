@@ -304,6 +304,11 @@ ReadEnd TlsClient::wait_closed(Deadline deadline) {
   return drive([&] { return SSL_read(ssl_, buf, sizeof buf); }, deadline, &end) > 0 ? ReadEnd::Complete : end;
 }
 
+bool TlsClient::key_update(bool ask_back) {
+  return handshaken_ && !ended_ &&
+         SSL_key_update(ssl_, ask_back ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED) == 1;
+}
+
 void TlsClient::close() {
   // Our close_notify; the server's answer is not waited for.
   if (handshaken_ && !ended_ && SSL_shutdown(ssl_) >= 0) flush(in(seconds(5)));

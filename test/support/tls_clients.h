@@ -110,6 +110,9 @@ class TlsClient {
   // Waits for the server to end the connection: Eof (close_notify or FIN),
   // Reset, Timeout while it stays open, or Complete when data arrived.
   ReadEnd wait_closed(Deadline deadline);
+  // A TLS 1.3 KeyUpdate, sent with the next exchange(); `ask_back` asks the
+  // server to update its keys too. False when OpenSSL refuses (TLS 1.2).
+  bool key_update(bool ask_back);
   // close_notify (unless the server already ended the connection), then
   // the socket closes.
   void close();

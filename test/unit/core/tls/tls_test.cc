@@ -7,12 +7,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "core/tls/client_context.h"
+#include "core/tls/record_layer.h"
 #include "core/tls/server_context.h"
 #include "core/tls/ticket_keys.h"
 #include "core/tls/tls_stream.h"
@@ -181,6 +183,10 @@ TEST_CASE("TLS 1.3 and 1.2 handshakes, data both ways", "[tls]") {
     REQUIRE(c == Status::ok);
     CHECK(std::string(p.server->version()) == "TLSv1.3");
     CHECK(p.server->server_name() == "site.example.com");
+    // The records are lb's from here on: OpenSSL's session is gone.
+    CHECK(p.server->own_records());
+    CHECK(p.server->ssl() == nullptr);
+    CHECK(std::string(p.server->cipher()) == "TLS_AES_256_GCM_SHA384");
     CHECK(p.send(*p.client, *p.server, "hello") == "hello");
     CHECK(p.send(*p.server, *p.client, "world") == "world");
   }
@@ -191,6 +197,7 @@ TEST_CASE("TLS 1.3 and 1.2 handshakes, data both ways", "[tls]") {
     REQUIRE(s == Status::ok);
     REQUIRE(c == Status::ok);
     CHECK(std::string(p.server->version()) == "TLSv1.2");
+    CHECK_FALSE(p.server->own_records());  // TLS 1.2 stays in OpenSSL
     std::string cipher = SSL_get_cipher_name(p.server->ssl());
     CHECK(cipher.rfind("ECDHE-", 0) == 0);
     CHECK((cipher.find("GCM") != std::string::npos || cipher.find("CHACHA20") != std::string::npos));
@@ -384,10 +391,16 @@ TEST_CASE("session tickets resume on another worker's context sharing the key st
   REQUIRE(session);
   CHECK_FALSE(first.server->session_reused());
 
+  // TLS 1.3: the tickets were the first records of lb's own record layer.
+  CHECK(first.server->own_records() == (max_version == TLS1_3_VERSION));
+
   Pair second(worker_b->ctx(), client->ctx(), "site.example.com", true, session);
   REQUIRE(second.handshake().second == Status::ok);
   CHECK(second.server->session_reused());
   CHECK(second.client->session_reused());
+  CHECK(second.server->own_records() == (max_version == TLS1_3_VERSION));
+  CHECK(second.send(*second.client, *second.server, "resumed") == "resumed");
+  CHECK(second.send(*second.server, *second.client, "and back") == "and back");
 
   // Keys of another store: a full handshake, not a failure.
   Pair third(stranger->ctx(), client->ctx(), "site.example.com", true, session);
@@ -688,4 +701,249 @@ TEST_CASE("certificate facts and the checks of lb --check", "[tls]") {
 
   CHECK(server->check({}, now).size() == 1);                 // no routes: the expiry only
   CHECK(server->check({"www.example.net"}, 0).size() == 1);  // not expired then; old names none
+}
+
+// ---- lb's own TLS 1.3 records after the handshake (record_layer.h) ----
+
+namespace {
+
+// The client's traffic secret, from OpenSSL's key log of the client side, so
+// that a test can write records an OpenSSL client would not.
+std::string g_client_secret;
+
+void client_key_log(const SSL* ssl, const char* line) {
+  std::string l(line);
+  const std::string label = "CLIENT_TRAFFIC_SECRET_0 ";
+  if (SSL_is_server(ssl) || l.rfind(label, 0) != 0) return;
+  std::string hex = l.substr(l.rfind(' ') + 1);
+  g_client_secret.clear();
+  for (size_t i = 0; i + 1 < hex.size(); i += 2)
+    g_client_secret += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
+}
+
+// A TLS 1.3 connection whose client records the test writes itself.
+struct Forger {
+  Files f;
+  std::unique_ptr<ServerContext> server = load_server(basic_settings(f));
+  std::unique_ptr<ClientContext> client = trusting(f);
+  std::unique_ptr<Pair> p;
+  std::unique_ptr<lb::tls::RecordLayer> out;  // the client's records
+
+  explicit Forger(const char* suite = "TLS_AES_128_GCM_SHA256") {
+    SSL_CTX_set_keylog_callback(client->ctx(), client_key_log);
+    REQUIRE(SSL_CTX_set_ciphersuites(client->ctx(), suite) == 1);
+    p = std::make_unique<Pair>(server->ctx(), client->ctx(), "site.example.com");
+    p->establish();
+    REQUIRE(p->server->own_records());
+    auto s =
+        lb::tls::RecordLayer::suite_for(SSL_CIPHER_get_protocol_id(SSL_get_current_cipher(p->client->ssl())));
+    REQUIRE(s);
+    out = lb::tls::RecordLayer::create(*s, g_client_secret, g_client_secret, 0, 0);
+    REQUIRE(out);
+  }
+
+  // Feeds the server one record of inner type `type` and reads what it gives.
+  Status send(uint8_t type, const std::string& content, std::string* got = nullptr) {
+    std::string rec;
+    REQUIRE(out->seal(type, content.data(), content.size(), rec));
+    return feed(rec, got);
+  }
+  Status feed(const std::string& bytes, std::string* got = nullptr) {
+    p->server->feed(bytes.data(), bytes.size());
+    Status last;
+    std::string data = Pair::drain(*p->server, &last);
+    if (got) *got += data;
+    return last;
+  }
+  // What the real client makes of the server's records since.
+  Status client_reads(std::string* got = nullptr) {
+    p->move();
+    Status last;
+    std::string data = Pair::drain(*p->client, &last);
+    if (got) *got = data;
+    return last;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("own records: every TLS 1.3 suite, data both ways, the facts kept", "[tls][records]") {
+  const char* suite =
+      GENERATE("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256");
+  INFO(suite);
+  Files f;
+  ServerSettings s = basic_settings(f);
+  s.alpn = {"h2", "http/1.1"};
+  auto server = load_server(s);
+  auto client = trusting(f, {"http/1.1"});
+  REQUIRE(SSL_CTX_set_ciphersuites(client->ctx(), suite) == 1);
+  Pair p(server->ctx(), client->ctx(), "site.example.com");
+  p.establish();
+  REQUIRE(p.server->own_records());
+  CHECK(std::string(p.server->cipher()) == suite);
+  CHECK(std::string(p.server->version()) == "TLSv1.3");
+  CHECK(p.server->alpn() == "http/1.1");
+  CHECK(p.server->server_name() == "site.example.com");
+  CHECK_FALSE(p.server->session_reused());
+  CHECK_FALSE(p.server->peer_certificate_presented());
+  // Many records each way, sizes across the record boundary.
+  p.server->set_output_limit(SIZE_MAX);
+  p.client->set_output_limit(SIZE_MAX);
+  for (size_t len : {size_t{0}, size_t{1}, size_t{16383}, size_t{16384}, size_t{16385}, size_t{300000}}) {
+    std::string data(len, '\0');
+    for (size_t i = 0; i < len; ++i) data[i] = static_cast<char>(i * 31 + len);
+    if (len == 0) continue;
+    CHECK(p.send(*p.client, *p.server, data) == data);
+    CHECK(p.send(*p.server, *p.client, data) == data);
+  }
+  // Fed one byte at a time.
+  size_t w = 0;
+  REQUIRE(p.client->write("one byte at a time", 18, &w) == Status::ok);
+  std::string rec = p.client->take_output();
+  std::string got;
+  for (char c : rec) {
+    p.server->feed(&c, 1);
+    got += Pair::drain(*p.server);
+  }
+  CHECK(got == "one byte at a time");
+  // Key updates from the client, asked to answer and not.
+  for (int kind : {SSL_KEY_UPDATE_REQUESTED, SSL_KEY_UPDATE_NOT_REQUESTED, SSL_KEY_UPDATE_REQUESTED}) {
+    REQUIRE(SSL_key_update(p.client->ssl(), kind) == 1);
+    CHECK(p.send(*p.client, *p.server, "after an update") == "after an update");
+    CHECK(p.send(*p.server, *p.client, "answer") == "answer");
+  }
+  // close_notify both ways.
+  p.client->shutdown();
+  p.move();
+  Status last;
+  Pair::drain(*p.server, &last);
+  CHECK(last == Status::closed);
+  CHECK(p.server->close_notify_received());
+  CHECK(p.send(*p.server, *p.client, "half-closed") == "half-closed");
+  p.server->shutdown();
+  p.move();
+  Pair::drain(*p.client, &last);
+  CHECK(last == Status::closed);
+}
+
+TEST_CASE("own records: a client certificate's facts survive the hand-over", "[tls][records]") {
+  Files f;
+  ServerSettings s = basic_settings(f);
+  s.client_ca = f.ca_path;
+  auto server = load_server(s);
+  ClientSettings cs;
+  cs.ca_file = f.ca_path;
+  auto files = f.write("client", f.ca.issue({"client.example.com"}, KeyType::ecdsa_p256));
+  cs.cert = files.cert;
+  cs.key = files.key;
+  auto client = load_client(cs);
+  Pair p(server->ctx(), client->ctx(), "site.example.com");
+  p.establish();
+  REQUIRE(p.server->own_records());
+  CHECK(p.server->peer_certificate_presented());
+  CHECK(p.server->peer_certificate_verified());
+  CHECK(p.send(*p.client, *p.server, "with a certificate") == "with a certificate");
+}
+
+TEST_CASE("own records: what a client may and may not send after the handshake", "[tls][records]") {
+  const char* suite = GENERATE("TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256");
+  INFO(suite);
+  Forger t(suite);
+  std::string got;
+
+  SECTION("empty and padded application data") {
+    CHECK(t.send(23, "") == Status::want_input);
+    // Content "abc" of type 23, then zero padding: sealed as type 0 after it.
+    CHECK(t.send(0, std::string("abc\x17", 4) + std::string(200, '\0'), &got) == Status::want_input);
+    CHECK(got == "abc");
+    CHECK(t.p->server->input_pending() == 0);
+    CHECK(t.p->server->transport_capacity() == 2 * std::string().capacity());
+  }
+  SECTION("a KeyUpdate split across two records, then data under the new keys") {
+    CHECK(t.send(22, std::string("\x18\x00", 2)) == Status::want_input);
+    CHECK(t.send(22, std::string("\x00\x01\x00", 3)) == Status::want_input);
+    REQUIRE(t.out->update_write_key());
+    CHECK(t.send(23, "new keys", &got) == Status::want_input);
+    CHECK(got == "new keys");
+    CHECK(t.p->server->output_pending() == 0);  // not requested: no answer
+  }
+  SECTION("a requested KeyUpdate is answered before the next data") {
+    CHECK(t.send(22, std::string("\x18\x00\x00\x01\x01", 5)) == Status::want_input);
+    CHECK(t.p->server->output_pending() > 0);  // the server's own KeyUpdate
+    size_t w;
+    REQUIRE(t.p->server->write("under new keys", 14, &w) == Status::ok);
+    CHECK(t.client_reads(&got) == Status::want_input);
+    CHECK(got == "under new keys");
+  }
+  SECTION("user_canceled is ignored, close_notify ends the direction") {
+    CHECK(t.send(21, std::string("\x01\x5a", 2)) == Status::want_input);
+    CHECK(t.send(21, std::string("\x01\x00", 2)) == Status::closed);
+    CHECK(t.p->server->close_notify_received());
+    CHECK(t.send(23, "after close_notify", &got) == Status::closed);
+    CHECK(got.empty());
+  }
+}
+
+// Each of these ends the connection: an error, and (but for the peer's own
+// alert) a fatal alert the real client reads.
+TEST_CASE("own records: what ends the connection", "[tls][records]") {
+  const char* suite = GENERATE("TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256");
+  INFO(suite);
+  struct Bad {
+    const char* what;
+    std::function<Status(Forger&)> send;
+    bool alert;
+  };
+  const Bad bad = GENERATE(
+      Bad{"a tampered record",
+          [](Forger& t) {
+            std::string rec;
+            REQUIRE(t.out->seal(23, "x", 1, rec));
+            rec[7] ^= 1;
+            return t.feed(rec);
+          },
+          true},
+      Bad{"an unprotected alert",
+          [](Forger& t) { return t.feed(std::string("\x15\x03\x03\x00\x02\x01\x00", 7)); }, true},
+      Bad{"a change_cipher_spec",
+          [](Forger& t) { return t.feed(std::string("\x14\x03\x03\x00\x01\x01", 6)); }, true},
+      Bad{"a record over 2^14 + 256 bytes",
+          [](Forger& t) { return t.feed(std::string("\x17\x03\x03\x41\x01", 5)); }, true},
+      Bad{"an inner plaintext of zeros only", [](Forger& t) { return t.send(0, std::string(5, '\0')); },
+          true},
+      Bad{"a change_cipher_spec inside", [](Forger& t) { return t.send(20, "\x01"); }, true},
+      Bad{"a NewSessionTicket from the client",
+          [](Forger& t) { return t.send(22, std::string("\x04\x00\x00\x01\x00", 5)); }, true},
+      Bad{"a KeyUpdate of two bytes",
+          [](Forger& t) { return t.send(22, std::string("\x18\x00\x00\x02\x00\x00", 6)); }, true},
+      Bad{"a KeyUpdate with another value",
+          [](Forger& t) { return t.send(22, std::string("\x18\x00\x00\x01\x02", 5)); }, true},
+      Bad{"data after a KeyUpdate in its record",
+          [](Forger& t) { return t.send(22, std::string("\x18\x00\x00\x01\x00\x18", 6)); }, true},
+      Bad{"an alert of three bytes", [](Forger& t) { return t.send(21, std::string("\x02\x28\x00", 3)); },
+          true},
+      Bad{"the peer's fatal alert", [](Forger& t) { return t.send(21, std::string("\x02\x28", 2)); }, false});
+  INFO(bad.what);
+  Forger t(suite);
+  CHECK(bad.send(t) == Status::error);
+  CHECK_FALSE(t.p->server->error().empty());
+  size_t w;
+  CHECK(t.p->server->write("x", 1, &w) == Status::error);  // nothing more goes out
+  if (bad.alert) {
+    CHECK(t.client_reads() == Status::error);  // the client got the alert
+    CHECK(std::string(t.p->client->error()).find("alert") != std::string::npos);
+  } else {
+    CHECK(t.p->server->output_pending() == 0);
+  }
+}
+
+TEST_CASE("own records: a record cut by the end of the transport is a truncation", "[tls][records]") {
+  Forger t;
+  std::string rec;
+  REQUIRE(t.out->seal(23, "cut", 3, rec));
+  CHECK(t.feed(rec.substr(0, rec.size() - 1)) == Status::want_input);
+  t.p->server->feed_eof();
+  Status last;
+  Pair::drain(*t.p->server, &last);
+  CHECK(last == Status::truncated);
 }
