@@ -306,6 +306,7 @@ class CpuBudgetTest(unittest.TestCase):
         self.assertEqual(cpubudget.classify(20, 35, 99, 100), "client")
         self.assertEqual(cpubudget.classify(34, 35, 95, 99), "proxy and client")
         self.assertEqual(cpubudget.classify(20, 35, 50, 60), "neither")
+        self.assertEqual(cpubudget.classify(None, None, 76, 100), "load CPU, shared with other work")
         self.assertEqual(cpubudget.classify(None, None, 97, 100), "client")     # the direct row
         self.assertEqual(cpubudget.classify(None, None, None, 97), "client")    # load side unknown
         self.assertEqual(cpubudget.classify(95, None, 50, 60), "proxy")         # no budget: its whole CPU
@@ -337,6 +338,21 @@ class CpuBudgetTest(unittest.TestCase):
             child.kill()
             child.wait()
         self.assertFalse(os.path.exists(budget.path))
+
+
+class SyscallsToolTest(unittest.TestCase):
+    def test_perf_stat_counters_by_name_and_total(self):
+        import importlib.util
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "syscalls.py")
+        spec = importlib.util.spec_from_file_location("lb_syscalls", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        text = ("# started on Mon Dec  7 12:00:00 2026\n\n"
+                "183771,,raw_syscalls:sys_enter,4001234567,100.00,,\n"
+                "6000,,syscalls:sys_enter_accept4,4001234567,100.00,,\n"
+                "36000,,syscalls:sys_enter_epoll_ctl,4001234567,100.00,,\n"
+                "<not counted>,,syscalls:sys_enter_readv,0,0.00,,\n")
+        self.assertEqual(mod.parse_perf_stat(text), {"total": 183771, "accept4": 6000, "epoll_ctl": 36000})
 
 
 PERF_SCRIPT = """lb 100/100  1.0:    1001001 cpu-clock:
