@@ -79,8 +79,9 @@ def classify(proxy_pct, budget_pct, load_side_pct, load_cpu_busy_pct):
     or of its CPU without one), "client" (the load side, client and backend,
     used ≥ 90 % of a CPU; only when that is unknown, the load CPU ≥ 95 %
     busy, which also counts whatever else runs there), "proxy and client",
-    "load CPU, shared with other work" (neither used its CPU but the load
-    CPU was ≥ 95 % busy), or "neither" (latency)."""
+    "client (load CPU full, shared with other work)" (neither used its
+    CPU, but the load CPU was ≥ 95 % busy: the client could not get more of
+    it), or "neither" (latency)."""
     cap = budget_pct if budget_pct else 100.0
     proxy = proxy_pct is not None and proxy_pct >= 0.9 * cap
     if load_side_pct is not None:
@@ -93,7 +94,7 @@ def classify(proxy_pct, budget_pct, load_side_pct, load_cpu_busy_pct):
         return "proxy" if proxy else "client"
     if load_cpu_busy_pct is not None and load_cpu_busy_pct >= 95.0:
         # The load side used less than its CPU, which other work kept busy.
-        return "load CPU, shared with other work"
+        return "client (load CPU full, shared with other work)"
     return "neither"
 
 

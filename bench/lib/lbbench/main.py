@@ -56,6 +56,8 @@ class Workload:
         # % of one CPU every proxy row may use (cpubudget.py), so the proxy,
         # not the client, is the limit; None: unbounded.
         self.budget = budget
+        # Each sample names the side that limited it (also when --cpu-budget 0).
+        self.limit = bool(budget)
         if budget:
             self.extras += ["budget_pct", "proxy_pct", "throttled_pct", "client_cpu_pct", "backend_cpu_pct",
                             "load_side_pct"]
@@ -506,7 +508,7 @@ def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus, budget=
                 try:
                     pid = p.proc.pid if p.proc is not None else None
                     ticks0 = cpu_ticks(pid) if pid else None
-                    be = backends.proc_for(wl.service) if wl.budget else None
+                    be = backends.proc_for(wl.service) if wl.limit else None
                     be_ticks0 = cpu_ticks(be.pid) if be else None
                     before = _cpu_times()
                     m = _sample_in_budget(wl, p, budget,
@@ -523,7 +525,7 @@ def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus, budget=
                             m["cost"] = m["proxy_cpu_s"] * wl.cost[1] / m["units"]
                         if m.get("wall_s"):
                             m["proxy_pct"] = 100.0 * m["proxy_cpu_s"] / m["wall_s"]
-                    if wl.budget:
+                    if wl.limit:
                         # The load side: the client's own CPU (tls.py, rusage) plus the backend's.
                         if be_ticks0 is not None and m.get("wall_s"):
                             be_s, _ = cpu_seconds_between(be_ticks0, cpu_ticks(be.pid))

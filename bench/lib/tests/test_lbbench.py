@@ -306,7 +306,8 @@ class CpuBudgetTest(unittest.TestCase):
         self.assertEqual(cpubudget.classify(20, 35, 99, 100), "client")
         self.assertEqual(cpubudget.classify(34, 35, 95, 99), "proxy and client")
         self.assertEqual(cpubudget.classify(20, 35, 50, 60), "neither")
-        self.assertEqual(cpubudget.classify(None, None, 76, 100), "load CPU, shared with other work")
+        self.assertEqual(cpubudget.classify(None, None, 76, 100),
+                         "client (load CPU full, shared with other work)")
         self.assertEqual(cpubudget.classify(None, None, 97, 100), "client")     # the direct row
         self.assertEqual(cpubudget.classify(None, None, None, 97), "client")    # load side unknown
         self.assertEqual(cpubudget.classify(95, None, 50, 60), "proxy")         # no budget: its whole CPU
