@@ -37,8 +37,8 @@ size_t key_length(RecordLayer::Suite suite) {
 // HKDF-Expand-Label(secret, label, "", len) of RFC 8446 7.1. Every length lb
 // asks for is at most the hash length, so HKDF-Expand is its first block:
 // HMAC(secret, HkdfLabel || 0x01).
-bool expand_label(RecordLayer::Suite suite, const unsigned char* secret, size_t secret_len, std::string_view label,
-                  unsigned char* out, size_t len) {
+bool expand_label(RecordLayer::Suite suite, const unsigned char* secret, size_t secret_len,
+                  std::string_view label, unsigned char* out, size_t len) {
   static EVP_MAC* const hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
   if (!hmac) return false;
   unsigned char info[2 + 1 + 6 + 32 + 1 + 1];

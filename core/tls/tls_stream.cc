@@ -282,6 +282,7 @@ TlsStream::Status TlsStream::write(const char* data, size_t len, size_t* written
     error_ = shutdown_sent_ ? "write after close_notify" : "write before the handshake finished";
     return Status::error;
   }
+  if (failed_) return Status::error;  // lb's records: the connection has failed
   // Room for the records at once (a record adds at most 256 bytes to its
   // 16 KiB of plaintext): no regrowth of out_ while they are made.
   const size_t planned = std::min<size_t>(len, 256 * 1024);
@@ -289,7 +290,7 @@ TlsStream::Status TlsStream::write(const char* data, size_t len, size_t* written
   while (*written < len && output_pending() < output_limit_) {
     size_t chunk = std::min(len - *written, kRecord);
     if (records_) {
-      if (failed_ || !records_->seal(kApplicationData, data + *written, chunk, out_)) {
+      if (!records_->seal(kApplicationData, data + *written, chunk, out_)) {
         if (error_.empty()) error_ = "cannot encrypt";
         failed_ = true;
         return Status::error;

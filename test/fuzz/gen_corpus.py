@@ -287,8 +287,37 @@ def client_hello():
     w("oversize_length", b"\x16\x03\x01\x40\x00\x01\x00\x40\x00")
 
 
+# ---- own TLS 1.3 records (fuzz_records.cc's script format) -----------------
+
+def records():
+    def data(b):  # operation 0: application data
+        return b"\x00" + struct.pack(">H", len(b)) + b
+
+    def rec(t, b):  # operation 1: a protected record of inner type t
+        return b"\x01" + bytes([t]) + struct.pack(">H", len(b)) + b
+
+    def raw(b):  # operation 2
+        return b"\x02" + struct.pack(">H", len(b)) + b
+
+    def server_writes(n):  # operation 4
+        return b"\x04" + struct.pack(">H", n)
+
+    key_update = b"\x18\x00\x00\x01"
+    for suite in range(3):
+        w = lambda name, script: write("records", "%s_%d" % (name, suite), bytes([suite]) + script)
+        w("data", data(b"hello") + server_writes(100) + data(b"x" * 16384) + server_writes(20000))
+        w("padding", rec(0, b"abc\x17" + b"\x00" * 64) + rec(23, b"") + data(b"after"))
+        w("key_update_asked", rec(22, key_update + b"\x01") + server_writes(50) + b"\x03" + data(b"new keys"))
+        w("key_update_split", rec(22, key_update[:2]) + rec(22, key_update[2:] + b"\x00") + b"\x03" + data(b"k"))
+        w("close_notify", data(b"last") + rec(21, b"\x01\x5a") + rec(21, b"\x01\x00") + server_writes(10))
+        w("fatal_alert", rec(21, b"\x02\x28") + server_writes(10))
+        w("unprotected", raw(b"\x15\x03\x03\x00\x02\x01\x00") + data(b"late"))
+        w("cut_then_eof", raw(b"\x17\x03\x03\x00\x40" + b"\x00" * 20) + b"\x05")
+
+
 if __name__ == "__main__":
     proxy()
     http()
     dns()
     client_hello()
+    records()

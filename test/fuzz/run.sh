@@ -18,7 +18,7 @@ root=$(pwd)
 fuzzdir=$root/test/fuzz
 build=$root/build-fuzz
 seconds=${LB_FUZZ_SECONDS:-60}
-targets=(${LB_FUZZ_TARGETS:-conf http dns proxy client_hello})
+targets=(${LB_FUZZ_TARGETS:-conf http dns proxy client_hello records})
 jobs=${LB_FUZZ_BUILD_JOBS:-2}
 
 # --- packages ---------------------------------------------------------------
@@ -64,6 +64,7 @@ max_len() {
     dns) echo 1024 ;;    # past a 512-byte classic reply and the 255-byte name limit
     proxy) echo 2200 ;;  # kMaxHeader (2048) plus payload after it
     client_hello) echo 17000 ;;  # past kMaxClientHello (16384): the limit must be reachable
+    records) echo 17000 ;;       # one full 16 KiB record and a few operations around it
   esac
 }
 

@@ -929,6 +929,7 @@ TEST_CASE("own records: what ends the connection", "[tls][records]") {
   CHECK_FALSE(t.p->server->error().empty());
   size_t w;
   CHECK(t.p->server->write("x", 1, &w) == Status::error);  // nothing more goes out
+  CHECK(t.p->server->write("", 0, &w) == Status::error);   // (found by fuzz_records)
   if (bad.alert) {
     CHECK(t.client_reads() == Status::error);  // the client got the alert
     CHECK(std::string(t.p->client->error()).find("alert") != std::string::npos);
