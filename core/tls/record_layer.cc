@@ -1,8 +1,5 @@
 #include "core/tls/record_layer.h"
 
-#include <openssl/core_names.h>
-#include <openssl/params.h>
-
 #include <cstring>
 
 namespace lb::tls {
@@ -26,21 +23,46 @@ const EVP_CIPHER* cipher_of(RecordLayer::Suite suite) {
   return nullptr;
 }
 
-const char* digest_of(RecordLayer::Suite suite) {
-  return suite == RecordLayer::Suite::aes_256_gcm_sha384 ? "SHA384" : "SHA256";
+const EVP_MD* digest_of(RecordLayer::Suite suite) {
+  static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  static EVP_MD* const sha384 = EVP_MD_fetch(nullptr, "SHA384", nullptr);
+  return suite == RecordLayer::Suite::aes_256_gcm_sha384 ? sha384 : sha256;
 }
 
 size_t key_length(RecordLayer::Suite suite) {
   return suite == RecordLayer::Suite::aes_128_gcm_sha256 ? 16 : 32;
 }
 
+// HMAC (RFC 2104) on a digest fetched once, `key` no longer than a block (a
+// traffic secret always is). Written out because the one-shot HMAC() and
+// EVP_MAC look the digest up by name on every call, which cost four times
+// the hashing itself; a handshake derives six keys here.
+bool hmac(EVP_MD_CTX* c, const EVP_MD* md, const unsigned char* key, size_t key_len, const unsigned char* msg,
+          size_t msg_len, unsigned char* out) {
+  if (!md) return false;
+  const auto block = static_cast<size_t>(EVP_MD_get_block_size(md));
+  unsigned char pad[128];
+  unsigned char inner[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (key_len > block || block > sizeof pad) return false;
+  std::memset(pad, 0x36, block);
+  for (size_t i = 0; i < key_len; ++i) pad[i] ^= key[i];
+  bool ok = EVP_DigestInit_ex2(c, md, nullptr) == 1 && EVP_DigestUpdate(c, pad, block) == 1 &&
+            EVP_DigestUpdate(c, msg, msg_len) == 1 && EVP_DigestFinal_ex(c, inner, &n) == 1;
+  std::memset(pad, 0x5c, block);
+  for (size_t i = 0; i < key_len; ++i) pad[i] ^= key[i];
+  ok = ok && EVP_DigestInit_ex2(c, md, nullptr) == 1 && EVP_DigestUpdate(c, pad, block) == 1 &&
+       EVP_DigestUpdate(c, inner, n) == 1 && EVP_DigestFinal_ex(c, out, &n) == 1;
+  OPENSSL_cleanse(pad, sizeof pad);
+  OPENSSL_cleanse(inner, sizeof inner);
+  return ok;
+}
+
 // HKDF-Expand-Label(secret, label, "", len) of RFC 8446 7.1. Every length lb
 // asks for is at most the hash length, so HKDF-Expand is its first block:
 // HMAC(secret, HkdfLabel || 0x01).
-bool expand_label(RecordLayer::Suite suite, const unsigned char* secret, size_t secret_len,
+bool expand_label(EVP_MD_CTX* c, RecordLayer::Suite suite, const unsigned char* secret, size_t secret_len,
                   std::string_view label, unsigned char* out, size_t len) {
-  static EVP_MAC* const hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-  if (!hmac) return false;
   unsigned char info[2 + 1 + 6 + 32 + 1 + 1];
   size_t n = 0;
   info[n++] = static_cast<unsigned char>(len >> 8);
@@ -52,16 +74,8 @@ bool expand_label(RecordLayer::Suite suite, const unsigned char* secret, size_t 
   n += label.size();
   info[n++] = 0;  // empty context
   info[n++] = 1;  // HKDF-Expand's block counter
-  EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(hmac);
-  if (!ctx) return false;
-  OSSL_PARAM params[] = {
-      OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>(digest_of(suite)), 0),
-      OSSL_PARAM_construct_end()};
   unsigned char block[EVP_MAX_MD_SIZE];
-  size_t block_len = 0;
-  bool ok = EVP_MAC_init(ctx, secret, secret_len, params) == 1 && EVP_MAC_update(ctx, info, n) == 1 &&
-            EVP_MAC_final(ctx, block, &block_len, sizeof block) == 1 && block_len >= len;
-  EVP_MAC_CTX_free(ctx);
+  const bool ok = hmac(c, digest_of(suite), secret, secret_len, info, n, block);
   if (ok) std::memcpy(out, block, len);
   OPENSSL_cleanse(block, sizeof block);
   return ok;
@@ -116,8 +130,10 @@ RecordLayer::~RecordLayer() {
 bool RecordLayer::key(Direction& d, int enc) {
   unsigned char k[32];
   const size_t slen = secret_length(suite_);
-  bool ok = expand_label(suite_, d.secret.data(), slen, "key", k, key_length(suite_)) &&
-            expand_label(suite_, d.secret.data(), slen, "iv", d.iv.data(), d.iv.size());
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  bool ok = md && expand_label(md, suite_, d.secret.data(), slen, "key", k, key_length(suite_)) &&
+            expand_label(md, suite_, d.secret.data(), slen, "iv", d.iv.data(), d.iv.size());
+  EVP_MD_CTX_free(md);
   if (ok && !d.ctx) ok = (d.ctx = EVP_CIPHER_CTX_new()) != nullptr;
   // The IV is set per record (the nonce); the key schedule stays in the context.
   ok = ok && EVP_CipherInit_ex2(d.ctx, cipher_of(suite_), k, nullptr, enc, nullptr) == 1;
@@ -129,7 +145,10 @@ bool RecordLayer::key(Direction& d, int enc) {
 bool RecordLayer::next_generation(Direction& d, int enc) {
   const size_t slen = secret_length(suite_);
   unsigned char next[kMaxSecret];
-  if (!expand_label(suite_, d.secret.data(), slen, "traffic upd", next, slen)) return false;
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  const bool ok = md && expand_label(md, suite_, d.secret.data(), slen, "traffic upd", next, slen);
+  EVP_MD_CTX_free(md);
+  if (!ok) return false;
   std::memcpy(d.secret.data(), next, slen);
   OPENSSL_cleanse(next, sizeof next);
   return key(d, enc);
@@ -199,12 +218,16 @@ RecordLayer::Opened RecordLayer::open(char* rec, size_t len, uint8_t* type, size
 
 bool RecordLayer::sealed_by(Suite suite, std::string_view secret, uint64_t seq, std::string_view rec) {
   if (rec.size() < kHeader || rec.size() > kHeader + kMaxCiphertext) return false;
-  std::unique_ptr<RecordLayer> r = create(suite, secret, secret, seq, 0);
-  if (!r) return false;
+  if (secret.size() != secret_length(suite) || !cipher_of(suite)) return false;
+  // Only the opening direction is keyed.
+  RecordLayer r(suite);
+  std::memcpy(r.read_.secret.data(), secret.data(), secret.size());
+  if (!r.key(r.read_, 0)) return false;
+  r.read_.seq = seq;
   std::string copy(rec);
   uint8_t type = 0;
   size_t n = 0;
-  return r->open(copy.data(), copy.size(), &type, &n) == Opened::ok;
+  return r.open(copy.data(), copy.size(), &type, &n) == Opened::ok;
 }
 
 }  // namespace lb::tls
