@@ -44,12 +44,12 @@
 
 namespace {
 
-#define FUZZ_CHECK(cond)                                                                                  \
-  do {                                                                                                    \
-    if (!(cond)) {                                                                                        \
+#define FUZZ_CHECK(cond)                                                                                \
+  do {                                                                                                  \
+    if (!(cond)) {                                                                                      \
       std::fprintf(stderr, "fuzz_records: invariant failed at %s:%d: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                                       \
-    }                                                                                                     \
+      std::abort();                                                                                     \
+    }                                                                                                   \
   } while (0)
 
 using lb::tls::RecordLayer;
@@ -80,8 +80,8 @@ struct Contexts {
     X509_gmtime_adj(X509_getm_notAfter(cert), 86400);
     X509_set_pubkey(cert, key);
     X509_NAME* name = X509_get_subject_name(cert);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("fuzz"), -1, -1,
-                               0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>("fuzz"), -1,
+                               -1, 0);
     X509_set_issuer_name(cert, name);
     X509_sign(cert, key, EVP_sha256());
     FUZZ_CHECK(SSL_CTX_use_certificate(server, cert) == 1 && SSL_CTX_use_PrivateKey(server, key) == 1);
