@@ -97,8 +97,12 @@ fi
 
 if [ -z "${LB_TEST_QUICK:-}" ]; then
   build build-asan -- -DCMAKE_BUILD_TYPE=Debug -DLB_ASAN=ON -DLB_UBSAN=ON
+  # Everything but the full-size upgrade test: under ASan it took 106 to 379 s
+  # from one fresh run to the next and pushed CI past its hour; the upgrade
+  # code runs under ASan at the e2e suite's size, and at full size in the
+  # plain build above.
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    run_ctest build-asan
+    run_ctest build-asan -E '^e2e_upgrade_full$'
 
   # ThreadSanitizer over what crosses threads: the health thread and the
   # control plane, the systemd/privilege code, and the lb binary itself under
