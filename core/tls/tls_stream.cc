@@ -310,8 +310,8 @@ void TlsStream::shutdown() {
   if (shutdown_sent_) return;
   shutdown_sent_ = true;
   if (records_) {
-    static const char kCloseNotify[2] = {1, 0};  // warning, close_notify
-    if (!failed_) records_->seal(kAlert, kCloseNotify, 2, out_);
+    const char alert[2] = {1, static_cast<char>(kCloseNotify)};  // warning, close_notify
+    if (!failed_) records_->seal(kAlert, alert, 2, out_);
     return;
   }
   ERR_clear_error();
