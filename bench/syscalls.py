@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """System calls per connection, by name, of every proxy on the TLS passthrough
 port (lb with `tls = "passthrough"`, lb's plain TCP relay of the same port,
-HAProxy `req.ssl_sni`, nginx `ssl_preread`), side by side.
+HAProxy `req.ssl_sni`, nginx `ssl_preread`, and two yardsticks: `floor`,
+the least relay on edge-triggered epoll, and `floor-uring`, the same on
+io_uring, from bench/tools/floor*.c; the latter needs liburing-dev), side
+by side.
 
 Not part of bench/run; it reuses its configurations, backends and client
 (bench/lib/lbbench): the HTTPS backend (nginx) and `lbtls conn PORT SECONDS
@@ -20,6 +23,10 @@ hence epoll_wait and read/write counts, depends on how busy the proxy is.
     python3 bench/syscalls.py --lb build/lb/lb                  # 32 in flight, unbounded
     python3 bench/syscalls.py --lb build/lb/lb --budget 10      # as bench/run's tls_pass row
     python3 bench/syscalls.py --lb build/lb/lb --conns 1 --rows lb,nginx
+    python3 bench/syscalls.py --lb build/lb/lb --rows lb,nginx,floor,floor-uring --budget 10 --rounds 7
+
+`--rounds N` runs the rows N times, interleaved, and shows each row's median
+run by CPU per connection (single runs move by 10-50 % on a shared machine).
 """
 import argparse
 import json
@@ -40,8 +47,8 @@ from lbbench.procs import Supervisor, cpu_seconds_between, cpu_ticks, descendant
 
 SYSCALLS = ("accept4", "getpeername", "getsockname", "epoll_wait", "epoll_pwait", "epoll_ctl", "read", "recvfrom",
             "readv", "write", "writev", "sendto", "sendmsg", "shutdown", "close", "socket", "connect", "setsockopt",
-            "getsockopt", "ioctl", "fcntl", "clock_gettime", "timerfd_settime")
-ROWS = ("lb", "lb-tcp", "haproxy", "nginx")
+            "getsockopt", "ioctl", "fcntl", "clock_gettime", "timerfd_settime", "io_uring_enter")
+ROWS = ("lb", "lb-tcp", "haproxy", "nginx", "floor", "floor-uring")
 
 
 def parse_perf_stat(text):
@@ -97,6 +104,12 @@ def measure(sup, proxy, backends, lbtls, args, budget):
             "per_conn": {k: v / done for k, v in counts.items()}}
 
 
+def median_run(runs):
+    """The run whose CPU per connection is the median (the lower one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r["cpu_us"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def table(res, rows):
     names = ["total"] + [s for s in SYSCALLS if any(res[r]["per_conn"].get(s, 0) >= 0.005 for r in rows)]
     lines = ["| syscall per connection | " + " | ".join(rows) + " |", "| --- |" + " ---: |" * len(rows)]
@@ -117,6 +130,8 @@ def main(argv):
     ap.add_argument("--budget", type=float, default=0, help="%% of one CPU each proxy may use (default: unbounded)")
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rows run this many times, interleaved; the table shows each row's median run (default 1)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
     rows = args.rows.split(",")
@@ -141,26 +156,41 @@ def main(argv):
             raise RuntimeError("the HTTPS backend (nginx) did not start: " + backends.down["http"])
         proxies = {p.name: p for p in peers.make_proxies(run_dir, args.lb, args.proxy_cpu, str(args.proxy_cpu),
                                                          nofile, 1000)}
+        # The yardsticks: the least relay on epoll and on io_uring (bench/tools).
+        for name, src, libs in (("floor", "floor", []), ("floor-uring", "floor_uring", ["-luring"])):
+            if name in rows:
+                path, err = env.build_lbload(run_dir, src, libs)
+                if err:
+                    raise RuntimeError(f"{src}: {err}" + (" (apt-get install liburing-dev)" if libs else ""))
+                proxies[name] = peers.Proxy(
+                    name, f"{name} (bench/tools/{src}.c)", {"tls_pass"}, [], str(args.proxy_cpu),
+                    lambda p, be, path=path: [path, str(p.ports["tls_pass"]), str(be.ports["https"])])
         lbtls, err = env.build_lbload(run_dir, "lbtls", ["-lssl", "-lcrypto"])
         if err:
             raise RuntimeError("lbtls: " + err)
-        res = {}
-        for name in rows:
-            p = proxies[name]
-            err = p.start(sup, backends)
-            if err:
-                raise RuntimeError(err)
-            res[name] = measure(sup, p, backends, lbtls, args, budget)
-            sup.stop(p.proc)
-            p.proc = None
-            time.sleep(0.5)
+        runs = {name: [] for name in rows}
+        for _ in range(args.rounds):
+            for name in rows:
+                p = proxies[name]
+                err = p.start(sup, backends)
+                if err:
+                    raise RuntimeError(err)
+                runs[name].append(measure(sup, p, backends, lbtls, args, budget))
+                sup.stop(p.proc)
+                p.proc = None
+                time.sleep(0.5)
+        res = {name: median_run(runs[name]) for name in rows}
         print(f"{args.conns} connection(s) in flight, {args.seconds} s, "
-              + (f"CPU budget {budget.pct:g} % of CPU {args.proxy_cpu}" if budget else "no CPU budget"))
+              + (f"CPU budget {budget.pct:g} % of CPU {args.proxy_cpu}" if budget else "no CPU budget")
+              + (f", median of {args.rounds} interleaved rounds by CPU per connection" if args.rounds > 1 else ""))
         print(table(res, rows))
+        if args.rounds > 1:
+            print("\nCPU per connection (µs) in each round: "
+                  + "; ".join(f"{n} " + " ".join(f"{r['cpu_us']:.0f}" for r in runs[n]) for n in rows))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"conns": args.conns, "seconds": args.seconds, "budget_pct": budget.pct if budget else None,
-                           "rows": res}, f, indent=1)
+                           "rounds": args.rounds, "rows": res, "runs": runs}, f, indent=1)
         return 0
     finally:
         if budget:
