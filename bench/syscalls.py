@@ -3,8 +3,8 @@
 port (lb with `tls = "passthrough"`, lb's plain TCP relay of the same port,
 HAProxy `req.ssl_sni`, nginx `ssl_preread`, and two yardsticks: `floor`,
 the least relay on edge-triggered epoll, and `floor-uring`, the same on
-io_uring, from bench/tools/floor*.c; the latter needs liburing-dev), side
-by side.
+io_uring, from bench/tools/floor*.c; the latter needs liburing-dev, which
+is installed when that row is asked for), side by side.
 
 Not part of bench/run; it reuses its configurations, backends and client
 (bench/lib/lbbench): the HTTPS backend (nginx) and `lbtls conn PORT SECONDS
@@ -159,9 +159,14 @@ def main(argv):
         # The yardsticks: the least relay on epoll and on io_uring (bench/tools).
         for name, src, libs in (("floor", "floor", []), ("floor-uring", "floor_uring", ["-luring"])):
             if name in rows:
+                if libs:
+                    unusable = env.ensure_packages(lambda m: print("==", m, file=sys.stderr),
+                                                   {"liburing-dev": "/usr/include/liburing.h"})
+                    if unusable:
+                        raise RuntimeError(f"{name}: liburing-dev: {unusable['liburing-dev']}")
                 path, err = env.build_lbload(run_dir, src, libs)
                 if err:
-                    raise RuntimeError(f"{src}: {err}" + (" (apt-get install liburing-dev)" if libs else ""))
+                    raise RuntimeError(f"{src}: {err}")
                 proxies[name] = peers.Proxy(
                     name, f"{name} (bench/tools/{src}.c)", {"tls_pass"}, [], str(args.proxy_cpu),
                     lambda p, be, path=path: [path, str(p.ports["tls_pass"]), str(be.ports["https"])])
