@@ -37,7 +37,6 @@ enum op { OP_ACCEPT = 1, OP_HELLO, OP_CONNECT, OP_RECV0, OP_RECV1, OP_SEND0, OP_
 struct way { /* bytes read from side s, written to side 1-s */
   size_t len, off;
   int done; /* EOF read and passed on */
-  char* buf;
 };
 struct conn {
   int fd[2];
@@ -47,7 +46,7 @@ struct conn {
   size_t hello_len;
   /* Buffers last, never cleared: only the fields above are. */
   char hello[HELLO_MAX];
-  char bufs[2][BUF];
+  char bufs[2][BUF]; /* way s reads into bufs[s] */
 };
 
 static struct io_uring ring;
@@ -70,13 +69,13 @@ static void arm_accept(void) {
 }
 
 static void recv_way(struct conn* c, int s) {
-  io_uring_prep_recv(sqe_for(c, s == 0 ? OP_RECV0 : OP_RECV1), c->fd[s], c->way[s].buf, BUF, 0);
+  io_uring_prep_recv(sqe_for(c, s == 0 ? OP_RECV0 : OP_RECV1), c->fd[s], c->bufs[s], BUF, 0);
 }
 
 static void send_way(struct conn* c, int s) {
   struct way* w = &c->way[s];
-  io_uring_prep_send(sqe_for(c, s == 0 ? OP_SEND0 : OP_SEND1), c->fd[1 - s], w->buf + w->off, w->len - w->off,
-                     MSG_NOSIGNAL);
+  io_uring_prep_send(sqe_for(c, s == 0 ? OP_SEND0 : OP_SEND1), c->fd[1 - s], c->bufs[s] + w->off,
+                     w->len - w->off, MSG_NOSIGNAL);
 }
 
 /* Ends the connection: both sockets closed through the ring; the memory
@@ -133,7 +132,7 @@ static void on_connect(struct conn* c, int res) {
     return;
   }
   /* The hello (and whatever came with it) is the client way's first send. */
-  memcpy(c->way[0].buf, c->hello, c->hello_len);
+  memcpy(c->bufs[0], c->hello, c->hello_len);
   c->way[0].len = c->hello_len;
   c->way[0].off = 0;
   send_way(c, 0);
@@ -202,8 +201,6 @@ int main(int argc, char** argv) {
           continue;
         }
         memset(n, 0, offsetof(struct conn, hello));
-        n->way[0].buf = n->bufs[0];
-        n->way[1].buf = n->bufs[1];
         n->fd[0] = res;
         n->fd[1] = -1;
         io_uring_prep_recv(sqe_for(n, OP_HELLO), res, n->hello, HELLO_MAX, 0);
