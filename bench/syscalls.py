@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """System calls per connection, by name, of every proxy on the TLS passthrough
 port (lb with `tls = "passthrough"`, lb's plain TCP relay of the same port,
-HAProxy `req.ssl_sni`, nginx `ssl_preread`, and two yardsticks: `floor`,
-the least relay on edge-triggered epoll, and `floor-uring`, the same on
-io_uring, from bench/tools/floor*.c; the latter needs liburing-dev, which
-is installed when that row is asked for), side by side.
+HAProxy `req.ssl_sni`, nginx `ssl_preread`, and three yardsticks from
+bench/tools/floor*.c: `floor`, the least relay on edge-triggered epoll;
+`floor-uring`, the same on io_uring (needs liburing-dev, installed when
+that row is asked for); `floor-sockmap`, whose relay after the first
+record is the kernel's (a BPF sockhash; needs root)), side by side. Each
+yardstick passes bench/tools/check_floor.py before it is measured.
 
 Not part of bench/run; it reuses its configurations, backends and client
 (bench/lib/lbbench): the HTTPS backend (nginx) and `lbtls conn PORT SECONDS
@@ -14,7 +16,10 @@ counter per system call (`syscalls:sys_enter_<name>`) and their total
 (`raw_syscalls:sys_enter`), in-kernel counters that do not slow the proxy
 (strace does, several times, which changes how many events each wake-up
 finds); each count is divided by the connections lbtls completed. The
-proxy's CPU per connection (schedstat of every thread) is printed too.
+proxy's CPU per connection (schedstat of every thread) is printed too, with
+the kernel worker threads' (kworker, ksoftirqd: where floor-sockmap's
+relayed bytes are sent, outside the proxy's process and its CPU budget) and
+the whole machine's (/proc/stat; client and backend included, noisy).
 
 `--budget PCT` runs each proxy inside the same CPU budget as bench/run's
 tls_pass row (lbbench/cpubudget.py): how many events one wake-up finds,
@@ -48,7 +53,34 @@ from lbbench.procs import Supervisor, cpu_seconds_between, cpu_ticks, descendant
 SYSCALLS = ("accept4", "getpeername", "getsockname", "epoll_wait", "epoll_pwait", "epoll_ctl", "read", "recvfrom",
             "readv", "write", "writev", "sendto", "sendmsg", "shutdown", "close", "socket", "connect", "setsockopt",
             "getsockopt", "ioctl", "fcntl", "clock_gettime", "timerfd_settime", "io_uring_enter")
-ROWS = ("lb", "lb-tcp", "haproxy", "nginx", "floor", "floor-uring")
+ROWS = ("lb", "lb-tcp", "haproxy", "nginx", "floor", "floor-uring", "floor-sockmap")
+
+
+def kernel_thread_ns():
+    """{pid: on-CPU ns} of the kernel's worker threads (kworker, ksoftirqd):
+    where floor-sockmap's relayed bytes are sent, outside the proxy's cgroup."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read()
+            if not comm.startswith(("kworker", "ksoftirqd")):
+                continue
+            with open(f"/proc/{pid}/schedstat") as f:
+                out[pid] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def machine_busy_seconds():
+    """Non-idle CPU seconds of the whole machine so far (/proc/stat), which
+    also counts kernel threads: floor-sockmap's relay runs in kworkers."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_perf_stat(text):
@@ -82,11 +114,15 @@ def measure(sup, proxy, backends, lbtls, args, budget):
             budget.set_pct(args.budget)
             budget.enter(pids)
         t0 = cpu_ticks(proxy.proc.pid)
+        m0 = machine_busy_seconds()
+        k0 = kernel_thread_ns()
         try:
             r = subprocess.run(load + [str(args.seconds), str(args.conns), "resume"], capture_output=True, text=True,
                                timeout=args.seconds + 30)
         finally:
             cpu_s, _ = cpu_seconds_between(t0, cpu_ticks(proxy.proc.pid))
+            machine_s = machine_busy_seconds() - m0
+            kernel_s = sum(ns - k0.get(pid, 0) for pid, ns in kernel_thread_ns().items()) / 1e9
             if budget:
                 budget.leave()
         perf.send_signal(signal.SIGINT)
@@ -101,6 +137,7 @@ def measure(sup, proxy, backends, lbtls, args, budget):
     with open(out_path) as f:
         counts = parse_perf_stat(f.read())
     return {"done": done, "rate": doc["rate"], "errors": doc.get("errors", 0), "cpu_us": cpu_s * 1e6 / done,
+            "machine_us": machine_s * 1e6 / done, "kthreads_us": kernel_s * 1e6 / done,
             "per_conn": {k: v / done for k, v in counts.items()}}
 
 
@@ -116,7 +153,14 @@ def table(res, rows):
     for n in names:
         lines.append(f"| {n} | " + " | ".join(f"{res[r]['per_conn'].get(n, 0):.2f}" for r in rows) + " |")
     lines.append("| proxy CPU per connection (µs, with the counters attached) | " + " | ".join(f"{res[r]['cpu_us']:.1f}" for r in rows) + " |")
+    lines.append("| kernel threads' CPU per connection (µs: kworker, ksoftirqd, all CPUs) | "
+                 + " | ".join(f"{res[r].get('kthreads_us', 0):.1f}" for r in rows) + " |")
+    lines.append("| proxy + kernel threads (µs) | "
+                 + " | ".join(f"{res[r]['cpu_us'] + res[r].get('kthreads_us', 0):.1f}" for r in rows) + " |")
+    lines.append("| machine CPU per connection (µs: client, backend, proxy, kernel threads) | "
+                 + " | ".join(f"{res[r].get('machine_us', 0):.1f}" for r in rows) + " |")
     lines.append("| connections/s | " + " | ".join(f"{res[r]['rate']:,.0f}" for r in rows) + " |")
+    lines.append("| client errors | " + " | ".join(f"{res[r].get('errors', 0):,}" for r in rows) + " |")
     lines.append("| connections counted | " + " | ".join(f"{res[r]['done']:,}" for r in rows) + " |")
     return "\n".join(lines)
 
@@ -157,7 +201,8 @@ def main(argv):
         proxies = {p.name: p for p in peers.make_proxies(run_dir, args.lb, args.proxy_cpu, str(args.proxy_cpu),
                                                          nofile, 1000)}
         # The yardsticks: the least relay on epoll and on io_uring (bench/tools).
-        for name, src, libs in (("floor", "floor", []), ("floor-uring", "floor_uring", ["-luring"])):
+        for name, src, libs in (("floor", "floor", []), ("floor-uring", "floor_uring", ["-luring"]),
+                                ("floor-sockmap", "floor_sockmap", [])):
             if name in rows:
                 if libs:
                     unusable = env.ensure_packages(lambda m: print("==", m, file=sys.stderr),
@@ -167,6 +212,12 @@ def main(argv):
                 path, err = env.build_lbload(run_dir, src, libs)
                 if err:
                     raise RuntimeError(f"{src}: {err}")
+                # Figures of a yardstick that loses bytes would mean nothing.
+                check = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                     "tools", "check_floor.py"), path],
+                                       capture_output=True, text=True, timeout=300)
+                if check.returncode:
+                    raise RuntimeError(f"{src} failed bench/tools/check_floor.py: {check.stdout.strip()}")
                 proxies[name] = peers.Proxy(
                     name, f"{name} (bench/tools/{src}.c)", {"tls_pass"}, [], str(args.proxy_cpu),
                     lambda p, be, path=path: [path, str(p.ports["tls_pass"]), str(be.ports["https"])])

@@ -121,26 +121,14 @@ static int add(struct conn* c, int s) {
 }
 
 static int on_hello(struct conn* c) {
-  for (;;) {
-    size_t room = HELLO_MAX - c->hello_len;
-    ssize_t n = read(c->fd[0], c->hello + c->hello_len, room);
-    if (n < 0) return errno == EAGAIN ? 0 : -1;
-    if (n == 0) return -1;
-    c->hello_len += (size_t)n;
-    int whole = floor_hello_whole(c->hello, c->hello_len);
-    if (whole < 0) return -1;
-    if (whole) {
-      /* A full read may have left bytes behind, and their edge is spent:
-       * read the client again once connected. */
-      if ((size_t)n == room) c->client_ev |= EPOLLIN;
-      break;
-    }
-  }
-  c->fd[1] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int full = 0;
+  int whole = floor_read_hello(c->fd[0], c->hello, &c->hello_len, &full);
+  if (whole <= 0) return whole;
+  /* A full read may have left bytes behind, and their edge is spent: read
+   * the client again once connected. */
+  if (full) c->client_ev |= EPOLLIN;
+  c->fd[1] = floor_connect(&backend);
   if (c->fd[1] < 0) return -1;
-  int one = 1;
-  setsockopt(c->fd[1], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  if (connect(c->fd[1], (struct sockaddr*)&backend, sizeof backend) < 0 && errno != EINPROGRESS) return -1;
   c->state = 1;
   return add(c, 1);
 }
@@ -202,15 +190,9 @@ int main(int argc, char** argv) {
       struct end* e = evs[i].data.ptr;
       if (!e) { /* the listener: one connection per event, as nginx without multi_accept */
         struct sockaddr_in peer;
-        socklen_t len = sizeof peer;
-        int fd = accept4(lfd, (struct sockaddr*)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) continue;
-        struct conn* c = malloc(sizeof *c);
-        if (!c) {
-          close(fd);
-          continue;
-        }
-        memset(c, 0, offsetof(struct conn, hello));
+        int fd;
+        struct conn* c = floor_accept(lfd, &peer, sizeof *c, offsetof(struct conn, hello), &fd);
+        if (!c) continue;
         c->fd[0] = fd;
         c->fd[1] = -1;
         for (int s = 0; s < 2; s++) c->ends[s] = (struct end){c, s};
