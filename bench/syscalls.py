@@ -48,7 +48,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 
 from lbbench import cpubudget, env, idle, peers, tls  # noqa: E402
-from lbbench.procs import Supervisor, cpu_seconds_between, cpu_ticks, descendants  # noqa: E402
+from lbbench.procs import Supervisor, cpu_seconds_between, cpu_ticks, cpu_times, descendants  # noqa: E402
 
 SYSCALLS = ("accept4", "getpeername", "getsockname", "epoll_wait", "epoll_pwait", "epoll_ctl", "read", "recvfrom",
             "readv", "write", "writev", "sendto", "sendmsg", "shutdown", "close", "socket", "connect", "setsockopt",
@@ -76,11 +76,10 @@ def kernel_thread_ns():
 
 
 def machine_busy_seconds():
-    """Non-idle CPU seconds of the whole machine so far (/proc/stat), which
-    also counts kernel threads: floor-sockmap's relay runs in kworkers."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    """Non-idle CPU seconds of the whole machine so far (every CPU's line of
+    /proc/stat), which also counts kernel threads: floor-sockmap's relay runs
+    in kworkers."""
+    return sum(total - idle_ for total, idle_ in cpu_times().values()) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_perf_stat(text):
@@ -154,13 +153,13 @@ def table(res, rows):
         lines.append(f"| {n} | " + " | ".join(f"{res[r]['per_conn'].get(n, 0):.2f}" for r in rows) + " |")
     lines.append("| proxy CPU per connection (µs, with the counters attached) | " + " | ".join(f"{res[r]['cpu_us']:.1f}" for r in rows) + " |")
     lines.append("| kernel threads' CPU per connection (µs: kworker, ksoftirqd, all CPUs) | "
-                 + " | ".join(f"{res[r].get('kthreads_us', 0):.1f}" for r in rows) + " |")
+                 + " | ".join(f"{res[r]['kthreads_us']:.1f}" for r in rows) + " |")
     lines.append("| proxy + kernel threads (µs) | "
-                 + " | ".join(f"{res[r]['cpu_us'] + res[r].get('kthreads_us', 0):.1f}" for r in rows) + " |")
+                 + " | ".join(f"{res[r]['cpu_us'] + res[r]['kthreads_us']:.1f}" for r in rows) + " |")
     lines.append("| machine CPU per connection (µs: client, backend, proxy, kernel threads) | "
-                 + " | ".join(f"{res[r].get('machine_us', 0):.1f}" for r in rows) + " |")
+                 + " | ".join(f"{res[r]['machine_us']:.1f}" for r in rows) + " |")
     lines.append("| connections/s | " + " | ".join(f"{res[r]['rate']:,.0f}" for r in rows) + " |")
-    lines.append("| client errors | " + " | ".join(f"{res[r].get('errors', 0):,}" for r in rows) + " |")
+    lines.append("| client errors | " + " | ".join(f"{res[r]['errors']:,}" for r in rows) + " |")
     lines.append("| connections counted | " + " | ".join(f"{res[r]['done']:,}" for r in rows) + " |")
     return "\n".join(lines)
 

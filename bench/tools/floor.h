@@ -51,9 +51,10 @@ static inline int floor_hello_whole(const char* hello, size_t len) {
   return len >= need;
 }
 
-/* Reads the client's first record on after hello[0, *len) from the
- * non-blocking fd: 1 when it is whole (*full: the last read filled the
- * room, so bytes may be left behind), 0 when more is needed, -1 to close. */
+/* Reads the rest of the client's first record into hello after its first
+ * *len bytes, from the non-blocking fd: 1 when it is whole (*full, unless
+ * full is NULL: the last read filled the room, so bytes may be left
+ * behind), 0 when more is needed, -1 to close. */
 static inline int floor_read_hello(int fd, char* hello, size_t* len, int* full) {
   for (;;) {
     size_t room = HELLO_MAX - *len;
@@ -63,7 +64,7 @@ static inline int floor_read_hello(int fd, char* hello, size_t* len, int* full) 
     *len += (size_t)n;
     int whole = floor_hello_whole(hello, *len);
     if (whole) {
-      *full = (size_t)n == room;
+      if (full) *full = (size_t)n == room;
       return whole;
     }
   }

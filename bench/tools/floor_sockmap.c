@@ -179,8 +179,7 @@ static int pass_eof(struct conn* c, int s) {
 }
 
 static int on_hello(struct conn* c) {
-  int full = 0;
-  int whole = floor_read_hello(c->fd[0], c->hello, &c->hello_len, &full);
+  int whole = floor_read_hello(c->fd[0], c->hello, &c->hello_len, NULL);
   if (whole <= 0) return whole;
   c->fd[1] = floor_connect(&backend);
   if (c->fd[1] < 0) return -1;
@@ -258,7 +257,7 @@ int main(int argc, char** argv) {
       if (e->c->state < 0) continue;
       if (on_event(e, evs[i].events) < 0) {
         e->c->state = -1;
-        if (ndead < 256) dead[ndead++] = e->c;
+        dead[ndead++] = e->c; /* at most one per event: 256 */
       }
     }
     /* EOFs whose bytes were still on their way: check them again. */

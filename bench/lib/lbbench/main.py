@@ -22,7 +22,7 @@ import tempfile
 import time
 
 from . import cpubudget, env, idle, loads, peers, profile, report, tls
-from .procs import Supervisor, cpu_seconds_between, cpu_ticks, descendants
+from .procs import Supervisor, cpu_seconds_between, cpu_ticks, cpu_times, descendants
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, os.pardir))
 
@@ -422,21 +422,6 @@ def _ensure_up(p, backends, sup, results, wl):
     return True
 
 
-def _cpu_times():
-    """{cpu index: (total jiffies, idle jiffies)} from /proc/stat."""
-    out = {}
-    try:
-        with open("/proc/stat") as f:
-            for line in f:
-                name, *vals = line.split()
-                if name.startswith("cpu") and name[3:].isdigit():
-                    v = [int(x) for x in vals]
-                    out[int(name[3:])] = (sum(v), v[3] + (v[4] if len(v) > 4 else 0))
-    except OSError:
-        pass
-    return out
-
-
 def _busy_pct(before, after, cpu):
     if cpu not in before or cpu not in after:
         return None
@@ -510,10 +495,10 @@ def run_all(args, wls, by_name, backends, sup, results, stem, load_cpus, budget=
                     ticks0 = cpu_ticks(pid) if pid else None
                     be = backends.proc_for(wl.service) if wl.limit else None
                     be_ticks0 = cpu_ticks(be.pid) if be else None
-                    before = _cpu_times()
+                    before = cpu_times()
                     m = _sample_in_budget(wl, p, budget,
                                           lambda: wl.run(p, p.port(wl.service, backends), args.duration))
-                    after = _cpu_times()
+                    after = cpu_times()
                     if wl.cpu:
                         m["cpu_proxy_pct"] = _busy_pct(before, after, proxy_cpu)
                         m["cpu_load_pct"] = _busy_pct(before, after, load_cpu)

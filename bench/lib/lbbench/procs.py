@@ -120,6 +120,21 @@ def cpu_seconds_between(before, after):
     return ticks, ticks
 
 
+def cpu_times():
+    """{cpu index: (total jiffies, idle jiffies)} from /proc/stat."""
+    out = {}
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *vals = line.split()
+                if name.startswith("cpu") and name[3:].isdigit():
+                    v = [int(x) for x in vals]
+                    out[int(name[3:])] = (sum(v), v[3] + (v[4] if len(v) > 4 else 0))
+    except OSError:
+        pass
+    return out
+
+
 def _signal(pid, sig):
     try:
         os.kill(pid, sig)
